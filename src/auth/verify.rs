@@ -1,0 +1,416 @@
+//! JWT access-token verification per RFC 8725: strict parsing, pinned algorithms, keys only from
+//! the policy, every time check against the injected `now`.
+
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use super::keys::VerifyKey;
+use super::principal::Principal;
+use super::scope;
+use crate::decision::DenyReason;
+use crate::fhir::request::valid_id;
+
+/// Claim names an issuer uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    /// Scopes claim: a space-delimited string or an array of strings.
+    pub scope: String,
+    /// Subject claim.
+    pub subject: String,
+    /// Client-id claim (falls back to `azp`).
+    pub client_id: String,
+    /// Patient-in-context claim.
+    pub patient: String,
+}
+
+/// A trusted issuer, compiled from policy.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Pinned algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Verification keys.
+    pub keys: Vec<VerifyKey>,
+    /// Clock skew tolerance in seconds.
+    pub clock_skew: u64,
+    /// Longest accepted lifetime in seconds.
+    pub max_lifetime: Option<u64>,
+    /// Claim names.
+    pub claims: ClaimNames,
+}
+
+/// Header parameters we understand; anything in `crit` is therefore unsupported.
+const KEY_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
+
+/// Verify a compact JWS access token and extract its principal.
+pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64) -> Result<Principal, DenyReason> {
+    use DenyReason::*;
+    if token.len() > max_bytes {
+        return Err(TokenTooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(MalformedToken);
+    };
+    if [h64, p64, s64].iter().any(|p| p.is_empty() || !p.bytes().all(is_b64url)) {
+        return Err(MalformedToken);
+    }
+    let header = decode_object(h64)?;
+    let claims = decode_object(p64)?;
+
+    let alg_name = header.get("alg").and_then(Value::as_str).ok_or(MalformedToken)?;
+    if alg_name.eq_ignore_ascii_case("none") {
+        return Err(AlgorithmNotAllowed);
+    }
+    if KEY_HEADERS.iter().any(|k| header.contains_key(*k)) {
+        return Err(EmbeddedKey);
+    }
+    if header.contains_key("crit") {
+        return Err(UnsupportedCrit);
+    }
+    if let Some(typ) = header.get("typ") {
+        let typ = typ.as_str().ok_or(MalformedToken)?.to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        if typ != "jwt" && typ != "at+jwt" {
+            return Err(MalformedToken);
+        }
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => return Err(MalformedToken),
+    };
+
+    let iss = claims.get("iss").and_then(Value::as_str).ok_or(UnknownIssuer)?;
+    let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or(UnknownIssuer)?;
+    let alg = Algorithm::from_str(alg_name).map_err(|_| AlgorithmNotAllowed)?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(AlgorithmNotAllowed);
+    }
+
+    let mut candidates = issuer
+        .keys
+        .iter()
+        .filter(|k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(UnknownKey);
+    }
+    let message_len = h64.len() + 1 + p64.len();
+    let message = token.get(..message_len).ok_or(MalformedToken)?.as_bytes();
+    // Without a `kid` at most the issuer's keys of the right type are tried; never any other key.
+    let verified = candidates.any(|k| jsonwebtoken::crypto::verify(s64, message, &k.key, alg).unwrap_or(false));
+    if !verified {
+        return Err(BadSignature);
+    }
+
+    check_times(&claims, issuer, now)?;
+    check_audience(&claims, issuer)?;
+    principal(&claims, issuer)
+}
+
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+fn decode_object(seg: &str) -> Result<Map<String, Value>, DenyReason> {
+    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| DenyReason::MalformedToken)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(DenyReason::MalformedToken),
+    }
+}
+
+/// A NumericDate claim: absent, or a non-negative number (fractions truncated).
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, DenyReason> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(Some(f as u64)),
+                    _ => Err(DenyReason::BadClaim),
+                }
+            }
+        }
+        Some(_) => Err(DenyReason::BadClaim),
+    }
+}
+
+fn check_times(claims: &Map<String, Value>, issuer: &IssuerConfig, now: u64) -> Result<(), DenyReason> {
+    let skew = issuer.clock_skew;
+    let exp = numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
+    if now >= exp.saturating_add(skew) {
+        return Err(DenyReason::Expired);
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if nbf > now.saturating_add(skew) {
+            return Err(DenyReason::NotYetValid);
+        }
+    }
+    let iat = numeric_date(claims, "iat")?;
+    if let Some(iat) = iat {
+        if iat > now.saturating_add(skew) || iat > exp {
+            return Err(DenyReason::BadIssuedAt);
+        }
+    }
+    if let Some(max) = issuer.max_lifetime {
+        let start = iat.unwrap_or(now);
+        if exp.saturating_sub(start) > max.saturating_add(skew) {
+            return Err(DenyReason::BadIssuedAt);
+        }
+    }
+    Ok(())
+}
+
+fn check_audience(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<(), DenyReason> {
+    let ok = match claims.get("aud") {
+        Some(Value::String(a)) => issuer.audiences.contains(a),
+        Some(Value::Array(list)) => {
+            if !list.iter().all(Value::is_string) {
+                return Err(DenyReason::BadClaim);
+            }
+            list.iter().filter_map(Value::as_str).any(|a| issuer.audiences.iter().any(|x| x == a))
+        }
+        None => false,
+        Some(_) => return Err(DenyReason::BadClaim),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DenyReason::BadAudience)
+    }
+}
+
+fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, DenyReason> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(DenyReason::BadClaim),
+    }
+}
+
+fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Principal, DenyReason> {
+    let names = &issuer.claims;
+    let scopes: Vec<String> = match claims.get(&names.scope) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or(DenyReason::BadClaim))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(DenyReason::BadClaim),
+    };
+    let smart_scopes = scopes.iter().filter_map(|s| scope::parse(s)).collect();
+    let patient = optional_string(claims, &names.patient)?;
+    if patient.as_deref().is_some_and(|p| !valid_id(p)) {
+        return Err(DenyReason::BadClaim);
+    }
+    let client_id = match optional_string(claims, &names.client_id)? {
+        Some(c) => Some(c),
+        None => optional_string(claims, "azp")?,
+    };
+    let exp = numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
+    Ok(Principal {
+        issuer: issuer.issuer.clone(),
+        subject: optional_string(claims, &names.subject)?,
+        client_id,
+        scopes,
+        smart_scopes,
+        patient,
+        token_id: optional_string(claims, "jti")?,
+        expires_at: exp,
+        valid_until: exp.saturating_add(issuer.clock_skew),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::auth::keys::parse_jwks;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    pub const NOW: u64 = 1_800_000_000;
+    const ISS: &str = "https://idp.phi-guard.test";
+    const AUD: &str = "https://fhir.phi-guard.test";
+
+    fn key_path(name: &str) -> String {
+        format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    pub fn issuer() -> IssuerConfig {
+        let jwks: Value = serde_json::from_str(&std::fs::read_to_string(key_path("demo-jwks.json")).unwrap()).unwrap();
+        IssuerConfig {
+            issuer: ISS.into(),
+            audiences: vec![AUD.into()],
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            keys: parse_jwks(&jwks).unwrap(),
+            clock_skew: 60,
+            max_lifetime: Some(86_400),
+            claims: ClaimNames {
+                scope: "scope".into(),
+                subject: "sub".into(),
+                client_id: "client_id".into(),
+                patient: "patient".into(),
+            },
+        }
+    }
+
+    pub fn claims() -> Value {
+        json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "exp": NOW + 600, "iat": NOW - 10,
+               "scope": "launch/patient patient/Patient.rs patient/Observation.rs", "patient": "p1", "jti": "j1"})
+    }
+
+    pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let (file, ctor): (&str, fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>) = match alg {
+            Algorithm::RS256 | Algorithm::PS256 => ("demo-rs256.key.pem", EncodingKey::from_rsa_pem),
+            Algorithm::ES256 => ("demo-es256.key.pem", EncodingKey::from_ec_pem),
+            Algorithm::EdDSA => ("demo-eddsa.key.pem", EncodingKey::from_ed_pem),
+            _ => unreachable!(),
+        };
+        let key = ctor(&std::fs::read(key_path(file)).unwrap()).unwrap();
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        encode(&h, claims, &key).unwrap()
+    }
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    fn check(token: &str) -> Result<Principal, DenyReason> {
+        verify(token, &[issuer()], 8192, NOW)
+    }
+
+    #[test]
+    fn accepts_each_algorithm() {
+        for (alg, kid) in [(Algorithm::RS256, "demo-rs256"), (Algorithm::ES256, "demo-es256"), (Algorithm::EdDSA, "demo-eddsa")] {
+            let p = check(&sign(alg, Some(kid), &claims())).unwrap();
+            assert_eq!(p.patient.as_deref(), Some("p1"));
+            assert_eq!(p.client_id.as_deref(), Some("app"));
+            assert_eq!(p.smart_scopes.len(), 2);
+            assert_eq!(p.valid_until, NOW + 660);
+        }
+        // No kid: the issuer's keys of the right type are tried.
+        assert!(check(&sign(Algorithm::ES256, None, &claims())).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_claims() {
+        let cases: Vec<(Value, DenyReason)> = vec![
+            (json!({"exp": NOW - 61}), DenyReason::Expired),
+            (json!({"exp": NOW - 60}), DenyReason::Expired),
+            (json!({"exp": "soon"}), DenyReason::BadClaim),
+            (json!({"exp": null}), DenyReason::BadClaim),
+            (json!({"nbf": NOW + 61}), DenyReason::NotYetValid),
+            (json!({"iat": NOW + 61}), DenyReason::BadIssuedAt),
+            (json!({"exp": NOW + 200_000}), DenyReason::BadIssuedAt),
+            (json!({"iss": "https://evil.test"}), DenyReason::UnknownIssuer),
+            (json!({"iss": 5}), DenyReason::UnknownIssuer),
+            (json!({"aud": "https://other.test"}), DenyReason::BadAudience),
+            (json!({"aud": ["https://other.test", AUD]}), DenyReason::Expired), // placeholder replaced below
+            (json!({"aud": [1]}), DenyReason::BadClaim),
+            (json!({"scope": 5}), DenyReason::BadClaim),
+            (json!({"patient": "../Patient/2"}), DenyReason::BadClaim),
+        ];
+        for (patch, want) in cases {
+            let mut c = claims();
+            for (k, v) in patch.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let got = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c));
+            if patch.get("aud").is_some_and(Value::is_array) && want == DenyReason::Expired {
+                assert!(got.is_ok(), "audience list containing ours is accepted");
+            } else {
+                assert_eq!(got.err(), Some(want), "{patch}");
+            }
+        }
+        let mut no_exp = claims();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &no_exp)).err(), Some(DenyReason::MissingExpiry));
+        let mut no_aud = claims();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &no_aud)).err(), Some(DenyReason::BadAudience));
+    }
+
+    #[test]
+    fn rejects_forgeries() {
+        let good = sign(Algorithm::RS256, Some("demo-rs256"), &claims());
+        let parts: Vec<&str> = good.split('.').collect();
+        let body = b64(&claims());
+        let hdr = |h: Value| b64(&h);
+        let cases: Vec<(String, DenyReason)> = vec![
+            (format!("{}.{}.", hdr(json!({"alg":"none"})), body), DenyReason::MalformedToken),
+            (format!("{}.{}.AAAA", hdr(json!({"alg":"none"})), body), DenyReason::AlgorithmNotAllowed),
+            (format!("{}.{}.AAAA", hdr(json!({"alg":"NoNe"})), body), DenyReason::AlgorithmNotAllowed),
+            (format!("{}.{}.{}", parts[0], parts[1], ""), DenyReason::MalformedToken),
+            (format!("{}.{}.{}", parts[0], b64(&json!({"iss": ISS, "aud": AUD, "exp": NOW + 600, "patient": "p2"})), parts[2]), DenyReason::BadSignature),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","kid":"nope"})), parts[1], parts[2]), DenyReason::UnknownKey),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","kid":"demo-es256"})), parts[1], parts[2]), DenyReason::UnknownKey),
+            (format!("{}.{}.{}", hdr(json!({"alg":"HS256","kid":"demo-rs256"})), parts[1], parts[2]), DenyReason::AlgorithmNotAllowed),
+            (format!("{}.{}.{}", hdr(json!({"alg":"PS256","kid":"demo-rs256"})), parts[1], parts[2]), DenyReason::AlgorithmNotAllowed),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","jwk":{"kty":"RSA"}})), parts[1], parts[2]), DenyReason::EmbeddedKey),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","jku":"https://evil"})), parts[1], parts[2]), DenyReason::EmbeddedKey),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","x5u":"https://evil"})), parts[1], parts[2]), DenyReason::EmbeddedKey),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","crit":["exp"],"exp":1})), parts[1], parts[2]), DenyReason::UnsupportedCrit),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","typ":"JWE"})), parts[1], parts[2]), DenyReason::MalformedToken),
+            (format!("{}.{}.{}", hdr(json!({"alg":"RS256","kid":7})), parts[1], parts[2]), DenyReason::MalformedToken),
+            (format!("{}.{}", parts[0], parts[1]), DenyReason::MalformedToken),
+            (format!("{good}.x"), DenyReason::MalformedToken),
+            (format!("{}.{}.{}=", parts[0], parts[1], parts[2]), DenyReason::MalformedToken),
+            (format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(b"not json"), parts[1], parts[2]), DenyReason::MalformedToken),
+            (format!("{}.{}.{}", hdr(json!(["alg"])), parts[1], parts[2]), DenyReason::MalformedToken),
+            ("x".repeat(9000), DenyReason::TokenTooLarge),
+        ];
+        for (t, want) in cases {
+            assert_eq!(check(&t).err(), Some(want), "{t}");
+        }
+    }
+
+    #[test]
+    fn rejects_hs256_keyed_with_rsa_public_key() {
+        // The classic confusion: sign HS256 with the RSA public key bytes as the HMAC secret.
+        let pem = std::fs::read(key_path("demo-rs256.key.pem")).unwrap();
+        let secret = EncodingKey::from_secret(&pem);
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("demo-rs256".into());
+        let t = encode(&h, &claims(), &secret).unwrap();
+        assert_eq!(check(&t).err(), Some(DenyReason::AlgorithmNotAllowed));
+        let mut iss = issuer();
+        iss.algorithms.push(Algorithm::HS256);
+        // Even if a policy pinned HS256, no RSA key accepts an HMAC algorithm.
+        assert_eq!(verify(&t, &[iss], 8192, NOW).err(), Some(DenyReason::UnknownKey));
+    }
+
+    #[test]
+    fn rejects_attacker_key_with_known_kid() {
+        let key = EncodingKey::from_rsa_pem(&std::fs::read(key_path("attacker-rs256.key.pem")).unwrap()).unwrap();
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("demo-rs256".into());
+        let t = encode(&h, &claims(), &key).unwrap();
+        assert_eq!(check(&t).err(), Some(DenyReason::BadSignature));
+    }
+
+    #[test]
+    fn scp_arrays() {
+        let mut iss = issuer();
+        iss.claims.scope = "scp".into();
+        let mut c = claims();
+        c["scp"] = json!(["user/Patient.rs", "openid"]);
+        let p = verify(&sign(Algorithm::RS256, Some("demo-rs256"), &c), &[iss.clone()], 8192, NOW).unwrap();
+        assert_eq!(p.scopes, ["user/Patient.rs", "openid"]);
+        assert_eq!(p.smart_scopes.len(), 1);
+        c["scp"] = json!([1]);
+        assert_eq!(verify(&sign(Algorithm::RS256, Some("demo-rs256"), &c), &[iss], 8192, NOW).err(), Some(DenyReason::BadClaim));
+    }
+}

@@ -1,0 +1,499 @@
+//! Route matching, token verification and scope/compartment enforcement for one request.
+
+use std::rc::Rc;
+
+use super::reason::DenyReason;
+use super::response::{ResponseCheck, ResponsePlan};
+use crate::auth::{self, Principal, TokenCache};
+use crate::fhir::compartment::{in_patient_compartment, param_refers_to, patient_params};
+use crate::fhir::request::{parse as parse_fhir, FhirRequestError};
+use crate::fhir::{FhirRequest, Interaction};
+use crate::http::{normalize, NormalizedPath};
+use crate::policy::{Access, FhirRoute, Policy, Route};
+
+/// What the decision needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path` as received (origin form, with query).
+    pub path: &'a str,
+    /// Every `Authorization` header value, in order.
+    pub authorization: &'a [&'a str],
+}
+
+/// An allowed request.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Matched route id.
+    pub route_id: String,
+    /// Whether the route is a FHIR base (error bodies are OperationOutcomes).
+    pub fhir_route: bool,
+    /// The verified principal; `None` on public routes.
+    pub principal: Option<Rc<Principal>>,
+    /// The modelled FHIR request, on FHIR routes.
+    pub fhir: Option<FhirRequest>,
+    /// What must happen to the response before it reaches the client.
+    pub response: ResponsePlan,
+}
+
+/// A refused request, with as much context as was established before the refusal.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Why.
+    pub reason: DenyReason,
+    /// Matched route id, if any.
+    pub route_id: Option<String>,
+    /// Whether the matched route is a FHIR base.
+    pub fhir_route: bool,
+    /// The verified principal, if verification succeeded.
+    pub principal: Option<Rc<Principal>>,
+    /// The modelled FHIR request, if any.
+    pub fhir: Option<FhirRequest>,
+    /// For scope failures: the scopes that would have been enough (space-separated).
+    pub required_scope: Option<String>,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Forward the request.
+    Allow(Grant),
+    /// Answer locally with the refusal.
+    Deny(Refusal),
+}
+
+impl Decision {
+    /// The refusal reason, if denied.
+    pub fn reason(&self) -> Option<DenyReason> {
+        match self {
+            Decision::Allow(_) => None,
+            Decision::Deny(r) => Some(r.reason),
+        }
+    }
+}
+
+struct Ctx<'p> {
+    route: Option<&'p Route>,
+    principal: Option<Rc<Principal>>,
+    fhir: Option<FhirRequest>,
+}
+
+impl Ctx<'_> {
+    fn deny(self, reason: DenyReason, required_scope: Option<String>) -> Decision {
+        Decision::Deny(Refusal {
+            reason,
+            route_id: self.route.map(|r| r.id.clone()),
+            fhir_route: self.route.is_some_and(|r| matches!(r.access, Access::Fhir(_))),
+            principal: self.principal,
+            fhir: self.fhir,
+            required_scope,
+        })
+    }
+}
+
+/// Decide one request. `cache` is the per-VM verified-token cache belonging to `policy`.
+pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u64) -> Decision {
+    let mut ctx = Ctx { route: None, principal: None, fhir: None };
+    if req.path.len() > policy.limits.max_path_bytes {
+        return ctx.deny(DenyReason::PathTooLong, None);
+    }
+    let Ok(path) = normalize(req.path) else {
+        return ctx.deny(DenyReason::InvalidPath, None);
+    };
+    let Some((route, consumed)) = policy.routes.iter().find_map(|r| r.matcher.matches(&path.segments).map(|m| (r, m.consumed))) else {
+        return ctx.deny(DenyReason::NoRoute, None);
+    };
+    ctx.route = Some(route);
+    if !route.methods.iter().any(|m| m == req.method) {
+        return ctx.deny(DenyReason::MethodNotAllowed, None);
+    }
+    if path.has_param("access_token") {
+        return ctx.deny(DenyReason::TokenInQuery, None);
+    }
+    // Model the FHIR request before authenticating so refusals carry it for audit.
+    if let Access::Fhir(_) = route.access {
+        match parse_fhir(req.method, path.segments.get(consumed..).unwrap_or(&[])) {
+            Ok(f) => ctx.fhir = Some(f),
+            Err(FhirRequestError::UnknownType | FhirRequestError::Unsupported) => {
+                return ctx.deny(DenyReason::UnsupportedFhirRequest, None)
+            }
+        }
+    }
+    if let Access::Public = route.access {
+        return Decision::Allow(Grant {
+            route_id: route.id.clone(),
+            fhir_route: false,
+            principal: None,
+            fhir: ctx.fhir,
+            response: ResponsePlan::default(),
+        });
+    }
+    let token = match bearer(req.authorization) {
+        Ok(t) => t,
+        Err(reason) => return ctx.deny(reason, None),
+    };
+    let principal = match cache.get(token, now) {
+        Some(p) => p,
+        None => match auth::verify(token, &policy.issuers, policy.limits.max_token_bytes, now) {
+            Ok(p) => {
+                let p = Rc::new(p);
+                cache.insert(token, Rc::clone(&p), now);
+                p
+            }
+            Err(reason) => return ctx.deny(reason, None),
+        },
+    };
+    ctx.principal = Some(Rc::clone(&principal));
+    let checks = match &route.access {
+        Access::Public => Vec::new(),
+        Access::Scopes { all_of, any_of } => {
+            let ok = all_of.iter().all(|s| principal.has_scope(s))
+                && (any_of.is_empty() || any_of.iter().any(|s| principal.has_scope(s)));
+            if !ok {
+                let mut need = all_of.clone();
+                if !any_of.is_empty() {
+                    need.push(any_of.join(" | "));
+                }
+                return ctx.deny(DenyReason::InsufficientScope, Some(need.join(" ")));
+            }
+            Vec::new()
+        }
+        Access::Fhir(fhir_route) => {
+            let Some(fhir) = ctx.fhir.as_ref() else {
+                return ctx.deny(DenyReason::UnsupportedFhirRequest, None);
+            };
+            match authorize_fhir(fhir_route, &principal, fhir, &path) {
+                Ok(checks) => checks,
+                Err((reason, need)) => return ctx.deny(reason, need),
+            }
+        }
+    };
+    Decision::Allow(Grant {
+        route_id: route.id.clone(),
+        fhir_route: matches!(route.access, Access::Fhir(_)),
+        principal: Some(principal),
+        fhir: ctx.fhir,
+        response: ResponsePlan { checks },
+    })
+}
+
+/// The bearer token from exactly one `Authorization` header (scheme case-insensitive).
+fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
+    let value = match headers {
+        [] => return Err(DenyReason::MissingToken),
+        [one] => one.trim(),
+        _ => return Err(DenyReason::AmbiguousCredentials),
+    };
+    let (scheme, token) = value.split_once(' ').ok_or(if value.is_empty() {
+        DenyReason::MissingToken
+    } else {
+        DenyReason::UnsupportedAuthScheme
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(DenyReason::UnsupportedAuthScheme);
+    }
+    let token = token.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(DenyReason::MissingToken);
+    }
+    if token.contains(char::is_whitespace) || token.contains(',') {
+        return Err(DenyReason::MalformedToken);
+    }
+    Ok(token)
+}
+
+type FhirDenial = (DenyReason, Option<String>);
+
+/// SMART scope and patient-compartment enforcement for a modelled FHIR request.
+fn authorize_fhir(
+    route: &FhirRoute,
+    principal: &Principal,
+    req: &FhirRequest,
+    path: &NormalizedPath,
+) -> Result<Vec<ResponseCheck>, FhirDenial> {
+    use Interaction::*;
+    if !route.interactions.contains(&req.interaction) {
+        return Err((DenyReason::InteractionNotAllowed, None));
+    }
+    if req.interaction == Capabilities {
+        return Ok(Vec::new());
+    }
+    let Some(letter) = req.interaction.permission() else {
+        // Batch/transaction and operations cannot be authorized by one resource scope; declare a
+        // `scopes` route for the operations you serve, ahead of the FHIR base.
+        return Err((DenyReason::UnsupportedFhirRequest, None));
+    };
+    let ty = req.resource_type;
+    let granting = principal.smart_scopes.iter().filter(|s| s.grants(ty, letter, &path.query));
+    let (mut patient_grant, mut other_grant) = (false, false);
+    for s in granting {
+        match s.context {
+            auth::scope::Context::Patient => patient_grant = true,
+            _ => other_grant = true,
+        }
+    }
+    if other_grant {
+        // user/ and system/ scopes: the upstream enforces the user's own access.
+        return Ok(Vec::new());
+    }
+    if !patient_grant {
+        let t = ty.unwrap_or("*");
+        let need = ["patient", "user", "system"].map(|c| format!("{c}/{t}.{letter}")).join(" ");
+        return Err((DenyReason::InsufficientScope, Some(need)));
+    }
+    let patient = principal.patient.as_deref().ok_or((DenyReason::MissingPatientContext, None))?;
+    patient_compartment(route, req, path, patient)
+}
+
+/// A patient-context token may reach only its patient's compartment.
+fn patient_compartment(
+    route: &FhirRoute,
+    req: &FhirRequest,
+    path: &NormalizedPath,
+    patient: &str,
+) -> Result<Vec<ResponseCheck>, FhirDenial> {
+    use Interaction::*;
+    let escape = Err((DenyReason::CompartmentEscape, None));
+    let mismatch = Err((DenyReason::PatientMismatch, None));
+    let Some(ty) = req.resource_type else {
+        return escape;
+    };
+    if !in_patient_compartment(ty) {
+        return if route.patient_shared_types.contains(ty) && matches!(req.interaction, Read | Vread | SearchType) {
+            if req.interaction == SearchType {
+                search_is_contained(path)?;
+            }
+            Ok(Vec::new())
+        } else {
+            mismatch
+        };
+    }
+    match (ty, req.interaction) {
+        ("Patient", Read | Vread | HistoryInstance | Update | Patch) => {
+            if req.id.as_deref() == Some(patient) {
+                Ok(Vec::new())
+            } else {
+                mismatch
+            }
+        }
+        ("Patient", SearchType) => {
+            search_is_contained(path)?;
+            let ids: Vec<&str> = path.query.iter().filter(|(k, _)| k == "_id").map(|(_, v)| v.as_str()).collect();
+            if let Some(p) = &req.compartment_patient {
+                if p != patient {
+                    return mismatch;
+                }
+            }
+            if !ids.is_empty() && ids.iter().all(|v| param_refers_to(v, patient)) {
+                Ok(Vec::new())
+            } else {
+                escape
+            }
+        }
+        (_, SearchType) => {
+            search_is_contained(path)?;
+            if let Some(p) = &req.compartment_patient {
+                return if p == patient { Ok(Vec::new()) } else { mismatch };
+            }
+            let links = patient_params(ty);
+            let mut bound = false;
+            for (k, v) in &path.query {
+                let (name, modifier) = k.split_once(':').map_or((k.as_str(), None), |(n, m)| (n, Some(m)));
+                if !links.contains(&name) {
+                    continue;
+                }
+                if !matches!(modifier, None | Some("Patient")) {
+                    return escape;
+                }
+                if !param_refers_to(v, patient) {
+                    return mismatch;
+                }
+                bound = true;
+            }
+            if bound {
+                Ok(Vec::new())
+            } else {
+                escape
+            }
+        }
+        (_, Read | Vread | HistoryInstance) => {
+            // The id alone does not say whose resource it is: check the body before release.
+            Ok(vec![ResponseCheck::PatientBinding { patient: patient.to_owned() }])
+        }
+        // Writes, deletes and type history by a patient-context token cannot be proven to stay
+        // inside the compartment before they happen.
+        _ => escape,
+    }
+}
+
+/// Search features that can reach resources outside the compartment named by the patient
+/// parameter: includes, reverse chaining, chained parameters, and free-form filters.
+fn search_is_contained(path: &NormalizedPath) -> Result<(), FhirDenial> {
+    for (k, _) in &path.query {
+        let base = k.split(':').next().unwrap_or(k);
+        let escapes = matches!(base, "_include" | "_revinclude" | "_has" | "_filter" | "_query" | "_contained" | "_containedType")
+            || base.starts_with("_has")
+            || k.contains('.');
+        if escapes {
+            return Err((DenyReason::CompartmentEscape, None));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::verify::tests::{claims, sign, NOW};
+    use jsonwebtoken::Algorithm;
+    use serde_json::{json, Value};
+
+    fn policy(name: &str) -> Policy {
+        let bytes = std::fs::read(format!("{}/policies/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        crate::policy::compile(&bytes).unwrap()
+    }
+
+    fn token(patch: Value) -> String {
+        let mut c = claims();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        sign(Algorithm::RS256, Some("demo-rs256"), &c)
+    }
+
+    fn run(p: &Policy, method: &str, path: &str, auth: Option<&str>) -> Decision {
+        let mut cache = TokenCache::new(16);
+        let header = auth.map(|t| format!("Bearer {t}"));
+        let hs: Vec<&str> = header.iter().map(String::as_str).collect();
+        decide(p, &mut cache, &Request { method, path, authorization: &hs }, NOW)
+    }
+
+    fn reason(p: &Policy, method: &str, path: &str, auth: Option<&str>) -> Option<DenyReason> {
+        run(p, method, path, auth).reason()
+    }
+
+    #[test]
+    fn patient_app() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({}));
+        let t = Some(t.as_str());
+        use DenyReason::*;
+        assert_eq!(reason(&p, "GET", "/healthz", None), None);
+        assert_eq!(reason(&p, "GET", "/fhir/metadata", None), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", None), Some(MissingToken));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", t), None);
+        assert_eq!(reason(&p, "HEAD", "/fhir/Patient/p1", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p2", t), Some(PatientMismatch));
+        assert_eq!(reason(&p, "DELETE", "/fhir/Patient/p1", t), Some(MethodNotAllowed));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?subject=Patient/p1&code=x", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?subject:Patient=p1", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p2", t), Some(PatientMismatch));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1,p2", t), Some(PatientMismatch));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1&patient=p2", t), Some(PatientMismatch));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?code=x", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient:missing=true", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1&_include=Observation:performer", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1&_revinclude=Provenance:target", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1&_has:Group:member:_id=g", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient.name=Smith", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1/Observation", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p2/Observation", t), Some(PatientMismatch));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient?_id=p1", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Patient?name=Smith", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Condition?patient=p1", t), Some(InsufficientScope));
+        assert_eq!(reason(&p, "GET", "/fhir/Organization/o1", t), Some(InsufficientScope));
+        assert_eq!(reason(&p, "GET", "/fhir?_type=Observation", t), Some(InsufficientScope));
+        assert_eq!(reason(&p, "GET", "/fhir/Pateint/p1", t), Some(UnsupportedFhirRequest));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/../Patient/p2", t), Some(InvalidPath));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient%2Fp2", t), Some(InvalidPath));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1?access_token=x", t), Some(TokenInQuery));
+        assert_eq!(reason(&p, "GET", "/nothing/here", t), Some(NoRoute));
+        assert_eq!(reason(&p, "GET", "/fhirx", t), Some(NoRoute));
+        match run(&p, "GET", "/fhir/Observation/o1", t) {
+            Decision::Allow(g) => assert_eq!(g.response.checks, [ResponseCheck::PatientBinding { patient: "p1".into() }]),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn patient_scope_without_patient_claim() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({"patient": null}));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", Some(&t)), Some(DenyReason::MissingPatientContext));
+    }
+
+    #[test]
+    fn wildcard_and_constraints() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({"scope": "patient/*.rs"}));
+        assert_eq!(reason(&p, "GET", "/fhir/Condition?patient=p1", Some(&t)), None);
+        let t = token(json!({"scope": "patient/Observation.rs?category=laboratory"}));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1&category=laboratory", Some(&t)), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1", Some(&t)), Some(DenyReason::InsufficientScope));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation/o1", Some(&t)), Some(DenyReason::InsufficientScope));
+        let t = token(json!({"scope": "launch/patient openid fhirUser patient/Observation.sr"}));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1", Some(&t)), Some(DenyReason::InsufficientScope));
+    }
+
+    #[test]
+    fn clinician_api() {
+        let p = policy("clinician-api");
+        let scp = |s: Value| {
+            let mut c = claims();
+            c.as_object_mut().unwrap().remove("scope");
+            c.as_object_mut().unwrap().remove("patient");
+            c["scp"] = s;
+            sign(Algorithm::ES256, Some("demo-es256"), &c)
+        };
+        let user = scp(json!(["user/Patient.rs", "user/Observation.cruds"]));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/anyone", Some(&user)), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Patient?name=Smith", Some(&user)), None);
+        assert_eq!(reason(&p, "DELETE", "/fhir/Patient/anyone", Some(&user)), Some(DenyReason::InsufficientScope));
+        assert_eq!(reason(&p, "POST", "/fhir/Observation", Some(&user)), None);
+        assert_eq!(reason(&p, "POST", "/fhir", Some(&user)), Some(DenyReason::UnsupportedFhirRequest));
+        assert_eq!(reason(&p, "GET", "/admin/reports/7", Some(&user)), Some(DenyReason::InsufficientScope));
+        assert_eq!(reason(&p, "GET", "/nothing", Some(&user)), Some(DenyReason::NoRoute));
+        assert_eq!(p.unmatched_status, 403);
+        let admin = scp(json!(["admin.reports.read"]));
+        assert_eq!(reason(&p, "GET", "/admin/reports/7", Some(&admin)), None);
+        assert_eq!(reason(&p, "GET", "/admin/reports/7/x", Some(&admin)), Some(DenyReason::NoRoute));
+        let sys = scp(json!(["system/*.read"]));
+        assert_eq!(reason(&p, "POST", "/admin/export/run", Some(&sys)), None);
+        // EdDSA is not pinned for this issuer.
+        let mut c = claims();
+        c["scp"] = json!(["user/Patient.rs"]);
+        let ed = sign(Algorithm::EdDSA, Some("demo-eddsa"), &c);
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/x", Some(&ed)), Some(DenyReason::AlgorithmNotAllowed));
+    }
+
+    #[test]
+    fn authorization_header_forms() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({}));
+        let mut cache = TokenCache::new(4);
+        let go = |cache: &mut TokenCache, hs: &[&str]| decide(&p, cache, &Request { method: "GET", path: "/fhir/Patient/p1", authorization: hs }, NOW).reason();
+        assert_eq!(go(&mut cache, &[&format!("bearer {t}")]), None);
+        assert_eq!(go(&mut cache, &[&format!("BEARER   {t}")]), None);
+        assert_eq!(go(&mut cache, &[&format!("Basic {t}")]), Some(DenyReason::UnsupportedAuthScheme));
+        assert_eq!(go(&mut cache, &["Bearer"]), Some(DenyReason::UnsupportedAuthScheme));
+        assert_eq!(go(&mut cache, &["Bearer "]), Some(DenyReason::UnsupportedAuthScheme));
+        assert_eq!(go(&mut cache, &[""]), Some(DenyReason::MissingToken));
+        assert_eq!(go(&mut cache, &[&format!("Bearer {t}"), &format!("Bearer {t}")]), Some(DenyReason::AmbiguousCredentials));
+        assert_eq!(go(&mut cache, &[&format!("Bearer {t},{t}")]), Some(DenyReason::MalformedToken));
+        assert_eq!(cache.len(), 1, "verified once, cached");
+    }
+
+    #[test]
+    fn cache_never_outlives_exp() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({"exp": NOW + 10}));
+        let mut cache = TokenCache::new(4);
+        let hs = [format!("Bearer {t}")];
+        let hs: Vec<&str> = hs.iter().map(String::as_str).collect();
+        let req = Request { method: "GET", path: "/fhir/Patient/p1", authorization: &hs };
+        assert!(decide(&p, &mut cache, &req, NOW).reason().is_none());
+        assert_eq!(decide(&p, &mut cache, &req, NOW + 70).reason(), Some(DenyReason::Expired));
+    }
+}

@@ -1,0 +1,216 @@
+//! Every way a request can be refused, with its HTTP status and stable reason code.
+
+/// Why a request was refused. Exhaustive on purpose: a new reason must be mapped everywhere
+/// reasons are mapped (status, code, response body, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// No policy is loaded (never configured or every configuration was rejected).
+    NoPolicy,
+    /// The path is malformed or ambiguous (dot segments, encoded slashes, empty segments...).
+    InvalidPath,
+    /// The path or query is longer than the policy allows.
+    PathTooLong,
+    /// No route matches the path.
+    NoRoute,
+    /// A route matches the path but not the method.
+    MethodNotAllowed,
+    /// No bearer token in the `Authorization` header.
+    MissingToken,
+    /// More than one `Authorization` header, or a token in the query string.
+    AmbiguousCredentials,
+    /// The `Authorization` header is not a bearer token.
+    UnsupportedAuthScheme,
+    /// The token is larger than the policy allows.
+    TokenTooLarge,
+    /// The token is not three well-formed base64url segments of JSON.
+    MalformedToken,
+    /// The header asks for an algorithm that is not pinned for the issuer (or `none`).
+    AlgorithmNotAllowed,
+    /// The header carries a key or key location (`jwk`, `jku`, `x5u`, `x5c`).
+    EmbeddedKey,
+    /// The header names a critical extension we do not understand.
+    UnsupportedCrit,
+    /// The `iss` claim names no trusted issuer.
+    UnknownIssuer,
+    /// No key of the issuer matches the header's `kid` and algorithm.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` is missing.
+    MissingExpiry,
+    /// `exp` is in the past.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `iat` is in the future, or the token lives longer than the issuer allows.
+    BadIssuedAt,
+    /// `aud` names none of the accepted audiences.
+    BadAudience,
+    /// A claim has the wrong type (e.g. `exp` as a string, scopes not a string/array).
+    BadClaim,
+    /// An access token was sent in the query string (`access_token`), where it leaks into logs.
+    TokenInQuery,
+    /// The token lacks a scope the route requires.
+    InsufficientScope,
+    /// The FHIR base does not allow this interaction.
+    InteractionNotAllowed,
+    /// The FHIR request cannot be modelled (unknown resource type, unsupported interaction).
+    UnsupportedFhirRequest,
+    /// A patient-context token asked for data outside its patient's compartment.
+    PatientMismatch,
+    /// A patient-context token used a search feature that can reach other patients
+    /// (`_include`, `_revinclude`, `_has`, chained parameters, no patient parameter).
+    CompartmentEscape,
+    /// A patient-scoped token carries no patient claim.
+    MissingPatientContext,
+    /// The upstream response could not be checked (not JSON, too large, encoded, truncated).
+    ResponseUncheckable,
+}
+
+impl DenyReason {
+    /// The HTTP status a client receives.
+    pub fn status(self) -> u16 {
+        use DenyReason::*;
+        match self {
+            NoPolicy => 503,
+            InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest => 400,
+            NoRoute => 404,
+            MethodNotAllowed => 405,
+            MissingToken | UnsupportedAuthScheme | TokenTooLarge | MalformedToken
+            | AlgorithmNotAllowed | EmbeddedKey | UnsupportedCrit | UnknownIssuer | UnknownKey
+            | BadSignature | MissingExpiry | Expired | NotYetValid | BadIssuedAt | BadAudience
+            | BadClaim | TokenInQuery => 401,
+            InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | MissingPatientContext => 403,
+            ResponseUncheckable => 502,
+        }
+    }
+
+    /// Stable machine-readable code used in responses, audit events and metric names.
+    pub fn code(self) -> &'static str {
+        use DenyReason::*;
+        match self {
+            NoPolicy => "no_policy",
+            InvalidPath => "invalid_path",
+            PathTooLong => "path_too_long",
+            NoRoute => "no_route",
+            MethodNotAllowed => "method_not_allowed",
+            MissingToken => "missing_token",
+            AmbiguousCredentials => "ambiguous_credentials",
+            UnsupportedAuthScheme => "unsupported_auth_scheme",
+            TokenTooLarge => "token_too_large",
+            MalformedToken => "malformed_token",
+            AlgorithmNotAllowed => "algorithm_not_allowed",
+            EmbeddedKey => "embedded_key",
+            UnsupportedCrit => "unsupported_crit",
+            UnknownIssuer => "unknown_issuer",
+            UnknownKey => "unknown_key",
+            BadSignature => "bad_signature",
+            MissingExpiry => "missing_exp",
+            Expired => "token_expired",
+            NotYetValid => "token_not_yet_valid",
+            BadIssuedAt => "bad_iat",
+            BadAudience => "bad_audience",
+            BadClaim => "bad_claim",
+            TokenInQuery => "token_in_query",
+            InsufficientScope => "insufficient_scope",
+            InteractionNotAllowed => "interaction_not_allowed",
+            UnsupportedFhirRequest => "unsupported_fhir_request",
+            PatientMismatch => "patient_mismatch",
+            CompartmentEscape => "compartment_escape",
+            MissingPatientContext => "missing_patient_context",
+            ResponseUncheckable => "response_uncheckable",
+        }
+    }
+
+    /// A short fixed explanation for humans. Never contains request or token data.
+    pub fn message(self) -> &'static str {
+        use DenyReason::*;
+        match self {
+            NoPolicy => "no access policy is loaded",
+            InvalidPath => "the request path is malformed or ambiguous",
+            PathTooLong => "the request path is too long",
+            NoRoute => "no route matches this request",
+            MethodNotAllowed => "this method is not allowed on this route",
+            MissingToken => "a bearer token is required",
+            AmbiguousCredentials => "credentials must be sent once, in the Authorization header",
+            UnsupportedAuthScheme => "only the Bearer authorization scheme is accepted",
+            TokenTooLarge => "the token is too large",
+            MalformedToken => "the token is malformed",
+            AlgorithmNotAllowed => "the token's signature algorithm is not allowed",
+            EmbeddedKey => "tokens carrying their own keys are not accepted",
+            UnsupportedCrit => "the token has an unsupported critical header",
+            UnknownIssuer => "the token's issuer is not trusted",
+            UnknownKey => "the token's signing key is unknown",
+            BadSignature => "the token's signature is invalid",
+            MissingExpiry => "the token has no expiry",
+            Expired => "the token has expired",
+            NotYetValid => "the token is not valid yet",
+            BadIssuedAt => "the token's issue time or lifetime is not acceptable",
+            BadAudience => "the token is not intended for this service",
+            BadClaim => "the token has a malformed claim",
+            TokenInQuery => "access tokens are not accepted in the query string",
+            InsufficientScope => "the token lacks a scope this request requires",
+            InteractionNotAllowed => "this FHIR interaction is not allowed here",
+            UnsupportedFhirRequest => "this FHIR request is not supported",
+            PatientMismatch => "the requested data is outside the token's patient context",
+            CompartmentEscape => {
+                "this search could reach data outside the token's patient context"
+            }
+            MissingPatientContext => "the token's patient scopes carry no patient context",
+            ResponseUncheckable => "the upstream response could not be checked",
+        }
+    }
+
+    /// The RFC 6750 `error` value for `WWW-Authenticate`, if the status calls for one.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self.status() {
+            401 if self == DenyReason::MissingToken => None,
+            401 => Some("invalid_token"),
+            403 if self == DenyReason::InsufficientScope => Some("insufficient_scope"),
+            _ => None,
+        }
+    }
+
+    /// The FHIR `OperationOutcome.issue.code` for this refusal.
+    pub fn issue_code(self) -> &'static str {
+        match self.status() {
+            401 => "login",
+            403 => "forbidden",
+            404 => "not-found",
+            400 | 405 => "invalid",
+            _ => "exception",
+        }
+    }
+
+    /// Every reason, for metric definition and tests.
+    pub const ALL: [DenyReason; 30] = {
+        use DenyReason::*;
+        [
+            NoPolicy, InvalidPath, PathTooLong, NoRoute, MethodNotAllowed, MissingToken,
+            AmbiguousCredentials, UnsupportedAuthScheme, TokenTooLarge, MalformedToken,
+            AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
+            BadSignature, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
+            BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
+            CompartmentEscape, MissingPatientContext, ResponseUncheckable,
+        ]
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_statuses_sane() {
+        let codes: HashSet<_> = DenyReason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), DenyReason::ALL.len());
+        for r in DenyReason::ALL {
+            assert!((400..600).contains(&r.status()));
+            assert!(r.code().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        assert_eq!(DenyReason::MissingToken.bearer_error(), None);
+        assert_eq!(DenyReason::Expired.bearer_error(), Some("invalid_token"));
+        assert_eq!(DenyReason::InsufficientScope.bearer_error(), Some("insufficient_scope"));
+    }
+}

@@ -1,0 +1,343 @@
+//! Compile policy JSON into the checked [`Policy`] model. The first error wins and names its
+//! location (`routes[2].fhir.interactions[1]: unknown interaction `raed``).
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use jsonwebtoken::Algorithm;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::schema::{IssuerDoc, PolicyDoc, RouteDoc};
+use super::{Access, FhirRoute, Limits, PathMatcher, Policy, Route};
+use crate::auth::keys::parse_jwks;
+use crate::auth::{ClaimNames, IssuerConfig};
+use crate::fhir::{resource_type, Interaction};
+use crate::http::normalize;
+
+/// A policy that cannot be used, with where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{location}: {message}")]
+pub struct CompileError {
+    /// JSON path of the offending value (`routes[2].match`), or `policy` for the whole document.
+    pub location: String,
+    /// What is wrong, lowercase, quoting user input in backticks.
+    pub message: String,
+}
+
+fn err(location: impl Into<String>, message: impl Into<String>) -> CompileError {
+    CompileError { location: location.into(), message: message.into() }
+}
+
+const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+const DEFAULT_MAX_PATH_BYTES: usize = 4 * 1024;
+const DEFAULT_CACHE_ENTRIES: usize = 1024;
+const MAX_CACHE_ENTRIES: usize = 100_000;
+const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Parse and compile policy bytes.
+pub fn compile(bytes: &[u8]) -> Result<Policy, CompileError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let doc: PolicyDoc = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let location = if matches!(path.as_str(), "." | "?" | "") { "policy".to_owned() } else { path };
+        err(location, e.into_inner().to_string())
+    })?;
+    let revision = {
+        let digest = Sha256::digest(bytes);
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    };
+    compile_doc(doc, revision)
+}
+
+fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError> {
+    if doc.version != 1 {
+        return Err(err("version", format!("unsupported policy version `{}`; expected 1", doc.version)));
+    }
+    if doc.name.trim().is_empty() {
+        return Err(err("name", "must not be empty"));
+    }
+    let issuers = doc
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| compile_issuer(d, &format!("issuers[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    for (i, iss) in issuers.iter().enumerate() {
+        if !seen.insert(iss.issuer.as_str()) {
+            return Err(err(format!("issuers[{i}].issuer"), format!("duplicate issuer `{}`", iss.issuer)));
+        }
+    }
+    if doc.routes.is_empty() {
+        return Err(err("routes", "must contain at least one route"));
+    }
+    let mut ids = HashSet::new();
+    let mut routes = Vec::with_capacity(doc.routes.len());
+    for (i, r) in doc.routes.iter().enumerate() {
+        let loc = format!("routes[{i}]");
+        if !ids.insert(r.id.as_str()) {
+            return Err(err(format!("{loc}.id"), format!("duplicate route id `{}`", r.id)));
+        }
+        let route = compile_route(r, &loc)?;
+        if !matches!(route.access, Access::Public) && issuers.is_empty() {
+            return Err(err(loc, "route needs a token but the policy trusts no issuer"));
+        }
+        routes.push(route);
+    }
+    let unmatched_status = match doc.unmatched.map(|u| u.status) {
+        None => 404,
+        Some(s @ (403 | 404)) => s,
+        Some(s) => return Err(err("unmatched.status", format!("`{s}` must be 403 or 404"))),
+    };
+    let limits = doc.limits.as_ref();
+    let limits = Limits {
+        max_token_bytes: bounded(limits.and_then(|l| l.max_token_bytes), DEFAULT_MAX_TOKEN_BYTES, 256..=64 * 1024, "limits.maxTokenBytes")?,
+        max_path_bytes: bounded(limits.and_then(|l| l.max_path_bytes), DEFAULT_MAX_PATH_BYTES, 64..=64 * 1024, "limits.maxPathBytes")?,
+    };
+    let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
+    Ok(Policy { name: doc.name, revision, issuers, routes, unmatched_status, limits, token_cache_entries })
+}
+
+fn bounded(v: Option<usize>, default: usize, range: std::ops::RangeInclusive<usize>, loc: &str) -> Result<usize, CompileError> {
+    let v = v.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(loc, format!("`{v}` must be between {} and {}", range.start(), range.end())))
+    }
+}
+
+fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError> {
+    if !(d.issuer.starts_with("https://") || d.issuer.starts_with("http://")) {
+        return Err(err(format!("{loc}.issuer"), format!("`{}` must be an http(s) URL", d.issuer)));
+    }
+    if d.audiences.is_empty() || d.audiences.iter().any(|a| a.is_empty()) {
+        return Err(err(format!("{loc}.audiences"), "must list at least one non-empty audience"));
+    }
+    if d.algorithms.is_empty() {
+        return Err(err(format!("{loc}.algorithms"), "must pin at least one algorithm"));
+    }
+    let mut algorithms = Vec::new();
+    for (i, a) in d.algorithms.iter().enumerate() {
+        let aloc = format!("{loc}.algorithms[{i}]");
+        let alg = Algorithm::from_str(a).map_err(|_| err(&aloc, format!("unknown algorithm `{a}`")))?;
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(err(aloc, format!("`{a}` is not supported: shared-secret algorithms do not belong in a gateway policy")));
+        }
+        algorithms.push(alg);
+    }
+    let jwks = d.jwks.as_ref().ok_or_else(|| err(format!("{loc}.jwks"), "an inline JWKS is required"))?;
+    let keys = parse_jwks(jwks).map_err(|e| err(format!("{loc}.jwks"), e.to_string()))?;
+    if keys.is_empty() {
+        return Err(err(format!("{loc}.jwks.keys"), "must contain at least one key"));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if !algorithms.iter().any(|a| k.accepts(*a)) {
+            return Err(err(format!("{loc}.jwks.keys[{i}]"), "key matches none of the pinned algorithms"));
+        }
+    }
+    let scope = d.scope_claim.clone().unwrap_or_else(|| "scope".into());
+    if scope != "scope" && scope != "scp" {
+        return Err(err(format!("{loc}.scopeClaim"), format!("`{scope}` must be `scope` or `scp`")));
+    }
+    let claim = |v: &Option<String>, default: &str, field: &str| -> Result<String, CompileError> {
+        let c = v.clone().unwrap_or_else(|| default.into());
+        if c.is_empty() {
+            Err(err(format!("{loc}.{field}"), "must not be empty"))
+        } else {
+            Ok(c)
+        }
+    };
+    let clock_skew = d.clock_skew_seconds.unwrap_or(60);
+    if clock_skew > 300 {
+        return Err(err(format!("{loc}.clockSkewSeconds"), format!("`{clock_skew}` exceeds 300 seconds")));
+    }
+    Ok(IssuerConfig {
+        issuer: d.issuer.clone(),
+        audiences: d.audiences.clone(),
+        algorithms,
+        keys,
+        clock_skew,
+        max_lifetime: d.max_token_lifetime_seconds,
+        claims: ClaimNames {
+            scope,
+            subject: claim(&d.subject_claim, "sub", "subjectClaim")?,
+            client_id: claim(&d.client_id_claim, "client_id", "clientIdClaim")?,
+            patient: claim(&d.patient_claim, "patient", "patientClaim")?,
+        },
+    })
+}
+
+fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
+    if r.id.is_empty() || !r.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(err(format!("{loc}.id"), format!("`{}` must be non-empty [A-Za-z0-9_-]", r.id)));
+    }
+    let mloc = format!("{loc}.match");
+    let matcher = match (&r.matcher.path, &r.matcher.prefix) {
+        (Some(p), None) => PathMatcher::Template(template(p, &format!("{mloc}.path"))?),
+        (None, Some(p)) => {
+            let segs = literal_segments(p, &format!("{mloc}.prefix"))?;
+            PathMatcher::Prefix(segs)
+        }
+        _ => return Err(err(mloc, "exactly one of `path` or `prefix` is required")),
+    };
+    let methods = match &r.methods {
+        None => vec!["GET".to_owned(), "HEAD".to_owned()],
+        Some(list) if list.is_empty() => return Err(err(format!("{loc}.methods"), "must not be empty")),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, m) in list.iter().enumerate() {
+                if !KNOWN_METHODS.contains(&m.as_str()) {
+                    return Err(err(format!("{loc}.methods[{i}]"), format!("unknown method `{m}` (uppercase HTTP method expected)")));
+                }
+                out.push(m.clone());
+            }
+            out
+        }
+    };
+    let access = match (r.public, &r.scopes, &r.fhir) {
+        (true, None, None) => Access::Public,
+        (false, Some(s), None) => {
+            if s.all_of.is_empty() && s.any_of.is_empty() {
+                return Err(err(format!("{loc}.scopes"), "must list `allOf` or `anyOf` scopes"));
+            }
+            for (field, list) in [("allOf", &s.all_of), ("anyOf", &s.any_of)] {
+                for (i, sc) in list.iter().enumerate() {
+                    if sc.is_empty() || sc.contains(char::is_whitespace) {
+                        return Err(err(format!("{loc}.scopes.{field}[{i}]"), format!("`{sc}` is not a single scope")));
+                    }
+                }
+            }
+            Access::Scopes { all_of: s.all_of.clone(), any_of: s.any_of.clone() }
+        }
+        (false, None, Some(f)) => {
+            if !matches!(matcher, PathMatcher::Prefix(_)) {
+                return Err(err(format!("{loc}.match"), "a `fhir` route must match a `prefix` (the FHIR base)"));
+            }
+            let interactions = match &f.interactions {
+                None => Interaction::ALL.into_iter().collect(),
+                Some(list) => {
+                    let mut set = HashSet::new();
+                    for (i, name) in list.iter().enumerate() {
+                        let it = Interaction::from_name(name)
+                            .ok_or_else(|| err(format!("{loc}.fhir.interactions[{i}]"), format!("unknown interaction `{name}`")))?;
+                        set.insert(it);
+                    }
+                    set
+                }
+            };
+            let mut shared = HashSet::new();
+            for (i, t) in f.patient_shared_types.iter().enumerate() {
+                let ty = resource_type(t)
+                    .ok_or_else(|| err(format!("{loc}.fhir.patientSharedTypes[{i}]"), format!("unknown FHIR resource type `{t}`")))?;
+                if crate::fhir::compartment::in_patient_compartment(ty) {
+                    return Err(err(format!("{loc}.fhir.patientSharedTypes[{i}]"), format!("`{t}` is in the patient compartment; it cannot be shared")));
+                }
+                shared.insert(ty);
+            }
+            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared })
+        }
+        (true, _, _) => return Err(err(loc, "a `public` route cannot also require `scopes` or `fhir`")),
+        (false, None, None) => return Err(err(loc, "route needs one of `public`, `scopes` or `fhir`")),
+        (false, Some(_), Some(_)) => return Err(err(loc, "`scopes` and `fhir` are exclusive")),
+    };
+    Ok(Route { id: r.id.clone(), matcher, methods, access })
+}
+
+fn literal_segments(p: &str, loc: &str) -> Result<Vec<String>, CompileError> {
+    if p == "/" {
+        return Ok(Vec::new());
+    }
+    let n = normalize(p).map_err(|e| err(loc, format!("`{p}`: {e}")))?;
+    if p.contains('?') || n.segments.iter().any(|s| s.contains(['{', '}'])) {
+        return Err(err(loc, format!("`{p}` must be a plain path")));
+    }
+    Ok(n.segments)
+}
+
+fn template(p: &str, loc: &str) -> Result<Vec<Option<String>>, CompileError> {
+    let segs = if p == "/" { Vec::new() } else { normalize(p).map_err(|e| err(loc, format!("`{p}`: {e}")))?.segments };
+    if p.contains('?') {
+        return Err(err(loc, format!("`{p}` must not contain a query")));
+    }
+    segs.into_iter()
+        .map(|s| {
+            if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty() || name.contains(['{', '}']) {
+                    return Err(err(loc, format!("`{p}` has an empty or nested placeholder")));
+                }
+                Ok(None)
+            } else if s.contains(['{', '}']) {
+                Err(err(loc, format!("`{p}`: placeholders must fill a whole segment")))
+            } else {
+                Ok(Some(s))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn example() -> Value {
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/clinician-api.json")).unwrap()).unwrap()
+    }
+
+    fn compile_value(v: &Value) -> Result<Policy, CompileError> {
+        compile(&serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn example_compiles() {
+        let p = compile_value(&example()).unwrap();
+        assert!(p.revision.starts_with("sha256:") && p.revision.len() == 23);
+        assert_eq!(p.unmatched_status, 403);
+    }
+
+    #[test]
+    fn errors_name_their_location() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("/routes/2/bogus", json!(1), "routes[2].bogus: unknown field `bogus`"),
+            ("/routes/2/fhir/interactions", json!(["read", "raed"]), "routes[2].fhir.interactions[1]: unknown interaction `raed`"),
+            ("/routes/2/fhir/patientSharedTypes", json!(["Pateint"]), "routes[2].fhir.patientSharedTypes[0]: unknown FHIR resource type `Pateint`"),
+            ("/routes/3/methods", json!(["get"]), "routes[3].methods[0]"),
+            ("/issuers/0/algorithms", json!(["RS256", "HS256"]), "issuers[0].algorithms[1]"),
+            ("/issuers/0/algorithms", json!(["none"]), "issuers[0].algorithms[0]: unknown algorithm `none`"),
+            ("/issuers/0/scopeClaim", json!("scopes"), "issuers[0].scopeClaim"),
+            ("/issuers/0/jwks", json!({"keys": [{"kty": "oct", "k": "AAAA"}]}), "issuers[0].jwks: keys[0]"),
+            ("/routes/3/match", json!({"path": "/a/{x", "prefix": "/a"}), "routes[3].match: exactly one"),
+            ("/routes/3/match", json!({"path": "/a/x{y}"}), "routes[3].match.path"),
+            ("/routes/3/match", json!({"prefix": "/a/../b"}), "routes[3].match.prefix"),
+            ("/routes/1/id", json!("health"), "routes[1].id: duplicate route id `health`"),
+            ("/unmatched", json!({"status": 200}), "unmatched.status"),
+            ("/version", json!(2), "version"),
+            ("/tokenCache", json!({"maxEntries": 10_000_000}), "tokenCache.maxEntries"),
+        ];
+        for (ptr, value, want) in cases {
+            let mut doc = example();
+            let (parent, key) = ptr.rsplit_once('/').unwrap();
+            doc.pointer_mut(parent).unwrap().as_object_mut().unwrap().insert(key.to_owned(), value);
+            let e = compile_value(&doc).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{ptr}: got `{e}`, want prefix `{want}`");
+        }
+    }
+
+    #[test]
+    fn structural_errors() {
+        let mut doc = example();
+        doc["issuers"] = json!([]);
+        assert!(compile_value(&doc).unwrap_err().to_string().contains("trusts no issuer"));
+        let mut doc = example();
+        doc["routes"][2]["match"] = json!({"path": "/fhir/{x}"});
+        assert!(compile_value(&doc).unwrap_err().to_string().starts_with("routes[2].match: a `fhir` route"));
+        let mut doc = example();
+        doc["routes"][0]["scopes"] = json!({"allOf": ["x"]});
+        assert!(compile_value(&doc).unwrap_err().to_string().starts_with("routes[0]: a `public` route"));
+        assert!(compile(b"{").unwrap_err().location == "policy");
+        assert!(compile(b"[]").is_err());
+    }
+}
