@@ -15,12 +15,14 @@ pub struct TokenCache {
     capacity: usize,
     entries: HashMap<[u8; 32], Rc<Principal>>,
     order: VecDeque<[u8; 32]>,
+    hits: u64,
+    misses: u64,
 }
 
 impl TokenCache {
     /// An empty cache holding at most `capacity` tokens (0 disables caching).
     pub fn new(capacity: usize) -> Self {
-        TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new() }
+        TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new(), hits: 0, misses: 0 }
     }
 
     fn key(token: &str) -> [u8; 32] {
@@ -30,11 +32,17 @@ impl TokenCache {
     /// The cached principal for `token`, if it was verified and is still within its lifetime.
     pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Principal>> {
         let key = Self::key(token);
-        let p = self.entries.get(&key)?;
-        if now < p.valid_until {
-            return Some(Rc::clone(p));
+        match self.entries.get(&key) {
+            Some(p) if now < p.valid_until => {
+                self.hits += 1;
+                return Some(Rc::clone(p));
+            }
+            Some(_) => {
+                self.entries.remove(&key);
+            }
+            None => {}
         }
-        self.entries.remove(&key);
+        self.misses += 1;
         None
     }
 
@@ -62,6 +70,11 @@ impl TokenCache {
         if self.entries.insert(key, principal).is_none() {
             self.order.push_back(key);
         }
+    }
+
+    /// Lookups answered from the cache, and lookups that were not, since creation.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 
     /// Number of cached tokens.

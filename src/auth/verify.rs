@@ -116,6 +116,18 @@ pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64)
     principal(&claims, issuer)
 }
 
+/// Check already-trusted claims (no signature) exactly as [`verify`] would after the signature:
+/// issuer, lifetime, audience, claim types. For `phi-guard explain --claims`; never on the data
+/// path.
+pub fn check_claims(claims: &Value, issuers: &[IssuerConfig], now: u64) -> Result<Principal, DenyReason> {
+    let claims = claims.as_object().ok_or(DenyReason::MalformedToken)?;
+    let iss = claims.get("iss").and_then(Value::as_str).ok_or(DenyReason::UnknownIssuer)?;
+    let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or(DenyReason::UnknownIssuer)?;
+    check_times(claims, issuer, now)?;
+    check_audience(claims, issuer)?;
+    principal(claims, issuer)
+}
+
 fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
@@ -137,7 +149,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
                 Ok(Some(u))
             } else {
                 match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(Some(f as u64)),
+                    Some(f) if (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
                     _ => Err(DenyReason::BadClaim),
                 }
             }
@@ -271,8 +283,10 @@ pub(crate) mod tests {
                "scope": "launch/patient patient/Patient.rs patient/Observation.rs", "patient": "p1", "jti": "j1"})
     }
 
+    type KeyCtor = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
+
     pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
-        let (file, ctor): (&str, fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>) = match alg {
+        let (file, ctor): (&str, KeyCtor) = match alg {
             Algorithm::RS256 | Algorithm::PS256 => ("demo-rs256.key.pem", EncodingKey::from_rsa_pem),
             Algorithm::ES256 => ("demo-es256.key.pem", EncodingKey::from_ec_pem),
             Algorithm::EdDSA => ("demo-eddsa.key.pem", EncodingKey::from_ed_pem),

@@ -42,6 +42,8 @@ pub struct Grant {
 pub struct Refusal {
     /// Why.
     pub reason: DenyReason,
+    /// HTTP status to answer with (the reason's, or the policy's `unmatched.status`).
+    pub status: u16,
     /// Matched route id, if any.
     pub route_id: Option<String>,
     /// Whether the matched route is a FHIR base.
@@ -74,6 +76,7 @@ impl Decision {
 }
 
 struct Ctx<'p> {
+    unmatched_status: u16,
     route: Option<&'p Route>,
     principal: Option<Rc<Principal>>,
     fhir: Option<FhirRequest>,
@@ -81,8 +84,10 @@ struct Ctx<'p> {
 
 impl Ctx<'_> {
     fn deny(self, reason: DenyReason, required_scope: Option<String>) -> Decision {
+        let status = if reason == DenyReason::NoRoute { self.unmatched_status } else { reason.status() };
         Decision::Deny(Refusal {
             reason,
+            status,
             route_id: self.route.map(|r| r.id.clone()),
             fhir_route: self.route.is_some_and(|r| matches!(r.access, Access::Fhir(_))),
             principal: self.principal,
@@ -94,7 +99,23 @@ impl Ctx<'_> {
 
 /// Decide one request. `cache` is the per-VM verified-token cache belonging to `policy`.
 pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u64) -> Decision {
-    let mut ctx = Ctx { route: None, principal: None, fhir: None };
+    decide_with(policy, req, |token| match cache.get(token, now) {
+        Some(p) => Ok(p),
+        None => {
+            let p = Rc::new(auth::verify(token, &policy.issuers, policy.limits.max_token_bytes, now)?);
+            cache.insert(token, Rc::clone(&p), now);
+            Ok(p)
+        }
+    })
+}
+
+/// [`decide`] with the token-to-principal step supplied by the caller (the CLI's `--claims`).
+pub fn decide_with(
+    policy: &Policy,
+    req: &Request<'_>,
+    mut authenticate: impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
+) -> Decision {
+    let mut ctx = Ctx { unmatched_status: policy.unmatched_status, route: None, principal: None, fhir: None };
     if req.path.len() > policy.limits.max_path_bytes {
         return ctx.deny(DenyReason::PathTooLong, None);
     }
@@ -133,16 +154,9 @@ pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u
         Ok(t) => t,
         Err(reason) => return ctx.deny(reason, None),
     };
-    let principal = match cache.get(token, now) {
-        Some(p) => p,
-        None => match auth::verify(token, &policy.issuers, policy.limits.max_token_bytes, now) {
-            Ok(p) => {
-                let p = Rc::new(p);
-                cache.insert(token, Rc::clone(&p), now);
-                p
-            }
-            Err(reason) => return ctx.deny(reason, None),
-        },
+    let principal = match authenticate(token) {
+        Ok(p) => p,
+        Err(reason) => return ctx.deny(reason, None),
     };
     ctx.principal = Some(Rc::clone(&principal));
     let checks = match &route.access {
@@ -455,6 +469,7 @@ mod tests {
         assert_eq!(reason(&p, "POST", "/fhir", Some(&user)), Some(DenyReason::UnsupportedFhirRequest));
         assert_eq!(reason(&p, "GET", "/admin/reports/7", Some(&user)), Some(DenyReason::InsufficientScope));
         assert_eq!(reason(&p, "GET", "/nothing", Some(&user)), Some(DenyReason::NoRoute));
+        assert!(matches!(run(&p, "GET", "/nothing", None), Decision::Deny(Refusal { status: 403, .. })));
         assert_eq!(p.unmatched_status, 403);
         let admin = scp(json!(["admin.reports.read"]));
         assert_eq!(reason(&p, "GET", "/admin/reports/7", Some(&admin)), None);

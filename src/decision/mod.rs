@@ -6,7 +6,7 @@ pub mod reason;
 pub mod reply;
 pub mod response;
 
-pub use engine::{decide, Decision, Grant, Refusal, Request};
+pub use engine::{decide, decide_with, Decision, Grant, Refusal, Request};
 pub use reason::DenyReason;
 pub use reply::{refusal_reply, Reply};
 pub use response::{ResponseCheck, ResponsePlan};

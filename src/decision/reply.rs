@@ -17,7 +17,7 @@ pub struct Reply {
 }
 
 /// Build the reply for a refusal. `required_scope` is policy text (never token content).
-pub fn refusal_reply(reason: DenyReason, fhir: bool, required_scope: Option<&str>) -> Reply {
+pub fn refusal_reply(reason: DenyReason, status: u16, fhir: bool, required_scope: Option<&str>) -> Reply {
     let mut headers = vec![
         ("content-type", if fhir { "application/fhir+json" } else { "application/json" }.to_owned()),
         ("cache-control", "no-store".to_owned()),
@@ -33,19 +33,20 @@ pub fn refusal_reply(reason: DenyReason, fhir: bool, required_scope: Option<&str
         }
         headers.push(("www-authenticate", v));
     }
+    let issue_code = if status == 404 { "not-found" } else { reason.issue_code() };
     let body = if fhir {
         json!({
             "resourceType": "OperationOutcome",
             "issue": [{
                 "severity": "error",
-                "code": reason.issue_code(),
+                "code": issue_code,
                 "details": {"coding": [{"system": "urn:phi-guard:reason", "code": reason.code()}], "text": reason.message()},
             }]
         })
     } else {
         json!({"error": reason.code(), "message": reason.message()})
     };
-    Reply { status: reason.status(), headers, body: body.to_string() }
+    Reply { status, headers, body: body.to_string() }
 }
 
 #[cfg(test)]
@@ -58,17 +59,17 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let r = refusal_reply(DenyReason::Expired, true, None);
+        let r = refusal_reply(DenyReason::Expired, DenyReason::Expired.status(), true, None);
         assert_eq!(r.status, 401);
         assert!(header(&r, "www-authenticate").unwrap().contains("error=\"invalid_token\""));
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["resourceType"], "OperationOutcome");
         assert_eq!(v["issue"][0]["details"]["coding"][0]["code"], "token_expired");
-        let r = refusal_reply(DenyReason::MissingToken, false, None);
+        let r = refusal_reply(DenyReason::MissingToken, DenyReason::MissingToken.status(), false, None);
         assert_eq!(header(&r, "www-authenticate"), Some("Bearer realm=\"phi-guard\""));
-        let r = refusal_reply(DenyReason::InsufficientScope, false, Some("patient/Observation.r"));
+        let r = refusal_reply(DenyReason::InsufficientScope, DenyReason::InsufficientScope.status(), false, Some("patient/Observation.r"));
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate").unwrap().contains("error=\"insufficient_scope\", error_description=\"the token lacks a scope this request requires\", scope=\"patient/Observation.r\""));
-        assert!(header(&refusal_reply(DenyReason::NoRoute, false, None), "www-authenticate").is_none());
+        assert!(header(&refusal_reply(DenyReason::NoRoute, DenyReason::NoRoute.status(), false, None), "www-authenticate").is_none());
     }
 }

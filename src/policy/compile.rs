@@ -31,6 +31,7 @@ fn err(location: impl Into<String>, message: impl Into<String>) -> CompileError 
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_MAX_PATH_BYTES: usize = 4 * 1024;
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 const DEFAULT_CACHE_ENTRIES: usize = 1024;
 const MAX_CACHE_ENTRIES: usize = 100_000;
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -95,6 +96,7 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
     let limits = Limits {
         max_token_bytes: bounded(limits.and_then(|l| l.max_token_bytes), DEFAULT_MAX_TOKEN_BYTES, 256..=64 * 1024, "limits.maxTokenBytes")?,
         max_path_bytes: bounded(limits.and_then(|l| l.max_path_bytes), DEFAULT_MAX_PATH_BYTES, 64..=64 * 1024, "limits.maxPathBytes")?,
+        max_response_bytes: bounded(limits.and_then(|l| l.max_response_bytes), DEFAULT_MAX_RESPONSE_BYTES, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?,
     };
     let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
     Ok(Policy { name: doc.name, revision, issuers, routes, unmatched_status, limits, token_cache_entries })

@@ -39,6 +39,8 @@ pub struct Limits {
     pub max_token_bytes: usize,
     /// Longest `:path` in bytes.
     pub max_path_bytes: usize,
+    /// Largest response body buffered for checks; larger bodies are refused (fail closed).
+    pub max_response_bytes: usize,
 }
 
 /// A compiled route.

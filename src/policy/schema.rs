@@ -142,6 +142,9 @@ pub struct LimitsDoc {
     /// Longest accepted request path (with query) in bytes.
     #[serde(default)]
     pub max_path_bytes: Option<usize>,
+    /// Largest upstream response body the filter buffers to check or minimize.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
 }
 
 /// Verified-token cache settings.

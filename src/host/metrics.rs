@@ -1,0 +1,75 @@
+//! Envoy stats defined through `define_metric`; they appear in `/stats` and `/stats/prometheus`.
+
+use proxy_wasm::hostcalls::{define_metric, increment_metric};
+use proxy_wasm::types::MetricType;
+
+use crate::decision::DenyReason;
+
+/// Counter ids for this VM. A counter that failed to define is `None` and silently skipped:
+/// stats must never fail a request.
+pub struct Metrics {
+    allowed: Option<u32>,
+    denied: Vec<(DenyReason, Option<u32>)>,
+    cache_hits: Option<u32>,
+    cache_misses: Option<u32>,
+    policy_loaded: Option<u32>,
+    policy_rejected: Option<u32>,
+    response_blocked: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    define_metric(MetricType::Counter, name).ok()
+}
+
+fn bump(id: Option<u32>, by: u64) {
+    if let Some(id) = id {
+        let _ = increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+    }
+}
+
+impl Metrics {
+    /// Define every counter.
+    pub fn define() -> Self {
+        Metrics {
+            allowed: counter("phi_guard.requests_allowed"),
+            denied: DenyReason::ALL.iter().map(|r| (*r, counter(&format!("phi_guard.requests_denied.{}", r.code())))).collect(),
+            cache_hits: counter("phi_guard.token_cache_hits"),
+            cache_misses: counter("phi_guard.token_cache_misses"),
+            policy_loaded: counter("phi_guard.policy_loaded"),
+            policy_rejected: counter("phi_guard.policy_rejected"),
+            response_blocked: counter("phi_guard.responses_blocked"),
+        }
+    }
+
+    /// One allowed request.
+    pub fn allowed(&self) {
+        bump(self.allowed, 1);
+    }
+
+    /// One denied request.
+    pub fn denied(&self, reason: DenyReason) {
+        bump(self.denied.iter().find(|(r, _)| *r == reason).and_then(|(_, id)| *id), 1);
+    }
+
+    /// Token-cache lookups since the last call.
+    pub fn cache(&self, hits: u64, misses: u64) {
+        bump(self.cache_hits, hits);
+        bump(self.cache_misses, misses);
+    }
+
+    /// A policy accepted by `on_configure`.
+    pub fn policy_loaded(&self) {
+        bump(self.policy_loaded, 1);
+    }
+
+    /// A policy refused by `on_configure`.
+    pub fn policy_rejected(&self) {
+        bump(self.policy_rejected, 1);
+    }
+
+    /// A response body replaced because its check failed.
+    pub fn response_blocked(&self, reason: DenyReason) {
+        bump(self.response_blocked, 1);
+        self.denied(reason);
+    }
+}
