@@ -1,6 +1,8 @@
 //! Runs every scenario in `tests/scenarios/` through the core, and compiles every policy in
 //! `policies/`. See `tests/scenarios/README.md` for the format.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

@@ -46,6 +46,18 @@ enum Command {
         #[arg(long)]
         now: Option<u64>,
     },
+    /// Sign a policy for pull mode: prints the detached signature the policy server sends in
+    /// `x-phi-guard-signature`. Validates the policy first.
+    Sign {
+        /// Policy JSON file (signed byte for byte).
+        policy: PathBuf,
+        /// PEM private key (PKCS#8), Ed25519 or P-256.
+        #[arg(long)]
+        key: PathBuf,
+        /// `EdDSA` or `ES256`.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
     /// Mint a signed demo token. Test keys only: never use them outside a demo or test.
     Token {
         /// PEM private key (PKCS#8).
@@ -128,6 +140,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 Decision::Allow(_) => ExitCode::SUCCESS,
                 Decision::Deny(_) => ExitCode::from(2),
             })
+        }
+        Command::Sign { policy, key, alg } => {
+            load(&policy)?;
+            let bytes = std::fs::read(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
+            let pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+            let (alg, enc) = match alg.as_str() {
+                "EdDSA" => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)),
+                "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(&pem)),
+                a => return Err(format!("`{a}` must be EdDSA or ES256")),
+            };
+            let enc = enc.map_err(|e| format!("{}: {e}", key.display()))?;
+            let sig = jsonwebtoken::crypto::sign(&bytes, &enc, alg).map_err(|e| format!("signing failed: {e}"))?;
+            println!("{sig}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token { key, alg, kid, iss, aud, sub, client_id, scope, patient, ttl, claims } => {
             let alg: Algorithm = alg.parse().map_err(|_| format!("unknown algorithm `{alg}`"))?;

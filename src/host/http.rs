@@ -16,8 +16,8 @@ use crate::decision::{decide, refusal_reply, Decision, DenyReason, Request, Resp
 enum ResponseState {
     /// Stream through untouched (public or unchecked routes, our own local replies).
     Pass,
-    /// Buffer and check the body against the plan.
-    Check { plan: ResponsePlan, fhir: bool, max: usize },
+    /// Buffer and check the body against the plan (in shadow mode: report, never withhold).
+    Check { plan: ResponsePlan, fhir: bool, max: usize, shadow: bool },
     /// The body is refused: every chunk is replaced (first with the error body, then nothing).
     Replace { reason: DenyReason, fhir: bool, sent: bool },
 }
@@ -57,6 +57,12 @@ impl Stream {
     }
 
     fn refuse_response(&mut self, reason: DenyReason, fhir: bool) {
+        if let ResponseState::Check { shadow: true, .. } = self.response {
+            log::warn!("phi-guard: shadow mode: response would be withheld: {}", reason.code());
+            self.metrics.shadow_denied(reason);
+            self.response = ResponseState::Pass;
+            return;
+        }
         log::warn!("phi-guard: response withheld: {}", reason.code());
         self.metrics.response_blocked(reason);
         self.response = ResponseState::Replace { reason, fhir, sent: false };
@@ -106,16 +112,21 @@ impl HttpContext for Stream {
             let d = decide(&policy, &mut active.cache, &Request { method, path, authorization: &authorization }, now_secs());
             let after = active.cache.stats();
             self.metrics.cache(after.0 - before.0, after.1 - before.1);
-            (d, policy.limits.max_response_bytes)
+            (d, policy.limits.max_response_bytes, policy.shadow)
         };
         match decision {
-            (Decision::Deny(r), _) => self.reply(r.status, r.reason, r.fhir_route, r.required_scope.as_deref()),
-            (Decision::Allow(grant), max) => {
+            (Decision::Deny(r), _, true) => {
+                log::warn!("phi-guard: shadow mode: would refuse {} {}", r.status, r.reason.code());
+                self.metrics.shadow_denied(r.reason);
+                Action::Continue
+            }
+            (Decision::Deny(r), _, false) => self.reply(r.status, r.reason, r.fhir_route, r.required_scope.as_deref()),
+            (Decision::Allow(grant), max, shadow) => {
                 self.metrics.allowed();
                 if grant.response.inspects_body() {
                     // The upstream must answer in a form we can read: identity encoding.
                     let _ = remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
-                    self.response = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max };
+                    self.response = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max, shadow };
                 }
                 Action::Continue
             }

@@ -1,6 +1,6 @@
 //! Envoy stats defined through `define_metric`; they appear in `/stats` and `/stats/prometheus`.
 
-use proxy_wasm::hostcalls::{define_metric, increment_metric};
+use proxy_wasm::hostcalls::{define_metric, increment_metric, record_metric};
 use proxy_wasm::types::MetricType;
 
 use crate::decision::DenyReason;
@@ -14,11 +14,25 @@ pub struct Metrics {
     cache_misses: Option<u32>,
     policy_loaded: Option<u32>,
     policy_rejected: Option<u32>,
+    policy_revision: Option<u32>,
+    policy_fetch_failures: Option<u32>,
+    policy_staleness: Option<u32>,
     response_blocked: Option<u32>,
+    shadow_denied: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
     define_metric(MetricType::Counter, name).ok()
+}
+
+fn gauge(name: &str) -> Option<u32> {
+    define_metric(MetricType::Gauge, name).ok()
+}
+
+fn set(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = record_metric(id, value);
+    }
 }
 
 fn bump(id: Option<u32>, by: u64) {
@@ -37,7 +51,11 @@ impl Metrics {
             cache_misses: counter("phi_guard.token_cache_misses"),
             policy_loaded: counter("phi_guard.policy_loaded"),
             policy_rejected: counter("phi_guard.policy_rejected"),
+            policy_revision: gauge("phi_guard.policy_revision"),
+            policy_fetch_failures: counter("phi_guard.policy_fetch_failures"),
+            policy_staleness: gauge("phi_guard.policy_staleness_seconds"),
             response_blocked: counter("phi_guard.responses_blocked"),
+            shadow_denied: counter("phi_guard.shadow_denied"),
         }
     }
 
@@ -57,9 +75,26 @@ impl Metrics {
         bump(self.cache_misses, misses);
     }
 
-    /// A policy accepted by `on_configure`.
-    pub fn policy_loaded(&self) {
+    /// A policy installed; `revision` is its number ([`crate::policy::Policy::revision_number`]).
+    pub fn policy_loaded(&self, revision: u64) {
         bump(self.policy_loaded, 1);
+        set(self.policy_revision, revision);
+    }
+
+    /// A failed policy fetch in pull mode.
+    pub fn policy_fetch_failed(&self) {
+        bump(self.policy_fetch_failures, 1);
+    }
+
+    /// Seconds since the last successful policy fetch in pull mode.
+    pub fn policy_staleness(&self, seconds: u64) {
+        set(self.policy_staleness, seconds);
+    }
+
+    /// A request that would have been refused, let through because the policy is in shadow mode.
+    pub fn shadow_denied(&self, reason: DenyReason) {
+        bump(self.shadow_denied, 1);
+        self.denied(reason);
     }
 
     /// A policy refused by `on_configure`.

@@ -59,6 +59,11 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
     if doc.name.trim().is_empty() {
         return Err(err("name", "must not be empty"));
     }
+    let shadow = match doc.mode.as_deref() {
+        None | Some("enforce") => false,
+        Some("shadow") => true,
+        Some(m) => return Err(err("mode", format!("`{m}` must be `enforce` or `shadow`"))),
+    };
     let issuers = doc
         .issuers
         .iter()
@@ -99,7 +104,7 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         max_response_bytes: bounded(limits.and_then(|l| l.max_response_bytes), DEFAULT_MAX_RESPONSE_BYTES, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?,
     };
     let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
-    Ok(Policy { name: doc.name, revision, issuers, routes, unmatched_status, limits, token_cache_entries })
+    Ok(Policy { name: doc.name, revision, shadow, issuers, routes, unmatched_status, limits, token_cache_entries })
 }
 
 fn bounded(v: Option<usize>, default: usize, range: std::ops::RangeInclusive<usize>, loc: &str) -> Result<usize, CompileError> {
@@ -317,6 +322,7 @@ mod tests {
             ("/routes/1/id", json!("health"), "routes[1].id: duplicate route id `health`"),
             ("/unmatched", json!({"status": 200}), "unmatched.status"),
             ("/version", json!(2), "version"),
+            ("/mode", json!("audit"), "mode: `audit` must be `enforce` or `shadow`"),
             ("/tokenCache", json!({"maxEntries": 10_000_000}), "tokenCache.maxEntries"),
         ];
         for (ptr, value, want) in cases {

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod route;
 pub mod schema;
+pub mod source;
 
 pub use compile::{compile, CompileError};
 pub use route::{PathMatcher, RouteMatch};
@@ -20,6 +21,8 @@ pub struct Policy {
     pub name: String,
     /// `sha256:` + first 16 hex digits of the SHA-256 of the policy bytes.
     pub revision: String,
+    /// Shadow mode: decisions are computed, counted and logged but not enforced.
+    pub shadow: bool,
     /// Trusted issuers.
     pub issuers: Vec<IssuerConfig>,
     /// Routes in match order.
@@ -79,4 +82,15 @@ pub struct FhirRoute {
     pub interactions: HashSet<Interaction>,
     /// Non-compartment types patient-context tokens may read/search.
     pub patient_shared_types: HashSet<&'static str>,
+}
+
+impl Policy {
+    /// The revision as a number (its first 48 bits), for a gauge stat.
+    pub fn revision_number(&self) -> u64 {
+        self.revision
+            .strip_prefix("sha256:")
+            .and_then(|h| h.get(..12))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+    }
 }

@@ -15,6 +15,9 @@ pub struct PolicyDoc {
     /// Free text for policy authors.
     #[serde(default)]
     pub description: Option<String>,
+    /// `enforce` (default) or `shadow`: decide and record, but do not enforce.
+    #[serde(default)]
+    pub mode: Option<String>,
     /// Token issuers this policy trusts.
     #[serde(default)]
     pub issuers: Vec<IssuerDoc>,
