@@ -59,7 +59,8 @@ pub fn parse_jwks(value: &Value) -> Result<Vec<VerifyKey>, KeyError> {
     keys.iter().enumerate().map(|(index, k)| parse_jwk(k).map_err(|reason| KeyError::BadKey { index, reason })).collect()
 }
 
-fn parse_jwk(value: &Value) -> Result<VerifyKey, String> {
+/// Parse one public signing JWK (the rules of [`parse_jwks`]); the error says why not.
+pub fn parse_jwk(value: &Value) -> Result<VerifyKey, String> {
     let obj = value.as_object().ok_or("must be an object")?;
     for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
         if obj.contains_key(private) {

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod keys;
 pub mod principal;
+pub mod remote;
 pub mod scope;
 pub mod verify;
 

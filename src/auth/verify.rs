@@ -36,8 +36,10 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     /// Pinned algorithms.
     pub algorithms: Vec<Algorithm>,
-    /// Verification keys.
+    /// Verification keys: the inline JWKS, or the keys last fetched from `remote`.
     pub keys: Vec<VerifyKey>,
+    /// Where to fetch the JWKS, for issuers without an inline one.
+    pub remote: Option<super::remote::RemoteJwks>,
     /// Clock skew tolerance in seconds.
     pub clock_skew: u64,
     /// Longest accepted lifetime in seconds.
@@ -95,6 +97,10 @@ pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64)
         return Err(AlgorithmNotAllowed);
     }
 
+    if issuer.keys.is_empty() && issuer.remote.is_some() {
+        // Remote keys not loaded yet, or dropped as stale: not the token's fault.
+        return Err(KeysUnavailable);
+    }
     let mut candidates = issuer
         .keys
         .iter()
@@ -267,6 +273,7 @@ pub(crate) mod tests {
             audiences: vec![AUD.into()],
             algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
             keys: parse_jwks(&jwks).unwrap(),
+            remote: None,
             clock_skew: 60,
             max_lifetime: Some(86_400),
             claims: ClaimNames {

@@ -501,6 +501,27 @@ mod tests {
     }
 
     #[test]
+    fn remote_keys_not_loaded_is_503_not_401() {
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+        let iss = doc["issuers"][0].as_object_mut().unwrap();
+        iss.remove("jwks");
+        iss.insert("jwksUri".into(), json!({"cluster": "idp", "path": "/jwks.json"}));
+        let mut p = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        let remote = p.issuers[0].remote.clone().unwrap();
+        assert_eq!((remote.refresh, remote.refetch_interval, remote.authority.as_str()), (300, 30, "idp"));
+        let t = token(json!({}));
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", Some(&t)), Some(DenyReason::KeysUnavailable));
+        assert_eq!(DenyReason::KeysUnavailable.status(), 503);
+        // Once the host installs fetched keys, the same token verifies.
+        p.issuers[0].keys = crate::auth::remote::parse_remote_jwks(
+            &std::fs::read(format!("{}/tests/keys/demo-jwks.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+            &p.issuers[0].algorithms,
+        )
+        .unwrap();
+        assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", Some(&t)), None);
+    }
+
+    #[test]
     fn cache_never_outlives_exp() {
         let p = policy("smart-patient-app");
         let t = token(json!({"exp": NOW + 10}));

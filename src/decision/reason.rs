@@ -36,6 +36,8 @@ pub enum DenyReason {
     UnknownKey,
     /// The signature does not verify.
     BadSignature,
+    /// The issuer's remote keys are not available (not fetched yet, or stale past the limit).
+    KeysUnavailable,
     /// `exp` is missing.
     MissingExpiry,
     /// `exp` is in the past.
@@ -72,7 +74,7 @@ impl DenyReason {
     pub fn status(self) -> u16 {
         use DenyReason::*;
         match self {
-            NoPolicy => 503,
+            NoPolicy | KeysUnavailable => 503,
             InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest => 400,
             NoRoute => 404,
             MethodNotAllowed => 405,
@@ -105,6 +107,7 @@ impl DenyReason {
             UnknownIssuer => "unknown_issuer",
             UnknownKey => "unknown_key",
             BadSignature => "bad_signature",
+            KeysUnavailable => "keys_unavailable",
             MissingExpiry => "missing_exp",
             Expired => "token_expired",
             NotYetValid => "token_not_yet_valid",
@@ -142,6 +145,7 @@ impl DenyReason {
             UnknownIssuer => "the token's issuer is not trusted",
             UnknownKey => "the token's signing key is unknown",
             BadSignature => "the token's signature is invalid",
+            KeysUnavailable => "the token issuer's keys are temporarily unavailable",
             MissingExpiry => "the token has no expiry",
             Expired => "the token has expired",
             NotYetValid => "the token is not valid yet",
@@ -183,13 +187,13 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 30] = {
+    pub const ALL: [DenyReason; 31] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, NoRoute, MethodNotAllowed, MissingToken,
             AmbiguousCredentials, UnsupportedAuthScheme, TokenTooLarge, MalformedToken,
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
-            BadSignature, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
+            BadSignature, KeysUnavailable, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
             CompartmentEscape, MissingPatientContext, ResponseUncheckable,
         ]

@@ -8,9 +8,10 @@ use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::schema::{IssuerDoc, PolicyDoc, RouteDoc};
+use super::schema::{IssuerDoc, JwksUriDoc, PolicyDoc, RouteDoc};
 use super::{Access, FhirRoute, Limits, PathMatcher, Policy, Route};
 use crate::auth::keys::parse_jwks;
+use crate::auth::remote::RemoteJwks;
 use crate::auth::{ClaimNames, IssuerConfig};
 use crate::fhir::{resource_type, Interaction};
 use crate::http::normalize;
@@ -135,16 +136,22 @@ fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError
         }
         algorithms.push(alg);
     }
-    let jwks = d.jwks.as_ref().ok_or_else(|| err(format!("{loc}.jwks"), "an inline JWKS is required"))?;
-    let keys = parse_jwks(jwks).map_err(|e| err(format!("{loc}.jwks"), e.to_string()))?;
-    if keys.is_empty() {
-        return Err(err(format!("{loc}.jwks.keys"), "must contain at least one key"));
-    }
-    for (i, k) in keys.iter().enumerate() {
-        if !algorithms.iter().any(|a| k.accepts(*a)) {
-            return Err(err(format!("{loc}.jwks.keys[{i}]"), "key matches none of the pinned algorithms"));
+    let (keys, remote) = match (&d.jwks, &d.jwks_uri) {
+        (Some(jwks), None) => {
+            let keys = parse_jwks(jwks).map_err(|e| err(format!("{loc}.jwks"), e.to_string()))?;
+            if keys.is_empty() {
+                return Err(err(format!("{loc}.jwks.keys"), "must contain at least one key"));
+            }
+            for (i, k) in keys.iter().enumerate() {
+                if !algorithms.iter().any(|a| k.accepts(*a)) {
+                    return Err(err(format!("{loc}.jwks.keys[{i}]"), "key matches none of the pinned algorithms"));
+                }
+            }
+            (keys, None)
         }
-    }
+        (None, Some(u)) => (Vec::new(), Some(compile_jwks_uri(u, &format!("{loc}.jwksUri"))?)),
+        _ => return Err(err(loc, "exactly one of `jwks` (inline) or `jwksUri` is required")),
+    };
     let scope = d.scope_claim.clone().unwrap_or_else(|| "scope".into());
     if scope != "scope" && scope != "scp" {
         return Err(err(format!("{loc}.scopeClaim"), format!("`{scope}` must be `scope` or `scp`")));
@@ -166,6 +173,7 @@ fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError
         audiences: d.audiences.clone(),
         algorithms,
         keys,
+        remote,
         clock_skew,
         max_lifetime: d.max_token_lifetime_seconds,
         claims: ClaimNames {
@@ -175,6 +183,36 @@ fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError
             patient: claim(&d.patient_claim, "patient", "patientClaim")?,
         },
     })
+}
+
+fn compile_jwks_uri(u: &JwksUriDoc, loc: &str) -> Result<RemoteJwks, CompileError> {
+    if u.cluster.is_empty() {
+        return Err(err(format!("{loc}.cluster"), "must not be empty"));
+    }
+    if !u.path.starts_with('/') {
+        return Err(err(format!("{loc}.path"), format!("`{}` must start with `/`", u.path)));
+    }
+    let refresh = bounded_u64(u.refresh_seconds, 300, 10..=86_400, &format!("{loc}.refreshSeconds"))?;
+    let max_staleness = bounded_u64(u.max_staleness_seconds, 24 * 3600, refresh..=30 * 86_400, &format!("{loc}.maxStalenessSeconds"))?;
+    Ok(RemoteJwks {
+        cluster: u.cluster.clone(),
+        path: u.path.clone(),
+        authority: u.authority.clone().unwrap_or_else(|| u.cluster.clone()),
+        refresh,
+        max_staleness,
+        refetch_interval: bounded_u64(u.unknown_kid_refetch_seconds, 30, 1..=3600, &format!("{loc}.unknownKidRefetchSeconds"))?,
+        wait_ms: bounded_u64(u.wait_ms, 3000, 0..=30_000, &format!("{loc}.waitMs"))?,
+        timeout_ms: bounded_u64(u.timeout_ms, 2000, 100..=30_000, &format!("{loc}.timeoutMs"))?,
+    })
+}
+
+fn bounded_u64(v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>, loc: &str) -> Result<u64, CompileError> {
+    let v = v.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(loc, format!("`{v}` must be between {} and {}", range.start(), range.end())))
+    }
 }
 
 fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
@@ -316,6 +354,8 @@ mod tests {
             ("/issuers/0/algorithms", json!(["none"]), "issuers[0].algorithms[0]: unknown algorithm `none`"),
             ("/issuers/0/scopeClaim", json!("scopes"), "issuers[0].scopeClaim"),
             ("/issuers/0/jwks", json!({"keys": [{"kty": "oct", "k": "AAAA"}]}), "issuers[0].jwks: keys[0]"),
+            ("/issuers/0/jwksUri", json!({"cluster": "idp", "path": "/jwks"}), "issuers[0]: exactly one of `jwks`"),
+            ("/issuers/0/jwksUri", json!({"cluster": "idp", "path": "jwks"}), "issuers[0]"),
             ("/routes/3/match", json!({"path": "/a/{x", "prefix": "/a"}), "routes[3].match: exactly one"),
             ("/routes/3/match", json!({"path": "/a/x{y}"}), "routes[3].match.path"),
             ("/routes/3/match", json!({"prefix": "/a/../b"}), "routes[3].match.prefix"),

@@ -47,6 +47,9 @@ pub struct IssuerDoc {
     /// Inline JSON Web Key Set.
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
+    /// Remote JSON Web Key Set on an Envoy cluster.
+    #[serde(default)]
+    pub jwks_uri: Option<JwksUriDoc>,
     /// Allowed clock skew in seconds for `exp`, `nbf`, `iat`.
     #[serde(default)]
     pub clock_skew_seconds: Option<u64>,
@@ -156,4 +159,32 @@ pub struct LimitsDoc {
 pub struct TokenCacheDoc {
     /// Most tokens kept per worker; 0 disables the cache.
     pub max_entries: usize,
+}
+
+/// Remote JWKS location and refresh rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwksUriDoc {
+    /// Envoy cluster serving the JWKS.
+    pub cluster: String,
+    /// Request path.
+    pub path: String,
+    /// `:authority` to send; default the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Refresh period in seconds.
+    #[serde(default)]
+    pub refresh_seconds: Option<u64>,
+    /// Longest time without a successful fetch before keys are dropped.
+    #[serde(default)]
+    pub max_staleness_seconds: Option<u64>,
+    /// Least seconds between refetches triggered by unknown `kid`s.
+    #[serde(default)]
+    pub unknown_kid_refetch_seconds: Option<u64>,
+    /// How long a request waits for the first keys, in milliseconds.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Deadline of one fetch, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
