@@ -37,8 +37,6 @@ pub struct KeyState {
     keys: Vec<VerifyKey>,
     /// Unix time of the fetch that produced `keys`.
     fetched_at: Option<u64>,
-    /// Unix time of the last refetch triggered by an unknown `kid`.
-    last_kid_refetch: Option<u64>,
 }
 
 /// Why a fetched JWKS was not used.
@@ -95,15 +93,6 @@ impl KeyState {
             Some(at) => now >= at.saturating_add(cfg.refresh.saturating_mul(4) / 5),
         }
     }
-
-    /// Record an unknown `kid`; true if a refetch may be triggered now (rate-limited).
-    pub fn allow_kid_refetch(&mut self, cfg: &RemoteJwks, now: u64) -> bool {
-        let allowed = self.last_kid_refetch.is_none_or(|t| now >= t.saturating_add(cfg.refetch_interval));
-        if allowed {
-            self.last_kid_refetch = Some(now);
-        }
-        allowed
-    }
 }
 
 #[cfg(test)]
@@ -151,8 +140,5 @@ mod tests {
         assert!(s.refresh_due(&c, 340));
         assert!(s.usable(&c, 3699).is_some());
         assert!(s.usable(&c, 3700).is_none(), "stale keys are dropped");
-        assert!(s.allow_kid_refetch(&c, 100));
-        assert!(!s.allow_kid_refetch(&c, 129));
-        assert!(s.allow_kid_refetch(&c, 130));
     }
 }

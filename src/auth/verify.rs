@@ -134,6 +134,14 @@ pub fn check_claims(claims: &Value, issuers: &[IssuerConfig], now: u64) -> Resul
     principal(claims, issuer)
 }
 
+/// The `iss` claim of a token WITHOUT verifying it: only to choose which issuer's keys to
+/// refetch. Never use it for an access decision.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let claims = decode_object(payload).ok()?;
+    claims.get("iss").and_then(Value::as_str).map(str::to_owned)
+}
+
 fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }

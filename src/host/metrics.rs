@@ -19,6 +19,9 @@ pub struct Metrics {
     policy_staleness: Option<u32>,
     response_blocked: Option<u32>,
     shadow_denied: Option<u32>,
+    jwks_fetches: Option<u32>,
+    jwks_fetch_failures: Option<u32>,
+    keys_dropped: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -56,6 +59,9 @@ impl Metrics {
             policy_staleness: gauge("phi_guard.policy_staleness_seconds"),
             response_blocked: counter("phi_guard.responses_blocked"),
             shadow_denied: counter("phi_guard.shadow_denied"),
+            jwks_fetches: counter("phi_guard.jwks_fetches"),
+            jwks_fetch_failures: counter("phi_guard.jwks_fetch_failures"),
+            keys_dropped: counter("phi_guard.jwks_keys_dropped_stale"),
         }
     }
 
@@ -106,5 +112,20 @@ impl Metrics {
     pub fn response_blocked(&self, reason: DenyReason) {
         bump(self.response_blocked, 1);
         self.denied(reason);
+    }
+
+    /// A JWKS fetch dispatched.
+    pub fn jwks_fetch(&self) {
+        bump(self.jwks_fetches, 1);
+    }
+
+    /// A JWKS fetch that failed or returned no usable key.
+    pub fn jwks_fetch_failed(&self) {
+        bump(self.jwks_fetch_failures, 1);
+    }
+
+    /// An issuer's keys dropped for staleness.
+    pub fn keys_dropped(&self) {
+        bump(self.keys_dropped, 1);
     }
 }

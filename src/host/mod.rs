@@ -4,8 +4,12 @@
 //! worker's VM down.
 
 mod http;
+mod jwks;
 mod metrics;
+mod pull;
 mod root;
+mod shared;
+mod vm;
 
 use proxy_wasm::types::LogLevel;
 
@@ -14,11 +18,17 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
 }}
 
-/// Seconds since the Unix epoch from the host clock (0 if the host cannot tell, which makes
+/// Milliseconds since the Unix epoch from the host clock (0 if the host cannot tell, which makes
 /// every token look expired: fail closed).
-fn now_secs() -> u64 {
+fn now_ms() -> u64 {
     proxy_wasm::hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// 32 random bits from the host (WASI `random_get`); 0 if unavailable (only used for jitter).
+fn random_u32() -> u32 {
+    let mut r = [0u8; 4];
+    getrandom::getrandom(&mut r).map_or(0, |()| u32::from_le_bytes(r))
 }

@@ -1,0 +1,245 @@
+//! State shared by the root context and every stream of one VM (one Envoy worker), and the
+//! request handling both of them run: decide, then answer locally, forward, or wait for keys.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls::{remove_map_value, resume_http_request, send_http_response, set_effective_context};
+use proxy_wasm::types::MapType;
+
+use super::metrics::Metrics;
+use crate::auth::remote::KeyState;
+use crate::auth::verify::unverified_issuer;
+use crate::auth::TokenCache;
+use crate::decision::{decide, refusal_reply, Decision, DenyReason, Request, ResponsePlan};
+use crate::policy::Policy;
+
+/// The policy in force on this VM, its verified-token cache, and remote key state.
+pub struct Active {
+    /// Compiled policy; remote issuers' keys are filled in as they are fetched.
+    pub policy: Rc<Policy>,
+    /// Verified tokens for this policy and key set (cleared whenever either changes).
+    pub cache: TokenCache,
+    /// Per issuer (same index as `policy.issuers`): fetched-key state for remote issuers.
+    pub keys: Vec<KeyState>,
+    /// Per issuer: an unknown `kid` asked for a refetch.
+    pub refetch_wanted: Vec<bool>,
+}
+
+impl Active {
+    /// A new active policy with an empty cache and no fetched keys.
+    pub fn new(policy: Policy) -> Self {
+        let n = policy.issuers.len();
+        Active {
+            cache: TokenCache::new(policy.token_cache_entries),
+            policy: Rc::new(policy),
+            keys: vec![KeyState::default(); n],
+            refetch_wanted: vec![false; n],
+        }
+    }
+
+    /// Install keys for issuer `i` (or drop them with an empty list); the cache is cleared, so a
+    /// removed key stops verifying immediately.
+    pub fn set_keys(&mut self, i: usize, keys: Vec<crate::auth::VerifyKey>) {
+        let policy = Rc::make_mut(&mut self.policy);
+        if let Some(issuer) = policy.issuers.get_mut(i) {
+            issuer.keys = keys;
+        }
+        self.cache = TokenCache::new(self.policy.token_cache_entries);
+    }
+}
+
+/// What the response phase of a stream must do.
+pub enum ResponseState {
+    /// Stream through untouched (public or unchecked routes, our own local replies).
+    Pass,
+    /// Buffer and check the body against the plan (in shadow mode: report, never withhold).
+    Check {
+        /// The plan from the grant.
+        plan: ResponsePlan,
+        /// Error bodies as OperationOutcome.
+        fhir: bool,
+        /// Buffer cap.
+        max: usize,
+        /// Policy in shadow mode.
+        shadow: bool,
+    },
+    /// The body is refused: every chunk is replaced (first with the error body, then nothing).
+    Replace {
+        /// Why.
+        reason: DenyReason,
+        /// Error body as OperationOutcome.
+        fhir: bool,
+        /// The error body has been written.
+        sent: bool,
+    },
+}
+
+/// A request's decision inputs, owned so a paused request can be decided again later.
+#[derive(Debug, Clone)]
+pub struct OwnedRequest {
+    /// `:method`.
+    pub method: String,
+    /// `:path`.
+    pub path: String,
+    /// Every `Authorization` value.
+    pub authorization: Vec<String>,
+}
+
+/// A request paused until an issuer's keys arrive.
+pub struct Waiter {
+    /// The stream's context id.
+    pub context_id: u32,
+    /// Issuer index it waits for.
+    pub issuer: usize,
+    /// Give up (503 `keys_unavailable`, or the current verdict) at this time, ms.
+    pub deadline_ms: u64,
+    /// What to decide again.
+    pub request: OwnedRequest,
+    /// The stream's response state, to arm a check if the request is then allowed.
+    pub response: Rc<RefCell<ResponseState>>,
+}
+
+/// Everything one VM shares.
+pub struct Vm {
+    /// Active policy, if any compiled.
+    pub active: RefCell<Option<Active>>,
+    /// Stats.
+    pub metrics: Metrics,
+    /// Requests waiting for keys.
+    pub waiters: RefCell<Vec<Waiter>>,
+}
+
+/// How a request phase ended.
+pub enum Outcome {
+    /// Forwarded upstream.
+    Forwarded,
+    /// Answered locally.
+    Replied,
+    /// Paused until the issuer's keys arrive.
+    Wait(usize),
+}
+
+impl Vm {
+    /// A VM with no policy.
+    pub fn new() -> Self {
+        Vm { active: RefCell::new(None), metrics: Metrics::define(), waiters: RefCell::new(Vec::new()) }
+    }
+
+    /// Decide a request and act on it. `may_wait` is false when re-deciding a waiter whose
+    /// wait is over.
+    pub fn handle(&self, req: &OwnedRequest, response: &RefCell<ResponseState>, now_secs: u64, may_wait: bool) -> Outcome {
+        let auth: Vec<&str> = req.authorization.iter().map(String::as_str).collect();
+        let request = Request { method: &req.method, path: &req.path, authorization: &auth };
+        let (decision, max, shadow, wait_for) = {
+            let mut guard = self.active.borrow_mut();
+            let Some(active) = guard.as_mut() else {
+                drop(guard);
+                self.reply(503, DenyReason::NoPolicy, false, None);
+                return Outcome::Replied;
+            };
+            let before = active.cache.stats();
+            let policy = Rc::clone(&active.policy);
+            let d = decide(&policy, &mut active.cache, &request, now_secs);
+            let after = active.cache.stats();
+            self.metrics.cache(after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+            let wait_for = match d.reason() {
+                Some(r @ (DenyReason::KeysUnavailable | DenyReason::UnknownKey)) if may_wait => {
+                    remote_issuer_to_wait_for(active, &auth, r, now_secs)
+                }
+                _ => None,
+            };
+            (d, policy.limits.max_response_bytes, policy.shadow, wait_for)
+        };
+        if let Some(i) = wait_for {
+            return Outcome::Wait(i);
+        }
+        match decision {
+            Decision::Deny(r) if shadow => {
+                log::warn!("phi-guard: shadow mode: would refuse {} {}", r.status, r.reason.code());
+                self.metrics.shadow_denied(r.reason);
+                Outcome::Forwarded
+            }
+            Decision::Deny(r) => {
+                self.reply(r.status, r.reason, r.fhir_route, r.required_scope.as_deref());
+                Outcome::Replied
+            }
+            Decision::Allow(grant) => {
+                self.metrics.allowed();
+                if grant.response.inspects_body() {
+                    // The upstream must answer in a form we can read: identity encoding.
+                    let _ = remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
+                    *response.borrow_mut() = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max, shadow };
+                }
+                Outcome::Forwarded
+            }
+        }
+    }
+
+    /// Answer the current stream locally.
+    pub fn reply(&self, status: u16, reason: DenyReason, fhir: bool, required: Option<&str>) {
+        let reply = refusal_reply(reason, status, fhir, required);
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err() {
+            log::error!("phi-guard: could not send local reply for `{}`", reason.code());
+        }
+        self.metrics.denied(reason);
+    }
+
+    /// Decide again every waiter of `issuer` (keys arrived or the fetch failed), or every
+    /// waiter past its deadline when `issuer` is `None`.
+    pub fn wake(&self, issuer: Option<usize>, now_ms: u64) {
+        let ready: Vec<Waiter> = {
+            let mut waiters = self.waiters.borrow_mut();
+            let (ready, keep): (Vec<Waiter>, Vec<Waiter>) = waiters
+                .drain(..)
+                .partition(|w| issuer.map_or(now_ms >= w.deadline_ms, |i| w.issuer == i));
+            *waiters = keep;
+            ready
+        };
+        for w in ready {
+            if set_effective_context(w.context_id).is_err() {
+                continue;
+            }
+            match self.handle(&w.request, &w.response, now_ms / 1000, false) {
+                Outcome::Forwarded => {
+                    let _ = resume_http_request();
+                }
+                Outcome::Replied | Outcome::Wait(_) => {}
+            }
+        }
+    }
+
+    /// Forget a stream that ended while waiting.
+    pub fn forget(&self, context_id: u32) {
+        self.waiters.borrow_mut().retain(|w| w.context_id != context_id);
+    }
+}
+
+/// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch
+/// will be attempted (first load, or an unknown `kid` within the refetch rate limit).
+fn remote_issuer_to_wait_for(active: &mut Active, auth: &[&str], reason: DenyReason, now: u64) -> Option<usize> {
+    let token = auth.first()?.split_once(' ')?.1.trim();
+    let iss = unverified_issuer(token)?;
+    let i = active.policy.issuers.iter().position(|x| x.issuer == iss)?;
+    let remote = active.policy.issuers.get(i)?.remote.clone()?;
+    if remote.wait_ms == 0 {
+        return None;
+    }
+    match reason {
+        DenyReason::KeysUnavailable => Some(i),
+        DenyReason::UnknownKey => {
+            // Rate-limited across every worker, so a burst of forged kids costs at most one
+            // fetch per interval.
+            if super::shared::claim_lease(&format!("phi-guard/jwks-kid/{iss}"), now, remote.refetch_interval) {
+                if let Some(w) = active.refetch_wanted.get_mut(i) {
+                    *w = true;
+                }
+                Some(i)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
