@@ -58,11 +58,30 @@ enum Command {
         #[arg(long, default_value = "EdDSA")]
         alg: String,
     },
+    /// Write the Envoy ECDS resource that delivers a policy to the filter, atomically (write a
+    /// temporary file beside it, then rename), so Envoy's watched directory picks it up.
+    /// With `--watch`, rewrite it whenever the policy file changes.
+    Ecds {
+        /// Policy JSON file.
+        policy: PathBuf,
+        /// The filter's `.wasm` as Envoy should load it.
+        #[arg(long)]
+        wasm: PathBuf,
+        /// ECDS file to write (JSON), inside the directory Envoy watches.
+        #[arg(long)]
+        out: PathBuf,
+        /// Environment variables Envoy passes to the VM from its own environment.
+        #[arg(long = "host-env", default_values_t = ["PHI_GUARD_HMAC_KEY".to_owned(), "PHI_GUARD_AUDIT_KEY".to_owned()])]
+        host_env: Vec<String>,
+        /// Keep running and rewrite the resource when the policy changes (polls every 250 ms).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Mint a signed demo token. Test keys only: never use them outside a demo or test.
     Token {
-        /// PEM private key (PKCS#8).
-        #[arg(long, default_value = "tests/keys/demo-rs256.key.pem")]
-        key: PathBuf,
+        /// PEM private key (PKCS#8); default the demo key for `--alg` in tests/keys/.
+        #[arg(long)]
+        key: Option<PathBuf>,
         /// Signature algorithm (RS256, PS256, ES256, EdDSA, ...).
         #[arg(long, default_value = "RS256")]
         alg: String,
@@ -155,8 +174,33 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{sig}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ecds { policy, wasm, out, host_env, watch } => {
+            let mut last = None;
+            loop {
+                let modified = std::fs::metadata(&policy).and_then(|m| m.modified()).ok();
+                if last.is_none() || modified != last {
+                    last = modified;
+                    match write_ecds(&policy, &wasm, &out, &host_env) {
+                        Ok(msg) => println!("{msg}"),
+                        Err(e) if watch => eprintln!("error: {e}"),
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !watch {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
         Command::Token { key, alg, kid, iss, aud, sub, client_id, scope, patient, ttl, claims } => {
             let alg: Algorithm = alg.parse().map_err(|_| format!("unknown algorithm `{alg}`"))?;
+            let key = key.unwrap_or_else(|| {
+                PathBuf::from(match alg {
+                    Algorithm::ES256 | Algorithm::ES384 => "tests/keys/demo-es256.key.pem",
+                    Algorithm::EdDSA => "tests/keys/demo-eddsa.key.pem",
+                    _ => "tests/keys/demo-rs256.key.pem",
+                })
+            });
             let pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
             let (enc, default_kid) = match alg {
                 Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
@@ -197,6 +241,48 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The ECDS `TypedExtensionConfig` for the filter carrying `policy` as its configuration.
+fn ecds_resource(policy_text: &str, wasm: &std::path::Path, host_env: &[String]) -> Value {
+    json!({
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "phi-guard",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "phi-guard",
+                    "root_id": "phi-guard",
+                    // Never fail open: a crashed VM answers 503 and is restarted.
+                    "failure_policy": "FAIL_RELOAD",
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": policy_text},
+                    "vm_config": {
+                        "vm_id": "phi-guard",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm.display().to_string()}},
+                        "environment_variables": {"host_env_keys": host_env},
+                    },
+                },
+            },
+        }]
+    })
+}
+
+/// Validate (report only: the filter itself refuses a bad policy and keeps the old one) and
+/// write the ECDS file atomically.
+fn write_ecds(policy: &PathBuf, wasm: &std::path::Path, out: &std::path::Path, host_env: &[String]) -> Result<String, String> {
+    let text = std::fs::read_to_string(policy).map_err(|e| format!("{}: {e}", policy.display()))?;
+    let verdict = match compile(text.as_bytes()) {
+        Ok(p) => format!("policy `{}` revision {}", p.name, p.revision),
+        Err(e) => format!("INVALID policy ({e}); the filter will refuse it and keep the previous one"),
+    };
+    let body = serde_json::to_vec_pretty(&ecds_resource(&text, wasm, host_env)).map_err(|e| e.to_string())?;
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("ecds")));
+    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(format!("wrote {}: {verdict}", out.display()))
 }
 
 fn print_decision(policy: &Policy, d: &Decision) {

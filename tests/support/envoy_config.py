@@ -60,6 +60,24 @@ def wasm_filter(policy_text: str, wasm_path: Path, hmac_key: str) -> str:
 """
 
 
+def ecds_filter(ecds_file: Path) -> str:
+    """The filter's configuration delivered by ECDS from a watched file (see `phi-guard ecds`):
+    editing the policy swaps the filter config in place, open connections included."""
+    ecds_file = Path(ecds_file).resolve()
+    return f"""\
+          - name: phi-guard
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source:
+                  path: {q(str(ecds_file))}
+                  watched_directory:
+                    path: {q(str(ecds_file.parent))}
+              type_urls:
+              - type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+"""
+
+
 def render(
     *,
     listen_port: int = 10000,
@@ -73,13 +91,16 @@ def render(
     hmac_key: str = DEMO_HMAC_KEY,
     address: str = "127.0.0.1",
     extra_clusters: dict[str, int] | None = None,
+    ecds: Path | None = None,
 ) -> str:
     """The bootstrap YAML. `extra_clusters` maps more cluster names to loopback ports, for the
     filter's own callouts (e.g. a remote JWKS on cluster `idp`)."""
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, not {filter!r}")
     http_filters = ""
-    if filter == "phi-guard":
+    if filter == "phi-guard" and ecds is not None:
+        http_filters += ecds_filter(ecds)
+    elif filter == "phi-guard":
         http_filters += wasm_filter(Path(policy).read_text(encoding="utf-8"), Path(wasm).resolve(),
                                     hmac_key)
     http_filters += """\

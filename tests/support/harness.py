@@ -28,7 +28,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from envoy_config import DEFAULT_WASM, render  # noqa: E402
+from envoy_config import DEFAULT_WASM, DEMO_HMAC_KEY, render  # noqa: E402
+from tokens import CLI  # noqa: E402
+
+# Test-only VM secrets, passed to Envoy's environment for ECDS configs (`host_env_keys`).
+VM_ENV = {"PHI_GUARD_HMAC_KEY": DEMO_HMAC_KEY, "PHI_GUARD_AUDIT_KEY": "phi-guard-demo-audit-key-not-a-secret"}
 
 CONCURRENCY = 2  # two workers, two VMs: per-worker caches must not change outcomes
 
@@ -114,7 +118,8 @@ class LocalHarness(Harness):
 
     def __init__(self, name: str, *, policy: Path | None, filter: str = "phi-guard",  # noqa: A002
                  normalize: bool = True, wasm: Path = DEFAULT_WASM, workdir: Path,
-                 ready_timeout: float = 30.0, extra_clusters: tuple[str, ...] = ()) -> None:
+                 ready_timeout: float = 30.0, extra_clusters: tuple[str, ...] = (),
+                 cluster_ports: dict[str, int] | None = None, ecds: bool = False) -> None:
         self.name = name
         self.policy = policy
         self.filter = filter
@@ -124,6 +129,10 @@ class LocalHarness(Harness):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_timeout = ready_timeout
         self.extra_clusters = extra_clusters  # more cluster names served by the demo upstream
+        self.cluster_ports = cluster_ports or {}  # more clusters on other loopback ports
+        # Deliver the policy by ECDS from a watched file (`phi-guard ecds`), as `make run` does.
+        self.ecds = ecds
+        self.ecds_file = self.workdir / "ecds" / "phi-guard.json"
         self.procs: list[subprocess.Popen] = []
         self._log_files: list = []
         self.upstream_url = ""
@@ -179,17 +188,21 @@ class LocalHarness(Harness):
     def _start_envoy(self) -> None:
         listen, admin = free_port(), free_port()
         cfg = self.workdir / "envoy.yaml"
+        if self.ecds:
+            self.write_ecds(self.policy)
         cfg.write_text(render(listen_port=listen, admin_port=admin,
                               upstream_port=self.upstream_port, policy=self.policy or REPO /
                               "policies" / "smart-patient-app.json", wasm=self.wasm,
                               filter=self.filter, normalize=self.normalize,
                               access_log=str(self.workdir / "access.log"),
-                              extra_clusters={c: self.upstream_port for c in self.extra_clusters}))
+                              extra_clusters={**{c: self.upstream_port for c in self.extra_clusters},
+                                              **self.cluster_ports},
+                              ecds=self.ecds_file if self.ecds else None))
         self.envoy_log = self.workdir / "envoy.log"
         self.envoy = self._spawn(
             [envoy_bin(), "-c", str(cfg), "--concurrency", str(CONCURRENCY),
              "--disable-hot-restart", "--log-level", "info", "--log-path", str(self.envoy_log)],
-            "envoy.stderr.log", stdout=subprocess.DEVNULL)
+            "envoy.stderr.log", stdout=subprocess.DEVNULL, env={**os.environ, **VM_ENV})
         self.base_url = f"http://127.0.0.1:{listen}"
         self.admin_url = f"http://127.0.0.1:{admin}"
         deadline = time.monotonic() + self.ready_timeout
@@ -204,6 +217,13 @@ class LocalHarness(Harness):
                 pass
             time.sleep(0.1)
         raise HarnessError(f"envoy not ready after {self.ready_timeout}s:\n{self._envoy_tail()}")
+
+    def write_ecds(self, policy: Path) -> str:
+        """(Re)write the ECDS resource for `policy` atomically; Envoy applies it in place."""
+        self.ecds_file.parent.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run([str(CLI), "ecds", str(policy), "--wasm", str(Path(self.wasm).resolve()),
+                              "--out", str(self.ecds_file)], capture_output=True, text=True, check=True)
+        return out.stdout
 
     def _envoy_tail(self, lines: int = 30) -> str:
         text = ""

@@ -1,0 +1,295 @@
+"""Hot reload and key rotation through a real Envoy: ECDS policy edits, signed pull-mode policies,
+remote JWKS rotation, JWKS outages and the unknown-kid refetch rate limit.
+
+Each test starts its own Envoy (these tests change the running configuration) and a keyserver
+(tests/support/keyserver.py) that plays the identity provider and the policy server.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import http.client
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+
+from harness import LocalHarness, free_port  # noqa: E402
+from helpers import ME  # noqa: E402
+from tokens import CLI, cli_token  # noqa: E402
+
+POLICY = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
+JWKS = json.loads((REPO / "tests" / "keys" / "demo-jwks.json").read_text())
+KEY = {k["kid"]: k for k in JWKS["keys"]}
+SCOPE = "patient/Patient.rs patient/Observation.rs"
+
+if os.environ.get("HARNESS", "local") != "local":
+    pytest.skip("reload tests drive a local Envoy's files directly", allow_module_level=True)
+
+
+class KeyServer:
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = open(workdir / "keyserver.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests/support/keyserver.py"), "0"],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("LISTENING "), line
+        self.port = int(line.split()[1])
+
+    def set(self, what: str, **update) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/__set/{what}", method="POST",
+                                     data=json.dumps(update).encode())
+        urllib.request.urlopen(req, timeout=5).read()  # noqa: S310
+
+    def count(self) -> dict:
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__count", timeout=5).read())  # noqa: S310
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        self.log.close()
+
+
+def get(conn_or_harness, path: str, token: str | None = None):
+    """One request; `conn_or_harness` is a keep-alive HTTPConnection or a harness."""
+    own = not isinstance(conn_or_harness, http.client.HTTPConnection)
+    conn = http.client.HTTPConnection("127.0.0.1", int(conn_or_harness.base_url.rsplit(":", 1)[1]),
+                                      timeout=20) if own else conn_or_harness
+    headers = {"Host": "fhir.phi-guard.test"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, body
+    finally:
+        if own:
+            conn.close()
+
+
+def reason(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if "issue" in doc:
+        return doc["issue"][0]["details"]["coding"][0]["code"]
+    return doc.get("error")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture
+def workdir(request) -> Path:
+    d = REPO / ".run" / "tests" / f"reload-{request.node.name}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def keyserver(workdir):
+    ks = KeyServer(workdir)
+    yield ks
+    ks.stop()
+
+
+def start(workdir: Path, policy_doc: dict, **kw) -> LocalHarness:
+    path = workdir / "policy.json"
+    path.write_text(json.dumps(policy_doc, indent=2))
+    return LocalHarness(workdir.name, policy=path, workdir=workdir, **kw).start()
+
+
+def stat(harness, name: str) -> int:
+    for line in harness.stats_prometheus().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def test_ecds_edit_applies_on_an_open_keepalive_connection(workdir):
+    h = start(workdir, POLICY, ecds=True)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", int(h.base_url.rsplit(":", 1)[1]), timeout=20)
+        assert get(conn, "/healthz")[0] == 200
+        sock = conn.sock
+        edited = copy.deepcopy(POLICY)
+        edited["routes"] = [r for r in edited["routes"] if r["id"] != "health"]
+        (workdir / "policy.json").write_text(json.dumps(edited))
+        t0 = time.monotonic()
+        h.write_ecds(workdir / "policy.json")
+        assert wait_for(lambda: get(conn, "/healthz")[0] == 404, timeout=10), "edit not applied"
+        elapsed = time.monotonic() - t0
+        assert conn.sock is sock, "the keep-alive connection was replaced"
+        assert elapsed < 5, f"edit took {elapsed:.1f}s"
+        assert stat(h, "phi_guard_policy_loaded") >= 2
+    finally:
+        h.stop()
+
+
+def test_invalid_policy_edit_is_rejected_and_old_policy_stays(workdir):
+    h = start(workdir, POLICY, ecds=True)
+    try:
+        token = cli_token(scope=SCOPE, patient=ME)
+        assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
+        before = stat(h, "phi_guard_policy_rejected")
+        broken = copy.deepcopy(POLICY)
+        broken["routes"][0]["pubilc"] = True  # typo: unknown field
+        broken["routes"] = [r for r in broken["routes"] if r["id"] != "fhir"]  # would open nothing, but...
+        (workdir / "policy.json").write_text(json.dumps(broken))
+        h.write_ecds(workdir / "policy.json")
+        assert wait_for(lambda: stat(h, "phi_guard_policy_rejected") > before, timeout=10), "not rejected"
+        # Old policy still enforced: own record allowed, no token refused, health still public.
+        assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
+        status, body = get(h, f"/fhir/Patient/{ME}")
+        assert (status, reason(body)) == (401, "missing_token")
+        assert get(h, "/healthz")[0] == 200
+        log = (workdir / "envoy.log").read_text(errors="replace")
+        assert "routes[0].pubilc: unknown field" in log
+    finally:
+        h.stop()
+
+
+def sign(policy_path: Path) -> str:
+    out = subprocess.run([str(CLI), "sign", str(policy_path), "--key", str(REPO / "tests/keys/demo-eddsa.key.pem")],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_pull_mode_signed_policy_bad_signature_and_server_down(workdir, keyserver):
+    a = copy.deepcopy(POLICY)
+    b = copy.deepcopy(POLICY)
+    b["name"] = "policy-b"
+    b["routes"] = [r for r in b["routes"] if r["id"] != "health"]
+    (workdir / "a.json").write_text(json.dumps(a))
+    (workdir / "b.json").write_text(json.dumps(b))
+    keyserver.set("policy", body=(workdir / "a.json").read_text(), signature=sign(workdir / "a.json"), status=200)
+    pull = {"policySource": {"cluster": "policy_server", "path": "/policy.json", "publicKey": KEY["demo-eddsa"],
+                             "pollIntervalSeconds": 1, "maxBackoffSeconds": 2}}
+    h = start(workdir, pull, cluster_ports={"policy_server": keyserver.port})
+    try:
+        assert wait_for(lambda: get(h, "/healthz")[0] == 200, timeout=10), "signed policy A not applied"
+        token = cli_token(scope=SCOPE, patient=ME)
+        assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
+        # B with a signature over A's bytes: refused, A stays.
+        rejected = stat(h, "phi_guard_policy_rejected")
+        keyserver.set("policy", body=(workdir / "b.json").read_text(), signature=sign(workdir / "a.json"))
+        assert wait_for(lambda: stat(h, "phi_guard_policy_rejected") > rejected, timeout=10)
+        assert get(h, "/healthz")[0] == 200
+        # Policy server down: A stays, failures counted, staleness grows.
+        keyserver.set("policy", status=503)
+        failures = stat(h, "phi_guard_policy_fetch_failures")
+        assert wait_for(lambda: stat(h, "phi_guard_policy_fetch_failures") > failures, timeout=10)
+        assert get(h, "/healthz")[0] == 200
+        assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
+        # B properly signed: applied by every worker.
+        keyserver.set("policy", status=200, signature=sign(workdir / "b.json"))
+        assert wait_for(lambda: all(get(h, "/healthz")[0] == 404 for _ in range(6)), timeout=15), "B not applied"
+    finally:
+        h.stop()
+
+
+def remote_policy(**jwks_uri) -> dict:
+    doc = copy.deepcopy(POLICY)
+    iss = doc["issuers"][0]
+    del iss["jwks"]
+    iss["jwksUri"] = {"cluster": "idp", "path": "/jwks.json", **jwks_uri}
+    return doc
+
+
+def test_jwks_rotation_without_restart(workdir, keyserver):
+    keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-rs256"]]}), status=200)
+    h = start(workdir, remote_policy(unknownKidRefetchSeconds=1), cluster_ports={"idp": keyserver.port})
+    try:
+        rs = cli_token(scope=SCOPE, patient=ME)
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", rs)[0] == 200, timeout=10)
+        es = cli_token(scope=SCOPE, patient=ME, alg="ES256")
+        status, body = get(h, f"/fhir/Patient/{ME}", es)
+        assert (status, reason(body)) == (401, "unknown_key")
+        # Publish the new key: a token signed with it is accepted (unknown kid triggers a refetch).
+        keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-rs256"], KEY["demo-es256"]]}))
+        time.sleep(1.1)
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", es)[0] == 200, timeout=10), "rotated key not accepted"
+        # Remove the old key: after the refresh period, its tokens stop verifying.
+        keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-es256"]]}))
+    finally:
+        h.stop()
+
+
+def test_removed_key_stops_verifying_after_refresh(workdir, keyserver):
+    keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-rs256"], KEY["demo-es256"]]}), status=200)
+    h = start(workdir, remote_policy(refreshSeconds=10), cluster_ports={"idp": keyserver.port})
+    try:
+        rs = cli_token(scope=SCOPE, patient=ME)
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", rs)[0] == 200, timeout=10)
+        keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-es256"]]}))
+        # Refresh at 80 % of 10 s; the cache is cleared with the new key set.
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", rs)[0] == 401, timeout=20), "removed key still accepted"
+        assert all(get(h, f"/fhir/Patient/{ME}", rs)[0] == 401 for _ in range(4)), "a worker kept the old key"
+    finally:
+        h.stop()
+
+
+def test_jwks_down_at_start_is_a_bounded_503_never_200(workdir, keyserver):
+    keyserver.set("jwks", status=503)
+    h = start(workdir, remote_policy(waitMs=1500), cluster_ports={"idp": keyserver.port})
+    try:
+        token = cli_token(scope=SCOPE, patient=ME)
+        for _ in range(3):
+            t0 = time.monotonic()
+            status, body = get(h, f"/fhir/Patient/{ME}", token)
+            elapsed = time.monotonic() - t0
+            assert (status, reason(body)) == (503, "keys_unavailable"), (status, body[:200])
+            assert elapsed < 1.5 + 2.5, f"waited {elapsed:.1f}s"
+        # The identity provider comes back: the same token is accepted without a restart.
+        keyserver.set("jwks", status=200, body=json.dumps(JWKS))
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", token)[0] == 200, timeout=15)
+    finally:
+        h.stop()
+
+
+def test_waiting_request_is_released_when_keys_arrive(workdir, keyserver):
+    # The first fetch is slow (1 s) but within the wait: the request waits, then succeeds.
+    keyserver.set("jwks", status=200, body=json.dumps(JWKS), delay=1)
+    h = start(workdir, remote_policy(waitMs=5000, timeoutMs=4000), cluster_ports={"idp": keyserver.port})
+    try:
+        token = cli_token(scope=SCOPE, patient=ME)
+        status, body = get(h, f"/fhir/Patient/{ME}", token)
+        assert status == 200, body[:200]
+    finally:
+        h.stop()
+
+
+def test_unknown_kid_burst_is_rate_limited(workdir, keyserver):
+    keyserver.set("jwks", status=200, body=json.dumps(JWKS))
+    h = start(workdir, remote_policy(unknownKidRefetchSeconds=30), cluster_ports={"idp": keyserver.port})
+    try:
+        good = cli_token(scope=SCOPE, patient=ME)
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", good)[0] == 200, timeout=10)
+        before = keyserver.count()["jwks"]
+        statuses = set()
+        for i in range(40):
+            forged = cli_token(scope=SCOPE, patient=ME, kid=f"forged-{i}")
+            statuses.add(get(h, f"/fhir/Patient/{ME}", forged)[0])
+        assert statuses == {401}, statuses
+        fetched = keyserver.count()["jwks"] - before
+        assert fetched <= 1, f"{fetched} JWKS fetches for 40 forged kids"
+    finally:
+        h.stop()
