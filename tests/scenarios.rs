@@ -66,7 +66,7 @@ fn run(path: &Path) -> Result<(), String> {
         (None, t) => Some(format!("Bearer {}", mint(t))),
     };
     let auth: Vec<&str> = header.iter().map(String::as_str).collect();
-    let request = Request { method: req["method"].as_str().unwrap(), path: req["path"].as_str().unwrap(), authorization: &auth };
+    let request = Request { method: req["method"].as_str().unwrap(), path: req["path"].as_str().unwrap(), authorization: &auth, ..Default::default() };
     let decision = decide(&policy, &mut TokenCache::new(8), &request, NOW);
     let want_status = expect["status"].as_u64().unwrap() as u16;
     let want_reason = expect["reason"].as_str();

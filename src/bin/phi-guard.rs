@@ -146,7 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let at = at.unwrap_or_else(now);
             let header = token.as_ref().map(|t| format!("Bearer {t}")).or(claims.as_ref().map(|_| "Bearer claims".to_owned()));
             let auth: Vec<&str> = header.iter().map(String::as_str).collect();
-            let req = Request { method: &method, path: &path, authorization: &auth };
+            let req = Request { method: &method, path: &path, authorization: &auth, ..Default::default() };
             let decision = match &claims {
                 Some(c) => {
                     let value: Value = serde_json::from_str(c).map_err(|e| format!("--claims: {e}"))?;

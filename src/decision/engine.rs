@@ -12,7 +12,7 @@ use crate::http::{normalize, NormalizedPath};
 use crate::policy::{Access, FhirRoute, Policy, Route};
 
 /// What the decision needs to know about a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Request<'a> {
     /// `:method`.
     pub method: &'a str,
@@ -20,6 +20,59 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Every `Authorization` header value, in order.
     pub authorization: &'a [&'a str],
+    /// Number of request headers (0 if the host does not count them).
+    pub header_count: usize,
+    /// Total bytes of header names and values.
+    pub header_bytes: usize,
+    /// `content-length`, if sent.
+    pub content_length: Option<u64>,
+}
+
+/// What a request body must satisfy before it is released upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyCheck {
+    /// Largest accepted body.
+    pub max: usize,
+    /// FHIR create/update: the body must be JSON of this `resourceType`.
+    pub resource_type: Option<&'static str>,
+    /// FHIR update: the body's `id` must be this.
+    pub id: Option<String>,
+    /// Patient-context write: the resource must belong to this patient's compartment.
+    pub patient: Option<String>,
+}
+
+impl BodyCheck {
+    /// Whether the whole body must be buffered and inspected (not just counted).
+    pub fn inspects(&self) -> bool {
+        self.resource_type.is_some() || self.patient.is_some()
+    }
+
+    /// Check a complete request body.
+    pub fn check(&self, body: &[u8]) -> Result<(), DenyReason> {
+        if body.len() > self.max {
+            return Err(DenyReason::RequestTooLarge);
+        }
+        if !self.inspects() {
+            return Ok(());
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| DenyReason::InvalidRequestBody)?;
+        if let Some(t) = self.resource_type {
+            if value.get("resourceType").and_then(serde_json::Value::as_str) != Some(t) {
+                return Err(DenyReason::InvalidRequestBody);
+            }
+        }
+        if let Some(id) = &self.id {
+            if value.get("id").and_then(serde_json::Value::as_str) != Some(id.as_str()) {
+                return Err(DenyReason::InvalidRequestBody);
+            }
+        }
+        if let Some(p) = &self.patient {
+            if !crate::fhir::compartment::resource_belongs_to(&value, p) {
+                return Err(DenyReason::PatientMismatch);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An allowed request.
@@ -35,6 +88,10 @@ pub struct Grant {
     pub fhir: Option<FhirRequest>,
     /// What must happen to the response before it reaches the client.
     pub response: ResponsePlan,
+    /// What the request body must satisfy, for methods that carry one.
+    pub body: Option<BodyCheck>,
+    /// Add no-store/nosniff headers and strip server identification on the response.
+    pub security_headers: bool,
 }
 
 /// A refused request, with as much context as was established before the refusal.
@@ -116,6 +173,9 @@ pub fn decide_with(
     mut authenticate: impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
 ) -> Decision {
     let mut ctx = Ctx { unmatched_status: policy.unmatched_status, route: None, principal: None, fhir: None };
+    if req.header_count > policy.limits.max_header_count || req.header_bytes > policy.limits.max_header_bytes {
+        return ctx.deny(DenyReason::HeadersTooLarge, None);
+    }
     if req.path.len() > policy.limits.max_path_bytes {
         return ctx.deny(DenyReason::PathTooLong, None);
     }
@@ -132,6 +192,9 @@ pub fn decide_with(
     if path.has_param("access_token") {
         return ctx.deny(DenyReason::TokenInQuery, None);
     }
+    if req.content_length.is_some_and(|l| l > policy.limits.max_request_body_bytes as u64) {
+        return ctx.deny(DenyReason::RequestTooLarge, None);
+    }
     // Model the FHIR request before authenticating so refusals carry it for audit.
     if let Access::Fhir(_) = route.access {
         match parse_fhir(req.method, path.segments.get(consumed..).unwrap_or(&[])) {
@@ -141,6 +204,8 @@ pub fn decide_with(
             }
         }
     }
+    let carries_body = matches!(req.method, "POST" | "PUT" | "PATCH");
+    let size_only = || carries_body.then(|| BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
     if let Access::Public = route.access {
         return Decision::Allow(Grant {
             route_id: route.id.clone(),
@@ -148,6 +213,8 @@ pub fn decide_with(
             principal: None,
             fhir: ctx.fhir,
             response: ResponsePlan::default(),
+            body: size_only(),
+            security_headers: route.security_headers,
         });
     }
     let token = match bearer(req.authorization) {
@@ -159,6 +226,7 @@ pub fn decide_with(
         Err(reason) => return ctx.deny(reason, None),
     };
     ctx.principal = Some(Rc::clone(&principal));
+    let mut body = size_only();
     let checks = match &route.access {
         Access::Public => Vec::new(),
         Access::Scopes { all_of, any_of } => {
@@ -177,8 +245,15 @@ pub fn decide_with(
             let Some(fhir) = ctx.fhir.as_ref() else {
                 return ctx.deny(DenyReason::UnsupportedFhirRequest, None);
             };
-            match authorize_fhir(fhir_route, &principal, fhir, &path) {
-                Ok(checks) => checks,
+            match authorize_fhir(fhir_route, &principal, fhir, &path, req.method) {
+                Ok(FhirGrant { checks, body_patient }) => {
+                    if let (Some(b), Interaction::Create | Interaction::Update) = (body.as_mut(), fhir.interaction) {
+                        b.resource_type = fhir.resource_type;
+                        b.id = fhir.id.clone();
+                        b.patient = body_patient;
+                    }
+                    checks
+                }
                 Err((reason, need)) => return ctx.deny(reason, need),
             }
         }
@@ -189,6 +264,8 @@ pub fn decide_with(
         principal: Some(principal),
         fhir: ctx.fhir,
         response: ResponsePlan { checks },
+        body,
+        security_headers: route.security_headers,
     })
 }
 
@@ -219,19 +296,28 @@ fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
 
 type FhirDenial = (DenyReason, Option<String>);
 
+/// What an authorized FHIR request still owes: response checks, and for a patient-context
+/// create, the patient its body must belong to.
+#[derive(Default)]
+struct FhirGrant {
+    checks: Vec<ResponseCheck>,
+    body_patient: Option<String>,
+}
+
 /// SMART scope and patient-compartment enforcement for a modelled FHIR request.
 fn authorize_fhir(
     route: &FhirRoute,
     principal: &Principal,
     req: &FhirRequest,
     path: &NormalizedPath,
-) -> Result<Vec<ResponseCheck>, FhirDenial> {
+    method: &str,
+) -> Result<FhirGrant, FhirDenial> {
     use Interaction::*;
     if !route.interactions.contains(&req.interaction) {
         return Err((DenyReason::InteractionNotAllowed, None));
     }
     if req.interaction == Capabilities {
-        return Ok(Vec::new());
+        return Ok(FhirGrant::default());
     }
     let Some(letter) = req.interaction.permission() else {
         // Batch/transaction and operations cannot be authorized by one resource scope; declare a
@@ -249,7 +335,7 @@ fn authorize_fhir(
     }
     if other_grant {
         // user/ and system/ scopes: the upstream enforces the user's own access.
-        return Ok(Vec::new());
+        return Ok(FhirGrant::default());
     }
     if !patient_grant {
         let t = ty.unwrap_or("*");
@@ -257,7 +343,16 @@ fn authorize_fhir(
         return Err((DenyReason::InsufficientScope, Some(need)));
     }
     let patient = principal.patient.as_deref().ok_or((DenyReason::MissingPatientContext, None))?;
-    patient_compartment(route, req, path, patient)
+    if method == "POST" && req.interaction == SearchType {
+        // Form-encoded search parameters in the body are not seen here: the compartment
+        // binding could not be checked.
+        return Err((DenyReason::CompartmentEscape, None));
+    }
+    if req.interaction == Create && in_patient_compartment(req.resource_type.unwrap_or("")) && req.resource_type != Some("Patient") {
+        // Allowed if the body proves the new resource belongs to the patient.
+        return Ok(FhirGrant { checks: Vec::new(), body_patient: Some(patient.to_owned()) });
+    }
+    patient_compartment(route, req, path, patient).map(|checks| FhirGrant { checks, body_patient: None })
 }
 
 /// A patient-context token may reach only its patient's compartment.
@@ -335,8 +430,8 @@ fn patient_compartment(
             // The id alone does not say whose resource it is: check the body before release.
             Ok(vec![ResponseCheck::PatientBinding { patient: patient.to_owned() }])
         }
-        // Writes, deletes and type history by a patient-context token cannot be proven to stay
-        // inside the compartment before they happen.
+        // Updates, deletes and type history by a patient-context token cannot be proven to stay
+        // inside the compartment before they happen (the stored resource is not seen).
         _ => escape,
     }
 }
@@ -380,7 +475,7 @@ mod tests {
         let mut cache = TokenCache::new(16);
         let header = auth.map(|t| format!("Bearer {t}"));
         let hs: Vec<&str> = header.iter().map(String::as_str).collect();
-        decide(p, &mut cache, &Request { method, path, authorization: &hs }, NOW)
+        decide(p, &mut cache, &Request { method, path, authorization: &hs, ..Default::default() }, NOW)
     }
 
     fn reason(p: &Policy, method: &str, path: &str, auth: Option<&str>) -> Option<DenyReason> {
@@ -488,7 +583,7 @@ mod tests {
         let p = policy("smart-patient-app");
         let t = token(json!({}));
         let mut cache = TokenCache::new(4);
-        let go = |cache: &mut TokenCache, hs: &[&str]| decide(&p, cache, &Request { method: "GET", path: "/fhir/Patient/p1", authorization: hs }, NOW).reason();
+        let go = |cache: &mut TokenCache, hs: &[&str]| decide(&p, cache, &Request { method: "GET", path: "/fhir/Patient/p1", authorization: hs, ..Default::default() }, NOW).reason();
         assert_eq!(go(&mut cache, &[&format!("bearer {t}")]), None);
         assert_eq!(go(&mut cache, &[&format!("BEARER   {t}")]), None);
         assert_eq!(go(&mut cache, &[&format!("Basic {t}")]), Some(DenyReason::UnsupportedAuthScheme));
@@ -522,13 +617,58 @@ mod tests {
     }
 
     #[test]
+    fn request_limits_and_bodies() {
+        let p = policy("clinician-api");
+        let mut c = claims();
+        c["scp"] = json!(["user/Observation.cruds", "patient/Observation.cruds"]);
+        let user = sign(Algorithm::RS256, Some("demo-rs256"), &c);
+        let hs = [format!("Bearer {user}")];
+        let hs: Vec<&str> = hs.iter().map(String::as_str).collect();
+        let go = |method: &'static str, path: &'static str, f: &dyn Fn(&mut Request)| {
+            let mut r = Request { method, path, authorization: &hs, ..Default::default() };
+            f(&mut r);
+            decide(&p, &mut TokenCache::new(4), &r, NOW)
+        };
+        assert_eq!(go("GET", "/fhir/Patient/x", &|r| r.header_count = 101).reason(), Some(DenyReason::HeadersTooLarge));
+        assert_eq!(go("GET", "/fhir/Patient/x", &|r| r.header_bytes = 40_000).reason(), Some(DenyReason::HeadersTooLarge));
+        assert_eq!(go("POST", "/fhir/Observation", &|r| r.content_length = Some(2 << 20)).reason(), Some(DenyReason::RequestTooLarge));
+        let d = go("PUT", "/fhir/Observation/o1", &|_| {});
+        let Decision::Allow(g) = d else { panic!("{d:?}") };
+        let b = g.body.unwrap();
+        assert_eq!((b.resource_type, b.id.as_deref(), b.patient.as_deref()), (Some("Observation"), Some("o1"), None));
+        assert_eq!(b.check(br#"{"resourceType":"Observation","id":"o1"}"#), Ok(()));
+        assert_eq!(b.check(br#"{"resourceType":"Observation","id":"o2"}"#), Err(DenyReason::InvalidRequestBody));
+        assert_eq!(b.check(br#"{"resourceType":"Patient","id":"o1"}"#), Err(DenyReason::InvalidRequestBody));
+        assert_eq!(b.check(b"not json"), Err(DenyReason::InvalidRequestBody));
+        assert!(g.security_headers);
+        let Decision::Allow(g) = go("GET", "/fhir/Observation/x", &|_| {}) else { panic!() };
+        assert!(g.body.is_none());
+    }
+
+    #[test]
+    fn patient_context_writes() {
+        let p = policy("clinician-api");
+        let mut c = claims();
+        c["scp"] = json!(["patient/Observation.cruds", "patient/Patient.rs"]);
+        let t = sign(Algorithm::RS256, Some("demo-rs256"), &c);
+        let Decision::Allow(g) = run(&p, "POST", "/fhir/Observation", Some(&t)) else { panic!() };
+        let b = g.body.unwrap();
+        assert_eq!(b.patient.as_deref(), Some("p1"));
+        assert_eq!(b.check(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#), Ok(()));
+        assert_eq!(b.check(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p2"}}"#), Err(DenyReason::PatientMismatch));
+        assert_eq!(reason(&p, "PUT", "/fhir/Observation/o1", Some(&t)), Some(DenyReason::CompartmentEscape));
+        assert_eq!(reason(&p, "DELETE", "/fhir/Observation/o1", Some(&t)), Some(DenyReason::CompartmentEscape));
+        assert_eq!(reason(&p, "POST", "/fhir/Observation/_search", Some(&t)), Some(DenyReason::CompartmentEscape));
+    }
+
+    #[test]
     fn cache_never_outlives_exp() {
         let p = policy("smart-patient-app");
         let t = token(json!({"exp": NOW + 10}));
         let mut cache = TokenCache::new(4);
         let hs = [format!("Bearer {t}")];
         let hs: Vec<&str> = hs.iter().map(String::as_str).collect();
-        let req = Request { method: "GET", path: "/fhir/Patient/p1", authorization: &hs };
+        let req = Request { method: "GET", path: "/fhir/Patient/p1", authorization: &hs, ..Default::default() };
         assert!(decide(&p, &mut cache, &req, NOW).reason().is_none());
         assert_eq!(decide(&p, &mut cache, &req, NOW + 70).reason(), Some(DenyReason::Expired));
     }

@@ -2,6 +2,7 @@
 //! replies and response checks that follow from it.
 
 pub mod engine;
+pub mod ratelimit;
 pub mod reason;
 pub mod reply;
 pub mod response;

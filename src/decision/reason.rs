@@ -10,6 +10,14 @@ pub enum DenyReason {
     InvalidPath,
     /// The path or query is longer than the policy allows.
     PathTooLong,
+    /// Too many request headers, or too large in total.
+    HeadersTooLarge,
+    /// The request body is larger than the policy allows.
+    RequestTooLarge,
+    /// A FHIR write whose body is not JSON of the resource type (and id) the path names.
+    InvalidRequestBody,
+    /// The subject or client has used its request budget.
+    RateLimited,
     /// No route matches the path.
     NoRoute,
     /// A route matches the path but not the method.
@@ -75,7 +83,10 @@ impl DenyReason {
         use DenyReason::*;
         match self {
             NoPolicy | KeysUnavailable => 503,
-            InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest => 400,
+            InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
+            HeadersTooLarge => 431,
+            RequestTooLarge => 413,
+            RateLimited => 429,
             NoRoute => 404,
             MethodNotAllowed => 405,
             MissingToken | UnsupportedAuthScheme | TokenTooLarge | MalformedToken
@@ -94,6 +105,10 @@ impl DenyReason {
             NoPolicy => "no_policy",
             InvalidPath => "invalid_path",
             PathTooLong => "path_too_long",
+            HeadersTooLarge => "headers_too_large",
+            RequestTooLarge => "request_too_large",
+            InvalidRequestBody => "invalid_request_body",
+            RateLimited => "rate_limited",
             NoRoute => "no_route",
             MethodNotAllowed => "method_not_allowed",
             MissingToken => "missing_token",
@@ -132,6 +147,10 @@ impl DenyReason {
             NoPolicy => "no access policy is loaded",
             InvalidPath => "the request path is malformed or ambiguous",
             PathTooLong => "the request path is too long",
+            HeadersTooLarge => "the request headers are too many or too large",
+            RequestTooLarge => "the request body is too large",
+            InvalidRequestBody => "the request body does not match the resource the path names",
+            RateLimited => "too many requests; retry later",
             NoRoute => "no route matches this request",
             MethodNotAllowed => "this method is not allowed on this route",
             MissingToken => "a bearer token is required",
@@ -181,16 +200,17 @@ impl DenyReason {
             401 => "login",
             403 => "forbidden",
             404 => "not-found",
-            400 | 405 => "invalid",
+            400 | 405 | 413 | 431 => "invalid",
+            429 => "throttled",
             _ => "exception",
         }
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 31] = {
+    pub const ALL: [DenyReason; 35] = {
         use DenyReason::*;
         [
-            NoPolicy, InvalidPath, PathTooLong, NoRoute, MethodNotAllowed, MissingToken,
+            NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
             AmbiguousCredentials, UnsupportedAuthScheme, TokenTooLarge, MalformedToken,
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, KeysUnavailable, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,

@@ -1,33 +1,34 @@
-//! Per-request stream: decide on request headers, answer refusals locally, and hold back any
-//! response whose body must be checked until the whole body has been checked.
+//! Per-request stream: decide on request headers, answer refusals locally, check request bodies
+//! before they are released upstream, and hold back any response whose body must be checked
+//! until the whole body has been checked.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{get_buffer, get_map, get_map_value, remove_map_value, set_buffer};
+use proxy_wasm::hostcalls::{get_buffer, get_map, get_map_value, remove_map_value, set_buffer, set_map_value};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::now_ms;
-use super::vm::{OwnedRequest, Outcome, ResponseState, Vm, Waiter};
+use super::vm::{OwnedRequest, Outcome, ResponseState, StreamState, Vm, Waiter};
 use crate::decision::{refusal_reply, DenyReason};
 
 /// One HTTP stream.
 pub struct Stream {
     context_id: u32,
     vm: Rc<Vm>,
-    response: Rc<RefCell<ResponseState>>,
+    state: Rc<RefCell<StreamState>>,
 }
 
 impl Stream {
     /// A stream on this VM.
     pub fn new(context_id: u32, vm: Rc<Vm>) -> Self {
-        Stream { context_id, vm, response: Rc::new(RefCell::new(ResponseState::Pass)) }
+        Stream { context_id, vm, state: Rc::new(RefCell::new(StreamState::new())) }
     }
 
     /// Replace the buffered body chunk with the refusal body (first chunk) or nothing.
     fn replace_body(&self, body_size: usize) {
-        if let ResponseState::Replace { reason, fhir, sent } = &mut *self.response.borrow_mut() {
+        if let ResponseState::Replace { reason, fhir, sent } = &mut self.state.borrow_mut().response {
             let bytes = if *sent { Vec::new() } else { refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes() };
             *sent = true;
             if set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
@@ -37,25 +38,25 @@ impl Stream {
     }
 
     fn refuse_response(&self, reason: DenyReason) {
-        let mut state = self.response.borrow_mut();
-        let (fhir, shadow) = match &*state {
+        let mut state = self.state.borrow_mut();
+        let (fhir, shadow) = match &state.response {
             ResponseState::Check { fhir, shadow, .. } => (*fhir, *shadow),
             _ => return,
         };
         if shadow {
             log::warn!("phi-guard: shadow mode: response would be withheld: {}", reason.code());
             self.vm.metrics.shadow_denied(reason);
-            *state = ResponseState::Pass;
+            state.response = ResponseState::Pass;
             return;
         }
         log::warn!("phi-guard: response withheld: {}", reason.code());
         self.vm.metrics.response_blocked(reason);
-        *state = ResponseState::Replace { reason, fhir, sent: false };
+        state.response = ResponseState::Replace { reason, fhir, sent: false };
     }
 
     /// Check the complete buffered body; on failure switch to replacement.
     fn finish_check(&self, body_size: usize) {
-        let result = match &*self.response.borrow() {
+        let result = match &self.state.borrow().response {
             ResponseState::Check { plan, .. } => match get_buffer(BufferType::HttpResponseBody, 0, body_size) {
                 Ok(b) => plan.check_body(&b.unwrap_or_default()),
                 Err(_) => Err(DenyReason::ResponseUncheckable),
@@ -63,9 +64,15 @@ impl Stream {
             _ => return,
         };
         match result {
-            Ok(()) => *self.response.borrow_mut() = ResponseState::Pass,
+            Ok(()) => self.state.borrow_mut().response = ResponseState::Pass,
             Err(reason) => self.refuse_response(reason),
         }
+    }
+
+    fn refuse_request_body(&self, reason: DenyReason) -> Action {
+        self.state.borrow_mut().body = None;
+        self.vm.reply(&self.state, reason.status(), reason, false, None, &[]);
+        Action::Pause
     }
 }
 
@@ -79,17 +86,20 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Ok(headers) = get_map(MapType::HttpRequestHeaders) else {
-            self.vm.reply(400, DenyReason::InvalidPath, false, None);
+            self.vm.reply(&self.state, 400, DenyReason::InvalidPath, false, None, &[]);
             return Action::Pause;
         };
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let request = OwnedRequest {
-            method: find(":method"),
-            path: find(":path"),
+            method: find(":method").unwrap_or_default(),
+            path: find(":path").unwrap_or_default(),
             authorization: headers.iter().filter(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).collect(),
+            header_count: headers.iter().filter(|(k, _)| !k.starts_with(':')).count(),
+            header_bytes: headers.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            content_length: find("content-length").and_then(|l| l.trim().parse().ok()),
         };
         let now = now_ms();
-        match self.vm.handle(&request, &self.response, now / 1000, true) {
+        match self.vm.handle(&request, &self.state, now, true) {
             Outcome::Forwarded => Action::Continue,
             Outcome::Replied => Action::Pause,
             Outcome::Wait(issuer) => {
@@ -105,15 +115,54 @@ impl HttpContext for Stream {
                     issuer,
                     deadline_ms: now.saturating_add(wait),
                     request,
-                    response: Rc::clone(&self.response),
+                    state: Rc::clone(&self.state),
                 });
                 Action::Pause
             }
         }
     }
 
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // Hold the body until it is complete and checked: the upstream never sees a byte of a
+        // body that is too large, is not the resource the path names, or points to another
+        // patient. (The headers have gone ahead: holding them too stops the body callbacks in
+        // Envoy. A refused body resets the upstream stream, so no write can complete.)
+        let check = match &self.state.borrow().body {
+            Some(c) => c.clone(),
+            None => return Action::Continue,
+        };
+        if body_size > check.max {
+            return self.refuse_request_body(DenyReason::RequestTooLarge);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if check.inspects() {
+            let body = match get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                Ok(b) => b.unwrap_or_default(),
+                Err(_) => return self.refuse_request_body(DenyReason::InvalidRequestBody),
+            };
+            if let Err(reason) = check.check(&body) {
+                return self.refuse_request_body(reason);
+            }
+        }
+        self.state.borrow_mut().body = None;
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let max = match &*self.response.borrow() {
+        if self.state.borrow().replied {
+            // Our own local reply passing back through: it is already complete.
+            return Action::Continue;
+        }
+        if self.state.borrow().security_headers {
+            let _ = set_map_value(MapType::HttpResponseHeaders, "cache-control", Some("no-store"));
+            let _ = set_map_value(MapType::HttpResponseHeaders, "pragma", Some("no-cache"));
+            let _ = set_map_value(MapType::HttpResponseHeaders, "x-content-type-options", Some("nosniff"));
+            let _ = remove_map_value(MapType::HttpResponseHeaders, "server");
+            let _ = remove_map_value(MapType::HttpResponseHeaders, "x-powered-by");
+        }
+        let max = match &self.state.borrow().response {
             ResponseState::Check { max, .. } => *max,
             _ => return Action::Continue,
         };
@@ -121,7 +170,7 @@ impl HttpContext for Stream {
         let status = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
         if !(200..300).contains(&status) {
             // Errors and redirects carry no resource to check.
-            *self.response.borrow_mut() = ResponseState::Pass;
+            self.state.borrow_mut().response = ResponseState::Pass;
             return Action::Continue;
         }
         let encoded = header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
@@ -134,7 +183,7 @@ impl HttpContext for Stream {
         let _ = remove_map_value(MapType::HttpResponseHeaders, "content-length");
         if end_of_stream {
             // Headers only: nothing to release.
-            *self.response.borrow_mut() = ResponseState::Pass;
+            self.state.borrow_mut().response = ResponseState::Pass;
         } else if encoded || !json || too_big {
             self.refuse_response(DenyReason::ResponseUncheckable);
         }
@@ -142,7 +191,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let max = match &*self.response.borrow() {
+        let max = match &self.state.borrow().response {
             ResponseState::Pass => return Action::Continue,
             ResponseState::Replace { .. } => None,
             ResponseState::Check { max, .. } => Some(*max),
@@ -159,8 +208,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         // With trailers the body callback never sees end_of_stream: finish here.
-        if let ResponseState::Check { .. } = &*self.response.borrow() {
-        } else {
+        if !matches!(self.state.borrow().response, ResponseState::Check { .. }) {
             return Action::Continue;
         }
         let size = get_buffer(BufferType::HttpResponseBody, 0, usize::MAX).ok().flatten().map_or(0, |b| b.len());

@@ -128,4 +128,10 @@ impl Metrics {
     pub fn keys_dropped(&self) {
         bump(self.keys_dropped, 1);
     }
+
+    /// A request refused by the rate limit `id` (limits come with policies, so the counter is
+    /// defined on use; Envoy returns the same id for the same name).
+    pub fn rate_limited(&self, id: &str) {
+        bump(counter(&format!("phi_guard.rate_limited.{id}")), 1);
+    }
 }

@@ -4,13 +4,16 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{remove_map_value, resume_http_request, send_http_response, set_effective_context};
+use proxy_wasm::hostcalls::{get_shared_data, remove_map_value, resume_http_request, send_http_response, set_effective_context, set_shared_data};
+use proxy_wasm::types::Status;
 use proxy_wasm::types::MapType;
 
 use super::metrics::Metrics;
 use crate::auth::remote::KeyState;
 use crate::auth::verify::unverified_issuer;
 use crate::auth::TokenCache;
+use crate::decision::engine::BodyCheck;
+use crate::decision::ratelimit::{Bucket, RateLimit};
 use crate::decision::{decide, refusal_reply, Decision, DenyReason, Request, ResponsePlan};
 use crate::policy::Policy;
 
@@ -75,8 +78,27 @@ pub enum ResponseState {
     },
 }
 
+/// Per-stream state the decision sets up for the later phases.
+pub struct StreamState {
+    /// Response handling.
+    pub response: ResponseState,
+    /// Request-body check still owed before the body is released upstream.
+    pub body: Option<BodyCheck>,
+    /// Add security headers to the response.
+    pub security_headers: bool,
+    /// The stream was answered locally: later phases leave it alone.
+    pub replied: bool,
+}
+
+impl StreamState {
+    /// A fresh stream.
+    pub fn new() -> Self {
+        StreamState { response: ResponseState::Pass, body: None, security_headers: false, replied: false }
+    }
+}
+
 /// A request's decision inputs, owned so a paused request can be decided again later.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OwnedRequest {
     /// `:method`.
     pub method: String,
@@ -84,6 +106,12 @@ pub struct OwnedRequest {
     pub path: String,
     /// Every `Authorization` value.
     pub authorization: Vec<String>,
+    /// Number of request headers.
+    pub header_count: usize,
+    /// Total size of header names and values.
+    pub header_bytes: usize,
+    /// `content-length`, if sent and numeric.
+    pub content_length: Option<u64>,
 }
 
 /// A request paused until an issuer's keys arrive.
@@ -96,8 +124,8 @@ pub struct Waiter {
     pub deadline_ms: u64,
     /// What to decide again.
     pub request: OwnedRequest,
-    /// The stream's response state, to arm a check if the request is then allowed.
-    pub response: Rc<RefCell<ResponseState>>,
+    /// The stream's state, to arm checks if the request is then allowed.
+    pub state: Rc<RefCell<StreamState>>,
 }
 
 /// Everything one VM shares.
@@ -128,14 +156,22 @@ impl Vm {
 
     /// Decide a request and act on it. `may_wait` is false when re-deciding a waiter whose
     /// wait is over.
-    pub fn handle(&self, req: &OwnedRequest, response: &RefCell<ResponseState>, now_secs: u64, may_wait: bool) -> Outcome {
+    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: u64, may_wait: bool) -> Outcome {
+        let now_secs = now_ms / 1000;
         let auth: Vec<&str> = req.authorization.iter().map(String::as_str).collect();
-        let request = Request { method: &req.method, path: &req.path, authorization: &auth };
-        let (decision, max, shadow, wait_for) = {
+        let request = Request {
+            method: &req.method,
+            path: &req.path,
+            authorization: &auth,
+            header_count: req.header_count,
+            header_bytes: req.header_bytes,
+            content_length: req.content_length,
+        };
+        let (decision, policy, wait_for) = {
             let mut guard = self.active.borrow_mut();
             let Some(active) = guard.as_mut() else {
                 drop(guard);
-                self.reply(503, DenyReason::NoPolicy, false, None);
+                self.reply(state, 503, DenyReason::NoPolicy, false, None, &[]);
                 return Outcome::Replied;
             };
             let before = active.cache.stats();
@@ -149,37 +185,52 @@ impl Vm {
                 }
                 _ => None,
             };
-            (d, policy.limits.max_response_bytes, policy.shadow, wait_for)
+            (d, policy, wait_for)
         };
         if let Some(i) = wait_for {
             return Outcome::Wait(i);
         }
-        match decision {
-            Decision::Deny(r) if shadow => {
-                log::warn!("phi-guard: shadow mode: would refuse {} {}", r.status, r.reason.code());
-                self.metrics.shadow_denied(r.reason);
+        let shadow = policy.shadow;
+        let refuse = |status: u16, reason: DenyReason, fhir: bool, required: Option<&str>, extra: &[(&str, String)]| {
+            if shadow {
+                log::warn!("phi-guard: shadow mode: would refuse {status} {}", reason.code());
+                self.metrics.shadow_denied(reason);
                 Outcome::Forwarded
-            }
-            Decision::Deny(r) => {
-                self.reply(r.status, r.reason, r.fhir_route, r.required_scope.as_deref());
+            } else {
+                self.reply(state, status, reason, fhir, required, extra);
                 Outcome::Replied
             }
-            Decision::Allow(grant) => {
-                self.metrics.allowed();
-                if grant.response.inspects_body() {
-                    // The upstream must answer in a form we can read: identity encoding.
-                    let _ = remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
-                    *response.borrow_mut() = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max, shadow };
+        };
+        let grant = match decision {
+            Decision::Deny(r) => return refuse(r.status, r.reason, r.fhir_route, r.required_scope.as_deref(), &[]),
+            Decision::Allow(grant) => grant,
+        };
+        if let Some(principal) = &grant.principal {
+            for limit in policy.rate_limits.iter().filter(|l| l.applies_to(&grant.route_id)) {
+                if let Err(retry) = take_shared(limit, &limit.key(principal), now_ms) {
+                    self.metrics.rate_limited(&limit.id);
+                    return refuse(429, DenyReason::RateLimited, grant.fhir_route, None, &[("retry-after", retry.to_string())]);
                 }
-                Outcome::Forwarded
             }
         }
+        self.metrics.allowed();
+        let mut st = state.borrow_mut();
+        st.security_headers = grant.security_headers;
+        st.body = grant.body;
+        if grant.response.inspects_body() {
+            // The upstream must answer in a form we can read: identity encoding.
+            let _ = remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
+            st.response = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max: policy.limits.max_response_bytes, shadow };
+        }
+        Outcome::Forwarded
     }
 
     /// Answer the current stream locally.
-    pub fn reply(&self, status: u16, reason: DenyReason, fhir: bool, required: Option<&str>) {
+    pub fn reply(&self, state: &RefCell<StreamState>, status: u16, reason: DenyReason, fhir: bool, required: Option<&str>, extra: &[(&str, String)]) {
         let reply = refusal_reply(reason, status, fhir, required);
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        state.borrow_mut().replied = true;
         if send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err() {
             log::error!("phi-guard: could not send local reply for `{}`", reason.code());
         }
@@ -201,7 +252,7 @@ impl Vm {
             if set_effective_context(w.context_id).is_err() {
                 continue;
             }
-            match self.handle(&w.request, &w.response, now_ms / 1000, false) {
+            match self.handle(&w.request, &w.state, now_ms, false) {
                 Outcome::Forwarded => {
                     let _ = resume_http_request();
                 }
@@ -214,6 +265,22 @@ impl Vm {
     pub fn forget(&self, context_id: u32) {
         self.waiters.borrow_mut().retain(|w| w.context_id != context_id);
     }
+}
+
+/// Take one request from a bucket in shared data (compare-and-swap, retried under contention).
+/// `Err` carries the seconds to wait; persistent contention or a shared-data failure refuses
+/// (fail closed).
+fn take_shared(limit: &RateLimit, key: &str, now_ms: u64) -> Result<(), u64> {
+    for _ in 0..8 {
+        let (value, cas) = get_shared_data(key).map_err(|_| 1u64)?;
+        let next = limit.take(value.as_deref().and_then(Bucket::decode), now_ms)?;
+        match set_shared_data(key, Some(&next.encode()), cas) {
+            Ok(()) => return Ok(()),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return Err(1),
+        }
+    }
+    Err(1)
 }
 
 /// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch

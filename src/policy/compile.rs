@@ -8,11 +8,12 @@ use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::schema::{IssuerDoc, JwksUriDoc, PolicyDoc, RouteDoc};
+use super::schema::{IssuerDoc, JwksUriDoc, PolicyDoc, RateLimitDoc, RouteDoc};
 use super::{Access, FhirRoute, Limits, PathMatcher, Policy, Route};
 use crate::auth::keys::parse_jwks;
 use crate::auth::remote::RemoteJwks;
 use crate::auth::{ClaimNames, IssuerConfig};
+use crate::decision::ratelimit::{LimitBy, RateLimit};
 use crate::fhir::{resource_type, Interaction};
 use crate::http::normalize;
 
@@ -103,9 +104,45 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         max_token_bytes: bounded(limits.and_then(|l| l.max_token_bytes), DEFAULT_MAX_TOKEN_BYTES, 256..=64 * 1024, "limits.maxTokenBytes")?,
         max_path_bytes: bounded(limits.and_then(|l| l.max_path_bytes), DEFAULT_MAX_PATH_BYTES, 64..=64 * 1024, "limits.maxPathBytes")?,
         max_response_bytes: bounded(limits.and_then(|l| l.max_response_bytes), DEFAULT_MAX_RESPONSE_BYTES, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?,
+        max_request_body_bytes: bounded(limits.and_then(|l| l.max_request_body_bytes), 1024 * 1024, 0..=64 * 1024 * 1024, "limits.maxRequestBodyBytes")?,
+        max_header_count: bounded(limits.and_then(|l| l.max_header_count), 100, 8..=1000, "limits.maxHeaderCount")?,
+        max_header_bytes: bounded(limits.and_then(|l| l.max_header_bytes), 32 * 1024, 1024..=1024 * 1024, "limits.maxHeaderBytes")?,
     };
     let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
-    Ok(Policy { name: doc.name, revision, shadow, issuers, routes, unmatched_status, limits, token_cache_entries })
+    let rate_limits = compile_rate_limits(&doc.rate_limits, &routes)?;
+    Ok(Policy { name: doc.name, revision, shadow, issuers, routes, unmatched_status, limits, token_cache_entries, rate_limits })
+}
+
+fn compile_rate_limits(docs: &[RateLimitDoc], routes: &[Route]) -> Result<Vec<RateLimit>, CompileError> {
+    let mut ids = HashSet::new();
+    docs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let loc = format!("rateLimits[{i}]");
+            if d.id.is_empty() || !d.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || !ids.insert(d.id.as_str()) {
+                return Err(err(format!("{loc}.id"), format!("`{}` must be a unique [A-Za-z0-9_-]+ id", d.id)));
+            }
+            let by = match d.by.as_str() {
+                "subject" => LimitBy::Subject,
+                "clientId" => LimitBy::ClientId,
+                other => return Err(err(format!("{loc}.by"), format!("`{other}` must be `subject` or `clientId`"))),
+            };
+            if !(1..=6_000_000).contains(&d.requests_per_minute) {
+                return Err(err(format!("{loc}.requestsPerMinute"), "must be between 1 and 6000000"));
+            }
+            let burst = d.burst.unwrap_or(d.requests_per_minute).max(1);
+            for (j, r) in d.routes.iter().enumerate() {
+                match routes.iter().find(|x| &x.id == r) {
+                    None => return Err(err(format!("{loc}.routes[{j}]"), format!("no route `{r}`"))),
+                    Some(x) if matches!(x.access, Access::Public) => {
+                        return Err(err(format!("{loc}.routes[{j}]"), format!("route `{r}` is public: there is no subject or client to limit")))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(RateLimit { id: d.id.clone(), by, refill_milli_per_sec: (d.requests_per_minute * 1000).div_ceil(60), burst, routes: d.routes.clone() })
+        })
+        .collect()
 }
 
 fn bounded(v: Option<usize>, default: usize, range: std::ops::RangeInclusive<usize>, loc: &str) -> Result<usize, CompileError> {
@@ -288,7 +325,8 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
         (false, None, None) => return Err(err(loc, "route needs one of `public`, `scopes` or `fhir`")),
         (false, Some(_), Some(_)) => return Err(err(loc, "`scopes` and `fhir` are exclusive")),
     };
-    Ok(Route { id: r.id.clone(), matcher, methods, access })
+    let security_headers = r.security_headers.unwrap_or(!matches!(access, Access::Public));
+    Ok(Route { id: r.id.clone(), matcher, methods, access, security_headers })
 }
 
 fn literal_segments(p: &str, loc: &str) -> Result<Vec<String>, CompileError> {
@@ -361,6 +399,10 @@ mod tests {
             ("/routes/3/match", json!({"prefix": "/a/../b"}), "routes[3].match.prefix"),
             ("/routes/1/id", json!("health"), "routes[1].id: duplicate route id `health`"),
             ("/unmatched", json!({"status": 200}), "unmatched.status"),
+            ("/rateLimits", json!([{"id": "a", "by": "user", "requestsPerMinute": 5}]), "rateLimits[0].by: `user`"),
+            ("/rateLimits", json!([{"id": "a", "by": "subject", "requestsPerMinute": 5, "routes": ["health"]}]), "rateLimits[0].routes[0]: route `health` is public"),
+            ("/rateLimits", json!([{"id": "a", "by": "subject", "requestsPerMinute": 5, "routes": ["nope"]}]), "rateLimits[0].routes[0]: no route `nope`"),
+            ("/limits", json!({"maxHeaderCount": 2}), "limits.maxHeaderCount"),
             ("/version", json!(2), "version"),
             ("/mode", json!("audit"), "mode: `audit` must be `enforce` or `shadow`"),
             ("/tokenCache", json!({"maxEntries": 10_000_000}), "tokenCache.maxEntries"),

@@ -33,6 +33,8 @@ pub struct Policy {
     pub limits: Limits,
     /// Verified-token cache capacity per worker.
     pub token_cache_entries: usize,
+    /// Rate limits.
+    pub rate_limits: Vec<crate::decision::ratelimit::RateLimit>,
 }
 
 /// Input limits.
@@ -44,6 +46,12 @@ pub struct Limits {
     pub max_path_bytes: usize,
     /// Largest response body buffered for checks; larger bodies are refused (fail closed).
     pub max_response_bytes: usize,
+    /// Largest request body accepted (and buffered for checks on FHIR writes).
+    pub max_request_body_bytes: usize,
+    /// Most request headers.
+    pub max_header_count: usize,
+    /// Largest total request header size.
+    pub max_header_bytes: usize,
 }
 
 /// A compiled route.
@@ -57,6 +65,8 @@ pub struct Route {
     pub methods: Vec<String>,
     /// What the route requires.
     pub access: Access,
+    /// Add no-store/nosniff response headers and strip `server`/`x-powered-by`.
+    pub security_headers: bool,
 }
 
 /// What a route requires of a request.

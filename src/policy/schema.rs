@@ -32,6 +32,27 @@ pub struct PolicyDoc {
     /// Verified-token cache settings.
     #[serde(default)]
     pub token_cache: Option<TokenCacheDoc>,
+    /// Token-bucket rate limits per subject or client.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitDoc>,
+}
+
+/// A rate limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitDoc {
+    /// Identifier.
+    pub id: String,
+    /// `subject` or `clientId`.
+    pub by: String,
+    /// Sustained rate.
+    pub requests_per_minute: u64,
+    /// Bucket size (requests allowed at once); default one minute's worth, at least 1.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Route ids it applies to; default every authenticated route.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// A trusted token issuer.
@@ -91,6 +112,10 @@ pub struct RouteDoc {
     /// Treat the matched prefix as a FHIR base and derive SMART scopes from the request.
     #[serde(default)]
     pub fhir: Option<FhirDoc>,
+    /// Add no-store/nosniff headers and strip `server`/`x-powered-by` on responses; default
+    /// true on routes that need a token.
+    #[serde(default)]
+    pub security_headers: Option<bool>,
 }
 
 /// Path matcher: exactly one of `path` (template) or `prefix`.
@@ -151,6 +176,15 @@ pub struct LimitsDoc {
     /// Largest upstream response body the filter buffers to check or minimize.
     #[serde(default)]
     pub max_response_bytes: Option<usize>,
+    /// Largest request body (write routes).
+    #[serde(default)]
+    pub max_request_body_bytes: Option<usize>,
+    /// Most request headers.
+    #[serde(default)]
+    pub max_header_count: Option<usize>,
+    /// Largest total size of request header names and values.
+    #[serde(default)]
+    pub max_header_bytes: Option<usize>,
 }
 
 /// Verified-token cache settings.

@@ -231,11 +231,13 @@ class Handler(BaseHTTPRequestHandler):
     def _not_found(self, what: str = "") -> None:
         self._send(404, operation_outcome("not-found", what or f"no route for {self.path}"))
 
-    def _record(self) -> None:
+    def _record(self, body: bytes | None) -> None:
         entry = {
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
+            # None: the body never arrived complete (the proxy refused it and reset the stream).
+            "body": None if body is None else body.decode("utf-8", "replace"),
         }
         with self.lock:
             if len(self.recorded) < MAX_RECORDED:
@@ -251,8 +253,14 @@ class Handler(BaseHTTPRequestHandler):
         raw_path, _, query = self.path.partition("?")
         if raw_path == "/__requests":
             return self._requests_hook()
-        self._record()
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except (OSError, ValueError):
+            body = None
+        self._record(body)
+        if body is None:
+            self.close_connection = True
+            return None
         method = self.command
         if raw_path == "/healthz" and method in ("GET", "HEAD"):
             return self._send(200, {"status": "ok"}, PLAIN_JSON)

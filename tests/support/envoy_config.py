@@ -165,6 +165,8 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
           generate_request_id: true
+          # Envoy must not add its own `server` header back after the filter strips the upstream's.
+          server_header_transformation: PASS_THROUGH
 {path_hardening}{access_logs}          route_config:
             name: local
             virtual_hosts:
