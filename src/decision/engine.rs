@@ -205,7 +205,7 @@ pub fn decide_with(
         }
     }
     let carries_body = matches!(req.method, "POST" | "PUT" | "PATCH");
-    let size_only = || carries_body.then(|| BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
+    let size_only = || carries_body.then_some(BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
     if let Access::Public = route.access {
         return Decision::Allow(Grant {
             route_id: route.id.clone(),
