@@ -99,7 +99,8 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         max_response_bytes: bounded(limits.and_then(|l| l.max_response_bytes), DEFAULT_MAX_RESPONSE_BYTES, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?,
     };
     let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
-    Ok(Policy { name: doc.name, revision, issuers, routes, unmatched_status, limits, token_cache_entries })
+    let audit = super::audit::compile_audit(doc.audit.as_ref())?;
+    Ok(Policy { name: doc.name, revision, issuers, routes, unmatched_status, limits, token_cache_entries, audit })
 }
 
 fn bounded(v: Option<usize>, default: usize, range: std::ops::RangeInclusive<usize>, loc: &str) -> Result<usize, CompileError> {

@@ -1,6 +1,7 @@
 //! Policies: JSON wire format ([`schema`]), compilation into a checked model ([`compile`]), and
 //! the model the decision engine runs on.
 
+pub mod audit;
 pub mod compile;
 pub mod route;
 pub mod schema;
@@ -30,6 +31,8 @@ pub struct Policy {
     pub limits: Limits,
     /// Verified-token cache capacity per worker.
     pub token_cache_entries: usize,
+    /// Audit event format and sinks.
+    pub audit: audit::AuditConfig,
 }
 
 /// Input limits.

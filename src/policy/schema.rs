@@ -29,6 +29,9 @@ pub struct PolicyDoc {
     /// Verified-token cache settings.
     #[serde(default)]
     pub token_cache: Option<TokenCacheDoc>,
+    /// Audit event format and sinks.
+    #[serde(default)]
+    pub audit: Option<super::audit::schema::AuditDoc>,
 }
 
 /// A trusted token issuer.
