@@ -65,6 +65,8 @@ pub enum DenyReason {
     MissingPatientContext,
     /// The upstream response could not be checked (not JSON, too large, encoded, truncated).
     ResponseUncheckable,
+    /// The policy requires auditing and events cannot be delivered (queue full, sink failing).
+    AuditUnavailable,
 }
 
 impl DenyReason {
@@ -72,7 +74,7 @@ impl DenyReason {
     pub fn status(self) -> u16 {
         use DenyReason::*;
         match self {
-            NoPolicy => 503,
+            NoPolicy | AuditUnavailable => 503,
             InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest => 400,
             NoRoute => 404,
             MethodNotAllowed => 405,
@@ -119,6 +121,7 @@ impl DenyReason {
             CompartmentEscape => "compartment_escape",
             MissingPatientContext => "missing_patient_context",
             ResponseUncheckable => "response_uncheckable",
+            AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -158,6 +161,7 @@ impl DenyReason {
             }
             MissingPatientContext => "the token's patient scopes carry no patient context",
             ResponseUncheckable => "the upstream response could not be checked",
+            AuditUnavailable => "the request cannot be audited right now; try again later",
         }
     }
 
@@ -183,7 +187,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 30] = {
+    pub const ALL: [DenyReason; 31] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, NoRoute, MethodNotAllowed, MissingToken,
@@ -191,7 +195,7 @@ impl DenyReason {
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, MissingPatientContext, ResponseUncheckable,
+            CompartmentEscape, MissingPatientContext, ResponseUncheckable, AuditUnavailable,
         ]
     };
 }
