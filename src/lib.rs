@@ -5,6 +5,7 @@
 //! arguments and is tested natively with `cargo test`. `src/host/` is the only code that names
 //! `proxy_wasm` and is compiled only for `wasm32`.
 
+pub mod audit;
 pub mod auth;
 pub mod decision;
 pub mod fhir;

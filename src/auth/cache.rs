@@ -101,6 +101,7 @@ mod tests {
             smart_scopes: vec![],
             patient: None,
             token_id: None,
+            purpose_of_use: vec![],
             expires_at: valid_until,
             valid_until,
         })

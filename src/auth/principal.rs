@@ -19,6 +19,9 @@ pub struct Principal {
     pub patient: Option<String>,
     /// `jti`, for audit correlation.
     pub token_id: Option<String>,
+    /// Purpose-of-use codes from the `purpose_of_use` claim (v3 PurposeOfUse, e.g. `TREAT`),
+    /// for audit only; entries that are not code-shaped are dropped.
+    pub purpose_of_use: Vec<String>,
     /// `exp` (seconds since the epoch).
     pub expires_at: u64,
     /// Unix time after which this verification must not be reused (`exp` plus clock skew).

@@ -225,6 +225,19 @@ fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<Str
     }
 }
 
+/// Purpose-of-use codes for audit (`purpose_of_use`: a space-delimited string or an array). Audit
+/// metadata never refuses a request: a malformed claim yields no codes, and only code-shaped
+/// entries are kept so free text cannot reach the audit log.
+fn purpose_of_use(claims: &Map<String, Value>) -> Vec<String> {
+    let code = |s: &&str| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let list: Vec<&str> = match claims.get("purpose_of_use") {
+        Some(Value::String(s)) => s.split(' ').collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    list.into_iter().filter(code).take(8).map(str::to_owned).collect()
+}
+
 fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Principal, DenyReason> {
     let names = &issuer.claims;
     let scopes: Vec<String> = match claims.get(&names.scope) {
@@ -254,6 +267,7 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         smart_scopes,
         patient,
         token_id: optional_string(claims, "jti")?,
+        purpose_of_use: purpose_of_use(claims),
         expires_at: exp,
         valid_until: exp.saturating_add(issuer.clock_skew),
     })
@@ -441,5 +455,20 @@ pub(crate) mod tests {
         assert_eq!(p.smart_scopes.len(), 1);
         c["scp"] = json!([1]);
         assert_eq!(verify(&sign(Algorithm::RS256, Some("demo-rs256"), &c), &[iss], 8192, NOW).err(), Some(DenyReason::BadClaim));
+    }
+
+    #[test]
+    fn purpose_of_use_is_audit_metadata_only() {
+        let cases: Vec<(Value, Vec<&str>)> = vec![
+            (json!("TREAT ETREAT"), vec!["TREAT", "ETREAT"]),
+            (json!(["HPAYMT", "John Smith", 7]), vec!["HPAYMT"]),
+            (json!({"code": "TREAT"}), vec![]),
+        ];
+        for (claim, want) in cases {
+            let mut c = claims();
+            c["purpose_of_use"] = claim.clone();
+            let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
+            assert_eq!(p.purpose_of_use, want, "{claim}");
+        }
     }
 }

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use phi_guard::audit::{verify_log, AuditKey, KEY_ENV};
 use phi_guard::auth::check_claims;
 use phi_guard::decision::{decide, decide_with, refusal_reply, Decision, Request};
 use phi_guard::policy::{compile, Policy};
@@ -113,6 +114,89 @@ enum Command {
         #[arg(long)]
         claims: Option<String>,
     },
+    /// Work with audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every stream's chain in a log; exit 1 naming the first bad line.
+    Verify {
+        /// Envoy log, collector JSON-lines file, or OTLP/JSON export (`-` for stdin).
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Print the pseudonym of a patient id, to search a log for that patient.
+    Pseudonym {
+        /// FHIR logical id of the patient.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+/// Where the audit secret comes from.
+#[derive(Args)]
+struct KeyArgs {
+    /// Environment variable holding the audit secret.
+    #[arg(long, default_value = KEY_ENV, conflicts_with = "key_file")]
+    key_env: String,
+    /// File holding the audit secret (surrounding whitespace ignored).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn load(&self) -> Result<AuditKey, String> {
+        let secret = match &self.key_file {
+            Some(f) => std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?,
+            None => std::env::var_os(&self.key_env)
+                .ok_or_else(|| format!("environment variable `{}` is not set (or use --key-file)", self.key_env))?
+                .into_encoded_bytes(),
+        };
+        AuditKey::from_secret(&secret).map_err(|e| e.to_string())
+    }
+}
+
+fn audit(command: AuditCommand) -> Result<ExitCode, String> {
+    match command {
+        AuditCommand::Verify { file, key } => {
+            let key = key.load()?;
+            let log = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| format!("stdin: {e}"))?;
+                buf
+            } else {
+                std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            };
+            match verify_log(&log, &key) {
+                Ok(s) if s.events == 0 => {
+                    println!("FAILED: {}: no audit records found ({} other lines)", file.display(), s.skipped_lines);
+                    Ok(ExitCode::FAILURE)
+                }
+                Ok(s) => {
+                    println!("ok: {} events in {} streams ({} other lines skipped)", s.events, s.streams.len(), s.skipped_lines);
+                    for st in &s.streams {
+                        println!("stream {}: seq 0..={} last mac {}", st.stream, st.events.saturating_sub(1), st.last_mac);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("FAILED: {}: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Pseudonym { id, key } => {
+            println!("{}", key.load()?.pseudonym(&id));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -136,6 +220,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Audit { command } => audit(command),
         Command::Validate { policy } => {
             let p = load(&policy)?;
             println!("ok: policy `{}` revision {} ({} routes, {} issuers)", p.name, p.revision, p.routes.len(), p.issuers.len());

@@ -75,6 +75,8 @@ pub enum DenyReason {
     MissingPatientContext,
     /// The upstream response could not be checked (not JSON, too large, encoded, truncated).
     ResponseUncheckable,
+    /// The policy requires auditing and events cannot be delivered (queue full, sink failing).
+    AuditUnavailable,
 }
 
 impl DenyReason {
@@ -82,7 +84,7 @@ impl DenyReason {
     pub fn status(self) -> u16 {
         use DenyReason::*;
         match self {
-            NoPolicy | KeysUnavailable => 503,
+            NoPolicy | KeysUnavailable | AuditUnavailable => 503,
             InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
             HeadersTooLarge => 431,
             RequestTooLarge => 413,
@@ -137,6 +139,7 @@ impl DenyReason {
             CompartmentEscape => "compartment_escape",
             MissingPatientContext => "missing_patient_context",
             ResponseUncheckable => "response_uncheckable",
+            AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -181,6 +184,7 @@ impl DenyReason {
             }
             MissingPatientContext => "the token's patient scopes carry no patient context",
             ResponseUncheckable => "the upstream response could not be checked",
+            AuditUnavailable => "the request cannot be audited right now; try again later",
         }
     }
 
@@ -207,7 +211,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 35] = {
+    pub const ALL: [DenyReason; 36] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
@@ -215,7 +219,7 @@ impl DenyReason {
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, KeysUnavailable, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, MissingPatientContext, ResponseUncheckable,
+            CompartmentEscape, MissingPatientContext, ResponseUncheckable, AuditUnavailable,
         ]
     };
 }

@@ -110,7 +110,8 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
     };
     let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
     let rate_limits = compile_rate_limits(&doc.rate_limits, &routes)?;
-    Ok(Policy { name: doc.name, revision, shadow, issuers, routes, unmatched_status, limits, token_cache_entries, rate_limits })
+    let audit = super::audit::compile_audit(doc.audit.as_ref())?;
+    Ok(Policy { name: doc.name, revision, shadow, issuers, routes, unmatched_status, limits, token_cache_entries, rate_limits, audit })
 }
 
 fn compile_rate_limits(docs: &[RateLimitDoc], routes: &[Route]) -> Result<Vec<RateLimit>, CompileError> {

@@ -1,6 +1,7 @@
 //! Policies: JSON wire format ([`schema`]), compilation into a checked model ([`compile`]), and
 //! the model the decision engine runs on.
 
+pub mod audit;
 pub mod compile;
 pub mod route;
 pub mod schema;
@@ -35,6 +36,8 @@ pub struct Policy {
     pub token_cache_entries: usize,
     /// Rate limits.
     pub rate_limits: Vec<crate::decision::ratelimit::RateLimit>,
+    /// Audit event format and sinks.
+    pub audit: audit::AuditConfig,
 }
 
 /// Input limits.

@@ -35,6 +35,9 @@ pub struct PolicyDoc {
     /// Token-bucket rate limits per subject or client.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitDoc>,
+    /// Audit event format and sinks.
+    #[serde(default)]
+    pub audit: Option<super::audit::schema::AuditDoc>,
 }
 
 /// A rate limit.

@@ -1,0 +1,116 @@
+//! Collector request bodies for a batch of sealed lines: JSON lines, or OTLP/HTTP JSON logs
+//! (what an OpenTelemetry Collector accepts at `/v1/logs`).
+
+use serde_json::{json, Value};
+
+use super::chain::Sealed;
+use crate::policy::audit::{CollectorConfig, CollectorFormat};
+
+/// Instrumentation scope name of OTLP log records.
+pub const OTLP_SCOPE: &str = "phi-guard.audit";
+
+/// The body to POST for `batch` (from the chain whose stream id is `stream`).
+pub fn batch_body(config: &CollectorConfig, batch: &[Sealed], stream: &str) -> String {
+    match config.format {
+        CollectorFormat::Jsonl => jsonl_batch(batch),
+        CollectorFormat::Otlp => otlp_logs(batch, stream, &config.service_name),
+    }
+}
+
+/// Sealed lines, each followed by `\n`.
+pub fn jsonl_batch(batch: &[Sealed]) -> String {
+    let mut out = String::with_capacity(batch.iter().map(|s| s.line.len() + 1).sum());
+    for s in batch {
+        out.push_str(&s.line);
+        out.push('\n');
+    }
+    out
+}
+
+/// An OTLP `ExportLogsServiceRequest` in the OTLP/JSON encoding: one resource (this service and
+/// stream, as `service.instance.id`), one scope, one log record per sealed line with the line
+/// as its string body. 64-bit integers are decimal strings, as OTLP/JSON requires.
+pub fn otlp_logs(batch: &[Sealed], stream: &str, service_name: &str) -> String {
+    let records: Vec<Value> = batch
+        .iter()
+        .map(|s| {
+            let (number, text) = s.severity.otlp();
+            json!({
+                "timeUnixNano": s.time_ms.saturating_mul(1_000_000).to_string(),
+                "severityNumber": number,
+                "severityText": text,
+                "body": {"stringValue": s.line},
+                "attributes": [{"key": "phi_guard.audit.seq", "value": {"intValue": s.seq.to_string()}}],
+            })
+        })
+        .collect();
+    json!({
+        "resourceLogs": [{
+            "resource": {"attributes": [
+                {"key": "service.name", "value": {"stringValue": service_name}},
+                {"key": "service.instance.id", "value": {"stringValue": stream}},
+            ]},
+            "scopeLogs": [{
+                "scope": {"name": OTLP_SCOPE, "version": env!("CARGO_PKG_VERSION")},
+                "logRecords": records,
+            }],
+        }]
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::tests::chain;
+    use crate::audit::event::tests::{event, policy, token};
+    use crate::policy::audit::CollectorConfig;
+    use serde_json::json;
+
+    fn sealed() -> (Vec<Sealed>, String) {
+        let p = policy("smart-patient-app");
+        let mut c = chain(3);
+        let ok = c.seal(&event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({})))), &p.audit);
+        let no = c.seal(&event(&p, "GET", "/fhir/Patient/p1", None), &p.audit);
+        (vec![ok, no], c.stream().to_owned())
+    }
+
+    #[test]
+    fn otlp_json_shape() {
+        let (batch, stream) = sealed();
+        let v: Value = serde_json::from_str(&otlp_logs(&batch, &stream, "phi-guard")).unwrap();
+        let rl = &v["resourceLogs"][0];
+        assert_eq!(rl["resource"]["attributes"][1]["value"]["stringValue"], stream.as_str());
+        let recs = rl["scopeLogs"][0]["logRecords"].as_array().unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0]["timeUnixNano"], "1800000000042000000");
+        assert_eq!((recs[0]["severityNumber"].as_u64(), recs[1]["severityNumber"].as_u64()), (Some(9), Some(17)));
+        assert_eq!(recs[1]["body"]["stringValue"], batch[1].line.as_str());
+        assert_eq!(recs[1]["attributes"][0]["value"]["intValue"], "1");
+    }
+
+    #[test]
+    fn bodies_by_format() {
+        let (batch, stream) = sealed();
+        let jsonl = jsonl_batch(&batch);
+        assert_eq!(jsonl.lines().collect::<Vec<_>>(), [batch[0].line.as_str(), batch[1].line.as_str()]);
+        assert!(jsonl.ends_with('\n'));
+        let mut cfg = CollectorConfig {
+            cluster: "c".into(),
+            authority: "c".into(),
+            path: "/v1/logs".into(),
+            format: CollectorFormat::Otlp,
+            batch_max_events: 10,
+            flush_interval_ms: 100,
+            queue_max_events: 10,
+            max_retries: 1,
+            timeout_ms: 100,
+            backoff_initial_ms: 10,
+            backoff_max_ms: 10,
+            service_name: "svc".into(),
+        };
+        assert!(batch_body(&cfg, &batch, &stream).starts_with("{\"resourceLogs\""));
+        cfg.format = CollectorFormat::Jsonl;
+        assert_eq!(batch_body(&cfg, &batch, &stream), jsonl);
+    }
+}

@@ -1,0 +1,496 @@
+//! The audit event: everything an auditor may know about one request, and nothing that is PHI
+//! (no field values, bodies or tokens). Built from the decision at request time and finished
+//! with the response; a denied request is complete at request time.
+
+use serde::Serialize;
+
+use super::key::AuditKey;
+use super::query::audit_query;
+use super::time::rfc3339_ms;
+use crate::auth::Principal;
+use crate::decision::{Decision, DenyReason};
+use crate::fhir::FhirRequest;
+use crate::http::normalize;
+use crate::policy::audit::PatientIds;
+use crate::policy::Policy;
+
+/// FHIR `AuditEvent.outcome` (R4 `audit-event-outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `0`: allowed and answered without error.
+    Success,
+    /// `4`: allowed; the upstream answered 4xx.
+    MinorFailure,
+    /// `8`: refused by phi-guard, at request or response time.
+    SeriousFailure,
+    /// `12`: not served: the upstream failed (5xx or no response), no policy, or audit down.
+    MajorFailure,
+}
+
+impl Outcome {
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::MinorFailure => 4,
+            Outcome::SeriousFailure => 8,
+            Outcome::MajorFailure => 12,
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.code())
+    }
+}
+
+/// How urgently a human should look at the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Routine access.
+    Info,
+    /// Allowed, but the upstream failed or answered with an error.
+    Warning,
+    /// A refusal: every denial is a security-relevant event.
+    High,
+}
+
+impl Severity {
+    /// Event name (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::High => "high",
+        }
+    }
+
+    /// OTLP `severityNumber` and `severityText`.
+    pub fn otlp(self) -> (u8, &'static str) {
+        match self {
+            Severity::Info => (9, "INFO"),
+            Severity::Warning => (13, "WARN"),
+            Severity::High => (17, "ERROR"),
+        }
+    }
+}
+
+/// The final verdict for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Forwarded and released.
+    Allow,
+    /// Refused, or the response withheld.
+    Deny,
+}
+
+/// Request facts the host reads from Envoy (the decision does not keep them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestMeta<'a> {
+    /// `x-request-id`.
+    pub request_id: Option<&'a str>,
+    /// `source.address` (the client's `ip:port`).
+    pub source: Option<&'a str>,
+    /// `destination.address` (the listener's `ip:port`).
+    pub destination: Option<&'a str>,
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path` as received; only its FHIR query is audited, in redacted form.
+    pub path: &'a str,
+}
+
+/// Per-event context from the active policy, the VM's key and the injected clock.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditContext<'a> {
+    /// Policy name; empty when no policy is loaded.
+    pub policy_name: &'a str,
+    /// Policy revision; empty when no policy is loaded.
+    pub policy_revision: &'a str,
+    /// How patients are named.
+    pub patient_ids: PatientIds,
+    /// The audit key (pseudonyms).
+    pub key: &'a AuditKey,
+    /// Now, in milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
+impl<'a> AuditContext<'a> {
+    /// Context under an active policy.
+    pub fn new(policy: &'a Policy, key: &'a AuditKey, now_ms: u64) -> Self {
+        AuditContext { policy_name: &policy.name, policy_revision: &policy.revision, patient_ids: policy.audit.patient_ids, key, now_ms }
+    }
+
+    /// Context before any policy compiled (for `no_policy` refusals): pseudonyms, no policy.
+    pub fn without_policy(key: &'a AuditKey, now_ms: u64) -> Self {
+        AuditContext { policy_name: "", policy_revision: "", patient_ids: PatientIds::Pseudonym, key, now_ms }
+    }
+
+    /// What the log may carry for a patient id.
+    pub fn identify(&self, patient_id: &str) -> String {
+        match self.patient_ids {
+            PatientIds::Pseudonym => self.key.pseudonym(patient_id),
+            PatientIds::Raw => patient_id.to_owned(),
+        }
+    }
+}
+
+/// One audit event. Serialized field order is the struct order; absent fields are omitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// When the request was decided (RFC 3339, UTC, milliseconds).
+    pub time: String,
+    /// The same instant in milliseconds since the epoch (not serialized; OTLP uses it).
+    #[serde(skip)]
+    pub time_ms: u64,
+    /// `x-request-id`, when it is shaped like an id (else `invalid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Policy name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Policy revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_revision: Option<String>,
+    /// Matched route id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// HTTP method (`OTHER` when not a plain token).
+    pub method: String,
+    /// FHIR interaction (`read`, `search-type`, ...), on FHIR routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interaction: Option<&'static str>,
+    /// FHIR resource type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<&'static str>,
+    /// Logical id; a Patient's id is identified like every patient (pseudonym by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// Operation name without `$`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The redacted query (see [`super::query`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Final verdict.
+    pub decision: Verdict,
+    /// FHIR AuditEvent outcome code.
+    pub outcome: Outcome,
+    /// `allowed` or the [`DenyReason::code`].
+    pub reason: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// Status the client received (absent until the response for allowed requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Status the upstream answered with, when the request reached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// OAuth client id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Token subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Token issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Token `jti` (never the token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Purpose-of-use codes from the token.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purpose_of_use: Vec<String>,
+    /// Client network address (without port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Listener network address (without port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// How `patients`, `contextPatient` and a Patient `resourceId` are written.
+    pub patient_ids: &'static str,
+    /// Patients the request names (path, compartment, patient search parameters).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
+    /// The token's patient in context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_patient: Option<String>,
+    /// Field paths withheld from the response by minimization (paths only, never values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
+}
+
+/// Outcome and severity of a refusal.
+fn refused(reason: DenyReason) -> (Outcome, Severity) {
+    match reason {
+        DenyReason::NoPolicy | DenyReason::AuditUnavailable => (Outcome::MajorFailure, Severity::High),
+        _ => (Outcome::SeriousFailure, Severity::High),
+    }
+}
+
+impl AuditEvent {
+    /// Build the event for a decision. Allowed requests are finished by
+    /// [`AuditEvent::with_response`]; denied ones are complete.
+    pub fn from_decision(decision: &Decision, req: &RequestMeta<'_>, ctx: &AuditContext<'_>) -> AuditEvent {
+        let (route, principal, fhir) = match decision {
+            Decision::Allow(g) => (Some(g.route_id.as_str()), g.principal.as_deref(), g.fhir.as_ref()),
+            Decision::Deny(r) => (r.route_id.as_deref(), r.principal.as_deref(), r.fhir.as_ref()),
+        };
+        let mut ev = AuditEvent {
+            time: rfc3339_ms(ctx.now_ms),
+            time_ms: ctx.now_ms,
+            request_id: req.request_id.map(|id| if id_shaped(id, 128) { id.to_owned() } else { "invalid".to_owned() }),
+            policy: non_empty(ctx.policy_name),
+            policy_revision: non_empty(ctx.policy_revision),
+            route: route.map(str::to_owned),
+            method: method(req.method),
+            interaction: None,
+            resource_type: None,
+            resource_id: None,
+            operation: None,
+            query: None,
+            decision: Verdict::Allow,
+            outcome: Outcome::Success,
+            reason: "allowed",
+            severity: Severity::Info,
+            status: None,
+            upstream_status: None,
+            client_id: None,
+            subject: None,
+            issuer: None,
+            token_id: None,
+            purpose_of_use: Vec::new(),
+            source: req.source.and_then(host_of),
+            destination: req.destination.and_then(host_of),
+            patient_ids: ctx.patient_ids.name(),
+            patients: Vec::new(),
+            context_patient: None,
+            withheld: Vec::new(),
+        };
+        if let Some(p) = principal {
+            ev.add_principal(p, ctx);
+        }
+        if let Some(f) = fhir {
+            ev.add_fhir(f, req.path, ctx);
+        }
+        if let Decision::Deny(r) = decision {
+            let (outcome, severity) = refused(r.reason);
+            ev.decision = Verdict::Deny;
+            ev.reason = r.reason.code();
+            ev.outcome = outcome;
+            ev.severity = severity;
+            ev.status = Some(r.status);
+        }
+        ev
+    }
+
+    /// Finish an allowed request's event with the response: the upstream `status` (0 when no
+    /// response arrived), the field paths minimization withheld, and the reason the response
+    /// was refused, if it was. A denied event is returned unchanged.
+    #[must_use]
+    pub fn with_response(mut self, status: u16, withheld: Vec<String>, failure: Option<DenyReason>) -> AuditEvent {
+        if self.decision == Verdict::Deny {
+            return self;
+        }
+        self.upstream_status = (status != 0).then_some(status);
+        self.withheld = withheld;
+        match failure {
+            Some(reason) => {
+                let (outcome, severity) = refused(reason);
+                self.decision = Verdict::Deny;
+                self.reason = reason.code();
+                self.outcome = outcome;
+                self.severity = severity;
+                self.status = Some(reason.status());
+            }
+            None => {
+                self.status = (status != 0).then_some(status);
+                (self.outcome, self.severity) = match status {
+                    0 | 500.. => (Outcome::MajorFailure, Severity::Warning),
+                    400..=499 => (Outcome::MinorFailure, Severity::Warning),
+                    _ => (Outcome::Success, Severity::Info),
+                };
+            }
+        }
+        self
+    }
+
+    /// Whether nothing more will be learned about this request (it was refused).
+    pub fn is_complete(&self) -> bool {
+        self.decision == Verdict::Deny
+    }
+
+    fn add_principal(&mut self, p: &Principal, ctx: &AuditContext<'_>) {
+        self.client_id = p.client_id.clone();
+        self.subject = p.subject.clone();
+        self.issuer = Some(p.issuer.clone());
+        self.token_id = p.token_id.clone();
+        self.purpose_of_use = p.purpose_of_use.clone();
+        self.context_patient = p.patient.as_deref().map(|id| ctx.identify(id));
+    }
+
+    fn add_fhir(&mut self, f: &FhirRequest, path: &str, ctx: &AuditContext<'_>) {
+        self.interaction = Some(f.interaction.name());
+        self.resource_type = f.resource_type;
+        self.resource_id = f.id.as_deref().map(|id| if f.resource_type == Some("Patient") { ctx.identify(id) } else { id.to_owned() });
+        self.operation = f.operation.as_deref().map(|o| if id_shaped(o, 64) { o.to_owned() } else { "invalid".to_owned() });
+        let query = normalize(path).map(|n| n.query).unwrap_or_default();
+        let audited = audit_query(f, &query, &|id: &str| ctx.identify(id));
+        self.query = audited.normalized;
+        self.patients = audited.patients.iter().map(|id| ctx.identify(id)).collect();
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// Request ids and operation names: `[A-Za-z0-9._:-]`, bounded.
+fn id_shaped(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn method(m: &str) -> String {
+    if (1..=16).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_uppercase()) {
+        m.to_owned()
+    } else {
+        "OTHER".to_owned()
+    }
+}
+
+/// The address part of Envoy's `ip:port` / `[v6]:port`; anything else shaped like an address
+/// is kept as is, and anything not shaped like one is dropped.
+fn host_of(addr: &str) -> Option<String> {
+    let host = if let Some(rest) = addr.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else if addr.bytes().filter(|b| *b == b':').count() == 1 {
+        addr.split_once(':').map_or(addr, |(h, _)| h)
+    } else {
+        addr
+    };
+    let ok = (1..=64).contains(&host.len()) && host.bytes().all(|b| b.is_ascii_hexdigit() || b".:".contains(&b));
+    ok.then(|| host.to_owned())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::audit::key::AuditKey;
+    use crate::auth::verify::tests::{claims, sign, NOW};
+    use crate::auth::TokenCache;
+    use crate::decision::{decide, Request};
+    use jsonwebtoken::Algorithm;
+    use serde_json::{json, Value};
+
+    pub const SECRET: &[u8] = b"test-audit-secret-0123456789abcdef";
+
+    pub fn key() -> AuditKey {
+        AuditKey::from_secret(SECRET).unwrap()
+    }
+
+    pub fn policy(name: &str) -> Policy {
+        let bytes = std::fs::read(format!("{}/policies/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        crate::policy::compile(&bytes).unwrap()
+    }
+
+    pub fn token(patch: Value) -> String {
+        let mut c = claims();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        sign(Algorithm::RS256, Some("demo-rs256"), &c)
+    }
+
+    /// Decide and build the request-time event.
+    pub fn event(p: &Policy, method: &str, path: &str, token: Option<&str>) -> AuditEvent {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let hs: Vec<&str> = header.iter().map(String::as_str).collect();
+        let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
+        let k = key();
+        let meta = RequestMeta { request_id: Some("req-1"), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
+        AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
+    }
+
+    fn json_of(ev: &AuditEvent) -> Value {
+        serde_json::to_value(ev).unwrap()
+    }
+
+    #[test]
+    fn allowed_read_then_response() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "TREAT"}))));
+        assert!(!ev.is_complete());
+        let v = json_of(&ev);
+        assert_eq!(v["time"], "2027-01-15T08:00:00.042Z");
+        assert_eq!(v["requestId"], "req-1");
+        assert_eq!((v["policy"].as_str(), v["route"].as_str()), (Some("smart-patient-app"), Some("fhir")));
+        assert_eq!((v["interaction"].as_str(), v["resourceType"].as_str(), v["resourceId"].as_str()), (Some("read"), Some("Observation"), Some("o1")));
+        assert_eq!((v["decision"].as_str(), v["outcome"].as_u64(), v["reason"].as_str()), (Some("allow"), Some(0), Some("allowed")));
+        assert_eq!((v["clientId"].as_str(), v["subject"].as_str(), v["tokenId"].as_str()), (Some("app"), Some("u1"), Some("j1")));
+        assert_eq!(v["purposeOfUse"], json!(["TREAT"]));
+        assert_eq!((v["source"].as_str(), v["destination"].as_str()), (Some("10.1.2.3"), Some("::1")));
+        assert_eq!(v["contextPatient"], key().pseudonym("p1"));
+        assert!(v.get("status").is_none() && v.get("patients").is_none());
+
+        let done = ev.clone().with_response(200, vec!["Observation.note".into()], None);
+        assert_eq!((done.status, done.upstream_status, done.outcome, done.severity), (Some(200), Some(200), Outcome::Success, Severity::Info));
+        assert_eq!(done.withheld, ["Observation.note"]);
+        let nf = ev.clone().with_response(404, vec![], None);
+        assert_eq!((nf.outcome, nf.severity), (Outcome::MinorFailure, Severity::Warning));
+        let down = ev.clone().with_response(0, vec![], None);
+        assert_eq!((down.outcome, down.status, down.upstream_status), (Outcome::MajorFailure, None, None));
+        let blocked = ev.with_response(200, vec![], Some(DenyReason::PatientMismatch));
+        assert_eq!((blocked.decision, blocked.outcome, blocked.reason, blocked.status, blocked.upstream_status), (Verdict::Deny, Outcome::SeriousFailure, "patient_mismatch", Some(403), Some(200)));
+        assert_eq!(blocked.severity, Severity::High);
+    }
+
+    #[test]
+    fn denials_are_complete() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation?patient=p2", Some(&token(json!({}))));
+        assert!(ev.is_complete());
+        assert_eq!((ev.decision, ev.outcome, ev.reason, ev.status, ev.severity), (Verdict::Deny, Outcome::SeriousFailure, "patient_mismatch", Some(403), Severity::High));
+        let k = key();
+        assert_eq!(ev.patients, [k.pseudonym("p2")]);
+        assert_eq!(ev.context_patient, Some(k.pseudonym("p1")));
+        assert_eq!(ev.query, Some(format!("patient={}", k.pseudonym("p2"))));
+        assert_eq!(ev.clone().with_response(200, vec!["x".into()], None), ev, "a denial is final");
+
+        let ev = event(&p, "GET", "/fhir/Patient/p1", None);
+        assert_eq!((ev.reason, ev.status, ev.client_id.as_deref()), ("missing_token", Some(401), None));
+        assert_eq!(ev.resource_id, Some(k.pseudonym("p1")));
+        let ev = event(&p, "GET", "/nowhere/at/all", None);
+        assert_eq!((ev.reason, ev.route.as_deref(), ev.interaction), ("no_route", None, None));
+    }
+
+    #[test]
+    fn raw_ids_when_the_policy_opts_in() {
+        let mut p = policy("smart-patient-app");
+        p.audit.patient_ids = PatientIds::Raw;
+        let ev = event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({}))));
+        assert_eq!((ev.resource_id.as_deref(), ev.patients.as_slice(), ev.context_patient.as_deref(), ev.patient_ids), (Some("p1"), &["p1".to_owned()][..], Some("p1"), "raw"));
+    }
+
+    #[test]
+    fn without_policy_and_odd_inputs() {
+        let k = key();
+        let d = Decision::Deny(crate::decision::Refusal {
+            reason: DenyReason::NoPolicy,
+            status: 503,
+            route_id: None,
+            fhir_route: false,
+            principal: None,
+            fhir: None,
+            required_scope: None,
+        });
+        let meta = RequestMeta { request_id: Some("bad id with spaces"), source: Some("not an address"), destination: None, method: "get", path: "/x" };
+        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::without_policy(&k, 0));
+        assert_eq!((ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()), (Outcome::MajorFailure, None, Some("invalid"), None, "OTHER"));
+        assert_eq!(host_of("192.168.0.1:80").as_deref(), Some("192.168.0.1"));
+        assert_eq!(host_of("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
+        assert_eq!(host_of("2001:db8::1").as_deref(), Some("2001:db8::1"));
+    }
+}

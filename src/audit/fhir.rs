@@ -1,0 +1,524 @@
+//! The event as a FHIR R4 `AuditEvent` following IHE BALP: the RESTful read and query patterns
+//! for allowed requests (claiming `IHE.BasicAudit.[Patient]Read` / `[Patient]Query` when they
+//! succeed) and the security-alert pattern (DICOM 110113) for refusals.
+//!
+//! phi-guard's own fields ride in `extension` (URLs `urn:phi-guard:audit:*`), which is always
+//! the last member so that the chain can append its `mac` extension to the exact bytes it
+//! sealed (see [`super::chain`]).
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use super::event::{AuditEvent, Outcome, Verdict};
+use crate::decision::DenyReason;
+
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+const RESTFUL: &str = "http://hl7.org/fhir/restful-interaction";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const PARTICIPATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
+const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+const SECURITY_ROLE: &str = "http://terminology.hl7.org/CodeSystem/extra-security-role-type";
+const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
+const OBSERVATION_VALUE: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+const BALP_USER_AGENT: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes";
+const BALP_AUTHZ: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType";
+const BALP_PROFILE: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
+/// Identifier system of patient pseudonyms.
+pub const PSEUDONYM_SYSTEM: &str = "urn:phi-guard:patient-pseudonym";
+/// Prefix of every phi-guard extension URL.
+pub const EXT: &str = "urn:phi-guard:audit:";
+/// Code system of phi-guard reason codes (as in refusal bodies).
+pub const REASON_SYSTEM: &str = "urn:phi-guard:reason";
+
+// Borrowed, typed FHIR elements: serialized straight to text, member order as declared.
+
+#[derive(Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+const fn coding<'a>(system: &'a str, code: &'a str, display: &'a str) -> Coding<'a> {
+    Coding { system, code, display: Some(display) }
+}
+
+#[derive(Serialize)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Meta {
+    profile: [String; 1],
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    value: Cow<'a, str>,
+}
+
+#[derive(Serialize, Default)]
+struct Reference<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Identifier<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Network<'a> {
+    address: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Agent<'a> {
+    #[serde(rename = "type")]
+    kind: Concept<'a>,
+    who: Reference<'a>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policy: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_use: Vec<Concept<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network<'a>>,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    observer: Reference<'a>,
+    #[serde(rename = "type")]
+    kind: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "valueString")]
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Reference<'a>>,
+    #[serde(rename = "type")]
+    kind: Coding<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    security_label: Vec<Coding<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    detail: Vec<Detail<'a>>,
+}
+
+/// A simple extension: `{"url": EXT + name, "value[x]": ...}`.
+struct Extension<'a> {
+    name: &'static str,
+    value: ExtValue<'a>,
+}
+
+enum ExtValue<'a> {
+    String(&'a str),
+    Code(&'a str),
+    Integer(u16),
+    Decimal(u64),
+}
+
+impl Serialize for Extension<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("url", &format_args!("{EXT}{}", self.name))?;
+        match self.value {
+            ExtValue::String(v) => m.serialize_entry("valueString", v)?,
+            ExtValue::Code(v) => m.serialize_entry("valueCode", v)?,
+            ExtValue::Integer(v) => m.serialize_entry("valueInteger", &v)?,
+            ExtValue::Decimal(v) => m.serialize_entry("valueDecimal", &v)?,
+        }
+        m.end()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Resource<'a> {
+    resource_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<Meta>,
+    #[serde(rename = "type")]
+    kind: Coding<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    subtype: Vec<Coding<'a>>,
+    action: &'static str,
+    recorded: &'a str,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<Cow<'a, str>>,
+    agent: Vec<Agent<'a>>,
+    source: Source<'a>,
+    entity: Vec<Entity<'a>>,
+    /// Always last: the chain appends its `mac` extension here.
+    extension: Vec<Extension<'a>>,
+}
+
+/// How the interaction moves data, which decides the BALP agent roles and the action code.
+fn action(ev: &AuditEvent) -> &'static str {
+    match ev.interaction {
+        Some("read" | "vread" | "history-instance" | "history-type" | "history-system") => "R",
+        Some("create") => "C",
+        Some("update" | "patch") => "U",
+        Some("delete") => "D",
+        Some(_) => "E",
+        None => match ev.method.as_str() {
+            "GET" | "HEAD" => "R",
+            "POST" => "C",
+            "PUT" | "PATCH" => "U",
+            "DELETE" => "D",
+            _ => "E",
+        },
+    }
+}
+
+fn outcome_code(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "0",
+        Outcome::MinorFailure => "4",
+        Outcome::SeriousFailure => "8",
+        Outcome::MajorFailure => "12",
+    }
+}
+
+/// A reference to a patient as the log may name it.
+fn patient_ref<'a>(ev: &AuditEvent, id: &'a str) -> Reference<'a> {
+    if ev.patient_ids == "raw" {
+        Reference { reference: Some(format!("Patient/{id}")), ..Reference::default() }
+    } else {
+        Reference { kind: Some("Patient"), identifier: Some(Identifier { system: Some(PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }), ..Reference::default() }
+    }
+}
+
+fn reason_message(code: &str) -> Option<&'static str> {
+    DenyReason::ALL.iter().find(|r| r.code() == code).map(|r| r.message())
+}
+
+/// Render the event (without the chain's `mac`) as a FHIR R4 AuditEvent in compact JSON, with
+/// `extension` as the last member.
+pub fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Result<String, serde_json::Error> {
+    let denied = ev.decision == Verdict::Deny;
+    let action = if denied { "E" } else { action(ev) };
+    let profile = match (ev.outcome, ev.interaction, ev.patients.is_empty() && ev.context_patient.is_none()) {
+        (Outcome::Success, Some("read" | "vread"), false) => Some("PatientRead"),
+        (Outcome::Success, Some("read" | "vread"), true) => Some("Read"),
+        (Outcome::Success, Some("search-type" | "search-system"), false) => Some("PatientQuery"),
+        (Outcome::Success, Some("search-type" | "search-system"), true) => Some("Query"),
+        _ => None,
+    };
+    let interaction = ev.interaction.map(|i| coding(RESTFUL, i, i));
+    let (kind, subtype) = if denied {
+        let mut sub: Vec<Coding<'_>> = interaction.into_iter().collect();
+        if ev.status == Some(403) {
+            sub.push(coding(BALP_AUTHZ, "AuthZ-Role", "Authorization Decision using only Roles"));
+        }
+        sub.push(Coding { system: REASON_SYSTEM, code: ev.reason, display: None });
+        (coding(DCM, "110113", "Security Alert"), sub)
+    } else {
+        (coding(EVENT_TYPE, "rest", "Restful Operation"), interaction.into_iter().collect())
+    };
+    let outcome_desc = match (denied, ev.status) {
+        (true, _) => reason_message(ev.reason).map(Cow::Borrowed),
+        _ if ev.outcome == Outcome::Success => None,
+        (false, Some(s)) => Some(Cow::Owned(format!("the upstream answered {s}"))),
+        (false, None) => Some(Cow::Borrowed("the upstream did not answer")),
+    };
+    let resource = Resource {
+        resource_type: "AuditEvent",
+        meta: profile.map(|p| Meta { profile: [format!("{BALP_PROFILE}{p}")] }),
+        kind,
+        subtype,
+        action,
+        recorded: &ev.time,
+        outcome: outcome_code(ev.outcome),
+        outcome_desc,
+        agent: agents(ev, denied, action, observer),
+        source: Source {
+            observer: Reference { display: Some(observer), ..Reference::default() },
+            kind: [coding(SOURCE_TYPE, "6", "Security Server")],
+        },
+        entity: entities(ev),
+        extension: extensions(ev, stream, seq),
+    };
+    serde_json::to_string(&resource)
+}
+
+fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str) -> Vec<Agent<'a>> {
+    // DICOM/BALP name the party the data flows *to* the destination: the client on reads, the
+    // server on queries and writes.
+    let (client_role, server_role) = if denied {
+        (coding(DCM, "110150", "Application"), coding(SECURITY_ROLE, "authserver", "authorization server"))
+    } else if action == "R" {
+        (coding(DCM, "110152", "Destination Role ID"), coding(DCM, "110153", "Source Role ID"))
+    } else {
+        (coding(DCM, "110153", "Source Role ID"), coding(DCM, "110152", "Destination Role ID"))
+    };
+    let has_user = ev.subject.is_some();
+    let purpose = || ev.purpose_of_use.iter().map(|p| Concept { coding: [Coding { system: ACT_REASON, code: p, display: None }] }).collect();
+    let policy = || ev.token_id.iter().map(|j| format!("urn:ietf:params:oauth:jti:{j}")).collect();
+    let client = Agent {
+        kind: Concept { coding: [client_role] },
+        who: match &ev.client_id {
+            Some(c) => Reference { kind: Some("Device"), identifier: Some(Identifier { system: None, value: Cow::Borrowed(c) }), ..Reference::default() },
+            None => Reference { display: Some("unauthenticated client"), ..Reference::default() },
+        },
+        requestor: !has_user,
+        policy: if has_user { Vec::new() } else { policy() },
+        purpose_of_use: if has_user { Vec::new() } else { purpose() },
+        network: ev.source.as_deref().map(|a| Network { address: a, kind: "2" }),
+    };
+    let server = Agent {
+        kind: Concept { coding: [server_role] },
+        who: Reference { display: Some(observer), ..Reference::default() },
+        requestor: false,
+        policy: Vec::new(),
+        purpose_of_use: Vec::new(),
+        network: Some(match &ev.destination {
+            Some(a) => Network { address: a, kind: "2" },
+            None => Network { address: observer, kind: "1" },
+        }),
+    };
+    let mut out = vec![client, server];
+    if let Some(sub) = &ev.subject {
+        let role = match action {
+            "C" | "U" if !denied => coding(PARTICIPATION, "AUT", "author"),
+            _ => coding(PARTICIPATION, "IRCP", "information recipient"),
+        };
+        out.push(Agent {
+            kind: Concept { coding: [role] },
+            who: Reference { identifier: Some(Identifier { system: ev.issuer.as_deref(), value: Cow::Borrowed(sub) }), ..Reference::default() },
+            requestor: true,
+            policy: policy(),
+            purpose_of_use: purpose(),
+            network: None,
+        });
+    }
+    out
+}
+
+fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
+    let entity = |what, kind, role| Entity { what, kind, role, name: None, description: None, query: None, security_label: Vec::new(), detail: Vec::new() };
+    let mut out = Vec::new();
+    if let Some(id) = &ev.request_id {
+        let what = Reference { identifier: Some(Identifier { system: None, value: Cow::Borrowed(id) }), ..Reference::default() };
+        out.push(entity(Some(what), Coding { system: BALP_ENTITY, code: "XrequestId", display: None }, None));
+    }
+    let context_only = ev.context_patient.as_ref().filter(|cp| !ev.patients.contains(cp));
+    for id in ev.patients.iter().chain(context_only) {
+        let mut e = entity(Some(patient_ref(ev, id)), coding(ENTITY_TYPE, "1", "Person"), Some(coding(OBJECT_ROLE, "1", "Patient")));
+        if context_only == Some(id) {
+            e.description = Some(Cow::Borrowed("patient in the token's launch context"));
+        }
+        out.push(e);
+    }
+    let search = matches!(ev.interaction, Some("search-type" | "search-system"));
+    let data = if search {
+        let text = format!("{}?{}", ev.resource_type.unwrap_or(""), ev.query.as_deref().unwrap_or(""));
+        let mut e = entity(None, coding(ENTITY_TYPE, "2", "System Object"), Some(coding(OBJECT_ROLE, "24", "Query")));
+        e.query = Some(STANDARD.encode(text.as_bytes()));
+        e.description = Some(Cow::Owned(text));
+        Some(e)
+    } else {
+        ev.resource_type.map(|ty| {
+            let what = match (&ev.resource_id, ty) {
+                (Some(id), "Patient") => patient_ref(ev, id),
+                (Some(id), _) => Reference { reference: Some(format!("{ty}/{id}")), ..Reference::default() },
+                (None, _) => Reference { kind: Some(ty), ..Reference::default() },
+            };
+            let mut e = entity(Some(what), coding(ENTITY_TYPE, "2", "System Object"), Some(coding(OBJECT_ROLE, "4", "Domain Resource")));
+            e.name = ev.operation.as_ref().map(|op| format!("${op}"));
+            e.description = ev.query.as_ref().map(|q| Cow::Owned(format!("{ty}?{q}")));
+            e
+        })
+    };
+    if let Some(mut e) = data {
+        if !ev.withheld.is_empty() {
+            e.security_label = vec![coding(OBSERVATION_VALUE, "REDACTED", "redacted")];
+            e.detail = ev.withheld.iter().map(|p| Detail { kind: "withheld", value: p }).collect();
+        }
+        out.push(e);
+    }
+    if let Some(j) = &ev.token_id {
+        let what = Reference { identifier: Some(Identifier { system: None, value: Cow::Owned(format!("urn:ietf:params:oauth:jti:{j}")) }), ..Reference::default() };
+        out.push(entity(Some(what), Coding { system: BALP_USER_AGENT, code: "UserOauthAgent", display: None }, None));
+    }
+    out
+}
+
+fn extensions<'a>(ev: &'a AuditEvent, stream: &'a str, seq: u64) -> Vec<Extension<'a>> {
+    let e = |name, value| Extension { name, value };
+    let mut out = Vec::with_capacity(11);
+    if let Some(p) = &ev.policy {
+        out.push(e("policy", ExtValue::String(p)));
+    }
+    if let Some(p) = &ev.policy_revision {
+        out.push(e("policy-revision", ExtValue::String(p)));
+    }
+    if let Some(r) = &ev.route {
+        out.push(e("route", ExtValue::String(r)));
+    }
+    out.push(e("method", ExtValue::Code(&ev.method)));
+    out.push(e("reason", ExtValue::Code(ev.reason)));
+    out.push(e("severity", ExtValue::Code(ev.severity.name())));
+    if let Some(st) = ev.status {
+        out.push(e("status", ExtValue::Integer(st)));
+    }
+    if let Some(st) = ev.upstream_status {
+        out.push(e("upstream-status", ExtValue::Integer(st)));
+    }
+    out.push(e("patient-identifiers", ExtValue::Code(ev.patient_ids)));
+    out.push(e("stream", ExtValue::String(stream)));
+    out.push(e("seq", ExtValue::Decimal(seq)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::tests::{event, key, policy, token};
+    use serde_json::{json, Value};
+
+    fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Value {
+        serde_json::from_str(&super::render(ev, stream, seq, observer).unwrap()).unwrap()
+    }
+
+    fn codes(v: &Value) -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|c| c["code"].as_str().map(str::to_owned)).collect()
+    }
+
+    fn entity<'a>(r: &'a Value, role: &str) -> Option<&'a Value> {
+        r["entity"].as_array()?.iter().find(|e| e["role"]["code"] == role)
+    }
+
+    fn agent<'a>(r: &'a Value, code: &str) -> Option<&'a Value> {
+        r["agent"].as_array()?.iter().find(|a| a["type"]["coding"][0]["code"] == code)
+    }
+
+    /// The elements GUIDE.md §4 and the BALP Read/Query profiles require.
+    fn assert_balp_core(r: &Value) {
+        assert_eq!(r["resourceType"], "AuditEvent");
+        assert!(r["type"]["system"].is_string() && r["type"]["code"].is_string());
+        assert!(!codes(&r["subtype"]).is_empty(), "subtype");
+        assert!(["R", "E", "C", "U", "D"].contains(&r["action"].as_str().unwrap()));
+        assert!(r["recorded"].as_str().unwrap().ends_with('Z'));
+        assert!(r["outcome"].is_string());
+        let agents = r["agent"].as_array().unwrap();
+        assert!(agents.len() >= 2);
+        assert!(agents.iter().all(|a| a["requestor"].is_boolean() && a["who"].is_object() && a["type"]["coding"][0]["code"].is_string()));
+        let requestor = agents.iter().find(|a| a["requestor"] == true).expect("a requestor agent");
+        assert!(requestor["who"]["identifier"]["value"].is_string());
+        assert!(agents.iter().any(|a| a["network"]["address"].is_string() && a["network"]["type"].is_string()), "client network");
+        assert!(r["source"]["observer"]["display"].is_string());
+        let patient = entity(r, "1").expect("patient entity");
+        assert_eq!((patient["type"]["system"].as_str(), patient["type"]["code"].as_str()), (Some(ENTITY_TYPE), Some("1")));
+        assert_eq!(patient["what"]["type"], "Patient");
+        assert_eq!(patient["what"]["identifier"]["system"], PSEUDONYM_SYSTEM);
+        let tx = r["entity"].as_array().unwrap().iter().find(|e| e["type"]["code"] == "XrequestId").expect("transaction");
+        assert!(tx["what"]["identifier"]["value"].is_string());
+        assert_eq!(r["extension"].as_array().unwrap().last().unwrap()["url"], "urn:phi-guard:audit:seq", "extension last, seq last");
+    }
+
+    #[test]
+    fn balp_patient_read() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": ["TREAT"]})))).with_response(200, vec![], None);
+        let r = render(&ev, "s1", 7, "phi-guard");
+        assert_balp_core(&r);
+        assert_eq!(r["meta"]["profile"][0], "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead");
+        assert_eq!((r["type"]["code"].as_str(), codes(&r["subtype"])), (Some("rest"), vec!["read".to_owned()]));
+        assert_eq!((r["action"].as_str(), r["outcome"].as_str()), (Some("R"), Some("0")));
+        let client = agent(&r, "110152").expect("client is the destination on a read");
+        assert_eq!((client["who"]["identifier"]["value"].as_str(), client["network"]["address"].as_str(), client["network"]["type"].as_str()), (Some("app"), Some("10.1.2.3"), Some("2")));
+        let server = agent(&r, "110153").expect("server");
+        assert!(server["network"]["address"].is_string());
+        let user = agent(&r, "IRCP").expect("user");
+        assert_eq!((user["requestor"].as_bool(), user["who"]["identifier"]["value"].as_str()), (Some(true), Some("u1")));
+        assert_eq!(user["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+        assert_eq!(user["policy"][0], "urn:ietf:params:oauth:jti:j1");
+        let data = entity(&r, "4").expect("data entity");
+        assert_eq!((data["type"]["code"].as_str(), data["what"]["reference"].as_str()), (Some("2"), Some("Observation/o1")));
+        assert_eq!(entity(&r, "1").unwrap()["what"]["identifier"]["value"], key().pseudonym("p1"));
+    }
+
+    #[test]
+    fn balp_patient_query() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation?patient=p1&code=1234-5", Some(&token(json!({})))).with_response(200, vec!["Observation.note".into()], None);
+        let r = render(&ev, "s1", 0, "phi-guard");
+        assert_balp_core(&r);
+        assert_eq!(r["meta"]["profile"][0], "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientQuery");
+        assert_eq!((codes(&r["subtype"]), r["action"].as_str()), (vec!["search-type".to_owned()], Some("E")));
+        assert!(agent(&r, "110153").is_some_and(|c| c["who"]["identifier"]["value"] == "app"), "client is the source on a query");
+        assert!(agent(&r, "110152").is_some());
+        let q = entity(&r, "24").expect("query entity");
+        assert!(q.get("what").is_none(), "BALP: query entity has no `what`");
+        let text = format!("Observation?patient={}&code=*", key().pseudonym("p1"));
+        assert_eq!(q["query"].as_str().unwrap(), STANDARD.encode(&text));
+        assert_eq!(q["description"], text);
+        assert_eq!((q["securityLabel"][0]["code"].as_str(), q["detail"][0]["valueString"].as_str()), (Some("REDACTED"), Some("Observation.note")));
+    }
+
+    #[test]
+    fn security_alert_for_denials() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation?patient=p2", Some(&token(json!({}))));
+        let r = render(&ev, "s1", 3, "phi-guard");
+        assert!(r.get("meta").is_none(), "no success profile is claimed");
+        assert_eq!((r["type"]["system"].as_str(), r["type"]["code"].as_str()), (Some(DCM), Some("110113")));
+        assert_eq!(codes(&r["subtype"]), ["search-type", "AuthZ-Role", "patient_mismatch"]);
+        assert_eq!((r["action"].as_str(), r["outcome"].as_str()), (Some("E"), Some("8")));
+        assert_eq!(r["outcomeDesc"], DenyReason::PatientMismatch.message());
+        assert!(agent(&r, "110150").is_some() && agent(&r, "authserver").is_some());
+        let patients: Vec<&Value> = r["entity"].as_array().unwrap().iter().filter(|e| e["role"]["code"] == "1").collect();
+        assert_eq!(patients.len(), 2, "the requested patient and the token's patient");
+        assert_eq!(patients[1]["description"], "patient in the token's launch context");
+
+        let anon = render(&event(&p, "GET", "/fhir/Patient/p1", None), "s1", 4, "phi-guard");
+        assert_eq!(codes(&anon["subtype"]), ["read", "missing_token"]);
+        let client = agent(&anon, "110150").unwrap();
+        assert_eq!((client["requestor"].as_bool(), client["who"]["display"].as_str()), (Some(true), Some("unauthenticated client")));
+        assert_eq!(entity(&anon, "4").unwrap()["what"]["identifier"]["value"], key().pseudonym("p1"));
+    }
+
+    #[test]
+    fn raw_patient_references() {
+        let mut p = policy("smart-patient-app");
+        p.audit.patient_ids = crate::policy::audit::PatientIds::Raw;
+        let r = render(&event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({})))), "s", 0, "o");
+        assert_eq!(entity(&r, "1").unwrap()["what"]["reference"], "Patient/p1");
+        assert_eq!(entity(&r, "4").unwrap()["what"]["reference"], "Patient/p1");
+    }
+}
