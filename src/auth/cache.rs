@@ -100,6 +100,7 @@ mod tests {
             scopes: vec![],
             smart_scopes: vec![],
             patient: None,
+            purpose: vec![],
             token_id: None,
             expires_at: valid_until,
             valid_until,

@@ -17,6 +17,8 @@ pub struct Principal {
     pub smart_scopes: Vec<SmartScope>,
     /// The patient in context (configured claim), a valid FHIR id.
     pub patient: Option<String>,
+    /// Purpose-of-use codes (configured claim, e.g. `TREAT`, `HRESCH`); empty when absent.
+    pub purpose: Vec<String>,
     /// `jti`, for audit correlation.
     pub token_id: Option<String>,
     /// `exp` (seconds since the epoch).

@@ -25,6 +25,8 @@ pub struct ClaimNames {
     pub client_id: String,
     /// Patient-in-context claim.
     pub patient: String,
+    /// Purpose-of-use claim: a string or an array of strings.
+    pub purpose: String,
 }
 
 /// A trusted issuer, compiled from policy.
@@ -223,6 +225,15 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         Some(_) => return Err(DenyReason::BadClaim),
     };
     let smart_scopes = scopes.iter().filter_map(|s| scope::parse(s)).collect();
+    let purpose: Vec<String> = match claims.get(&names.purpose) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or(DenyReason::BadClaim))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(DenyReason::BadClaim),
+    };
     let patient = optional_string(claims, &names.patient)?;
     if patient.as_deref().is_some_and(|p| !valid_id(p)) {
         return Err(DenyReason::BadClaim);
@@ -239,6 +250,7 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         scopes,
         smart_scopes,
         patient,
+        purpose,
         token_id: optional_string(claims, "jti")?,
         expires_at: exp,
         valid_until: exp.saturating_add(issuer.clock_skew),
@@ -274,6 +286,7 @@ pub(crate) mod tests {
                 subject: "sub".into(),
                 client_id: "client_id".into(),
                 patient: "patient".into(),
+                purpose: "purpose_of_use".into(),
             },
         }
     }
@@ -426,5 +439,17 @@ pub(crate) mod tests {
         assert_eq!(p.smart_scopes.len(), 1);
         c["scp"] = json!([1]);
         assert_eq!(verify(&sign(Algorithm::RS256, Some("demo-rs256"), &c), &[iss], 8192, NOW).err(), Some(DenyReason::BadClaim));
+    }
+
+    #[test]
+    fn purpose_of_use() {
+        let mut c = claims();
+        assert!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose.is_empty());
+        c["purpose_of_use"] = json!("HRESCH");
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose, ["HRESCH"]);
+        c["purpose_of_use"] = json!(["TREAT", "HPAYMT"]);
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose, ["TREAT", "HPAYMT"]);
+        c["purpose_of_use"] = json!({"code": "TREAT"});
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim));
     }
 }

@@ -65,6 +65,22 @@ pub enum DenyReason {
     MissingPatientContext,
     /// The upstream response could not be checked (not JSON, too large, encoded, truncated).
     ResponseUncheckable,
+    /// No minimization profile of the route applies to the caller's scopes and purpose.
+    NoMinimizationProfile,
+    /// The upstream response body is not JSON (empty, malformed, not UTF-8, nested too deep).
+    ResponseNotJson,
+    /// The upstream response body is larger than the filter buffers.
+    ResponseTooLarge,
+    /// The upstream response body has a content encoding the filter cannot decode.
+    ResponseEncoded,
+    /// The upstream response body ended early (truncated JSON, reset, trailers without a body).
+    ResponseTruncated,
+    /// The upstream response is JSON of the wrong shape (e.g. no `resourceType` on a FHIR route).
+    ResponseUnexpectedShape,
+    /// The response holds a resource type that is not FHIR R4 or that the profile refuses.
+    ResponseUnknownResource,
+    /// Minimization could not be completed (missing hash key, malformed `meta.security`, ...).
+    MinimizationFailed,
 }
 
 impl DenyReason {
@@ -81,7 +97,9 @@ impl DenyReason {
             | BadSignature | MissingExpiry | Expired | NotYetValid | BadIssuedAt | BadAudience
             | BadClaim | TokenInQuery => 401,
             InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | MissingPatientContext => 403,
-            ResponseUncheckable => 502,
+            NoMinimizationProfile => 403,
+            ResponseUncheckable | ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
+            | ResponseUnexpectedShape | ResponseUnknownResource | MinimizationFailed => 502,
         }
     }
 
@@ -119,6 +137,14 @@ impl DenyReason {
             CompartmentEscape => "compartment_escape",
             MissingPatientContext => "missing_patient_context",
             ResponseUncheckable => "response_uncheckable",
+            NoMinimizationProfile => "no_minimization_profile",
+            ResponseNotJson => "response_not_json",
+            ResponseTooLarge => "response_too_large",
+            ResponseEncoded => "response_encoded",
+            ResponseTruncated => "response_truncated",
+            ResponseUnexpectedShape => "response_unexpected_shape",
+            ResponseUnknownResource => "response_unknown_resource",
+            MinimizationFailed => "minimization_failed",
         }
     }
 
@@ -158,6 +184,9 @@ impl DenyReason {
             }
             MissingPatientContext => "the token's patient scopes carry no patient context",
             ResponseUncheckable => "the upstream response could not be checked",
+            NoMinimizationProfile => "no data view is defined for this token's scopes and purpose",
+            ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated | ResponseUnexpectedShape
+            | ResponseUnknownResource | MinimizationFailed => "the upstream response could not be released",
         }
     }
 
@@ -183,7 +212,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 30] = {
+    pub const ALL: [DenyReason; 38] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, NoRoute, MethodNotAllowed, MissingToken,
@@ -191,7 +220,9 @@ impl DenyReason {
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, MissingPatientContext, ResponseUncheckable,
+            CompartmentEscape, MissingPatientContext, ResponseUncheckable, NoMinimizationProfile,
+            ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,
+            ResponseUnknownResource, MinimizationFailed,
         ]
     };
 }

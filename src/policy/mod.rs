@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use crate::auth::IssuerConfig;
 use crate::fhir::Interaction;
+use crate::minimize::ProfileSet;
 
 /// A compiled, internally consistent policy.
 #[derive(Debug, Clone)]
@@ -30,6 +31,14 @@ pub struct Policy {
     pub limits: Limits,
     /// Verified-token cache capacity per worker.
     pub token_cache_entries: usize,
+}
+
+impl Policy {
+    /// Whether some profile hashes values: the host must then have a valid HMAC key
+    /// (`PHI_GUARD_HMAC_KEY`) or refuse the configuration.
+    pub fn requires_hmac_key(&self) -> bool {
+        self.routes.iter().filter_map(|r| r.minimize.as_ref()).any(ProfileSet::requires_hmac_key)
+    }
 }
 
 /// Input limits.
@@ -54,6 +63,8 @@ pub struct Route {
     pub methods: Vec<String>,
     /// What the route requires.
     pub access: Access,
+    /// Response minimization profiles, if the route minimizes.
+    pub minimize: Option<ProfileSet>,
 }
 
 /// What a route requires of a request.
