@@ -1,5 +1,6 @@
 //! phi-guard: a proxy-wasm filter that verifies access tokens, enforces SMART-on-FHIR scopes and
-//! patient compartments, and answers every refusal in a fail-closed way.
+//! patient compartments, minimizes responses to what the caller may see, and answers every
+//! refusal in a fail-closed way.
 //!
 //! Everything outside [`host`] is pure and host-independent: it takes time and randomness as
 //! arguments and is tested natively with `cargo test`. `src/host/` is the only code that names
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod decision;
 pub mod fhir;
 pub mod http;
+pub mod minimize;
 pub mod policy;
 
 #[cfg(target_arch = "wasm32")]

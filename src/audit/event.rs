@@ -328,7 +328,7 @@ impl AuditEvent {
         self.subject = p.subject.clone();
         self.issuer = Some(p.issuer.clone());
         self.token_id = p.token_id.clone();
-        self.purpose_of_use = p.purpose_of_use.clone();
+        self.purpose_of_use = p.purpose.clone();
         self.context_patient = p.patient.as_deref().map(|id| ctx.identify(id));
     }
 

@@ -31,7 +31,7 @@ fn upstream_patient() -> Value {
 fn events_carry_no_phi_values() {
     let body = serde_json::to_vec(&upstream_patient()).unwrap();
     // The body is checked, never handed to audit: only the paths minimization withheld are.
-    let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }] };
+    let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }], ..ResponsePlan::default() };
     assert_eq!(plan.check_body(&body), Ok(()));
     let withheld = vec!["Patient.name".to_owned(), "Patient.identifier".to_owned(), "Patient.text".to_owned()];
 

@@ -100,8 +100,8 @@ mod tests {
             scopes: vec![],
             smart_scopes: vec![],
             patient: None,
+            purpose: vec![],
             token_id: None,
-            purpose_of_use: vec![],
             expires_at: valid_until,
             valid_until,
         })

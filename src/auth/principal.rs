@@ -17,11 +17,10 @@ pub struct Principal {
     pub smart_scopes: Vec<SmartScope>,
     /// The patient in context (configured claim), a valid FHIR id.
     pub patient: Option<String>,
+    /// Purpose-of-use codes (configured claim, e.g. `TREAT`, `HRESCH`); empty when absent.
+    pub purpose: Vec<String>,
     /// `jti`, for audit correlation.
     pub token_id: Option<String>,
-    /// Purpose-of-use codes from the `purpose_of_use` claim (v3 PurposeOfUse, e.g. `TREAT`),
-    /// for audit only; entries that are not code-shaped are dropped.
-    pub purpose_of_use: Vec<String>,
     /// `exp` (seconds since the epoch).
     pub expires_at: u64,
     /// Unix time after which this verification must not be reused (`exp` plus clock skew).

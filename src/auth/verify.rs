@@ -25,6 +25,8 @@ pub struct ClaimNames {
     pub client_id: String,
     /// Patient-in-context claim.
     pub patient: String,
+    /// Purpose-of-use claim: a string or an array of strings.
+    pub purpose: String,
 }
 
 /// A trusted issuer, compiled from policy.
@@ -225,19 +227,6 @@ fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<Str
     }
 }
 
-/// Purpose-of-use codes for audit (`purpose_of_use`: a space-delimited string or an array). Audit
-/// metadata never refuses a request: a malformed claim yields no codes, and only code-shaped
-/// entries are kept so free text cannot reach the audit log.
-fn purpose_of_use(claims: &Map<String, Value>) -> Vec<String> {
-    let code = |s: &&str| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    let list: Vec<&str> = match claims.get("purpose_of_use") {
-        Some(Value::String(s)) => s.split(' ').collect(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    };
-    list.into_iter().filter(code).take(8).map(str::to_owned).collect()
-}
-
 fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Principal, DenyReason> {
     let names = &issuer.claims;
     let scopes: Vec<String> = match claims.get(&names.scope) {
@@ -250,6 +239,22 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         Some(_) => return Err(DenyReason::BadClaim),
     };
     let smart_scopes = scopes.iter().filter_map(|s| scope::parse(s)).collect();
+    // Purpose-of-use codes (HL7 v3 PurposeOfUse, e.g. `TREAT`): a space-delimited string or an
+    // array. They select minimization profiles and are audited, so anything that is not
+    // code-shaped (free text could carry PHI) makes the claim malformed.
+    let code = |s: &str| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let purpose: Vec<String> = match claims.get(&names.purpose) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or(DenyReason::BadClaim))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(DenyReason::BadClaim),
+    };
+    if purpose.len() > 8 || !purpose.iter().all(|p| code(p)) {
+        return Err(DenyReason::BadClaim);
+    }
     let patient = optional_string(claims, &names.patient)?;
     if patient.as_deref().is_some_and(|p| !valid_id(p)) {
         return Err(DenyReason::BadClaim);
@@ -266,8 +271,8 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         scopes,
         smart_scopes,
         patient,
+        purpose,
         token_id: optional_string(claims, "jti")?,
-        purpose_of_use: purpose_of_use(claims),
         expires_at: exp,
         valid_until: exp.saturating_add(issuer.clock_skew),
     })
@@ -303,6 +308,7 @@ pub(crate) mod tests {
                 subject: "sub".into(),
                 client_id: "client_id".into(),
                 patient: "patient".into(),
+                purpose: "purpose_of_use".into(),
             },
         }
     }
@@ -458,17 +464,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn purpose_of_use_is_audit_metadata_only() {
-        let cases: Vec<(Value, Vec<&str>)> = vec![
-            (json!("TREAT ETREAT"), vec!["TREAT", "ETREAT"]),
-            (json!(["HPAYMT", "John Smith", 7]), vec!["HPAYMT"]),
-            (json!({"code": "TREAT"}), vec![]),
-        ];
-        for (claim, want) in cases {
-            let mut c = claims();
-            c["purpose_of_use"] = claim.clone();
-            let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
-            assert_eq!(p.purpose_of_use, want, "{claim}");
-        }
+    fn purpose_of_use() {
+        let mut c = claims();
+        assert!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose.is_empty());
+        c["purpose_of_use"] = json!("HRESCH");
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose, ["HRESCH"]);
+        c["purpose_of_use"] = json!(["TREAT", "HPAYMT"]);
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose, ["TREAT", "HPAYMT"]);
+        c["purpose_of_use"] = json!("TREAT ETREAT");
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().purpose, ["TREAT", "ETREAT"]);
+        // Free text is not a purpose code: refused rather than carried into decisions and audit.
+        c["purpose_of_use"] = json!(["HPAYMT", "John Smith"]);
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim));
+        c["purpose_of_use"] = json!({"code": "TREAT"});
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim));
     }
 }

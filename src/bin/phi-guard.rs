@@ -1,5 +1,6 @@
 //! `phi-guard`: the native command line on the same core as the filter.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -9,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::audit::{verify_log, AuditKey, KEY_ENV};
 use phi_guard::auth::check_claims;
-use phi_guard::decision::{decide, decide_with, refusal_reply, Decision, Request};
+use phi_guard::decision::{decide, decide_with, refusal_reply, Decision, DenyReason, Request};
+use phi_guard::minimize::{self, ApplyCtx};
 use phi_guard::policy::{compile, Policy};
 use serde_json::{json, Value};
 
@@ -77,6 +79,31 @@ enum Command {
         /// Keep running and rewrite the resource when the policy changes (polls every 250 ms).
         #[arg(long)]
         watch: bool,
+    },
+    /// Minimize a response body (stdin) as a route's profile would for a caller; prints the
+    /// released JSON on stdout and the profile and withheld paths on stderr. Exit 2 when the
+    /// body would be refused (the generic error body is printed instead).
+    Minimize {
+        /// Policy JSON file.
+        policy: PathBuf,
+        /// Route id whose `minimize` profiles apply.
+        #[arg(long)]
+        route: String,
+        /// The caller's space-separated scopes (select the profile).
+        #[arg(long, default_value = "")]
+        scopes: String,
+        /// The caller's purpose-of-use code (repeatable).
+        #[arg(long)]
+        purpose: Vec<String>,
+        /// Environment variable holding the HMAC key for `hash` transforms.
+        #[arg(long)]
+        hmac_key_env: Option<String>,
+        /// Evaluate at this Unix time instead of now (birth-year age checks).
+        #[arg(long)]
+        now: Option<u64>,
+        /// Pretty-print the released JSON.
+        #[arg(long)]
+        pretty: bool,
     },
     /// Mint a signed demo token. Test keys only: never use them outside a demo or test.
     Token {
@@ -277,6 +304,48 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 std::thread::sleep(std::time::Duration::from_millis(250));
             }
         }
+        Command::Minimize { policy, route, scopes, purpose, hmac_key_env, now: at, pretty } => {
+            let p = load(&policy)?;
+            let r = p.routes.iter().find(|r| r.id == route).ok_or_else(|| format!("no route `{route}` in {}", policy.display()))?;
+            let set = r.minimize.as_ref().ok_or_else(|| format!("route `{route}` does not minimize responses"))?;
+            let key = match &hmac_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| format!("--hmac-key-env: `{var}` is not set"))?.into_bytes()),
+                None => None,
+            };
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body).map_err(|e| format!("stdin: {e}"))?;
+            let scopes: Vec<String> = scopes.split_whitespace().map(str::to_owned).collect();
+            let fhir = matches!(r.access, phi_guard::policy::Access::Fhir(_));
+            let refuse = |reason: DenyReason| {
+                let reply = refusal_reply(reason, reason.status(), fhir, None);
+                println!("{}", reply.body);
+                eprintln!("refused:  {} {} ({})", reason.status(), reason.code(), reason.message());
+                ExitCode::from(2)
+            };
+            let Some(profile) = set.select(&scopes, &purpose) else {
+                return Ok(refuse(DenyReason::NoMinimizationProfile));
+            };
+            let ctx = ApplyCtx { hmac_key: key.as_deref(), now: at.unwrap_or_else(now) };
+            let applied = match minimize::apply(&profile, &body, &ctx, p.limits.max_response_bytes) {
+                Ok(a) => a,
+                Err(reason) => return Ok(refuse(reason)),
+            };
+            let out = applied.body.as_deref().unwrap_or(&body);
+            let out = if pretty {
+                let v: Value = serde_json::from_slice(out).map_err(|e| format!("output: {e}"))?;
+                serde_json::to_vec_pretty(&v).map_err(|e| format!("output: {e}"))?
+            } else {
+                out.to_vec()
+            };
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&out).and_then(|()| stdout.write_all(b"\n")).map_err(|e| format!("stdout: {e}"))?;
+            eprintln!("profile:  {}{}", profile.name, if applied.shadow { " (shadow: body released unchanged)" } else { "" });
+            eprintln!("withheld: {} values at {} paths", applied.count, applied.withheld.len());
+            for path in &applied.withheld {
+                eprintln!("  {path}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token { key, alg, kid, iss, aud, sub, client_id, scope, patient, ttl, claims } => {
             let alg: Algorithm = alg.parse().map_err(|_| format!("unknown algorithm `{alg}`"))?;
             let key = key.unwrap_or_else(|| {
@@ -392,6 +461,9 @@ fn print_decision(policy: &Policy, d: &Decision) {
             }
             for c in &g.response.checks {
                 println!("response: checked before release: {c:?}");
+            }
+            if let Some(m) = &g.response.minimize {
+                println!("response: minimized by profile `{}`{}", m.name, if m.shadow { " (shadow)" } else { "" });
             }
         }
         Decision::Deny(r) => {

@@ -212,7 +212,7 @@ pub fn decide_with(
             fhir_route: false,
             principal: None,
             fhir: ctx.fhir,
-            response: ResponsePlan::default(),
+            response: ResponsePlan { max_body_bytes: policy.limits.max_response_bytes, ..ResponsePlan::default() },
             body: size_only(),
             security_headers: route.security_headers,
         });
@@ -258,12 +258,21 @@ pub fn decide_with(
             }
         }
     };
+    // Choose the data view now, so a caller entitled to none is refused before the upstream
+    // is asked.
+    let minimize = match &route.minimize {
+        None => None,
+        Some(set) => match set.select(&principal.scopes, &principal.purpose) {
+            Some(profile) => Some(profile),
+            None => return ctx.deny(DenyReason::NoMinimizationProfile, None),
+        },
+    };
     Decision::Allow(Grant {
         route_id: route.id.clone(),
         fhir_route: matches!(route.access, Access::Fhir(_)),
         principal: Some(principal),
         fhir: ctx.fhir,
-        response: ResponsePlan { checks },
+        response: ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes },
         body,
         security_headers: route.security_headers,
     })

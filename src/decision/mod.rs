@@ -11,3 +11,4 @@ pub use engine::{decide, decide_with, Decision, Grant, Refusal, Request};
 pub use reason::DenyReason;
 pub use reply::{refusal_reply, Reply};
 pub use response::{ResponseCheck, ResponsePlan};
+pub use crate::minimize::{Applied, ApplyCtx};

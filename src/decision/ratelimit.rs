@@ -135,7 +135,7 @@ mod tests {
             smart_scopes: vec![],
             patient: None,
             token_id: None,
-            purpose_of_use: vec![],
+            purpose: vec![],
             expires_at: 0,
             valid_until: 0,
         };

@@ -77,6 +77,22 @@ pub enum DenyReason {
     ResponseUncheckable,
     /// The policy requires auditing and events cannot be delivered (queue full, sink failing).
     AuditUnavailable,
+    /// No minimization profile of the route applies to the caller's scopes and purpose.
+    NoMinimizationProfile,
+    /// The upstream response body is not JSON (empty, malformed, not UTF-8, nested too deep).
+    ResponseNotJson,
+    /// The upstream response body is larger than the filter buffers.
+    ResponseTooLarge,
+    /// The upstream response body has a content encoding the filter cannot decode.
+    ResponseEncoded,
+    /// The upstream response body ended early (truncated JSON, reset, trailers without a body).
+    ResponseTruncated,
+    /// The upstream response is JSON of the wrong shape (e.g. no `resourceType` on a FHIR route).
+    ResponseUnexpectedShape,
+    /// The response holds a resource type that is not FHIR R4 or that the profile refuses.
+    ResponseUnknownResource,
+    /// Minimization could not be completed (missing hash key, malformed `meta.security`, ...).
+    MinimizationFailed,
 }
 
 impl DenyReason {
@@ -96,7 +112,9 @@ impl DenyReason {
             | BadSignature | MissingExpiry | Expired | NotYetValid | BadIssuedAt | BadAudience
             | BadClaim | TokenInQuery => 401,
             InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | MissingPatientContext => 403,
-            ResponseUncheckable => 502,
+            NoMinimizationProfile => 403,
+            ResponseUncheckable | ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
+            | ResponseUnexpectedShape | ResponseUnknownResource | MinimizationFailed => 502,
         }
     }
 
@@ -140,6 +158,14 @@ impl DenyReason {
             MissingPatientContext => "missing_patient_context",
             ResponseUncheckable => "response_uncheckable",
             AuditUnavailable => "audit_unavailable",
+            NoMinimizationProfile => "no_minimization_profile",
+            ResponseNotJson => "response_not_json",
+            ResponseTooLarge => "response_too_large",
+            ResponseEncoded => "response_encoded",
+            ResponseTruncated => "response_truncated",
+            ResponseUnexpectedShape => "response_unexpected_shape",
+            ResponseUnknownResource => "response_unknown_resource",
+            MinimizationFailed => "minimization_failed",
         }
     }
 
@@ -185,6 +211,9 @@ impl DenyReason {
             MissingPatientContext => "the token's patient scopes carry no patient context",
             ResponseUncheckable => "the upstream response could not be checked",
             AuditUnavailable => "the request cannot be audited right now; try again later",
+            NoMinimizationProfile => "no data view is defined for this token's scopes and purpose",
+            ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated | ResponseUnexpectedShape
+            | ResponseUnknownResource | MinimizationFailed => "the upstream response could not be released",
         }
     }
 
@@ -211,7 +240,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 36] = {
+    pub const ALL: [DenyReason; 44] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
@@ -219,7 +248,9 @@ impl DenyReason {
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, KeysUnavailable, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, MissingPatientContext, ResponseUncheckable, AuditUnavailable,
+            CompartmentEscape, MissingPatientContext, ResponseUncheckable, NoMinimizationProfile,
+            ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,
+            ResponseUnknownResource, MinimizationFailed, AuditUnavailable,
         ]
     };
 }

@@ -16,6 +16,7 @@ use crate::auth::{ClaimNames, IssuerConfig};
 use crate::decision::ratelimit::{LimitBy, RateLimit};
 use crate::fhir::{resource_type, Interaction};
 use crate::http::normalize;
+use crate::minimize::compile_minimize;
 
 /// A policy that cannot be used, with where the problem is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -219,6 +220,7 @@ fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError
             subject: claim(&d.subject_claim, "sub", "subjectClaim")?,
             client_id: claim(&d.client_id_claim, "client_id", "clientIdClaim")?,
             patient: claim(&d.patient_claim, "patient", "patientClaim")?,
+            purpose: claim(&d.purpose_claim, "purpose_of_use", "purposeClaim")?,
         },
     })
 }
@@ -326,8 +328,15 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
         (false, None, None) => return Err(err(loc, "route needs one of `public`, `scopes` or `fhir`")),
         (false, Some(_), Some(_)) => return Err(err(loc, "`scopes` and `fhir` are exclusive")),
     };
+    let minimize = match (&r.minimize, &access) {
+        (None, _) => None,
+        (Some(_), Access::Public) => {
+            return Err(err(format!("{loc}.minimize"), "a `public` route has no caller to choose a profile for; minimize `fhir` or `scopes` routes"))
+        }
+        (Some(m), access) => Some(compile_minimize(m, &format!("{loc}.minimize"), matches!(access, Access::Fhir(_)))?),
+    };
     let security_headers = r.security_headers.unwrap_or(!matches!(access, Access::Public));
-    Ok(Route { id: r.id.clone(), matcher, methods, access, security_headers })
+    Ok(Route { id: r.id.clone(), matcher, methods, access, minimize, security_headers })
 }
 
 fn literal_segments(p: &str, loc: &str) -> Result<Vec<String>, CompileError> {
@@ -407,6 +416,13 @@ mod tests {
             ("/version", json!(2), "version"),
             ("/mode", json!("audit"), "mode: `audit` must be `enforce` or `shadow`"),
             ("/tokenCache", json!({"maxEntries": 10_000_000}), "tokenCache.maxEntries"),
+            ("/issuers/0/purposeClaim", json!(""), "issuers[0].purposeClaim: must not be empty"),
+            ("/routes/0/minimize", json!({"profiles": [{"name": "a", "fields": {}}]}), "routes[0].minimize: a `public` route"),
+            ("/routes/2/minimize", json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["name", "Name"]}}}]}),
+             "routes[2].minimize.profiles[0].resources.Patient.allow[1]: `Name`: FHIR element names start with a lowercase letter"),
+            ("/routes/2/minimize", json!({"profiles": [{"name": "a", "mode": "alow", "resources": {}}]}), "routes[2].minimize.profiles[0].mode: unknown variant `alow`"),
+            ("/routes/2/minimize", json!({"profiles": [{"name": "a", "resources": {"Patient": {"alow": []}}}]}), "routes[2].minimize.profiles[0].resources.Patient.alow: unknown field"),
+            ("/routes/3/minimize", json!({"profiles": [{"name": "a", "fields": {"deny": ["a..b"]}}]}), "routes[3].minimize.profiles[0].fields.deny[0]: `a..b`: empty path segment"),
         ];
         for (ptr, value, want) in cases {
             let mut doc = example();

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 
 use crate::auth::IssuerConfig;
 use crate::fhir::Interaction;
+use crate::minimize::ProfileSet;
 
 /// A compiled, internally consistent policy.
 #[derive(Debug, Clone)]
@@ -38,6 +39,14 @@ pub struct Policy {
     pub rate_limits: Vec<crate::decision::ratelimit::RateLimit>,
     /// Audit event format and sinks.
     pub audit: audit::AuditConfig,
+}
+
+impl Policy {
+    /// Whether some profile hashes values: the host must then have a valid HMAC key
+    /// (`PHI_GUARD_HMAC_KEY`) or refuse the configuration.
+    pub fn requires_hmac_key(&self) -> bool {
+        self.routes.iter().filter_map(|r| r.minimize.as_ref()).any(ProfileSet::requires_hmac_key)
+    }
 }
 
 /// Input limits.
@@ -70,6 +79,8 @@ pub struct Route {
     pub access: Access,
     /// Add no-store/nosniff response headers and strip `server`/`x-powered-by`.
     pub security_headers: bool,
+    /// Response minimization profiles, if the route minimizes.
+    pub minimize: Option<ProfileSet>,
 }
 
 /// What a route requires of a request.

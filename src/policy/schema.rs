@@ -92,6 +92,9 @@ pub struct IssuerDoc {
     /// Claim carrying the patient in context.
     #[serde(default)]
     pub patient_claim: Option<String>,
+    /// Claim carrying the purpose of use (string or array of strings); default `purpose_of_use`.
+    #[serde(default)]
+    pub purpose_claim: Option<String>,
 }
 
 /// A route: which requests it matches and what they need.
@@ -119,6 +122,9 @@ pub struct RouteDoc {
     /// true on routes that need a token.
     #[serde(default)]
     pub security_headers: Option<bool>,
+    /// Minimum-necessary shaping of successful JSON responses (`fhir` and `scopes` routes).
+    #[serde(default)]
+    pub minimize: Option<MinimizeDoc>,
 }
 
 /// Path matcher: exactly one of `path` (template) or `prefix`.
@@ -131,6 +137,178 @@ pub struct MatchDoc {
     /// Segment-aligned prefix such as `/fhir`.
     #[serde(default)]
     pub prefix: Option<String>,
+}
+
+/// Response minimization for a route: ordered profiles, the first whose conditions match the
+/// caller is applied. No match refuses the request (403 `no_minimization_profile`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MinimizeDoc {
+    /// Candidate profiles in selection order.
+    pub profiles: Vec<ProfileDoc>,
+}
+
+/// One view of the data, chosen by the caller's scopes and purpose of use.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProfileDoc {
+    /// Profile name, recorded in audit events (`[A-Za-z0-9_-]`, unique per route).
+    pub name: String,
+    /// Scopes the token must carry for this profile to apply.
+    #[serde(default)]
+    pub when_scopes: Option<ScopesDoc>,
+    /// Purpose-of-use codes; the profile applies when the token's purpose claim names one.
+    #[serde(default)]
+    pub when_purpose: Option<Vec<String>>,
+    /// Compute what would be withheld but release the body unchanged.
+    #[serde(default)]
+    pub shadow: bool,
+    /// A built-in rule set (`safe-harbor`); exclusive with the rule fields below.
+    #[serde(default)]
+    pub preset: Option<PresetName>,
+    /// `allow` (unlisted fields are removed; default) or `deny` (listed fields are removed).
+    #[serde(default)]
+    pub mode: Option<ModeDoc>,
+    /// FHIR routes: rules per resource type; `*` applies to every type.
+    #[serde(default)]
+    pub resources: Option<std::collections::BTreeMap<String, RulesDoc>>,
+    /// Plain JSON routes: rules for the top-level object (or each element of a top-level array).
+    #[serde(default)]
+    pub fields: Option<RulesDoc>,
+    /// FHIR routes: what happens to resource types with no rules (default `remove`).
+    #[serde(default)]
+    pub other_resources: Option<OtherResourcesDoc>,
+    /// FHIR routes: `keep` (default) or `remove` the `display` of every Reference.
+    #[serde(default)]
+    pub reference_display: Option<KeepRemoveDoc>,
+    /// FHIR routes: `keep` (default) or generalize every date, dateTime and instant to its `year`.
+    #[serde(default)]
+    pub dates: Option<DatesDoc>,
+    /// FHIR routes: how `Bundle.link[].url` and `entry[].request.url` of minimized bundles are
+    /// rewritten (default `paging-only`).
+    #[serde(default)]
+    pub bundle_links: Option<BundleLinksDoc>,
+}
+
+/// Built-in profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PresetName {
+    /// HIPAA Safe Harbor (45 CFR 164.514(b)(2)) as it applies to FHIR R4 resources.
+    SafeHarbor,
+}
+
+/// Allowlist or denylist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeDoc {
+    /// Only listed fields (and transformed ones) are released.
+    Allow,
+    /// Everything but the listed fields is released.
+    Deny,
+}
+
+/// Resource types without rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OtherResourcesDoc {
+    /// Released with only the profile-wide settings applied.
+    Allow,
+    /// Reduced to `resourceType`, `id` and `meta` (with the REDACTED label).
+    Remove,
+    /// The whole response is refused (502 `response_unknown_resource`).
+    Deny,
+}
+
+/// Keep or remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepRemoveDoc {
+    /// Keep.
+    Keep,
+    /// Remove.
+    Remove,
+}
+
+/// Profile-wide date handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatesDoc {
+    /// Dates are governed by the field rules only.
+    Keep,
+    /// Every date-shaped value becomes its year; instants are removed.
+    Year,
+}
+
+/// Bundle link rewriting for minimized bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BundleLinksDoc {
+    /// Keep only paging parameters (`_getpages`, `_page_token`, `_count`, `ct`, ...).
+    PagingOnly,
+    /// Remove the whole query.
+    DropQuery,
+    /// Remove `Bundle.link` entirely.
+    Drop,
+    /// Leave links untouched.
+    Keep,
+}
+
+/// Field rules for one resource type (or for a plain JSON body).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RulesDoc {
+    /// Paths released (allow mode only), e.g. `name[*].family`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Paths removed; in allow mode, carve-outs inside allowed paths. `**.x` matches at any depth.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Paths released only after a transform.
+    #[serde(default)]
+    pub transform: Vec<TransformDoc>,
+}
+
+/// A transform applied to every value at a path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransformDoc {
+    /// Field path.
+    pub path: String,
+    /// What to do with the value.
+    pub transform: TransformKindDoc,
+    /// `mask`: characters kept at the end (at most half of the value is ever shown).
+    #[serde(default)]
+    pub keep_last: Option<usize>,
+    /// `generalize`: the target.
+    #[serde(default)]
+    pub to: Option<GeneralizeDoc>,
+}
+
+/// Transform kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransformKindDoc {
+    /// Replace all but the last `keepLast` characters with `*`.
+    Mask,
+    /// HMAC-SHA256 with the key from the VM environment (`PHI_GUARD_HMAC_KEY`), lowercase hex.
+    Hash,
+    /// Safe Harbor generalization (`to`).
+    Generalize,
+}
+
+/// Generalization targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneralizeDoc {
+    /// Date, dateTime or instant to its year.
+    Year,
+    /// Like `year`, but removed when the year implies an age of 90 or more.
+    BirthYear,
+    /// US ZIP code to its first three digits (`000` for restricted prefixes).
+    Zip3,
+    /// Ages over 89 become `90+` (Age quantities: value 90 with comparator `>=`).
+    Age90,
 }
 
 /// Literal scope requirement.

@@ -1,0 +1,155 @@
+//! Minimum-necessary response minimization (HIPAA §164.502(b), §164.514(d)): a pure function
+//! from (profile, body bytes, key, now) to the released bytes and the withheld field paths, or
+//! a [`DenyReason`] when the body cannot be released safely (fail closed).
+//!
+//! - [`compile`]: policy JSON → [`ProfileSet`] (paths parsed once, errors located).
+//! - [`path`], [`rules`]: field paths and the rule trie.
+//! - [`walk`]: the rule engine over JSON objects; [`fhir`]: resources, Bundles, `contained`,
+//!   narrative, security label; [`links`]: Bundle link rewriting.
+//! - [`transform`], [`generalize`]: mask, keyed hash, Safe Harbor generalization.
+//! - [`preset`]: built-in profiles (`safe-harbor`).
+//! - [`body`]: parsing and serialization; [`withheld`]: the withheld-path record.
+//!
+//! The host calls [`crate::decision::ResponsePlan::apply`], which runs the response checks and
+//! then [`apply_value`]; the CLI calls [`apply`].
+
+pub mod body;
+pub mod compile;
+pub mod fhir;
+pub mod generalize;
+pub mod links;
+pub mod path;
+pub mod preset;
+pub mod profile;
+pub mod rules;
+pub mod transform;
+pub mod walk;
+pub mod withheld;
+
+pub use compile::compile_minimize;
+pub use profile::{Profile, ProfileSet};
+pub use transform::MIN_HMAC_KEY_BYTES;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use self::profile::BodyRules;
+use self::transform::Keys;
+use self::walk::{Cursor, Walker};
+use self::withheld::Withheld;
+use crate::decision::DenyReason;
+
+/// What the host supplies per response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyCtx<'a> {
+    /// HMAC key for `hash` transforms (the host reads `PHI_GUARD_HMAC_KEY` from the VM
+    /// environment; never from the policy). At least [`MIN_HMAC_KEY_BYTES`] bytes.
+    pub hmac_key: Option<&'a [u8]>,
+    /// Unix time in seconds (for birth-year age checks).
+    pub now: u64,
+}
+
+/// The result of releasing a response.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Bytes to send instead of the upstream's; `None` means send the upstream body unchanged.
+    pub body: Option<Vec<u8>>,
+    /// Distinct withheld field paths, sorted (never values).
+    pub withheld: Vec<String>,
+    /// Values withheld or transformed (each removal or rewrite counts once).
+    pub count: usize,
+    /// The profile ran in shadow mode: `withheld` is what would have been withheld.
+    pub shadow: bool,
+    /// Name of the profile applied, if any.
+    pub profile: Option<String>,
+}
+
+/// What a minimization withheld.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Report {
+    /// Distinct withheld field paths, sorted.
+    pub withheld: Vec<String>,
+    /// Values withheld or transformed.
+    pub count: usize,
+}
+
+/// Whether a key is long enough to be used for `hash` (the host can check at configure time).
+pub fn hmac_key_ok(key: &[u8]) -> bool {
+    key.len() >= MIN_HMAC_KEY_BYTES
+}
+
+/// Minimize a parsed body in place.
+pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> Result<Report, DenyReason> {
+    let hmac = match ctx.hmac_key {
+        Some(k) if hmac_key_ok(k) => Hmac::<Sha256>::new_from_slice(k).ok(),
+        _ => None,
+    };
+    if profile.requires_hmac_key() && hmac.is_none() {
+        return Err(DenyReason::MinimizationFailed);
+    }
+    let keys = Keys { hmac, now_year: generalize::year_of(ctx.now) };
+    let mut walker = Walker { fhir: None, keys, withheld: Withheld::default(), depth: 0 };
+    match &profile.body {
+        BodyRules::Fhir(f) => {
+            walker.fhir = Some(f);
+            walker.top(value)?;
+        }
+        BodyRules::Json(rules) => {
+            let cur = Cursor::root(rules);
+            match value {
+                Value::Object(map) => walker.object(map, &cur)?,
+                Value::Array(items) => {
+                    for item in items {
+                        let Value::Object(map) = item else {
+                            return Err(DenyReason::ResponseUnexpectedShape);
+                        };
+                        walker.object(map, &cur)?;
+                    }
+                }
+                _ => return Err(DenyReason::ResponseUnexpectedShape),
+            }
+        }
+    }
+    let (withheld, count) = walker.withheld.finish();
+    Ok(Report { withheld, count })
+}
+
+/// Parse, minimize and re-serialize a whole body. Unless the profile is in shadow mode the
+/// body is always re-serialized from the parsed tree, so the client receives exactly what was
+/// inspected (duplicate keys, odd whitespace and a BOM do not survive).
+pub fn apply(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
+    let mut value = body::parse(body, max_bytes)?;
+    release(profile, &mut value, ctx)
+}
+
+/// Minimize an already parsed body and build the [`Applied`] result.
+pub fn release(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> Result<Applied, DenyReason> {
+    let report = apply_value(profile, value, ctx)?;
+    let body = if profile.shadow { None } else { Some(body::serialize(value)?) };
+    Ok(Applied { body, withheld: report.withheld, count: report.count, shadow: profile.shadow, profile: Some(profile.name.clone()) })
+}
+
+/// Helpers for this module's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Compile one profile from its JSON (with `name` defaulted).
+    pub fn profile(mut v: Value, fhir: bool) -> Profile {
+        if v.get("name").is_none() {
+            v["name"] = Value::from("test");
+        }
+        let doc = serde_json::from_value(serde_json::json!({"profiles": [v]})).unwrap();
+        let set = compile_minimize(&doc, "test", fhir).unwrap();
+        Profile::clone(&set.profiles[0])
+    }
+
+    /// Minimize `body` with `profile`; returns the output value and the report.
+    pub fn run(profile: &Profile, body: Value) -> Result<(Value, Report), DenyReason> {
+        let mut body = body;
+        let ctx = ApplyCtx { hmac_key: Some(b"0123456789abcdef0123456789abcdef"), now: 1_800_000_000 };
+        let report = apply_value(profile, &mut body, &ctx)?;
+        Ok((body, report))
+    }
+}
