@@ -34,7 +34,20 @@ CLAIMS      ?=
 TOKEN_ARGS  ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv target wasm cli wasm-check envoy-config run stop token test unit integration clean distclean
+# Docker compose (envoy/docker-compose.yaml): `docker compose` (v2 plugin) if present, else
+# `docker-compose` (v1, Debian package). The compose harness reads $COMPOSE too.
+ifeq ($(origin COMPOSE),undefined)
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+endif
+export COMPOSE
+COMPOSE_IMAGES_ENV := .run/compose/images.env
+# Istio WasmPlugin image (make oci)
+VERSION     := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
+OCI_DIR     ?= $(TARGET_DIR)/oci
+OCI_TAG     ?= phi-guard/wasm-plugin:$(VERSION)
+
+.PHONY: help venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+        compose-up compose-down compose-test oci clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -70,9 +83,13 @@ wasm-check: wasm venv ## the .wasm imports only env.proxy_* and WASI calls Envoy
 	$(VENV_PY) tests/support/check_wasm_imports.py $(WASM) --envoy $(or $(ENVOY_BIN),auto)
 
 envoy-config: ## print the Envoy config `make run` uses (POLICY=..., FILTER=phi-guard|none)
-	@$(PYTHON) tests/support/envoy_config.py --policy $(POLICY) --filter $(FILTER)
+	@$(PYTHON) tests/support/envoy_config.py --policy $(POLICY) --filter $(FILTER) \
+	  --https-port 10443 --tls-cert .run/tls/server.crt --tls-key .run/tls/server.key
 
-run: wasm cli venv ## demo: upstream + Envoy + phi-guard on :10000 (Ctrl-C stops; DETACH=1, POLICY=...)
+certs: ## local test CA + server certificate for the HTTPS listener, in .run/tls (never committed)
+	@$(PYTHON) tests/support/tls_certs.py
+
+run: wasm cli venv ## demo: upstream + Envoy + phi-guard on https :10443, http :10000 (Ctrl-C stops; DETACH=1, POLICY=...)
 	@$(VENV_PY) tests/support/run_demo.py --policy $(POLICY) --filter $(FILTER) $(if $(DETACH),--detach)
 
 stop: ## stop a demo started with `make run DETACH=1`
@@ -89,6 +106,20 @@ unit: ## cargo test (unit, scenario, policy and vector tests)
 
 integration: wasm cli venv ## pytest against a real Envoy + phi_guard.wasm (PYTEST_ARGS=...)
 	$(VENV_PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+compose-up: wasm venv ## the demo under docker compose, same ports as `make run` (POLICY=..., FILTER=...)
+	@$(VENV_PY) tests/support/compose_demo.py up --policy $(POLICY) --filter $(FILTER)
+
+compose-down: ## stop the docker compose demo (compose project `phi-guard`)
+	@$(PYTHON) tests/support/compose_demo.py down
+
+compose-test: wasm cli venv ## the integration suite against envoy/docker-compose.yaml (HARNESS=compose)
+	@$(VENV_PY) tests/support/compose_images.py --env-file $(COMPOSE_IMAGES_ENV) >/dev/null
+	set -a && . ./$(COMPOSE_IMAGES_ENV) && set +a && \
+	  HARNESS=compose $(VENV_PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+oci: wasm ## Istio WasmPlugin OCI image of the filter in target/oci/ (OCI_TAG=..., no registry needed)
+	@$(PYTHON) scripts/build_oci.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
 
 clean: ## remove build output and run logs (keeps .venv)
 	cargo clean

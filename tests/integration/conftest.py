@@ -1,7 +1,7 @@
 """Session fixtures: a demo upstream + a real Envoy per policy, started once, always stopped.
 
 Builds nothing: `make integration` builds the wasm and the CLI first. Set HARNESS=compose to run
-against a docker-compose deployment instead (not implemented yet), ENVOY_BIN to use another Envoy.
+against envoy/docker-compose.yaml instead (`make compose-test`), ENVOY_BIN to use another Envoy.
 Logs of each harness stay in .run/tests/<name>/ (envoy.log, access.log, upstream.log).
 """
 

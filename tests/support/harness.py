@@ -1,11 +1,17 @@
 """Start and stop the demo upstream + Envoy (+ phi-guard) on loopback ports picked at run time.
 
-The integration tests talk to a `Harness`: `base_url` (the Envoy listener), `admin_url`,
-`upstream_requests()` / `clear_upstream_requests()` (what reached the demo upstream) and `stop()`.
-`LocalHarness` runs the processes on this machine; a compose harness (HARNESS=compose) can
-implement the same interface later.
+The integration tests talk to a `Harness`: `base_url` (the Envoy plain-HTTP listener),
+`https_url` (the HTTPS listener, same filter chain; trust `tls_ca`), `admin_url`,
+`upstream_requests()` / `clear_upstream_requests()` (what reached the demo upstream),
+`stats_prometheus()`, `logs()` and `stop()`.
 
-Builds nothing: the Makefile builds the wasm and the CLI first.
+`LocalHarness` (HARNESS=local, the default) runs the demo upstream and Envoy as processes on this
+machine. `ComposeHarness` (HARNESS=compose) runs envoy/docker-compose.yaml as one compose project
+per harness name, with Docker picking free host ports, and removes it on stop().
+
+Builds nothing of the project: the Makefile builds the wasm and the CLI first. The compose harness
+builds the helper services' image once per process, and the local stand-in images when no
+registry can be reached (compose_images.py).
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ from __future__ import annotations
 import atexit
 import ctypes
 import glob
+import hashlib
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +38,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from envoy_config import DEFAULT_WASM, DEMO_HMAC_KEY, render  # noqa: E402
+import tls_certs  # noqa: E402
+from envoy_config import (COMPOSE_ADMIN_PORT, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT,  # noqa: E402
+                          COMPOSE_SERVICE_PORT, DEFAULT_WASM, render, render_compose)
+from envoy_config import DEMO_HMAC_KEY  # noqa: E402
 from tokens import CLI  # noqa: E402
 
 # Test-only VM secrets, passed to Envoy's environment for ECDS configs (`host_env_keys`).
@@ -93,6 +106,8 @@ class Harness:
     name: str
     base_url: str
     admin_url: str
+    https_url: str = ""
+    tls_ca: Path | None = None  # the CA that signed the HTTPS listener's certificate
 
     def upstream_requests(self) -> list[dict]:
         raise NotImplementedError
@@ -186,7 +201,8 @@ class LocalHarness(Harness):
         raise HarnessError(f"demo upstream did not start ({line!r}); see {self.workdir}/upstream.log")
 
     def _start_envoy(self) -> None:
-        listen, admin = free_port(), free_port()
+        listen, admin, https = free_port(), free_port(), free_port()
+        tls = tls_certs.ensure()
         cfg = self.workdir / "envoy.yaml"
         if self.ecds:
             self.write_ecds(self.policy)
@@ -197,7 +213,10 @@ class LocalHarness(Harness):
                               access_log=str(self.workdir / "access.log"),
                               extra_clusters={**{c: self.upstream_port for c in self.extra_clusters},
                                               **self.cluster_ports},
-                              ecds=self.ecds_file if self.ecds else None))
+                              ecds=self.ecds_file if self.ecds else None,
+                              https_port=https, tls_cert=tls.cert, tls_key=tls.key))
+        self.https_url = f"https://127.0.0.1:{https}"
+        self.tls_ca = tls.ca
         self.envoy_log = self.workdir / "envoy.log"
         self.envoy = self._spawn(
             [envoy_bin(), "-c", str(cfg), "--concurrency", str(CONCURRENCY),
@@ -285,10 +304,248 @@ def _terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
         proc.stdout.close()
 
 
+# ---------------------------------------------------------------------------------- compose
+COMPOSE_FILE = REPO / "envoy" / "docker-compose.yaml"
+# Port variables of the compose file -> (service, container port). The harness sets each to ""
+# so that Docker picks a free host port, then reads back which one it took (docker inspect).
+COMPOSE_PORTS = {
+    "HTTP_PORT": ("envoy", COMPOSE_HTTP_PORT),
+    "HTTPS_PORT": ("envoy", COMPOSE_HTTPS_PORT),
+    "ADMIN_PORT": ("envoy", COMPOSE_ADMIN_PORT),
+    "FHIR_PORT": ("fhir", COMPOSE_SERVICE_PORT),
+    "IDP_PORT": ("idp", COMPOSE_SERVICE_PORT),
+    "POLICY_PORT": ("policy", COMPOSE_SERVICE_PORT),
+    "AUDIT_PORT": ("audit", COMPOSE_SERVICE_PORT),
+}
+# The services that run from the helper image (`build:` in the compose file); one is enough to
+# build it.
+COMPOSE_BUILD_SERVICE = "fhir"
+
+
+def compose_command() -> list[str]:
+    """$COMPOSE, else `docker compose` (the v2 plugin) when present, else `docker-compose`."""
+    if os.environ.get("COMPOSE"):
+        return shlex.split(os.environ["COMPOSE"])
+    if shutil.which("docker") and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise HarnessError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def compose_project(name: str) -> str:
+    """The compose project of harness `name`: unique per checkout, so worktrees sharing one
+    Docker engine never stop each other's containers."""
+    tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+    return re.sub(r"[^a-z0-9_-]", "-", f"phi-guard-test-{tag}-{name}".lower())
+
+
+_compose_images: dict[str, str] | None = None
+_compose_built = False
+
+
+def compose_images_env() -> dict[str, str]:
+    """ENVOY_IMAGE and PYTHON_IMAGE: as exported (by `make compose-test`), else resolved here once
+    per process (pull the official images, else build the local stand-ins)."""
+    global _compose_images  # noqa: PLW0603 (a per-process cache)
+    if _compose_images is None:
+        if os.environ.get("ENVOY_IMAGE") and os.environ.get("PYTHON_IMAGE"):
+            _compose_images = {k: os.environ[k] for k in ("ENVOY_IMAGE", "PYTHON_IMAGE")}
+        else:
+            import compose_images  # noqa: PLC0415
+
+            try:
+                _compose_images = compose_images.resolve()
+            except SystemExit as err:
+                raise HarnessError(f"compose images: {err}") from err
+    return _compose_images
+
+
+class ComposeHarness(Harness):
+    """envoy/docker-compose.yaml as compose project `project`: Envoy with this harness's policy,
+    the demo upstream, JWKS, policy and audit services. Host ports are Docker's choice unless
+    `ports` fixes them (COMPOSE_PORTS names); `detach=True` leaves it running at exit;
+    `tls_dir` holds the HTTPS listener's server.crt and server.key (default: the test CA's)."""
+
+    def __init__(self, name: str, *, policy: Path | None, filter: str = "phi-guard",  # noqa: A002
+                 normalize: bool = True, wasm: Path = DEFAULT_WASM, workdir: Path,
+                 ready_timeout: float = 120.0, extra_clusters: tuple[str, ...] = (),
+                 project: str | None = None, ports: dict[str, int] | None = None,
+                 detach: bool = False, tls_dir: Path | None = None) -> None:
+        self.name = name
+        self.policy = Path(policy) if policy else REPO / "policies" / "smart-patient-app.json"
+        self.filter = filter
+        self.normalize = normalize
+        self.wasm = Path(wasm)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ready_timeout = ready_timeout
+        self.extra_clusters = extra_clusters  # more cluster names served by the demo upstream
+        self.project = project or compose_project(name)
+        self.fixed_ports = ports or {}
+        self.tls_dir = tls_dir  # server.crt + server.key; None: the generated test certificate
+        self.compose = compose_command()
+        self.env: dict[str, str] = {}
+        self.ports: dict[str, int] = {}
+        self._up = False
+        self.base_url = self.admin_url = self.upstream_url = ""
+        if not detach:
+            atexit.register(self.stop)
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(self, *args: str, timeout: float = 300, check: bool = True) -> str:
+        argv = [*self.compose, "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        try:
+            res = subprocess.run(argv, env=self.env, capture_output=True, text=True,
+                                 timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as err:
+            raise HarnessError(f"`{' '.join(argv)}` timed out after {timeout}s") from err
+        if check and res.returncode != 0:
+            raise HarnessError(f"`{' '.join(argv)}` failed ({res.returncode}):\n"
+                               f"{res.stderr.strip() or res.stdout.strip()}")
+        return res.stdout
+
+    def _environment(self) -> dict[str, str]:
+        import compose_images  # noqa: PLC0415
+
+        tls = tls_certs.ensure() if self.tls_dir is None else tls_certs.files(self.tls_dir)
+        cfg = self.workdir / "envoy.yaml"
+        cfg.write_text(render_compose(
+            policy=self.policy, filter=self.filter, normalize=self.normalize,
+            extra_clusters={c: f"fhir:{COMPOSE_SERVICE_PORT}" for c in self.extra_clusters}))
+        env = dict(compose_images.docker_env())
+        env.update(compose_images_env())
+        env.update({
+            "ENVOY_CONFIG": str(cfg.resolve()),
+            "PHI_GUARD_WASM": str(self.wasm.resolve()),
+            "PHI_GUARD_POLICIES": str(self.policy.resolve().parent),
+            "PHI_GUARD_TLS_DIR": str(tls.ca.parent.resolve()),
+        })
+        for var in COMPOSE_PORTS:
+            env[var] = str(self.fixed_ports.get(var, ""))
+        self.tls_ca = tls.ca if tls.ca.exists() else None
+        return env
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "ComposeHarness":
+        global _compose_built  # noqa: PLW0603 (build the helper image once per process)
+        if self.filter == "phi-guard" and not self.wasm.exists():
+            raise HarnessError(f"{self.wasm} does not exist: run `make wasm` first")
+        self.env = self._environment()
+        self._run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+        if not _compose_built:
+            self._run("build", COMPOSE_BUILD_SERVICE, timeout=900)
+            _compose_built = True
+        self._up = True
+        try:
+            self._run("up", "--detach", "--no-build")
+            published = self._published()
+            for var, (service, port) in COMPOSE_PORTS.items():
+                if (service, port) not in published:
+                    raise HarnessError(f"no published host port for {service}:{port}")
+                self.ports[var] = published[(service, port)]
+            self.base_url = f"http://127.0.0.1:{self.ports['HTTP_PORT']}"
+            self.https_url = f"https://127.0.0.1:{self.ports['HTTPS_PORT']}"
+            self.admin_url = f"http://127.0.0.1:{self.ports['ADMIN_PORT']}"
+            self.upstream_url = f"http://127.0.0.1:{self.ports['FHIR_PORT']}"
+            self._wait_ready()
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def _published(self) -> dict[tuple[str, int], int]:
+        """(service, container port) -> host port, for every container of the project (one
+        `docker inspect` instead of a `compose port` per port)."""
+        ids = self._run("ps", "-q").split()
+        if not ids:
+            raise HarnessError(f"compose project {self.project} has no containers")
+        res = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise HarnessError(f"docker inspect failed: {res.stderr.strip()}")
+        out: dict[tuple[str, int], int] = {}
+        for info in json.loads(res.stdout):
+            service = info["Config"]["Labels"].get("com.docker.compose.service", "")
+            for spec, bindings in (info["NetworkSettings"]["Ports"] or {}).items():
+                port, _, proto = spec.partition("/")
+                for binding in bindings or []:
+                    if proto == "tcp" and binding.get("HostPort"):
+                        out[(service, int(port))] = int(binding["HostPort"])
+        return out
+
+    def _running(self, service: str) -> bool:
+        cid = self._run("ps", "-q", service, check=False).strip()
+        if not cid:
+            return False
+        res = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", cid],
+                             capture_output=True, text=True)
+        return res.stdout.strip() == "true"
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        checks = {"fhir": (f"{self.upstream_url}/healthz", lambda s, b: s == 200),
+                  "envoy": (f"{self.admin_url}/ready", lambda s, b: s == 200 and b.strip() == b"LIVE")}
+        pending = dict(checks)
+        last_state_check = 0.0
+        while pending and time.monotonic() < deadline:
+            for service, (url, ok) in list(pending.items()):
+                try:
+                    if ok(*http_get(url, timeout=1)):
+                        del pending[service]
+                except OSError:
+                    pass
+            if pending and time.monotonic() - last_state_check > 1.0:
+                last_state_check = time.monotonic()
+                for service in pending:
+                    if not self._running(service):
+                        raise HarnessError(f"compose service {service} exited during start-up:\n"
+                                           f"{self._service_tail(service)}")
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise HarnessError(f"compose services {sorted(pending)} not ready after "
+                               f"{self.ready_timeout}s:\n{self._service_tail('envoy')}")
+
+    def _service_tail(self, service: str, lines: int = 60) -> str:
+        text = self._run("logs", "--no-color", "--tail", "400", service, check=False)
+        wanted = [ln for ln in text.splitlines()
+                  if any(k in ln for k in ("[error]", "[critical]", "[warning]", "[wasm]",
+                                           "Traceback", "Error"))]
+        return "\n".join((wanted or text.splitlines())[-lines:])
+
+    def logs(self) -> str:
+        return self._service_tail("envoy") if self._up else ""
+
+    def stop(self) -> None:
+        if not self._up:
+            return
+        self._up = False
+        try:
+            (self.workdir / "compose.log").write_text(
+                self._run("logs", "--no-color", "--timestamps", check=False, timeout=60))
+        except HarnessError:
+            pass
+        self._run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False,
+                  timeout=180)
+
+    # ------------------------------------------------------------------ upstream hooks
+    def upstream_requests(self) -> list[dict]:
+        status, body = http_get(f"{self.upstream_url}/__requests")
+        if status != 200:
+            raise HarnessError(f"GET /__requests answered {status}")
+        return json.loads(body)
+
+    def clear_upstream_requests(self) -> None:
+        status, _ = http_call("DELETE", f"{self.upstream_url}/__requests")
+        if status != 200:
+            raise HarnessError(f"DELETE /__requests answered {status}")
+
+
 def make_harness(kind: str, name: str, **options) -> Harness:
-    """HARNESS=local (default) runs processes here; HARNESS=compose is reserved for docker compose."""
+    """HARNESS=local (default) runs processes here; HARNESS=compose runs envoy/docker-compose.yaml."""
     if kind == "local":
         return LocalHarness(name, **options).start()
     if kind == "compose":
-        raise HarnessError("HARNESS=compose is not implemented yet (see tests/support/harness.py)")
+        return ComposeHarness(name, **options).start()
     raise HarnessError(f"unknown HARNESS={kind!r} (expected local or compose)")

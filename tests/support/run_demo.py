@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """`make run`: the demo upstream + Envoy with phi-guard on fixed, documented ports.
 
+Envoy listens on HTTPS (10443, certificate from the local test CA in .run/tls, made by
+tls_certs.py) and on plain HTTP (10000); both bind 127.0.0.1 only.
+
     run_demo.py [--policy FILE] [--filter phi-guard|none] [--detach]
     run_demo.py --stop
 
@@ -25,12 +28,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+import tls_certs  # noqa: E402
 from envoy_config import DEFAULT_WASM, render  # noqa: E402
 from harness import CONCURRENCY, envoy_bin, http_get  # noqa: E402
 
 RUN_DIR = REPO / ".run" / "demo"
 PIDS = RUN_DIR / "pids.json"
-LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT = 10000, 9901, 8081
+LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT, HTTPS_PORT = 10000, 9901, 8081, 10443
 DEMO_PATIENT = ("d78af07c-9cb9-4f31-9b11-c45a28f2eec8", "Clemente Kreiger")
 OTHER_PATIENT = ("1f456f0a-acb1-4728-82af-01ca57083c7b", "Kermit Trantow")
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     stop_recorded()  # a demo left from an earlier run
-    busy = [p for p in (LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT) if not port_free(p)]
+    busy = [p for p in (LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT, HTTPS_PORT) if not port_free(p)]
     if busy:
         raise SystemExit(f"port(s) {busy} already in use on 127.0.0.1: stop what uses them first")
     policy = args.policy if args.policy.is_absolute() else (Path.cwd() / args.policy)
@@ -186,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.wasm} not found: run `make wasm`")
 
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    tls = tls_certs.ensure()
     cfg = RUN_DIR / "envoy.yaml"
     cfg.write_text(render(listen_port=LISTEN_PORT, admin_port=ADMIN_PORT,
                           upstream_port=UPSTREAM_PORT, policy=policy, wasm=args.wasm,
-                          filter=args.filter, access_log=str(RUN_DIR / "access.log")))
+                          filter=args.filter, access_log=str(RUN_DIR / "access.log"),
+                          https_port=HTTPS_PORT, tls_cert=tls.cert, tls_key=tls.key))
     up_log, envoy_log = RUN_DIR / "upstream.log", RUN_DIR / "envoy.log"
     for log in (up_log, envoy_log):
         log.write_text("")
@@ -218,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     rel = policy.relative_to(REPO) if policy.is_relative_to(REPO) else policy
     print(f"""
 phi-guard demo is up (policy {rel}, filter {args.filter}, {CONCURRENCY} Envoy workers)
-  listener  http://127.0.0.1:{LISTEN_PORT}   Envoy + phi-guard: send requests here
+  https     https://localhost:{HTTPS_PORT}  Envoy + phi-guard over TLS (trust {tls.ca.relative_to(REPO)})
+  listener  http://127.0.0.1:{LISTEN_PORT}   Envoy + phi-guard, plain HTTP (loopback only)
   admin     http://127.0.0.1:{ADMIN_PORT}    /ready, /stats/prometheus
   upstream  http://127.0.0.1:{UPSTREAM_PORT}    demo FHIR server (direct, unprotected)
   logs      {RUN_DIR.relative_to(REPO)}/{{envoy,access,upstream}}.log
 {usage_hint(policy)}
+  curl -s --cacert {tls.ca.relative_to(REPO)} https://localhost:{HTTPS_PORT}/fhir/metadata   # TLS
 """, flush=True)
     if args.detach:
         print("Running detached: `make stop` stops it.")

