@@ -9,8 +9,14 @@ Accepts audit events from the filter (cluster `audit`) and keeps them in memory:
                         answers 202 with the number of events accepted, 400 if the body is not
                         JSON; each event is also printed to stdout as one JSON line
   GET /__events         every event kept so far, oldest first
+  GET /__lines          the sealed lines as received (for `phi-guard audit verify`)
   DELETE /__events      forget them
+  POST /__status        {"status": 503}: answer every POST with that status and keep nothing
+                        (an outage, for tests); {"status": 202} restores
   GET /healthz          200
+
+OTLP/HTTP JSON log batches (`resourceLogs`) are unpacked: each log record's body is one sealed
+event line.
 
 This is the seam for the real collector (batch format, authentication with PHI_GUARD_AUDIT_KEY,
 forwarding to a SIEM): change `Collector.accept` and keep the test hooks.
@@ -32,27 +38,39 @@ MAX_BODY = 8 * 1024 * 1024
 class Collector:
     def __init__(self, max_events: int) -> None:
         self.events: list = []
+        self.lines: list[str] = []
         self.max_events = max_events
+        self.status = 202
         self.lock = threading.Lock()
 
     @staticmethod
-    def parse(body: bytes) -> list:
+    def parse(body: bytes) -> list[str]:
+        """The event lines of a body: NDJSON, a JSON object/array, or an OTLP logs batch."""
         text = body.decode("utf-8").strip()
         if not text:
             return []
         try:
             doc = json.loads(text)
-            return doc if isinstance(doc, list) else [doc]
         except ValueError:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            lines = [line for line in text.splitlines() if line.strip()]
+            for line in lines:
+                json.loads(line)  # each must be JSON
+            return lines
+        if isinstance(doc, dict) and "resourceLogs" in doc:
+            return [rec["body"]["stringValue"]
+                    for rl in doc["resourceLogs"] for sl in rl.get("scopeLogs", [])
+                    for rec in sl.get("logRecords", [])]
+        items = doc if isinstance(doc, list) else [doc]
+        return [json.dumps(item, separators=(",", ":")) for item in items]
 
-    def accept(self, events: list) -> int:
+    def accept(self, lines: list[str]) -> int:
         with self.lock:
             room = max(0, self.max_events - len(self.events))
-            kept = events[:room]
-            self.events.extend(kept)
-        for event in kept:
-            print(json.dumps(event, separators=(",", ":")), flush=True)
+            kept = lines[:room]
+            self.lines.extend(kept)
+            self.events.extend(json.loads(line) for line in kept)
+        for line in kept:
+            print(line, flush=True)
         return len(kept)
 
 
@@ -76,6 +94,15 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/healthz" and self.command in ("GET", "HEAD"):
             return self._json(200, {"status": "ok"})
+        if path == "/__lines" and self.command == "GET":
+            with self.collector.lock:
+                return self._json(200, list(self.collector.lines))
+        if path == "/__status" and self.command == "POST":
+            length = int(self.headers.get("Content-Length") or 0)
+            status = int(json.loads(self.rfile.read(length) or b"{}").get("status", 202))
+            with self.collector.lock:
+                self.collector.status = status
+            return self._json(200, {"status": status})
         if path == "/__events":
             if self.command == "GET":
                 with self.collector.lock:
@@ -83,8 +110,14 @@ class Handler(BaseHTTPRequestHandler):
             if self.command == "DELETE":
                 with self.collector.lock:
                     self.collector.events.clear()
+                    self.collector.lines.clear()
                 return self._json(200, {"cleared": True})
         if self.command == "POST":
+            with self.collector.lock:
+                outage = self.collector.status
+            if outage >= 300:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                return self._json(outage, {"error": "collector unavailable (test outage)"})
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
                 return self._json(413, {"error": "body too large"})

@@ -5,13 +5,30 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{get_buffer, get_map, get_map_value, remove_map_value, set_buffer, set_map_value};
+use proxy_wasm::hostcalls::{get_buffer, get_map, get_map_value, get_property, remove_map_value, set_buffer, set_map_value};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::now_ms;
 use super::vm::{OwnedRequest, Outcome, ResponseState, StreamState, Vm, Waiter};
 use crate::decision::{refusal_reply, DenyReason};
+use crate::minimize::ApplyCtx;
+
+/// An Envoy attribute as text (e.g. `source.address`).
+fn property(path: &[&str]) -> Option<String> {
+    get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
+}
+
+/// The generic body that replaces an upstream error on a route whose bodies are rewritten.
+fn scrubbed_body(fhir: bool, status: u16) -> Vec<u8> {
+    let text = format!("the upstream reported an error (HTTP {status}); details withheld");
+    let v = if fhir {
+        serde_json::json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception", "details": {"text": text}}]})
+    } else {
+        serde_json::json!({"error": "upstream_error", "message": text})
+    };
+    v.to_string().into_bytes()
+}
 
 /// One HTTP stream.
 pub struct Stream {
@@ -26,14 +43,24 @@ impl Stream {
         Stream { context_id, vm, state: Rc::new(RefCell::new(StreamState::new())) }
     }
 
-    /// Replace the buffered body chunk with the refusal body (first chunk) or nothing.
+    /// Replace the buffered body chunk with the refusal (or scrubbed) body on the first chunk,
+    /// nothing on later ones.
     fn replace_body(&self, body_size: usize) {
-        if let ResponseState::Replace { reason, fhir, sent } = &mut self.state.borrow_mut().response {
-            let bytes = if *sent { Vec::new() } else { refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes() };
-            *sent = true;
-            if set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
-                log::error!("phi-guard: could not replace a refused response body");
+        let mut st = self.state.borrow_mut();
+        let status = st.status;
+        let bytes = match &mut st.response {
+            ResponseState::Replace { reason, fhir, sent } => {
+                let first = !std::mem::replace(sent, true);
+                if first { refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes() } else { Vec::new() }
             }
+            ResponseState::Scrub { fhir, sent } => {
+                let first = !std::mem::replace(sent, true);
+                if first { scrubbed_body(*fhir, status) } else { Vec::new() }
+            }
+            _ => return,
+        };
+        if set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
+            log::error!("phi-guard: could not replace a response body");
         }
     }
 
@@ -51,26 +78,51 @@ impl Stream {
         }
         log::warn!("phi-guard: response withheld: {}", reason.code());
         self.vm.metrics.response_blocked(reason);
+        state.failure = Some(reason);
         state.response = ResponseState::Replace { reason, fhir, sent: false };
     }
 
-    /// Check the complete buffered body; on failure switch to replacement.
+    /// Check and minimize the complete buffered body: release the minimized bytes, or switch to
+    /// replacement (not one byte of the original) if anything fails.
     fn finish_check(&self, body_size: usize) {
-        let result = match &self.state.borrow().response {
-            ResponseState::Check { plan, .. } => match get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-                Ok(b) => plan.check_body(&b.unwrap_or_default()),
-                Err(_) => Err(DenyReason::ResponseUncheckable),
-            },
-            _ => return,
+        let result = {
+            let st = self.state.borrow();
+            let ResponseState::Check { plan, .. } = &st.response else { return };
+            match get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+                Ok(b) => {
+                    let key = self.vm.hmac_key.borrow();
+                    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000 };
+                    plan.apply(&b.unwrap_or_default(), &ctx)
+                }
+                Err(_) => Err(DenyReason::ResponseTruncated),
+            }
         };
         match result {
-            Ok(()) => self.state.borrow_mut().response = ResponseState::Pass,
+            Ok(applied) => {
+                if let Some(bytes) = &applied.body {
+                    if set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
+                        // Could not swap in the minimized body: release nothing.
+                        self.refuse_response(DenyReason::MinimizationFailed);
+                        return;
+                    }
+                }
+                if applied.profile.is_some() {
+                    self.vm.metrics.minimized(applied.count);
+                }
+                let mut st = self.state.borrow_mut();
+                st.withheld = applied.withheld;
+                st.response = ResponseState::Pass;
+            }
             Err(reason) => self.refuse_response(reason),
         }
     }
 
     fn refuse_request_body(&self, reason: DenyReason) -> Action {
-        self.state.borrow_mut().body = None;
+        {
+            let mut st = self.state.borrow_mut();
+            st.body = None;
+            st.failure = Some(reason);
+        }
         self.vm.reply(&self.state, reason.status(), reason, false, None, &[]);
         Action::Pause
     }
@@ -78,6 +130,8 @@ impl Stream {
 
 impl Context for Stream {
     fn on_done(&mut self) -> bool {
+        // Normally already done in on_log; never lose the event if the host skips it.
+        self.vm.finish(&self.state);
         self.vm.forget(self.context_id);
         true
     }
@@ -97,6 +151,9 @@ impl HttpContext for Stream {
             header_count: headers.iter().filter(|(k, _)| !k.starts_with(':')).count(),
             header_bytes: headers.iter().map(|(k, v)| k.len() + v.len()).sum(),
             content_length: find("content-length").and_then(|l| l.trim().parse().ok()),
+            request_id: find("x-request-id"),
+            source: property(&["source", "address"]),
+            destination: property(&["destination", "address"]),
         };
         let now = now_ms();
         match self.vm.handle(&request, &self.state, now, true) {
@@ -155,6 +212,8 @@ impl HttpContext for Stream {
             // Our own local reply passing back through: it is already complete.
             return Action::Continue;
         }
+        let status = get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        self.state.borrow_mut().status = status;
         if self.state.borrow().security_headers {
             let _ = set_map_value(MapType::HttpResponseHeaders, "cache-control", Some("no-store"));
             let _ = set_map_value(MapType::HttpResponseHeaders, "pragma", Some("no-cache"));
@@ -162,15 +221,26 @@ impl HttpContext for Stream {
             let _ = remove_map_value(MapType::HttpResponseHeaders, "server");
             let _ = remove_map_value(MapType::HttpResponseHeaders, "x-powered-by");
         }
-        let max = match &self.state.borrow().response {
-            ResponseState::Check { max, .. } => *max,
+        let (max, rewrites, fhir) = match &self.state.borrow().response {
+            ResponseState::Check { max, plan, fhir, shadow } => (*max, plan.rewrites_body() && !*shadow, *fhir),
             _ => return Action::Continue,
         };
         let header = |name: &str| get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
-        let status = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        if !(200..300).contains(&status) {
-            // Errors and redirects carry no resource to check.
+        // The body may change length; the client must not rely on the upstream's.
+        let _ = remove_map_value(MapType::HttpResponseHeaders, "content-length");
+        if end_of_stream {
+            // Headers only: nothing to release.
             self.state.borrow_mut().response = ResponseState::Pass;
+            return Action::Continue;
+        }
+        if !(200..300).contains(&status) {
+            // Errors and redirects carry no resource to check; on a minimized route their body
+            // could still echo PHI, so it is replaced by a generic one.
+            self.state.borrow_mut().response = if rewrites { ResponseState::Scrub { fhir, sent: false } } else { ResponseState::Pass };
+            if rewrites {
+                let _ = set_map_value(MapType::HttpResponseHeaders, "content-type", Some(if fhir { "application/fhir+json" } else { "application/json" }));
+                let _ = remove_map_value(MapType::HttpResponseHeaders, "content-encoding");
+            }
             return Action::Continue;
         }
         let encoded = header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
@@ -179,13 +249,22 @@ impl HttpContext for Stream {
             t.starts_with("application/json") || t.starts_with("application/fhir+json")
         });
         let too_big = header("content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > max);
-        // The body may change length; the client must not rely on the upstream's.
-        let _ = remove_map_value(MapType::HttpResponseHeaders, "content-length");
-        if end_of_stream {
-            // Headers only: nothing to release.
-            self.state.borrow_mut().response = ResponseState::Pass;
-        } else if encoded || !json || too_big {
-            self.refuse_response(DenyReason::ResponseUncheckable);
+        let refusal = if encoded {
+            Some(DenyReason::ResponseEncoded)
+        } else if !json {
+            Some(DenyReason::ResponseNotJson)
+        } else if too_big {
+            Some(DenyReason::ResponseTooLarge)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.refuse_response(reason);
+            if matches!(self.state.borrow().response, ResponseState::Replace { .. }) {
+                // The replacement is our JSON error body, in identity encoding.
+                let _ = remove_map_value(MapType::HttpResponseHeaders, "content-encoding");
+                let _ = set_map_value(MapType::HttpResponseHeaders, "content-type", Some(if fhir { "application/fhir+json" } else { "application/json" }));
+            }
         }
         Action::Continue
     }
@@ -193,17 +272,21 @@ impl HttpContext for Stream {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let max = match &self.state.borrow().response {
             ResponseState::Pass => return Action::Continue,
-            ResponseState::Replace { .. } => None,
+            ResponseState::Replace { .. } | ResponseState::Scrub { .. } => None,
             ResponseState::Check { max, .. } => Some(*max),
         };
         match max {
             None => {}
-            Some(max) if body_size > max => self.refuse_response(DenyReason::ResponseUncheckable),
+            Some(max) if body_size > max => self.refuse_response(DenyReason::ResponseTooLarge),
             Some(_) if !end_of_stream => return Action::Pause,
             Some(_) => self.finish_check(body_size),
         }
         self.replace_body(body_size);
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.vm.finish(&self.state);
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {

@@ -22,6 +22,13 @@ pub struct Metrics {
     jwks_fetches: Option<u32>,
     jwks_fetch_failures: Option<u32>,
     keys_dropped: Option<u32>,
+    audit_emitted: Option<u32>,
+    audit_sent: Option<u32>,
+    audit_retried: Option<u32>,
+    audit_dropped: Option<u32>,
+    audit_queued: Option<u32>,
+    responses_minimized: Option<u32>,
+    fields_withheld: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -62,6 +69,13 @@ impl Metrics {
             jwks_fetches: counter("phi_guard.jwks_fetches"),
             jwks_fetch_failures: counter("phi_guard.jwks_fetch_failures"),
             keys_dropped: counter("phi_guard.jwks_keys_dropped_stale"),
+            audit_emitted: counter("phi_guard.audit_events"),
+            audit_sent: counter("phi_guard.audit_sent"),
+            audit_retried: counter("phi_guard.audit_retried"),
+            audit_dropped: counter("phi_guard.audit_dropped"),
+            audit_queued: gauge("phi_guard.audit_queued"),
+            responses_minimized: counter("phi_guard.responses_minimized"),
+            fields_withheld: counter("phi_guard.fields_withheld"),
         }
     }
 
@@ -133,5 +147,36 @@ impl Metrics {
     /// defined on use; Envoy returns the same id for the same name).
     pub fn rate_limited(&self, id: &str) {
         bump(counter(&format!("phi_guard.rate_limited.{id}")), 1);
+    }
+
+    /// An audit event sealed.
+    pub fn audit_emitted(&self) {
+        bump(self.audit_emitted, 1);
+    }
+
+    /// Events delivered to the collector.
+    pub fn audit_sent(&self, n: usize) {
+        bump(self.audit_sent, n as u64);
+    }
+
+    /// A batch kept for retry.
+    pub fn audit_retried(&self) {
+        bump(self.audit_retried, 1);
+    }
+
+    /// An event not queued because the queue was full.
+    pub fn audit_dropped(&self) {
+        bump(self.audit_dropped, 1);
+    }
+
+    /// Events waiting for the collector (this worker).
+    pub fn audit_queued(&self, n: usize) {
+        set(self.audit_queued, n as u64);
+    }
+
+    /// A response minimized, and how many values were withheld or transformed.
+    pub fn minimized(&self, withheld: usize) {
+        bump(self.responses_minimized, 1);
+        bump(self.fields_withheld, withheld as u64);
     }
 }

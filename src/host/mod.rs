@@ -3,6 +3,7 @@
 //! whose `Result`s we handle: the trait helpers `unwrap` host errors, and a panic would take the
 //! worker's VM down.
 
+mod audit;
 mod http;
 mod jwks;
 mod metrics;

@@ -9,12 +9,20 @@ use proxy_wasm::hostcalls::{get_buffer, get_map, set_tick_period};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
+use super::audit::AuditSink;
 use super::http::Stream;
 use super::jwks::Jwks;
 use super::pull::Pull;
 use super::vm::{Active, Vm};
 use super::now_ms;
+use crate::audit::AuditKey;
 use crate::policy::source::{parse_plugin_config, PluginConfig};
+use crate::policy::Policy;
+
+/// VM secret for the audit chain and pseudonyms.
+const AUDIT_KEY_ENV: &str = crate::audit::KEY_ENV;
+/// VM secret for minimization `hash` transforms.
+const HMAC_KEY_ENV: &str = "PHI_GUARD_HMAC_KEY";
 
 /// Background work runs this often while there is any (pull mode, remote keys, waiters).
 const TICK: Duration = Duration::from_millis(200);
@@ -47,7 +55,44 @@ impl Root {
     }
 
     fn needs_ticks(&self) -> bool {
-        self.pull.is_some() || self.vm.active.borrow().as_ref().is_some_and(|a| a.policy.issuers.iter().any(|i| i.remote.is_some()))
+        self.pull.is_some()
+            || self.vm.active.borrow().as_ref().is_some_and(|a| {
+                a.policy.issuers.iter().any(|i| i.remote.is_some()) || a.policy.audit.collector.is_some()
+            })
+    }
+
+    /// Secrets come from the VM environment (Envoy `vm_config.environment_variables`, Istio
+    /// `vmConfig.env`), never from the policy. Without a usable audit key nothing can be
+    /// audited, so the configuration is refused: loud, and never serving unaudited.
+    fn load_secrets(&self, policy: Option<&Policy>) -> bool {
+        if self.vm.audit.borrow().is_none() {
+            let key = std::env::var(AUDIT_KEY_ENV).ok().map(|k| AuditKey::from_secret(k.as_bytes()));
+            match key {
+                Some(Ok(key)) => {
+                    let mut id = [0u8; 16];
+                    if getrandom::getrandom(&mut id).is_err() {
+                        log::error!("phi-guard: no randomness for the audit stream id; configuration refused");
+                        return false;
+                    }
+                    *self.vm.audit.borrow_mut() = Some(AuditSink::new(key, id));
+                }
+                Some(Err(e)) => {
+                    log::error!("phi-guard: {AUDIT_KEY_ENV} is not usable ({e}); configuration refused");
+                    return false;
+                }
+                None => {
+                    log::error!("phi-guard: {AUDIT_KEY_ENV} is not set in the VM environment; configuration refused");
+                    return false;
+                }
+            }
+        }
+        let hmac = std::env::var(HMAC_KEY_ENV).ok().map(String::into_bytes).filter(|k| crate::minimize::hmac_key_ok(k));
+        if policy.is_some_and(Policy::requires_hmac_key) && hmac.is_none() {
+            log::error!("phi-guard: the policy hashes fields but {HMAC_KEY_ENV} is missing or too short; configuration refused");
+            return false;
+        }
+        *self.vm.hmac_key.borrow_mut() = hmac;
+        true
     }
 }
 
@@ -55,6 +100,13 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let headers = get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
         let now = now_ms();
+        let status = super::shared::header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
+        let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone()).unwrap_or_default();
+        if let Some(sink) = self.vm.audit.borrow_mut().as_mut() {
+            if sink.on_response(token_id, status, &config, now, &self.vm.metrics) {
+                return;
+            }
+        }
         if let Some(pull) = self.pull.as_mut() {
             if pull.on_response(&self.vm, token_id, body_size, &headers, now / 1000) {
                 return;
@@ -76,9 +128,17 @@ impl RootContext for Root {
         };
         let accepted = match parse_plugin_config(&bytes) {
             Ok(PluginConfig::Inline(policy)) => {
+                if !self.load_secrets(Some(&policy)) {
+                    self.vm.metrics.policy_rejected();
+                    return false;
+                }
                 self.pull = None;
                 install(&self.vm, Active::new(*policy), "the plugin configuration");
                 true
+            }
+            Ok(PluginConfig::Pull(_)) if !self.load_secrets(None) => {
+                self.vm.metrics.policy_rejected();
+                return false;
             }
             Ok(PluginConfig::Pull(config)) => {
                 log::info!("phi-guard: pulling signed policies from cluster `{}` path `{}`", config.cluster, config.path);
@@ -107,6 +167,10 @@ impl RootContext for Root {
             // A pulled policy may bring remote issuers: the tick keeps running anyway.
         }
         self.jwks.tick(&self.vm, now);
+        let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone());
+        if let (Some(config), Some(sink)) = (config, self.vm.audit.borrow_mut().as_mut()) {
+            sink.tick(&config, now, &self.vm.metrics);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

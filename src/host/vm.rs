@@ -8,13 +8,16 @@ use proxy_wasm::hostcalls::{get_shared_data, remove_map_value, resume_http_reque
 use proxy_wasm::types::Status;
 use proxy_wasm::types::MapType;
 
+use super::audit::AuditSink;
 use super::metrics::Metrics;
+use crate::audit::{AuditContext, AuditEvent, RequestMeta};
 use crate::auth::remote::KeyState;
 use crate::auth::verify::unverified_issuer;
 use crate::auth::TokenCache;
 use crate::decision::engine::BodyCheck;
 use crate::decision::ratelimit::{Bucket, RateLimit};
-use crate::decision::{decide, refusal_reply, Decision, DenyReason, Request, ResponsePlan};
+use crate::decision::{decide, refusal_reply, Decision, DenyReason, Refusal, Request, ResponsePlan};
+use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 
 /// The policy in force on this VM, its verified-token cache, and remote key state.
@@ -67,6 +70,14 @@ pub enum ResponseState {
         /// Policy in shadow mode.
         shadow: bool,
     },
+    /// An upstream error on a route whose bodies are rewritten: the error body could echo
+    /// PHI, so it is replaced by a generic one (the status stays).
+    Scrub {
+        /// Error body as OperationOutcome.
+        fhir: bool,
+        /// The generic body has been written.
+        sent: bool,
+    },
     /// The body is refused: every chunk is replaced (first with the error body, then nothing).
     Replace {
         /// Why.
@@ -88,12 +99,29 @@ pub struct StreamState {
     pub security_headers: bool,
     /// The stream was answered locally: later phases leave it alone.
     pub replied: bool,
+    /// The allowed request's audit event, finished and emitted when the stream ends.
+    pub audit: Option<AuditEvent>,
+    /// Upstream status, once seen.
+    pub status: u16,
+    /// Field paths minimization withheld (or would have, in shadow mode).
+    pub withheld: Vec<String>,
+    /// Why the response (or request body) was refused after the request was allowed.
+    pub failure: Option<DenyReason>,
 }
 
 impl StreamState {
     /// A fresh stream.
     pub fn new() -> Self {
-        StreamState { response: ResponseState::Pass, body: None, security_headers: false, replied: false }
+        StreamState {
+            response: ResponseState::Pass,
+            body: None,
+            security_headers: false,
+            replied: false,
+            audit: None,
+            status: 0,
+            withheld: Vec::new(),
+            failure: None,
+        }
     }
 }
 
@@ -112,6 +140,24 @@ pub struct OwnedRequest {
     pub header_bytes: usize,
     /// `content-length`, if sent and numeric.
     pub content_length: Option<u64>,
+    /// `x-request-id`.
+    pub request_id: Option<String>,
+    /// Client address (`source.address`).
+    pub source: Option<String>,
+    /// Listener address (`destination.address`).
+    pub destination: Option<String>,
+}
+
+impl OwnedRequest {
+    fn meta(&self) -> RequestMeta<'_> {
+        RequestMeta {
+            request_id: self.request_id.as_deref(),
+            source: self.source.as_deref(),
+            destination: self.destination.as_deref(),
+            method: &self.method,
+            path: &self.path,
+        }
+    }
 }
 
 /// A request paused until an issuer's keys arrive.
@@ -136,6 +182,10 @@ pub struct Vm {
     pub metrics: Metrics,
     /// Requests waiting for keys.
     pub waiters: RefCell<Vec<Waiter>>,
+    /// Audit chain and sinks (set up by the first accepted configuration).
+    pub audit: RefCell<Option<AuditSink>>,
+    /// Key for minimization `hash` transforms, from `PHI_GUARD_HMAC_KEY`.
+    pub hmac_key: RefCell<Option<Vec<u8>>>,
 }
 
 /// How a request phase ended.
@@ -151,7 +201,48 @@ pub enum Outcome {
 impl Vm {
     /// A VM with no policy.
     pub fn new() -> Self {
-        Vm { active: RefCell::new(None), metrics: Metrics::define(), waiters: RefCell::new(Vec::new()) }
+        Vm {
+            active: RefCell::new(None),
+            metrics: Metrics::define(),
+            waiters: RefCell::new(Vec::new()),
+            audit: RefCell::new(None),
+            hmac_key: RefCell::new(None),
+        }
+    }
+
+    /// Seal and ship an audit event under the active policy's audit settings.
+    pub fn emit(&self, event: &AuditEvent) {
+        let policy = self.active.borrow().as_ref().map(|a| Rc::clone(&a.policy));
+        let default = AuditConfig::default();
+        let config = policy.as_ref().map_or(&default, |p| &p.audit);
+        if let Some(sink) = self.audit.borrow_mut().as_mut() {
+            sink.emit(event, config, &self.metrics);
+        }
+    }
+
+    /// Build the event for a decision (request phase).
+    fn event(&self, decision: &Decision, req: &OwnedRequest, policy: Option<&crate::policy::Policy>, now_ms: u64) -> Option<AuditEvent> {
+        let audit = self.audit.borrow();
+        let key = &audit.as_ref()?.key;
+        let ctx = match policy {
+            Some(p) => AuditContext::new(p, key, now_ms),
+            None => AuditContext::without_policy(key, now_ms),
+        };
+        Some(AuditEvent::from_decision(decision, &req.meta(), &ctx))
+    }
+
+    /// Finish and emit a stream's pending event (at the end of the stream).
+    pub fn finish(&self, state: &RefCell<StreamState>) {
+        let mut st = state.borrow_mut();
+        let Some(event) = st.audit.take() else { return };
+        // A body still being checked when the stream ends never reached the client.
+        let failure = st.failure.or(match st.response {
+            ResponseState::Check { .. } if st.status != 0 => Some(DenyReason::ResponseTruncated),
+            _ => None,
+        });
+        let event = event.with_response(st.status, std::mem::take(&mut st.withheld), failure);
+        drop(st);
+        self.emit(&event);
     }
 
     /// Decide a request and act on it. `may_wait` is false when re-deciding a waiter whose
@@ -171,6 +262,10 @@ impl Vm {
             let mut guard = self.active.borrow_mut();
             let Some(active) = guard.as_mut() else {
                 drop(guard);
+                let refusal = refusal(DenyReason::NoPolicy, 503);
+                if let Some(ev) = self.event(&Decision::Deny(refusal), req, None, now_ms) {
+                    self.emit(&ev);
+                }
                 self.reply(state, 503, DenyReason::NoPolicy, false, None, &[]);
                 return Outcome::Replied;
             };
@@ -190,6 +285,15 @@ impl Vm {
         if let Some(i) = wait_for {
             return Outcome::Wait(i);
         }
+        // With `auditRequired`, a request whose event cannot be delivered is not served.
+        let audit_down = self.audit.borrow().as_ref().is_none_or(|a| a.unavailable(&policy.audit));
+        let decision = match decision {
+            Decision::Allow(g) if audit_down && policy.audit.audit_required => {
+                log::error!("phi-guard: audit sink unavailable and auditRequired: refusing");
+                Decision::Deny(Refusal { route_id: Some(g.route_id), fhir_route: g.fhir_route, principal: g.principal, fhir: g.fhir, ..refusal(DenyReason::AuditUnavailable, 503) })
+            }
+            d => d,
+        };
         let shadow = policy.shadow;
         let refuse = |status: u16, reason: DenyReason, fhir: bool, required: Option<&str>, extra: &[(&str, String)]| {
             if shadow {
@@ -201,20 +305,37 @@ impl Vm {
                 Outcome::Replied
             }
         };
+        let event = self.event(&decision, req, Some(&policy), now_ms);
         let grant = match decision {
-            Decision::Deny(r) => return refuse(r.status, r.reason, r.fhir_route, r.required_scope.as_deref(), &[]),
+            Decision::Deny(r) => {
+                if let Some(ev) = &event {
+                    self.emit(ev);
+                }
+                return refuse(r.status, r.reason, r.fhir_route, r.required_scope.as_deref(), &[]);
+            }
             Decision::Allow(grant) => grant,
         };
         if let Some(principal) = &grant.principal {
             for limit in policy.rate_limits.iter().filter(|l| l.applies_to(&grant.route_id)) {
                 if let Err(retry) = take_shared(limit, &limit.key(principal), now_ms) {
                     self.metrics.rate_limited(&limit.id);
+                    let denied = Decision::Deny(Refusal {
+                        route_id: Some(grant.route_id.clone()),
+                        fhir_route: grant.fhir_route,
+                        principal: grant.principal.clone(),
+                        fhir: grant.fhir.clone(),
+                        ..refusal(DenyReason::RateLimited, 429)
+                    });
+                    if let Some(ev) = self.event(&denied, req, Some(&policy), now_ms) {
+                        self.emit(&ev);
+                    }
                     return refuse(429, DenyReason::RateLimited, grant.fhir_route, None, &[("retry-after", retry.to_string())]);
                 }
             }
         }
         self.metrics.allowed();
         let mut st = state.borrow_mut();
+        st.audit = event;
         st.security_headers = grant.security_headers;
         st.body = grant.body;
         if grant.response.inspects_body() {
@@ -265,6 +386,11 @@ impl Vm {
     pub fn forget(&self, context_id: u32) {
         self.waiters.borrow_mut().retain(|w| w.context_id != context_id);
     }
+}
+
+/// A refusal with no context yet (the caller fills in what it knows).
+fn refusal(reason: DenyReason, status: u16) -> Refusal {
+    Refusal { reason, status, route_id: None, fhir_route: false, principal: None, fhir: None, required_scope: None }
 }
 
 /// Take one request from a bucket in shared data (compare-and-swap, retried under contention).

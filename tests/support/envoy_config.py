@@ -39,6 +39,8 @@ DEFAULT_WASM = Path(os.environ.get("PHI_GUARD_WASM")
                     or REPO / "target" / "wasm32-wasip1" / "release" / "phi_guard.wasm")
 # Test/demo value only: keys the audit pseudonyms. A deployment sets its own secret.
 DEMO_HMAC_KEY = "phi-guard-demo-hmac-key-not-a-secret"
+# Test/demo value only: keys the audit chain MACs and patient pseudonyms (>= 32 bytes).
+DEMO_AUDIT_KEY = "phi-guard-demo-audit-key-not-a-secret"
 FILTERS = ("phi-guard", "none")
 # Secrets the filter reads from its VM environment. With `env_from_host` they are passed through
 # from Envoy's own process environment (`host_env_keys`), so they never appear in the config.
@@ -86,6 +88,7 @@ def wasm_filter(policy_text: str, wasm_path: Path | str, hmac_key: str | None) -
         env = f"""\
                     key_values:
                       PHI_GUARD_HMAC_KEY: {q(hmac_key)}
+                      PHI_GUARD_AUDIT_KEY: {q(DEMO_AUDIT_KEY)}
 """
     return f"""\
           - name: envoy.filters.http.wasm

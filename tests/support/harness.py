@@ -112,6 +112,25 @@ class Harness:
     def upstream_requests(self) -> list[dict]:
         raise NotImplementedError
 
+    collector_url: str = ""
+
+    def audit_lines(self) -> list[str]:
+        """Sealed audit lines the collector (cluster `audit`) received."""
+        status, body = http_get(f"{self.collector_url}/__lines")
+        if status != 200:
+            raise HarnessError(f"GET /__lines answered {status}")
+        return json.loads(body)
+
+    def collector_status(self, status: int) -> None:
+        """Make the collector answer every POST with `status` (>= 300: an outage)."""
+        req = urllib.request.Request(f"{self.collector_url}/__status", method="POST",
+                                     data=json.dumps({"status": status}).encode())
+        urllib.request.urlopen(req, timeout=5).read()  # noqa: S310 (loopback only)
+
+    def envoy_log_text(self) -> str:
+        """Envoy's log, where every audit event is also written (prefix `phi-guard-audit: `)."""
+        return ""
+
     def clear_upstream_requests(self) -> None:
         raise NotImplementedError
 
@@ -161,6 +180,7 @@ class LocalHarness(Harness):
             raise HarnessError(f"{self.wasm} does not exist: run `make wasm` first")
         try:
             self._start_upstream()
+            self._start_collector()
             last_error: Exception | None = None
             for _attempt in range(3):  # a picked port can be taken before Envoy binds it
                 try:
@@ -183,6 +203,19 @@ class LocalHarness(Harness):
                                 preexec_fn=_die_with_parent, **kw)  # noqa: PLW1509
         self.procs.append(proc)
         return proc
+
+    def _start_collector(self) -> None:
+        """The audit collector (cluster `audit`), as in the compose deployment."""
+        proc = self._spawn([sys.executable, str(REPO / "envoy/services/audit_collector.py"), "--port", "0",
+                            "--host", "127.0.0.1"], "collector.log", stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("LISTENING "):
+            raise HarnessError(f"audit collector did not start ({line!r})")
+        self.collector_port = int(line.split()[1])
+        self.collector_url = f"http://127.0.0.1:{self.collector_port}"
+        # Keep reading its stdout (one line per event) so the pipe never fills.
+        import threading
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
 
     def _start_upstream(self) -> None:
         proc = self._spawn([sys.executable, str(HERE / "demo_upstream.py"), "0"],
@@ -212,7 +245,7 @@ class LocalHarness(Harness):
                               filter=self.filter, normalize=self.normalize,
                               access_log=str(self.workdir / "access.log"),
                               extra_clusters={**{c: self.upstream_port for c in self.extra_clusters},
-                                              **self.cluster_ports},
+                                              "audit": self.collector_port, **self.cluster_ports},
                               ecds=self.ecds_file if self.ecds else None,
                               https_port=https, tls_cert=tls.cert, tls_key=tls.key))
         self.https_url = f"https://127.0.0.1:{https}"
@@ -449,6 +482,7 @@ class ComposeHarness(Harness):
             self.https_url = f"https://127.0.0.1:{self.ports['HTTPS_PORT']}"
             self.admin_url = f"http://127.0.0.1:{self.ports['ADMIN_PORT']}"
             self.upstream_url = f"http://127.0.0.1:{self.ports['FHIR_PORT']}"
+            self.collector_url = f"http://127.0.0.1:{self.ports['AUDIT_PORT']}"
             self._wait_ready()
             return self
         except BaseException:
