@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gzip
 import json
 import os
 import sys
@@ -78,6 +79,11 @@ class Store:
                 continue
             for resource in _flatten(doc, urn_map):
                 store.add(resource)
+            if isinstance(doc, dict) and doc.get("type") == "transaction" and "id" not in doc:
+                # The raw Synthea transaction Bundle, as posted: GET /fhir/Bundle/synthea-<n>
+                # (an id that is not the patient's record number, which the file name carries).
+                n = sum(1 for k in store.order if k[0] == "Bundle" and k[1].startswith("synthea-")) + 1
+                store.add(dict(doc, id=f"synthea-{n}"))
         # Like a server that processed the transaction: urn:uuid references become Type/id.
         for key in store.order:
             _rewrite_refs(store.by_key[key], urn_map)
@@ -219,14 +225,26 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body, content_type: str = FHIR_JSON, extra=None) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+        # Test hooks (request headers), to show the proxy fails closed on bad upstream answers:
+        # x-test-gzip: gzip the body whatever the client accepts; x-test-content-type: lie about
+        # the type; x-test-truncate: promise more bytes than are sent, then close.
+        encoding = None
+        if self.headers.get("x-test-gzip"):
+            data, encoding = gzip.compress(data), "gzip"
+        content_type = self.headers.get("x-test-content-type") or content_type
+        truncate = bool(self.headers.get("x-test-truncate"))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(data) + (1000 if truncate else 0)))
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self.wfile.write(data[: len(data) // 2] if truncate else data)
+        if truncate:
+            self.close_connection = True
 
     def _not_found(self, what: str = "") -> None:
         self._send(404, operation_outcome("not-found", what or f"no route for {self.path}"))

@@ -167,6 +167,9 @@ def _hcm(stat_prefix: str, path_hardening: str, access_logs: str, http_filters: 
               # The demo upstream's test hook is never reachable through the proxy.
               - match: {{prefix: "/__requests"}}
                 direct_response: {{status: 404}}
+              # The clinician policy's de-identified research view of the same FHIR server.
+              - match: {{prefix: "/research/fhir/"}}
+                route: {{cluster: upstream, timeout: 15s, prefix_rewrite: "/fhir/"}}
               - match: {{prefix: "/"}}
                 route: {{cluster: upstream, timeout: 15s}}
           http_filters:

@@ -304,6 +304,10 @@ class LocalHarness(Harness):
     def logs(self) -> str:
         return self._envoy_tail(60)
 
+    def envoy_log_text(self) -> str:
+        path = self.workdir / "envoy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     # ------------------------------------------------------------------ upstream hooks
     def upstream_requests(self) -> list[dict]:
         status, body = http_get(f"{self.upstream_url}/__requests")
