@@ -46,7 +46,8 @@ VERSION     := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -
 OCI_DIR     ?= $(TARGET_DIR)/oci
 OCI_TAG     ?= phi-guard/wasm-plugin:$(VERSION)
 
-.PHONY: help venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+FUZZ_SECONDS ?=
+.PHONY: fuzz help venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
         compose-up compose-down compose-test oci clean distclean
 
 help: ## list the targets
@@ -120,6 +121,9 @@ compose-test: wasm cli venv ## the integration suite against envoy/docker-compos
 
 oci: wasm ## Istio WasmPlugin OCI image of the filter in target/oci/ (OCI_TAG=..., no registry needed)
 	@$(PYTHON) scripts/build_oci.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
+
+fuzz: ## run every cargo-fuzz target briefly (FUZZ_SECONDS=30 each; needs the nightly toolchain)
+	scripts/fuzz.sh $(or $(FUZZ_SECONDS),30)
 
 clean: ## remove build output and run logs (keeps .venv)
 	cargo clean

@@ -10,4 +10,4 @@ pub mod verify;
 pub use cache::TokenCache;
 pub use keys::{KeyError, VerifyKey};
 pub use principal::Principal;
-pub use verify::{check_claims, verify, ClaimNames, IssuerConfig};
+pub use verify::{check_claims, verify, verify_message, verify_signature, ClaimNames, IssuerConfig, VerifiedJws};

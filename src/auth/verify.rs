@@ -59,20 +59,89 @@ pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64)
     if token.len() > max_bytes {
         return Err(TokenTooLarge);
     }
+    let jws = parse_jws(token)?;
+    // A JWT's payload is its claims: a JSON object (RFC 7519 §7.2).
+    let claims = match serde_json::from_slice(&jws.payload) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(MalformedToken),
+    };
+    let iss = claims.get("iss").and_then(Value::as_str).ok_or(UnknownIssuer)?;
+    let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or(UnknownIssuer)?;
+    match check_signature(&jws, &issuer.keys, &issuer.algorithms) {
+        // Remote keys not loaded yet, or dropped as stale: not the token's fault.
+        Err(UnknownKey) if issuer.keys.is_empty() && issuer.remote.is_some() => return Err(KeysUnavailable),
+        r => r?,
+    };
+
+    check_times(&claims, issuer, now)?;
+    check_audience(&claims, issuer)?;
+    principal(&claims, issuer)
+}
+
+/// A compact JWS whose signature verified (see [`verify_signature`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedJws {
+    /// The algorithm the signature was verified with.
+    pub alg: Algorithm,
+    /// The protected header.
+    pub header: Map<String, Value>,
+    /// The decoded payload (for a JWT, the claims JSON; may be empty in a bare JWS).
+    pub payload: Vec<u8>,
+}
+
+/// The JWS layer of [`verify`] alone: structure, header rules (RFC 8725), algorithm pinning, key
+/// selection and the signature, without reading the payload. [`verify`] runs the same two steps,
+/// with the issuer lookup between them; this entry point exists so JOSE test vectors, whose
+/// payloads are not our claims, exercise exactly that code.
+pub fn verify_signature(token: &str, keys: &[VerifyKey], algorithms: &[Algorithm]) -> Result<VerifiedJws, DenyReason> {
+    let jws = parse_jws(token)?;
+    let alg = check_signature(&jws, keys, algorithms)?;
+    Ok(VerifiedJws { alg, header: jws.header, payload: jws.payload })
+}
+
+/// The cryptographic step alone: whether `signature` (base64url) over `message` verifies under
+/// `alg` with one of `keys` that accepts `alg` and, if `kid` is given, carries that `kid`.
+/// Without a `kid` every key of the right type is tried; never any key from outside `keys`.
+pub fn verify_message(message: &[u8], signature: &str, alg: Algorithm, kid: Option<&str>, keys: &[VerifyKey]) -> Result<(), DenyReason> {
+    let mut candidates = keys.iter().filter(|k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid)).peekable();
+    if candidates.peek().is_none() {
+        return Err(DenyReason::UnknownKey);
+    }
+    if candidates.any(|k| jsonwebtoken::crypto::verify(signature, message, &k.key, alg).unwrap_or(false)) {
+        Ok(())
+    } else {
+        Err(DenyReason::BadSignature)
+    }
+}
+
+/// A compact JWS split and decoded, its header checked; the signature is not verified yet.
+struct Jws<'t> {
+    header: Map<String, Value>,
+    payload: Vec<u8>,
+    alg: String,
+    kid: Option<String>,
+    signing_input: &'t [u8],
+    signature: &'t str,
+}
+
+fn parse_jws(token: &str) -> Result<Jws<'_>, DenyReason> {
+    use DenyReason::*;
     let mut parts = token.split('.');
     let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(MalformedToken);
     };
-    if [h64, p64, s64].iter().any(|p| p.is_empty() || !p.bytes().all(is_b64url)) {
+    // A JWS payload may be empty (RFC 7515 §7.1); a JWT's never is, which `verify` enforces.
+    if h64.is_empty() || s64.is_empty() || ![h64, p64, s64].iter().all(|p| p.bytes().all(is_b64url)) {
         return Err(MalformedToken);
     }
     let header = decode_object(h64)?;
-    let claims = decode_object(p64)?;
+    let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| MalformedToken)?;
 
-    let alg_name = header.get("alg").and_then(Value::as_str).ok_or(MalformedToken)?;
-    if alg_name.eq_ignore_ascii_case("none") {
+    let alg = header.get("alg").and_then(Value::as_str).ok_or(MalformedToken)?;
+    if alg.eq_ignore_ascii_case("none") {
         return Err(AlgorithmNotAllowed);
     }
+    let alg = alg.to_owned();
     if KEY_HEADERS.iter().any(|k| header.contains_key(*k)) {
         return Err(EmbeddedKey);
     }
@@ -88,40 +157,21 @@ pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64)
     }
     let kid = match header.get("kid") {
         None => None,
-        Some(Value::String(k)) => Some(k.as_str()),
+        Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(MalformedToken),
     };
+    let signing_input = token.get(..h64.len() + 1 + p64.len()).ok_or(MalformedToken)?.as_bytes();
+    Ok(Jws { header, payload, alg, kid, signing_input, signature: s64 })
+}
 
-    let iss = claims.get("iss").and_then(Value::as_str).ok_or(UnknownIssuer)?;
-    let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or(UnknownIssuer)?;
-    let alg = Algorithm::from_str(alg_name).map_err(|_| AlgorithmNotAllowed)?;
-    if !issuer.algorithms.contains(&alg) {
-        return Err(AlgorithmNotAllowed);
+/// Algorithm pinning, then [`verify_message`] over the JWS signing input.
+fn check_signature(jws: &Jws<'_>, keys: &[VerifyKey], algorithms: &[Algorithm]) -> Result<Algorithm, DenyReason> {
+    let alg = Algorithm::from_str(&jws.alg).map_err(|_| DenyReason::AlgorithmNotAllowed)?;
+    if !algorithms.contains(&alg) {
+        return Err(DenyReason::AlgorithmNotAllowed);
     }
-
-    if issuer.keys.is_empty() && issuer.remote.is_some() {
-        // Remote keys not loaded yet, or dropped as stale: not the token's fault.
-        return Err(KeysUnavailable);
-    }
-    let mut candidates = issuer
-        .keys
-        .iter()
-        .filter(|k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
-        .peekable();
-    if candidates.peek().is_none() {
-        return Err(UnknownKey);
-    }
-    let message_len = h64.len() + 1 + p64.len();
-    let message = token.get(..message_len).ok_or(MalformedToken)?.as_bytes();
-    // Without a `kid` at most the issuer's keys of the right type are tried; never any other key.
-    let verified = candidates.any(|k| jsonwebtoken::crypto::verify(s64, message, &k.key, alg).unwrap_or(false));
-    if !verified {
-        return Err(BadSignature);
-    }
-
-    check_times(&claims, issuer, now)?;
-    check_audience(&claims, issuer)?;
-    principal(&claims, issuer)
+    verify_message(jws.signing_input, jws.signature, alg, jws.kid.as_deref(), keys)?;
+    Ok(alg)
 }
 
 /// Check already-trusted claims (no signature) exactly as [`verify`] would after the signature:
@@ -448,6 +498,24 @@ pub(crate) mod tests {
         h.kid = Some("demo-rs256".into());
         let t = encode(&h, &claims(), &key).unwrap();
         assert_eq!(check(&t).err(), Some(DenyReason::BadSignature));
+    }
+
+    #[test]
+    fn signature_layer_alone() {
+        let keys = issuer().keys;
+        let good = sign(Algorithm::RS256, Some("demo-rs256"), &claims());
+        let v = verify_signature(&good, &keys, &[Algorithm::RS256]).unwrap();
+        assert_eq!((v.alg, v.header["kid"].as_str()), (Algorithm::RS256, Some("demo-rs256")));
+        assert_eq!(serde_json::from_slice::<Value>(&v.payload).unwrap(), claims());
+        assert_eq!(verify_signature(&good, &keys, &[Algorithm::ES256]).err(), Some(DenyReason::AlgorithmNotAllowed));
+        assert_eq!(verify_signature(&good, &[], &[Algorithm::RS256]).err(), Some(DenyReason::UnknownKey));
+
+        // A JWS may have an empty payload; a JWT may not.
+        let key = EncodingKey::from_rsa_pem(&std::fs::read(key_path("demo-rs256.key.pem")).unwrap()).unwrap();
+        let input = format!("{}.", b64(&json!({"alg": "RS256", "kid": "demo-rs256"})));
+        let empty = format!("{input}.{}", jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::RS256).unwrap());
+        assert_eq!(verify_signature(&empty, &keys, &[Algorithm::RS256]).unwrap().payload, b"");
+        assert_eq!(check(&empty).err(), Some(DenyReason::MalformedToken));
     }
 
     #[test]

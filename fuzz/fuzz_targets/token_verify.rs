@@ -1,0 +1,32 @@
+//! Arbitrary bytes as a bearer token against the demo issuer. Never panics, never accepts: the
+//! only correctly signed tokens are the demo seeds, and they are expired at `NOW`. A refusal that
+//! comes after the signature check (a claims error) means the signature verified, which must only
+//! ever happen for a signing input the demo keys really signed.
+
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use phi_guard::auth::{verify, verify_signature};
+use phi_guard::decision::DenyReason;
+
+/// Well after the demo seeds expired (exp 1800003600).
+const NOW: u64 = 1_900_000_000;
+
+fuzz_target!(|data: &[u8]| {
+    let token = String::from_utf8_lossy(data);
+    let issuer = common::demo_issuer();
+    let verdict = verify(&token, std::slice::from_ref(issuer), 8192, NOW);
+    use DenyReason::*;
+    match verdict {
+        Ok(p) => panic!("accepted a token: {p:?}"),
+        Err(MissingExpiry | Expired | NotYetValid | BadIssuedAt | BadAudience | BadClaim) => {
+            assert!(common::signed_by_us(&token), "signature verified on a signing input we never signed");
+        }
+        Err(_) => {}
+    }
+    if verify_signature(&token, &issuer.keys, &issuer.algorithms).is_ok() {
+        assert!(common::signed_by_us(&token), "signature verified on a signing input we never signed");
+    }
+});
