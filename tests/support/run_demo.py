@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import socket
 import sys
 import time
@@ -30,11 +31,13 @@ sys.path.insert(0, str(HERE))
 
 import tls_certs  # noqa: E402
 from envoy_config import DEFAULT_WASM, render  # noqa: E402
-from harness import CONCURRENCY, envoy_bin, http_get  # noqa: E402
+from harness import CONCURRENCY, VM_ENV, envoy_bin, http_get  # noqa: E402
+from tokens import CLI  # noqa: E402
 
 RUN_DIR = REPO / ".run" / "demo"
 PIDS = RUN_DIR / "pids.json"
 LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT, HTTPS_PORT = 10000, 9901, 8081, 10443
+AUDIT_PORT = 8084  # the audit collector (cluster `audit`), as in the compose deployment
 DEMO_PATIENT = ("d78af07c-9cb9-4f31-9b11-c45a28f2eec8", "Clemente Kreiger")
 OTHER_PATIENT = ("1f456f0a-acb1-4728-82af-01ca57083c7b", "Kermit Trantow")
 
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     stop_recorded()  # a demo left from an earlier run
-    busy = [p for p in (LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT, HTTPS_PORT) if not port_free(p)]
+    busy = [p for p in (LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT, HTTPS_PORT, AUDIT_PORT) if not port_free(p)]
     if busy:
         raise SystemExit(f"port(s) {busy} already in use on 127.0.0.1: stop what uses them first")
     policy = args.policy if args.policy.is_absolute() else (Path.cwd() / args.policy)
@@ -192,12 +195,25 @@ def main(argv: list[str] | None = None) -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     tls = tls_certs.ensure()
     cfg = RUN_DIR / "envoy.yaml"
+    # The policy reaches the filter by ECDS from a watched file: `phi-guard ecds --watch` rewrites
+    # it when the policy file changes, so edits apply in about a second without a restart.
+    ecds = RUN_DIR / "ecds" / "phi-guard.json"
+    ecds.parent.mkdir(parents=True, exist_ok=True)
+    ecds_argv = [str(CLI), "ecds", str(policy), "--wasm", str(args.wasm.resolve()), "--out", str(ecds)]
+    if args.filter == "phi-guard":
+        subprocess.run(ecds_argv, check=True, stdout=subprocess.DEVNULL)
     cfg.write_text(render(listen_port=LISTEN_PORT, admin_port=ADMIN_PORT,
                           upstream_port=UPSTREAM_PORT, policy=policy, wasm=args.wasm,
                           filter=args.filter, access_log=str(RUN_DIR / "access.log"),
-                          https_port=HTTPS_PORT, tls_cert=tls.cert, tls_key=tls.key))
+                          https_port=HTTPS_PORT, tls_cert=tls.cert, tls_key=tls.key,
+                          extra_clusters={"audit": AUDIT_PORT},
+                          ecds=ecds if args.filter == "phi-guard" else None))
+    # Demo secrets for the VM (Envoy passes them through host_env_keys); real ones win.
+    for key, value in VM_ENV.items():
+        os.environ.setdefault(key, value)
     up_log, envoy_log = RUN_DIR / "upstream.log", RUN_DIR / "envoy.log"
-    for log in (up_log, envoy_log):
+    audit_log, watch_log = RUN_DIR / "audit.log", RUN_DIR / "ecds-watch.log"
+    for log in (up_log, envoy_log, audit_log, watch_log):
         log.write_text("")
     pids: dict[str, dict] = {}
 
@@ -211,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         record()
         wait_for(f"http://127.0.0.1:{UPSTREAM_PORT}/healthz", lambda s, b: s == 200, 20, up,
                  "demo upstream", up_log)
+        collector = spawn_detached([sys.executable, str(REPO / "envoy/services/audit_collector.py"),
+                                    "--port", str(AUDIT_PORT), "--host", "127.0.0.1"], audit_log)
+        pids["collector"] = {"pid": collector, "marker": "audit_collector.py"}
+        if args.filter == "phi-guard":
+            watcher = spawn_detached(ecds_argv + ["--watch"], watch_log)
+            pids["ecds-watch"] = {"pid": watcher, "marker": "ecds"}
+        record()
         envoy = spawn_detached([envoy_bin(), "-c", str(cfg), "--concurrency", str(CONCURRENCY),
                                 "--disable-hot-restart", "--log-level", "info"], envoy_log)
         pids["envoy"] = {"pid": envoy, "marker": str(cfg)}
@@ -228,7 +251,9 @@ phi-guard demo is up (policy {rel}, filter {args.filter}, {CONCURRENCY} Envoy wo
   listener  http://127.0.0.1:{LISTEN_PORT}   Envoy + phi-guard, plain HTTP (loopback only)
   admin     http://127.0.0.1:{ADMIN_PORT}    /ready, /stats/prometheus
   upstream  http://127.0.0.1:{UPSTREAM_PORT}    demo FHIR server (direct, unprotected)
-  logs      {RUN_DIR.relative_to(REPO)}/{{envoy,access,upstream}}.log
+  audit     http://127.0.0.1:{AUDIT_PORT}/__events  events the collector received (and `phi-guard-audit:` lines in envoy.log)
+  logs      {RUN_DIR.relative_to(REPO)}/{{envoy,access,upstream,audit,ecds-watch}}.log
+  policy    edit {rel} and it applies within about a second (ECDS; a bad edit is refused and logged)
 {usage_hint(policy)}
   curl -s --cacert {tls.ca.relative_to(REPO)} https://localhost:{HTTPS_PORT}/fhir/metadata   # TLS
 """, flush=True)
