@@ -249,8 +249,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Audit { command } => audit(command),
         Command::Validate { policy } => {
-            let p = load(&policy)?;
-            println!("ok: policy `{}` revision {} ({} routes, {} issuers)", p.name, p.revision, p.routes.len(), p.issuers.len());
+            // Whatever Envoy's `configuration` / Istio's `pluginConfig` may carry: a policy, or a
+            // pull-mode `policySource`.
+            let bytes = std::fs::read(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
+            match phi_guard::policy::source::parse_plugin_config(&bytes).map_err(|e| format!("{}: {e}", policy.display()))? {
+                phi_guard::policy::source::PluginConfig::Inline(p) => {
+                    println!("ok: policy `{}` revision {} ({} routes, {} issuers)", p.name, p.revision, p.routes.len(), p.issuers.len());
+                }
+                phi_guard::policy::source::PluginConfig::Pull(c) => {
+                    println!("ok: pull-mode source: cluster `{}` path `{}`, {:?} signatures, every {} s", c.cluster, c.path, c.alg, c.poll_interval);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { policy, method, path, token, claims, now: at } => {
