@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::auth::TokenCache;
-use phi_guard::decision::{decide, refusal_reply, Decision, Request};
+use phi_guard::decision::{decide, Decision, Request};
 use phi_guard::policy::compile;
 use serde_json::Value;
 
@@ -72,7 +72,7 @@ fn run(path: &Path) -> Result<(), String> {
     let want_reason = expect["reason"].as_str();
     match decision {
         Decision::Deny(r) => {
-            let reply = refusal_reply(r.reason, r.status, r.fhir_route, r.required_scope.as_deref());
+            let reply = r.reply();
             if Some(r.reason.code()) != want_reason || reply.status != want_status {
                 return Err(format!("denied {} {}, expected {want_status} {want_reason:?}", reply.status, r.reason.code()));
             }

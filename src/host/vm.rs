@@ -202,7 +202,7 @@ impl Vm {
             }
         };
         let grant = match decision {
-            Decision::Deny(r) => return refuse(r.status, r.reason, r.fhir_route, r.required_scope.as_deref(), &[]),
+            Decision::Deny(r) => return refuse(r.status, r.reason, r.fhir_route, r.challenge.scope.as_deref(), &[]),
             Decision::Allow(grant) => grant,
         };
         if let Some(principal) = &grant.principal {
