@@ -310,8 +310,8 @@ pub fn decide_with(
         None => None,
         Some(set) => {
             let emergency = policy.break_glass.as_ref().filter(|_| break_glass.is_some()).and_then(|bg| bg.profile.as_deref());
-            let chosen = emergency.and_then(|name| set.named(name, &principal.purpose, &authenticated));
-            match chosen.or_else(|| set.select_where(&principal.scopes, &principal.purpose, &authenticated)) {
+            let chosen = emergency.and_then(|name| set.named(name, &principal.purpose, authenticated));
+            match chosen.or_else(|| set.select_where(&principal.scopes, &principal.purpose, authenticated)) {
                 Some(profile) => Some(profile),
                 None => return ctx.deny(DenyReason::NoMinimizationProfile, None),
             }

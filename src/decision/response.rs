@@ -159,4 +159,46 @@ mod tests {
         let small = ResponsePlan { max_body_bytes: 8, ..plan };
         assert_eq!(small.apply(br#"{"resourceType":"Observation"}"#, &ApplyCtx::default()), Err(DenyReason::ResponseTooLarge));
     }
+
+    #[test]
+    fn restrictions_run_before_minimization_and_are_never_shadowed() {
+        use crate::minimize::restrict::{Label, Restriction, Restrictions};
+        use crate::policy::audit::PatientIds;
+        let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+        let r = Restrictions {
+            list: vec![Arc::new(Restriction {
+                id: "r1".into(),
+                patient: "p1".into(),
+                labels: vec![Label { system: act.into(), code: "PSY".into() }],
+                allow_purposes: vec![],
+                routes: vec![],
+            })],
+            patient_ids: PatientIds::Raw,
+        };
+        let body = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
+            {"resource": {"resourceType": "Condition", "id": "a", "subject": {"reference": "Patient/p1"}, "note": [{"text": "x"}]}},
+            {"resource": {"resourceType": "Condition", "id": "b", "subject": {"reference": "Patient/p1"}, "meta": {"security": [{"system": act, "code": "PSY"}]}}}
+        ]});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let shadow = crate::minimize::testing::profile(serde_json::json!({"mode": "deny", "shadow": true, "resources": {"*": {"deny": ["note"]}}}), true);
+        let plan = ResponsePlan { minimize: Some(Arc::new(shadow)), restrict: r.plan("fhir", &[], None), ..ResponsePlan::default() };
+        assert!(plan.rewrites_body());
+        let released = plan.release(&bytes, &ApplyCtx::default());
+        assert_eq!(released.restrictions, [RestrictionHit { id: "r1".into(), count: 1 }]);
+        let applied = released.outcome.unwrap();
+        assert!(applied.shadow && applied.withheld.contains(&"Bundle.entry.resource(Condition).note".to_owned()));
+        let out: Value = serde_json::from_slice(applied.body.as_deref().unwrap()).unwrap();
+        assert_eq!(out["entry"].as_array().unwrap().len(), 1, "restricted entry gone");
+        assert_eq!(out["entry"][0]["resource"]["note"][0]["text"], "x", "shadow minimization changed nothing");
+        assert!(out.get("total").is_none());
+        // Without a profile the restricted body is still re-serialized; untouched bodies are not.
+        let plan = ResponsePlan { restrict: r.plan("fhir", &[], None), ..ResponsePlan::default() };
+        assert!(plan.apply(&bytes, &ApplyCtx::default()).unwrap().body.is_some());
+        let other = br#"{"resourceType":"Condition","id":"z","subject":{"reference":"Patient/p2"}}"#;
+        assert_eq!(plan.apply(other, &ApplyCtx::default()), Ok(Applied::default()));
+        let read = br#"{"resourceType":"Condition","id":"b","subject":{"reference":"Patient/p1"},"meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"PSY"}]}}"#;
+        let refused = plan.release(read, &ApplyCtx::default());
+        assert_eq!((refused.outcome, refused.restrictions.len()), (Err(DenyReason::Restricted), 1));
+    }
 }
+
