@@ -751,6 +751,7 @@ mod tests {
         let names = &p.issuers[0].claims;
         assert_eq!((names.break_glass.as_deref(), names.break_glass_reason.as_deref()), (Some("break_glass"), Some("break_glass_reason")));
         assert_eq!(p.restrictions.as_ref().unwrap().list[0].labels.len(), 3);
+        assert!(p.requires_audit_key());
         let mut doc = example();
         doc["breakGlass"].as_object_mut().unwrap().remove("claim");
         doc["breakGlass"]["purposes"] = json!([]);
@@ -760,7 +761,7 @@ mod tests {
         doc["audit"]["patientIdentifiers"] = json!("raw");
         assert!(compile_value(&doc).unwrap_err().to_string().starts_with("restrictions[0].patient: must be a FHIR id"));
         doc["restrictions"][0]["patient"] = json!("1f456f0a-acb1-4728-82af-01ca57083c7b");
-        assert!(compile_value(&doc).is_ok());
+        assert!(!compile_value(&doc).unwrap().requires_audit_key());
         let mut doc = example();
         let copy = doc["restrictions"][0].clone();
         doc["restrictions"].as_array_mut().unwrap().push(copy);

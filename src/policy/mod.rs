@@ -48,6 +48,13 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether responses need the audit key (`ApplyCtx::pseudonyms`): restrictions name their
+    /// patients by pseudonym. The host should refuse such a policy without a valid
+    /// `PHI_GUARD_AUDIT_KEY` (responses would otherwise be withheld, fail closed).
+    pub fn requires_audit_key(&self) -> bool {
+        self.restrictions.as_ref().is_some_and(|r| r.patient_ids == audit::PatientIds::Pseudonym)
+    }
+
     /// The `acrLevels` that apply to tokens of `issuer` (empty when none are defined).
     pub fn acr_levels(&self, issuer: &str) -> &[String] {
         self.issuers.iter().find(|i| i.issuer == issuer).map_or(&[], |i| i.acr_levels.as_slice())
