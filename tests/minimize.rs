@@ -56,7 +56,7 @@ fn safe_harbor() -> Arc<Profile> {
 }
 
 fn ctx() -> ApplyCtx<'static> {
-    ApplyCtx { hmac_key: Some(KEY), now: NOW }
+    ApplyCtx { hmac_key: Some(KEY), now: NOW, pseudonyms: None }
 }
 
 /// Minimize a value; returns the released JSON (parsed back from the bytes) and the result.
@@ -69,7 +69,7 @@ fn release(p: &Profile, input: &Value) -> (Value, Applied) {
 
 fn decide_claims(p: &Policy, method: &str, path: &str, claims: Value) -> Decision {
     let auth = ["Bearer claims"];
-    decide_with(p, &Request { method, path, authorization: &auth, ..Default::default() }, |_| check_claims(&claims, &p.issuers, NOW).map(Rc::new))
+    decide_with(p, &Request { method, path, authorization: &auth, ..Default::default() }, NOW, |_| check_claims(&claims, &p.issuers, NOW).map(Rc::new))
 }
 
 fn patient_app_claims(patient: &str) -> Value {

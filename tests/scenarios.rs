@@ -6,12 +6,16 @@
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use phi_guard::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
 use phi_guard::auth::TokenCache;
-use phi_guard::decision::{decide, refusal_reply, Decision, Request};
+use phi_guard::decision::{decide, Applied, ApplyCtx, Decision, Release, Request};
 use phi_guard::policy::compile;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const NOW: u64 = 1_800_000_000;
+/// The demo audit key: the shipped policies name restricted patients by pseudonyms under it.
+const AUDIT_KEY: &[u8] = b"phi-guard-demo-audit-key-not-a-secret";
+const HMAC_KEY: &[u8] = b"scenario-only hmac key, 32 bytes";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -70,9 +74,12 @@ fn run(path: &Path) -> Result<(), String> {
     let decision = decide(&policy, &mut TokenCache::new(8), &request, NOW);
     let want_status = expect["status"].as_u64().unwrap() as u16;
     let want_reason = expect["reason"].as_str();
-    match decision {
+    let key = AuditKey::from_secret(AUDIT_KEY).unwrap();
+    let meta = RequestMeta { request_id: Some("scenario"), source: None, destination: None, method: request.method, path: request.path };
+    let mut event = AuditEvent::from_decision(&decision, &meta, &AuditContext::new(&policy, &key, NOW * 1000));
+    match &decision {
         Decision::Deny(r) => {
-            let reply = refusal_reply(r.reason, r.status, r.fhir_route, r.required_scope.as_deref());
+            let reply = r.reply();
             if Some(r.reason.code()) != want_reason || reply.status != want_status {
                 return Err(format!("denied {} {}, expected {want_status} {want_reason:?}", reply.status, r.reason.code()));
             }
@@ -105,16 +112,70 @@ fn run(path: &Path) -> Result<(), String> {
             if upstream_status != want_status {
                 return Err(format!("allowed with upstream status {upstream_status}, expected {want_status}"));
             }
-            let body = s.pointer("/upstream/body").map(|b| serde_json::to_vec(b).unwrap());
-            let outcome = match &body {
-                Some(b) if g.response.inspects_body() => g.response.check_body(b),
-                _ => Ok(()),
+            let body = match (s.pointer("/upstream/body"), s.pointer("/upstream/bodyFile").and_then(Value::as_str)) {
+                (Some(b), _) => Some(serde_json::to_vec(b).unwrap()),
+                (None, Some(f)) => Some(std::fs::read(root().join(f)).map_err(|e| format!("{f}: {e}"))?),
+                (None, None) => None,
             };
-            match (outcome, want_reason) {
-                (Ok(()), None) => {}
+            let ctx = ApplyCtx { hmac_key: Some(HMAC_KEY), now: NOW, pseudonyms: Some(&key) };
+            let release = match &body {
+                Some(b) if g.response.inspects_body() => g.response.release(b, &ctx),
+                _ => Release { outcome: Ok(Applied::default()), restrictions: Vec::new() },
+            };
+            let failure = release.outcome.as_ref().err().copied();
+            match (&release.outcome, want_reason) {
+                (Ok(_), None) => {}
                 (Err(r), Some(w)) if r.code() == w && expect["bodyReplaced"] == true => {}
-                (o, w) => return Err(format!("response outcome {o:?}, expected {w:?}")),
+                (o, w) => return Err(format!("response outcome {:?}, expected {w:?}", o.as_ref().map(|_| ()))),
             }
+            if let (Ok(applied), Some(b)) = (&release.outcome, &body) {
+                let sent: Value = serde_json::from_slice(applied.body.as_deref().unwrap_or(b)).unwrap();
+                check_body(expect, &sent, applied)?;
+            }
+            let withheld = release.outcome.as_ref().map(|a| a.withheld.clone()).unwrap_or_default();
+            event = event.with_response(upstream_status, withheld, failure).with_restrictions(release.restrictions);
+        }
+    }
+    check_audit(expect, &event)
+}
+
+/// `expect.profile`, `expect.entries` (the released Bundle's `Type/id`s, in order) and
+/// `expect.absent` (top-level members the released body must not have).
+fn check_body(expect: &Value, sent: &Value, applied: &Applied) -> Result<(), String> {
+    if let Some(p) = expect.get("profile") {
+        if applied.profile.as_deref() != p.as_str() {
+            return Err(format!("profile {:?}, expected {p}", applied.profile));
+        }
+    }
+    if let Some(want) = expect.get("entries") {
+        let got: Vec<Value> = sent["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| json!(format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or("?"), e["resource"]["id"].as_str().unwrap_or("?"))))
+            .collect();
+        if &Value::Array(got.clone()) != want {
+            return Err(format!("released entries {got:?}, expected {want}"));
+        }
+    }
+    for k in expect["absent"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if sent.get(k).is_some() {
+            return Err(format!("released body still has `{k}`"));
+        }
+    }
+    Ok(())
+}
+
+/// `expect.audit`: members the audit event (JSON lines form) must have, compared exactly.
+fn check_audit(expect: &Value, event: &AuditEvent) -> Result<(), String> {
+    let Some(want) = expect.get("audit").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let got = serde_json::to_value(event).unwrap();
+    for (k, v) in want {
+        let have = got.get(k).unwrap_or(&Value::Null);
+        if have != v {
+            return Err(format!("audit `{k}` is {have}, expected {v}"));
         }
     }
     Ok(())

@@ -7,8 +7,10 @@ use serde::Serialize;
 use super::key::AuditKey;
 use super::query::audit_query;
 use super::time::rfc3339_ms;
+use crate::auth::purpose::is_emergency;
 use crate::auth::Principal;
 use crate::decision::{Decision, DenyReason};
+use crate::minimize::restrict::RestrictionHit;
 use crate::fhir::FhirRequest;
 use crate::http::normalize;
 use crate::policy::audit::PatientIds;
@@ -53,7 +55,8 @@ pub enum Severity {
     Info,
     /// Allowed, but the upstream failed or answered with an error.
     Warning,
-    /// A refusal: every denial is a security-relevant event.
+    /// A refusal, or emergency access (break-glass, purpose `ETREAT`): every one is a
+    /// security-relevant event.
     High,
 }
 
@@ -221,6 +224,15 @@ pub struct AuditEvent {
     /// Field paths withheld from the response by minimization (paths only, never values).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub withheld: Vec<String>,
+    /// Break-glass reason code, when the request broke the glass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
+    /// Privacy restrictions that withheld resources from the response: id and count only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restrictions: Vec<RestrictionHit>,
+    /// RFC 9530 `Content-Digest` of the body the client received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<String>,
 }
 
 /// Outcome and severity of a refusal.
@@ -235,9 +247,9 @@ impl AuditEvent {
     /// Build the event for a decision. Allowed requests are finished by
     /// [`AuditEvent::with_response`]; denied ones are complete.
     pub fn from_decision(decision: &Decision, req: &RequestMeta<'_>, ctx: &AuditContext<'_>) -> AuditEvent {
-        let (route, principal, fhir) = match decision {
-            Decision::Allow(g) => (Some(g.route_id.as_str()), g.principal.as_deref(), g.fhir.as_ref()),
-            Decision::Deny(r) => (r.route_id.as_deref(), r.principal.as_deref(), r.fhir.as_ref()),
+        let (route, principal, fhir, break_glass) = match decision {
+            Decision::Allow(g) => (Some(g.route_id.as_str()), g.principal.as_deref(), g.fhir.as_ref(), g.break_glass.as_ref()),
+            Decision::Deny(r) => (r.route_id.as_deref(), r.principal.as_deref(), r.fhir.as_ref(), r.break_glass.as_ref()),
         };
         let mut ev = AuditEvent {
             time: rfc3339_ms(ctx.now_ms),
@@ -269,6 +281,9 @@ impl AuditEvent {
             patients: Vec::new(),
             context_patient: None,
             withheld: Vec::new(),
+            break_glass: break_glass.map(|b| b.reason.clone()),
+            restrictions: Vec::new(),
+            content_digest: None,
         };
         if let Some(p) = principal {
             ev.add_principal(p, ctx);
@@ -284,6 +299,7 @@ impl AuditEvent {
             ev.severity = severity;
             ev.status = Some(r.status);
         }
+        ev.escalate();
         ev
     }
 
@@ -315,7 +331,37 @@ impl AuditEvent {
                 };
             }
         }
+        self.escalate();
         self
+    }
+
+    /// Record the privacy restrictions that withheld resources from the response
+    /// ([`crate::decision::Release::restrictions`]), also when the response was refused.
+    #[must_use]
+    pub fn with_restrictions(mut self, hits: Vec<RestrictionHit>) -> AuditEvent {
+        self.restrictions = hits;
+        self
+    }
+
+    /// Record the RFC 9530 `Content-Digest` of the body the client received
+    /// ([`crate::http::content_digest`] of the bytes sent, whatever they were).
+    #[must_use]
+    pub fn with_content_digest(mut self, digest: String) -> AuditEvent {
+        self.content_digest = Some(digest);
+        self
+    }
+
+    /// Whether the request was emergency access: break-glass, or an emergency purpose of use
+    /// (`ETREAT`, `BTG`, `ERTREAT`).
+    pub fn is_emergency(&self) -> bool {
+        self.break_glass.is_some() || self.purpose_of_use.iter().any(|p| is_emergency(p))
+    }
+
+    /// Emergency access is always audited at high severity.
+    fn escalate(&mut self) {
+        if self.is_emergency() {
+            self.severity = Severity::High;
+        }
     }
 
     /// Whether nothing more will be learned about this request (it was refused).
@@ -484,7 +530,8 @@ pub(crate) mod tests {
             fhir_route: false,
             principal: None,
             fhir: None,
-            required_scope: None,
+            challenge: crate::decision::Challenge::default(),
+            break_glass: None,
         });
         let meta = RequestMeta { request_id: Some("bad id with spaces"), source: Some("not an address"), destination: None, method: "get", path: "/x" };
         let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::without_policy(&k, 0));
@@ -492,5 +539,35 @@ pub(crate) mod tests {
         assert_eq!(host_of("192.168.0.1:80").as_deref(), Some("192.168.0.1"));
         assert_eq!(host_of("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
         assert_eq!(host_of("2001:db8::1").as_deref(), Some("2001:db8::1"));
+    }
+
+    #[test]
+    fn emergency_access_is_high_severity() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "ETREAT"}))));
+        assert_eq!((ev.decision, ev.severity), (Verdict::Allow, Severity::High));
+        let done = ev.with_response(200, vec![], None);
+        assert_eq!((done.outcome, done.severity), (Outcome::Success, Severity::High), "stays high after the response");
+        assert!(done.is_emergency());
+        let routine = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "TREAT"})))).with_response(200, vec![], None);
+        assert_eq!(routine.severity, Severity::Info);
+    }
+
+    #[test]
+    fn restrictions_and_digest_are_recorded() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation?patient=p1", Some(&token(json!({}))))
+            .with_response(200, vec![], None)
+            .with_restrictions(vec![RestrictionHit { id: "r-17".into(), count: 2 }])
+            .with_content_digest("sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:".into());
+        let v = json_of(&ev);
+        assert_eq!(v["restrictions"], json!([{"id": "r-17", "count": 2}]));
+        assert_eq!(v["contentDigest"], "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:");
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(&keys[keys.len() - 2..], ["restrictions", "contentDigest"], "new fields come last");
+        let refused = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({}))))
+            .with_response(200, vec![], Some(DenyReason::Restricted))
+            .with_restrictions(vec![RestrictionHit { id: "r-17".into(), count: 1 }]);
+        assert_eq!((refused.reason, refused.status, refused.restrictions.len()), ("restricted", Some(403), 1));
     }
 }

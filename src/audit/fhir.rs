@@ -14,6 +14,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::event::{AuditEvent, Outcome, Verdict};
+use crate::auth::purpose::is_emergency;
 use crate::decision::DenyReason;
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -149,6 +150,17 @@ enum ExtValue<'a> {
     Code(&'a str),
     Integer(u16),
     Decimal(u64),
+    /// A restriction that applied: complex extension with `id` and `count`.
+    Restriction(&'a str, usize),
+}
+
+#[derive(Serialize)]
+struct SubExtension<'a> {
+    url: &'static str,
+    #[serde(rename = "valueString", skip_serializing_if = "Option::is_none")]
+    string: Option<&'a str>,
+    #[serde(rename = "valueUnsignedInt", skip_serializing_if = "Option::is_none")]
+    count: Option<usize>,
 }
 
 impl Serialize for Extension<'_> {
@@ -160,6 +172,10 @@ impl Serialize for Extension<'_> {
             ExtValue::Code(v) => m.serialize_entry("valueCode", v)?,
             ExtValue::Integer(v) => m.serialize_entry("valueInteger", &v)?,
             ExtValue::Decimal(v) => m.serialize_entry("valueDecimal", &v)?,
+            ExtValue::Restriction(id, count) => m.serialize_entry(
+                "extension",
+                &[SubExtension { url: "id", string: Some(id), count: None }, SubExtension { url: "count", string: None, count: Some(count) }],
+            )?,
         }
         m.end()
     }
@@ -180,6 +196,8 @@ struct Resource<'a> {
     outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome_desc: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_event: Vec<Concept<'a>>,
     agent: Vec<Agent<'a>>,
     source: Source<'a>,
     entity: Vec<Entity<'a>>,
@@ -265,6 +283,7 @@ pub fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Result
         recorded: &ev.time,
         outcome: outcome_code(ev.outcome),
         outcome_desc,
+        purpose_of_event: purpose_of_event(ev),
         agent: agents(ev, denied, action, observer),
         source: Source {
             observer: Reference { display: Some(observer), ..Reference::default() },
@@ -274,6 +293,21 @@ pub fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Result
         extension: extensions(ev, stream, seq),
     };
     serde_json::to_string(&resource)
+}
+
+/// Emergency access (break-glass or an emergency purpose): the event's purpose is emergency
+/// treatment, so an auditor can find every break-glass event by `purposeOfEvent`.
+fn purpose_of_event(ev: &AuditEvent) -> Vec<Concept<'_>> {
+    let mut out: Vec<Concept<'_>> = ev
+        .purpose_of_use
+        .iter()
+        .filter(|p| is_emergency(p))
+        .map(|p| Concept { coding: [Coding { system: ACT_REASON, code: p, display: (p == "ETREAT").then_some("Emergency Treatment") }] })
+        .collect();
+    if ev.break_glass.is_some() && !ev.purpose_of_use.iter().any(|p| p == "ETREAT") {
+        out.insert(0, Concept { coding: [coding(ACT_REASON, "ETREAT", "Emergency Treatment")] });
+    }
+    out
 }
 
 fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str) -> Vec<Agent<'a>> {
@@ -400,6 +434,15 @@ fn extensions<'a>(ev: &'a AuditEvent, stream: &'a str, seq: u64) -> Vec<Extensio
         out.push(e("upstream-status", ExtValue::Integer(st)));
     }
     out.push(e("patient-identifiers", ExtValue::Code(ev.patient_ids)));
+    if let Some(reason) = &ev.break_glass {
+        out.push(e("break-glass", ExtValue::Code(reason)));
+    }
+    for r in &ev.restrictions {
+        out.push(e("restriction", ExtValue::Restriction(&r.id, r.count)));
+    }
+    if let Some(d) = &ev.content_digest {
+        out.push(e("content-digest", ExtValue::String(d)));
+    }
     out.push(e("stream", ExtValue::String(stream)));
     out.push(e("seq", ExtValue::Decimal(seq)));
     out
@@ -511,6 +554,32 @@ mod tests {
         let client = agent(&anon, "110150").unwrap();
         assert_eq!((client["requestor"].as_bool(), client["who"]["display"].as_str()), (Some(true), Some("unauthenticated client")));
         assert_eq!(entity(&anon, "4").unwrap()["what"]["identifier"]["value"], key().pseudonym("p1"));
+    }
+
+    #[test]
+    fn emergency_and_restrictions() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": ["ETREAT"]}))))
+            .with_response(200, vec![], None)
+            .with_restrictions(vec![crate::minimize::restrict::RestrictionHit { id: "r1".into(), count: 3 }])
+            .with_content_digest("sha-256=:AAAA:".into());
+        let r = render(&ev, "s1", 9, "phi-guard");
+        assert_balp_core(&r);
+        assert_eq!(r["purposeOfEvent"], json!([{"coding": [{"system": ACT_REASON, "code": "ETREAT", "display": "Emergency Treatment"}]}]));
+        let ext = |name: &str| r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}{name}")).cloned();
+        assert_eq!(ext("severity").unwrap()["valueCode"], "high");
+        assert_eq!(ext("restriction").unwrap()["extension"], json!([{"url": "id", "valueString": "r1"}, {"url": "count", "valueUnsignedInt": 3}]));
+        assert_eq!(ext("content-digest").unwrap()["valueString"], "sha-256=:AAAA:");
+        assert!(ext("break-glass").is_none());
+        // Break-glass without an emergency purpose still claims emergency treatment.
+        let mut bg = ev.clone();
+        bg.purpose_of_use.clear();
+        bg.break_glass = Some("life-threatening".into());
+        let r = render(&bg, "s1", 10, "phi-guard");
+        assert_eq!(r["purposeOfEvent"][0]["coding"][0]["code"], "ETREAT");
+        assert_eq!(r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}break-glass")).unwrap()["valueCode"], "life-threatening");
+        let routine = render(&event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({})))).with_response(200, vec![], None), "s", 0, "o");
+        assert!(routine.get("purposeOfEvent").is_none());
     }
 
     #[test]

@@ -39,6 +39,8 @@ fn events_carry_no_phi_values() {
     let clinic = policy("clinician-api");
     let patient_token = token(json!({"patient": PATIENT, "name": "John Smith", "birthdate": "1970-01-01", "purpose_of_use": "TREAT"}));
     let user_token = token(json!({"patient": null, "scp": ["user/Patient.rs", "user/Observation.rs"], "scope": null, "name": "John Smith"}));
+    // Break-glass reasons are free text in the token: only a policy code may reach the log.
+    let glass_token = token(json!({"patient": null, "scp": ["user/Patient.rs"], "scope": null, "break_glass": true, "break_glass_reason": "John Smith, HIV clinic"}));
     let requests = [
         (&app, format!("/fhir/Patient/{PATIENT}"), Some(&patient_token), true),
         (&app, format!("/fhir/Observation?patient={PATIENT}&code=HIV&date=1970-01-01"), Some(&patient_token), true),
@@ -49,6 +51,7 @@ fn events_carry_no_phi_values() {
         (&clinic, "/fhir/Patient?name=Smith&given=John&birthdate=1970-01-01&identifier=http://hl7.org/fhir/sid/us-ssn%7C123-45-6789&phone=555-0100&address=Elm%20Street".to_owned(), Some(&user_token), true),
         (&clinic, format!("/fhir/Patient?_id={PATIENT},{OTHER}"), Some(&user_token), true),
         (&clinic, "/fhir/Patient/John.Smith-1970-01-01?_format=Smith".to_owned(), Some(&user_token), true),
+        (&clinic, format!("/fhir/Patient/{PATIENT}"), Some(&glass_token), false),
     ];
     let mut bytes = String::new();
     for format in [AuditFormat::Jsonl, AuditFormat::Fhir] {
@@ -79,7 +82,7 @@ fn events_carry_no_phi_values() {
     for phi in PHI {
         assert!(!bytes.contains(phi), "`{phi}` leaked into the audit bytes");
     }
-    for t in [&patient_token, &user_token] {
+    for t in [&patient_token, &user_token, &glass_token] {
         for part in t.split('.') {
             assert!(!bytes.contains(part), "token material leaked");
         }
@@ -88,4 +91,5 @@ fn events_carry_no_phi_values() {
     assert!(bytes.contains(&key().pseudonym(PATIENT)) && bytes.contains(&key().pseudonym(OTHER)));
     assert!(bytes.contains("Patient.identifier"));
     assert!(bytes.contains("name=*&given=*&birthdate=*&identifier=*&phone=*&address=*"));
+    assert!(bytes.contains("break_glass_invalid"));
 }

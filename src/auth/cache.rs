@@ -104,6 +104,7 @@ mod tests {
             token_id: None,
             expires_at: valid_until,
             valid_until,
+            ..Principal::default()
         })
     }
 

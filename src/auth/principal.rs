@@ -3,7 +3,7 @@
 use super::scope::SmartScope;
 
 /// The verified identity and grants of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
     /// `iss`.
     pub issuer: String,
@@ -21,6 +21,19 @@ pub struct Principal {
     pub purpose: Vec<String>,
     /// `jti`, for audit correlation.
     pub token_id: Option<String>,
+    /// `acr`: the authentication context class the user authenticated with (OpenID Connect).
+    pub acr: Option<String>,
+    /// `amr`: the authentication methods used (RFC 8176, e.g. `pwd`, `mfa`, `hwk`).
+    pub amr: Vec<String>,
+    /// `auth_time`: when the user last actively authenticated (seconds since the epoch).
+    pub auth_time: Option<u64>,
+    /// `iat` (seconds since the epoch).
+    pub issued_at: Option<u64>,
+    /// The policy's break-glass claim (`breakGlass.claim`), when the token carries it.
+    pub break_glass: Option<bool>,
+    /// The policy's break-glass reason claim (`breakGlass.reasonClaim`), as sent. Not audited
+    /// unless it is one of the policy's reason codes (free text could carry PHI).
+    pub break_glass_reason: Option<String>,
     /// `exp` (seconds since the epoch).
     pub expires_at: u64,
     /// Unix time after which this verification must not be reused (`exp` plus clock skew).

@@ -27,6 +27,10 @@ pub struct ClaimNames {
     pub patient: String,
     /// Purpose-of-use claim: a string or an array of strings.
     pub purpose: String,
+    /// Break-glass claim (a boolean), when the policy defines break-glass.
+    pub break_glass: Option<String>,
+    /// Break-glass reason claim (a string), when the policy defines break-glass.
+    pub break_glass_reason: Option<String>,
 }
 
 /// A trusted issuer, compiled from policy.
@@ -48,6 +52,9 @@ pub struct IssuerConfig {
     pub max_lifetime: Option<u64>,
     /// Claim names.
     pub claims: ClaimNames,
+    /// Known `acr` values, weakest first: a step-up requirement `acrMin` is met by its own
+    /// level or any later one. Empty when the policy defines none.
+    pub acr_levels: Vec<String>,
 }
 
 /// Header parameters we understand; anything in `crit` is therefore unsupported.
@@ -241,6 +248,10 @@ fn check_times(claims: &Map<String, Value>, issuer: &IssuerConfig, now: u64) -> 
             return Err(DenyReason::BadIssuedAt);
         }
     }
+    // A user cannot have authenticated in the future.
+    if numeric_date(claims, "auth_time")?.is_some_and(|t| t > now.saturating_add(skew)) {
+        return Err(DenyReason::BadIssuedAt);
+    }
     if let Some(max) = issuer.max_lifetime {
         let start = iat.unwrap_or(now);
         if exp.saturating_sub(start) > max.saturating_add(skew) {
@@ -314,6 +325,19 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         None => optional_string(claims, "azp")?,
     };
     let exp = numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
+    let (acr, amr) = authentication(claims)?;
+    let break_glass = match &names.break_glass {
+        None => None,
+        Some(name) => match claims.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(DenyReason::BadClaim),
+        },
+    };
+    let break_glass_reason = match &names.break_glass_reason {
+        None => None,
+        Some(name) => optional_string(claims, name)?,
+    };
     Ok(Principal {
         issuer: issuer.issuer.clone(),
         subject: optional_string(claims, &names.subject)?,
@@ -323,9 +347,39 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         patient,
         purpose,
         token_id: optional_string(claims, "jti")?,
+        acr,
+        amr,
+        auth_time: numeric_date(claims, "auth_time")?,
+        issued_at: numeric_date(claims, "iat")?,
+        break_glass,
+        break_glass_reason,
         expires_at: exp,
         valid_until: exp.saturating_add(issuer.clock_skew),
     })
+}
+
+/// Most `amr` entries accepted.
+const MAX_AMR: usize = 16;
+
+/// `acr` (a string) and `amr` (an array of method strings, RFC 8176). Both are compared with
+/// policy values only; a wrong type rejects the token rather than weakening a step-up check.
+fn authentication(claims: &Map<String, Value>) -> Result<(Option<String>, Vec<String>), DenyReason> {
+    let acr = optional_string(claims, "acr")?;
+    if acr.as_deref().is_some_and(|a| a.is_empty() || a.len() > 256) {
+        return Err(DenyReason::BadClaim);
+    }
+    let amr = match claims.get("amr") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) if list.len() <= MAX_AMR => list
+            .iter()
+            .map(|v| match v.as_str() {
+                Some(m) if (1..=64).contains(&m.len()) => Ok(m.to_owned()),
+                _ => Err(DenyReason::BadClaim),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(DenyReason::BadClaim),
+    };
+    Ok((acr, amr))
 }
 
 #[cfg(test)]
@@ -359,7 +413,10 @@ pub(crate) mod tests {
                 client_id: "client_id".into(),
                 patient: "patient".into(),
                 purpose: "purpose_of_use".into(),
+                break_glass: Some("break_glass".into()),
+                break_glass_reason: Some("break_glass_reason".into()),
             },
+            acr_levels: vec!["urn:phi-guard:loa:1".into(), "urn:phi-guard:loa:2".into(), "urn:phi-guard:loa:3".into()],
         }
     }
 
@@ -546,5 +603,43 @@ pub(crate) mod tests {
         assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim));
         c["purpose_of_use"] = json!({"code": "TREAT"});
         assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim));
+    }
+
+    #[test]
+    fn authentication_claims_are_strictly_typed() {
+        let mut c = claims();
+        let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
+        assert_eq!((p.acr, p.amr.len(), p.auth_time, p.issued_at, p.break_glass), (None, 0, None, Some(NOW - 10), None));
+        c["acr"] = json!("urn:phi-guard:loa:2");
+        c["amr"] = json!(["pwd", "mfa"]);
+        c["auth_time"] = json!(NOW - 100);
+        c["break_glass"] = json!(true);
+        c["break_glass_reason"] = json!("life-threatening");
+        let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
+        assert_eq!(p.acr.as_deref(), Some("urn:phi-guard:loa:2"));
+        assert_eq!(p.amr, ["pwd", "mfa"]);
+        assert_eq!(p.auth_time, Some(NOW - 100));
+        assert_eq!((p.break_glass, p.break_glass_reason.as_deref()), (Some(true), Some("life-threatening")));
+        let bad: Vec<(&str, Value, DenyReason)> = vec![
+            ("acr", json!(2), DenyReason::BadClaim),
+            ("acr", json!(""), DenyReason::BadClaim),
+            ("amr", json!("mfa"), DenyReason::BadClaim),
+            ("amr", json!(["mfa", 1]), DenyReason::BadClaim),
+            ("amr", json!(vec!["otp"; 17]), DenyReason::BadClaim),
+            ("auth_time", json!("yesterday"), DenyReason::BadClaim),
+            ("auth_time", json!(NOW + 61), DenyReason::BadIssuedAt),
+            ("break_glass", json!("true"), DenyReason::BadClaim),
+            ("break_glass_reason", json!(["life-threatening"]), DenyReason::BadClaim),
+        ];
+        for (k, v, want) in bad {
+            let mut c = c.clone();
+            c[k] = v;
+            assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(want), "{k}");
+        }
+        // Without break-glass in the policy the claim is not read at all.
+        let mut iss = issuer();
+        iss.claims.break_glass = None;
+        c["break_glass"] = json!("not even a boolean");
+        assert_eq!(verify(&sign(Algorithm::RS256, Some("demo-rs256"), &c), &[iss], 8192, NOW).unwrap().break_glass, None);
     }
 }

@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let decision = match &claims {
                 Some(c) => {
                     let value: Value = serde_json::from_str(c).map_err(|e| format!("--claims: {e}"))?;
-                    decide_with(&p, &req, |_| check_claims(&value, &p.issuers, at).map(Rc::new))
+                    decide_with(&p, &req, at, |_| check_claims(&value, &p.issuers, at).map(Rc::new))
                 }
                 None => decide(&p, &mut phi_guard::auth::TokenCache::new(0), &req, at),
             };
@@ -334,7 +334,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let Some(profile) = set.select(&scopes, &purpose) else {
                 return Ok(refuse(DenyReason::NoMinimizationProfile));
             };
-            let ctx = ApplyCtx { hmac_key: key.as_deref(), now: at.unwrap_or_else(now) };
+            let ctx = ApplyCtx { hmac_key: key.as_deref(), now: at.unwrap_or_else(now), pseudonyms: None };
             let applied = match minimize::apply(&profile, &body, &ctx, p.limits.max_response_bytes) {
                 Ok(a) => a,
                 Err(reason) => return Ok(refuse(reason)),
@@ -474,17 +474,33 @@ fn print_decision(policy: &Policy, d: &Decision) {
             if let Some(m) = &g.response.minimize {
                 println!("response: minimized by profile `{}`{}", m.name, if m.shadow { " (shadow)" } else { "" });
             }
+            if let Some(r) = &g.response.restrict {
+                let ids: Vec<&str> = r.binding.iter().map(|x| x.id.as_str()).collect();
+                println!("response: privacy restrictions checked: {}", ids.join(" "));
+            }
+            if let Some(b) = &g.break_glass {
+                println!("emergency: BREAK-GLASS `{}` (audited at high severity)", b.reason);
+            }
         }
         Decision::Deny(r) => {
-            let reply = refusal_reply(r.reason, r.status, r.fhir_route, r.required_scope.as_deref());
+            let reply = r.reply();
             println!("decision: DENY {} {}", r.status, r.reason.code());
             println!("why:      {}", r.reason.message());
             println!("route:    {}", r.route_id.as_deref().unwrap_or("(none matched)"));
             if let Some(f) = &r.fhir {
                 println!("fhir:     {} {}", f.interaction.name(), f.resource_type.unwrap_or("(system)"));
             }
-            if let Some(s) = &r.required_scope {
+            if let Some(s) = &r.challenge.scope {
                 println!("needs:    {s}");
+            }
+            if let Some(a) = &r.challenge.acr_values {
+                println!("needs:    acr at or above: {a}");
+            }
+            if let Some(m) = r.challenge.max_age {
+                println!("needs:    authentication within the last {m} s");
+            }
+            if let Some(b) = &r.break_glass {
+                println!("emergency: break-glass `{}` was in force", b.reason);
             }
             for (k, v) in &reply.headers {
                 if *k == "www-authenticate" {

@@ -2,9 +2,11 @@
 
 use std::rc::Rc;
 
+use super::breakglass::BreakGlass;
 use super::reason::DenyReason;
+use super::reply::{challenge_reply, Challenge, Reply};
 use super::response::{ResponseCheck, ResponsePlan};
-use crate::auth::{self, Principal, TokenCache};
+use crate::auth::{self, AuthRequirement, Principal, TokenCache};
 use crate::fhir::compartment::{in_patient_compartment, param_refers_to, patient_params};
 use crate::fhir::request::{parse as parse_fhir, FhirRequestError};
 use crate::fhir::{FhirRequest, Interaction};
@@ -92,6 +94,8 @@ pub struct Grant {
     pub body: Option<BodyCheck>,
     /// Add no-store/nosniff headers and strip server identification on the response.
     pub security_headers: bool,
+    /// Break-glass in force for this request (audit it at high severity with its reason).
+    pub break_glass: Option<BreakGlass>,
 }
 
 /// A refused request, with as much context as was established before the refusal.
@@ -109,8 +113,18 @@ pub struct Refusal {
     pub principal: Option<Rc<Principal>>,
     /// The modelled FHIR request, if any.
     pub fhir: Option<FhirRequest>,
-    /// For scope failures: the scopes that would have been enough (space-separated).
-    pub required_scope: Option<String>,
+    /// What the client must present to succeed (`WWW-Authenticate` parameters): the scopes that
+    /// would have been enough, or the step-up authentication required.
+    pub challenge: Challenge,
+    /// Break-glass that was in force when the request was refused.
+    pub break_glass: Option<BreakGlass>,
+}
+
+impl Refusal {
+    /// The local reply: status, `WWW-Authenticate` with the challenge, and the error body.
+    pub fn reply(&self) -> Reply {
+        challenge_reply(self.reason, self.status, self.fhir_route, &self.challenge)
+    }
 }
 
 /// The outcome of [`decide`].
@@ -137,10 +151,15 @@ struct Ctx<'p> {
     route: Option<&'p Route>,
     principal: Option<Rc<Principal>>,
     fhir: Option<FhirRequest>,
+    break_glass: Option<BreakGlass>,
 }
 
 impl Ctx<'_> {
     fn deny(self, reason: DenyReason, required_scope: Option<String>) -> Decision {
+        self.deny_with(reason, Challenge { scope: required_scope, ..Challenge::default() })
+    }
+
+    fn deny_with(self, reason: DenyReason, challenge: Challenge) -> Decision {
         let status = if reason == DenyReason::NoRoute { self.unmatched_status } else { reason.status() };
         Decision::Deny(Refusal {
             reason,
@@ -149,14 +168,15 @@ impl Ctx<'_> {
             fhir_route: self.route.is_some_and(|r| matches!(r.access, Access::Fhir(_))),
             principal: self.principal,
             fhir: self.fhir,
-            required_scope,
+            challenge,
+            break_glass: self.break_glass,
         })
     }
 }
 
 /// Decide one request. `cache` is the per-VM verified-token cache belonging to `policy`.
 pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u64) -> Decision {
-    decide_with(policy, req, |token| match cache.get(token, now) {
+    decide_with(policy, req, now, |token| match cache.get(token, now) {
         Some(p) => Ok(p),
         None => {
             let p = Rc::new(auth::verify(token, &policy.issuers, policy.limits.max_token_bytes, now)?);
@@ -167,12 +187,14 @@ pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u
 }
 
 /// [`decide`] with the token-to-principal step supplied by the caller (the CLI's `--claims`).
+/// `now` (seconds) is what step-up and break-glass windows are measured against.
 pub fn decide_with(
     policy: &Policy,
     req: &Request<'_>,
+    now: u64,
     mut authenticate: impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
 ) -> Decision {
-    let mut ctx = Ctx { unmatched_status: policy.unmatched_status, route: None, principal: None, fhir: None };
+    let mut ctx = Ctx { unmatched_status: policy.unmatched_status, route: None, principal: None, fhir: None, break_glass: None };
     if req.header_count > policy.limits.max_header_count || req.header_bytes > policy.limits.max_header_bytes {
         return ctx.deny(DenyReason::HeadersTooLarge, None);
     }
@@ -215,6 +237,7 @@ pub fn decide_with(
             response: ResponsePlan { max_body_bytes: policy.limits.max_response_bytes, ..ResponsePlan::default() },
             body: size_only(),
             security_headers: route.security_headers,
+            break_glass: None,
         });
     }
     let token = match bearer(req.authorization) {
@@ -226,6 +249,19 @@ pub fn decide_with(
         Err(reason) => return ctx.deny(reason, None),
     };
     ctx.principal = Some(Rc::clone(&principal));
+    // Break-glass first: it decides which principal (scopes, purposes) the rest runs with.
+    let (principal, break_glass) = match policy.break_glass.as_ref().map(|bg| (bg, bg.evaluate(&principal, now))) {
+        None | Some((_, Ok(None))) => (principal, None),
+        Some((bg, Ok(Some(b)))) => (Rc::new(bg.widen(&principal)), Some(b)),
+        Some((_, Err(reason))) => return ctx.deny(reason, None),
+    };
+    ctx.principal = Some(Rc::clone(&principal));
+    ctx.break_glass.clone_from(&break_glass);
+    if let Some(rule) = &route.purpose {
+        if let Err(reason) = rule.check(&principal.purpose) {
+            return ctx.deny(reason, None);
+        }
+    }
     let mut body = size_only();
     let checks = match &route.access {
         Access::Public => Vec::new(),
@@ -258,24 +294,51 @@ pub fn decide_with(
             }
         }
     };
+    // Step-up after the scopes: asking the user to authenticate again only helps a request
+    // the token's scopes would allow.
+    let levels = policy.acr_levels(&principal.issuer);
+    let authenticated = |req: &AuthRequirement| req.met_by(&principal, levels, now);
+    if let Some(req) = &route.authentication {
+        if !authenticated(req) {
+            let challenge = Challenge { scope: None, acr_values: req.acr_values(levels), max_age: req.max_auth_age };
+            return ctx.deny_with(DenyReason::InsufficientUserAuthentication, challenge);
+        }
+    }
     // Choose the data view now, so a caller entitled to none is refused before the upstream
-    // is asked.
+    // is asked. Break-glass may name a profile; it still needs that profile's step-up.
     let minimize = match &route.minimize {
         None => None,
-        Some(set) => match set.select(&principal.scopes, &principal.purpose) {
-            Some(profile) => Some(profile),
-            None => return ctx.deny(DenyReason::NoMinimizationProfile, None),
-        },
+        Some(set) => {
+            let emergency = policy.break_glass.as_ref().filter(|_| break_glass.is_some()).and_then(|bg| bg.profile.as_deref());
+            let chosen = emergency.and_then(|name| set.named(name, &principal.purpose, authenticated));
+            match chosen.or_else(|| set.select_where(&principal.scopes, &principal.purpose, authenticated)) {
+                Some(profile) => Some(profile),
+                None => return ctx.deny(DenyReason::NoMinimizationProfile, None),
+            }
+        }
+    };
+    let restrict = match (&policy.restrictions, &route.access, ctx.fhir.as_ref()) {
+        (Some(r), Access::Fhir(_), Some(f)) if returns_resources(f.interaction) => {
+            r.plan(&route.id, &principal.purpose, principal.patient.as_deref())
+        }
+        _ => None,
     };
     Decision::Allow(Grant {
         route_id: route.id.clone(),
         fhir_route: matches!(route.access, Access::Fhir(_)),
         principal: Some(principal),
         fhir: ctx.fhir,
-        response: ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes },
+        response: ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes, restrict },
         body,
         security_headers: route.security_headers,
+        break_glass,
     })
+}
+
+/// Interactions whose responses carry stored resources (privacy restrictions apply to them).
+fn returns_resources(i: Interaction) -> bool {
+    use Interaction::*;
+    matches!(i, Read | Vread | SearchType | SearchSystem | HistoryInstance | HistoryType | HistorySystem)
 }
 
 /// The bearer token from exactly one `Authorization` header (scheme case-insensitive).
@@ -681,4 +744,165 @@ mod tests {
         assert!(decide(&p, &mut cache, &req, NOW).reason().is_none());
         assert_eq!(decide(&p, &mut cache, &req, NOW + 70).reason(), Some(DenyReason::Expired));
     }
+
+    const KERMIT: &str = "1f456f0a-acb1-4728-82af-01ca57083c7b";
+
+    /// A clinician token for `clinician-api` (ES256, `scp`), patched.
+    fn clinician(patch: Value) -> String {
+        let mut c = claims();
+        let o = c.as_object_mut().unwrap();
+        o.remove("scope");
+        o.remove("patient");
+        c["scp"] = json!(["user/Condition.rs", "user/Patient.rs"]);
+        c["purpose_of_use"] = json!("TREAT");
+        c["acr"] = json!("urn:phi-guard:loa:2");
+        c["amr"] = json!(["pwd", "mfa"]);
+        c["auth_time"] = json!(NOW - 600);
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        sign(Algorithm::ES256, Some("demo-es256"), &c)
+    }
+
+    fn refusal(d: Decision) -> Refusal {
+        match d {
+            Decision::Deny(r) => r,
+            Decision::Allow(g) => panic!("allowed: {g:?}"),
+        }
+    }
+
+    fn grant(d: Decision) -> Grant {
+        match d {
+            Decision::Allow(g) => g,
+            Decision::Deny(r) => panic!("denied: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn step_up_on_routes_and_profiles() {
+        let p = policy("clinician-api");
+        let path = format!("/clinical/fhir/Condition?patient={KERMIT}");
+        let g = grant(run(&p, "GET", &path, Some(&clinician(json!({})))));
+        assert_eq!(g.response.minimize.as_ref().unwrap().name, "standard");
+        // Stronger and fresher: the profile that releases more.
+        let strong = clinician(json!({"acr": "urn:phi-guard:loa:3", "auth_time": NOW - 60}));
+        assert_eq!(grant(run(&p, "GET", &path, Some(&strong))).response.minimize.unwrap().name, "full-record");
+        let strong_but_old = clinician(json!({"acr": "urn:phi-guard:loa:3", "auth_time": NOW - 901}));
+        assert_eq!(grant(run(&p, "GET", &path, Some(&strong_but_old))).response.minimize.unwrap().name, "standard");
+        // The route's own requirement: 401 with an RFC 9470 challenge.
+        for (patch, what) in [
+            (json!({"acr": "urn:phi-guard:loa:1"}), "acr too low"),
+            (json!({"acr": null}), "no acr"),
+            (json!({"acr": "urn:other:gold"}), "unknown acr"),
+            (json!({"amr": ["pwd"]}), "no mfa"),
+            (json!({"auth_time": NOW - 43_201}), "stale"),
+            (json!({"auth_time": null}), "no auth_time"),
+        ] {
+            let r = refusal(run(&p, "GET", &path, Some(&clinician(patch))));
+            assert_eq!((r.reason, r.status), (DenyReason::InsufficientUserAuthentication, 401), "{what}");
+            assert_eq!(r.challenge.acr_values.as_deref(), Some("urn:phi-guard:loa:2 urn:phi-guard:loa:3"));
+            assert_eq!(r.challenge.max_age, Some(43_200));
+            let www = r.reply().headers.into_iter().find(|(k, _)| *k == "www-authenticate").unwrap().1;
+            assert!(www.contains("error=\"insufficient_user_authentication\"") && www.contains("max_age=\"43200\""), "{www}");
+        }
+        // Scopes are checked first: stepping up would not help.
+        let r = refusal(run(&p, "GET", &format!("/clinical/fhir/Observation?patient={KERMIT}"), Some(&clinician(json!({"amr": ["pwd"]})))));
+        assert_eq!(r.reason, DenyReason::InsufficientScope);
+    }
+
+    #[test]
+    fn purpose_of_use_on_routes() {
+        let p = policy("clinician-api");
+        let path = format!("/clinical/fhir/Condition?patient={KERMIT}");
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": null})))), Some(DenyReason::PurposeRequired));
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "HMARKT"})))), Some(DenyReason::PurposeNotAllowed));
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "SHOPPING"})))), Some(DenyReason::PurposeNotAllowed));
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": ["TREAT", "HRESCH"]})))), Some(DenyReason::PurposeNotAllowed));
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "HPAYMT"})))), None);
+        // Routes without a purpose rule are unchanged.
+        assert_eq!(reason(&p, "GET", "/fhir/Condition?code=x", Some(&clinician(json!({"purpose_of_use": null})))), None);
+        // Research callers get only the safe-harbor view.
+        let research = clinician(json!({"purpose_of_use": "HRESCH"}));
+        assert_eq!(grant(run(&p, "GET", "/research/fhir/Condition?code=x", Some(&research))).response.minimize.unwrap().name, "research-deidentified");
+        assert_eq!(reason(&p, "GET", "/research/fhir/Condition?code=x", Some(&clinician(json!({"purpose_of_use": "PUBHLTH"})))), Some(DenyReason::NoMinimizationProfile));
+    }
+
+    #[test]
+    fn break_glass() {
+        let p = policy("clinician-api");
+        let path = format!("/clinical/fhir/Observation?patient={KERMIT}");
+        let bg = |patch: Value| {
+            let mut base = json!({"break_glass": true, "break_glass_reason": "unconscious-patient", "iat": NOW - 60});
+            for (k, v) in patch.as_object().unwrap() {
+                base[k] = v.clone();
+            }
+            clinician(base)
+        };
+        // The grant widens the scopes (Observation was not granted), picks the emergency
+        // profile, and lifts the ETREAT-allowed restriction.
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({})))), Some(DenyReason::InsufficientScope));
+        let g = grant(run(&p, "GET", &path, Some(&bg(json!({})))));
+        assert_eq!(g.break_glass, Some(BreakGlass { reason: "unconscious-patient".into() }));
+        assert_eq!(g.response.minimize.as_ref().unwrap().name, "emergency");
+        assert!(g.response.restrict.is_none());
+        assert!(g.principal.as_ref().unwrap().purpose.contains(&"ETREAT".to_owned()));
+        // Invoked by purpose alone, same rules.
+        let by_purpose = clinician(json!({"purpose_of_use": "ETREAT", "break_glass_reason": "life-threatening"}));
+        assert!(grant(run(&p, "GET", &path, Some(&by_purpose))).break_glass.is_some());
+        for (patch, what) in [
+            (json!({"break_glass_reason": "John Smith collapsed"}), "free-text reason"),
+            (json!({"break_glass_reason": null}), "no reason"),
+            (json!({"iat": NOW - 3601}), "stale iat"),
+            (json!({"auth_time": NOW - 4000}), "stale auth_time"),
+        ] {
+            let mut patch = patch;
+            if patch.get("break_glass_reason").is_some_and(Value::is_null) {
+                patch = json!({"break_glass_reason": "", "break_glass": true});
+            }
+            let r = refusal(run(&p, "GET", &path, Some(&bg(patch))));
+            assert_eq!((r.reason, r.status), (DenyReason::BreakGlassInvalid, 403), "{what}");
+        }
+        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "ETREAT"})))), Some(DenyReason::BreakGlassInvalid));
+        // Never past verification, step-up or a patient-context token's compartment.
+        assert_eq!(reason(&p, "GET", &path, Some(&bg(json!({"exp": NOW - 100, "iat": NOW - 200})))), Some(DenyReason::Expired));
+        assert_eq!(reason(&p, "GET", &path, Some(&bg(json!({"amr": ["pwd"]})))), Some(DenyReason::InsufficientUserAuthentication));
+        let mut c = claims();
+        c["break_glass"] = json!(true);
+        c["break_glass_reason"] = json!("life-threatening");
+        c["scp"] = json!(["patient/Patient.rs"]);
+        let patient_token = sign(Algorithm::RS256, Some("demo-rs256"), &c);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1", Some(&patient_token)), None, "granted inside the compartment");
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p2", Some(&patient_token)), Some(DenyReason::PatientMismatch));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?code=x", Some(&patient_token)), Some(DenyReason::CompartmentEscape));
+        let r = refusal(run(&p, "GET", "/fhir/Observation?patient=p2", Some(&patient_token)));
+        assert!(r.break_glass.is_some(), "a refusal under break-glass still says so");
+    }
+
+    #[test]
+    fn restrictions_are_planned_for_reads() {
+        let p = policy("clinician-api");
+        let t = clinician(json!({"scp": ["user/Condition.cruds", "user/Patient.rs"]}));
+        let g = grant(run(&p, "GET", &format!("/clinical/fhir/Condition?patient={KERMIT}"), Some(&t)));
+        let plan = g.response.restrict.as_ref().unwrap();
+        assert_eq!(plan.binding[0].id, "rst-0001");
+        assert!(g.response.inspects_body() && g.response.rewrites_body());
+        // Every FHIR route when the restriction names none; reads only.
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(format!("{}/policies/clinician-api.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+        doc["restrictions"][0].as_object_mut().unwrap().remove("routes");
+        let all = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert!(grant(run(&all, "GET", "/fhir/Condition/c1", Some(&t))).response.restrict.is_some());
+        assert!(grant(run(&all, "POST", "/fhir/Condition", Some(&t))).response.restrict.is_none(), "writes return what the caller sent");
+        assert!(grant(run(&p, "GET", "/fhir/Condition/c1", Some(&t))).response.restrict.is_none(), "the example scopes it to one route");
+        assert!(grant(run(&p, "GET", &format!("/clinical/fhir/Condition/{KERMIT}"), Some(&t))).response.restrict.is_some());
+        assert!(grant(run(&p, "GET", "/admin/reports/7", Some(&clinician(json!({"scp": ["admin.reports.read"]}))))).response.restrict.is_none());
+        assert!(grant(run(&p, "GET", "/clinical/fhir/Condition/c1", Some(&clinician(json!({"purpose_of_use": "ETREAT", "break_glass_reason": "life-threatening"})))))
+            .response
+            .restrict
+            .is_none());
+    }
 }
+

@@ -1,6 +1,7 @@
 //! The access decision: a pure function from (policy, request, now) to [`Decision`], and the
 //! replies and response checks that follow from it.
 
+pub mod breakglass;
 pub mod engine;
 pub mod ratelimit;
 pub mod reason;
@@ -9,6 +10,7 @@ pub mod response;
 
 pub use engine::{decide, decide_with, Decision, Grant, Refusal, Request};
 pub use reason::DenyReason;
-pub use reply::{refusal_reply, Reply};
-pub use response::{ResponseCheck, ResponsePlan};
+pub use breakglass::BreakGlass;
+pub use reply::{challenge_reply, refusal_reply, Challenge, Reply};
+pub use response::{Release, ResponseCheck, ResponsePlan};
 pub use crate::minimize::{Applied, ApplyCtx};

@@ -138,6 +138,7 @@ mod tests {
             purpose: vec![],
             expires_at: 0,
             valid_until: 0,
+            ..Principal::default()
         };
         let k = limit(60, 1).key(&p);
         assert!(k.starts_with("phi-guard/rl/l/") && !k.contains("alice"));

@@ -93,6 +93,17 @@ pub enum DenyReason {
     ResponseUnknownResource,
     /// Minimization could not be completed (missing hash key, malformed `meta.security`, ...).
     MinimizationFailed,
+    /// The user's authentication is too weak, lacks a required method, or is too old for the
+    /// route (RFC 9470 step-up).
+    InsufficientUserAuthentication,
+    /// The route requires a purpose of use and the token states none.
+    PurposeRequired,
+    /// A stated purpose of use is not an HL7 v3 PurposeOfUse code or not allowed on the route.
+    PurposeNotAllowed,
+    /// Break-glass was invoked without a valid reason code, or outside its time window.
+    BreakGlassInvalid,
+    /// The resource is withheld by a patient's privacy restriction.
+    Restricted,
 }
 
 impl DenyReason {
@@ -112,6 +123,8 @@ impl DenyReason {
             | BadSignature | MissingExpiry | Expired | NotYetValid | BadIssuedAt | BadAudience
             | BadClaim | TokenInQuery => 401,
             InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | MissingPatientContext => 403,
+            InsufficientUserAuthentication => 401,
+            PurposeRequired | PurposeNotAllowed | BreakGlassInvalid | Restricted => 403,
             NoMinimizationProfile => 403,
             ResponseUncheckable | ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
             | ResponseUnexpectedShape | ResponseUnknownResource | MinimizationFailed => 502,
@@ -166,6 +179,11 @@ impl DenyReason {
             ResponseUnexpectedShape => "response_unexpected_shape",
             ResponseUnknownResource => "response_unknown_resource",
             MinimizationFailed => "minimization_failed",
+            InsufficientUserAuthentication => "insufficient_user_authentication",
+            PurposeRequired => "purpose_required",
+            PurposeNotAllowed => "purpose_not_allowed",
+            BreakGlassInvalid => "break_glass_invalid",
+            Restricted => "restricted",
         }
     }
 
@@ -214,6 +232,11 @@ impl DenyReason {
             NoMinimizationProfile => "no data view is defined for this token's scopes and purpose",
             ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated | ResponseUnexpectedShape
             | ResponseUnknownResource | MinimizationFailed => "the upstream response could not be released",
+            InsufficientUserAuthentication => "a stronger or more recent user authentication is required",
+            PurposeRequired => "a purpose of use is required for this request",
+            PurposeNotAllowed => "the stated purpose of use is not allowed for this request",
+            BreakGlassInvalid => "emergency access requires a valid reason code within its time window",
+            Restricted => "the requested data is restricted",
         }
     }
 
@@ -221,6 +244,7 @@ impl DenyReason {
     pub fn bearer_error(self) -> Option<&'static str> {
         match self.status() {
             401 if self == DenyReason::MissingToken => None,
+            401 if self == DenyReason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             401 => Some("invalid_token"),
             403 if self == DenyReason::InsufficientScope => Some("insufficient_scope"),
             _ => None,
@@ -229,6 +253,9 @@ impl DenyReason {
 
     /// The FHIR `OperationOutcome.issue.code` for this refusal.
     pub fn issue_code(self) -> &'static str {
+        if self == DenyReason::Restricted {
+            return "suppressed";
+        }
         match self.status() {
             401 => "login",
             403 => "forbidden",
@@ -240,7 +267,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 44] = {
+    pub const ALL: [DenyReason; 49] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
@@ -250,7 +277,8 @@ impl DenyReason {
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
             CompartmentEscape, MissingPatientContext, ResponseUncheckable, NoMinimizationProfile,
             ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,
-            ResponseUnknownResource, MinimizationFailed, AuditUnavailable,
+            ResponseUnknownResource, MinimizationFailed, AuditUnavailable, InsufficientUserAuthentication,
+            PurposeRequired, PurposeNotAllowed, BreakGlassInvalid, Restricted,
         ]
     };
 }
@@ -271,5 +299,11 @@ mod tests {
         assert_eq!(DenyReason::MissingToken.bearer_error(), None);
         assert_eq!(DenyReason::Expired.bearer_error(), Some("invalid_token"));
         assert_eq!(DenyReason::InsufficientScope.bearer_error(), Some("insufficient_scope"));
+        assert_eq!(DenyReason::InsufficientUserAuthentication.bearer_error(), Some("insufficient_user_authentication"));
+        assert_eq!(DenyReason::InsufficientUserAuthentication.status(), 401);
+        for r in [DenyReason::PurposeRequired, DenyReason::PurposeNotAllowed, DenyReason::BreakGlassInvalid, DenyReason::Restricted] {
+            assert_eq!((r.status(), r.bearer_error()), (403, None));
+        }
+        assert_eq!(DenyReason::Restricted.issue_code(), "suppressed");
     }
 }

@@ -16,8 +16,40 @@ pub struct Reply {
     pub body: String,
 }
 
-/// Build the reply for a refusal. `required_scope` is policy text (never token content).
+/// What a client must present to succeed, carried in `WWW-Authenticate`. Policy text only,
+/// never request or token content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Challenge {
+    /// `scope` (RFC 6750), on `insufficient_scope`: scopes that would have been enough,
+    /// space-separated.
+    pub scope: Option<String>,
+    /// `acr_values` (RFC 9470), on `insufficient_user_authentication`: acceptable
+    /// authentication context classes, space-separated.
+    pub acr_values: Option<String>,
+    /// `max_age` (RFC 9470), on `insufficient_user_authentication`: the longest acceptable time
+    /// in seconds since the user last authenticated.
+    pub max_age: Option<u64>,
+}
+
+impl Challenge {
+    /// A challenge naming the scopes that would have been enough.
+    pub fn scope(scope: Option<&str>) -> Self {
+        Challenge { scope: scope.map(str::to_owned), ..Challenge::default() }
+    }
+}
+
+/// Build the reply for a refusal whose challenge carries at most a scope (response-phase
+/// refusals, rate limits, no policy). Prefer [`challenge_reply`] (or
+/// [`crate::decision::Refusal::reply`]) for request-phase refusals.
 pub fn refusal_reply(reason: DenyReason, status: u16, fhir: bool, required_scope: Option<&str>) -> Reply {
+    challenge_reply(reason, status, fhir, &Challenge::scope(required_scope))
+}
+
+/// Build the reply for a refusal. The challenge's parameters are written only for the reason
+/// they belong to: `scope` on `insufficient_scope`, `acr_values` and `max_age` on
+/// `insufficient_user_authentication`.
+pub fn challenge_reply(reason: DenyReason, status: u16, fhir: bool, challenge: &Challenge) -> Reply {
+    let quoted = |s: &str| s.replace(['"', '\\'], "");
     let mut headers = vec![
         ("content-type", if fhir { "application/fhir+json" } else { "application/json" }.to_owned()),
         ("cache-control", "no-store".to_owned()),
@@ -28,8 +60,21 @@ pub fn refusal_reply(reason: DenyReason, status: u16, fhir: bool, required_scope
         if let Some(e) = reason.bearer_error() {
             v.push_str(&format!(", error=\"{e}\", error_description=\"{}\"", reason.message()));
         }
-        if let (DenyReason::InsufficientScope, Some(s)) = (reason, required_scope) {
-            v.push_str(&format!(", scope=\"{}\"", s.replace(['"', '\\'], "")));
+        match reason {
+            DenyReason::InsufficientScope => {
+                if let Some(s) = &challenge.scope {
+                    v.push_str(&format!(", scope=\"{}\"", quoted(s)));
+                }
+            }
+            DenyReason::InsufficientUserAuthentication => {
+                if let Some(a) = &challenge.acr_values {
+                    v.push_str(&format!(", acr_values=\"{}\"", quoted(a)));
+                }
+                if let Some(m) = challenge.max_age {
+                    v.push_str(&format!(", max_age=\"{m}\""));
+                }
+            }
+            _ => {}
         }
         headers.push(("www-authenticate", v));
     }
@@ -71,5 +116,26 @@ mod tests {
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate").unwrap().contains("error=\"insufficient_scope\", error_description=\"the token lacks a scope this request requires\", scope=\"patient/Observation.r\""));
         assert!(header(&refusal_reply(DenyReason::NoRoute, DenyReason::NoRoute.status(), false, None), "www-authenticate").is_none());
+    }
+
+    #[test]
+    fn step_up_challenge() {
+        let c = Challenge { scope: Some("ignored".into()), acr_values: Some("urn:x:loa-2 urn:x:loa-3".into()), max_age: Some(300) };
+        let r = challenge_reply(DenyReason::InsufficientUserAuthentication, 401, true, &c);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"phi-guard\", error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\", acr_values=\"urn:x:loa-2 urn:x:loa-3\", max_age=\"300\"")
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["issue"][0]["details"]["coding"][0]["code"], "insufficient_user_authentication");
+        // Without the challenge (e.g. an older host) the error code is still right.
+        let bare = refusal_reply(DenyReason::InsufficientUserAuthentication, 401, false, None);
+        assert!(header(&bare, "www-authenticate").unwrap().ends_with("error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\""));
+        // Parameters only go with their own reason, and quotes cannot break out.
+        let r = challenge_reply(DenyReason::InsufficientScope, 403, false, &Challenge { scope: Some("a\"b".into()), acr_values: Some("x".into()), max_age: Some(1) });
+        assert!(header(&r, "www-authenticate").unwrap().ends_with("scope=\"ab\""));
+        let r = challenge_reply(DenyReason::PurposeRequired, 403, false, &c);
+        assert!(header(&r, "www-authenticate").is_none());
     }
 }

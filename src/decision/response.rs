@@ -1,5 +1,6 @@
 //! What must happen to an allowed request's response before the client sees it: checks on the
-//! body (patient binding) and minimization by the selected profile.
+//! body (patient binding), patients' privacy restrictions, and minimization by the selected
+//! profile.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use serde_json::Value;
 
 use super::reason::DenyReason;
 use crate::fhir::compartment::resource_belongs_to;
+use crate::minimize::restrict::{RestrictPlan, RestrictionHit};
 use crate::minimize::{self, Applied, ApplyCtx, Profile};
 
 /// A check on the upstream response body.
@@ -28,18 +30,32 @@ pub struct ResponsePlan {
     pub minimize: Option<Arc<Profile>>,
     /// Largest body buffered; larger bodies are refused (`response_too_large`).
     pub max_body_bytes: usize,
+    /// Privacy restrictions binding this caller (FHIR reads, searches and histories).
+    pub restrict: Option<RestrictPlan>,
 }
 
 impl Default for ResponsePlan {
     fn default() -> Self {
-        ResponsePlan { checks: Vec::new(), minimize: None, max_body_bytes: usize::MAX }
+        ResponsePlan { checks: Vec::new(), minimize: None, max_body_bytes: usize::MAX, restrict: None }
     }
+}
+
+/// The result of releasing a response: what the client gets, and what the audit event records
+/// about restrictions (also when the response is refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// `Ok`: the bytes to send (`None`: the upstream's, unchanged), withheld paths, profile.
+    /// `Err`: the client gets the reason's error body and none of the upstream's bytes.
+    pub outcome: Result<Applied, DenyReason>,
+    /// Restrictions that withheld resources, with counts (never what they withheld).
+    pub restrictions: Vec<RestrictionHit>,
 }
 
 impl PartialEq for ResponsePlan {
     fn eq(&self, other: &Self) -> bool {
         self.checks == other.checks
             && self.max_body_bytes == other.max_body_bytes
+            && self.restrict == other.restrict
             && match (&self.minimize, &other.minimize) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -51,27 +67,52 @@ impl PartialEq for ResponsePlan {
 impl ResponsePlan {
     /// Whether the body must be buffered and inspected.
     pub fn inspects_body(&self) -> bool {
-        !self.checks.is_empty() || self.minimize.is_some()
+        !self.checks.is_empty() || self.minimize.is_some() || self.restrict.is_some()
     }
 
     /// Whether the released body may differ from the upstream's (the host must then drop
     /// `content-length` in the response-headers phase and strip `accept-encoding` upstream).
     pub fn rewrites_body(&self) -> bool {
-        self.minimize.as_ref().is_some_and(|p| !p.shadow)
+        self.minimize.as_ref().is_some_and(|p| !p.shadow) || self.restrict.is_some()
     }
 
-    /// Release a complete 2xx body: run the checks, then the minimization. `Ok` carries the
-    /// bytes to send (`None`: the upstream's, unchanged) and the withheld paths for audit; `Err`
-    /// means the client must get a generic error body and none of the upstream's bytes.
+    /// Release a complete 2xx body: run the checks, then the privacy restrictions, then the
+    /// minimization. See [`Release`]. `ctx.pseudonyms` must carry the audit key when the
+    /// policy names restricted patients by pseudonym.
+    pub fn release(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
+        let mut restrictions = Vec::new();
+        let outcome = self.release_into(body, ctx, &mut restrictions);
+        Release { outcome, restrictions }
+    }
+
+    /// [`ResponsePlan::release`] without the restriction record.
     pub fn apply(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Result<Applied, DenyReason> {
+        self.release(body, ctx).outcome
+    }
+
+    fn release_into(&self, body: &[u8], ctx: &ApplyCtx<'_>, hits: &mut Vec<RestrictionHit>) -> Result<Applied, DenyReason> {
         if !self.inspects_body() {
             return Ok(Applied::default());
         }
         let mut value = minimize::body::parse(body, self.max_body_bytes)?;
         self.run_checks(&value)?;
+        let mut restricted = false;
+        if let Some(plan) = &self.restrict {
+            let (result, h) = plan.apply(&mut value, ctx.pseudonyms);
+            *hits = h;
+            restricted = result?;
+        }
         match &self.minimize {
-            None => Ok(Applied::default()),
+            // A shadow profile releases the body as it was before minimization: after the
+            // restrictions, which are never shadowed.
+            Some(profile) if profile.shadow && restricted => {
+                let bytes = minimize::body::serialize(&value)?;
+                let applied = minimize::release(profile, &mut value, ctx)?;
+                Ok(Applied { body: Some(bytes), ..applied })
+            }
             Some(profile) => minimize::release(profile, &mut value, ctx),
+            None if restricted => Ok(Applied { body: Some(minimize::body::serialize(&value)?), ..Applied::default() }),
+            None => Ok(Applied::default()),
         }
     }
 
@@ -118,4 +159,46 @@ mod tests {
         let small = ResponsePlan { max_body_bytes: 8, ..plan };
         assert_eq!(small.apply(br#"{"resourceType":"Observation"}"#, &ApplyCtx::default()), Err(DenyReason::ResponseTooLarge));
     }
+
+    #[test]
+    fn restrictions_run_before_minimization_and_are_never_shadowed() {
+        use crate::minimize::restrict::{Label, Restriction, Restrictions};
+        use crate::policy::audit::PatientIds;
+        let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+        let r = Restrictions {
+            list: vec![Arc::new(Restriction {
+                id: "r1".into(),
+                patient: "p1".into(),
+                labels: vec![Label { system: act.into(), code: "PSY".into() }],
+                allow_purposes: vec![],
+                routes: vec![],
+            })],
+            patient_ids: PatientIds::Raw,
+        };
+        let body = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
+            {"resource": {"resourceType": "Condition", "id": "a", "subject": {"reference": "Patient/p1"}, "note": [{"text": "x"}]}},
+            {"resource": {"resourceType": "Condition", "id": "b", "subject": {"reference": "Patient/p1"}, "meta": {"security": [{"system": act, "code": "PSY"}]}}}
+        ]});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let shadow = crate::minimize::testing::profile(serde_json::json!({"mode": "deny", "shadow": true, "resources": {"*": {"deny": ["note"]}}}), true);
+        let plan = ResponsePlan { minimize: Some(Arc::new(shadow)), restrict: r.plan("fhir", &[], None), ..ResponsePlan::default() };
+        assert!(plan.rewrites_body());
+        let released = plan.release(&bytes, &ApplyCtx::default());
+        assert_eq!(released.restrictions, [RestrictionHit { id: "r1".into(), count: 1 }]);
+        let applied = released.outcome.unwrap();
+        assert!(applied.shadow && applied.withheld.contains(&"Bundle.entry.resource(Condition).note".to_owned()));
+        let out: Value = serde_json::from_slice(applied.body.as_deref().unwrap()).unwrap();
+        assert_eq!(out["entry"].as_array().unwrap().len(), 1, "restricted entry gone");
+        assert_eq!(out["entry"][0]["resource"]["note"][0]["text"], "x", "shadow minimization changed nothing");
+        assert!(out.get("total").is_none());
+        // Without a profile the restricted body is still re-serialized; untouched bodies are not.
+        let plan = ResponsePlan { restrict: r.plan("fhir", &[], None), ..ResponsePlan::default() };
+        assert!(plan.apply(&bytes, &ApplyCtx::default()).unwrap().body.is_some());
+        let other = br#"{"resourceType":"Condition","id":"z","subject":{"reference":"Patient/p2"}}"#;
+        assert_eq!(plan.apply(other, &ApplyCtx::default()), Ok(Applied::default()));
+        let read = br#"{"resourceType":"Condition","id":"b","subject":{"reference":"Patient/p1"},"meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"PSY"}]}}"#;
+        let refused = plan.release(read, &ApplyCtx::default());
+        assert_eq!((refused.outcome, refused.restrictions.len()), (Err(DenyReason::Restricted), 1));
+    }
 }
+

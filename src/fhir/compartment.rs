@@ -1,7 +1,7 @@
 //! The FHIR R4 Patient compartment: which resources belong to a patient, found from search
 //! parameters (request phase) or from reference elements (response phase).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::compartment_table::PATIENT_COMPARTMENT;
 
@@ -61,6 +61,52 @@ pub fn resource_belongs_to(resource: &Value, id: &str) -> bool {
         });
         found
     })
+}
+
+/// The ids of the patients a resource belongs to: a Patient's own id, or the patients its
+/// patient-link elements reference (`Patient/id`, `.../Patient/id`, with or without
+/// `/_history/n`). Contained (`#x`) and other references are not followed. Sorted, distinct.
+pub fn resource_patients(resource: &Value) -> Vec<String> {
+    resource.as_object().map(object_patients).unwrap_or_default()
+}
+
+/// [`resource_patients`] of a resource object.
+pub fn object_patients(resource: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+        return out;
+    };
+    if rt == "Patient" {
+        out.extend(resource.get("id").and_then(Value::as_str).map(str::to_owned));
+        return out;
+    }
+    let Some((_, _, paths)) = entry(rt) else {
+        return out;
+    };
+    for p in paths.iter() {
+        let mut segments = p.split('.');
+        let Some(child) = segments.next().and_then(|first| resource.get(first)) else {
+            continue;
+        };
+        visit_path(child, &mut segments, &mut |v| {
+            if let Some(id) = v.get("reference").and_then(Value::as_str).and_then(patient_id_of) {
+                out.push(id.to_owned());
+            }
+        });
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The patient id a reference names, if it names a Patient.
+fn patient_id_of(reference: &str) -> Option<&str> {
+    let (prefix, tail) = reference.rsplit_once("Patient/")?;
+    if !(prefix.is_empty() || prefix.ends_with('/')) {
+        return None;
+    }
+    let id = tail.split_once("/_history/").map_or(tail, |(t, _)| t);
+    crate::fhir::request::valid_id(id).then_some(id)
 }
 
 fn visit_path<'a>(v: &Value, path: &mut (impl Iterator<Item = &'a str> + Clone), f: &mut impl FnMut(&Value)) {
@@ -123,6 +169,18 @@ mod tests {
         assert!(!resource_belongs_to(&json!({"resourceType":"Patient","id":"p2"}), "p1"));
         assert!(!resource_belongs_to(&json!({"resourceType":"Medication","id":"p1"}), "p1"));
         assert!(!resource_belongs_to(&json!({"id":"p1"}), "p1"));
+    }
+
+    #[test]
+    fn patients_of_a_resource() {
+        let ap = json!({"resourceType":"Appointment","participant":[{"actor":{"reference":"Patient/p2"}},{"actor":{"reference":"Practitioner/x"}},
+                        {"actor":{"reference":"https://x.org/fhir/Patient/p1/_history/3"}},{"actor":{"reference":"Patient/p2"}}]});
+        assert_eq!(resource_patients(&ap), ["p1", "p2"]);
+        assert_eq!(resource_patients(&json!({"resourceType":"Patient","id":"p9"})), ["p9"]);
+        assert!(resource_patients(&json!({"resourceType":"Observation","subject":{"reference":"#contained"}})).is_empty());
+        assert!(resource_patients(&json!({"resourceType":"Observation","subject":{"reference":"Group/g"}})).is_empty());
+        assert!(resource_patients(&json!({"resourceType":"Medication","id":"m"})).is_empty());
+        assert!(resource_patients(&json!({"resourceType":"Observation","subject":{"reference":"XPatient/p1"}})).is_empty());
     }
 
     #[test]

@@ -11,7 +11,9 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::now_ms;
 use super::vm::{OwnedRequest, Outcome, ResponseState, StreamState, Vm, Waiter};
+use crate::decision::reply::Challenge;
 use crate::decision::{refusal_reply, DenyReason};
+use crate::http::{content_digest, CONTENT_DIGEST};
 use crate::minimize::ApplyCtx;
 
 /// An Envoy attribute as text (e.g. `source.address`).
@@ -85,19 +87,26 @@ impl Stream {
     /// Check and minimize the complete buffered body: release the minimized bytes, or switch to
     /// replacement (not one byte of the original) if anything fails.
     fn finish_check(&self, body_size: usize) {
-        let result = {
+        let (result, original) = {
             let st = self.state.borrow();
             let ResponseState::Check { plan, .. } = &st.response else { return };
             match get_buffer(BufferType::HttpResponseBody, 0, body_size) {
                 Ok(b) => {
+                    let body = b.unwrap_or_default();
                     let key = self.vm.hmac_key.borrow();
-                    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000 };
-                    plan.apply(&b.unwrap_or_default(), &ctx)
+                    let audit = self.vm.audit.borrow();
+                    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000, pseudonyms: audit.as_ref().map(|a| &a.key) };
+                    (plan.release(&body, &ctx), body)
                 }
-                Err(_) => Err(DenyReason::ResponseTruncated),
+                Err(_) => {
+                    drop(st);
+                    self.refuse_response(DenyReason::ResponseTruncated);
+                    return;
+                }
             }
         };
-        match result {
+        self.state.borrow_mut().restrictions = result.restrictions;
+        match result.outcome {
             Ok(applied) => {
                 if let Some(bytes) = &applied.body {
                     if set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
@@ -109,8 +118,13 @@ impl Stream {
                 if applied.profile.is_some() {
                     self.vm.metrics.minimized(applied.count);
                 }
+                // Integrity of what leaves the filter: RFC 9530 digest of the released bytes, as
+                // a trailer (the headers are gone) and in the audit event.
+                let digest = content_digest(applied.body.as_deref().unwrap_or(&original));
+                let _ = set_map_value(MapType::HttpResponseTrailers, CONTENT_DIGEST, Some(&digest));
                 let mut st = self.state.borrow_mut();
                 st.withheld = applied.withheld;
+                st.content_digest = Some(digest);
                 st.response = ResponseState::Pass;
             }
             Err(reason) => self.refuse_response(reason),
@@ -123,7 +137,7 @@ impl Stream {
             st.body = None;
             st.failure = Some(reason);
         }
-        self.vm.reply(&self.state, reason.status(), reason, false, None, &[]);
+        self.vm.reply(&self.state, reason.status(), reason, false, &Challenge::default(), &[]);
         Action::Pause
     }
 }
@@ -140,7 +154,7 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Ok(headers) = get_map(MapType::HttpRequestHeaders) else {
-            self.vm.reply(&self.state, 400, DenyReason::InvalidPath, false, None, &[]);
+            self.vm.reply(&self.state, 400, DenyReason::InvalidPath, false, &Challenge::default(), &[]);
             return Action::Pause;
         };
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());

@@ -16,7 +16,8 @@ use crate::auth::verify::unverified_issuer;
 use crate::auth::TokenCache;
 use crate::decision::engine::BodyCheck;
 use crate::decision::ratelimit::{Bucket, RateLimit};
-use crate::decision::{decide, refusal_reply, Decision, DenyReason, Refusal, Request, ResponsePlan};
+use crate::decision::reply::{challenge_reply, Challenge};
+use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePlan};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 
@@ -107,6 +108,10 @@ pub struct StreamState {
     pub withheld: Vec<String>,
     /// Why the response (or request body) was refused after the request was allowed.
     pub failure: Option<DenyReason>,
+    /// Privacy restrictions applied to the response (ids and counts, never what they hid).
+    pub restrictions: Vec<crate::minimize::restrict::RestrictionHit>,
+    /// RFC 9530 `Content-Digest` of the body released.
+    pub content_digest: Option<String>,
 }
 
 impl StreamState {
@@ -121,6 +126,8 @@ impl StreamState {
             status: 0,
             withheld: Vec::new(),
             failure: None,
+            restrictions: Vec::new(),
+            content_digest: None,
         }
     }
 }
@@ -240,7 +247,10 @@ impl Vm {
             ResponseState::Check { .. } if st.status != 0 => Some(DenyReason::ResponseTruncated),
             _ => None,
         });
-        let event = event.with_response(st.status, std::mem::take(&mut st.withheld), failure);
+        let mut event = event.with_response(st.status, std::mem::take(&mut st.withheld), failure).with_restrictions(std::mem::take(&mut st.restrictions));
+        if let Some(d) = st.content_digest.take() {
+            event = event.with_content_digest(d);
+        }
         drop(st);
         self.emit(&event);
     }
@@ -266,7 +276,7 @@ impl Vm {
                 if let Some(ev) = self.event(&Decision::Deny(refusal), req, None, now_ms) {
                     self.emit(&ev);
                 }
-                self.reply(state, 503, DenyReason::NoPolicy, false, None, &[]);
+                self.reply(state, 503, DenyReason::NoPolicy, false, &Challenge::default(), &[]);
                 return Outcome::Replied;
             };
             let before = active.cache.stats();
@@ -295,13 +305,13 @@ impl Vm {
             d => d,
         };
         let shadow = policy.shadow;
-        let refuse = |status: u16, reason: DenyReason, fhir: bool, required: Option<&str>, extra: &[(&str, String)]| {
+        let refuse = |status: u16, reason: DenyReason, fhir: bool, challenge: &Challenge, extra: &[(&str, String)]| {
             if shadow {
                 log::warn!("phi-guard: shadow mode: would refuse {status} {}", reason.code());
                 self.metrics.shadow_denied(reason);
                 Outcome::Forwarded
             } else {
-                self.reply(state, status, reason, fhir, required, extra);
+                self.reply(state, status, reason, fhir, challenge, extra);
                 Outcome::Replied
             }
         };
@@ -311,7 +321,7 @@ impl Vm {
                 if let Some(ev) = &event {
                     self.emit(ev);
                 }
-                return refuse(r.status, r.reason, r.fhir_route, r.required_scope.as_deref(), &[]);
+                return refuse(r.status, r.reason, r.fhir_route, &r.challenge, &[]);
             }
             Decision::Allow(grant) => grant,
         };
@@ -329,7 +339,7 @@ impl Vm {
                     if let Some(ev) = self.event(&denied, req, Some(&policy), now_ms) {
                         self.emit(&ev);
                     }
-                    return refuse(429, DenyReason::RateLimited, grant.fhir_route, None, &[("retry-after", retry.to_string())]);
+                    return refuse(429, DenyReason::RateLimited, grant.fhir_route, &Challenge::default(), &[("retry-after", retry.to_string())]);
                 }
             }
         }
@@ -347,8 +357,8 @@ impl Vm {
     }
 
     /// Answer the current stream locally.
-    pub fn reply(&self, state: &RefCell<StreamState>, status: u16, reason: DenyReason, fhir: bool, required: Option<&str>, extra: &[(&str, String)]) {
-        let reply = refusal_reply(reason, status, fhir, required);
+    pub fn reply(&self, state: &RefCell<StreamState>, status: u16, reason: DenyReason, fhir: bool, challenge: &Challenge, extra: &[(&str, String)]) {
+        let reply = challenge_reply(reason, status, fhir, challenge);
         let mut headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         state.borrow_mut().replied = true;
@@ -390,7 +400,7 @@ impl Vm {
 
 /// A refusal with no context yet (the caller fills in what it knows).
 fn refusal(reason: DenyReason, status: u16) -> Refusal {
-    Refusal { reason, status, route_id: None, fhir_route: false, principal: None, fhir: None, required_scope: None }
+    Refusal { reason, status, route_id: None, fhir_route: false, principal: None, fhir: None, challenge: Challenge::default(), break_glass: None }
 }
 
 /// Take one request from a bucket in shared data (compare-and-swap, retried under contention).

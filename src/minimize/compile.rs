@@ -52,7 +52,23 @@ pub fn compile_minimize(doc: &MinimizeDoc, loc: &str, fhir: bool) -> Result<Prof
         }
         profiles.push(Arc::new(profile));
     }
-    Ok(ProfileSet { profiles })
+    let mut safe_harbor_purposes = Vec::new();
+    if let Some(list) = &doc.safe_harbor_purposes {
+        let sloc = format!("{loc}.safeHarborPurposes");
+        if list.is_empty() {
+            return Err(err(sloc, "must list at least one purpose-of-use code"));
+        }
+        for (i, code) in list.iter().enumerate() {
+            if !crate::auth::purpose::is_purpose_of_use(code) {
+                return Err(err(format!("{sloc}[{i}]"), format!("`{code}` is not an HL7 v3 PurposeOfUse code")));
+            }
+        }
+        if !profiles.iter().any(|p| p.safe_harbor) {
+            return Err(err(sloc, "no profile of the route uses `\"preset\": \"safe-harbor\"`, so these callers could never be served"));
+        }
+        safe_harbor_purposes.clone_from(list);
+    }
+    Ok(ProfileSet { profiles, safe_harbor_purposes })
 }
 
 fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, CompileError> {
@@ -82,6 +98,9 @@ fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, Com
         }
         when.purpose.clone_from(list);
     }
+    if let Some(a) = &p.authentication {
+        when.authentication = Some(crate::policy::compile::compile_authentication(a, &format!("{loc}.authentication"))?);
+    }
     let body = match p.preset {
         Some(preset) => {
             let extra = [
@@ -108,7 +127,7 @@ fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, Com
         }
         None => compile_rules(p, loc, fhir)?,
     };
-    Ok(Profile { name: p.name.clone(), when, shadow: p.shadow, body })
+    Ok(Profile { name: p.name.clone(), when, shadow: p.shadow, safe_harbor: p.preset == Some(PresetName::SafeHarbor), body })
 }
 
 /// The rule part of a profile (everything but name, conditions and shadow).
@@ -275,6 +294,43 @@ mod tests {
         // `*` merged into Patient.
         assert!(f.types["Patient"].root.matching("status", None).next().is_some());
         assert!(f.rules_for("Observation").is_some());
+    }
+
+    #[test]
+    fn step_up_and_safe_harbor_binding() {
+        let set = compile_minimize(
+            &doc(json!({"safeHarborPurposes": ["HRESCH", "PUBHLTH"], "profiles": [
+                {"name": "full", "authentication": {"amr": ["mfa"]}, "mode": "deny", "resources": {}},
+                {"name": "research", "whenPurpose": ["HRESCH"], "preset": "safe-harbor"},
+                {"name": "default", "mode": "deny", "resources": {"*": {"deny": ["**.identifier"]}}}
+            ]})),
+            "routes[3].minimize",
+            true,
+        )
+        .unwrap();
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(set.profiles[0].when.authentication.is_some() && set.profiles[1].safe_harbor);
+        // Step-up met: the richer profile; not met (or unknown): falls through.
+        assert_eq!(set.select_where(&[], &[], |_| true).unwrap().name, "full");
+        assert_eq!(set.select_where(&[], &[], |_| false).unwrap().name, "default");
+        assert_eq!(set.select(&[], &[]).unwrap().name, "default");
+        // A research caller only ever gets safe-harbor, even with step-up met.
+        assert_eq!(set.select_where(&[], &s(&["HRESCH"]), |_| true).unwrap().name, "research");
+        assert!(set.select_where(&[], &s(&["PUBHLTH"]), |_| true).is_none(), "no safe-harbor profile matches PUBHLTH here");
+        assert_eq!(set.named("full", &[], |_| true).unwrap().name, "full");
+        assert!(set.named("full", &s(&["HRESCH"]), |_| true).is_none());
+        let errs: Vec<(Value, &str)> = vec![
+            (json!({"safeHarborPurposes": ["HRESCH"], "profiles": [{"name": "a", "resources": {}}]}), "routes[3].minimize.safeHarborPurposes: no profile"),
+            (json!({"safeHarborPurposes": ["RESEARCH"], "profiles": [{"name": "a", "preset": "safe-harbor"}]}), "safeHarborPurposes[0]: `RESEARCH`"),
+            (json!({"profiles": [{"name": "a", "authentication": {}, "resources": {}}]}), "profiles[0].authentication: must set"),
+            (json!({"profiles": [{"name": "a", "authentication": {"amr": ["mfa"]}, "resources": {}}, {"name": "b", "resources": {}}]}), ""),
+        ];
+        for (v, want) in errs {
+            match compile_minimize(&doc(v.clone()), "routes[3].minimize", true) {
+                Ok(_) => assert!(want.is_empty(), "{v} compiled"),
+                Err(e) => assert!(!want.is_empty() && e.to_string().contains(want), "{v}: got `{e}`"),
+            }
+        }
     }
 
     #[test]

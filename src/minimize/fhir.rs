@@ -488,8 +488,8 @@ mod tests {
         let p = profile(json!({"mode": "deny", "resources": {"Patient": {"transform": [{"path": "identifier.value", "transform": "hash"}]}}}), true);
         let body = br#"{"resourceType":"Patient","identifier":[{"system":"http://hl7.org/fhir/sid/us-ssn","value":"999-48-8934"}]}"#;
         assert_eq!(apply(&p, body, &ApplyCtx::default(), 1 << 20), Err(DenyReason::MinimizationFailed));
-        assert_eq!(apply(&p, body, &ApplyCtx { hmac_key: Some(b"short"), now: 0 }, 1 << 20), Err(DenyReason::MinimizationFailed));
-        let key = ApplyCtx { hmac_key: Some(b"a key of sixteen+"), now: 0 };
+        assert_eq!(apply(&p, body, &ApplyCtx { hmac_key: Some(b"short"), ..ApplyCtx::default() }, 1 << 20), Err(DenyReason::MinimizationFailed));
+        let key = ApplyCtx { hmac_key: Some(b"a key of sixteen+"), ..ApplyCtx::default() };
         let a = apply(&p, body, &key, 1 << 20).unwrap();
         let out = String::from_utf8(a.body.clone().unwrap()).unwrap();
         assert!(!out.contains("999-48-8934"));

@@ -9,6 +9,7 @@
 //! - [`transform`], [`generalize`]: mask, keyed hash, Safe Harbor generalization.
 //! - [`preset`]: built-in profiles (`safe-harbor`).
 //! - [`body`]: parsing and serialization; [`withheld`]: the withheld-path record.
+//! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient).
 //!
 //! The host calls [`crate::decision::ResponsePlan::apply`], which runs the response checks and
 //! then [`apply_value`]; the CLI calls [`apply`].
@@ -21,6 +22,7 @@ pub mod links;
 pub mod path;
 pub mod preset;
 pub mod profile;
+pub mod restrict;
 pub mod rules;
 pub mod transform;
 pub mod walk;
@@ -48,6 +50,10 @@ pub struct ApplyCtx<'a> {
     pub hmac_key: Option<&'a [u8]>,
     /// Unix time in seconds (for birth-year age checks).
     pub now: u64,
+    /// The audit key, to recognise patients named by pseudonym in the policy's `restrictions`
+    /// (the host passes the key it audits with). Without it, a response that restrictions
+    /// must check is withheld (`minimization_failed`).
+    pub pseudonyms: Option<&'a crate::audit::AuditKey>,
 }
 
 /// The result of releasing a response.
@@ -148,7 +154,7 @@ pub(crate) mod testing {
     /// Minimize `body` with `profile`; returns the output value and the report.
     pub fn run(profile: &Profile, body: Value) -> Result<(Value, Report), DenyReason> {
         let mut body = body;
-        let ctx = ApplyCtx { hmac_key: Some(b"0123456789abcdef0123456789abcdef"), now: 1_800_000_000 };
+        let ctx = ApplyCtx { hmac_key: Some(b"0123456789abcdef0123456789abcdef"), now: 1_800_000_000, pseudonyms: None };
         let report = apply_value(profile, &mut body, &ctx)?;
         Ok((body, report))
     }

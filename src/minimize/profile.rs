@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::rules::{Mode, RuleSet};
+use crate::auth::AuthRequirement;
 
 /// The ordered profiles of one route. Selection is deterministic: the first profile whose
 /// conditions all hold is applied; a profile without conditions matches every caller (and must
@@ -12,12 +13,35 @@ use super::rules::{Mode, RuleSet};
 pub struct ProfileSet {
     /// Profiles in selection order.
     pub profiles: Vec<Arc<Profile>>,
+    /// Purposes of use (e.g. `HRESCH`, `PUBHLTH`) whose callers may only get a `safe-harbor`
+    /// profile: other profiles are skipped for them.
+    pub safe_harbor_purposes: Vec<String>,
 }
 
 impl ProfileSet {
-    /// The profile for a caller with these raw scope strings and purpose-of-use codes.
+    /// The profile for a caller with these raw scope strings and purpose-of-use codes whose
+    /// authentication is unknown: profiles that require step-up authentication are skipped.
     pub fn select(&self, scopes: &[String], purpose: &[String]) -> Option<Arc<Profile>> {
-        self.profiles.iter().find(|p| p.when.matches(scopes, purpose)).cloned()
+        self.select_where(scopes, purpose, |_| false)
+    }
+
+    /// The profile for a caller: the first whose conditions hold. `authenticated` says whether
+    /// the caller's authentication meets a profile's step-up requirement; a profile whose
+    /// requirement is not met is skipped (selection falls through to the next one).
+    pub fn select_where(&self, scopes: &[String], purpose: &[String], authenticated: impl Fn(&AuthRequirement) -> bool) -> Option<Arc<Profile>> {
+        self.profiles.iter().find(|p| self.eligible(p, purpose, &authenticated) && p.when.matches(scopes, purpose)).cloned()
+    }
+
+    /// The profile named `name`, if the caller is eligible for it (break-glass chooses a
+    /// profile by name, regardless of its `whenScopes` and `whenPurpose`).
+    pub fn named(&self, name: &str, purpose: &[String], authenticated: impl Fn(&AuthRequirement) -> bool) -> Option<Arc<Profile>> {
+        self.profiles.iter().find(|p| p.name == name && self.eligible(p, purpose, &authenticated)).cloned()
+    }
+
+    /// Step-up and safe-harbor binding: what no condition can override.
+    fn eligible(&self, p: &Profile, purpose: &[String], authenticated: &impl Fn(&AuthRequirement) -> bool) -> bool {
+        let bound = purpose.iter().any(|x| self.safe_harbor_purposes.contains(x));
+        (!bound || p.safe_harbor) && p.when.authentication.as_ref().is_none_or(authenticated)
     }
 
     /// Whether some profile hashes values (the host must supply the HMAC key).
@@ -35,6 +59,8 @@ pub struct Condition {
     pub any_of: Vec<String>,
     /// At least one purpose-of-use code required (if non-empty).
     pub purpose: Vec<String>,
+    /// Step-up authentication the caller must meet (checked by the selecting code).
+    pub authentication: Option<AuthRequirement>,
 }
 
 impl Condition {
@@ -48,7 +74,7 @@ impl Condition {
 
     /// Whether it holds for everyone.
     pub fn is_unconditional(&self) -> bool {
-        self.all_of.is_empty() && self.any_of.is_empty() && self.purpose.is_empty()
+        self.all_of.is_empty() && self.any_of.is_empty() && self.purpose.is_empty() && self.authentication.is_none()
     }
 }
 
@@ -61,6 +87,8 @@ pub struct Profile {
     pub when: Condition,
     /// Compute withheld paths but release the body unchanged.
     pub shadow: bool,
+    /// The built-in `safe-harbor` preset.
+    pub safe_harbor: bool,
     /// The rules.
     pub body: BodyRules,
 }
@@ -154,12 +182,13 @@ mod tests {
 
     #[test]
     fn conditions() {
-        let c = Condition { all_of: s(&["a"]), any_of: s(&["b", "c"]), purpose: s(&["HRESCH"]) };
+        let c = Condition { all_of: s(&["a"]), any_of: s(&["b", "c"]), purpose: s(&["HRESCH"]), authentication: None };
         assert!(c.matches(&s(&["a", "c"]), &s(&["HRESCH"])));
         assert!(!c.matches(&s(&["a", "c"]), &s(&["TREAT"])));
         assert!(!c.matches(&s(&["a"]), &s(&["HRESCH"])));
         assert!(!c.matches(&s(&["c"]), &s(&["HRESCH"])));
         assert!(Condition::default().matches(&[], &[]));
         assert!(Condition::default().is_unconditional());
+        assert!(!Condition { authentication: Some(AuthRequirement::default()), ..Condition::default() }.is_unconditional());
     }
 }

@@ -8,12 +8,19 @@ use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::schema::{IssuerDoc, JwksUriDoc, PolicyDoc, RateLimitDoc, RouteDoc};
+use std::sync::Arc;
+
+use super::audit::PatientIds;
+use super::schema::{AuthenticationDoc, BreakGlassDoc, IssuerDoc, JwksUriDoc, PolicyDoc, PurposeDoc, RateLimitDoc, RestrictionDoc, RouteDoc};
 use super::{Access, FhirRoute, Limits, PathMatcher, Policy, Route};
+use crate::audit::key::PSEUDONYM_PREFIX;
 use crate::auth::keys::parse_jwks;
+use crate::auth::purpose::is_purpose_of_use;
 use crate::auth::remote::RemoteJwks;
-use crate::auth::{ClaimNames, IssuerConfig};
+use crate::auth::{AuthRequirement, ClaimNames, IssuerConfig, PurposeRule};
+use crate::decision::breakglass::BreakGlassPolicy;
 use crate::decision::ratelimit::{LimitBy, RateLimit};
+use crate::minimize::restrict::{Label, Restriction, Restrictions};
 use crate::fhir::{resource_type, Interaction};
 use crate::http::normalize;
 use crate::minimize::compile_minimize;
@@ -67,11 +74,15 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         Some("shadow") => true,
         Some(m) => return Err(err("mode", format!("`{m}` must be `enforce` or `shadow`"))),
     };
-    let issuers = doc
+    let default_levels = match &doc.acr_levels {
+        Some(l) => acr_levels(l, "acrLevels")?,
+        None => Vec::new(),
+    };
+    let mut issuers = doc
         .issuers
         .iter()
         .enumerate()
-        .map(|(i, d)| compile_issuer(d, &format!("issuers[{i}]")))
+        .map(|(i, d)| compile_issuer(d, &format!("issuers[{i}]"), &default_levels))
         .collect::<Result<Vec<_>, _>>()?;
     let mut seen = HashSet::new();
     for (i, iss) in issuers.iter().enumerate() {
@@ -112,7 +123,231 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
     let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
     let rate_limits = compile_rate_limits(&doc.rate_limits, &routes)?;
     let audit = super::audit::compile_audit(doc.audit.as_ref())?;
-    Ok(Policy { name: doc.name, revision, shadow, issuers, routes, unmatched_status, limits, token_cache_entries, rate_limits, audit })
+    check_acr_levels(&routes, &issuers)?;
+    let break_glass = match &doc.break_glass {
+        Some(b) => {
+            let bg = compile_break_glass(b, &routes)?;
+            for iss in &mut issuers {
+                iss.claims.break_glass.clone_from(&bg.claim);
+                iss.claims.break_glass_reason = Some(bg.reason_claim.clone());
+            }
+            Some(bg)
+        }
+        None => None,
+    };
+    let restrictions = compile_restrictions(&doc.restrictions, audit.patient_ids, &routes)?;
+    Ok(Policy {
+        name: doc.name,
+        revision,
+        shadow,
+        issuers,
+        routes,
+        unmatched_status,
+        limits,
+        token_cache_entries,
+        rate_limits,
+        audit,
+        break_glass,
+        restrictions,
+    })
+}
+
+/// An `acrLevels` list: distinct, non-empty values, weakest first.
+fn acr_levels(list: &[String], loc: &str) -> Result<Vec<String>, CompileError> {
+    if list.is_empty() {
+        return Err(err(loc, "must list at least one `acr` value, weakest first"));
+    }
+    let mut seen = HashSet::new();
+    for (i, l) in list.iter().enumerate() {
+        if l.is_empty() || l.len() > 256 || l.chars().any(|c| c.is_control() || c == '"' || c == '\\' || c == ' ') {
+            return Err(err(format!("{loc}[{i}]"), format!("`{l}` is not an `acr` value (1–256 characters, no spaces, quotes or backslashes)")));
+        }
+        if !seen.insert(l.as_str()) {
+            return Err(err(format!("{loc}[{i}]"), format!("`{l}` is listed twice")));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+/// A step-up requirement (route or profile). Whether `acrMin` is a known level is checked once
+/// every issuer is compiled ([`check_acr_levels`]).
+pub fn compile_authentication(d: &AuthenticationDoc, loc: &str) -> Result<AuthRequirement, CompileError> {
+    if d.acr_min.is_none() && d.amr.is_empty() && d.max_auth_age_seconds.is_none() {
+        return Err(err(loc, "must set `acrMin`, `amr` or `maxAuthAgeSeconds`"));
+    }
+    for (i, m) in d.amr.iter().enumerate() {
+        if !(1..=64).contains(&m.len()) || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(err(format!("{loc}.amr[{i}]"), format!("`{m}` is not an authentication method reference (e.g. `mfa`, `hwk`)")));
+        }
+    }
+    if let Some(n) = d.max_auth_age_seconds {
+        if n > 30 * 86_400 {
+            return Err(err(format!("{loc}.maxAuthAgeSeconds"), format!("`{n}` must be between 0 and 2592000")));
+        }
+    }
+    Ok(AuthRequirement { acr_min: d.acr_min.clone(), amr: d.amr.clone(), max_auth_age: d.max_auth_age_seconds })
+}
+
+/// Every `acrMin` must be a level of every issuer, so that "at or above" is defined whoever
+/// issued the token.
+fn check_acr_levels(routes: &[Route], issuers: &[IssuerConfig]) -> Result<(), CompileError> {
+    let check = |req: &AuthRequirement, loc: String| -> Result<(), CompileError> {
+        let Some(min) = &req.acr_min else {
+            return Ok(());
+        };
+        for iss in issuers {
+            if !iss.acr_levels.contains(min) {
+                let why = if iss.acr_levels.is_empty() { "defines no `acrLevels` (set them on the issuer or the policy)" } else { "has no such level in `acrLevels`" };
+                return Err(err(format!("{loc}.acrMin"), format!("`{min}`: issuer `{}` {why}", iss.issuer)));
+            }
+        }
+        Ok(())
+    };
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(req) = &r.authentication {
+            check(req, format!("routes[{i}].authentication"))?;
+        }
+        let profiles = r.minimize.iter().flat_map(|m| m.profiles.iter());
+        for (j, p) in profiles.enumerate() {
+            if let Some(req) = &p.when.authentication {
+                check(req, format!("routes[{i}].minimize.profiles[{j}].authentication"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compile_purpose(d: &PurposeDoc, loc: &str) -> Result<PurposeRule, CompileError> {
+    let allowed = d.allowed.clone().unwrap_or_default();
+    if d.allowed.as_ref().is_some_and(Vec::is_empty) {
+        return Err(err(format!("{loc}.allowed"), "must list at least one purpose-of-use code (omit it to allow every code)"));
+    }
+    for (i, code) in allowed.iter().enumerate() {
+        if !is_purpose_of_use(code) {
+            return Err(err(format!("{loc}.allowed[{i}]"), format!("`{code}` is not an HL7 v3 PurposeOfUse code")));
+        }
+    }
+    if !d.required && allowed.is_empty() {
+        return Err(err(loc, "has no effect: set `required: true` or list `allowed` codes"));
+    }
+    Ok(PurposeRule { required: d.required, allowed })
+}
+
+/// Codes that end up in audit events and responses: short and plain.
+fn code_shaped(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn compile_break_glass(d: &BreakGlassDoc, routes: &[Route]) -> Result<BreakGlassPolicy, CompileError> {
+    let loc = "breakGlass";
+    if d.claim.is_none() && d.purposes.is_empty() {
+        return Err(err(loc, "needs a `claim` or `purposes` that invoke it"));
+    }
+    let reason_claim = d.reason_claim.clone().unwrap_or_else(|| "break_glass_reason".to_owned());
+    for (field, c) in [("claim", d.claim.as_deref()), ("reasonClaim", Some(reason_claim.as_str()))] {
+        if c.is_some_and(str::is_empty) {
+            return Err(err(format!("{loc}.{field}"), "must not be empty"));
+        }
+    }
+    if d.claim.as_deref() == Some(reason_claim.as_str()) {
+        return Err(err(format!("{loc}.reasonClaim"), "must differ from `claim`"));
+    }
+    for (i, p) in d.purposes.iter().enumerate() {
+        if !is_purpose_of_use(p) {
+            return Err(err(format!("{loc}.purposes[{i}]"), format!("`{p}` is not an HL7 v3 PurposeOfUse code")));
+        }
+    }
+    if d.reasons.is_empty() {
+        return Err(err(format!("{loc}.reasons"), "must list at least one reason code: free text could carry PHI into the audit log"));
+    }
+    let mut seen = HashSet::new();
+    for (i, r) in d.reasons.iter().enumerate() {
+        if !code_shaped(r) || !seen.insert(r.as_str()) {
+            return Err(err(format!("{loc}.reasons[{i}]"), format!("`{r}` must be a distinct code of 1–64 `[A-Za-z0-9._-]`")));
+        }
+    }
+    if !(60..=86_400).contains(&d.max_age_seconds) {
+        return Err(err(format!("{loc}.maxAgeSeconds"), format!("`{}` must be between 60 and 86400", d.max_age_seconds)));
+    }
+    let mut grants = Vec::new();
+    for (i, g) in d.grants.iter().enumerate() {
+        let parsed = crate::auth::scope::parse(g).ok_or_else(|| err(format!("{loc}.grants[{i}]"), format!("`{g}` is not a SMART resource scope")))?;
+        grants.push((g.clone(), parsed));
+    }
+    if let Some(name) = &d.profile {
+        let known = routes.iter().filter_map(|r| r.minimize.as_ref()).any(|m| m.profiles.iter().any(|p| &p.name == name));
+        if !known {
+            return Err(err(format!("{loc}.profile"), format!("no route has a minimization profile named `{name}`")));
+        }
+    }
+    Ok(BreakGlassPolicy {
+        claim: d.claim.clone(),
+        purposes: d.purposes.clone(),
+        reason_claim,
+        reasons: d.reasons.clone(),
+        max_age: d.max_age_seconds,
+        grants,
+        profile: d.profile.clone(),
+    })
+}
+
+fn compile_restrictions(docs: &[RestrictionDoc], patient_ids: PatientIds, routes: &[Route]) -> Result<Option<Restrictions>, CompileError> {
+    if docs.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = HashSet::new();
+    let mut list = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        let loc = format!("restrictions[{i}]");
+        if !code_shaped(&d.id) || !ids.insert(d.id.as_str()) {
+            return Err(err(format!("{loc}.id"), format!("`{}` must be a unique id of 1–64 `[A-Za-z0-9._-]` (no PHI: it is audited)", d.id)));
+        }
+        let ok = match patient_ids {
+            PatientIds::Pseudonym => d.patient.strip_prefix(PSEUDONYM_PREFIX).is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            // A pseudonym would never match a raw id: refuse it rather than restrict nothing.
+            PatientIds::Raw => crate::fhir::request::valid_id(&d.patient) && !d.patient.starts_with(PSEUDONYM_PREFIX),
+        };
+        if !ok {
+            let want = match patient_ids {
+                PatientIds::Pseudonym => "a pseudonym (`ps1-` + 32 lowercase hex digits, from `phi-guard audit pseudonym --id ...`)",
+                PatientIds::Raw => "a FHIR id, not a pseudonym (`audit.patientIdentifiers` is `raw`)",
+            };
+            return Err(err(format!("{loc}.patient"), format!("must be {want}")));
+        }
+        if d.labels.is_empty() {
+            return Err(err(format!("{loc}.labels"), "must list at least one security label"));
+        }
+        let mut labels = Vec::with_capacity(d.labels.len());
+        for (j, l) in d.labels.iter().enumerate() {
+            if l.system.is_empty() || l.code.is_empty() || l.system.contains(char::is_whitespace) || l.code.contains(char::is_whitespace) {
+                return Err(err(format!("{loc}.labels[{j}]"), "needs a non-empty `system` and `code` without spaces"));
+            }
+            labels.push(Label { system: l.system.clone(), code: l.code.clone() });
+        }
+        for (j, p) in d.allow_purposes.iter().enumerate() {
+            if !is_purpose_of_use(p) {
+                return Err(err(format!("{loc}.allowPurposes[{j}]"), format!("`{p}` is not an HL7 v3 PurposeOfUse code")));
+            }
+        }
+        if d.routes.as_ref().is_some_and(Vec::is_empty) {
+            return Err(err(format!("{loc}.routes"), "must name at least one route (omit it for every FHIR route)"));
+        }
+        for (j, r) in d.routes.iter().flatten().enumerate() {
+            match routes.iter().find(|x| &x.id == r) {
+                Some(x) if matches!(x.access, Access::Fhir(_)) => {}
+                Some(_) => return Err(err(format!("{loc}.routes[{j}]"), format!("route `{r}` is not a `fhir` route"))),
+                None => return Err(err(format!("{loc}.routes[{j}]"), format!("no route `{r}`"))),
+            }
+        }
+        list.push(Arc::new(Restriction {
+            id: d.id.clone(),
+            patient: d.patient.clone(),
+            labels,
+            allow_purposes: d.allow_purposes.clone(),
+            routes: d.routes.clone().unwrap_or_default(),
+        }));
+    }
+    Ok(Some(Restrictions { list, patient_ids }))
 }
 
 fn compile_rate_limits(docs: &[RateLimitDoc], routes: &[Route]) -> Result<Vec<RateLimit>, CompileError> {
@@ -156,7 +391,7 @@ fn bounded(v: Option<usize>, default: usize, range: std::ops::RangeInclusive<usi
     }
 }
 
-fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError> {
+fn compile_issuer(d: &IssuerDoc, loc: &str, default_levels: &[String]) -> Result<IssuerConfig, CompileError> {
     if !(d.issuer.starts_with("https://") || d.issuer.starts_with("http://")) {
         return Err(err(format!("{loc}.issuer"), format!("`{}` must be an http(s) URL", d.issuer)));
     }
@@ -221,6 +456,12 @@ fn compile_issuer(d: &IssuerDoc, loc: &str) -> Result<IssuerConfig, CompileError
             client_id: claim(&d.client_id_claim, "client_id", "clientIdClaim")?,
             patient: claim(&d.patient_claim, "patient", "patientClaim")?,
             purpose: claim(&d.purpose_claim, "purpose_of_use", "purposeClaim")?,
+            break_glass: None,
+            break_glass_reason: None,
+        },
+        acr_levels: match &d.acr_levels {
+            Some(l) => acr_levels(l, &format!("{loc}.acrLevels"))?,
+            None => default_levels.to_vec(),
         },
     })
 }
@@ -335,8 +576,16 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
         }
         (Some(m), access) => Some(compile_minimize(m, &format!("{loc}.minimize"), matches!(access, Access::Fhir(_)))?),
     };
-    let security_headers = r.security_headers.unwrap_or(!matches!(access, Access::Public));
-    Ok(Route { id: r.id.clone(), matcher, methods, access, minimize, security_headers })
+    let public = matches!(access, Access::Public);
+    for (field, set) in [("authentication", r.authentication.is_some()), ("purpose", r.purpose.is_some())] {
+        if public && set {
+            return Err(err(format!("{loc}.{field}"), "a `public` route has no token to check"));
+        }
+    }
+    let authentication = r.authentication.as_ref().map(|a| compile_authentication(a, &format!("{loc}.authentication"))).transpose()?;
+    let purpose = r.purpose.as_ref().map(|p| compile_purpose(p, &format!("{loc}.purpose"))).transpose()?;
+    let security_headers = r.security_headers.unwrap_or(!public);
+    Ok(Route { id: r.id.clone(), matcher, methods, access, minimize, security_headers, authentication, purpose })
 }
 
 fn literal_segments(p: &str, loc: &str) -> Result<Vec<String>, CompileError> {
@@ -423,6 +672,37 @@ mod tests {
             ("/routes/2/minimize", json!({"profiles": [{"name": "a", "mode": "alow", "resources": {}}]}), "routes[2].minimize.profiles[0].mode: unknown variant `alow`"),
             ("/routes/2/minimize", json!({"profiles": [{"name": "a", "resources": {"Patient": {"alow": []}}}]}), "routes[2].minimize.profiles[0].resources.Patient.alow: unknown field"),
             ("/routes/3/minimize", json!({"profiles": [{"name": "a", "fields": {"deny": ["a..b"]}}]}), "routes[3].minimize.profiles[0].fields.deny[0]: `a..b`: empty path segment"),
+            ("/routes/6/authentication", json!({"acrMin": "urn:x:gold"}), "routes[6].authentication.acrMin: `urn:x:gold`: issuer `https://idp.phi-guard.test` has no such level"),
+            ("/routes/6/authentication", json!({}), "routes[6].authentication: must set `acrMin`, `amr` or `maxAuthAgeSeconds`"),
+            ("/routes/6/authentication", json!({"amr": ["m f a"]}), "routes[6].authentication.amr[0]"),
+            ("/routes/6/authentication", json!({"maxAuthAgeSeconds": 99_999_999}), "routes[6].authentication.maxAuthAgeSeconds"),
+            ("/routes/6/authentication", json!({"acr": "x"}), "routes[6].authentication.acr: unknown field"),
+            ("/routes/6/purpose", json!({"required": true, "allowed": ["TREAT", "RESEARCH"]}), "routes[6].purpose.allowed[1]: `RESEARCH` is not an HL7 v3 PurposeOfUse code"),
+            ("/routes/6/purpose", json!({"required": false}), "routes[6].purpose: has no effect"),
+            ("/routes/6/purpose", json!({"required": true, "allowed": []}), "routes[6].purpose.allowed: must list"),
+            ("/routes/0/purpose", json!({"required": true}), "routes[0].purpose: a `public` route has no token"),
+            ("/routes/0/authentication", json!({"amr": ["mfa"]}), "routes[0].authentication: a `public` route"),
+            ("/routes/6/minimize/profiles/1/authentication", json!({"acrMin": "loa-9"}), "routes[6].minimize.profiles[1].authentication.acrMin: `loa-9`"),
+            ("/routes/5/minimize/safeHarborPurposes", json!(["RESEARCH"]), "routes[5].minimize.safeHarborPurposes[0]"),
+            ("/issuers/0/acrLevels", json!([]), "issuers[0].acrLevels: must list"),
+            ("/issuers/0/acrLevels", json!(["a", "a"]), "issuers[0].acrLevels[1]: `a` is listed twice"),
+            ("/breakGlass/reasons", json!(["ok", "free text"]), "breakGlass.reasons[1]"),
+            ("/breakGlass/reasons", json!([]), "breakGlass.reasons: must list at least one reason code"),
+            ("/breakGlass/maxAgeSeconds", json!(999_999), "breakGlass.maxAgeSeconds: `999999` must be between 60 and 86400"),
+            ("/breakGlass/grants", json!(["user/*.rs", "everything"]), "breakGlass.grants[1]: `everything` is not a SMART resource scope"),
+            ("/breakGlass/profile", json!("nope"), "breakGlass.profile: no route has a minimization profile named `nope`"),
+            ("/breakGlass/purposes", json!(["EMERGENCY"]), "breakGlass.purposes[0]"),
+            ("/breakGlass/reasonClaim", json!("break_glass"), "breakGlass.reasonClaim: must differ from `claim`"),
+            ("/breakGlass/bogus", json!(1), "breakGlass.bogus: unknown field"),
+            ("/restrictions/0/patient", json!("1f456f0a-acb1-4728-82af-01ca57083c7b"), "restrictions[0].patient: must be a pseudonym"),
+            ("/restrictions/0/patient", json!("ps1-79BEEB80AA5492395B3E9B98CD193F3D"), "restrictions[0].patient: must be a pseudonym"),
+            ("/restrictions/0/labels", json!([]), "restrictions[0].labels: must list"),
+            ("/restrictions/0/labels", json!([{"system": "", "code": "PSY"}]), "restrictions[0].labels[0]"),
+            ("/restrictions/0/allowPurposes", json!(["EMERGENCY"]), "restrictions[0].allowPurposes[0]"),
+            ("/restrictions/0/id", json!("Kermit Trantow"), "restrictions[0].id"),
+            ("/restrictions/0/routes", json!(["admin-reports"]), "restrictions[0].routes[0]: route `admin-reports` is not a `fhir` route"),
+            ("/restrictions/0/routes", json!(["nope"]), "restrictions[0].routes[0]: no route `nope`"),
+            ("/restrictions/0/routes", json!([]), "restrictions[0].routes: must name"),
         ];
         for (ptr, value, want) in cases {
             let mut doc = example();
@@ -446,5 +726,45 @@ mod tests {
         assert!(compile_value(&doc).unwrap_err().to_string().starts_with("routes[0]: a `public` route"));
         assert!(compile(b"{").unwrap_err().location == "policy");
         assert!(compile(b"[]").is_err());
+    }
+
+    #[test]
+    fn acr_levels_default_to_the_policy() {
+        let mut doc = example();
+        let levels = doc["issuers"][0].as_object_mut().unwrap().remove("acrLevels").unwrap();
+        let e = compile_value(&doc).unwrap_err().to_string();
+        assert!(e.starts_with("routes[6].authentication.acrMin: `urn:phi-guard:loa:2`: issuer `https://idp.phi-guard.test` defines no `acrLevels`"), "{e}");
+        doc["acrLevels"] = levels;
+        let p = compile_value(&doc).unwrap();
+        assert_eq!(p.acr_levels("https://idp.phi-guard.test").len(), 3);
+        assert!(p.acr_levels("https://other.test").is_empty());
+        // Issuer levels win over the policy's.
+        doc["issuers"][0]["acrLevels"] = json!(["urn:phi-guard:loa:2", "urn:phi-guard:loa:3"]);
+        assert_eq!(compile_value(&doc).unwrap().acr_levels("https://idp.phi-guard.test")[0], "urn:phi-guard:loa:2");
+    }
+
+    #[test]
+    fn break_glass_and_restrictions_compile() {
+        let p = compile_value(&example()).unwrap();
+        let bg = p.break_glass.as_ref().unwrap();
+        assert_eq!((bg.max_age, bg.grants.len(), bg.profile.as_deref()), (3600, 1, Some("emergency")));
+        let names = &p.issuers[0].claims;
+        assert_eq!((names.break_glass.as_deref(), names.break_glass_reason.as_deref()), (Some("break_glass"), Some("break_glass_reason")));
+        assert_eq!(p.restrictions.as_ref().unwrap().list[0].labels.len(), 3);
+        assert!(p.requires_audit_key());
+        let mut doc = example();
+        doc["breakGlass"].as_object_mut().unwrap().remove("claim");
+        doc["breakGlass"]["purposes"] = json!([]);
+        assert!(compile_value(&doc).unwrap_err().to_string().starts_with("breakGlass: needs a `claim` or `purposes`"));
+        // Raw patient identifiers: restrictions name raw ids.
+        let mut doc = example();
+        doc["audit"]["patientIdentifiers"] = json!("raw");
+        assert!(compile_value(&doc).unwrap_err().to_string().starts_with("restrictions[0].patient: must be a FHIR id"));
+        doc["restrictions"][0]["patient"] = json!("1f456f0a-acb1-4728-82af-01ca57083c7b");
+        assert!(!compile_value(&doc).unwrap().requires_audit_key());
+        let mut doc = example();
+        let copy = doc["restrictions"][0].clone();
+        doc["restrictions"].as_array_mut().unwrap().push(copy);
+        assert!(compile_value(&doc).unwrap_err().to_string().starts_with("restrictions[1].id"));
     }
 }

@@ -12,8 +12,10 @@ pub use route::{PathMatcher, RouteMatch};
 
 use std::collections::HashSet;
 
-use crate::auth::IssuerConfig;
+use crate::auth::{AuthRequirement, IssuerConfig, PurposeRule};
+use crate::decision::breakglass::BreakGlassPolicy;
 use crate::fhir::Interaction;
+use crate::minimize::restrict::Restrictions;
 use crate::minimize::ProfileSet;
 
 /// A compiled, internally consistent policy.
@@ -39,9 +41,25 @@ pub struct Policy {
     pub rate_limits: Vec<crate::decision::ratelimit::RateLimit>,
     /// Audit event format and sinks.
     pub audit: audit::AuditConfig,
+    /// Emergency access, if the policy defines it.
+    pub break_glass: Option<BreakGlassPolicy>,
+    /// Patients' privacy restrictions, if any.
+    pub restrictions: Option<Restrictions>,
 }
 
 impl Policy {
+    /// Whether responses need the audit key (`ApplyCtx::pseudonyms`): restrictions name their
+    /// patients by pseudonym. The host should refuse such a policy without a valid
+    /// `PHI_GUARD_AUDIT_KEY` (responses would otherwise be withheld, fail closed).
+    pub fn requires_audit_key(&self) -> bool {
+        self.restrictions.as_ref().is_some_and(|r| r.patient_ids == audit::PatientIds::Pseudonym)
+    }
+
+    /// The `acrLevels` that apply to tokens of `issuer` (empty when none are defined).
+    pub fn acr_levels(&self, issuer: &str) -> &[String] {
+        self.issuers.iter().find(|i| i.issuer == issuer).map_or(&[], |i| i.acr_levels.as_slice())
+    }
+
     /// Whether some profile hashes values: the host must then have a valid HMAC key
     /// (`PHI_GUARD_HMAC_KEY`) or refuse the configuration.
     pub fn requires_hmac_key(&self) -> bool {
@@ -81,6 +99,10 @@ pub struct Route {
     pub security_headers: bool,
     /// Response minimization profiles, if the route minimizes.
     pub minimize: Option<ProfileSet>,
+    /// Step-up authentication every request must meet.
+    pub authentication: Option<AuthRequirement>,
+    /// Purpose-of-use requirement.
+    pub purpose: Option<PurposeRule>,
 }
 
 /// What a route requires of a request.

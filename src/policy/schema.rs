@@ -38,6 +38,96 @@ pub struct PolicyDoc {
     /// Audit event format and sinks.
     #[serde(default)]
     pub audit: Option<super::audit::schema::AuditDoc>,
+    /// Known `acr` values, weakest first, for issuers that do not list their own.
+    #[serde(default)]
+    pub acr_levels: Option<Vec<String>>,
+    /// Emergency access: when a token may break the glass, and what it then gets.
+    #[serde(default)]
+    pub break_glass: Option<BreakGlassDoc>,
+    /// Patients' privacy restrictions: sensitivity labels withheld per patient.
+    #[serde(default)]
+    pub restrictions: Vec<RestrictionDoc>,
+}
+
+/// Step-up authentication required by a route or a minimization profile (RFC 9470).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthenticationDoc {
+    /// Weakest acceptable `acr`: a value of the issuer's (or policy's) `acrLevels`.
+    #[serde(default)]
+    pub acr_min: Option<String>,
+    /// `amr` methods that must all be present, e.g. `["mfa"]`.
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// `auth_time` is required and may be at most this many seconds old.
+    #[serde(default)]
+    pub max_auth_age_seconds: Option<u64>,
+}
+
+/// A route's purpose-of-use requirement.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PurposeDoc {
+    /// A request without a purpose of use is refused (`purpose_required`); default false.
+    #[serde(default)]
+    pub required: bool,
+    /// Accepted HL7 v3 PurposeOfUse codes; default every code.
+    #[serde(default)]
+    pub allowed: Option<Vec<String>>,
+}
+
+/// Break-glass (emergency access).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BreakGlassDoc {
+    /// Boolean claim that invokes break-glass when `true`, e.g. `break_glass`.
+    #[serde(default)]
+    pub claim: Option<String>,
+    /// Purposes of use that invoke break-glass, e.g. `["ETREAT"]`.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+    /// Claim carrying the reason code; default `break_glass_reason`.
+    #[serde(default)]
+    pub reason_claim: Option<String>,
+    /// Accepted reason codes, e.g. `["unconscious-patient", "life-threatening"]`.
+    pub reasons: Vec<String>,
+    /// Seconds after `iat` (and `auth_time`) during which the token may break the glass.
+    pub max_age_seconds: u64,
+    /// Extra SMART scopes granted while active, e.g. `["user/*.rs"]`.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Minimization profile to use on routes that have one of this name.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// One patient's privacy restriction.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestrictionDoc {
+    /// Identifier recorded in audit events (`[A-Za-z0-9._-]`, no PHI).
+    pub id: String,
+    /// The patient, as the audit log names patients: a `ps1-` pseudonym, or the raw id with
+    /// `audit.patientIdentifiers: raw`.
+    pub patient: String,
+    /// Sensitivity labels (in `meta.security`) whose resources are withheld.
+    pub labels: Vec<LabelDoc>,
+    /// Purposes of use for which nothing is withheld, e.g. `["ETREAT"]`.
+    #[serde(default)]
+    pub allow_purposes: Vec<String>,
+    /// Ids of the FHIR routes it applies to; default every FHIR route.
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
+}
+
+/// A security label coding.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelDoc {
+    /// Code system.
+    pub system: String,
+    /// Code.
+    pub code: String,
 }
 
 /// A rate limit.
@@ -95,6 +185,9 @@ pub struct IssuerDoc {
     /// Claim carrying the purpose of use (string or array of strings); default `purpose_of_use`.
     #[serde(default)]
     pub purpose_claim: Option<String>,
+    /// Known `acr` values of this issuer, weakest first; default the policy's `acrLevels`.
+    #[serde(default)]
+    pub acr_levels: Option<Vec<String>>,
 }
 
 /// A route: which requests it matches and what they need.
@@ -125,6 +218,12 @@ pub struct RouteDoc {
     /// Minimum-necessary shaping of successful JSON responses (`fhir` and `scopes` routes).
     #[serde(default)]
     pub minimize: Option<MinimizeDoc>,
+    /// Step-up authentication every request on the route must meet.
+    #[serde(default)]
+    pub authentication: Option<AuthenticationDoc>,
+    /// Purpose of use required or allowed on the route.
+    #[serde(default)]
+    pub purpose: Option<PurposeDoc>,
 }
 
 /// Path matcher: exactly one of `path` (template) or `prefix`.
@@ -146,6 +245,10 @@ pub struct MatchDoc {
 pub struct MinimizeDoc {
     /// Candidate profiles in selection order.
     pub profiles: Vec<ProfileDoc>,
+    /// Purposes of use whose callers may only get a `safe-harbor` profile, e.g.
+    /// `["HRESCH", "PUBHLTH"]`.
+    #[serde(default)]
+    pub safe_harbor_purposes: Option<Vec<String>>,
 }
 
 /// One view of the data, chosen by the caller's scopes and purpose of use.
@@ -160,6 +263,9 @@ pub struct ProfileDoc {
     /// Purpose-of-use codes; the profile applies when the token's purpose claim names one.
     #[serde(default)]
     pub when_purpose: Option<Vec<String>>,
+    /// Step-up authentication the caller must meet for this profile to apply.
+    #[serde(default)]
+    pub authentication: Option<AuthenticationDoc>,
     /// Compute what would be withheld but release the body unchanged.
     #[serde(default)]
     pub shadow: bool,

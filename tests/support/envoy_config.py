@@ -158,6 +158,8 @@ def _hcm(stat_prefix: str, path_hardening: str, access_logs: str, http_filters: 
           generate_request_id: true
           # Envoy must not add its own `server` header back after the filter strips the upstream's.
           server_header_transformation: PASS_THROUGH
+          # HTTP/1.1 clients get the filter's Content-Digest trailer (chunked responses).
+          http_protocol_options: {{enable_trailers: true}}
 {path_hardening}{access_logs}          route_config:
             name: local
 {response_headers}            virtual_hosts:
@@ -169,6 +171,8 @@ def _hcm(stat_prefix: str, path_hardening: str, access_logs: str, http_filters: 
                 direct_response: {{status: 404}}
               # The clinician policy's de-identified research view of the same FHIR server.
               - match: {{prefix: "/research/fhir/"}}
+                route: {{cluster: upstream, timeout: 15s, prefix_rewrite: "/fhir/"}}
+              - match: {{prefix: "/clinical/fhir/"}}
                 route: {{cluster: upstream, timeout: 15s, prefix_rewrite: "/fhir/"}}
               - match: {{prefix: "/"}}
                 route: {{cluster: upstream, timeout: 15s}}

@@ -1,0 +1,389 @@
+//! Privacy restrictions (a patient's requested restrictions, HIPAA §164.522): when a response
+//! concerns a restricted patient, resources carrying one of the restriction's sensitivity labels
+//! (in `meta.security`, their own or a contained resource's) are removed from Bundles, and a
+//! single read of one is refused (`restricted`), unless the caller's purpose of use is one the
+//! restriction allows.
+//!
+//! A response concerns a patient when the resource belongs to them (a Patient's id, or the
+//! compartment's patient-link references) or when they are the token's patient in context.
+//! Patients are named as the audit log names them: by pseudonym (which needs the audit key) or
+//! by raw id, per the policy's `audit.patientIdentifiers`.
+//!
+//! Nothing here records what was hidden: only which restriction applied and how many resources
+//! it removed. A Bundle that concerns a restricted patient loses `total` and `signature`
+//! whether or not anything was removed, so their absence says nothing about the patient's data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::audit::AuditKey;
+use crate::decision::DenyReason;
+use crate::fhir::compartment::object_patients;
+use crate::policy::audit::PatientIds;
+
+/// A sensitivity label (`meta.security` coding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// Code system, e.g. `http://terminology.hl7.org/CodeSystem/v3-ActCode`.
+    pub system: String,
+    /// Code, e.g. `ETH`, `PSY`, `HIV`.
+    pub code: String,
+}
+
+/// One patient's restriction (compiled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restriction {
+    /// Identifier recorded in audit events.
+    pub id: String,
+    /// The patient, as the audit log names patients (pseudonym or raw id).
+    pub patient: String,
+    /// Labels whose resources are withheld.
+    pub labels: Vec<Label>,
+    /// Purposes of use for which nothing is withheld.
+    pub allow_purposes: Vec<String>,
+    /// Route ids it applies to; empty means every FHIR route.
+    pub routes: Vec<String>,
+}
+
+/// The policy's restrictions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restrictions {
+    /// Every restriction, in policy order.
+    pub list: Vec<Arc<Restriction>>,
+    /// How `patient` is written.
+    pub patient_ids: PatientIds,
+}
+
+impl Restrictions {
+    /// The restrictions that bind a caller of route `route` with these purposes of use (and
+    /// this patient in context), or `None` when none does.
+    pub fn plan(&self, route: &str, purpose: &[String], context_patient: Option<&str>) -> Option<RestrictPlan> {
+        let binding: Vec<Arc<Restriction>> = self
+            .list
+            .iter()
+            .filter(|r| r.routes.is_empty() || r.routes.iter().any(|x| x == route))
+            .filter(|r| !r.allow_purposes.iter().any(|p| purpose.contains(p)))
+            .cloned()
+            .collect();
+        (!binding.is_empty()).then(|| RestrictPlan { binding, patient_ids: self.patient_ids, context_patient: context_patient.map(str::to_owned) })
+    }
+}
+
+/// The restrictions binding one response, decided at request time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestrictPlan {
+    /// Restrictions the caller's purposes do not lift.
+    pub binding: Vec<Arc<Restriction>>,
+    /// How restriction patients are written.
+    pub patient_ids: PatientIds,
+    /// The token's patient in context (raw id).
+    pub context_patient: Option<String>,
+}
+
+/// That a restriction applied to a response: its id and how many resources it withheld. Never
+/// what they were.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RestrictionHit {
+    /// The restriction's id.
+    pub id: String,
+    /// Resources withheld.
+    pub count: usize,
+}
+
+impl RestrictPlan {
+    /// Apply to a parsed FHIR body. `Ok(true)` when the body changed; `Err(restricted)` when a
+    /// single resource is withheld; other errors when the body cannot be checked (fail closed:
+    /// a malformed `meta.security`, no key to name patients by pseudonym). The hits are
+    /// returned either way, for the audit event.
+    pub fn apply(&self, value: &mut Value, key: Option<&AuditKey>) -> (Result<bool, DenyReason>, Vec<RestrictionHit>) {
+        let mut f = Filter { plan: self, key, names: HashMap::new(), hits: Vec::new() };
+        let result = f.top(value);
+        (result, f.hits)
+    }
+}
+
+struct Filter<'a> {
+    plan: &'a RestrictPlan,
+    key: Option<&'a AuditKey>,
+    /// Raw id → name as restrictions write it.
+    names: HashMap<String, String>,
+    hits: Vec<RestrictionHit>,
+}
+
+impl Filter<'_> {
+    fn top(&mut self, value: &mut Value) -> Result<bool, DenyReason> {
+        let Value::Object(map) = value else {
+            return Err(DenyReason::ResponseUnexpectedShape);
+        };
+        match map.get("resourceType") {
+            Some(Value::String(t)) if t == "Bundle" => self.bundle(map),
+            Some(Value::String(_)) => match self.restricted_by(map)? {
+                Some(i) => {
+                    self.hit(i);
+                    Err(DenyReason::Restricted)
+                }
+                None => Ok(false),
+            },
+            _ => Err(DenyReason::ResponseUnexpectedShape),
+        }
+    }
+
+    fn bundle(&mut self, map: &mut Map<String, Value>) -> Result<bool, DenyReason> {
+        let mut changed = false;
+        let mut concerns = self.context_is_restricted()?;
+        if let Some(Value::Array(entries)) = map.get_mut("entry") {
+            let mut failure = None;
+            entries.retain_mut(|entry| {
+                if failure.is_some() {
+                    return true;
+                }
+                let Some(Value::Object(resource)) = entry.get_mut("resource") else {
+                    return true;
+                };
+                let result = if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+                    self.bundle(resource).map(|c| {
+                        changed |= c;
+                        true
+                    })
+                } else {
+                    self.entry(resource).map(|(about, withheld)| {
+                        concerns |= about;
+                        match withheld {
+                            Some(i) => {
+                                self.hit(i);
+                                changed = true;
+                                false
+                            }
+                            None => true,
+                        }
+                    })
+                };
+                result.unwrap_or_else(|e| {
+                    failure = Some(e);
+                    true
+                })
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        if concerns {
+            for k in ["total", "signature"] {
+                changed |= map.shift_remove(k).is_some();
+            }
+        }
+        Ok(changed)
+    }
+
+    /// For one entry's resource: whether it concerns a restricted patient, and the restriction
+    /// that withholds it, if any.
+    fn entry(&mut self, resource: &Map<String, Value>) -> Result<(bool, Option<usize>), DenyReason> {
+        let patients = self.patients(resource)?;
+        let about = self.plan.binding.iter().any(|r| patients.contains(&r.patient));
+        let withheld = if about { self.withholding(resource, &patients)? } else { None };
+        Ok((about, withheld))
+    }
+
+    /// The restriction withholding a single resource, if any.
+    fn restricted_by(&mut self, resource: &Map<String, Value>) -> Result<Option<usize>, DenyReason> {
+        if !self.labelled(resource)? {
+            return Ok(None);
+        }
+        let patients = self.patients(resource)?;
+        self.withholding(resource, &patients)
+    }
+
+    fn withholding(&self, resource: &Map<String, Value>, patients: &[String]) -> Result<Option<usize>, DenyReason> {
+        let labels = labels_of(resource)?;
+        Ok(self
+            .plan
+            .binding
+            .iter()
+            .position(|r| patients.contains(&r.patient) && r.labels.iter().any(|l| labels.iter().any(|(s, c)| *s == l.system && *c == l.code))))
+    }
+
+    /// Whether the resource carries any label some binding restriction names (cheap pre-check
+    /// before naming patients).
+    fn labelled(&self, resource: &Map<String, Value>) -> Result<bool, DenyReason> {
+        let labels = labels_of(resource)?;
+        Ok(self.plan.binding.iter().any(|r| r.labels.iter().any(|l| labels.iter().any(|(s, c)| *s == l.system && *c == l.code))))
+    }
+
+    fn context_is_restricted(&mut self) -> Result<bool, DenyReason> {
+        match self.plan.context_patient.clone() {
+            Some(id) => {
+                let name = self.name(&id)?;
+                Ok(self.plan.binding.iter().any(|r| r.patient == name))
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The patients a resource concerns, named as restrictions name them (with the context
+    /// patient).
+    fn patients(&mut self, resource: &Map<String, Value>) -> Result<Vec<String>, DenyReason> {
+        let mut ids = object_patients(resource);
+        ids.extend(self.plan.context_patient.iter().cloned());
+        ids.iter().map(|id| self.name(id)).collect()
+    }
+
+    fn name(&mut self, id: &str) -> Result<String, DenyReason> {
+        if let Some(n) = self.names.get(id) {
+            return Ok(n.clone());
+        }
+        let n = match self.plan.patient_ids {
+            PatientIds::Raw => id.to_owned(),
+            // Without the key patients cannot be recognised: withhold rather than guess.
+            PatientIds::Pseudonym => self.key.ok_or(DenyReason::MinimizationFailed)?.pseudonym(id),
+        };
+        self.names.insert(id.to_owned(), n.clone());
+        Ok(n)
+    }
+
+    fn hit(&mut self, index: usize) {
+        let Some(r) = self.plan.binding.get(index) else {
+            return;
+        };
+        match self.hits.iter_mut().find(|h| h.id == r.id) {
+            Some(h) => h.count += 1,
+            None => self.hits.push(RestrictionHit { id: r.id.clone(), count: 1 }),
+        }
+    }
+}
+
+/// `(system, code)` of every `meta.security` label of a resource and of its contained
+/// resources. A `meta.security` that is not an array of objects cannot be checked: fail closed.
+fn labels_of(resource: &Map<String, Value>) -> Result<Vec<(&str, &str)>, DenyReason> {
+    let mut out = Vec::new();
+    own_labels(resource, &mut out)?;
+    if let Some(Value::Array(contained)) = resource.get("contained") {
+        for c in contained.iter().filter_map(Value::as_object) {
+            own_labels(c, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn own_labels<'v>(resource: &'v Map<String, Value>, out: &mut Vec<(&'v str, &'v str)>) -> Result<(), DenyReason> {
+    let security = match resource.get("meta") {
+        None => return Ok(()),
+        Some(Value::Object(meta)) => meta.get("security"),
+        Some(_) => return Err(DenyReason::MinimizationFailed),
+    };
+    match security {
+        None => Ok(()),
+        Some(Value::Array(labels)) => {
+            for l in labels {
+                let Value::Object(l) = l else {
+                    return Err(DenyReason::MinimizationFailed);
+                };
+                if let (Some(Value::String(s)), Some(Value::String(c))) = (l.get("system"), l.get("code")) {
+                    out.push((s.as_str(), c.as_str()));
+                }
+            }
+            Ok(())
+        }
+        Some(_) => Err(DenyReason::MinimizationFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+    fn key() -> AuditKey {
+        AuditKey::from_secret(b"test-audit-secret-0123456789abcdef").unwrap()
+    }
+
+    fn restrictions(ids: PatientIds, patient: &str) -> Restrictions {
+        Restrictions {
+            list: vec![Arc::new(Restriction {
+                id: "r1".into(),
+                patient: patient.into(),
+                labels: vec![Label { system: ACT.into(), code: "PSY".into() }, Label { system: ACT.into(), code: "ETH".into() }],
+                allow_purposes: vec!["ETREAT".into()],
+                routes: vec![],
+            })],
+            patient_ids: ids,
+        }
+    }
+
+    fn obs(id: &str, patient: &str, label: Option<&str>) -> Value {
+        let mut o = json!({"resourceType": "Observation", "id": id, "subject": {"reference": format!("Patient/{patient}")}});
+        if let Some(code) = label {
+            o["meta"] = json!({"security": [{"system": ACT, "code": code}]});
+        }
+        o
+    }
+
+    fn bundle(entries: Vec<Value>) -> Value {
+        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(),
+               "entry": entries.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn bundles_lose_restricted_entries_and_total() {
+        let k = key();
+        let r = restrictions(PatientIds::Pseudonym, &k.pseudonym("p1"));
+        let plan = r.plan("fhir", &[], None).unwrap();
+        let mut b = bundle(vec![obs("a", "p1", None), obs("b", "p1", Some("PSY")), obs("c", "p2", Some("PSY")), obs("d", "p1", Some("ETH"))]);
+        let (res, hits) = plan.apply(&mut b, Some(&k));
+        assert_eq!(res, Ok(true));
+        assert_eq!(hits, [RestrictionHit { id: "r1".into(), count: 2 }]);
+        let ids: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["a", "c"], "another patient's labelled resource is not this restriction's business");
+        assert!(b.get("total").is_none());
+        // Concerning the patient without hiding anything still drops `total`.
+        let mut b = bundle(vec![obs("a", "p1", None)]);
+        assert_eq!(plan.apply(&mut b, Some(&k)), (Ok(true), vec![]));
+        assert!(b.get("total").is_none());
+        // Other patients' bundles are untouched.
+        let mut b = bundle(vec![obs("c", "p2", Some("PSY"))]);
+        assert_eq!(plan.apply(&mut b, Some(&k)), (Ok(false), vec![]));
+        assert_eq!(b["total"], 1);
+    }
+
+    #[test]
+    fn single_reads_are_refused() {
+        let r = restrictions(PatientIds::Raw, "p1");
+        let plan = r.plan("fhir", &["TREAT".into()], None).unwrap();
+        assert_eq!(plan.apply(&mut obs("b", "p1", Some("PSY")), None), (Err(DenyReason::Restricted), vec![RestrictionHit { id: "r1".into(), count: 1 }]));
+        assert_eq!(plan.apply(&mut obs("b", "p1", Some("HIV")), None).0, Ok(false));
+        assert_eq!(plan.apply(&mut obs("b", "p2", Some("PSY")), None).0, Ok(false));
+        let labelled_patient = json!({"resourceType": "Patient", "id": "p1", "meta": {"security": [{"system": ACT, "code": "ETH"}]}});
+        assert_eq!(plan.apply(&mut labelled_patient.clone(), None).0, Err(DenyReason::Restricted));
+        // A label on a contained resource restricts its container.
+        let mut c = obs("x", "p1", None);
+        c["contained"] = json!([{"resourceType": "Condition", "id": "c", "meta": {"security": [{"system": ACT, "code": "PSY"}]}}]);
+        assert_eq!(plan.apply(&mut c, None).0, Err(DenyReason::Restricted));
+        // The token's patient counts even for resources outside the compartment.
+        let plan = r.plan("fhir", &[], Some("p1")).unwrap();
+        let mut med = json!({"resourceType": "Medication", "id": "m", "meta": {"security": [{"system": ACT, "code": "ETH"}]}});
+        assert_eq!(plan.apply(&mut med, None).0, Err(DenyReason::Restricted));
+    }
+
+    #[test]
+    fn allowed_purposes_lift_and_failures_close() {
+        let k = key();
+        let r = restrictions(PatientIds::Pseudonym, &k.pseudonym("p1"));
+        assert!(r.plan("fhir", &["TREAT".into(), "ETREAT".into()], None).is_none());
+        let mut scoped = r.clone();
+        Arc::make_mut(&mut scoped.list[0]).routes = vec!["clinical".into()];
+        assert!(scoped.plan("fhir", &[], None).is_none() && scoped.plan("clinical", &[], None).is_some());
+        let plan = r.plan("fhir", &["TREAT".into()], None).unwrap();
+        assert_eq!(plan.apply(&mut obs("b", "p1", Some("PSY")), None).0, Err(DenyReason::MinimizationFailed), "no key, no names");
+        let mut bad = obs("b", "p1", None);
+        bad["meta"] = json!({"security": {"code": "PSY"}});
+        assert_eq!(plan.apply(&mut bad, Some(&k)).0, Err(DenyReason::MinimizationFailed));
+        assert_eq!(plan.apply(&mut json!([1]), Some(&k)).0, Err(DenyReason::ResponseUnexpectedShape));
+        // Nested bundles (batch responses) are filtered too.
+        let mut outer = bundle(vec![bundle(vec![obs("b", "p1", Some("PSY")), obs("a", "p1", None)])]);
+        assert_eq!(plan.apply(&mut outer, Some(&k)), (Ok(true), vec![RestrictionHit { id: "r1".into(), count: 1 }]));
+        assert_eq!(outer["entry"][0]["resource"]["entry"].as_array().unwrap().len(), 1);
+    }
+}
