@@ -271,6 +271,49 @@ def test_compose_file_uses_the_pinned_official_envoy_and_read_only_mounts():
         assert "${PYTHON_IMAGE:-python:3.11-slim}" in services[name]["build"]["args"].values()
 
 
+# ------------------------------------------------------------------------------ never fail open
+def _wasm_filter_configs(node) -> list[dict]:
+    """Every `envoy.filters.http.wasm` filter `config` in a bootstrap or an ECDS resource."""
+    found = []
+    if isinstance(node, dict):
+        typed = node.get("typed_config")
+        if isinstance(typed, dict) and str(typed.get("@type", "")).endswith("filters.http.wasm.v3.Wasm"):
+            found.append(typed["config"])
+        for value in node.values():
+            found += _wasm_filter_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _wasm_filter_configs(value)
+    return found
+
+
+def test_every_shipped_filter_config_fails_closed_never_open(tmp_path):
+    """A crashed VM must never let requests bypass the filter: every way the project configures
+    the filter says FAIL_RELOAD (Envoy) or FAIL_CLOSE (Istio), never FAIL_OPEN."""
+    import envoy_config
+
+    if not CLI.exists():
+        pytest.fail(f"{CLI} does not exist: run `make cli` first", pytrace=False)
+    ecds = tmp_path / "ecds" / "phi-guard.json"
+    ecds.parent.mkdir()
+    res = subprocess.run([str(CLI), "ecds", str(REPO / "policies" / "smart-patient-app.json"),
+                          "--wasm", str(WASM), "--out", str(ecds)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    docs = {
+        "make run (http)": yaml.safe_load(envoy_config.render()),
+        "make run (https)": yaml.safe_load(envoy_config.render(https_port=10443, tls_cert="c.pem",
+                                                               tls_key="k.pem")),
+        "compose": yaml.safe_load(envoy_config.render_compose()),
+        "phi-guard ecds": json.loads(ecds.read_text()),
+    }
+    for name, doc in docs.items():
+        configs = _wasm_filter_configs(doc)
+        assert configs, f"{name}: no wasm filter found"
+        for config in configs:
+            assert config.get("failure_policy") == "FAIL_RELOAD", (name, config.get("failure_policy"))
+    assert wasm_plugin()["spec"]["failStrategy"] == "FAIL_CLOSE"
+
+
 # ------------------------------------------------------------------------------ make oci
 def _blob(layout: Path, digest: str) -> bytes:
     algo, hexdigest = digest.split(":")
