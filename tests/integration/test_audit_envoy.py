@@ -74,9 +74,9 @@ def test_every_decision_is_audited_without_phi(patient_app, tmp_path):
         path, tok, want = call[:3]
         headers = {"x-request-id": rid, **(call[3] if len(call) > 3 else {})}
         assert patient_app.get(path, token=tok, headers=headers).status == want, path
-    lines = wait_lines(lambda: audit_lines(h.envoy_log_text()), before + len(calls))[before:]
-    events = [json.loads(ln) for ln in lines]
-    mine = [e for e in events if rid in json.dumps(e)]
+    # Envoy flushes its log file every few seconds: wait for this test's events by request id.
+    lines = wait_lines(lambda: [ln for ln in audit_lines(h.envoy_log_text())[before:] if rid in ln], len(calls), timeout=30)
+    mine = [json.loads(ln) for ln in lines]
     assert len(mine) == len(calls), f"{len(mine)} events for {len(calls)} requests"
     text = "\n".join(lines)
     # No PHI: nothing from the upstream record, the token, or the search values.
