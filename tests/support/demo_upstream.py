@@ -400,8 +400,13 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
 
 
-def make_server(host: str, port: int, data_dir: Path, quiet: bool = True) -> ThreadingHTTPServer:
+def make_server(host: str, port: int, data_dir: Path, quiet: bool = True,
+                extra: list[Path] | None = None) -> ThreadingHTTPServer:
     store = Store.load(data_dir)
+    for more in extra or []:
+        # Later data replaces resources with the same type and id (e.g. labelled copies).
+        for key in (extra_store := Store.load(more)).order:
+            store.add(extra_store.by_key[key])
     handler = type("BoundHandler", (Handler,), {
         "store": store, "recorded": [], "lock": threading.Lock(), "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
@@ -414,9 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("port", nargs="?", type=int, default=int(os.environ.get("PORT", "0")))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--extra-data", type=Path, action="append", default=[],
+                        help="more resources, replacing same type/id (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
-    server = make_server(args.host, args.port, args.data, quiet=not args.verbose)
+    server = make_server(args.host, args.port, args.data, quiet=not args.verbose, extra=args.extra_data)
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

@@ -218,7 +218,9 @@ class LocalHarness(Harness):
         threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
 
     def _start_upstream(self) -> None:
-        proc = self._spawn([sys.executable, str(HERE / "demo_upstream.py"), "0"],
+        # Sensitivity-labelled copies of some Conditions, for the privacy-restriction tests.
+        proc = self._spawn([sys.executable, str(HERE / "demo_upstream.py"), "0", "--extra-data",
+                            str(REPO / "tests" / "fixtures" / "restrictions")],
                            "upstream.log", stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
         line = ""
