@@ -33,8 +33,9 @@ PATIENT     ?= d78af07c-9cb9-4f31-9b11-c45a28f2eec8
 CLAIMS      ?=
 TOKEN_ARGS  ?=
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
-.PHONY: help venv target wasm cli wasm-check envoy-config run stop token test unit integration clean distclean
+.PHONY: help venv target wasm cli wasm-check envoy-config run stop token test unit integration bench bench-opt wrk clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -89,6 +90,18 @@ unit: ## cargo test (unit, scenario, policy and vector tests)
 
 integration: wasm cli venv ## pytest against a real Envoy + phi_guard.wasm (PYTEST_ARGS=...)
 	$(VENV_PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+wrk: ## install the wrk load generator (Debian package) if missing; needs root or sudo
+	@command -v wrk >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+	  echo "wrk is missing and there is no root or sudo to install it: apt-get install wrk" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk
+
+bench: wasm venv wrk ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
+	$(VENV_PY) bench/run.py $(BENCH_ARGS)
+
+bench-opt: venv wrk ## wasm size and in-Envoy verify cost at opt-level 3, s and z -> bench/OPT_LEVEL.md
+	$(VENV_PY) bench/opt_levels.py $(BENCH_ARGS)
 
 clean: ## remove build output and run logs (keeps .venv)
 	cargo clean
