@@ -97,8 +97,11 @@ wrk: ## install the wrk load generator (Debian package) if missing; needs root o
 	  echo "wrk is missing and there is no root or sudo to install it: apt-get install wrk" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk
 
+NOOP_WASM   := $(TARGET_DIR)/bench-noop/$(WASM_TARGET)/release/noop_filter.wasm
+
 bench: wasm venv wrk ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
-	$(VENV_PY) bench/run.py $(BENCH_ARGS)
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir $(TARGET_DIR)/bench-noop
+	$(VENV_PY) bench/run.py --noop-wasm $(NOOP_WASM) $(BENCH_ARGS)
 
 bench-opt: venv wrk ## wasm size and in-Envoy verify cost at opt-level 3, s and z -> bench/OPT_LEVEL.md
 	$(VENV_PY) bench/opt_levels.py $(BENCH_ARGS)

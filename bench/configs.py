@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from envoy_config import DEFAULT_WASM, q, render  # noqa: E402
+from envoy_config import DEFAULT_WASM, q, render, wasm_filter  # noqa: E402
 
 ISSUER = "https://idp.phi-guard.test"
 AUDIENCE = "https://fhir.phi-guard.test"
@@ -75,7 +75,8 @@ def native_filters(*, cache: bool, cache_size: int = 1024) -> str:
 
 def proxy(kind: str, *, listen_port: int, admin_port: int, upstream_port: int,
           policy: Path | None = None, wasm: Path = DEFAULT_WASM) -> str:
-    """The Envoy under test. `kind`: none | native | native-cache | phi-guard."""
+    """The Envoy under test. `kind`: none | native | native-cache | phi-guard | wasm-noop (`wasm`
+    is then the no-op filter, configured exactly like phi-guard but with an empty policy)."""
     if kind == "phi-guard":
         return render(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
                       policy=policy or REPO / "policies" / "smart-patient-app.json", wasm=wasm,
@@ -84,11 +85,15 @@ def proxy(kind: str, *, listen_port: int, admin_port: int, upstream_port: int,
                   filter="none")
     if kind == "none":
         return base
-    if kind not in ("native", "native-cache"):
+    if kind == "wasm-noop":
+        filters = wasm_filter("", Path(wasm).resolve(), "unused")
+    elif kind in ("native", "native-cache"):
+        filters = native_filters(cache=kind == "native-cache")
+    else:
         raise ValueError(f"unknown proxy kind {kind!r}")
     if base.count(ROUTER_MARKER) != 1:
         raise RuntimeError("tests/support/envoy_config.py changed shape: no single router filter")
-    return base.replace(ROUTER_MARKER, native_filters(cache=kind == "native-cache") + ROUTER_MARKER)
+    return base.replace(ROUTER_MARKER, filters + ROUTER_MARKER)
 
 
 def upstream(*, listen_port: int, admin_port: int, bodies: dict[str, Path]) -> str:

@@ -66,7 +66,7 @@ class Cell:
         return f"{self.proxy}|{self.alg}|{self.path}"
 
 
-def proxies(pipelines: dict[str, Path], wasm: Path, workdir: Path) -> dict[str, tuple[str, Path | None, str]]:
+def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, tuple[str, Path | None, str]]:
     """name -> (configs.proxy kind, policy, description)."""
     miss = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
     miss["tokenCache"] = {"maxEntries": MISS_CACHE_ENTRIES}
@@ -81,19 +81,23 @@ def proxies(pipelines: dict[str, Path], wasm: Path, workdir: Path) -> dict[str, 
         "phi-guard-miss": ("phi-guard", miss_policy,
                            f"phi-guard auth + scope, cache miss (cache {MISS_CACHE_ENTRIES}, new token each request)"),
     }
+    if noop:
+        out["wasm-noop"] = ("wasm-noop", None, "a Rust proxy-wasm filter that does nothing (bench/noop-filter): "
+                            "the floor of any wasm filter")
     for name, policy in pipelines.items():
         out[f"pipeline-{name}"] = ("phi-guard", policy, f"phi-guard full pipeline `{name}`: "
                                    + (PIPELINES[name][1] if name in PIPELINES else str(policy)))
     return out
 
 
-def groups(pipelines: list[str]) -> dict[str, list[list[Cell]]]:
+def groups(pipelines: list[str], noop: bool) -> dict[str, list[list[Cell]]]:
     """Baseline group -> chunks of cells; the group's baseline is `none` on the same path and
     runs before and after every chunk."""
     p = fixtures.PATIENT_PATH
     out: dict[str, list[list[Cell]]] = {"patient": []}
     for alg in fixtures.ALGORITHMS:
-        out["patient"].append([Cell("native-cache", p, alg), Cell("phi-guard", p, alg)])
+        out["patient"].append([Cell("native-cache", p, alg), Cell("phi-guard", p, alg)]
+                              + ([Cell("wasm-noop", p, alg)] if noop and alg == "RS256" else []))
         out["patient"].append([Cell("native", p, alg), Cell("phi-guard-miss", p, alg, pool=True)])
     for size in ("1k", "200k"):
         path = fixtures.obs_path(size)
@@ -137,7 +141,7 @@ class Bench:
         self.upstream = Envoy("upstream", self.workdir)
         self.upstream.start(lambda lp, ap: configs.upstream(listen_port=lp, admin_port=ap, bodies=self.bodies),
                             concurrency=a.upstream_workers)
-        self.proxy_defs = proxies(self.pipelines, a.wasm, self.workdir)
+        self.proxy_defs = proxies(self.pipelines, self.workdir, self.noop)
         self.first: dict[str, list[dict]] = {}
         for name in self.proxy_defs:
             self.envoys[name] = self._start_proxy(name, name)
@@ -160,9 +164,10 @@ class Bench:
     def _start_proxy(self, name: str, instance: str) -> Envoy:
         kind, policy, _ = self.proxy_defs[name]
         up = self.upstream.listen_port
+        wasm = self.args.noop_wasm if kind == "wasm-noop" else self.args.wasm
         env = Envoy(instance, self.workdir)
         env.start(lambda lp, ap: configs.proxy(kind, listen_port=lp, admin_port=ap, upstream_port=up,
-                                               policy=policy, wasm=self.args.wasm))
+                                               policy=policy, wasm=wasm))
         # First request right after /ready: token verification, VM warm-up, first upstream
         # connection. Then a second one for comparison.
         path, headers = self._representative(name)
@@ -196,7 +201,7 @@ class Bench:
             if status != 200 or body != want:
                 raise BenchError(f"preflight {c.id}: {status}, body {'differs' if body != want else 'ok'}: {body[:200]!r}")
         for name in self.proxy_defs:
-            if name == "none":
+            if name in ("none", "wasm-noop"):
                 continue
             url = self.envoys[name].base_url + fixtures.PATIENT_PATH
             s_none, _ = request(url)
@@ -298,7 +303,10 @@ class Bench:
         a = self.args
         t_start = time.monotonic()
         self.pipelines = {n: p for n, p in a.pipelines}
-        self.groups = groups(list(self.pipelines))
+        self.noop = a.noop_wasm is not None and a.noop_wasm.exists()
+        if a.noop_wasm is not None and not self.noop:
+            print(f"bench: {a.noop_wasm} does not exist: no wasm-noop variant", file=sys.stderr)
+        self.groups = groups(list(self.pipelines), self.noop)
         self.meta = machine_facts(a)
         self.log(f"phi-guard benchmark ({'quick' if a.quick else 'full'}), logs in {self.workdir}")
         try:
@@ -370,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"full pipeline(s) to measure (known: {', '.join(PIPELINES)}; default check)")
     p.add_argument("--wasm", type=Path, default=Path(os.environ.get("PHI_GUARD_WASM")
                                                       or REPO / "target/wasm32-wasip1/release/phi_guard.wasm"))
+    p.add_argument("--noop-wasm", type=Path, help="the no-op proxy-wasm filter (bench/noop-filter) for the "
+                   "wasm-noop variant; `make bench` builds it")
     p.add_argument("--seconds", type=int, help="length of one wrk run (full 3, quick 1)")
     p.add_argument("--rounds", type=int, help="rounds of the whole matrix (full 2, quick 1)")
     p.add_argument("--conns", help="wrk connection counts (full 1,2,32; quick 1,32)")
