@@ -3,8 +3,8 @@
 V8 reserves 8 GiB of address space per wasm memory (32-bit memories, guard region included)
 and makes only the current linear memory read-write. In /proc/<pid>/smaps that is one anonymous
 rw-p mapping directly followed by the PROT_NONE rest of the reservation: its size is the module's
-`memory.size` and its Rss the pages actually touched. Envoy keeps one VM per worker thread plus
-one on the main thread (and the base VM it clones them from).
+`memory.size` and its Rss the pages actually touched. With 2 workers Envoy 1.40 keeps 4 VMs per
+wasm filter: one per worker thread, and two that serve no requests.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def render(res: dict) -> str:
         misses = sum(cell("phi-guard-miss", a, patient_path, c).get("misses", 0) for c in conns)
         rate = f"{100 * hits / (hits + misses):.1f}% of {hits + misses}" if hits + misses else "–"
         vr = (verify[a] / native_verify[a]) if verify.get(a) and native_verify.get(a) and native_verify[a] > 0 else None
-        w(f"| {a} | {fmt(verify.get(a))} | {fmt(native_verify.get(a))} | {fmt(vr, '.0f') + '×' if vr else '–'} | "
+        w(f"| {a} | {fmt(verify.get(a))} | {fmt(native_verify.get(a))} | {fmt(vr, '.1f') + '×' if vr else '–'} | "
           f"{fmt(lat_verify.get(a))} | {rate} |")
     w("")
 
@@ -372,8 +372,8 @@ def render(res: dict) -> str:
       "the pipeline on the ~200 KB body, the cache-miss proxy with a new token per request). "
       "**Linear memory per VM** is read from /proc/<pid>/smaps: V8 reserves a large address range per wasm memory and "
       "makes only the current linear memory read-write, so every read-write mapping inside such a reservation is one "
-      "VM's linear memory (its size = the wasm `memory.size`; resident = pages touched). Envoy runs one VM per worker "
-      "plus one on the main thread.")
+      "VM's linear memory (its size = the wasm `memory.size`; resident = pages touched). With 2 workers Envoy keeps 4 VMs "
+      "per wasm filter: one per worker (these grow when they buffer bodies) and two that serve no requests.")
     w("")
     w("| variant | RSS after start MiB | peak RSS MiB | RSS after soak MiB | soak requests | wasm VMs | linear memory per VM MiB (size / resident) |")
     w("|---|---:|---:|---:|---:|---:|---|")
@@ -429,11 +429,14 @@ def notes(pg_vs_native, pg_vs_none, verify, native_verify, fastest, body_200k, l
                     f"{max(extra - noop, 0):.0f} µs: copying every request header into the VM (`get_map`), path "
                     "normalization, route matching, SHA-256 of the token for the cache key, the decision and a "
                     "stats hostcall (natively the decision on a cache hit is ~2 µs: `cargo bench`). ")
-            if noop > budget_none:
-                msg += ("The no-op floor alone is over the no-filter budget on this machine, so no change inside "
-                        "phi-guard closes that target in this Envoy; what would is fewer wasm crossings per stream "
-                        "(Envoy calls the filter for request headers, response headers, the log and the end of every "
-                        "stream) or running the check natively (an ext_authz service or a C++ filter). ")
+            over = [name for name, budget in (("no-filter", budget_none), ("native", budget_native)) if noop >= budget]
+            if over:
+                msg += (f"The no-op floor alone is at or over the {' and the '.join(over)} budget in this run, so "
+                        "changes inside phi-guard can narrow that gap but not close it; what would close it is a "
+                        "cheaper wasm crossing per stream (Envoy calls into the VM to create the stream's context, "
+                        "for request headers, response headers, the log and the end of every stream), i.e. a "
+                        "faster runtime or fewer callbacks, or doing the check natively (ext_authz or a C++ "
+                        "filter). ")
         msg += ("To shave phi-guard's part: read only `:method`, `:path` and `authorization` with "
                 "`get_map_value` instead of copying the whole header map, and hash the token for the cache "
                 "key with a cheaper function than SHA-256 (the key only has to avoid storing the token).")
