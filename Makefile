@@ -33,6 +33,7 @@ PATIENT     ?= d78af07c-9cb9-4f31-9b11-c45a28f2eec8
 CLAIMS      ?=
 TOKEN_ARGS  ?=
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
 # Docker compose (envoy/docker-compose.yaml): `docker compose` (v2 plugin) if present, else
 # `docker-compose` (v1, Debian package). The compose harness reads $COMPOSE too.
@@ -48,7 +49,7 @@ OCI_TAG     ?= phi-guard/wasm-plugin:$(VERSION)
 
 FUZZ_SECONDS ?=
 .PHONY: fuzz help venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
-        compose-up compose-down compose-test oci clean distclean
+        compose-up compose-down compose-test oci bench bench-opt wrk clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -124,6 +125,21 @@ oci: wasm ## Istio WasmPlugin OCI image of the filter in target/oci/ (OCI_TAG=..
 
 fuzz: ## run every cargo-fuzz target briefly (FUZZ_SECONDS=30 each; needs the nightly toolchain)
 	scripts/fuzz.sh $(or $(FUZZ_SECONDS),30)
+
+wrk: ## install the wrk load generator (Debian package) if missing; needs root or sudo
+	@command -v wrk >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+	  echo "wrk is missing and there is no root or sudo to install it: apt-get install wrk" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk
+
+NOOP_WASM   := $(TARGET_DIR)/bench-noop/$(WASM_TARGET)/release/noop_filter.wasm
+
+bench: wasm venv wrk ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir $(TARGET_DIR)/bench-noop
+	$(VENV_PY) bench/run.py --noop-wasm $(NOOP_WASM) $(BENCH_ARGS)
+
+bench-opt: venv wrk ## wasm size and in-Envoy verify cost at opt-level 3, s and z -> bench/OPT_LEVEL.md
+	$(VENV_PY) bench/opt_levels.py $(BENCH_ARGS)
 
 clean: ## remove build output and run logs (keeps .venv)
 	cargo clean

@@ -1,0 +1,426 @@
+#!/usr/bin/env python3
+"""`make bench`: phi-guard against Envoy without a filter and against Envoy's native
+`jwt_authn` + `rbac`, side by side, in one run on one machine, reported as ratios.
+
+    bench/run.py [--quick] [--out FILE] [--pipeline NAME[=POLICY] ...] [--wasm FILE]
+                 [--seconds N] [--rounds N] [--conns 1,2,32] [--soak N]
+
+One Envoy per variant (2 workers each), all behind the same fixed-response upstream (an Envoy
+answering from files). Each measurement is one wrk run; runs alternate with the no-filter
+baseline (B X Y B X Y B ..., order reversed every other round), and every figure is reported
+relative to the baselines measured next to it, because absolute numbers drift on a shared
+machine. Besides wrk's rps and latency, each run reads the CPU time the Envoy under test used
+(/proc/<pid>/task/*/schedstat) and divides it by the requests served: that per-request cost is
+what the filter adds, and it is much less sensitive to other load than throughput.
+
+Writes the raw measurements as JSON next to the logs (.run/bench/<stamp>/) and the report
+(bench/RESULTS.md; quick runs: .run/bench/RESULTS.quick.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import configs  # noqa: E402
+import fixtures  # noqa: E402
+import memory  # noqa: E402
+import report  # noqa: E402
+from procs import BenchError, Envoy, envoy_version, request, spawn_wrk, wrk  # noqa: E402
+
+# The full pipelines to measure on Observation reads. Each is a policy file; `--pipeline NAME`
+# selects them (`--pipeline NAME=FILE` adds one). As minimization and audit land, add their
+# policy here (e.g. "minimize": bench/policies/minimize.json) and pass `--pipeline minimize`.
+PIPELINES: dict[str, tuple[Path, str]] = {
+    "check": (REPO / "policies" / "smart-patient-app.json",
+              "auth + scope + compartment + patient-binding body check"),
+}
+MISS_CACHE_ENTRIES = 16  # phi-guard-miss: a cache far smaller than the token pool
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One thing wrk measures: a proxy, a path, a token mode."""
+
+    proxy: str
+    path: str
+    alg: str | None = "RS256"
+    pool: bool = False  # a new token on every request
+
+    @property
+    def id(self) -> str:
+        return f"{self.proxy}|{self.alg}|{self.path}"
+
+
+def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, tuple[str, Path | None, str]]:
+    """name -> (configs.proxy kind, policy, description)."""
+    miss = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
+    miss["tokenCache"] = {"maxEntries": MISS_CACHE_ENTRIES}
+    miss_policy = workdir / "policy-cache-miss.json"
+    miss_policy.write_text(json.dumps(miss, indent=2))
+    out = {
+        "none": ("none", None, "Envoy, no filter (baseline)"),
+        "native": ("native", None, "Envoy jwt_authn + rbac, no JWT cache"),
+        "native-cache": ("native-cache", None, "Envoy jwt_authn (jwt_cache_config 1024) + rbac"),
+        "phi-guard": ("phi-guard", REPO / "policies" / "smart-patient-app.json",
+                      "phi-guard auth + scope, verified-token cache warm"),
+        "phi-guard-miss": ("phi-guard", miss_policy,
+                           f"phi-guard auth + scope, cache miss (cache {MISS_CACHE_ENTRIES}, new token each request)"),
+    }
+    if noop:
+        out["wasm-noop"] = ("wasm-noop", None, "a Rust proxy-wasm filter that does nothing (bench/noop-filter): "
+                            "the floor of any wasm filter")
+    for name, policy in pipelines.items():
+        out[f"pipeline-{name}"] = ("phi-guard", policy, f"phi-guard full pipeline `{name}`: "
+                                   + (PIPELINES[name][1] if name in PIPELINES else str(policy)))
+    return out
+
+
+def groups(pipelines: list[str], noop: bool) -> dict[str, list[list[Cell]]]:
+    """Baseline group -> chunks of cells; the group's baseline is `none` on the same path and
+    runs before and after every chunk."""
+    p = fixtures.PATIENT_PATH
+    out: dict[str, list[list[Cell]]] = {"patient": []}
+    for alg in fixtures.ALGORITHMS:
+        out["patient"].append([Cell("native-cache", p, alg), Cell("phi-guard", p, alg)]
+                              + ([Cell("wasm-noop", p, alg)] if noop and alg == "RS256" else []))
+        out["patient"].append([Cell("native", p, alg), Cell("phi-guard-miss", p, alg, pool=True)])
+    for size in ("1k", "200k"):
+        path = fixtures.obs_path(size)
+        cells = [Cell("native-cache", path)] + [Cell(f"pipeline-{n}", path) for n in pipelines]
+        out[f"obs-{size}"] = [cells[i:i + 2] for i in range(0, len(cells), 2)]
+    return out
+
+
+def sequence(chunks: list[list[Cell]], baseline: Cell, reverse: bool) -> list[Cell]:
+    seq = [baseline]
+    for chunk in chunks:
+        seq += chunk + [baseline]
+    return list(reversed(seq)) if reverse else seq
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.workdir = REPO / ".run" / "bench" / stamp
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.envoys: dict[str, Envoy] = {}
+        self.upstream: Envoy | None = None
+        self.records: list[dict] = []
+        self.meta: dict = {}
+        self.log_file = open(self.workdir / "bench.log", "a", encoding="utf-8")  # noqa: SIM115
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        a = self.args
+        self.bodies = fixtures.write_bodies(self.workdir / "bodies")
+        self.log(f"minting tokens ({a.pool} per algorithm for the cache-miss pool)")
+        self.tokens, self.pools = fixtures.write_tokens(self.workdir / "tokens", a.pool)
+        self.no_scope_token = self._no_scope_token()
+        self.upstream = Envoy("upstream", self.workdir)
+        self.upstream.start(lambda lp, ap: configs.upstream(listen_port=lp, admin_port=ap, bodies=self.bodies),
+                            concurrency=a.upstream_workers)
+        self.proxy_defs = proxies(self.pipelines, self.workdir, self.noop)
+        self.first: dict[str, list[dict]] = {}
+        for name in self.proxy_defs:
+            self.envoys[name] = self._start_proxy(name, name)
+        for name in ("none", "phi-guard") + tuple(f"pipeline-{n}" for n in self.pipelines):
+            for i in range(1, a.first_repeats):
+                e = self._start_proxy(name, f"{name}-restart{i}")
+                e.stop()
+        self.preflight()
+
+    def _no_scope_token(self) -> str:
+        from tokens import PyMinter
+
+        m = PyMinter()
+        return m.token(m.claims(scope="openid fhirUser", patient=fixtures.PATIENT), alg="RS256")
+
+    def _representative(self, name: str) -> tuple[str, dict[str, str]]:
+        path = fixtures.obs_path("1k") if name.startswith("pipeline-") else fixtures.PATIENT_PATH
+        return path, {"Authorization": f"Bearer {self.tokens['RS256']}"}
+
+    def _start_proxy(self, name: str, instance: str) -> Envoy:
+        kind, policy, _ = self.proxy_defs[name]
+        up = self.upstream.listen_port
+        wasm = self.args.noop_wasm if kind == "wasm-noop" else self.args.wasm
+        env = Envoy(instance, self.workdir)
+        env.start(lambda lp, ap: configs.proxy(kind, listen_port=lp, admin_port=ap, upstream_port=up,
+                                               policy=policy, wasm=wasm))
+        # First request right after /ready: token verification, VM warm-up, first upstream
+        # connection. Then a second one for comparison.
+        path, headers = self._representative(name)
+        t0 = time.perf_counter()
+        s1, _ = request(env.base_url + path, headers)
+        first_ms = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        s2, _ = request(env.base_url + path, headers)
+        second_ms = (time.perf_counter() - t0) * 1000
+        if (s1, s2) != (200, 200):
+            raise BenchError(f"{instance}: first requests answered {s1}, {s2}")
+        rec = {"ready_s": env.ready_after_s, "first_ms": first_ms, "second_ms": second_ms,
+               "status": env.status(), "wasm": memory.wasm_memories(env.pid)}
+        self.first.setdefault(name, []).append(rec)
+        self.log(f"{instance}: ready after {env.ready_after_s * 1000:.0f} ms, first request "
+                 f"{first_ms:.1f} ms, second {second_ms:.1f} ms, RSS {rec['status'].get('VmRSS', 0) / 1024:.1f} MiB")
+        return env
+
+    def preflight(self) -> None:
+        """Every cell answers 200 with exactly the upstream's body, and refusals are refusals:
+        a benchmark of a proxy answering 401 fast would be worthless."""
+        cells = {c.id: c for chunks in self.groups.values() for chunk in chunks for c in chunk}
+        for size in fixtures.SIZES:
+            for name in ["none"] + [f"pipeline-{n}" for n in self.pipelines]:
+                c = Cell(name, fixtures.obs_path(size))
+                cells[c.id] = c
+        for c in cells.values():
+            token = self.tokens[c.alg] if not c.pool else self.pools[c.alg].read_text().split("\n", 1)[0]
+            status, body = request(self.envoys[c.proxy].base_url + c.path, {"Authorization": f"Bearer {token}"})
+            want = self.bodies[c.path].read_bytes()
+            if status != 200 or body != want:
+                raise BenchError(f"preflight {c.id}: {status}, body {'differs' if body != want else 'ok'}: {body[:200]!r}")
+        for name in self.proxy_defs:
+            if name in ("none", "wasm-noop"):
+                continue
+            url = self.envoys[name].base_url + fixtures.PATIENT_PATH
+            s_none, _ = request(url)
+            s_scope, _ = request(url, {"Authorization": f"Bearer {self.no_scope_token}"})
+            if s_none != 401 or s_scope != 403:
+                raise BenchError(f"preflight {name}: no token -> {s_none}, token without scope -> {s_scope} (want 401, 403)")
+        self.log(f"preflight: {len(cells)} cells answer 200 with the upstream body; every filter refuses (401/403)")
+
+    # ------------------------------------------------------------------ measuring
+    def measure(self, cell: Cell, conns: int, seconds: int, **tags) -> dict:
+        env = self.envoys[cell.proxy]
+        url = env.base_url + cell.path
+        hits0 = self._cache_stats(env) if cell.proxy.startswith(("phi-guard", "pipeline")) else None
+        cpu0, up0 = env.cpu_ns(), self.upstream.cpu_ns()
+        if cell.pool:
+            r = wrk(url, conns=conns, seconds=seconds, token_file=self.pools[cell.alg])
+        else:
+            r = wrk(url, conns=conns, seconds=seconds, token=self.tokens[cell.alg] if cell.alg else None)
+        cpu1, up1 = env.cpu_ns(), self.upstream.cpu_ns()
+        rec = {"cell": cell.id, "proxy": cell.proxy, "alg": cell.alg, "path": cell.path, "pool": cell.pool,
+               "conns": conns, **asdict(r),
+               "cpu_us_per_req": (cpu1 - cpu0) / 1000 / max(r.requests, 1),
+               "upstream_cpu_us_per_req": (up1 - up0) / 1000 / max(r.requests, 1), **tags}
+        if hits0 is not None:
+            h1 = self._cache_stats(env)
+            rec["cache_hits"] = h1[0] - hits0[0]
+            rec["cache_misses"] = h1[1] - hits0[1]
+        self.records.append(rec)
+        flag = f"  ERRORS {r.errors}" if r.errors else ""
+        self.log(f"  c={conns:<3} {cell.proxy:<16} {cell.alg or '-':<6} {cell.path[-16:]:<16} "
+                 f"{r.rps:9.0f} rps  p50 {r.p50_us:6d} us  p99 {r.p99_us:6d} us  "
+                 f"cpu {rec['cpu_us_per_req']:7.1f} us/req{flag}")
+        return rec
+
+    def _cache_stats(self, env: Envoy) -> tuple[int, int]:
+        s = env.stats("token_cache")
+        hits = sum(v for k, v in s.items() if k.endswith("token_cache_hits"))
+        misses = sum(v for k, v in s.items() if k.endswith("token_cache_misses"))
+        return hits, misses
+
+    def run_matrix(self) -> None:
+        a = self.args
+        total = sum(len(sequence(ch, Cell("none", "/"), False)) for ch in self.groups.values())
+        self.log(f"matrix: {total} runs x {len(a.conns)} connection counts x {a.rounds} rounds, {a.seconds} s each")
+        for rnd in range(a.rounds):
+            for conns in a.conns:
+                for group, chunks in self.groups.items():
+                    path = chunks[0][0].path
+                    seq = sequence(chunks, Cell("none", path), reverse=rnd % 2 == 1)
+                    for pos, cell in enumerate(seq):
+                        self.measure(cell, conns, a.seconds, kind="matrix", round=rnd, group=group, pos=pos)
+
+    def run_sweep(self) -> None:
+        """Per pipeline: no filter vs the pipeline at each body size, adjacent, one connection."""
+        a = self.args
+        for name in self.pipelines:
+            for rnd in range(a.rounds):
+                seq = []
+                for size in fixtures.SIZES:
+                    path = fixtures.obs_path(size)
+                    seq += [Cell("none", path), Cell(f"pipeline-{name}", path)]
+                if rnd % 2 == 1:
+                    seq.reverse()
+                for pos, cell in enumerate(seq):
+                    size = next(s for s in fixtures.SIZES if fixtures.obs_path(s) == cell.path)
+                    self.measure(cell, a.sweep_conns, a.seconds, kind="sweep", round=rnd, pipeline=name,
+                                 size=size, body_bytes=self.bodies[cell.path].stat().st_size, pos=pos)
+
+    def run_soak(self) -> dict:
+        """Every proxy under load at once for `--soak` seconds; then RSS and linear memory."""
+        a = self.args
+        self.log(f"soak: every proxy under load at once for {a.soak} s")
+        procs = {}
+        for name, env in self.envoys.items():
+            path = fixtures.obs_path("200k") if name.startswith("pipeline-") else fixtures.PATIENT_PATH
+            if name == "phi-guard-miss":
+                procs[name] = spawn_wrk(env.base_url + path, conns=a.soak_conns, seconds=a.soak,
+                                        token_file=self.pools["RS256"])
+            else:
+                procs[name] = spawn_wrk(env.base_url + path, conns=a.soak_conns, seconds=a.soak,
+                                        token=self.tokens["RS256"])
+        out = {}
+        for name, p in procs.items():
+            stdout, _ = p.communicate(timeout=a.soak + 60)
+            line = next((ln for ln in stdout.splitlines() if ln.startswith("WRKJSON ")), "WRKJSON {}")
+            out[name] = {"wrk": json.loads(line[len("WRKJSON "):])}
+        time.sleep(2)  # at rest
+        for name, env in self.envoys.items():
+            out[name]["status"] = env.status()
+            out[name]["wasm"] = memory.wasm_memories(env.pid)
+            out[name]["smaps_rollup"] = memory.rollup(env.pid)
+            w = out[name]["wrk"]
+            self.log(f"  {name:<18} {w.get('requests', 0):8d} requests  RSS {out[name]['status'].get('VmRSS', 0) / 1024:.1f} MiB"
+                     f"  peak {out[name]['status'].get('VmHWM', 0) / 1024:.1f} MiB  wasm {memory.summary(out[name]['wasm'])}")
+        return out
+
+    # ------------------------------------------------------------------ whole run
+    def run(self) -> Path:
+        a = self.args
+        t_start = time.monotonic()
+        self.pipelines = {n: p for n, p in a.pipelines}
+        self.noop = a.noop_wasm is not None and a.noop_wasm.exists()
+        if a.noop_wasm is not None and not self.noop:
+            print(f"bench: {a.noop_wasm} does not exist: no wasm-noop variant", file=sys.stderr)
+        self.groups = groups(list(self.pipelines), self.noop)
+        self.meta = machine_facts(a)
+        self.log(f"phi-guard benchmark ({'quick' if a.quick else 'full'}), logs in {self.workdir}")
+        try:
+            self.setup()
+            self.run_matrix()
+            self.run_sweep()
+            soak = self.run_soak()
+            idle = {name: {"status": e.status()} for name, e in self.envoys.items()}
+        finally:
+            for e in list(self.envoys.values()) + ([self.upstream] if self.upstream else []):
+                e.stop()
+        self.meta["elapsed_s"] = time.monotonic() - t_start
+        results = {"meta": self.meta, "proxies": {k: v[2] for k, v in self.proxy_defs.items()},
+                   "pipelines": {k: str(v) for k, v in self.pipelines.items()},
+                   "bodies": {p: f.stat().st_size for p, f in self.bodies.items()},
+                   "first": self.first, "records": self.records, "soak": soak, "idle": idle}
+        raw = self.workdir / "results.json"
+        raw.write_text(json.dumps(results, indent=1))
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report.render(results), encoding="utf-8")
+        self.log(f"done in {self.meta['elapsed_s']:.0f} s: {out} (raw: {raw})")
+        return out
+
+
+def machine_facts(a: argparse.Namespace) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    wasm = Path(a.wasm)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "Cargo.toml"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "quick" if a.quick else "full",
+        "nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(), "envoy": envoy_version(),
+        "wrk": " ".join(subprocess.run(["wrk", "--version"], capture_output=True, text=True,
+                                       check=False).stdout.split()[:2]),
+        "wasm": str(wasm.relative_to(REPO)) if wasm.is_relative_to(REPO) else str(wasm),
+        "wasm_bytes": wasm.stat().st_size,
+        "wasm_sha256": hashlib.sha256(wasm.read_bytes()).hexdigest()[:16],
+        "commit": commit + ("+dirty" if dirty else ""),
+        "seconds": a.seconds, "rounds": a.rounds, "conns": a.conns, "soak_s": a.soak,
+        "soak_conns": a.soak_conns, "sweep_conns": a.sweep_conns, "pool": a.pool,
+        "upstream_workers": a.upstream_workers, "workers": 2,
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
+                   help="about two minutes: 1 s runs, one round, connections 1 and 32, short soak (also BENCH_QUICK=1)")
+    p.add_argument("--out", help="report file (default bench/RESULTS.md; quick: .run/bench/RESULTS.quick.md)")
+    p.add_argument("--pipeline", action="append", default=[], metavar="NAME[=POLICY]",
+                   help=f"full pipeline(s) to measure (known: {', '.join(PIPELINES)}; default check)")
+    p.add_argument("--wasm", type=Path, default=Path(os.environ.get("PHI_GUARD_WASM")
+                                                      or REPO / "target/wasm32-wasip1/release/phi_guard.wasm"))
+    p.add_argument("--noop-wasm", type=Path, help="the no-op proxy-wasm filter (bench/noop-filter) for the "
+                   "wasm-noop variant; `make bench` builds it")
+    p.add_argument("--seconds", type=int, help="length of one wrk run (full 3, quick 1)")
+    p.add_argument("--rounds", type=int, help="rounds of the whole matrix (full 2, quick 1)")
+    p.add_argument("--conns", help="wrk connection counts (full 1,2,32; quick 1,32)")
+    p.add_argument("--soak", type=int, help="soak seconds (full 60, quick 5)")
+    p.add_argument("--soak-conns", type=int, default=4)
+    p.add_argument("--sweep-conns", type=int, default=1)
+    p.add_argument("--pool", type=int, default=1024, help="distinct tokens per algorithm for the cache-miss runs")
+    p.add_argument("--first-repeats", type=int, help="fresh starts for first-request latency (full 3, quick 1)")
+    p.add_argument("--upstream-workers", type=int, default=1)
+    a = p.parse_args(argv)
+    a.seconds = a.seconds or (1 if a.quick else 3)
+    a.rounds = a.rounds or (1 if a.quick else 2)
+    a.soak = a.soak or (5 if a.quick else 60)
+    a.first_repeats = a.first_repeats or (1 if a.quick else 3)
+    a.conns = [int(c) for c in str(a.conns or ("1,32" if a.quick else "1,2,32")).split(",") if c.strip()]
+    a.out = a.out or str(REPO / (".run/bench/RESULTS.quick.md" if a.quick else "bench/RESULTS.md"))
+    env_pipes = os.environ.get("BENCH_PIPELINES", "").split()
+    chosen = []
+    for item in (a.pipeline or env_pipes or ["check"]):
+        name, _, policy = item.partition("=")
+        if policy:
+            chosen.append((name, Path(policy).resolve()))
+        elif name in PIPELINES:
+            chosen.append((name, PIPELINES[name][0]))
+        else:
+            p.error(f"unknown pipeline {name!r}: known {', '.join(PIPELINES)}, or NAME=POLICY")
+    a.pipelines = chosen
+    if not a.wasm.exists():
+        p.error(f"{a.wasm} does not exist: run `make wasm`")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        Bench(args).run()
+    except BenchError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
