@@ -17,8 +17,7 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use phi_guard::auth::keys::parse_jwks;
-use phi_guard::auth::{scope, verify, ClaimNames, IssuerConfig, TokenCache};
+use phi_guard::auth::{scope, verify, IssuerConfig, TokenCache};
 use phi_guard::decision::{decide, Request, ResponseCheck, ResponsePlan};
 use serde_json::{json, Value};
 
@@ -33,24 +32,11 @@ fn file(rel: &str) -> Vec<u8> {
     std::fs::read(format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-/// The demo issuer with the test JWKS (tests/keys/demo-jwks.json), as the demo policy declares it.
+/// The demo issuer with the test JWKS (tests/keys/demo-jwks.json), exactly as the demo policy
+/// compiles it.
 fn issuer() -> IssuerConfig {
-    let jwks: Value = serde_json::from_slice(&file("tests/keys/demo-jwks.json")).unwrap();
-    IssuerConfig {
-        issuer: ISS.into(),
-        audiences: vec![AUD.into()],
-        algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
-        keys: parse_jwks(&jwks).unwrap(),
-        remote: None,
-        clock_skew: 60,
-        max_lifetime: Some(86_400),
-        claims: ClaimNames {
-            scope: "scope".into(),
-            subject: "sub".into(),
-            client_id: "client_id".into(),
-            patient: "patient".into(),
-        },
-    }
+    let policy = phi_guard::policy::compile(&file("policies/smart-patient-app.json")).unwrap();
+    policy.issuers.into_iter().next().unwrap()
 }
 
 /// A token like the demo app's, signed with a test key (tests/keys/, test-only).
@@ -117,7 +103,7 @@ fn bench_decide(c: &mut Criterion<ThreadCpu>) {
         ("observation_search", format!("/fhir/Observation?patient={PATIENT}&category=laboratory&_count=50")),
     ] {
         let mut cache = TokenCache::new(1024);
-        let req = Request { method: "GET", path: &path, authorization: &headers };
+        let req = Request { method: "GET", path: &path, authorization: &headers, ..Default::default() };
         assert!(decide(&policy, &mut cache, &req, NOW).reason().is_none(), "{name} must be allowed");
         g.bench_function(name, |b| b.iter(|| decide(&policy, &mut cache, black_box(&req), NOW)));
     }
@@ -160,7 +146,7 @@ fn observation_body(resources: &[Value], target: usize) -> Vec<u8> {
 
 fn bench_body_check(c: &mut Criterion<ThreadCpu>) {
     let resources = synthea_resources();
-    let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }] };
+    let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }], max_body_bytes: usize::MAX, ..ResponsePlan::default() };
     let mut g = c.benchmark_group("patient_binding_check");
     for kib in [1usize, 16, 64, 256] {
         let body = observation_body(&resources, kib * 1024);

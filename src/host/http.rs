@@ -87,16 +87,17 @@ impl Stream {
     /// Check and minimize the complete buffered body: release the minimized bytes, or switch to
     /// replacement (not one byte of the original) if anything fails.
     fn finish_check(&self, body_size: usize) {
-        let (result, original) = {
+        let (result, original, shadow) = {
             let st = self.state.borrow();
-            let ResponseState::Check { plan, .. } = &st.response else { return };
+            let ResponseState::Check { plan, shadow, .. } = &st.response else { return };
+            let shadow = *shadow;
             match get_buffer(BufferType::HttpResponseBody, 0, body_size) {
                 Ok(b) => {
                     let body = b.unwrap_or_default();
                     let key = self.vm.hmac_key.borrow();
                     let audit = self.vm.audit.borrow();
                     let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000, pseudonyms: audit.as_ref().map(|a| &a.key) };
-                    (plan.release(&body, &ctx), body)
+                    (plan.release(&body, &ctx), body, shadow)
                 }
                 Err(_) => {
                     drop(st);
@@ -107,7 +108,12 @@ impl Stream {
         };
         self.state.borrow_mut().restrictions = result.restrictions;
         match result.outcome {
-            Ok(applied) => {
+            Ok(mut applied) => {
+                if shadow {
+                    // Policy in shadow mode: record what would have been withheld, send the
+                    // upstream's bytes unchanged.
+                    applied.body = None;
+                }
                 if let Some(bytes) = &applied.body {
                     if set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
                         // Could not swap in the minimized body: release nothing.
