@@ -557,6 +557,9 @@ class ComposeHarness(Harness):
     def logs(self) -> str:
         return self._service_tail("envoy") if self._up else ""
 
+    def envoy_log_text(self) -> str:
+        return self._run("logs", "--no-color", "envoy", check=False) if self._up else ""
+
     def stop(self) -> None:
         if not self._up:
             return
