@@ -288,31 +288,25 @@ fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<Str
     }
 }
 
+/// A claim holding a list: absent, a space-delimited string, or an array of strings.
+fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, DenyReason> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        Some(Value::Array(list)) => list.iter().map(|v| v.as_str().map(str::to_owned).ok_or(DenyReason::BadClaim)).collect(),
+        Some(_) => Err(DenyReason::BadClaim),
+    }
+}
+
 fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Principal, DenyReason> {
     let names = &issuer.claims;
-    let scopes: Vec<String> = match claims.get(&names.scope) {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or(DenyReason::BadClaim))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(DenyReason::BadClaim),
-    };
+    let scopes = string_list(claims, &names.scope)?;
     let smart_scopes = scopes.iter().filter_map(|s| scope::parse(s)).collect();
     // Purpose-of-use codes (HL7 v3 PurposeOfUse, e.g. `TREAT`): a space-delimited string or an
     // array. They select minimization profiles and are audited, so anything that is not
     // code-shaped (free text could carry PHI) makes the claim malformed.
     let code = |s: &str| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    let purpose: Vec<String> = match claims.get(&names.purpose) {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or(DenyReason::BadClaim))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(DenyReason::BadClaim),
-    };
+    let purpose = string_list(claims, &names.purpose)?;
     if purpose.len() > 8 || !purpose.iter().all(|p| code(p)) {
         return Err(DenyReason::BadClaim);
     }

@@ -73,8 +73,6 @@ pub enum DenyReason {
     CompartmentEscape,
     /// A patient-scoped token carries no patient claim.
     MissingPatientContext,
-    /// The upstream response could not be checked (not JSON, too large, encoded, truncated).
-    ResponseUncheckable,
     /// The policy requires auditing and events cannot be delivered (queue full, sink failing).
     AuditUnavailable,
     /// No minimization profile of the route applies to the caller's scopes and purpose.
@@ -126,7 +124,7 @@ impl DenyReason {
             InsufficientUserAuthentication => 401,
             PurposeRequired | PurposeNotAllowed | BreakGlassInvalid | Restricted => 403,
             NoMinimizationProfile => 403,
-            ResponseUncheckable | ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
+            ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
             | ResponseUnexpectedShape | ResponseUnknownResource | MinimizationFailed => 502,
         }
     }
@@ -169,7 +167,6 @@ impl DenyReason {
             PatientMismatch => "patient_mismatch",
             CompartmentEscape => "compartment_escape",
             MissingPatientContext => "missing_patient_context",
-            ResponseUncheckable => "response_uncheckable",
             AuditUnavailable => "audit_unavailable",
             NoMinimizationProfile => "no_minimization_profile",
             ResponseNotJson => "response_not_json",
@@ -227,7 +224,6 @@ impl DenyReason {
                 "this search could reach data outside the token's patient context"
             }
             MissingPatientContext => "the token's patient scopes carry no patient context",
-            ResponseUncheckable => "the upstream response could not be checked",
             AuditUnavailable => "the request cannot be audited right now; try again later",
             NoMinimizationProfile => "no data view is defined for this token's scopes and purpose",
             ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated | ResponseUnexpectedShape
@@ -267,7 +263,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 49] = {
+    pub const ALL: [DenyReason; 48] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
@@ -275,7 +271,7 @@ impl DenyReason {
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, KeysUnavailable, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, MissingPatientContext, ResponseUncheckable, NoMinimizationProfile,
+            CompartmentEscape, MissingPatientContext, NoMinimizationProfile,
             ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,
             ResponseUnknownResource, MinimizationFailed, AuditUnavailable, InsufficientUserAuthentication,
             PurposeRequired, PurposeNotAllowed, BreakGlassInvalid, Restricted,
