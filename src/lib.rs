@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod http;
 pub mod minimize;
 pub mod policy;
+pub mod simulate;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

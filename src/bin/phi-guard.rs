@@ -3,16 +3,15 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::audit::{verify_log, AuditKey, KEY_ENV};
-use phi_guard::auth::check_claims;
-use phi_guard::decision::{decide, decide_with, refusal_reply, Decision, DenyReason, Request};
+use phi_guard::decision::{refusal_reply, DenyReason};
 use phi_guard::minimize::{self, ApplyCtx};
 use phi_guard::policy::{compile, Policy};
+use phi_guard::simulate::{install_jwks, simulate, Credential, Exchange, Outcome, Upstream, DEMO_AUDIT_KEY};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -29,7 +28,9 @@ enum Command {
         /// Policy JSON file.
         policy: PathBuf,
     },
-    /// Print the decision for one request and why.
+    /// Print what the filter does with one request (and, with `--upstream-body`, with the
+    /// upstream's answer): the decision and why, the released body, the audit event. Exit 2 when
+    /// the request or the response is refused.
     Explain {
         /// Policy JSON file.
         policy: PathBuf,
@@ -45,9 +46,34 @@ enum Command {
         /// Token claims as JSON, trusted without a signature (to try a policy before keys exist).
         #[arg(long)]
         claims: Option<String>,
+        /// JWKS file: the keys of the token's issuer (what a remote-JWKS issuer would fetch).
+        #[arg(long, requires = "token")]
+        jwks: Option<PathBuf>,
+        /// The upstream's response body (file), run through the response phase.
+        #[arg(long)]
+        upstream_body: Option<PathBuf>,
+        /// The upstream's status.
+        #[arg(long, default_value_t = 200)]
+        upstream_status: u16,
+        /// The upstream's content type.
+        #[arg(long, default_value = "application/fhir+json")]
+        upstream_content_type: String,
+        /// Environment variable holding the HMAC key for `hash` transforms.
+        #[arg(long)]
+        hmac_key_env: Option<String>,
+        /// Environment variable holding the audit key (pseudonyms in the event and in privacy
+        /// restrictions); when it is not set, the demo key is used and said so.
+        #[arg(long, default_value = KEY_ENV)]
+        audit_key_env: String,
+        /// `x-request-id` to record in the audit event.
+        #[arg(long)]
+        request_id: Option<String>,
         /// Evaluate at this Unix time instead of now.
         #[arg(long)]
         now: Option<u64>,
+        /// Print the outcome as JSON (the playground's format).
+        #[arg(long)]
+        json: bool,
     },
     /// Sign a policy for pull mode: prints the detached signature the policy server sends in
     /// `x-phi-guard-signature`. Validates the policy first.
@@ -262,24 +288,61 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Explain { policy, method, path, token, claims, now: at } => {
-            let p = load(&policy)?;
-            let at = at.unwrap_or_else(now);
-            let header = token.as_ref().map(|t| format!("Bearer {t}")).or(claims.as_ref().map(|_| "Bearer claims".to_owned()));
-            let auth: Vec<&str> = header.iter().map(String::as_str).collect();
-            let req = Request { method: &method, path: &path, authorization: &auth, ..Default::default() };
-            let decision = match &claims {
-                Some(c) => {
-                    let value: Value = serde_json::from_str(c).map_err(|e| format!("--claims: {e}"))?;
-                    decide_with(&p, &req, at, |_| check_claims(&value, &p.issuers, at).map(Rc::new))
+        Command::Explain {
+            policy,
+            method,
+            path,
+            token,
+            claims,
+            jwks,
+            upstream_body,
+            upstream_status,
+            upstream_content_type,
+            hmac_key_env,
+            audit_key_env,
+            request_id,
+            now: at,
+            json,
+        } => {
+            let mut p = load(&policy)?;
+            let claims: Option<Value> = claims.map(|c| serde_json::from_str(&c).map_err(|e| format!("--claims: {e}"))).transpose()?;
+            if let (Some(f), Some(t)) = (&jwks, &token) {
+                let text = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+                install_jwks(&mut p, t, &value).map_err(|e| format!("{}: {e}", f.display()))?;
+            }
+            let body = upstream_body.as_ref().map(|f| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
+            let hmac = hmac_key_env.as_ref().map(|v| std::env::var(v).map(String::into_bytes).map_err(|_| format!("--hmac-key-env: `{v}` is not set"))).transpose()?;
+            let audit_key = match std::env::var_os(&audit_key_env) {
+                Some(secret) => AuditKey::from_secret(&secret.into_encoded_bytes()).map_err(|e| format!("{audit_key_env}: {e}"))?,
+                None => {
+                    eprintln!("note: `{audit_key_env}` is not set: pseudonyms are under the demo audit key");
+                    AuditKey::from_secret(DEMO_AUDIT_KEY).map_err(|e| e.to_string())?
                 }
-                None => decide(&p, &mut phi_guard::auth::TokenCache::new(0), &req, at),
             };
-            print_decision(&p, &decision);
-            Ok(match decision {
-                Decision::Allow(_) => ExitCode::SUCCESS,
-                Decision::Deny(_) => ExitCode::from(2),
-            })
+            let credential = match (&token, &claims) {
+                (Some(t), _) => Credential::Token(t),
+                (None, Some(c)) => Credential::Claims(c),
+                (None, None) => Credential::None,
+            };
+            let upstream = body.as_deref().map(|b| Upstream { status: upstream_status, content_type: Some(&upstream_content_type), content_encoding: None, body: b });
+            let x = Exchange {
+                method: &method,
+                path: &path,
+                credential,
+                upstream,
+                now: at.unwrap_or_else(now),
+                hmac_key: hmac.as_deref(),
+                audit_key: &audit_key,
+                request_id: request_id.as_deref(),
+            };
+            let out = simulate(&p, &x);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+            } else {
+                print_outcome(&p, &out);
+            }
+            Ok(if out.reason.is_some() && out.enforced { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
         Command::Sign { policy, key, alg } => {
             load(&policy)?;
@@ -448,65 +511,62 @@ fn write_ecds(policy: &PathBuf, wasm: &std::path::Path, out: &std::path::Path, h
     Ok(format!("wrote {}: {verdict}", out.display()))
 }
 
-fn print_decision(policy: &Policy, d: &Decision) {
-    println!("policy:   {} ({})", policy.name, policy.revision);
-    match d {
-        Decision::Allow(g) => {
-            println!("decision: ALLOW");
-            println!("route:    {}", g.route_id);
-            if let Some(f) = &g.fhir {
-                println!("fhir:     {} {}", f.interaction.name(), f.resource_type.unwrap_or("(system)"));
-            }
-            match &g.principal {
-                Some(p) => println!(
-                    "token:    iss={} sub={} client={} patient={} scopes=[{}]",
-                    p.issuer,
-                    p.subject.as_deref().unwrap_or("-"),
-                    p.client_id.as_deref().unwrap_or("-"),
-                    p.patient.as_deref().unwrap_or("-"),
-                    p.scopes.join(" ")
-                ),
-                None => println!("token:    not required (public route)"),
-            }
-            for c in &g.response.checks {
-                println!("response: checked before release: {c:?}");
-            }
-            if let Some(m) = &g.response.minimize {
-                println!("response: minimized by profile `{}`{}", m.name, if m.shadow { " (shadow)" } else { "" });
-            }
-            if let Some(r) = &g.response.restrict {
-                let ids: Vec<&str> = r.binding.iter().map(|x| x.id.as_str()).collect();
-                println!("response: privacy restrictions checked: {}", ids.join(" "));
-            }
-            if let Some(b) = &g.break_glass {
-                println!("emergency: BREAK-GLASS `{}` (audited at high severity)", b.reason);
-            }
+fn print_outcome(policy: &Policy, o: &Outcome) {
+    println!("policy:   {} ({}){}", policy.name, policy.revision, if o.enforced { "" } else { " SHADOW MODE: refusals are not enforced" });
+    match (o.decision, o.reason) {
+        ("allow", None) => println!("decision: ALLOW"),
+        ("allow", Some(r)) => println!("decision: ALLOW, then the RESPONSE IS WITHHELD: {r}"),
+        (_, r) => println!("decision: DENY {} {}", o.status.unwrap_or(0), r.unwrap_or("")),
+    }
+    if let Some(m) = o.message {
+        println!("why:      {m}");
+    }
+    println!("route:    {}", o.route.as_deref().unwrap_or("(none matched)"));
+    if let Some(f) = &o.fhir {
+        println!("fhir:     {} {}", f.interaction, f.resource_type.unwrap_or("(system)"));
+    }
+    match &o.caller {
+        Some(c) => println!(
+            "token:    iss={} sub={} client={} patient={} scopes=[{}]",
+            c.issuer,
+            c.subject.as_deref().unwrap_or("-"),
+            c.client_id.as_deref().unwrap_or("-"),
+            c.patient.as_deref().unwrap_or("-"),
+            c.scopes.join(" ")
+        ),
+        None if o.decision == "allow" => println!("token:    not required (public route)"),
+        None => {}
+    }
+    if let Some(n) = &o.needs {
+        if let Some(s) = &n.scope {
+            println!("needs:    {s}");
         }
-        Decision::Deny(r) => {
-            let reply = r.reply();
-            println!("decision: DENY {} {}", r.status, r.reason.code());
-            println!("why:      {}", r.reason.message());
-            println!("route:    {}", r.route_id.as_deref().unwrap_or("(none matched)"));
-            if let Some(f) = &r.fhir {
-                println!("fhir:     {} {}", f.interaction.name(), f.resource_type.unwrap_or("(system)"));
-            }
-            if let Some(s) = &r.challenge.scope {
-                println!("needs:    {s}");
-            }
-            if let Some(a) = &r.challenge.acr_values {
-                println!("needs:    acr at or above: {a}");
-            }
-            if let Some(m) = r.challenge.max_age {
-                println!("needs:    authentication within the last {m} s");
-            }
-            if let Some(b) = &r.break_glass {
-                println!("emergency: break-glass `{}` was in force", b.reason);
-            }
-            for (k, v) in &reply.headers {
-                if *k == "www-authenticate" {
-                    println!("header:   WWW-Authenticate: {v}");
-                }
-            }
+        if let Some(a) = &n.acr_values {
+            println!("needs:    acr at or above: {a}");
         }
+        if let Some(m) = n.max_age {
+            println!("needs:    authentication within the last {m} s");
+        }
+    }
+    if let Some(w) = &o.www_authenticate {
+        println!("header:   WWW-Authenticate: {w}");
+    }
+    if let Some(b) = &o.break_glass {
+        println!("emergency: BREAK-GLASS `{b}` (audited at high severity)");
+    }
+    if let Some(p) = &o.profile {
+        println!("profile:  {p}: withheld {} values at {} paths", o.withheld_count, o.withheld.len());
+        for path in &o.withheld {
+            println!("  {path}");
+        }
+    }
+    if let Some(s) = o.status {
+        println!("status:   {s}{}", if o.body_changed { " (body replaced by the filter)" } else { "" });
+    }
+    if let Some(b) = &o.body {
+        println!("body:     {b}");
+    }
+    if let Ok(ev) = serde_json::to_string(&o.audit) {
+        println!("audit:    {ev}");
     }
 }

@@ -11,6 +11,6 @@ pub mod response;
 pub use engine::{decide, decide_with, Decision, Grant, Refusal, Request};
 pub use reason::DenyReason;
 pub use breakglass::BreakGlass;
-pub use reply::{challenge_reply, refusal_reply, Challenge, Reply};
-pub use response::{Release, ResponseCheck, ResponsePlan};
+pub use reply::{challenge_reply, refusal_reply, upstream_error_body, Challenge, Reply};
+pub use response::{Release, ResponseCheck, ResponsePlan, Screen, UpstreamHead};
 pub use crate::minimize::{Applied, ApplyCtx};

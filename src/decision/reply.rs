@@ -94,6 +94,18 @@ pub fn challenge_reply(reason: DenyReason, status: u16, fhir: bool, challenge: &
     Reply { status, headers, body: body.to_string() }
 }
 
+/// The generic body that replaces an upstream error or redirect on a route whose bodies are
+/// rewritten (the upstream's could echo PHI). Keeps the upstream's status.
+pub fn upstream_error_body(fhir: bool, status: u16) -> String {
+    let text = format!("the upstream reported an error (HTTP {status}); details withheld");
+    let v = if fhir {
+        json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception", "details": {"text": text}}]})
+    } else {
+        json!({"error": "upstream_error", "message": text})
+    };
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,35 @@ impl PartialEq for ResponsePlan {
     }
 }
 
+/// What the upstream's response headers say, as far as the response phase cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamHead<'a> {
+    /// `:status`.
+    pub status: u16,
+    /// `content-type`, if sent.
+    pub content_type: Option<&'a str>,
+    /// `content-encoding`, if sent.
+    pub content_encoding: Option<&'a str>,
+    /// `content-length`, if sent and numeric.
+    pub content_length: Option<usize>,
+    /// The headers ended the stream (no body follows).
+    pub end_of_stream: bool,
+}
+
+/// What the response phase does with an upstream answer, decided from its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    /// Send it through untouched.
+    Pass,
+    /// An error or redirect on a route whose bodies are rewritten: its body could echo PHI, so
+    /// it is replaced by [`super::reply::upstream_error_body`].
+    Scrub,
+    /// The body cannot be checked (encoded, not JSON, too large): withhold it with this reason.
+    Refuse(DenyReason),
+    /// Buffer the whole body and [`ResponsePlan::release`] it.
+    Check,
+}
+
 impl ResponsePlan {
     /// Whether the body must be buffered and inspected.
     pub fn inspects_body(&self) -> bool {
@@ -74,6 +103,32 @@ impl ResponsePlan {
     /// `content-length` in the response-headers phase and strip `accept-encoding` upstream).
     pub fn rewrites_body(&self) -> bool {
         self.minimize.as_ref().is_some_and(|p| !p.shadow) || self.restrict.is_some()
+    }
+
+    /// Decide from the upstream's headers how its body is handled (`shadow`: the policy is in
+    /// shadow mode, so bodies are never rewritten). Refusals are returned as such even in
+    /// shadow mode; the caller records and then ignores them.
+    pub fn screen(&self, head: &UpstreamHead<'_>, shadow: bool) -> Screen {
+        if !self.inspects_body() || head.end_of_stream {
+            return Screen::Pass;
+        }
+        if !(200..300).contains(&head.status) {
+            return if self.rewrites_body() && !shadow { Screen::Scrub } else { Screen::Pass };
+        }
+        let encoded = head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let json = head.content_type.is_some_and(|t| {
+            let t = t.trim_start().to_ascii_lowercase();
+            t.starts_with("application/json") || t.starts_with("application/fhir+json")
+        });
+        if encoded {
+            Screen::Refuse(DenyReason::ResponseEncoded)
+        } else if !json {
+            Screen::Refuse(DenyReason::ResponseNotJson)
+        } else if head.content_length.is_some_and(|l| l > self.max_body_bytes) {
+            Screen::Refuse(DenyReason::ResponseTooLarge)
+        } else {
+            Screen::Check
+        }
     }
 
     /// Release a complete 2xx body: run the checks, then the privacy restrictions, then the

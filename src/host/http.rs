@@ -12,24 +12,13 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use super::now_ms;
 use super::vm::{OwnedRequest, Outcome, ResponseState, StreamState, Vm, Waiter};
 use crate::decision::reply::Challenge;
-use crate::decision::{refusal_reply, DenyReason};
+use crate::decision::{refusal_reply, upstream_error_body, DenyReason, Screen, UpstreamHead};
 use crate::http::{content_digest, CONTENT_DIGEST};
 use crate::minimize::ApplyCtx;
 
 /// An Envoy attribute as text (e.g. `source.address`).
 fn property(path: &[&str]) -> Option<String> {
     get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
-}
-
-/// The generic body that replaces an upstream error on a route whose bodies are rewritten.
-fn scrubbed_body(fhir: bool, status: u16) -> Vec<u8> {
-    let text = format!("the upstream reported an error (HTTP {status}); details withheld");
-    let v = if fhir {
-        serde_json::json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception", "details": {"text": text}}]})
-    } else {
-        serde_json::json!({"error": "upstream_error", "message": text})
-    };
-    v.to_string().into_bytes()
 }
 
 /// One HTTP stream.
@@ -57,7 +46,7 @@ impl Stream {
             }
             ResponseState::Scrub { fhir, sent } => {
                 let first = !std::mem::replace(sent, true);
-                if first { scrubbed_body(*fhir, status) } else { Vec::new() }
+                if first { upstream_error_body(*fhir, status).into_bytes() } else { Vec::new() }
             }
             _ => return,
         };
@@ -241,49 +230,39 @@ impl HttpContext for Stream {
             let _ = remove_map_value(MapType::HttpResponseHeaders, "server");
             let _ = remove_map_value(MapType::HttpResponseHeaders, "x-powered-by");
         }
-        let (max, rewrites, fhir) = match &self.state.borrow().response {
-            ResponseState::Check { max, plan, fhir, shadow } => (*max, plan.rewrites_body() && !*shadow, *fhir),
-            _ => return Action::Continue,
+        let (screen, fhir) = {
+            let st = self.state.borrow();
+            let ResponseState::Check { plan, fhir, shadow, .. } = &st.response else { return Action::Continue };
+            let header = |name: &str| get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
+            let (content_type, content_encoding) = (header("content-type"), header("content-encoding"));
+            let head = UpstreamHead {
+                status,
+                content_type: content_type.as_deref(),
+                content_encoding: content_encoding.as_deref(),
+                content_length: header("content-length").and_then(|l| l.trim().parse().ok()),
+                end_of_stream,
+            };
+            (plan.screen(&head, *shadow), *fhir)
         };
-        let header = |name: &str| get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
         // The body may change length; the client must not rely on the upstream's.
         let _ = remove_map_value(MapType::HttpResponseHeaders, "content-length");
-        if end_of_stream {
-            // Headers only: nothing to release.
-            self.state.borrow_mut().response = ResponseState::Pass;
-            return Action::Continue;
-        }
-        if !(200..300).contains(&status) {
-            // Errors and redirects carry no resource to check; on a minimized route their body
-            // could still echo PHI, so it is replaced by a generic one.
-            self.state.borrow_mut().response = if rewrites { ResponseState::Scrub { fhir, sent: false } } else { ResponseState::Pass };
-            if rewrites {
-                let _ = set_map_value(MapType::HttpResponseHeaders, "content-type", Some(if fhir { "application/fhir+json" } else { "application/json" }));
-                let _ = remove_map_value(MapType::HttpResponseHeaders, "content-encoding");
-            }
-            return Action::Continue;
-        }
-        let encoded = header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-        let json = header("content-type").is_some_and(|t| {
-            let t = t.to_ascii_lowercase();
-            t.starts_with("application/json") || t.starts_with("application/fhir+json")
-        });
-        let too_big = header("content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > max);
-        let refusal = if encoded {
-            Some(DenyReason::ResponseEncoded)
-        } else if !json {
-            Some(DenyReason::ResponseNotJson)
-        } else if too_big {
-            Some(DenyReason::ResponseTooLarge)
-        } else {
-            None
+        let json_headers = || {
+            // The replacement is our JSON error body, in identity encoding.
+            let _ = remove_map_value(MapType::HttpResponseHeaders, "content-encoding");
+            let _ = set_map_value(MapType::HttpResponseHeaders, "content-type", Some(if fhir { "application/fhir+json" } else { "application/json" }));
         };
-        if let Some(reason) = refusal {
-            self.refuse_response(reason);
-            if matches!(self.state.borrow().response, ResponseState::Replace { .. }) {
-                // The replacement is our JSON error body, in identity encoding.
-                let _ = remove_map_value(MapType::HttpResponseHeaders, "content-encoding");
-                let _ = set_map_value(MapType::HttpResponseHeaders, "content-type", Some(if fhir { "application/fhir+json" } else { "application/json" }));
+        match screen {
+            Screen::Check => {}
+            Screen::Pass => self.state.borrow_mut().response = ResponseState::Pass,
+            Screen::Scrub => {
+                self.state.borrow_mut().response = ResponseState::Scrub { fhir, sent: false };
+                json_headers();
+            }
+            Screen::Refuse(reason) => {
+                self.refuse_response(reason);
+                if matches!(self.state.borrow().response, ResponseState::Replace { .. }) {
+                    json_headers();
+                }
             }
         }
         Action::Continue

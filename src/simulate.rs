@@ -1,0 +1,414 @@
+//! One exchange as the filter handles it, without a proxy: the request decision, then the
+//! upstream's answer through the response phase (screening, checks, privacy restrictions,
+//! minimization), and the audit event. The CLI's `explain` and the browser playground both call
+//! [`simulate`], so what they show is what the filter does with the same inputs.
+//!
+//! What only a running proxy has is left out: rate limits and `auditRequired` (they depend on
+//! shared state and the collector), remote key fetches (pass the keys with [`install_jwks`]),
+//! request-body checks and the audit chain's `seq`/`mac` (added by the sink).
+
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
+use crate::auth::keys::parse_jwks;
+use crate::auth::verify::unverified_issuer;
+use crate::auth::{check_claims, TokenCache};
+use crate::decision::{
+    decide, decide_with, refusal_reply, upstream_error_body, Decision, DenyReason, Screen, UpstreamHead,
+};
+use crate::http::content_digest;
+use crate::minimize::ApplyCtx;
+use crate::policy::Policy;
+
+/// The demo audit key. The shipped example policies name restricted patients by pseudonyms
+/// under it; never use it outside a demo, a test or the playground.
+pub const DEMO_AUDIT_KEY: &[u8] = b"phi-guard-demo-audit-key-not-a-secret";
+
+/// How the request authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// No `Authorization` header.
+    None,
+    /// A compact JWS, sent as `Authorization: Bearer <token>` and verified with the policy's keys.
+    Token(&'a str),
+    /// Token claims trusted without a signature, to try a policy before keys exist.
+    Claims(&'a Value),
+}
+
+/// The upstream's answer to an allowed request.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    /// HTTP status.
+    pub status: u16,
+    /// `content-type` (`None`: not sent).
+    pub content_type: Option<&'a str>,
+    /// `content-encoding` (`None`: identity).
+    pub content_encoding: Option<&'a str>,
+    /// The complete body.
+    pub body: &'a [u8],
+}
+
+/// The inputs of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, with query.
+    pub path: &'a str,
+    /// The caller's credential.
+    pub credential: Credential<'a>,
+    /// The upstream's answer; `None` to decide the request only.
+    pub upstream: Option<Upstream<'a>>,
+    /// Now, in seconds since the Unix epoch.
+    pub now: u64,
+    /// The key of `hash` transforms (`PHI_GUARD_HMAC_KEY` in the filter).
+    pub hmac_key: Option<&'a [u8]>,
+    /// The audit key (`PHI_GUARD_AUDIT_KEY`): pseudonyms in events and restrictions.
+    pub audit_key: &'a AuditKey,
+    /// `x-request-id`, recorded in the audit event.
+    pub request_id: Option<&'a str>,
+}
+
+/// The FHIR interaction as modelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FhirSummary {
+    /// Interaction name (`read`, `search-type`, ...).
+    pub interaction: &'static str,
+    /// Resource type, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<&'static str>,
+}
+
+/// The verified caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Caller {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `client_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The patient in context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+}
+
+/// What a refused client must present to succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Needs {
+    /// Scopes that would have been enough.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Acceptable authentication context classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
+    /// Longest acceptable time since the user authenticated, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+}
+
+/// What the client gets and what is audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// `allow` or `deny` (the request decision).
+    pub decision: &'static str,
+    /// Whether refusals are enforced (`false`: the policy is in shadow mode, so the request is
+    /// forwarded and the body released unchanged; `reason` is what would have been refused).
+    pub enforced: bool,
+    /// The status the client receives (`None`: allowed, and no upstream answer was given).
+    pub status: Option<u16>,
+    /// Refusal reason code, request or response phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The reason's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
+    /// `request` or `response`: where the refusal happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'static str>,
+    /// Matched route id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The modelled FHIR request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fhir: Option<FhirSummary>,
+    /// The verified caller (`None`: public route, or verification failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+    /// What would have been enough, on a request refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs: Option<Needs>,
+    /// The `WWW-Authenticate` header of a request refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub www_authenticate: Option<String>,
+    /// Break-glass reason in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
+    /// Minimization profile applied to the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Withheld (or, in shadow, would-be withheld) field paths, sorted; never values.
+    pub withheld: Vec<String>,
+    /// Values withheld or transformed.
+    pub withheld_count: usize,
+    /// The body the client receives (`None`: no upstream answer was given on an allow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body differs from the upstream's.
+    pub body_changed: bool,
+    /// RFC 9530 `Content-Digest` of a checked body, as sent in the trailer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<String>,
+    /// The audit event, as the filter emits it (before the sink adds `seq` and `mac`).
+    pub audit: AuditEvent,
+}
+
+/// Errors preparing an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimulateError {
+    /// The JWKS does not parse or holds no usable key.
+    #[error("jwks: {0}")]
+    Jwks(String),
+    /// The token names no issuer the policy trusts.
+    #[error("the token's issuer {0} is not one of the policy's issuers")]
+    UnknownIssuer(String),
+}
+
+/// Install a JWKS as the keys of the token's issuer (what a remote-JWKS issuer would fetch),
+/// replacing any it has. The token is not verified here: [`simulate`] does that.
+pub fn install_jwks(policy: &mut Policy, token: &str, jwks: &Value) -> Result<(), SimulateError> {
+    let keys = parse_jwks(jwks).map_err(|e| SimulateError::Jwks(e.to_string()))?;
+    let iss = unverified_issuer(token).unwrap_or_default();
+    let issuer = policy.issuers.iter_mut().find(|i| i.issuer == iss).ok_or_else(|| SimulateError::UnknownIssuer(format!("`{iss}`")))?;
+    issuer.keys = keys;
+    Ok(())
+}
+
+/// Run one exchange through the policy as the filter would.
+pub fn simulate(policy: &Policy, x: &Exchange<'_>) -> Outcome {
+    let header = match x.credential {
+        Credential::None => None,
+        Credential::Token(t) => Some(format!("Bearer {t}")),
+        // Any bearer value: the claims stand in for its verification.
+        Credential::Claims(_) => Some("Bearer claims".to_owned()),
+    };
+    let auth: Vec<&str> = header.iter().map(String::as_str).collect();
+    let req = crate::decision::Request { method: x.method, path: x.path, authorization: &auth, ..Default::default() };
+    let decision = match x.credential {
+        Credential::Claims(c) => decide_with(policy, &req, x.now, |_| check_claims(c, &policy.issuers, x.now).map(Rc::new)),
+        _ => decide(policy, &mut TokenCache::new(0), &req, x.now),
+    };
+    let meta = RequestMeta { request_id: x.request_id, source: None, destination: None, method: x.method, path: x.path };
+    let event = AuditEvent::from_decision(&decision, &meta, &AuditContext::new(policy, x.audit_key, x.now.saturating_mul(1000)));
+    let enforced = !policy.shadow;
+    match decision {
+        Decision::Deny(r) => {
+            let reply = r.reply();
+            let www = reply.headers.iter().find(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.clone());
+            let c = &r.challenge;
+            let needs = (c.scope.is_some() || c.acr_values.is_some() || c.max_age.is_some())
+                .then(|| Needs { scope: c.scope.clone(), acr_values: c.acr_values.clone(), max_age: c.max_age });
+            // In shadow mode the request goes on and the upstream's answer passes unchanged.
+            let (status, body) = match (enforced, x.upstream) {
+                (true, _) => (Some(reply.status), Some(reply.body)),
+                (false, Some(u)) => (Some(u.status), Some(String::from_utf8_lossy(u.body).into_owned())),
+                (false, None) => (None, None),
+            };
+            Outcome {
+                decision: "deny",
+                enforced,
+                status,
+                reason: Some(r.reason.code()),
+                message: Some(r.reason.message()),
+                phase: Some("request"),
+                route: r.route_id,
+                fhir: r.fhir.as_ref().map(|f| FhirSummary { interaction: f.interaction.name(), resource_type: f.resource_type }),
+                caller: r.principal.as_deref().map(caller),
+                needs,
+                www_authenticate: www,
+                break_glass: r.break_glass.map(|b| b.reason),
+                profile: None,
+                withheld: Vec::new(),
+                withheld_count: 0,
+                body,
+                body_changed: enforced && x.upstream.is_some(),
+                content_digest: None,
+                audit: event,
+            }
+        }
+        Decision::Allow(g) => {
+            let mut out = Outcome {
+                decision: "allow",
+                enforced,
+                status: None,
+                reason: None,
+                message: None,
+                phase: None,
+                route: Some(g.route_id.clone()),
+                fhir: g.fhir.as_ref().map(|f| FhirSummary { interaction: f.interaction.name(), resource_type: f.resource_type }),
+                caller: g.principal.as_deref().map(caller),
+                needs: None,
+                www_authenticate: None,
+                break_glass: g.break_glass.as_ref().map(|b| b.reason.clone()),
+                profile: None,
+                withheld: Vec::new(),
+                withheld_count: 0,
+                body: None,
+                body_changed: false,
+                content_digest: None,
+                audit: event,
+            };
+            let Some(u) = x.upstream else { return out };
+            out.status = Some(u.status);
+            let head = UpstreamHead {
+                status: u.status,
+                content_type: u.content_type,
+                content_encoding: u.content_encoding,
+                content_length: Some(u.body.len()),
+                end_of_stream: u.body.is_empty(),
+            };
+            let mut failure = None;
+            let mut restrictions = Vec::new();
+            let refuse = |out: &mut Outcome, failure: &mut Option<DenyReason>, reason: DenyReason| {
+                // The upstream's status stays (its headers have gone); the body is replaced,
+                // unless the policy is in shadow mode.
+                out.reason = Some(reason.code());
+                out.message = Some(reason.message());
+                out.phase = Some("response");
+                if enforced {
+                    *failure = Some(reason);
+                    out.body = Some(refusal_reply(reason, reason.status(), g.fhir_route, None).body);
+                    out.body_changed = true;
+                }
+            };
+            out.body = Some(String::from_utf8_lossy(u.body).into_owned());
+            match g.response.screen(&head, !enforced) {
+                Screen::Pass => {}
+                Screen::Scrub => {
+                    out.body = Some(upstream_error_body(g.fhir_route, u.status));
+                    out.body_changed = true;
+                }
+                Screen::Refuse(reason) => refuse(&mut out, &mut failure, reason),
+                Screen::Check => {
+                    let ctx = ApplyCtx { hmac_key: x.hmac_key, now: x.now, pseudonyms: Some(x.audit_key) };
+                    let release = g.response.release(u.body, &ctx);
+                    restrictions = release.restrictions;
+                    match release.outcome {
+                        Ok(applied) => {
+                            let released = match (&applied.body, enforced) {
+                                (Some(b), true) => b.as_slice(),
+                                _ => u.body,
+                            };
+                            out.body_changed = released != u.body;
+                            out.body = Some(String::from_utf8_lossy(released).into_owned());
+                            out.content_digest = Some(content_digest(released));
+                            out.profile = applied.profile;
+                            out.withheld_count = applied.count;
+                            out.withheld = applied.withheld;
+                        }
+                        Err(reason) => refuse(&mut out, &mut failure, reason),
+                    }
+                }
+            }
+            let mut audit = out.audit.clone().with_response(u.status, out.withheld.clone(), failure).with_restrictions(restrictions);
+            if let Some(d) = &out.content_digest {
+                audit = audit.with_content_digest(d.clone());
+            }
+            out.audit = audit;
+            out
+        }
+    }
+}
+
+fn caller(p: &crate::auth::Principal) -> Caller {
+    Caller {
+        issuer: p.issuer.clone(),
+        subject: p.subject.clone(),
+        client_id: p.client_id.clone(),
+        patient: p.patient.clone(),
+        scopes: p.scopes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::compile;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn policy() -> Policy {
+        compile(include_bytes!("../policies/smart-patient-app.json")).unwrap()
+    }
+
+    fn key() -> AuditKey {
+        AuditKey::from_secret(DEMO_AUDIT_KEY).unwrap()
+    }
+
+    fn claims(scope: &str, patient: &str) -> Value {
+        let p = policy();
+        let issuer = &p.issuers[0];
+        json!({"iss": issuer.issuer, "aud": issuer.audiences.first(), "sub": "u1", "scope": scope, "patient": patient, "exp": NOW + 300, "iat": NOW - 10})
+    }
+
+    fn exchange<'a>(path: &'a str, claims: &'a Value, key: &'a AuditKey, upstream: Option<Upstream<'a>>) -> Exchange<'a> {
+        Exchange { method: "GET", path, credential: Credential::Claims(claims), upstream, now: NOW, hmac_key: None, audit_key: key, request_id: Some("t") }
+    }
+
+    #[test]
+    fn refusal_carries_reply_and_event() {
+        let (p, k) = (policy(), key());
+        let c = claims("patient/Observation.rs", "p1");
+        let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, None));
+        assert_eq!((out.decision, out.status, out.reason, out.phase), ("deny", Some(403), Some("insufficient_scope"), Some("request")));
+        assert!(out.www_authenticate.unwrap().contains("insufficient_scope"));
+        assert!(out.needs.and_then(|n| n.scope).is_some());
+        let ev = serde_json::to_value(&out.audit).unwrap();
+        assert_eq!(ev["reason"], "insufficient_scope");
+        assert!(!serde_json::to_string(&ev).unwrap().contains("\"p1\""), "no raw patient id in the event");
+    }
+
+    #[test]
+    fn allowed_bodies_go_through_the_response_phase() {
+        let (p, k) = (policy(), key());
+        let c = claims("patient/*.rs", "p1");
+        let mine = br#"{"resourceType":"Patient","id":"p1"}"#;
+        let theirs = br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#;
+        let up = |body: &'static [u8], ct: Option<&'static str>, status: u16| Upstream { status, content_type: ct, content_encoding: None, body };
+        let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, Some(up(mine, Some("application/fhir+json"), 200))));
+        assert_eq!((out.decision, out.status, out.reason), ("allow", Some(200), None));
+        assert!(out.content_digest.is_some());
+        // The wrong patient's record is withheld (the upstream's status stays).
+        let out = simulate(&p, &exchange("/fhir/Observation/o1", &c, &k, Some(up(theirs, Some("application/fhir+json"), 200))));
+        assert_eq!((out.status, out.reason, out.phase), (Some(200), Some("patient_mismatch"), Some("response")));
+        assert!(out.body_changed && !out.body.as_deref().unwrap().contains("p2"));
+        assert_eq!(serde_json::to_value(&out.audit).unwrap()["reason"], "patient_mismatch");
+        // Not JSON: withheld.
+        let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, Some(up(mine, Some("text/html"), 200))));
+        assert_eq!(out.reason, Some("response_not_json"));
+    }
+
+    #[test]
+    fn jwks_is_installed_for_the_tokens_issuer() {
+        let mut p = policy();
+        let iss = p.issuers[0].issuer.clone();
+        let token = crate::auth::verify::tests::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": iss}));
+        assert!(matches!(install_jwks(&mut p, &token, &json!({})), Err(SimulateError::Jwks(_))));
+        let other = crate::auth::verify::tests::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": "https://elsewhere"}));
+        let jwks: Value = serde_json::from_str(include_str!("../tests/keys/demo-jwks.json")).unwrap();
+        assert!(matches!(install_jwks(&mut p, &other, &jwks), Err(SimulateError::UnknownIssuer(_))));
+        install_jwks(&mut p, &token, &jwks).unwrap();
+    }
+}
