@@ -277,6 +277,43 @@ fn medical_record_numbers_are_removed() {
     assert!(withheld(&applied, "Bundle.entry.resource(Patient).identifier"));
 }
 
+// (H) and (R): Identifier-typed elements that are not named `identifier`, and the Bundle's own.
+#[test]
+fn identifiers_under_other_names_are_removed() {
+    let mut input = bundle(vec![
+        json!({"resourceType": "Specimen", "id": "s1", "accessionIdentifier": {"system": "http://lab.acme.org/specimens", "value": "ACC-2011-0042"},
+               "subject": {"reference": "Patient/p1"}, "type": {"text": "Venous blood"}}),
+        json!({"resourceType": "DocumentReference", "id": "d1", "status": "current",
+               "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.3.6.1.4.1.21367.2005.3.7"}, "subject": {"reference": "Patient/p1"}}),
+        json!({"resourceType": "ServiceRequest", "id": "sr1", "status": "active", "intent": "order", "subject": {"reference": "Patient/p1"},
+               "requisition": {"system": "http://acme.org/requisitions", "value": "REQ-88-1234"},
+               "code": {"text": "Lipid panel"}}),
+        json!({"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "order", "subject": {"reference": "Patient/p1"},
+               "groupIdentifier": {"value": "RX-GROUP-7781"}, "medicationCodeableConcept": {"text": "Amoxicillin"}}),
+        json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "IMP"},
+               "hospitalization": {"preAdmissionIdentifier": {"value": "PREADM-2020-9"}, "dischargeDisposition": {"text": "Home"}}}),
+        json!({"resourceType": "ImagingStudy", "id": "is1", "status": "available", "subject": {"reference": "Patient/p1"},
+               "series": [{"uid": "2.16.124.113543.6003.2588828330.45298.17418.2723805630", "modality": {"code": "CT"},
+                           "instance": [{"uid": "2.16.124.113543.6003.189642796.63084.16748.2599092903", "sopClass": {"code": "1.2.840.10008.5.1.4.1.1.2"}}]}]}),
+    ]);
+    input["type"] = json!("document");
+    input["identifier"] = json!({"system": "urn:ietf:rfc:3986", "value": "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0"});
+    let (out, text, applied) = release(&input);
+    assert_gone(&text, &["ACC-2011-0042", "1.3.6.1.4.1.21367.2005.3.7", "REQ-88-1234", "RX-GROUP-7781", "PREADM-2020-9",
+                         "2.16.124.113543.6003.2588828330", "2.16.124.113543.6003.189642796", "0c3151bd-1cbf"]);
+    // What is not identifying stays: types, codes, the modality and SOP class.
+    assert_eq!(entry(&out, "Specimen")["type"]["text"], "Venous blood");
+    assert_eq!(entry(&out, "ImagingStudy")["series"][0]["modality"]["code"], "CT");
+    assert_eq!(entry(&out, "ImagingStudy")["series"][0]["instance"][0]["sopClass"]["code"], "1.2.840.10008.5.1.4.1.1.2");
+    assert_eq!(entry(&out, "Encounter")["hospitalization"]["dischargeDisposition"]["text"], "Home");
+    for ty in ["Specimen", "DocumentReference", "ServiceRequest", "MedicationRequest", "Encounter", "ImagingStudy"] {
+        assert!(labelled(entry(&out, ty)), "{ty} not labelled");
+    }
+    for path in ["Bundle.identifier", "Bundle.entry.resource(Specimen).accessionIdentifier", "Bundle.entry.resource(ImagingStudy).series.instance.uid"] {
+        assert!(withheld(&applied, path), "{path}: {:?}", applied.withheld);
+    }
+}
+
 // (I) Health plan beneficiary numbers.
 #[test]
 fn health_plan_beneficiary_numbers_are_removed() {

@@ -10,13 +10,15 @@
 //! - A Bundle is an envelope, not rules' business: its entries' resources are minimized by their
 //!   own types' rules. A Bundle in which anything was withheld loses `signature` (it no longer
 //!   verifies), has its `link[].url` and `entry[].request.url` rewritten per `bundleLinks`,
-//!   loses `entry[].request.ifNoneExist` (search values), and is labelled itself.
+//!   loses `entry[].request.ifNoneExist` (search values), and is labelled itself. The Bundle's
+//!   own `identifier` (a document's or message's business identifier) is withheld when a
+//!   deny-mode rule set for `Bundle` (or `*`) withholds `identifier` there (`**.identifier`).
 
 use serde_json::{json, Map, Value};
 
 use super::links::rewrite;
 use super::profile::{BundleLinks, OtherResources};
-use super::rules::RuleSet;
+use super::rules::{Mode, RuleSet};
 use super::walk::{fate, Cursor, Fate, Verdict, Walker};
 use crate::decision::DenyReason;
 
@@ -31,7 +33,7 @@ enum Nest {
 }
 
 /// Bundle keys released as they are.
-const BUNDLE_KEYS: [&str; 9] = ["resourceType", "id", "type", "total", "identifier", "implicitRules", "language", "link", "signature"];
+const BUNDLE_KEYS: [&str; 8] = ["resourceType", "id", "type", "total", "implicitRules", "language", "link", "signature"];
 
 impl<'p> Walker<'p> {
     /// A whole FHIR response body.
@@ -179,6 +181,17 @@ impl<'p> Walker<'p> {
             }
             let result = match k.as_str() {
                 k if BUNDLE_KEYS.contains(&k) => Ok(Verdict::Keep),
+                "identifier" => {
+                    let withhold = fhir.rules_for("Bundle").is_some_and(|r| {
+                        r.mode == Mode::Deny && matches!(fate(&Cursor::root(r), "identifier", None), Fate::Remove)
+                    });
+                    if withhold {
+                        self.withheld.record_at("identifier");
+                        Ok(Verdict::Drop)
+                    } else {
+                        Ok(Verdict::Keep)
+                    }
+                }
                 "meta" => self.envelope_meta(v).map(|()| Verdict::Keep),
                 "timestamp" => self.value("timestamp", v, &pass),
                 "entry" => self.entries(v, &pass),

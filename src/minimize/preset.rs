@@ -10,8 +10,8 @@
 //! | B | geography below state | `**.address.{line,city,district,text}`, `postalCode` → 3 digits (`000` restricted), `locationAddress`, Location.position, geolocation / birthPlace extensions |
 //! | C | dates except year; ages over 89 | every date-shaped value → year (`dates: year`), instants removed, `birthDate` removed when the year implies 90+, Age values over 89 → 90 with comparator `>=` |
 //! | D–F | phone, fax, email | `**.telecom`, `**.contact` |
-//! | G–K | SSN, MRN, health plan, account, certificate/licence numbers | `**.identifier` (every Identifier, also in references), Coverage.subscriberId/class/dependent, `insurance.preAuthRef` |
-//! | L–M | vehicle and device identifiers, serial numbers | `**.identifier`, Device.udiCarrier/serialNumber/lotNumber/distinctIdentifier/url, `**.lotNumber` |
+//! | G–K | SSN, MRN, health plan, account, certificate/licence numbers | `**.identifier` (every Identifier, also in references, and the Bundle's own), the Identifier-typed elements with other names (`accessionIdentifier`, `masterIdentifier`, `groupIdentifier`, `preAdmissionIdentifier`, `requisition`), Coverage.subscriberId/class/dependent, `insurance.preAuthRef` |
+//! | L–M | vehicle and device identifiers, serial numbers | `**.identifier`, Device.udiCarrier/serialNumber/lotNumber/distinctIdentifier/url, `**.lotNumber`, DICOM UIDs (ImagingStudy `series.uid`, `series.instance.uid`) |
 //! | N–O | URLs, IP addresses | `**.telecom` (url contact points), Endpoint.address, AuditEvent.agent.network, attachment URLs (below) |
 //! | P–Q | biometric identifiers, full-face photographs | `**.photo`, attachments (`presentedForm`, `valueAttachment`, DocumentReference/Media content, Binary.data) |
 //! | R | any other unique identifying code; free text | narrative (always, as something is withheld), `Reference.display` (`referenceDisplay: remove`), `**.note`, `**.comment`, `**.patientInstruction`, Communication(Request).payload, mothersMaidenName extension |
@@ -34,6 +34,11 @@ const SAFE_HARBOR: &str = r#"{
     "*": {
       "deny": [
         "**.identifier",
+        "**.accessionIdentifier",
+        "**.masterIdentifier",
+        "**.groupIdentifier",
+        "**.preAdmissionIdentifier",
+        "**.requisition",
         "**.telecom",
         "**.contact",
         "**.photo",
@@ -90,6 +95,7 @@ const SAFE_HARBOR: &str = r#"{
     },
     "Account": {"deny": ["name"]},
     "Device": {"deny": ["udiCarrier", "serialNumber", "distinctIdentifier", "url"]},
+    "ImagingStudy": {"deny": ["series.uid", "series.instance.uid"]},
     "Location": {"deny": ["position", "alias"]},
     "Endpoint": {"deny": ["address"]},
     "AuditEvent": {"deny": ["agent.network"]},
