@@ -50,6 +50,9 @@ pub struct IssuerConfig {
     pub clock_skew: u64,
     /// Longest accepted lifetime in seconds.
     pub max_lifetime: Option<u64>,
+    /// Refuse tokens without a (non-empty) subject: every access must be attributable to a
+    /// user or system (HIPAA §164.312(a)(2)(i), unique user identification).
+    pub require_subject: bool,
     /// Claim names.
     pub claims: ClaimNames,
     /// Known `acr` values, weakest first: a step-up requirement `acrMin` is met by its own
@@ -332,9 +335,13 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         None => None,
         Some(name) => optional_string(claims, name)?,
     };
+    let subject = optional_string(claims, &names.subject)?.filter(|s| !s.is_empty());
+    if subject.is_none() && issuer.require_subject {
+        return Err(DenyReason::MissingSubject);
+    }
     Ok(Principal {
         issuer: issuer.issuer.clone(),
-        subject: optional_string(claims, &names.subject)?,
+        subject,
         client_id,
         scopes,
         smart_scopes,
@@ -401,6 +408,7 @@ pub(crate) mod tests {
             remote: None,
             clock_skew: 60,
             max_lifetime: Some(86_400),
+            require_subject: true,
             claims: ClaimNames {
                 scope: "scope".into(),
                 subject: "sub".into(),
@@ -491,6 +499,26 @@ pub(crate) mod tests {
         let mut no_aud = claims();
         no_aud.as_object_mut().unwrap().remove("aud");
         assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &no_aud)).err(), Some(DenyReason::BadAudience));
+    }
+
+    #[test]
+    fn subject_is_required_unless_the_issuer_waives_it() {
+        for sub in [None, Some(json!("")), Some(Value::Null)] {
+            let mut c = claims();
+            match &sub {
+                Some(v) => c["sub"] = v.clone(),
+                None => {
+                    c.as_object_mut().unwrap().remove("sub");
+                }
+            }
+            let token = sign(Algorithm::RS256, Some("demo-rs256"), &c);
+            assert_eq!(check(&token).err(), Some(DenyReason::MissingSubject), "{sub:?}");
+            let lenient = IssuerConfig { require_subject: false, ..issuer() };
+            assert_eq!(verify(&token, &[lenient], 8192, NOW).unwrap().subject, None);
+        }
+        let mut c = claims();
+        c["sub"] = json!(7);
+        assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim));
     }
 
     #[test]

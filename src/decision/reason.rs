@@ -48,6 +48,8 @@ pub enum DenyReason {
     KeysUnavailable,
     /// `exp` is missing.
     MissingExpiry,
+    /// The subject claim is missing or empty, and the issuer requires one.
+    MissingSubject,
     /// `exp` is in the past.
     Expired,
     /// `nbf` is in the future.
@@ -118,7 +120,7 @@ impl DenyReason {
             MethodNotAllowed => 405,
             MissingToken | UnsupportedAuthScheme | TokenTooLarge | MalformedToken
             | AlgorithmNotAllowed | EmbeddedKey | UnsupportedCrit | UnknownIssuer | UnknownKey
-            | BadSignature | MissingExpiry | Expired | NotYetValid | BadIssuedAt | BadAudience
+            | BadSignature | MissingExpiry | MissingSubject | Expired | NotYetValid | BadIssuedAt | BadAudience
             | BadClaim | TokenInQuery => 401,
             InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | MissingPatientContext => 403,
             InsufficientUserAuthentication => 401,
@@ -155,6 +157,7 @@ impl DenyReason {
             BadSignature => "bad_signature",
             KeysUnavailable => "keys_unavailable",
             MissingExpiry => "missing_exp",
+            MissingSubject => "missing_sub",
             Expired => "token_expired",
             NotYetValid => "token_not_yet_valid",
             BadIssuedAt => "bad_iat",
@@ -210,6 +213,7 @@ impl DenyReason {
             BadSignature => "the token's signature is invalid",
             KeysUnavailable => "the token issuer's keys are temporarily unavailable",
             MissingExpiry => "the token has no expiry",
+            MissingSubject => "the token names no subject",
             Expired => "the token has expired",
             NotYetValid => "the token is not valid yet",
             BadIssuedAt => "the token's issue time or lifetime is not acceptable",
@@ -263,13 +267,13 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 48] = {
+    pub const ALL: [DenyReason; 49] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
             AmbiguousCredentials, UnsupportedAuthScheme, TokenTooLarge, MalformedToken,
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
-            BadSignature, KeysUnavailable, MissingExpiry, Expired, NotYetValid, BadIssuedAt, BadAudience,
+            BadSignature, KeysUnavailable, MissingExpiry, MissingSubject, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
             CompartmentEscape, MissingPatientContext, NoMinimizationProfile,
             ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,

@@ -450,6 +450,7 @@ fn compile_issuer(d: &IssuerDoc, loc: &str, default_levels: &[String]) -> Result
         remote,
         clock_skew,
         max_lifetime: d.max_token_lifetime_seconds,
+        require_subject: d.require_subject.unwrap_or(true),
         claims: ClaimNames {
             scope,
             subject: claim(&d.subject_claim, "sub", "subjectClaim")?,

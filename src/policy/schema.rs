@@ -176,6 +176,9 @@ pub struct IssuerDoc {
     /// Claim naming the subject.
     #[serde(default)]
     pub subject_claim: Option<String>,
+    /// Refuse tokens without a subject (default true).
+    #[serde(default)]
+    pub require_subject: Option<bool>,
     /// Claim naming the OAuth client.
     #[serde(default)]
     pub client_id_claim: Option<String>,

@@ -93,6 +93,9 @@ BAD_TOKENS = {
                                                scope=SCOPE), "bad_signature"),
     "missing-exp": (lambda t: t.py.token({k: v for k, v in t.py.claims(
         scope=SCOPE, patient=ME).items() if k != "exp"}), "missing_exp"),
+    "missing-sub": (lambda t: t.py.token({k: v for k, v in t.py.claims(
+        scope=SCOPE, patient=ME).items() if k != "sub"}), "missing_sub"),
+    "empty-sub": (lambda t: t.cli(scope=SCOPE, patient=ME, sub=""), "missing_sub"),
     "garbage": (lambda t: "not-a-jwt", "malformed_token"),
     "empty-signature": (lambda t: t.cli(scope=SCOPE, patient=ME).rsplit(".", 1)[0] + ".",
                         {"bad_signature", "malformed_token"}),
