@@ -398,6 +398,14 @@ mod tests {
         // Not JSON: withheld.
         let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, Some(up(mine, Some("text/html"), 200))));
         assert_eq!(out.reason, Some("response_not_json"));
+        // An upstream error on a minimized route could echo PHI: its body is replaced by a
+        // generic one, its status kept.
+        let echo = br#"{"resourceType":"OperationOutcome","issue":[{"diagnostics":"no Observation for Peter Chalmers, MRN 12345"}]}"#;
+        let out = simulate(&p, &exchange("/fhir/Observation/o1", &c, &k, Some(up(echo, Some("application/fhir+json"), 404))));
+        let body = out.body.unwrap();
+        assert_eq!((out.status, out.reason, out.body_changed), (Some(404), None, true));
+        assert!(body.contains("details withheld") && !body.contains("Chalmers") && !body.contains("12345"), "{body}");
+        assert_eq!(serde_json::to_value(&out.audit).unwrap()["upstreamStatus"], 404);
     }
 
     #[test]
