@@ -204,6 +204,15 @@ pub struct AuditEvent {
     /// Token `jti` (never the token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// How the user authenticated: the token's `acr` (`invalid` if not printable ASCII).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// The token's `amr` methods (`pwd`, `mfa`, ...), each `invalid` if not printable ASCII.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// When the user authenticated (the token's `auth_time`, seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
     /// Purpose-of-use codes from the token.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purpose_of_use: Vec<String>,
@@ -274,6 +283,9 @@ impl AuditEvent {
             subject: None,
             issuer: None,
             token_id: None,
+            acr: None,
+            amr: Vec::new(),
+            auth_time: None,
             purpose_of_use: Vec::new(),
             source: req.source.and_then(host_of),
             destination: req.destination.and_then(host_of),
@@ -374,6 +386,9 @@ impl AuditEvent {
         self.subject = p.subject.clone();
         self.issuer = Some(p.issuer.clone());
         self.token_id = p.token_id.clone();
+        self.acr = p.acr.as_deref().map(printable);
+        self.amr = p.amr.iter().map(|m| printable(m)).collect();
+        self.auth_time = p.auth_time;
         self.purpose_of_use = p.purpose.clone();
         self.context_patient = p.patient.as_deref().map(|id| ctx.identify(id));
     }
@@ -395,6 +410,16 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 /// Request ids and operation names: `[A-Za-z0-9._:-]`, bounded.
+/// A token value as logged: as is when it is printable ASCII (the verifier bounds its length),
+/// else `invalid`.
+fn printable(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_graphic()) {
+        s.to_owned()
+    } else {
+        "invalid".to_owned()
+    }
+}
+
 fn id_shaped(s: &str, max: usize) -> bool {
     (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
@@ -551,6 +576,21 @@ pub(crate) mod tests {
         assert!(done.is_emergency());
         let routine = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "TREAT"})))).with_response(200, vec![], None);
         assert_eq!(routine.severity, Severity::Info);
+    }
+
+    #[test]
+    fn how_the_user_authenticated_is_recorded() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({"acr": "http://idmanagement.gov/ns/assurance/aal/2", "amr": ["pwd", "otp"], "auth_time": NOW - 60}));
+        let ev = serde_json::to_value(event(&p, "GET", "/fhir/Observation/o1", Some(&t))).unwrap();
+        assert_eq!(ev["acr"], "http://idmanagement.gov/ns/assurance/aal/2");
+        assert_eq!(ev["amr"], json!(["pwd", "otp"]));
+        assert_eq!(ev["authTime"], NOW - 60);
+        let odd = token(json!({"acr": "loa 2\n", "amr": ["pwd", "m\u{e9}thode"]}));
+        let ev = serde_json::to_value(event(&p, "GET", "/fhir/Observation/o1", Some(&odd))).unwrap();
+        assert_eq!((&ev["acr"], &ev["amr"]), (&json!("invalid"), &json!(["pwd", "invalid"])));
+        let none = serde_json::to_value(event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({}))))).unwrap();
+        assert!(none.get("acr").is_none() && none.get("amr").is_none() && none.get("authTime").is_none());
     }
 
     #[test]
