@@ -18,7 +18,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use phi_guard::auth::{scope, verify, IssuerConfig, TokenCache};
-use phi_guard::decision::{decide, Request, ResponseCheck, ResponsePlan};
+use phi_guard::decision::{decide, ApplyCtx, Request, ResponseCheck, ResponsePlan};
 use serde_json::{json, Value};
 
 /// The injected clock: the core never reads the wall clock.
@@ -150,10 +150,10 @@ fn bench_body_check(c: &mut Criterion<ThreadCpu>) {
     let mut g = c.benchmark_group("patient_binding_check");
     for kib in [1usize, 16, 64, 256] {
         let body = observation_body(&resources, kib * 1024);
-        assert_eq!(plan.check_body(&body), Ok(()));
+        assert_eq!(plan.apply(&body, &ApplyCtx::default()).map(|_| ()), Ok(()));
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(format!("{kib}KiB")), &body, |b, body| {
-            b.iter(|| plan.check_body(black_box(body)))
+            b.iter(|| plan.apply(black_box(body), &ApplyCtx::default()))
         });
     }
     g.finish();

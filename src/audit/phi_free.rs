@@ -8,7 +8,7 @@ use super::batch::otlp_logs;
 use super::chain::tests::chain;
 use super::event::tests::{event, key, policy, token};
 use super::fhir::render;
-use crate::decision::{ResponseCheck, ResponsePlan};
+use crate::decision::{ApplyCtx, ResponseCheck, ResponsePlan};
 use crate::policy::audit::AuditFormat;
 
 const PATIENT: &str = "pat-4711-secret";
@@ -32,7 +32,7 @@ fn events_carry_no_phi_values() {
     let body = serde_json::to_vec(&upstream_patient()).unwrap();
     // The body is checked, never handed to audit: only the paths minimization withheld are.
     let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }], ..ResponsePlan::default() };
-    assert_eq!(plan.check_body(&body), Ok(()));
+    assert_eq!(plan.apply(&body, &ApplyCtx::default()).map(|_| ()), Ok(()));
     let withheld = vec!["Patient.name".to_owned(), "Patient.identifier".to_owned(), "Patient.text".to_owned()];
 
     let app = policy("smart-patient-app");

@@ -171,15 +171,6 @@ impl ResponsePlan {
         }
     }
 
-    /// Run only the checks on a successful (2xx) JSON body.
-    pub fn check_body(&self, body: &[u8]) -> Result<(), DenyReason> {
-        if self.checks.is_empty() {
-            return Ok(());
-        }
-        let value = minimize::body::parse(body, self.max_body_bytes)?;
-        self.run_checks(&value)
-    }
-
     fn run_checks(&self, value: &Value) -> Result<(), DenyReason> {
         for check in &self.checks {
             match check {
@@ -203,10 +194,7 @@ mod tests {
         let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: "p1".into() }], ..ResponsePlan::default() };
         assert!(plan.inspects_body());
         assert!(!plan.rewrites_body());
-        assert_eq!(plan.check_body(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#), Ok(()));
-        assert_eq!(plan.check_body(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p2"}}"#), Err(DenyReason::PatientMismatch));
-        assert_eq!(plan.check_body(b"{not json"), Err(DenyReason::ResponseNotJson));
-        assert_eq!(ResponsePlan::default().check_body(b"anything"), Ok(()));
+        assert_eq!(plan.apply(b"{not json", &ApplyCtx::default()), Err(DenyReason::ResponseNotJson));
         let applied = plan.apply(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#, &ApplyCtx::default()).unwrap();
         assert_eq!(applied, Applied::default());
         assert_eq!(plan.apply(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p2"}}"#, &ApplyCtx::default()), Err(DenyReason::PatientMismatch));
