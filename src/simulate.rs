@@ -12,6 +12,7 @@ use std::rc::Rc;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::audit::fhir::render_unchained;
 use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
 use crate::auth::keys::parse_jwks;
 use crate::auth::verify::unverified_issuer;
@@ -21,6 +22,7 @@ use crate::decision::{
 };
 use crate::http::content_digest;
 use crate::minimize::ApplyCtx;
+use crate::policy::audit::AuditFormat;
 use crate::policy::Policy;
 
 /// The demo audit key. The shipped example policies name restricted patients by pseudonyms
@@ -172,6 +174,10 @@ pub struct Outcome {
     pub content_digest: Option<String>,
     /// The audit event, as the filter emits it (before the sink adds `seq` and `mac`).
     pub audit: AuditEvent,
+    /// The same event as a FHIR R4 `AuditEvent`, when the policy's `audit.format` is `fhir`:
+    /// the record the filter logs, without the chain's `stream`, `seq` and `mac`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_fhir: Option<Value>,
 }
 
 /// Errors preparing an exchange.
@@ -197,6 +203,22 @@ pub fn install_jwks(policy: &mut Policy, token: &str, jwks: &Value) -> Result<()
 
 /// Run one exchange through the policy as the filter would.
 pub fn simulate(policy: &Policy, x: &Exchange<'_>) -> Outcome {
+    let mut out = exchange(policy, x);
+    out.audit_fhir = fhir_record(policy, &out.audit);
+    out
+}
+
+/// The event in the FHIR form the filter logs it in, if the policy asks for that form. When
+/// rendering fails the filter falls back to JSON lines, so there is no FHIR record then either.
+fn fhir_record(policy: &Policy, event: &AuditEvent) -> Option<Value> {
+    if policy.audit.format != AuditFormat::Fhir {
+        return None;
+    }
+    let text = render_unchained(event, &policy.audit.observer).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
     let header = match x.credential {
         Credential::None => None,
         Credential::Token(t) => Some(format!("Bearer {t}")),
@@ -245,6 +267,7 @@ pub fn simulate(policy: &Policy, x: &Exchange<'_>) -> Outcome {
                 body_changed: enforced && x.upstream.is_some(),
                 content_digest: None,
                 audit: event,
+                audit_fhir: None,
             }
         }
         Decision::Allow(g) => {
@@ -268,6 +291,7 @@ pub fn simulate(policy: &Policy, x: &Exchange<'_>) -> Outcome {
                 body_changed: false,
                 content_digest: None,
                 audit: event,
+                audit_fhir: None,
             };
             let Some(u) = x.upstream else { return out };
             out.status = Some(u.status);
@@ -406,6 +430,22 @@ mod tests {
         assert_eq!((out.status, out.reason, out.body_changed), (Some(404), None, true));
         assert!(body.contains("details withheld") && !body.contains("Chalmers") && !body.contains("12345"), "{body}");
         assert_eq!(serde_json::to_value(&out.audit).unwrap()["upstreamStatus"], 404);
+    }
+
+    #[test]
+    fn fhir_audit_policies_get_the_fhir_record() {
+        let (p, k) = (policy(), key());
+        let c = claims("patient/*.rs", "p1");
+        let out = simulate(&p, &exchange("/fhir/Patient/p2", &c, &k, None));
+        let record = out.audit_fhir.expect("smart-patient-app logs FHIR AuditEvents");
+        assert_eq!(record["resourceType"], "AuditEvent");
+        let ext = record["extension"].as_array().unwrap();
+        let reason = ext.iter().find(|e| e["url"] == "urn:phi-guard:audit:reason").unwrap();
+        assert_eq!(reason["valueCode"], "patient_mismatch");
+        assert!(ext.iter().all(|e| e["url"] != "urn:phi-guard:audit:seq"), "no chain members outside a chain");
+        let mut jsonl = p.clone();
+        jsonl.audit.format = AuditFormat::Jsonl;
+        assert!(simulate(&jsonl, &exchange("/fhir/Patient/p2", &c, &k, None)).audit_fhir.is_none());
     }
 
     #[test]

@@ -248,6 +248,16 @@ fn reason_message(code: &str) -> Option<&'static str> {
 /// Render the event (without the chain's `mac`) as a FHIR R4 AuditEvent in compact JSON, with
 /// `extension` as the last member.
 pub fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Result<String, serde_json::Error> {
+    render_with(ev, Some((stream, seq)), observer)
+}
+
+/// [`render`] outside any chain (no `stream`, `seq` or `mac`): what the filter would log for the
+/// event, as the simulator shows it.
+pub fn render_unchained(ev: &AuditEvent, observer: &str) -> Result<String, serde_json::Error> {
+    render_with(ev, None, observer)
+}
+
+fn render_with(ev: &AuditEvent, chain: Option<(&str, u64)>, observer: &str) -> Result<String, serde_json::Error> {
     let denied = ev.decision == Verdict::Deny;
     let action = if denied { "E" } else { action(ev) };
     let profile = match (ev.outcome, ev.interaction, ev.patients.is_empty() && ev.context_patient.is_none()) {
@@ -290,7 +300,7 @@ pub fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Result
             kind: [coding(SOURCE_TYPE, "6", "Security Server")],
         },
         entity: entities(ev),
-        extension: extensions(ev, stream, seq),
+        extension: extensions(ev, chain),
     };
     serde_json::to_string(&resource)
 }
@@ -412,7 +422,7 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
     out
 }
 
-fn extensions<'a>(ev: &'a AuditEvent, stream: &'a str, seq: u64) -> Vec<Extension<'a>> {
+fn extensions<'a>(ev: &'a AuditEvent, chain: Option<(&'a str, u64)>) -> Vec<Extension<'a>> {
     let e = |name, value| Extension { name, value };
     let mut out = Vec::with_capacity(11);
     if let Some(p) = &ev.policy {
@@ -443,8 +453,10 @@ fn extensions<'a>(ev: &'a AuditEvent, stream: &'a str, seq: u64) -> Vec<Extensio
     if let Some(d) = &ev.content_digest {
         out.push(e("content-digest", ExtValue::String(d)));
     }
-    out.push(e("stream", ExtValue::String(stream)));
-    out.push(e("seq", ExtValue::Decimal(seq)));
+    if let Some((stream, seq)) = chain {
+        out.push(e("stream", ExtValue::String(stream)));
+        out.push(e("seq", ExtValue::Decimal(seq)));
+    }
     out
 }
 
@@ -580,6 +592,18 @@ mod tests {
         assert_eq!(r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}break-glass")).unwrap()["valueCode"], "life-threatening");
         let routine = render(&event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({})))).with_response(200, vec![], None), "s", 0, "o");
         assert!(routine.get("purposeOfEvent").is_none());
+    }
+
+    #[test]
+    fn unchained_is_the_chained_form_without_stream_and_seq() {
+        let p = policy("smart-patient-app");
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({})))).with_response(200, vec![], None);
+        let mut chained = render(&ev, "s1", 4, "o");
+        let unchained: Value = serde_json::from_str(&super::render_unchained(&ev, "o").unwrap()).unwrap();
+        let ext = chained["extension"].as_array_mut().unwrap();
+        let tail: Vec<Value> = ext.drain(ext.len() - 2..).collect();
+        assert_eq!(tail.iter().map(|x| x["url"].as_str().unwrap()).collect::<Vec<_>>(), [format!("{EXT}stream"), format!("{EXT}seq")]);
+        assert_eq!(chained, unchained);
     }
 
     #[test]

@@ -39,6 +39,30 @@ def test_request_log_is_not_reachable_through_envoy(no_filter):
     assert no_filter.upstream_requests() == []
 
 
+def test_canned_response_hook_is_not_reachable_through_envoy(no_filter):
+    resp = no_filter.request("POST", "/__respond", body=b'{"status": 200, "body": "pwned"}')
+    assert resp.status == 404
+    assert no_filter.upstream_requests() == []
+    # Nothing was set: the upstream still serves its data.
+    assert no_filter.get("/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
+
+
+def test_canned_response_replaces_every_answer_until_reset(no_filter):
+    harness = no_filter.harness
+    body = b'{"resourceType": "Patient", "id": "canned"}'
+    harness.upstream_respond(203, body, "application/fhir+json; charset=utf-8")
+    try:
+        for path in (f"/fhir/Patient/{ME}", "/fhir/Observation?code=x", "/admin/reports/1"):
+            resp = no_filter.get(path)
+            assert (resp.status, resp.body) == (203, body), resp.describe()
+            assert resp.header("content-type") == "application/fhir+json; charset=utf-8"
+            assert [r["path"] for r in no_filter.upstream_requests()] == [path]
+    finally:
+        harness.upstream_reset()
+    resp = no_filter.get(f"/fhir/Patient/{ME}")
+    assert resp.status == 200 and resp.json()["id"] == ME, resp.describe()
+
+
 def test_unknown_resource_is_operation_outcome(no_filter):
     resp = no_filter.get("/fhir/Patient/does-not-exist")
     assert resp.status == 404

@@ -21,11 +21,17 @@ Anything else: 404 OperationOutcome.
 Test hooks (only on this port, never routed through Envoy):
   GET /__requests     every request received so far: [{method, path, headers}]
   DELETE /__requests  clear that list
+  POST /__respond     {"status": 200, "contentType": "...", "body": "text" | "bodyBase64": "..."}:
+                      answer every following request outside these hooks with exactly that
+                      (still recorded in /__requests), to replay a fixed upstream response
+  DELETE /__respond   serve the demo data again
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import datetime as _dt
 import gzip
 import json
@@ -211,6 +217,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "phi-guard-demo-upstream/0.1"
     store: Store
     recorded: list[dict]
+    # The canned answer set by POST /__respond (a one-element list so that every handler thread
+    # sees the same slot), or [None] to serve the demo data.
+    canned: list
     lock: threading.Lock
     quiet = True
 
@@ -271,6 +280,8 @@ class Handler(BaseHTTPRequestHandler):
         raw_path, _, query = self.path.partition("?")
         if raw_path == "/__requests":
             return self._requests_hook()
+        if raw_path == "/__respond":
+            return self._respond_hook()
         try:
             body = self._read_body()
         except (OSError, ValueError):
@@ -279,6 +290,11 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             self.close_connection = True
             return None
+        with self.lock:
+            canned = self.canned[0]
+        if canned is not None:
+            status, content_type, data = canned
+            return self._send(status, data, content_type)
         method = self.command
         if raw_path == "/healthz" and method in ("GET", "HEAD"):
             return self._send(200, {"status": "ok"}, PLAIN_JSON)
@@ -303,6 +319,30 @@ class Handler(BaseHTTPRequestHandler):
                 self.recorded.clear()
             return self._send(200, {"cleared": True}, PLAIN_JSON)
         return self._send(405, {"error": "method not allowed"}, PLAIN_JSON)
+
+    def _respond_hook(self) -> None:
+        if self.command == "DELETE":
+            self._read_body()
+            with self.lock:
+                self.canned[0] = None
+            return self._send(200, {"canned": False}, PLAIN_JSON)
+        if self.command != "POST":
+            return self._send(405, {"error": "method not allowed"}, PLAIN_JSON)
+        try:
+            spec = json.loads(self._read_body() or b"{}")
+            status = int(spec.get("status", 200))
+            content_type = str(spec.get("contentType", FHIR_JSON))
+            if "bodyBase64" in spec:
+                data = base64.b64decode(spec["bodyBase64"], validate=True)
+            else:
+                data = str(spec.get("body", "")).encode()
+        except (AttributeError, TypeError, ValueError, binascii.Error) as err:
+            return self._send(400, {"error": f"bad canned response: {err}"}, PLAIN_JSON)
+        if not 100 <= status <= 599:
+            return self._send(400, {"error": f"bad status {status}"}, PLAIN_JSON)
+        with self.lock:
+            self.canned[0] = (status, content_type, data)
+        return self._send(200, {"canned": True, "status": status, "bytes": len(data)}, PLAIN_JSON)
 
     def _admin(self, method: str, path: str, query: str) -> None:
         parts = path.strip("/").split("/")
@@ -408,7 +448,7 @@ def make_server(host: str, port: int, data_dir: Path, quiet: bool = True,
         for key in (extra_store := Store.load(more)).order:
             store.add(extra_store.by_key[key])
     handler = type("BoundHandler", (Handler,), {
-        "store": store, "recorded": [], "lock": threading.Lock(), "quiet": quiet})
+        "store": store, "recorded": [], "canned": [None], "lock": threading.Lock(), "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

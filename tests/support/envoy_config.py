@@ -166,8 +166,9 @@ def _hcm(stat_prefix: str, path_hardening: str, access_logs: str, http_filters: 
             - name: fhir
               domains: ["*"]
               routes:
-              # The demo upstream's test hook is never reachable through the proxy.
-              - match: {{prefix: "/__requests"}}
+              # The demo upstream's test hooks (/__requests, /__respond) are never reachable
+              # through the proxy.
+              - match: {{prefix: "/__"}}
                 direct_response: {{status: 404}}
               # The clinician policy's de-identified research view of the same FHIR server.
               - match: {{prefix: "/research/fhir/"}}

@@ -3,7 +3,8 @@
 The integration tests talk to a `Harness`: `base_url` (the Envoy plain-HTTP listener),
 `https_url` (the HTTPS listener, same filter chain; trust `tls_ca`), `admin_url`,
 `upstream_requests()` / `clear_upstream_requests()` (what reached the demo upstream),
-`stats_prometheus()`, `logs()` and `stop()`.
+`upstream_respond()` / `upstream_reset()` (a fixed answer from the demo upstream instead of its
+data), `stats_prometheus()`, `logs()` and `stop()`.
 
 `LocalHarness` (HARNESS=local, the default) runs the demo upstream and Envoy as processes on this
 machine. `ComposeHarness` (HARNESS=compose) runs envoy/docker-compose.yaml as one compose project
@@ -17,6 +18,7 @@ registry can be reached (compose_images.py).
 from __future__ import annotations
 
 import atexit
+import base64
 import ctypes
 import glob
 import hashlib
@@ -87,8 +89,8 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def http_call(method: str, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method)  # noqa: S310 (loopback only)
+def http_call(method: str, url: str, timeout: float = 5.0, data: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method, data=data)  # noqa: S310 (loopback only)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
             return resp.status, resp.read()
@@ -111,6 +113,26 @@ class Harness:
 
     def upstream_requests(self) -> list[dict]:
         raise NotImplementedError
+
+    upstream_url: str = ""  # the demo upstream, directly (its test hooks live here)
+
+    def upstream_respond(self, status: int, body: bytes,
+                         content_type: str = "application/fhir+json") -> None:
+        """Make the demo upstream answer every following request (outside its test hooks) with
+        exactly this status, content type and body, until `upstream_reset()`. The upstream is
+        shared by every test on this harness: reset it in a `finally` or a fixture."""
+        spec = {"status": status, "contentType": content_type,
+                "bodyBase64": base64.b64encode(body).decode()}
+        status_code, answer = http_call("POST", f"{self.upstream_url}/__respond",
+                                        data=json.dumps(spec).encode())
+        if status_code != 200:
+            raise HarnessError(f"POST /__respond answered {status_code}: {answer[:200]!r}")
+
+    def upstream_reset(self) -> None:
+        """Serve the demo data again (undo `upstream_respond`)."""
+        status_code, _ = http_call("DELETE", f"{self.upstream_url}/__respond")
+        if status_code != 200:
+            raise HarnessError(f"DELETE /__respond answered {status_code}")
 
     collector_url: str = ""
 
@@ -253,9 +275,12 @@ class LocalHarness(Harness):
         self.https_url = f"https://127.0.0.1:{https}"
         self.tls_ca = tls.ca
         self.envoy_log = self.workdir / "envoy.log"
+        # The log file (audit records among its lines) is flushed every 250 ms instead of
+        # Envoy's default 10 s, so that tests find a request's record without long waits.
         self.envoy = self._spawn(
             [envoy_bin(), "-c", str(cfg), "--concurrency", str(CONCURRENCY),
-             "--disable-hot-restart", "--log-level", "info", "--log-path", str(self.envoy_log)],
+             "--disable-hot-restart", "--log-level", "info", "--log-path", str(self.envoy_log),
+             "--file-flush-interval-msec", "250"],
             "envoy.stderr.log", stdout=subprocess.DEVNULL, env={**os.environ, **VM_ENV})
         self.base_url = f"http://127.0.0.1:{listen}"
         self.admin_url = f"http://127.0.0.1:{admin}"
