@@ -36,6 +36,8 @@ pub enum Credential<'a> {
     None,
     /// A compact JWS, sent as `Authorization: Bearer <token>` and verified with the policy's keys.
     Token(&'a str),
+    /// A whole `Authorization` header value, as sent (another scheme, a malformed bearer).
+    Header(&'a str),
     /// Token claims trusted without a signature, to try a policy before keys exist.
     Claims(&'a Value),
 }
@@ -222,6 +224,7 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
     let header = match x.credential {
         Credential::None => None,
         Credential::Token(t) => Some(format!("Bearer {t}")),
+        Credential::Header(h) => Some(h.to_owned()),
         // Any bearer value: the claims stand in for its verification.
         Credential::Claims(_) => Some("Bearer claims".to_owned()),
     };

@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use phi_guard::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
-use phi_guard::auth::TokenCache;
-use phi_guard::decision::{decide, Applied, ApplyCtx, Decision, Release, Request};
+use phi_guard::audit::{AuditEvent, AuditKey};
 use phi_guard::policy::compile;
+use phi_guard::simulate::{simulate, Credential, Exchange, Upstream};
 use serde_json::{json, Value};
 
 const NOW: u64 = 1_800_000_000;
@@ -64,87 +63,78 @@ fn run(path: &Path) -> Result<(), String> {
     let policy = compile(&std::fs::read(root().join(s["policy"].as_str().unwrap())).unwrap()).map_err(|e| e.to_string())?;
     let expect = &s["expect"];
     let req = &s["request"];
-    let header = match (req.pointer("/headers/authorization"), &s["token"]) {
-        (Some(h), _) => Some(h.as_str().unwrap().to_owned()),
-        (None, Value::Null) => None,
-        (None, t) => Some(format!("Bearer {}", mint(t))),
+    let token = match &s["token"] {
+        Value::Null => None,
+        t => Some(mint(t)),
     };
-    let auth: Vec<&str> = header.iter().map(String::as_str).collect();
-    let request = Request { method: req["method"].as_str().unwrap(), path: req["path"].as_str().unwrap(), authorization: &auth, ..Default::default() };
-    let decision = decide(&policy, &mut TokenCache::new(8), &request, NOW);
+    let credential = match (req.pointer("/headers/authorization").and_then(Value::as_str), &token) {
+        (Some(h), _) => Credential::Header(h),
+        (None, Some(t)) => Credential::Token(t),
+        (None, None) => Credential::None,
+    };
+    let body = match (s.pointer("/upstream/body"), s.pointer("/upstream/bodyFile").and_then(Value::as_str)) {
+        (Some(b), _) => Some(serde_json::to_vec(b).unwrap()),
+        (None, Some(f)) => Some(std::fs::read(root().join(f)).map_err(|e| format!("{f}: {e}"))?),
+        (None, None) => None,
+    };
+    let upstream_status = s.pointer("/upstream/status").and_then(Value::as_u64).unwrap_or(200) as u16;
+    let key = AuditKey::from_secret(AUDIT_KEY).unwrap();
+    let out = simulate(
+        &policy,
+        &Exchange {
+            method: req["method"].as_str().unwrap(),
+            path: req["path"].as_str().unwrap(),
+            credential,
+            upstream: body.as_deref().map(|b| Upstream { status: upstream_status, content_type: Some("application/fhir+json"), content_encoding: None, body: b }),
+            now: NOW,
+            hmac_key: Some(HMAC_KEY),
+            audit_key: &key,
+            request_id: Some("scenario"),
+        },
+    );
+    // An allowed request without an upstream answer stands for the upstream's 200.
+    let status = out.status.unwrap_or(upstream_status);
     let want_status = expect["status"].as_u64().unwrap() as u16;
     let want_reason = expect["reason"].as_str();
-    let key = AuditKey::from_secret(AUDIT_KEY).unwrap();
-    let meta = RequestMeta { request_id: Some("scenario"), source: None, destination: None, method: request.method, path: request.path };
-    let mut event = AuditEvent::from_decision(&decision, &meta, &AuditContext::new(&policy, &key, NOW * 1000));
-    match &decision {
-        Decision::Deny(r) => {
-            let reply = r.reply();
-            if Some(r.reason.code()) != want_reason || reply.status != want_status {
-                return Err(format!("denied {} {}, expected {want_status} {want_reason:?}", reply.status, r.reason.code()));
-            }
-            if let Some(w) = expect["wwwAuthenticate"].as_str() {
-                let got = reply.headers.iter().find(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).unwrap_or("");
-                if !got.contains(w) {
-                    return Err(format!("WWW-Authenticate `{got}` lacks `{w}`"));
-                }
-            }
-            if let Some(route) = expect["route"].as_str() {
-                if r.route_id.as_deref() != Some(route) {
-                    return Err(format!("route {:?}, expected {route}", r.route_id));
-                }
-            }
-            // Refusals never echo the request's credentials.
-            if let Some(h) = &header {
-                let token = h.trim_start_matches("Bearer ");
-                if reply.body.contains(token) || reply.headers.iter().any(|(_, v)| v.contains(token)) {
-                    return Err("reply echoes the token".into());
-                }
-            }
-        }
-        Decision::Allow(g) => {
-            if let Some(route) = expect["route"].as_str() {
-                if g.route_id != route {
-                    return Err(format!("route {}, expected {route}", g.route_id));
-                }
-            }
-            let upstream_status = s.pointer("/upstream/status").and_then(Value::as_u64).unwrap_or(200) as u16;
-            if upstream_status != want_status {
-                return Err(format!("allowed with upstream status {upstream_status}, expected {want_status}"));
-            }
-            let body = match (s.pointer("/upstream/body"), s.pointer("/upstream/bodyFile").and_then(Value::as_str)) {
-                (Some(b), _) => Some(serde_json::to_vec(b).unwrap()),
-                (None, Some(f)) => Some(std::fs::read(root().join(f)).map_err(|e| format!("{f}: {e}"))?),
-                (None, None) => None,
-            };
-            let ctx = ApplyCtx { hmac_key: Some(HMAC_KEY), now: NOW, pseudonyms: Some(&key) };
-            let release = match &body {
-                Some(b) if g.response.inspects_body() => g.response.release(b, &ctx),
-                _ => Release { outcome: Ok(Applied::default()), restrictions: Vec::new() },
-            };
-            let failure = release.outcome.as_ref().err().copied();
-            match (&release.outcome, want_reason) {
-                (Ok(_), None) => {}
-                (Err(r), Some(w)) if r.code() == w && expect["bodyReplaced"] == true => {}
-                (o, w) => return Err(format!("response outcome {:?}, expected {w:?}", o.as_ref().map(|_| ()))),
-            }
-            if let (Ok(applied), Some(b)) = (&release.outcome, &body) {
-                let sent: Value = serde_json::from_slice(applied.body.as_deref().unwrap_or(b)).unwrap();
-                check_body(expect, &sent, applied)?;
-            }
-            let withheld = release.outcome.as_ref().map(|a| a.withheld.clone()).unwrap_or_default();
-            event = event.with_response(upstream_status, withheld, failure).with_restrictions(release.restrictions);
+    if status != want_status || out.reason != want_reason {
+        return Err(format!("{} {status} {:?}, expected {want_status} {want_reason:?}", out.decision, out.reason));
+    }
+    if let Some(route) = expect["route"].as_str() {
+        if out.route.as_deref() != Some(route) {
+            return Err(format!("route {:?}, expected {route}", out.route));
         }
     }
-    check_audit(expect, &event)
+    if let Some(w) = expect["wwwAuthenticate"].as_str() {
+        let got = out.www_authenticate.as_deref().unwrap_or("");
+        if !got.contains(w) {
+            return Err(format!("WWW-Authenticate `{got}` lacks `{w}`"));
+        }
+    }
+    // The upstream's body withheld and replaced by an error body: a response-phase refusal, or
+    // an upstream error scrubbed on a route whose bodies are rewritten.
+    let replaced = out.body_changed && (out.phase == Some("response") || !(200..300).contains(&status));
+    if replaced != (expect["bodyReplaced"] == true) && body.is_some() {
+        return Err(format!("body replaced: {replaced}, expected {}", expect["bodyReplaced"]));
+    }
+    // Refusals never echo the request's credentials.
+    if let Some(t) = &token {
+        if out.body.as_deref().unwrap_or("").contains(t.as_str()) || out.www_authenticate.as_deref().unwrap_or("").contains(t.as_str()) {
+            return Err("reply echoes the token".into());
+        }
+    }
+    if let (Some(sent), true) = (&out.body, body.is_some() && !replaced && out.decision == "allow") {
+        let sent: Value = serde_json::from_str(sent).map_err(|e| format!("released body: {e}"))?;
+        check_body(expect, &sent, out.profile.as_deref())?;
+    }
+    check_audit(expect, &out.audit)
 }
 
 /// `expect.profile`, `expect.entries` (the released Bundle's `Type/id`s, in order) and
 /// `expect.absent` (top-level members the released body must not have).
-fn check_body(expect: &Value, sent: &Value, applied: &Applied) -> Result<(), String> {
+fn check_body(expect: &Value, sent: &Value, profile: Option<&str>) -> Result<(), String> {
     if let Some(p) = expect.get("profile") {
-        if applied.profile.as_deref() != p.as_str() {
-            return Err(format!("profile {:?}, expected {p}", applied.profile));
+        if profile != p.as_str() {
+            return Err(format!("profile {profile:?}, expected {p}"));
         }
     }
     if let Some(want) = expect.get("entries") {

@@ -291,7 +291,9 @@ def assert_meets_expectations(r: Replay, expect: dict) -> None:
     if "wwwAuthenticate" in expect:
         assert expect["wwwAuthenticate"] in (resp.header("www-authenticate") or ""), resp.headers
     if expect.get("bodyReplaced"):
-        assert cli.get("phase") == "response" and cli["bodyChanged"], cli
+        # A response-phase refusal, or an upstream error scrubbed on a rewriting route.
+        assert cli["bodyChanged"] and (cli.get("phase") == "response" or not 200 <= resp.status < 300), cli
+        assert resp.body == cli["body"].encode(), "the filter's replacement differs from explain's"
     if "profile" in expect:
         # The profile is not in the audit record; the filter's released bytes equal those of the
         # profile `explain` applied (assert_filter_matches_cli).
