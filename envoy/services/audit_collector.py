@@ -29,7 +29,9 @@ import argparse
 import json
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+# A sibling module: the services run as scripts, so this folder is on sys.path.
+from serving import serve  # noqa: E402
 from urllib.parse import urlsplit
 
 MAX_BODY = 8 * 1024 * 1024
@@ -138,16 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-events", type=int, default=10_000)
     args = ap.parse_args(argv)
     handler = type("Bound", (Handler,), {"collector": Collector(args.max_events)})
-    server = ThreadingHTTPServer((args.host, args.port), handler)
-    server.daemon_threads = True
-    print(f"LISTENING {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(args.host, args.port, handler)
 
 
 if __name__ == "__main__":

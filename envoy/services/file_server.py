@@ -19,8 +19,10 @@ import json
 import mimetypes
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+# A sibling module: the services run as scripts, so this folder is on sys.path.
+from serving import serve  # noqa: E402
 from urllib.parse import unquote, urlsplit
 
 SIGNATURE_HEADER = "x-phi-guard-signature"
@@ -104,16 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         raise SystemExit(f"--root {root} is not a directory")
     handler = type("Bound", (Handler,), {"root": root, "recorded": [], "lock": threading.Lock()})
-    server = ThreadingHTTPServer((args.host, args.port), handler)
-    server.daemon_threads = True
-    print(f"LISTENING {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(args.host, args.port, handler)
 
 
 if __name__ == "__main__":
