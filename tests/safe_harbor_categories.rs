@@ -14,6 +14,9 @@ use std::sync::Arc;
 use phi_guard::minimize::{self, compile_minimize, Applied, ApplyCtx, Profile};
 use serde_json::{json, Value};
 
+#[path = "subset/mod.rs"]
+mod subset;
+
 /// 2027-01-15: a person born in 1937 or earlier is 90 or older.
 const NOW: u64 = 1_800_000_000;
 
@@ -23,13 +26,15 @@ fn safe_harbor() -> Arc<Profile> {
 }
 
 /// Release `input` through the preset: the JSON the client would receive, its exact text, and
-/// the report.
+/// the report. Whatever the category, the output stays within the input.
 fn release(input: &Value) -> (Value, String, Applied) {
     let bytes = serde_json::to_vec(input).unwrap();
     let applied = minimize::apply(&safe_harbor(), &bytes, &ApplyCtx { hmac_key: None, now: NOW, pseudonyms: None }, usize::MAX).unwrap();
     let body = applied.body.clone().expect("the preset rewrites the body");
     let text = String::from_utf8(body).unwrap();
-    (serde_json::from_str(&text).unwrap(), text, applied)
+    let out = serde_json::from_str(&text).unwrap();
+    subset::assert_subset(input, &out, "safe-harbor");
+    (out, text, applied)
 }
 
 fn assert_gone(text: &str, values: &[&str]) {

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let method = lines.next().unwrap_or_default();
     let path = lines.next().unwrap_or_default();
     let authorization: Vec<&str> = lines.collect();
-    let req = Request { method, path, authorization: &authorization };
+    let req = Request { method, path, authorization: &authorization, ..Default::default() };
 
     for policy in common::example_policies() {
         let mut cache = TokenCache::new(4);

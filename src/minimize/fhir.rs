@@ -8,11 +8,15 @@
 //! - A resource that lost anything gets `meta.security` REDACTED. Contained resources are not
 //!   labelled themselves: the container is, since they are part of it.
 //! - A Bundle is an envelope, not rules' business: its entries' resources are minimized by their
-//!   own types' rules. A Bundle in which anything was withheld loses `signature` (it no longer
-//!   verifies), has its `link[].url` and `entry[].request.url` rewritten per `bundleLinks`,
-//!   loses `entry[].request.ifNoneExist` (search values), and is labelled itself. The Bundle's
-//!   own `identifier` (a document's or message's business identifier) is withheld when a
-//!   deny-mode rule set for `Bundle` (or `*`) withholds `identifier` there (`**.identifier`).
+//!   own types' rules. The envelope parts (`link`, `signature`, `timestamp`, and the entries'
+//!   `fullUrl`, `search`, `link`, `request`, `response`) have no rules but are walked all the
+//!   same: a resource found in them gets its type's rules, and the profile-wide value policies
+//!   (`dates`, `referenceDisplay`) apply. A Bundle in which anything was withheld loses
+//!   `signature` (it no longer verifies), has its `link[].url` and `entry[].request.url`
+//!   rewritten per `bundleLinks`, loses `entry[].request.ifNoneExist` (search values), and is
+//!   labelled itself. The Bundle's own `identifier` (a document's or message's business
+//!   identifier) is withheld when a deny-mode rule set for `Bundle` (or `*`) withholds
+//!   `identifier` there (`**.identifier`).
 
 use serde_json::{json, Map, Value};
 
@@ -33,7 +37,12 @@ enum Nest {
 }
 
 /// Bundle keys released as they are.
-const BUNDLE_KEYS: [&str; 8] = ["resourceType", "id", "type", "total", "implicitRules", "language", "link", "signature"];
+const BUNDLE_KEYS: [&str; 6] = ["resourceType", "id", "type", "total", "implicitRules", "language"];
+
+/// Bundle envelope parts walked with no rules of their own: released, but a resource found
+/// inside gets its type's rules and the profile-wide value policies apply (an upstream can put
+/// anything there, and what is not walked is not minimized).
+const BUNDLE_WALKED: [&str; 3] = ["link", "signature", "timestamp"];
 
 impl<'p> Walker<'p> {
     /// A whole FHIR response body.
@@ -68,7 +77,15 @@ impl<'p> Walker<'p> {
         if known == Some("Bundle") {
             self.bundle(map)?;
         } else {
-            match (known.and_then(|t| fhir.rules_for(t)), fhir.other, known) {
+            // `*` applies to every type, also to a `resourceType` that is not FHIR R4 (a typo,
+            // a server's own type) when such types are released at all: otherwise one changed
+            // letter in `Patient` would take a resource past every `*` rule.
+            let rules = match known {
+                Some(t) => fhir.rules_for(t),
+                None if fhir.other == OtherResources::Allow => fhir.star.as_ref(),
+                None => None,
+            };
+            match (rules, fhir.other, known) {
                 (Some(rules), _, _) => self.resource_with(map, rules)?,
                 (None, OtherResources::Allow, _) => self.resource_with(map, &fhir.pass)?,
                 (None, OtherResources::Remove, Some(_)) => self.stub(map)?,
@@ -193,7 +210,7 @@ impl<'p> Walker<'p> {
                     }
                 }
                 "meta" => self.envelope_meta(v).map(|()| Verdict::Keep),
-                "timestamp" => self.value("timestamp", v, &pass),
+                k if BUNDLE_WALKED.contains(&k) => self.value(k, v, &pass),
                 "entry" => self.entries(v, &pass),
                 _ => {
                     self.withheld.record_at(k.strip_prefix('_').unwrap_or(k));
@@ -259,7 +276,8 @@ impl<'p> Walker<'p> {
                 return true;
             }
             let result = match (k.as_str(), &mut *v) {
-                ("fullUrl" | "search" | "link" | "request", _) => Ok(Verdict::Keep),
+                // Released, but walked like the Bundle's own envelope parts (`BUNDLE_WALKED`).
+                ("fullUrl" | "search" | "link" | "request", _) => self.value(k, v, pass),
                 ("resource", Value::Object(m)) if m.get("resourceType").is_some_and(Value::is_string) => {
                     self.nested_resource("resource", m).map(|()| Verdict::Keep)
                 }
@@ -475,6 +493,65 @@ mod tests {
         }
         let nested = json!({"resourceType": "Parameters", "parameter": [{"name": "p", "resource": {"resourceType": 7}}]});
         assert_eq!(run(&allow, nested).unwrap_err(), DenyReason::ResponseUnexpectedShape);
+    }
+
+    /// Regression: the Bundle's envelope parts were released without being walked, so a resource
+    /// an upstream put in `link`, `search` or `request` kept everything, and a signature's
+    /// instant and display escaped `dates` and `referenceDisplay`.
+    #[test]
+    fn bundle_envelope_parts_are_walked() {
+        let sh = profile(json!({"preset": "safe-harbor"}), true);
+        let smuggled = json!({"resourceType": "Patient", "identifier": [{"value": "999-48-8934"}], "telecom": [{"value": "555-1234"}], "gender": "male"});
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset",
+            "link": [{"relation": "self", "url": "https://h/fhir/Observation?_count=1", "x": smuggled.clone()}],
+            "entry": [{"fullUrl": "https://h/fhir/Observation/o", "resource": {"resourceType": "Observation", "id": "o", "status": "final"},
+                       "search": {"mode": "match", "x": smuggled.clone()}, "request": {"method": "GET", "url": "Observation", "x": smuggled.clone()}}]});
+        let (out, r) = run(&sh, bundle).unwrap();
+        let text = out.to_string();
+        assert!(!text.contains("999-48-8934") && !text.contains("555-1234"), "{text}");
+        let minimized = json!({"resourceType": "Patient", "meta": {"security": [redacted_label()]}, "gender": "male"});
+        assert_eq!(out["link"][0]["x"], minimized);
+        assert_eq!(out["entry"][0]["search"]["x"], minimized);
+        assert_eq!(out["entry"][0]["request"]["x"], minimized);
+        assert_eq!(out["entry"][0]["resource"], json!({"resourceType": "Observation", "id": "o", "status": "final"}), "the entry itself had nothing to withhold");
+        assert!(r.withheld.contains(&"Bundle.entry.search.x(Patient).identifier".to_owned()));
+        assert!(labelled(&out));
+        // A signature with an exact instant and a display goes under `dates: year`.
+        let signed = json!({"resourceType": "Bundle", "type": "document", "signature": {"when": "2026-01-02T10:00:00Z", "who": {"reference": "Practitioner/1", "display": "Dr Lee"}, "data": "abc"},
+                            "entry": [{"resource": {"resourceType": "Observation", "status": "final"}}]});
+        let (out, r) = run(&sh, signed).unwrap();
+        assert!(out.get("signature").is_none());
+        assert_eq!(r.withheld, ["Bundle.signature", "Bundle.signature.when", "Bundle.signature.who.display"]);
+    }
+
+    /// Regression (found by the `minimize` fuzz target): a `resourceType` outside FHIR R4 skipped
+    /// the `*` rules, so with `otherResources: allow` (the safe-harbor preset's setting) a
+    /// Patient whose type had one letter changed kept its identifiers, phones and address.
+    #[test]
+    fn star_rules_apply_to_types_that_are_not_fhir_r4() {
+        let p = profile(json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": ["**.identifier", "**.telecom"]}}}), true);
+        let odd = json!({"resourceType": "Pati-nt", "id": "x", "identifier": [{"value": "999-48-8934"}], "telecom": [{"value": "555-1234"}], "gender": "male"});
+        let (out, r) = run(&p, odd.clone()).unwrap();
+        assert_eq!(out, json!({"resourceType": "Pati-nt", "id": "x", "meta": {"security": [redacted_label()]}, "gender": "male"}));
+        assert_eq!(r.withheld, ["Pati-nt.identifier", "Pati-nt.telecom"]);
+        // Contained, or nested anywhere: the same.
+        let (out, r) = run(&p, json!({"resourceType": "Observation", "contained": [odd.clone()], "focus": {"resourceType": "Bogus", "telecom": [{"value": "1"}]}})).unwrap();
+        assert_eq!(out["contained"], json!([{"resourceType": "Pati-nt", "id": "x", "gender": "male"}]));
+        assert_eq!(out["focus"], json!({"resourceType": "Bogus", "meta": {"security": [redacted_label()]}}));
+        assert_eq!(r.withheld, ["Observation.contained(Pati-nt).identifier", "Observation.contained(Pati-nt).telecom", "Observation.focus(Bogus).telecom"]);
+        // The safe-harbor preset, as the fuzzer found it.
+        let sh = profile(json!({"preset": "safe-harbor"}), true);
+        let (out, _) = run(&sh, json!({"resourceType": "Pati-nt", "name": [{"family": "Lee", "given": ["Ann"]}], "telecom": [{"value": "555-1234"}],
+                                       "address": [{"line": ["1 Main St"], "city": "Springfield", "postalCode": "01887", "state": "MA"}], "birthDate": "1984-07-02"}))
+        .unwrap();
+        assert_eq!(out, json!({"resourceType": "Pati-nt", "meta": {"security": [redacted_label()]}, "address": [{"postalCode": "018", "state": "MA"}], "birthDate": "1984"}));
+        // Without `*` rules only the profile-wide settings apply; other settings still refuse.
+        let no_star = profile(json!({"mode": "deny", "otherResources": "allow", "resources": {"Patient": {"deny": ["telecom"]}}}), true);
+        assert_eq!(run(&no_star, odd.clone()).unwrap().0, odd);
+        for other in ["remove", "deny"] {
+            let p = profile(json!({"mode": "deny", "otherResources": other, "resources": {"*": {"deny": ["**.identifier"]}}}), true);
+            assert_eq!(run(&p, odd.clone()).unwrap_err(), DenyReason::ResponseUnknownResource, "{other}");
+        }
     }
 
     #[test]
