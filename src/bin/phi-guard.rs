@@ -41,11 +41,15 @@ enum Command {
         #[arg(long)]
         path: String,
         /// A compact JWS access token (verified with the policy's keys).
-        #[arg(long, conflicts_with = "claims")]
+        #[arg(long, conflicts_with_all = ["claims", "authorization"])]
         token: Option<String>,
         /// Token claims as JSON, trusted without a signature (to try a policy before keys exist).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "authorization")]
         claims: Option<String>,
+        /// A whole `Authorization` header value, as a client sends it (another scheme, a
+        /// malformed bearer).
+        #[arg(long)]
+        authorization: Option<String>,
         /// JWKS file: the keys of the token's issuer (what a remote-JWKS issuer would fetch).
         #[arg(long, requires = "token")]
         jwks: Option<PathBuf>,
@@ -294,6 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             path,
             token,
             claims,
+            authorization,
             jwks,
             upstream_body,
             upstream_status,
@@ -320,10 +325,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     AuditKey::from_secret(DEMO_AUDIT_KEY).map_err(|e| e.to_string())?
                 }
             };
-            let credential = match (&token, &claims) {
-                (Some(t), _) => Credential::Token(t),
-                (None, Some(c)) => Credential::Claims(c),
-                (None, None) => Credential::None,
+            let credential = match (&token, &claims, &authorization) {
+                (Some(t), _, _) => Credential::Token(t),
+                (None, Some(c), _) => Credential::Claims(c),
+                (None, None, Some(h)) => Credential::Header(h),
+                (None, None, None) => Credential::None,
             };
             let upstream = body.as_deref().map(|b| Upstream { status: upstream_status, content_type: Some(&upstream_content_type), content_encoding: None, body: b });
             let x = Exchange {
