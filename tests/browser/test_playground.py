@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 from pathlib import Path
 
@@ -181,6 +182,37 @@ def test_run_minimizes_a_real_fhir_resource(page, artifacts):
     finally:
         page.set_window_size(1400, 2400)
     assert path.stat().st_size > 10_000
+
+
+def lcs(a: list[str], b: list[str]) -> int:
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev = 0
+        for j, y in enumerate(b):
+            prev, row[j + 1] = row[j + 1], prev + 1 if x == y else max(row[j + 1], row[j])
+    return row[-1]
+
+
+def test_diff_is_a_shortest_edit_script(page):
+    # The page's line diff on random line lists: it must rebuild both sides, in order, with as
+    # few edits as any diff can (n + m - 2·LCS).
+    rng = random.Random(9)
+    cases = [([], []), (["a"], []), ([], ["a"]), (["a", "b"], ["b", "a"])]
+    for _ in range(150):
+        a = [rng.choice("abcde") for _ in range(rng.randint(0, 14))]
+        b = [x for x in a if rng.random() > 0.3]
+        for _ in range(rng.randint(0, 4)):
+            b.insert(rng.randint(0, len(b)), rng.choice("abcdef"))
+        cases.append((a, b))
+    results = page.execute_script("return arguments[0].map(([a, b]) => window.phiGuard.diffLines(a, b))", cases)
+    for (a, b), ops in zip(cases, results):
+        assert [o["text"] for o in ops if o["op"] != "+"] == a
+        assert [o["text"] for o in ops if o["op"] != "-"] == b
+        assert [o["a"] for o in ops if o["op"] != "+"] == list(range(len(a)))
+        assert [o["b"] for o in ops if o["op"] != "-"] == list(range(len(b)))
+        assert sum(o["op"] != "=" for o in ops) == len(a) + len(b) - 2 * lcs(a, b), (a, b, ops)
+    # Past its bound it gives up instead of stalling the page.
+    assert page.execute_script("return window.phiGuard.diffLines(['a', 'b', 'c'], ['x', 'y', 'z'], 2)") is None
 
 
 def test_page_loads_nothing_from_elsewhere(page, playground_url):
