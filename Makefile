@@ -150,8 +150,9 @@ $(WASM_BINDGEN):
 	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no exact wasm-bindgen pin in playground/crate/Cargo.toml" >&2; exit 1; }
 	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features --locked \
 	    --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION) -j $(TOOL_JOBS) \
-	  || cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
-	    --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION) -j $(TOOL_JOBS)
+	  || { echo "cargo install --locked failed (see above): retrying without --locked" >&2; \
+	       cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
+	         --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION) -j $(TOOL_JOBS); }
 
 playground-build: playground-target $(WASM_BINDGEN) ## build the playground: playground/pkg/ (wasm + JS glue) and playground/examples/
 	cargo build --profile playground --target $(PLAYGROUND_TARGET) -p phi-guard-playground

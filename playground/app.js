@@ -170,13 +170,18 @@ function readInput(withUpstream) {
   if (mode === "claims") input.claims = $("claims").value;
   if (mode === "token") {
     input.token = $("token").value.trim();
+    if (input.token === "") throw Object.assign(new Error("token: paste a compact JWS, or choose another credential"), { field: "token" });
     if ($("jwks").value.trim()) input.jwks = $("jwks").value;
   }
   if ($("audit-key").value !== "") input.auditKey = $("audit-key").value;
   if ($("hmac-key").value !== "") input.hmacKey = $("hmac-key").value;
   if (withUpstream) {
+    const status = Number($("upstream-status").value);
+    if (!Number.isInteger(status) || status < 100 || status > 599) {
+      throw Object.assign(new Error("upstream status: a number from 100 to 599"), { field: "upstreamStatus" });
+    }
     input.upstream = {
-      status: Number($("upstream-status").value),
+      status,
       contentType: $("upstream-content-type").value,
       body: $("upstream-body").value,
     };
@@ -186,7 +191,7 @@ function readInput(withUpstream) {
 
 // ---- results ------------------------------------------------------------------------------
 
-const EDITORS = { policy: "policy", claims: "claims", jwks: "jwks", auditKey: "audit-key", now: "now" };
+const EDITORS = { policy: "policy", claims: "claims", token: "token", jwks: "jwks", auditKey: "audit-key", now: "now", upstreamStatus: "upstream-status" };
 
 function showError(field, message) {
   for (const id of Object.values(EDITORS)) $(id).classList.remove("invalid");
@@ -298,7 +303,14 @@ function run(withUpstream) {
     showError(e.field || "input", e.message);
     return null;
   }
-  const r = api.explain(input);
+  let r;
+  try {
+    r = api.explain(input);
+  } catch (e) {
+    // The core returns its errors as JSON; an exception here is a bug (or a trap) in the core.
+    showError("core", `the core failed: ${e.message}`);
+    return null;
+  }
   if (r.ok) showOutcome(r.outcome, input.upstream);
   else showError(r.field, r.error);
   return r;

@@ -127,6 +127,9 @@ def test_explain_shows_decision_reason_and_needed_scopes(page):
         "iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "user-1",
         "iat": now - 10, "exp": now + 600, "scope": "patient/Patient.rs", "patient": "example"}})
     by_id(page, "cred-token").click()
+    by_id(page, "token").clear()
+    by_id(page, "explain").click()
+    assert shown(page, "error").startswith("token: paste a compact JWS")
     by_id(page, "token").send_keys(token)
     assert '"kid": "demo-es256"' in by_id(page, "token-decoded").get_attribute("textContent")
     by_id(page, "load-demo-jwks").click()
@@ -154,6 +157,12 @@ def test_run_minimizes_a_real_fhir_resource(page, artifacts):
     assert "Chalmers" in original
     choose(page, "preset", "research-safe-harbor")
     assert by_id(page, "upstream-body").get_attribute("value") == original
+    by_id(page, "upstream-status").clear()
+    by_id(page, "upstream-status").send_keys("2000")
+    by_id(page, "run").click()
+    assert shown(page, "error") == "upstream status: a number from 100 to 599"
+    by_id(page, "upstream-status").clear()
+    by_id(page, "upstream-status").send_keys("200")
     by_id(page, "run").click()
     assert (shown(page, "decision"), shown(page, "status")) == ("ALLOW", "200")
     assert shown(page, "profile") == "research-deidentified"
