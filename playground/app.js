@@ -115,6 +115,7 @@ function showCredential() {
   const mode = credentialMode();
   $("claims-box").hidden = mode !== "claims";
   $("token-box").hidden = mode !== "token";
+  $("header-box").hidden = mode !== "header";
 }
 
 function nowSeconds() {
@@ -173,6 +174,7 @@ function readInput(withUpstream) {
     if (input.token === "") throw Object.assign(new Error("token: paste a compact JWS, or choose another credential"), { field: "token" });
     if ($("jwks").value.trim()) input.jwks = $("jwks").value;
   }
+  if (mode === "header") input.authorization = $("authorization").value;
   if ($("audit-key").value !== "") input.auditKey = $("audit-key").value;
   if ($("hmac-key").value !== "") input.hmacKey = $("hmac-key").value;
   if (withUpstream) {
@@ -242,6 +244,8 @@ function showOutcome(o, upstream) {
   text("content-digest", o.contentDigest);
   $("body").textContent = o.body === undefined ? "(no body: the request goes on to the upstream)" : prettyJson(o.body);
   $("audit").textContent = JSON.stringify(o.audit, null, 2);
+  $("audit-fhir-box").hidden = o.auditFhir === undefined;
+  $("audit-fhir").textContent = o.auditFhir === undefined ? "" : JSON.stringify(o.auditFhir, null, 2);
   $("outcome-json").textContent = JSON.stringify(o, null, 2);
   showDiff(o, upstream);
 }

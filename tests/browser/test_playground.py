@@ -12,6 +12,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+from tokens import PyMinter  # noqa: E402  (the Envoy scenario replay mints with it too)
 
 CLI = Path(os.environ.get("PHI_GUARD_CLI") or ROOT / "target/release/phi-guard")
 # The scenario runner's clock and keys (tests/scenarios.rs).
@@ -26,8 +29,6 @@ NOW = 1_800_000_000
 AUDIT_KEY = "phi-guard-demo-audit-key-not-a-secret"
 HMAC_KEY = "scenario-only hmac key, 32 bytes"
 REQUEST_ID = "scenario"
-# Claims `phi-guard token` fills in unless told otherwise; a scenario's token has only its own.
-TOKEN_DEFAULT_CLAIMS = ("iss", "aud", "sub", "client_id", "scope", "iat", "exp", "jti")
 SCENARIOS = sorted((ROOT / "tests/scenarios").glob("*.json"))
 
 
@@ -109,6 +110,9 @@ def test_explain_shows_decision_reason_and_needed_scopes(page):
     assert "patient/Observation.s" in shown(page, "needs")
     assert 'error="insufficient_scope"' in shown(page, "www-authenticate")
     assert '"reason": "insufficient_scope"' in by_id(page, "audit").get_attribute("textContent")
+    # smart-patient-app logs FHIR AuditEvents: the page shows that form too.
+    assert by_id(page, "audit-fhir-box").is_displayed()
+    assert '"resourceType": "AuditEvent"' in by_id(page, "audit-fhir").get_attribute("textContent")
 
     choose(page, "preset", "no-token")
     by_id(page, "explain").click()
@@ -142,6 +146,12 @@ def test_explain_shows_decision_reason_and_needed_scopes(page):
     by_id(page, "now").send_keys(str(now + 86_400))
     by_id(page, "explain").click()
     assert (shown(page, "decision"), shown(page, "status"), shown(page, "reason")) == ("DENY", "401", "token_expired")
+    # A whole header as a client sends it: another scheme is refused as such.
+    by_id(page, "cred-header").click()
+    assert not by_id(page, "token").is_displayed()
+    by_id(page, "authorization").send_keys("Basic dXNlcjpwYXNz")
+    by_id(page, "explain").click()
+    assert (shown(page, "decision"), shown(page, "status"), shown(page, "reason")) == ("DENY", "401", "unsupported_auth_scheme")
     by_id(page, "cred-claims").click()
 
     # Bad claims: the error names the input, nothing else is shown.
@@ -178,6 +188,7 @@ def test_run_minimizes_a_real_fhir_resource(page, artifacts):
     assert '"Chalmers"' in deleted and '"birthDate": "1974-12-25"' in deleted
     assert '"birthDate": "1974"' in added and "Chalmers" not in added
     assert shown(page, "diff-summary").startswith("−")
+    assert not by_id(page, "audit-fhir-box").is_displayed(), "clinician-api logs JSON lines"
     audit = json.loads(by_id(page, "audit").get_attribute("textContent"))
     assert audit["withheld"] == withheld
     assert audit["decision"] == "allow" and audit["purposeOfUse"] == ["HRESCH"]
@@ -245,21 +256,18 @@ def resolve_times(v):
 
 
 def mint(token: dict) -> str:
-    # `phi-guard token` signs with the demo key for the algorithm (tests/keys/); claims the
-    # scenario leaves out are removed (null) so the token carries exactly the scenario's claims.
-    claims = {k: None for k in TOKEN_DEFAULT_CLAIMS} | resolve_times(token["claims"])
-    args = [str(CLI), "token", "--alg", token["alg"], "--claims", json.dumps(claims)]
-    if token.get("kid"):
-        args += ["--kid", token["kid"]]
-    return subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    """A scenario's token: exactly its claims, signed with the demo key for its algorithm."""
+    return PyMinter().token(resolve_times(token["claims"]), alg=token["alg"], kid=token.get("kid"))
 
 
-def cli_explain(tmp: Path, s: dict, token: str | None, jwks: bool, body: str | None) -> subprocess.CompletedProcess:
+def cli_explain(tmp: Path, s: dict, token: str | None, header: str | None, jwks: bool, body: str | None) -> subprocess.CompletedProcess:
     req = s["request"]
     args = [str(CLI), "explain", s["policy"], "--method", req["method"], "--path", req["path"], "--now", str(NOW),
             "--request-id", REQUEST_ID, "--audit-key-env", "PG_TEST_AUDIT_KEY", "--hmac-key-env", "PG_TEST_HMAC_KEY", "--json"]
     if token is not None:
         args += ["--token", token]
+    if header is not None:
+        args += ["--authorization", header]
     if jwks:
         args += ["--jwks", "tests/keys/demo-jwks.json"]
     if body is not None:
@@ -271,12 +279,14 @@ def cli_explain(tmp: Path, s: dict, token: str | None, jwks: bool, body: str | N
     return r
 
 
-def page_explain(page, s: dict, token: str | None, jwks: bool, body: str | None) -> dict:
+def page_explain(page, s: dict, token: str | None, header: str | None, jwks: bool, body: str | None) -> dict:
     req = s["request"]
     inp = {"policy": (ROOT / s["policy"]).read_text(encoding="utf-8"), "method": req["method"], "path": req["path"],
            "now": NOW, "requestId": REQUEST_ID, "auditKey": AUDIT_KEY, "hmacKey": HMAC_KEY}
     if token is not None:
         inp["token"] = token
+    if header is not None:
+        inp["authorization"] = header
     if jwks:
         inp["jwks"] = (ROOT / "tests/keys/demo-jwks.json").read_text(encoding="utf-8")
     if body is not None:
@@ -288,12 +298,9 @@ def page_explain(page, s: dict, token: str | None, jwks: bool, body: str | None)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_page_equals_cli_on_scenario(page, scenario, tmp_path):
     s = json.loads(scenario.read_text(encoding="utf-8"))
-    header = s["request"].get("headers", {}).get("authorization")
-    if header is not None:
-        assert header.startswith("Bearer "), "the CLI and the page take a bearer token only"
-        token = header.removeprefix("Bearer ")
-    else:
-        token = mint(s["token"]) if s.get("token") else None
+    # A literal header goes as sent (`--authorization`); else the scenario's token, minted now.
+    header = (s["request"].get("headers") or {}).get("authorization")
+    token = mint(s["token"]) if header is None and s.get("token") else None
     up = s.get("upstream") or {}
     if "body" in up:
         body = json.dumps(up["body"], ensure_ascii=False, separators=(",", ":"))
@@ -306,8 +313,8 @@ def test_page_equals_cli_on_scenario(page, scenario, tmp_path):
 
     # With the policy's own keys, and (for a trusted issuer's token) with the pasted demo JWKS.
     for jwks in (False, True) if token is not None else (False,):
-        cli = cli_explain(tmp_path, s, token, jwks, body)
-        got = page_explain(page, s, token, jwks, body)
+        cli = cli_explain(tmp_path, s, token, header, jwks, body)
+        got = page_explain(page, s, token, header, jwks, body)
         if jwks and not trusted:
             # Keys for an issuer the policy does not trust: both refuse to install them.
             assert cli.returncode == 1 and got["ok"] is False and got["field"] == "jwks"

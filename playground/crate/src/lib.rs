@@ -35,6 +35,9 @@ pub struct ExplainInput {
     /// `--claims`: token claims as JSON text, trusted without a signature.
     #[serde(default)]
     pub claims: Option<String>,
+    /// `--authorization`: a whole `Authorization` header value, as a client sends it.
+    #[serde(default)]
+    pub authorization: Option<String>,
     /// `--jwks`: JWKS JSON text installed as the keys of the token's issuer.
     #[serde(default)]
     pub jwks: Option<String>,
@@ -134,8 +137,9 @@ pub fn explain_value(input: &str) -> Value {
         Ok(p) => p,
         Err(e) => return failure("policy", e),
     };
-    if input.token.is_some() && input.claims.is_some() {
-        return failure("input", "give a token or claims, not both");
+    // As in the CLI, whose `--token`, `--claims` and `--authorization` conflict.
+    if [input.token.is_some(), input.claims.is_some(), input.authorization.is_some()].iter().filter(|&&given| given).count() > 1 {
+        return failure("input", "give one credential: a token, claims or an Authorization header");
     }
     let claims: Option<Value> = match input.claims.as_deref().map(serde_json::from_str).transpose() {
         Ok(c) => c,
@@ -159,10 +163,11 @@ pub fn explain_value(input: &str) -> Value {
         Ok(k) => k,
         Err(e) => return failure("auditKey", format!("audit key: {e}")),
     };
-    let credential = match (&input.token, &claims) {
-        (Some(t), _) => Credential::Token(t),
-        (None, Some(c)) => Credential::Claims(c),
-        (None, None) => Credential::None,
+    let credential = match (&input.token, &claims, &input.authorization) {
+        (Some(t), _, _) => Credential::Token(t),
+        (None, Some(c), _) => Credential::Claims(c),
+        (None, None, Some(h)) => Credential::Header(h),
+        (None, None, None) => Credential::None,
     };
     let upstream = input.upstream.as_ref().map(|u| Upstream {
         status: u.status,
@@ -305,6 +310,23 @@ mod tests {
         let got = explain_value(&json!({"policy": PATIENT_APP, "path": "/fhir/Patient/example", "now": NOW}).to_string());
         assert_eq!(got["outcome"]["status"], 401);
         assert!(got["outcome"]["wwwAuthenticate"].as_str().unwrap().starts_with("Bearer"));
+        // A whole header goes as sent: another scheme is not a bearer token.
+        let basic = json!({"policy": PATIENT_APP, "path": "/fhir/Patient/example", "now": NOW, "authorization": "Basic dXNlcjpwYXNz"});
+        let got = explain_value(&basic.to_string());
+        assert_eq!(got["outcome"]["status"], 401);
+        assert_ne!(got["outcome"]["reason"], "missing_token", "{got}");
+        let mut both = basic.clone();
+        both["claims"] = json!("{}");
+        assert_eq!(explain_value(&both.to_string())["field"], "input");
+    }
+
+    #[test]
+    fn fhir_audit_policies_return_the_fhir_record_too() {
+        let c = claims("patient/Patient.rs", "example");
+        let got = explain_value(&json!({"policy": PATIENT_APP, "path": "/fhir/Patient/pat1", "claims": c, "now": NOW}).to_string());
+        assert_eq!(got["outcome"]["auditFhir"]["resourceType"], "AuditEvent", "smart-patient-app logs FHIR AuditEvents");
+        let got = explain_value(&json!({"policy": CLINICIAN, "path": "/fhir/Patient/1", "claims": c, "now": NOW}).to_string());
+        assert!(got["outcome"].get("auditFhir").is_none());
     }
 
     fn base64_url(s: &str) -> String {
