@@ -47,12 +47,25 @@ VERSION     := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -
 OCI_DIR     ?= $(TARGET_DIR)/oci
 OCI_TAG     ?= phi-guard/wasm-plugin:$(VERSION)
 
+# Browser playground (make playground / make test-browser): the core built for the browser by
+# playground/crate with wasm-bindgen. The CLI's version must equal the crate's exact pin, so it is
+# read from there, and installed from crates.io into a versioned directory under TOOLS_DIR.
+PLAYGROUND_TARGET    := wasm32-unknown-unknown
+PLAYGROUND_WASM      := $(TARGET_DIR)/$(PLAYGROUND_TARGET)/playground/phi_guard_playground.wasm
+WASM_BINDGEN_VERSION := $(shell sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' playground/crate/Cargo.toml)
+TOOLS_DIR            ?= $(CURDIR)/.tools
+WASM_BINDGEN         := $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen
+TOOL_JOBS            ?= 2
+PORT                 ?= 8090
+BROWSER_STAMP        := $(VENV)/.browser-installed
+
 FUZZ_SECONDS ?=
 .PHONY: fuzz help venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
-        compose-up compose-down compose-test oci bench bench-opt wrk clean distclean
+        compose-up compose-down compose-test oci bench bench-opt wrk clean distclean \
+        playground-target playground-build playground chromium test-browser
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(VENV_STAMP): tests/requirements.txt
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
@@ -103,8 +116,8 @@ token: cli ## print a demo token: make -s token SCOPE="patient/*.rs" PATIENT=<id
 
 test: unit wasm-check integration ## everything: cargo test, wasm import check, Envoy integration suite
 
-unit: ## cargo test (unit, scenario, policy and vector tests)
-	cargo test
+unit: ## cargo test (unit, scenario, policy and vector tests; the playground crate too)
+	cargo test --workspace
 
 integration: wasm cli venv ## pytest against a real Envoy + phi_guard.wasm (PYTEST_ARGS=...)
 	$(VENV_PY) -m pytest tests/integration $(PYTEST_ARGS)
@@ -119,6 +132,48 @@ compose-test: wasm cli venv ## the integration suite against envoy/docker-compos
 	@$(VENV_PY) tests/support/compose_images.py --env-file $(COMPOSE_IMAGES_ENV) >/dev/null
 	set -a && . ./$(COMPOSE_IMAGES_ENV) && set +a && \
 	  HARNESS=compose $(VENV_PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+playground-target: ## install the wasm32-unknown-unknown Rust target (the playground's)
+	@sysroot="$$(rustc --print sysroot)"; \
+	if [ -d "$$sysroot/lib/rustlib/$(PLAYGROUND_TARGET)/lib" ]; then \
+	  echo "$(PLAYGROUND_TARGET): installed"; \
+	elif command -v rustup >/dev/null && timeout 300 rustup target add $(PLAYGROUND_TARGET); then \
+	  :; \
+	else \
+	  echo "cannot install $(PLAYGROUND_TARGET): \`rustup target add $(PLAYGROUND_TARGET)\` failed or rustup is missing" >&2; \
+	  exit 1; \
+	fi
+
+# --no-default-features leaves out the TLS stack that only wasm-bindgen-test-runner's driver
+# downloads use. `--locked` first; some registry mirrors lack a locked dependency version.
+$(WASM_BINDGEN):
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no exact wasm-bindgen pin in playground/crate/Cargo.toml" >&2; exit 1; }
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features --locked \
+	    --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION) -j $(TOOL_JOBS) \
+	  || { echo "cargo install --locked failed (see above): retrying without --locked" >&2; \
+	       cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
+	         --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION) -j $(TOOL_JOBS); }
+
+playground-build: playground-target $(WASM_BINDGEN) ## build the playground: playground/pkg/ (wasm + JS glue) and playground/examples/
+	cargo build --profile playground --target $(PLAYGROUND_TARGET) -p phi-guard-playground
+	$(WASM_BINDGEN) --target web --no-typescript --out-dir playground/pkg $(PLAYGROUND_WASM)
+	$(PYTHON) playground/build_examples.py
+
+playground: playground-build ## build the policy playground and serve it on http://127.0.0.1:8090 (PORT=...)
+	$(PYTHON) playground/serve.py --port $(PORT)
+
+chromium: ## install Debian's chromium and chromium-driver if missing (root or sudo)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=sudo; else \
+	  echo "chromium or chromedriver is missing and there is no root or sudo to install them: apt-get install chromium chromium-driver" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver
+
+$(BROWSER_STAMP): tests/browser/requirements.txt $(VENV_STAMP)
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/browser/requirements.txt -c tests/requirements.txt
+	@touch $@
+
+test-browser: playground-build cli chromium $(BROWSER_STAMP) ## headless Chromium drives the playground; compares it with the CLI on every scenario
+	$(VENV_PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 oci: wasm ## Istio WasmPlugin OCI image of the filter in target/oci/ (OCI_TAG=..., no registry needed)
 	@$(PYTHON) scripts/build_oci.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
@@ -145,5 +200,5 @@ clean: ## remove build output and run logs (keeps .venv)
 	cargo clean
 	rm -rf .run
 
-distclean: clean ## also remove the Python venv
-	rm -rf $(VENV)
+distclean: clean ## also remove the Python venv, the playground's build and tools
+	rm -rf $(VENV) playground/pkg playground/examples .tools

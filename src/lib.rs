@@ -2,9 +2,11 @@
 //! patient compartments, minimizes responses to what the caller may see, and answers every
 //! refusal in a fail-closed way.
 //!
-//! Everything outside [`host`] is pure and host-independent: it takes time and randomness as
+//! Everything outside `host` is pure and host-independent: it takes time and randomness as
 //! arguments and is tested natively with `cargo test`. `src/host/` is the only code that names
-//! `proxy_wasm` and is compiled only for `wasm32`.
+//! `proxy_wasm` and is compiled only for the filter's target, `wasm32-wasip1`. The same core
+//! also runs natively (the `phi-guard` CLI) and in the browser (`playground/crate`, built for
+//! `wasm32-unknown-unknown`, the only code that names `wasm_bindgen`).
 
 pub mod audit;
 pub mod auth;
@@ -15,5 +17,7 @@ pub mod minimize;
 pub mod policy;
 pub mod simulate;
 
-#[cfg(target_arch = "wasm32")]
+// Only the filter's target has the proxy-wasm host; the playground's wasm32-unknown-unknown
+// build of the core has none.
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod host;
