@@ -173,6 +173,10 @@ def test_beyond_the_queue_bound_drops_are_counted(tmp_path):
         h.collector_status(202)
         lines = wait_lines(h.audit_lines, 30 - dropped, timeout=15)
         assert len(lines) + dropped == 30, (len(lines), dropped)
+        # Envoy writes its log file in the background (flushed every 250 ms here): wait for it.
+        deadline = time.monotonic() + 15
+        while "audit queue full" not in h.envoy_log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert "audit queue full" in h.envoy_log_text()
     finally:
         h.stop()
