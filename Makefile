@@ -189,7 +189,7 @@ wrk: ## install the wrk load generator (Debian package) if missing; needs root o
 
 NOOP_WASM   := $(TARGET_DIR)/bench-noop/$(WASM_TARGET)/release/noop_filter.wasm
 
-bench: wasm venv wrk ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
+bench: wasm cli venv wrk ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir $(TARGET_DIR)/bench-noop
 	$(VENV_PY) bench/run.py --noop-wasm $(NOOP_WASM) $(BENCH_ARGS)
 

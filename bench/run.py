@@ -42,13 +42,17 @@ import memory  # noqa: E402
 import report  # noqa: E402
 from procs import BenchError, Envoy, envoy_version, request, spawn_wrk, wrk  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tests" / "support"))
+from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY  # noqa: E402
+
 # The full pipelines to measure on Observation reads. Each is a policy file; `--pipeline NAME`
-# selects them (`--pipeline NAME=FILE` adds one). As minimization and audit land, add their
-# policy here (e.g. "minimize": bench/policies/minimize.json) and pass `--pipeline minimize`.
+# selects them (`--pipeline NAME=FILE` adds one).
 PIPELINES: dict[str, tuple[Path, str]] = {
-    "check": (REPO / "policies" / "smart-patient-app.json",
-              "auth + scope + compartment + patient-binding body check"),
+    "full": (REPO / "policies" / "smart-patient-app.json",
+             "auth + scope + compartment, then the body: patient binding, the `patient-app` "
+             "minimization profile, Content-Digest, audit event"),
 }
+CLI = Path(os.environ.get("PHI_GUARD_CLI") or REPO / "target" / "release" / "phi-guard")
 MISS_CACHE_ENTRIES = 16  # phi-guard-miss: a cache far smaller than the token pool
 
 
@@ -68,16 +72,22 @@ class Cell:
 
 def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, tuple[str, Path | None, str]]:
     """name -> (configs.proxy kind, policy, description)."""
-    miss = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
-    miss["tokenCache"] = {"maxEntries": MISS_CACHE_ENTRIES}
+    # Auth + scope alone: the demo policy without its minimization profiles, so a Patient read
+    # streams its body through (the body work is what the pipelines measure).
+    auth = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
+    for route in auth["routes"]:
+        route.pop("minimize", None)
+    auth_policy = workdir / "policy-auth-only.json"
+    auth_policy.write_text(json.dumps(auth, indent=2))
+    miss = {**auth, "tokenCache": {"maxEntries": MISS_CACHE_ENTRIES}}
     miss_policy = workdir / "policy-cache-miss.json"
     miss_policy.write_text(json.dumps(miss, indent=2))
     out = {
         "none": ("none", None, "Envoy, no filter (baseline)"),
         "native": ("native", None, "Envoy jwt_authn + rbac, no JWT cache"),
         "native-cache": ("native-cache", None, "Envoy jwt_authn (jwt_cache_config 1024) + rbac"),
-        "phi-guard": ("phi-guard", REPO / "policies" / "smart-patient-app.json",
-                      "phi-guard auth + scope, verified-token cache warm"),
+        "phi-guard": ("phi-guard", auth_policy,
+                      "phi-guard auth + scope (the demo policy without minimization), verified-token cache warm"),
         "phi-guard-miss": ("phi-guard", miss_policy,
                            f"phi-guard auth + scope, cache miss (cache {MISS_CACHE_ENTRIES}, new token each request)"),
     }
@@ -135,6 +145,7 @@ class Bench:
     def setup(self) -> None:
         a = self.args
         self.bodies = fixtures.write_bodies(self.workdir / "bodies")
+        self._released: dict[tuple[Path, str, str], bytes] = {}
         self.log(f"minting tokens ({a.pool} per algorithm for the cache-miss pool)")
         self.tokens, self.pools = fixtures.write_tokens(self.workdir / "tokens", a.pool)
         self.no_scope_token = self._no_scope_token()
@@ -186,9 +197,26 @@ class Bench:
                  f"{first_ms:.1f} ms, second {second_ms:.1f} ms, RSS {rec['status'].get('VmRSS', 0) / 1024:.1f} MiB")
         return env
 
+    def released(self, policy: Path, path: str, token: str) -> bytes:
+        """The body phi-guard releases for this request and the upstream's body, as
+        `phi-guard explain` computes it with the same core (minimization may rewrite it)."""
+        key = (policy, path, token)
+        if key not in self._released:
+            argv = [str(CLI), "explain", str(policy), "--path", path, "--token", token,
+                    "--upstream-body", str(self.bodies[path]), "--upstream-content-type", "application/fhir+json",
+                    "--hmac-key-env", "PHI_GUARD_HMAC_KEY", "--json"]
+            env = {**os.environ, "PHI_GUARD_AUDIT_KEY": DEMO_AUDIT_KEY, "PHI_GUARD_HMAC_KEY": DEMO_HMAC_KEY}
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            if proc.returncode != 0:
+                raise BenchError(f"explain {path}: exit {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}")
+            out = json.loads(proc.stdout)
+            self._released[key] = out["body"].encode()
+        return self._released[key]
+
     def preflight(self) -> None:
-        """Every cell answers 200 with exactly the upstream's body, and refusals are refusals:
-        a benchmark of a proxy answering 401 fast would be worthless."""
+        """Every cell answers 200 with exactly the upstream's body (through phi-guard: exactly the
+        body `explain` says the filter releases), and refusals are refusals: a benchmark of a proxy
+        answering 401 fast would be worthless."""
         cells = {c.id: c for chunks in self.groups.values() for chunk in chunks for c in chunk}
         for size in fixtures.SIZES:
             for name in ["none"] + [f"pipeline-{n}" for n in self.pipelines]:
@@ -197,7 +225,8 @@ class Bench:
         for c in cells.values():
             token = self.tokens[c.alg] if not c.pool else self.pools[c.alg].read_text().split("\n", 1)[0]
             status, body = request(self.envoys[c.proxy].base_url + c.path, {"Authorization": f"Bearer {token}"})
-            want = self.bodies[c.path].read_bytes()
+            kind, policy, _ = self.proxy_defs[c.proxy]
+            want = self.released(policy, c.path, token) if kind == "phi-guard" and policy else self.bodies[c.path].read_bytes()
             if status != 200 or body != want:
                 raise BenchError(f"preflight {c.id}: {status}, body {'differs' if body != want else 'ok'}: {body[:200]!r}")
         for name in self.proxy_defs:
@@ -208,7 +237,8 @@ class Bench:
             s_scope, _ = request(url, {"Authorization": f"Bearer {self.no_scope_token}"})
             if s_none != 401 or s_scope != 403:
                 raise BenchError(f"preflight {name}: no token -> {s_none}, token without scope -> {s_scope} (want 401, 403)")
-        self.log(f"preflight: {len(cells)} cells answer 200 with the upstream body; every filter refuses (401/403)")
+        self.log(f"preflight: {len(cells)} cells answer 200 with the upstream body (as phi-guard releases it); "
+                 "every filter refuses (401/403)")
 
     # ------------------------------------------------------------------ measuring
     def measure(self, cell: Cell, conns: int, seconds: int, **tags) -> dict:
@@ -398,7 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.out = a.out or str(REPO / (".run/bench/RESULTS.quick.md" if a.quick else "bench/RESULTS.md"))
     env_pipes = os.environ.get("BENCH_PIPELINES", "").split()
     chosen = []
-    for item in (a.pipeline or env_pipes or ["check"]):
+    for item in (a.pipeline or env_pipes or ["full"]):
         name, _, policy = item.partition("=")
         if policy:
             chosen.append((name, Path(policy).resolve()))
