@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use super::links::rewrite;
 use super::profile::{BundleLinks, OtherResources};
 use super::rules::{Mode, RuleSet};
-use super::walk::{fate, Cursor, Fate, Verdict, Walker};
+use super::walk::{fate, try_retain, try_retain_items, Cursor, Fate, Verdict, Walker};
 use crate::decision::DenyReason;
 
 /// `http://terminology.hl7.org/CodeSystem/v3-ObservationValue`, where `REDACTED` lives.
@@ -115,22 +115,14 @@ impl<'p> Walker<'p> {
 
     /// `otherResources: remove`: only `resourceType`, `id` and `meta` are released.
     fn stub(&mut self, map: &mut Map<String, Value>) -> Result<(), DenyReason> {
-        let mut failure = None;
-        map.retain(|k, v| match k.as_str() {
-            "resourceType" | "id" => true,
-            "meta" => match self.envelope_meta(v) {
-                Ok(()) => true,
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    true
-                }
-            },
+        try_retain(map, |k, v| match k.as_str() {
+            "resourceType" | "id" => Ok(true),
+            "meta" => self.envelope_meta(v).map(|()| true),
             _ => {
                 self.withheld.record_at(k.strip_prefix('_').unwrap_or(k));
-                false
+                Ok(false)
             }
-        });
-        failure.map_or(Ok(()), Err)
+        })
     }
 
     /// A resource's `meta`: released except for what rules name (never `meta.security`).
@@ -165,23 +157,13 @@ impl<'p> Walker<'p> {
             return Ok(Verdict::Drop);
         };
         let was_empty = items.is_empty();
-        let mut failure = None;
-        items.retain_mut(|item| match item {
-            Value::Object(m) if m.get("resourceType").is_some_and(Value::is_string) => match self.nested_resource("contained", m) {
-                Ok(()) => true,
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    true
-                }
-            },
+        try_retain_items(items, |item| match item {
+            Value::Object(m) if m.get("resourceType").is_some_and(Value::is_string) => self.nested_resource("contained", m).map(|()| true),
             _ => {
                 self.withheld.record_at("contained");
-                false
+                Ok(false)
             }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        })?;
         Ok(if !was_empty && items.is_empty() { Verdict::Drop } else { Verdict::Keep })
     }
 
@@ -191,12 +173,8 @@ impl<'p> Walker<'p> {
         };
         let pass = Cursor { rules: &fhir.pass, anchored: None, keep: true, partials: Vec::new(), anywhere: false, values: true };
         let start = self.withheld.count();
-        let mut failure = None;
-        map.retain(|k, v| {
-            if failure.is_some() {
-                return true;
-            }
-            let result = match k.as_str() {
+        try_retain(map, |k, v| {
+            let verdict = match k.as_str() {
                 k if BUNDLE_KEYS.contains(&k) => Ok(Verdict::Keep),
                 "identifier" => {
                     let withhold = fhir.rules_for("Bundle").is_some_and(|r| {
@@ -217,17 +195,8 @@ impl<'p> Walker<'p> {
                     Ok(Verdict::Drop)
                 }
             };
-            match result {
-                Ok(verdict) => verdict == Verdict::Keep,
-                Err(e) => {
-                    failure = Some(e);
-                    true
-                }
-            }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
+            verdict.map(|v| v == Verdict::Keep)
+        })?;
         if self.withheld.count() > start {
             if map.shift_remove("signature").is_some() {
                 self.withheld.record_at("signature");
@@ -251,31 +220,20 @@ impl<'p> Walker<'p> {
             return Ok(Verdict::Drop);
         };
         let len = self.withheld.push("entry");
-        let mut failure = None;
-        items.retain_mut(|item| {
-            if failure.is_some() {
-                return true;
-            }
+        let result = try_retain_items(items, |item| {
             let Value::Object(entry) = item else {
                 self.withheld.record();
-                return false;
+                return Ok(false);
             };
-            if let Err(e) = self.entry(entry, pass) {
-                failure = Some(e);
-            }
-            true
+            self.entry(entry, pass).map(|()| true)
         });
         self.withheld.pop(len);
-        failure.map_or(Ok(Verdict::Keep), Err)
+        result.map(|()| Verdict::Keep)
     }
 
     fn entry(&mut self, entry: &mut Map<String, Value>, pass: &Cursor<'p>) -> Result<(), DenyReason> {
-        let mut failure = None;
-        entry.retain(|k, v| {
-            if failure.is_some() {
-                return true;
-            }
-            let result = match (k.as_str(), &mut *v) {
+        try_retain(entry, |k, v| {
+            let verdict = match (k.as_str(), &mut *v) {
                 // Released, but walked like the Bundle's own envelope parts (`BUNDLE_WALKED`).
                 ("fullUrl" | "search" | "link" | "request", _) => self.value(k, v, pass),
                 ("resource", Value::Object(m)) if m.get("resourceType").is_some_and(Value::is_string) => {
@@ -289,15 +247,8 @@ impl<'p> Walker<'p> {
                     Ok(Verdict::Drop)
                 }
             };
-            match result {
-                Ok(verdict) => verdict == Verdict::Keep,
-                Err(e) => {
-                    failure = Some(e);
-                    true
-                }
-            }
-        });
-        failure.map_or(Ok(()), Err)
+            verdict.map(|v| v == Verdict::Keep)
+        })
     }
 
     /// `link[].url` of a minimized Bundle or entry.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::audit::AuditKey;
+use super::walk::try_retain_items;
 use crate::decision::DenyReason;
 use crate::fhir::compartment::object_patients;
 use crate::policy::audit::PatientIds;
@@ -134,15 +135,11 @@ impl Filter<'_> {
         let mut changed = false;
         let mut concerns = self.context_is_restricted()?;
         if let Some(Value::Array(entries)) = map.get_mut("entry") {
-            let mut failure = None;
-            entries.retain_mut(|entry| {
-                if failure.is_some() {
-                    return true;
-                }
+            try_retain_items(entries, |entry| {
                 let Some(Value::Object(resource)) = entry.get_mut("resource") else {
-                    return true;
+                    return Ok(true);
                 };
-                let result = if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+                if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
                     self.bundle(resource).map(|c| {
                         changed |= c;
                         true
@@ -159,15 +156,8 @@ impl Filter<'_> {
                             None => true,
                         }
                     })
-                };
-                result.unwrap_or_else(|e| {
-                    failure = Some(e);
-                    true
-                })
-            });
-            if let Some(e) = failure {
-                return Err(e);
-            }
+                }
+            })?;
         }
         if concerns {
             for k in ["total", "signature"] {

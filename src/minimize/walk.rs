@@ -69,6 +69,37 @@ pub enum Verdict {
 }
 
 /// Decide the fate of `key` (with `url` for an extension element).
+/// [`Map::retain`] with a predicate that can fail: after the first error no further entry is
+/// visited or removed, and the error is returned (the caller then withholds the whole body).
+pub fn try_retain(map: &mut Map<String, Value>, mut keep: impl FnMut(&String, &mut Value) -> Result<bool, DenyReason>) -> Result<(), DenyReason> {
+    let mut failure = None;
+    map.retain(|k, v| {
+        if failure.is_some() {
+            return true;
+        }
+        keep(k, v).unwrap_or_else(|e| {
+            failure = Some(e);
+            true
+        })
+    });
+    failure.map_or(Ok(()), Err)
+}
+
+/// [`try_retain`] for array elements.
+pub fn try_retain_items(items: &mut Vec<Value>, mut keep: impl FnMut(&mut Value) -> Result<bool, DenyReason>) -> Result<(), DenyReason> {
+    let mut failure = None;
+    items.retain_mut(|item| {
+        if failure.is_some() {
+            return true;
+        }
+        keep(item).unwrap_or_else(|e| {
+            failure = Some(e);
+            true
+        })
+    });
+    failure.map_or(Ok(()), Err)
+}
+
 pub fn fate<'r>(cur: &Cursor<'r>, key: &str, url: Option<&str>) -> Fate<'r> {
     let mut remove = false;
     let mut transform = None;
@@ -171,61 +202,43 @@ impl<'p> Walker<'p> {
         }
         let siblings = fhir.is_some() && map.keys().any(|k| k.starts_with('_'));
         let mut changed: Vec<String> = Vec::new();
-        let mut failure = None;
-        map.retain(|k, v| {
-            if failure.is_some() || (siblings && k.starts_with('_')) {
-                return true;
+        let mut result = try_retain(map, |k, v| {
+            if siblings && k.starts_with('_') {
+                return Ok(true);
             }
             let before = self.withheld.count();
-            let result = match (root, k.as_str()) {
-                (true, "resourceType" | "id" | "text") => Ok(Verdict::Keep),
-                (true, "meta") => self.meta(v, cur.rules),
-                (true, "contained") => self.contained(v, cur),
-                _ => self.field(k, v, cur),
+            let verdict = match (root, k.as_str()) {
+                (true, "resourceType" | "id" | "text") => Verdict::Keep,
+                (true, "meta") => self.meta(v, cur.rules)?,
+                (true, "contained") => self.contained(v, cur)?,
+                _ => self.field(k, v, cur)?,
             };
-            match result {
-                Ok(verdict) => {
-                    if siblings && (verdict == Verdict::Drop || self.withheld.count() > before) {
-                        changed.push(k.clone());
-                    }
-                    verdict == Verdict::Keep
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    true
-                }
+            if siblings && (verdict == Verdict::Drop || self.withheld.count() > before) {
+                changed.push(k.clone());
             }
+            Ok(verdict == Verdict::Keep)
         });
-        if siblings && failure.is_none() {
-            map.retain(|k, v| {
+        if siblings && result.is_ok() {
+            result = try_retain(map, |k, v| {
                 let Some(base) = k.strip_prefix('_') else {
-                    return true;
+                    return Ok(true);
                 };
-                if failure.is_some() {
-                    return true;
-                }
                 // The element was withheld or rewritten: its extensions (e.g. birthTime on
                 // `_birthDate`) would repeat the exact value.
                 if changed.iter().any(|c| c == base) {
-                    return false;
+                    return Ok(false);
                 }
                 match fate(cur, base, None) {
                     Fate::Remove | Fate::Transform(_) => {
                         self.withheld.record_at(base);
-                        false
+                        Ok(false)
                     }
-                    Fate::Walk(c) => match self.value(base, v, &c) {
-                        Ok(verdict) => verdict == Verdict::Keep,
-                        Err(e) => {
-                            failure = Some(e);
-                            true
-                        }
-                    },
+                    Fate::Walk(c) => Ok(self.value(base, v, &c)? == Verdict::Keep),
                 }
             });
         }
         self.depth -= 1;
-        failure.map_or(Ok(()), Err)
+        result
     }
 
     /// Decide and process one key of an object.
@@ -267,11 +280,7 @@ impl<'p> Walker<'p> {
     /// Extension elements, each decided by its `url`.
     fn extensions(&mut self, key: &str, items: &mut Vec<Value>, cur: &Cursor<'p>) -> Result<Verdict, DenyReason> {
         let was_empty = items.is_empty();
-        let mut failure = None;
-        items.retain_mut(|item| {
-            if failure.is_some() {
-                return true;
-            }
+        try_retain_items(items, |item| {
             let url = item.get("url").and_then(Value::as_str).map(str::to_owned);
             let len = match &url {
                 Some(u) => self.withheld.push_qualified(key, u),
@@ -280,9 +289,9 @@ impl<'p> Walker<'p> {
             let keep = match fate(cur, key, url.as_deref()) {
                 Fate::Remove => {
                     self.withheld.record();
-                    false
+                    Ok(false)
                 }
-                Fate::Transform(t) => match t.apply(item, &self.keys) {
+                Fate::Transform(t) => Ok(match t.apply(item, &self.keys) {
                     Outcome::Unchanged => true,
                     Outcome::Changed => {
                         self.withheld.record();
@@ -292,21 +301,12 @@ impl<'p> Walker<'p> {
                         self.withheld.record();
                         false
                     }
-                },
-                Fate::Walk(c) => match self.element(item, &c) {
-                    Ok(v) => v == Verdict::Keep,
-                    Err(e) => {
-                        failure = Some(e);
-                        true
-                    }
-                },
+                }),
+                Fate::Walk(c) => self.element(item, &c).map(|v| v == Verdict::Keep),
             };
             self.withheld.pop(len);
             keep
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        })?;
         Ok(if !was_empty && items.is_empty() { Verdict::Drop } else { Verdict::Keep })
     }
 
@@ -315,22 +315,7 @@ impl<'p> Walker<'p> {
         match v {
             Value::Array(items) => {
                 let was_empty = items.is_empty();
-                let mut failure = None;
-                items.retain_mut(|item| {
-                    if failure.is_some() {
-                        return true;
-                    }
-                    match self.keyed_element(key, item, cur) {
-                        Ok(v) => v == Verdict::Keep,
-                        Err(e) => {
-                            failure = Some(e);
-                            true
-                        }
-                    }
-                });
-                if let Some(e) = failure {
-                    return Err(e);
-                }
+                try_retain_items(items, |item| Ok(self.keyed_element(key, item, cur)? == Verdict::Keep))?;
                 Ok(if !was_empty && items.is_empty() { Verdict::Drop } else { Verdict::Keep })
             }
             _ => self.keyed_element(key, v, cur),
@@ -367,18 +352,9 @@ impl<'p> Walker<'p> {
                 // Arrays of arrays do not occur in FHIR; walk them all the same.
                 self.enter()?;
                 let was_empty = items.is_empty();
-                let mut failure = None;
-                items.retain_mut(|item| match self.element(item, cur) {
-                    Ok(v) => v == Verdict::Keep,
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        true
-                    }
-                });
+                let result = try_retain_items(items, |item| Ok(self.element(item, cur)? == Verdict::Keep));
                 self.depth -= 1;
-                if let Some(e) = failure {
-                    return Err(e);
-                }
+                result?;
                 Ok(if !was_empty && items.is_empty() { Verdict::Drop } else { Verdict::Keep })
             }
             _ => Ok(Verdict::Keep),

@@ -111,10 +111,14 @@ class Harness:
     https_url: str = ""
     tls_ca: Path | None = None  # the CA that signed the HTTPS listener's certificate
 
-    def upstream_requests(self) -> list[dict]:
-        raise NotImplementedError
-
     upstream_url: str = ""  # the demo upstream, directly (its test hooks live here)
+
+    def upstream_requests(self) -> list[dict]:
+        """What reached the demo upstream, in order."""
+        status, body = http_get(f"{self.upstream_url}/__requests")
+        if status != 200:
+            raise HarnessError(f"GET /__requests answered {status}")
+        return json.loads(body)
 
     def upstream_respond(self, status: int, body: bytes,
                          content_type: str = "application/fhir+json") -> None:
@@ -154,7 +158,10 @@ class Harness:
         return ""
 
     def clear_upstream_requests(self) -> None:
-        raise NotImplementedError
+        """Forget what reached the demo upstream so far."""
+        status, _ = http_call("DELETE", f"{self.upstream_url}/__requests")
+        if status != 200:
+            raise HarnessError(f"DELETE /__requests answered {status}")
 
     def stats_prometheus(self) -> str:
         status, body = http_get(f"{self.admin_url}/stats/prometheus")
@@ -335,17 +342,6 @@ class LocalHarness(Harness):
         path = self.workdir / "envoy.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    # ------------------------------------------------------------------ upstream hooks
-    def upstream_requests(self) -> list[dict]:
-        status, body = http_get(f"{self.upstream_url}/__requests")
-        if status != 200:
-            raise HarnessError(f"GET /__requests answered {status}")
-        return json.loads(body)
-
-    def clear_upstream_requests(self) -> None:
-        status, _ = http_call("DELETE", f"{self.upstream_url}/__requests")
-        if status != 200:
-            raise HarnessError(f"DELETE /__requests answered {status}")
 
 
 def _terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -597,17 +593,6 @@ class ComposeHarness(Harness):
         self._run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False,
                   timeout=180)
 
-    # ------------------------------------------------------------------ upstream hooks
-    def upstream_requests(self) -> list[dict]:
-        status, body = http_get(f"{self.upstream_url}/__requests")
-        if status != 200:
-            raise HarnessError(f"GET /__requests answered {status}")
-        return json.loads(body)
-
-    def clear_upstream_requests(self) -> None:
-        status, _ = http_call("DELETE", f"{self.upstream_url}/__requests")
-        if status != 200:
-            raise HarnessError(f"DELETE /__requests answered {status}")
 
 
 def make_harness(kind: str, name: str, **options) -> Harness:
