@@ -31,7 +31,7 @@ fn upstream_patient() -> Value {
 fn events_carry_no_phi_values() {
     let body = serde_json::to_vec(&upstream_patient()).unwrap();
     // The body is checked, never handed to audit: only the paths minimization withheld are.
-    let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }], ..ResponsePlan::default() };
+    let plan = ResponsePlan { checks: vec![ResponseCheck::Compartment(crate::decision::CompartmentCheck { patient: PATIENT.into(), shared: vec![], expect: crate::decision::Expected::Resource { resource_type: "Patient", id: PATIENT.into() } })], ..ResponsePlan::default() };
     assert_eq!(plan.apply(&body, &ApplyCtx::default()).map(|_| ()), Ok(()));
     let withheld = vec!["Patient.name".to_owned(), "Patient.identifier".to_owned(), "Patient.text".to_owned()];
 

@@ -7,7 +7,7 @@
 use crate::fhir::resource_type;
 
 /// Whose data a SMART scope reaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Context {
     /// The patient in the token's launch context.
     Patient,

@@ -5,9 +5,12 @@ use std::rc::Rc;
 use super::breakglass::BreakGlass;
 use super::reason::DenyReason;
 use super::reply::{challenge_reply, Challenge, Reply};
-use super::response::{ResponseCheck, ResponsePlan};
+use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
+use crate::auth::scope::Context;
 use crate::auth::{self, AuthRequirement, Principal, TokenCache};
-use crate::fhir::compartment::{in_patient_compartment, param_refers_to, patient_params};
+use crate::fhir::compartment::{in_patient_compartment, param_refers_to};
+use crate::fhir::resource_type;
+use crate::fhir::search_params::{is_param, param_kind, primary_patient_param, ParamKind, RESULT_PARAMS};
 use crate::fhir::request::{parse as parse_fhir, FhirRequestError};
 use crate::fhir::{FhirRequest, Interaction};
 use crate::http::{normalize, NormalizedPath};
@@ -323,12 +326,18 @@ pub fn decide_with(
         }
         _ => None,
     };
+    let response = ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes, restrict };
+    if req.method == "HEAD" && response.inspects_body() {
+        // No body comes back to check: the status and headers alone would answer what the
+        // check exists to withhold (whether another patient's resource exists).
+        return ctx.deny(DenyReason::HeadNotCheckable, None);
+    }
     Decision::Allow(Grant {
         route_id: route.id.clone(),
         fhir_route: matches!(route.access, Access::Fhir(_)),
         principal: Some(principal),
         fhir: ctx.fhir,
-        response: ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes, restrict },
+        response,
         body,
         security_headers: route.security_headers,
         break_glass,
@@ -397,11 +406,14 @@ fn authorize_fhir(
         return Err((DenyReason::UnsupportedFhirRequest, None));
     };
     let ty = req.resource_type;
-    let granting = principal.smart_scopes.iter().filter(|s| s.grants(ty, letter, &path.query));
+    let granting = principal
+        .smart_scopes
+        .iter()
+        .filter(|s| route.scope_contexts.contains(&s.context) && s.grants(ty, letter, &path.query));
     let (mut patient_grant, mut other_grant) = (false, false);
     for s in granting {
         match s.context {
-            auth::scope::Context::Patient => patient_grant = true,
+            Context::Patient => patient_grant = true,
             _ => other_grant = true,
         }
     }
@@ -411,7 +423,10 @@ fn authorize_fhir(
     }
     if !patient_grant {
         let t = ty.unwrap_or("*");
-        let need = ["patient", "user", "system"].map(|c| format!("{c}/{t}.{letter}")).join(" ");
+        let contexts = [(Context::Patient, "patient"), (Context::User, "user"), (Context::System, "system")];
+        let need: Vec<String> =
+            contexts.iter().filter(|(c, _)| route.scope_contexts.contains(c)).map(|(_, n)| format!("{n}/{t}.{letter}")).collect();
+        let need = need.join(" ");
         return Err((DenyReason::InsufficientScope, Some(need)));
     }
     let patient = principal.patient.as_deref().ok_or((DenyReason::MissingPatientContext, None))?;
@@ -427,7 +442,9 @@ fn authorize_fhir(
     patient_compartment(route, req, path, patient).map(|checks| FhirGrant { checks, body_patient: None })
 }
 
-/// A patient-context token may reach only its patient's compartment.
+/// A patient-context token may reach only its patient's compartment. The request is checked
+/// strictly here, and whatever the upstream answers is checked again on the response
+/// ([`CompartmentCheck`]): an upstream may ignore or reinterpret a search parameter.
 fn patient_compartment(
     route: &FhirRoute,
     req: &FhirRequest,
@@ -440,87 +457,139 @@ fn patient_compartment(
     let Some(ty) = req.resource_type else {
         return escape;
     };
+    let mut shared: Vec<&'static str> = route.patient_shared_types.iter().copied().collect();
+    shared.sort_unstable();
+    let check = |expect: Expected| Ok(vec![ResponseCheck::Compartment(CompartmentCheck { patient: patient.to_owned(), shared: shared.clone(), expect })]);
+    let resource = |id: &Option<String>| Expected::Resource { resource_type: ty, id: id.clone().unwrap_or_default() };
     if !in_patient_compartment(ty) {
-        return if route.patient_shared_types.contains(ty) && matches!(req.interaction, Read | Vread | SearchType) {
-            if req.interaction == SearchType {
-                search_is_contained(path)?;
+        if !route.patient_shared_types.contains(ty) {
+            return mismatch;
+        }
+        return match req.interaction {
+            Read | Vread => check(resource(&req.id)),
+            SearchType if req.compartment_patient.is_none() => {
+                search_params(route, ty, path, patient)?;
+                check(Expected::Searchset)
             }
-            Ok(Vec::new())
-        } else {
-            mismatch
+            _ => mismatch,
         };
     }
     match (ty, req.interaction) {
         ("Patient", Read | Vread | HistoryInstance | Update | Patch) => {
-            if req.id.as_deref() == Some(patient) {
-                Ok(Vec::new())
-            } else {
-                mismatch
+            if req.id.as_deref() != Some(patient) {
+                return mismatch;
             }
-        }
-        ("Patient", SearchType) => {
-            search_is_contained(path)?;
-            let ids: Vec<&str> = path.query.iter().filter(|(k, _)| k == "_id").map(|(_, v)| v.as_str()).collect();
-            if let Some(p) = &req.compartment_patient {
-                if p != patient {
-                    return mismatch;
-                }
-            }
-            if !ids.is_empty() && ids.iter().all(|v| param_refers_to(v, patient)) {
-                Ok(Vec::new())
-            } else {
-                escape
+            match req.interaction {
+                Read | Vread => check(resource(&req.id)),
+                HistoryInstance => check(Expected::History { resource_type: ty, id: patient.to_owned() }),
+                _ => Ok(Vec::new()),
             }
         }
         (_, SearchType) => {
-            search_is_contained(path)?;
             if let Some(p) = &req.compartment_patient {
-                return if p == patient { Ok(Vec::new()) } else { mismatch };
-            }
-            let links = patient_params(ty);
-            let mut bound = false;
-            for (k, v) in &path.query {
-                let (name, modifier) = k.split_once(':').map_or((k.as_str(), None), |(n, m)| (n, Some(m)));
-                if !links.contains(&name) {
-                    continue;
-                }
-                if !matches!(modifier, None | Some("Patient")) {
-                    return escape;
-                }
-                if !param_refers_to(v, patient) {
+                // `Patient/[id]/[type]`: the path names the patient; the query may not name
+                // another one, and needs no patient parameter of its own.
+                if p != patient {
                     return mismatch;
                 }
-                bound = true;
+                search_params(route, ty, path, patient)?;
+            } else if !search_params(route, ty, path, patient)? {
+                return escape;
             }
-            if bound {
-                Ok(Vec::new())
-            } else {
-                escape
-            }
+            check(Expected::Searchset)
         }
-        (_, Read | Vread | HistoryInstance) => {
-            // The id alone does not say whose resource it is: check the body before release.
-            Ok(vec![ResponseCheck::PatientBinding { patient: patient.to_owned() }])
-        }
+        (_, Read | Vread) => check(resource(&req.id)),
+        (_, HistoryInstance) => check(Expected::History { resource_type: ty, id: req.id.clone().unwrap_or_default() }),
         // Updates, deletes and type history by a patient-context token cannot be proven to stay
         // inside the compartment before they happen (the stored resource is not seen).
         _ => escape,
     }
 }
 
-/// Search features that can reach resources outside the compartment named by the patient
-/// parameter: includes, reverse chaining, chained parameters, and free-form filters.
-fn search_is_contained(path: &NormalizedPath) -> Result<(), FhirDenial> {
-    for (k, _) in &path.query {
-        let base = k.split(':').next().unwrap_or(k);
-        let escapes = matches!(base, "_include" | "_revinclude" | "_has" | "_filter" | "_query" | "_contained" | "_containedType")
-            || base.starts_with("_has")
+/// The search parameters of a patient-context search of `ty`, each judged on its own; returns
+/// whether the search is bound to `patient` by the type's primary patient parameter (`patient`,
+/// `subject`, or `_id` for Patient) written in the form the route accepts.
+///
+/// - Features that reach past the named resources are refused: `_include`, `_revinclude`,
+///   `_has`, `_filter`, `_query`, `_contained`, chained parameters.
+/// - Only the type's R4 search parameters (or the route's list for the type) and the result
+///   parameters may be used; anything else could be ignored or misread by the upstream.
+/// - The primary parameter takes no modifier, and names exactly the token's patient.
+/// - Any other parameter that can reference a patient takes no modifier but a resource type
+///   and names only typed references to other types, or the token's patient.
+/// - No value of any parameter may name another patient (`Patient/x`).
+fn search_params(route: &FhirRoute, ty: &str, path: &NormalizedPath, patient: &str) -> Result<bool, FhirDenial> {
+    let escape = Err((DenyReason::CompartmentEscape, None));
+    let mismatch = Err((DenyReason::PatientMismatch, None));
+    let primary = primary_patient_param(ty);
+    let allowed = route.patient_search.parameters.get(ty);
+    let mut bound = false;
+    for (k, v) in &path.query {
+        let (name, modifier) = k.split_once(':').map_or((k.as_str(), None), |(n, m)| (n, Some(m)));
+        let widening = matches!(name, "_include" | "_revinclude" | "_filter" | "_query" | "_contained" | "_containedType")
+            || name.starts_with("_has")
             || k.contains('.');
-        if escapes {
-            return Err((DenyReason::CompartmentEscape, None));
+        if widening {
+            return escape;
+        }
+        // A value naming another patient is refused whatever parameter carries it.
+        if v.split(',').any(|part| part.contains("Patient/") && !param_refers_to(part, patient)) {
+            return mismatch;
+        }
+        if RESULT_PARAMS.contains(&name) {
+            if modifier.is_some() {
+                return escape;
+            }
+            continue;
+        }
+        let known = match allowed {
+            Some(list) => list.contains(name),
+            None => is_param(ty, name),
+        };
+        if !known {
+            return Err((DenyReason::SearchParameterNotAllowed, None));
+        }
+        if Some(name) == primary {
+            if modifier.is_some() {
+                return escape;
+            }
+            let named = if name == "_id" { v == patient } else { route.patient_search.reference.names(v, patient) };
+            if !named {
+                return if param_refers_to(v, patient) { escape } else { mismatch };
+            }
+            bound = true;
+            continue;
+        }
+        if param_kind(ty, name) == Some(ParamKind::PatientReference) {
+            match modifier.map(|m| (m, resource_type(m))) {
+                // `performer=Practitioner/1` or the token's patient; a bare id could be anyone.
+                None => {
+                    if !v.split(',').all(|part| typed_non_patient(part) || param_refers_to(part, patient)) {
+                        return mismatch;
+                    }
+                }
+                Some((_, Some("Patient"))) => {
+                    if !param_refers_to(v, patient) {
+                        return mismatch;
+                    }
+                }
+                // `performer:Practitioner=1`: the values are ids of that type.
+                Some((_, Some(_))) => {}
+                // `:missing`, `:not`, `:identifier`, `:above`...: select by something other than
+                // the reference itself, so they can match other patients.
+                Some((_, None)) => return escape,
+            }
         }
     }
-    Ok(())
+    Ok(bound)
+}
+
+/// A relative reference to a resource of a type other than Patient: `Practitioner/1`.
+fn typed_non_patient(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((t, id)) => t != "Patient" && resource_type(t).is_some() && crate::fhir::request::valid_id(id),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -564,12 +633,17 @@ mod tests {
         assert_eq!(reason(&p, "GET", "/fhir/metadata", None), None);
         assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", None), Some(MissingToken));
         assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", t), None);
-        assert_eq!(reason(&p, "HEAD", "/fhir/Patient/p1", t), None);
+        assert_eq!(reason(&p, "HEAD", "/fhir/Patient/p1", t), Some(HeadNotCheckable));
+        assert_eq!(reason(&p, "HEAD", "/fhir/Observation/o9", t), Some(HeadNotCheckable));
+        assert_eq!(reason(&p, "HEAD", "/healthz", None), None);
         assert_eq!(reason(&p, "GET", "/fhir/Patient/p2", t), Some(PatientMismatch));
         assert_eq!(reason(&p, "DELETE", "/fhir/Patient/p1", t), Some(MethodNotAllowed));
         assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1", t), None);
-        assert_eq!(reason(&p, "GET", "/fhir/Observation?subject=Patient/p1&code=x", t), None);
-        assert_eq!(reason(&p, "GET", "/fhir/Observation?subject:Patient=p1", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=Patient/p1&subject=Patient/p1&code=x", t), None);
+        // Bound only by the type's primary patient parameter, without modifiers.
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?subject=Patient/p1&code=x", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?subject:Patient=p1", t), Some(CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient:Patient=p1", t), Some(CompartmentEscape));
         assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p2", t), Some(PatientMismatch));
         assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1,p2", t), Some(PatientMismatch));
         assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=p1&patient=p2", t), Some(PatientMismatch));
@@ -593,9 +667,101 @@ mod tests {
         assert_eq!(reason(&p, "GET", "/nothing/here", t), Some(NoRoute));
         assert_eq!(reason(&p, "GET", "/fhirx", t), Some(NoRoute));
         match run(&p, "GET", "/fhir/Observation/o1", t) {
-            Decision::Allow(g) => assert_eq!(g.response.checks, [ResponseCheck::PatientBinding { patient: "p1".into() }]),
+            Decision::Allow(g) => assert_eq!(
+                g.response.checks,
+                [ResponseCheck::Compartment(CompartmentCheck {
+                    patient: "p1".into(),
+                    shared: vec![],
+                    expect: Expected::Resource { resource_type: "Observation", id: "o1".into() }
+                })]
+            ),
             d => panic!("{d:?}"),
         }
+        // Reads of the token's own Patient and searches are checked on the response too.
+        for path in ["/fhir/Patient/p1", "/fhir/Observation?patient=p1", "/fhir/Patient/p1/Observation", "/fhir/Patient?_id=p1"] {
+            match run(&p, "GET", path, t) {
+                Decision::Allow(g) => assert!(matches!(g.response.checks.as_slice(), [ResponseCheck::Compartment(_)]), "{path}"),
+                d => panic!("{path}: {d:?}"),
+            }
+        }
+    }
+
+    /// Issue 15: searches that named the token's patient in one parameter and another patient,
+    /// or nobody the upstream applies, in another.
+    #[test]
+    fn search_tricks_stay_in_the_compartment() {
+        let p = policy("smart-patient-app");
+        let t = token(json!({"scope": "launch/patient patient/*.rs", "patient": "me"}));
+        let t = Some(t.as_str());
+        use DenyReason::*;
+        let cases: &[(&str, Option<DenyReason>)] = &[
+            ("/fhir/Condition?subject=Patient/other&asserter=Patient/me", Some(PatientMismatch)),
+            ("/fhir/Condition?asserter=Patient/me", Some(CompartmentEscape)),
+            ("/fhir/Encounter?subject=Patient/other&patient:Patient=me", Some(PatientMismatch)),
+            ("/fhir/Encounter?patient=me&subject=other", Some(PatientMismatch)),
+            ("/fhir/MedicationRequest?patient=other&subject:Patient=me", Some(PatientMismatch)),
+            ("/fhir/Observation?patient:Patient=me&_count=500", Some(CompartmentEscape)),
+            ("/fhir/Observation?performer=Patient/me", Some(CompartmentEscape)),
+            ("/fhir/RelatedPerson?patient:Patient=me", Some(CompartmentEscape)),
+            ("/fhir/RelatedPerson?patient=me", None),
+            // Other patients named through any parameter, modifier or form.
+            ("/fhir/Observation?patient=me&performer=Patient/other", Some(PatientMismatch)),
+            ("/fhir/Observation?patient=me&performer=other", Some(PatientMismatch)),
+            ("/fhir/Observation?patient=me&performer:Patient=other", Some(PatientMismatch)),
+            ("/fhir/Observation?patient=me&subject:not=Patient/me", Some(CompartmentEscape)),
+            ("/fhir/Observation?patient=me&subject:missing=true", Some(CompartmentEscape)),
+            ("/fhir/Observation?patient=me&subject:identifier=urn:mrn|123", Some(CompartmentEscape)),
+            ("/fhir/Observation?patient=me&code=http://x.org/Patient/other", Some(PatientMismatch)),
+            ("/fhir/Observation?patient=https://fhir.example/Patient/me", Some(CompartmentEscape)),
+            ("/fhir/Observation?patient=me,me", Some(CompartmentEscape)),
+            ("/fhir/Observation?patient=me&patient=other", Some(PatientMismatch)),
+            ("/fhir/Observation?patient:not=me", Some(CompartmentEscape)),
+            ("/fhir/Patient?_id=me&link=Patient/other", Some(PatientMismatch)),
+            ("/fhir/Patient?_id:not=me", Some(CompartmentEscape)),
+            ("/fhir/Patient/me/Observation?subject=Patient/other", Some(PatientMismatch)),
+            // Parameters R4 does not define for the type, or result parameters with modifiers.
+            ("/fhir/Observation?patient=me&ssn=123-45-6789", Some(SearchParameterNotAllowed)),
+            ("/fhir/Observation?patient=me&asserter=Patient/me", Some(SearchParameterNotAllowed)),
+            ("/fhir/Observation?patient=me&_count:x=5", Some(CompartmentEscape)),
+            ("/fhir/Observation?patient=me&_contained=true", Some(CompartmentEscape)),
+            // Legitimate searches.
+            ("/fhir/Observation?patient=me&performer=Practitioner/p9&code=1234-5&_count=50&_sort=-date", None),
+            ("/fhir/Observation?patient=Patient/me&performer:Practitioner=p9&date=ge2020&code:not=x", None),
+            ("/fhir/Observation?patient=me&subject=Patient/me", None),
+            ("/fhir/Patient/me/Condition?clinical-status=active", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(reason(&p, "GET", path, t), *want, "{path}");
+        }
+    }
+
+    #[test]
+    fn patient_search_policy_options() {
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+        let fhir = doc["routes"].as_array_mut().unwrap().iter_mut().find(|r| r.get("fhir").is_some()).unwrap();
+        fhir["fhir"]["patientSearch"] = json!({"patientReference": "reference", "parameters": {"Observation": ["patient", "code"]}});
+        let p = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        let t = token(json!({"scope": "patient/*.rs", "patient": "me"}));
+        let t = Some(t.as_str());
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=Patient/me&code=x", t), None);
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=me", t), Some(DenyReason::CompartmentEscape));
+        assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=Patient/me&date=ge2020", t), Some(DenyReason::SearchParameterNotAllowed));
+        // Other types keep the R4-derived list.
+        assert_eq!(reason(&p, "GET", "/fhir/Condition?patient=Patient/me&clinical-status=active", t), None);
+    }
+
+    #[test]
+    fn scope_contexts_limit_what_grants() {
+        let p = policy("smart-patient-app");
+        // The patient-facing policy accepts patient/ scopes only: user/ and system/ scopes
+        // would read any patient (their access is the upstream's to enforce).
+        for scope in ["user/*.rs", "system/*.rs", "user/Observation.rs patient/Patient.rs"] {
+            let t = token(json!({"scope": scope, "patient": "me"}));
+            assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=other", Some(&t)), Some(DenyReason::InsufficientScope), "{scope}");
+        }
+        let clinic = policy("clinician-api");
+        let c = clinic.routes.iter().find_map(|r| match &r.access { Access::Fhir(f) => Some(f), _ => None }).unwrap();
+        assert_eq!(c.scope_contexts.len(), 3);
     }
 
     #[test]

@@ -73,8 +73,13 @@ pub enum DenyReason {
     /// A patient-context token used a search feature that can reach other patients
     /// (`_include`, `_revinclude`, `_has`, chained parameters, no patient parameter).
     CompartmentEscape,
+    /// A patient-context search used a parameter outside the type's allowed search parameters.
+    SearchParameterNotAllowed,
     /// A patient-scoped token carries no patient claim.
     MissingPatientContext,
+    /// `HEAD` on a route whose answers are checked on the body: with no body to check, its
+    /// status and headers would tell what the check would have withheld.
+    HeadNotCheckable,
     /// The policy requires auditing and events cannot be delivered (queue full, sink failing).
     AuditUnavailable,
     /// No minimization profile of the route applies to the caller's scopes and purpose.
@@ -91,6 +96,9 @@ pub enum DenyReason {
     ResponseUnexpectedShape,
     /// The response holds a resource type that is not FHIR R4 or that the profile refuses.
     ResponseUnknownResource,
+    /// The upstream answered a patient-context request with data outside the token's patient
+    /// compartment (another patient's resources, unshared types, or the wrong shape).
+    CompartmentViolation,
     /// Minimization could not be completed (missing hash key, malformed `meta.security`, ...).
     MinimizationFailed,
     /// The user's authentication is too weak, lacks a required method, or is too old for the
@@ -122,12 +130,14 @@ impl DenyReason {
             | AlgorithmNotAllowed | EmbeddedKey | UnsupportedCrit | UnknownIssuer | UnknownKey
             | BadSignature | MissingExpiry | MissingSubject | Expired | NotYetValid | BadIssuedAt | BadAudience
             | BadClaim | TokenInQuery => 401,
-            InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | MissingPatientContext => 403,
+            InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | SearchParameterNotAllowed
+            | MissingPatientContext => 403,
+            HeadNotCheckable => 405,
             InsufficientUserAuthentication => 401,
             PurposeRequired | PurposeNotAllowed | BreakGlassInvalid | Restricted => 403,
             NoMinimizationProfile => 403,
             ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
-            | ResponseUnexpectedShape | ResponseUnknownResource | MinimizationFailed => 502,
+            | ResponseUnexpectedShape | ResponseUnknownResource | CompartmentViolation | MinimizationFailed => 502,
         }
     }
 
@@ -169,6 +179,9 @@ impl DenyReason {
             UnsupportedFhirRequest => "unsupported_fhir_request",
             PatientMismatch => "patient_mismatch",
             CompartmentEscape => "compartment_escape",
+            SearchParameterNotAllowed => "search_parameter_not_allowed",
+            HeadNotCheckable => "head_not_checkable",
+            CompartmentViolation => "compartment_violation",
             MissingPatientContext => "missing_patient_context",
             AuditUnavailable => "audit_unavailable",
             NoMinimizationProfile => "no_minimization_profile",
@@ -227,11 +240,13 @@ impl DenyReason {
             CompartmentEscape => {
                 "this search could reach data outside the token's patient context"
             }
+            SearchParameterNotAllowed => "this search parameter is not allowed with the token's patient context",
+            HeadNotCheckable => "HEAD is not answered here; use GET",
             MissingPatientContext => "the token's patient scopes carry no patient context",
             AuditUnavailable => "the request cannot be audited right now; try again later",
             NoMinimizationProfile => "no data view is defined for this token's scopes and purpose",
             ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated | ResponseUnexpectedShape
-            | ResponseUnknownResource | MinimizationFailed => "the upstream response could not be released",
+            | ResponseUnknownResource | CompartmentViolation | MinimizationFailed => "the upstream response could not be released",
             InsufficientUserAuthentication => "a stronger or more recent user authentication is required",
             PurposeRequired => "a purpose of use is required for this request",
             PurposeNotAllowed => "the stated purpose of use is not allowed for this request",
@@ -267,7 +282,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 49] = {
+    pub const ALL: [DenyReason; 52] = {
         use DenyReason::*;
         [
             NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
@@ -275,9 +290,9 @@ impl DenyReason {
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, KeysUnavailable, MissingExpiry, MissingSubject, Expired, NotYetValid, BadIssuedAt, BadAudience,
             BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, MissingPatientContext, NoMinimizationProfile,
+            CompartmentEscape, SearchParameterNotAllowed, MissingPatientContext, HeadNotCheckable, NoMinimizationProfile,
             ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,
-            ResponseUnknownResource, MinimizationFailed, AuditUnavailable, InsufficientUserAuthentication,
+            ResponseUnknownResource, CompartmentViolation, MinimizationFailed, AuditUnavailable, InsufficientUserAuthentication,
             PurposeRequired, PurposeNotAllowed, BreakGlassInvalid, Restricted,
         ]
     };

@@ -7,18 +7,126 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::reason::DenyReason;
-use crate::fhir::compartment::resource_belongs_to;
+use crate::fhir::compartment::{in_patient_compartment, resource_patients};
+use crate::fhir::resource_type;
 use crate::minimize::restrict::{RestrictPlan, RestrictionHit};
 use crate::minimize::{self, Applied, ApplyCtx, Profile};
 
 /// A check on the upstream response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseCheck {
-    /// A patient-context read by id: the returned resource must be in this patient's compartment.
-    PatientBinding {
-        /// The token's patient.
-        patient: String,
+    /// A patient-context request: everything released must be in this patient's compartment.
+    Compartment(CompartmentCheck),
+}
+
+/// What a patient-context token may receive, whatever the upstream makes of the request: the
+/// upstream may ignore or reinterpret search parameters, or answer a different resource than
+/// the one asked for. Every resource released (the top-level one, every Bundle entry, every
+/// `contained` resource) must be of a known R4 type and, for compartment types, reference the
+/// token's patient and no other patient; a `Patient` must be that patient. Types outside the
+/// compartment are released only where the route shares them (`patientSharedTypes`) or inside
+/// a resource that passed (`contained`). Anything else withholds the whole response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompartmentCheck {
+    /// The token's patient.
+    pub patient: String,
+    /// Types outside the compartment the route shares with patient-context tokens (sorted).
+    pub shared: Vec<&'static str>,
+    /// The shape the answer to the request must have.
+    pub expect: Expected,
+}
+
+/// The shape of a 2xx answer to a patient-context read or search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// A read or vread: exactly this resource.
+    Resource {
+        /// Requested type.
+        resource_type: &'static str,
+        /// Requested id.
+        id: String,
     },
+    /// A search: a `searchset` Bundle.
+    Searchset,
+    /// An instance history: a `history` Bundle of versions of this resource.
+    History {
+        /// Requested type.
+        resource_type: &'static str,
+        /// Requested id.
+        id: String,
+    },
+}
+
+impl CompartmentCheck {
+    /// Check a parsed 2xx body. A read of another patient's resource is `patient_mismatch`;
+    /// anything else outside the compartment or of the wrong shape is `compartment_violation`.
+    pub fn check(&self, body: &Value) -> Result<(), DenyReason> {
+        let violation = Err(DenyReason::CompartmentViolation);
+        let rt = body.get("resourceType").and_then(Value::as_str);
+        match &self.expect {
+            Expected::Resource { resource_type, id } => {
+                if rt != Some(*resource_type) || body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                    return violation;
+                }
+                self.resource(body, false).map_err(|_| DenyReason::PatientMismatch)?;
+                Ok(())
+            }
+            Expected::Searchset | Expected::History { .. } => {
+                let want = if matches!(self.expect, Expected::Searchset) { "searchset" } else { "history" };
+                if rt != Some("Bundle") || body.get("type").and_then(Value::as_str) != Some(want) {
+                    return violation;
+                }
+                if body.get("contained").is_some() {
+                    return violation;
+                }
+                let entries = match body.get("entry") {
+                    None => return Ok(()),
+                    Some(Value::Array(e)) => e,
+                    Some(_) => return violation,
+                };
+                for entry in entries {
+                    let Some(resource) = entry.get("resource") else { continue };
+                    if let Expected::History { resource_type, id } = &self.expect {
+                        let same = resource.get("resourceType").and_then(Value::as_str) == Some(*resource_type)
+                            && resource.get("id").and_then(Value::as_str) == Some(id.as_str());
+                        if !same {
+                            return violation;
+                        }
+                    }
+                    let outcome = resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome")
+                        && entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome");
+                    if !outcome {
+                        self.resource(resource, false)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One released resource and its `contained` resources.
+    fn resource(&self, r: &Value, contained: bool) -> Result<(), DenyReason> {
+        let violation = Err(DenyReason::CompartmentViolation);
+        let Some(rt) = r.get("resourceType").and_then(Value::as_str).and_then(resource_type) else {
+            return violation;
+        };
+        let ok = if rt == "Patient" {
+            r.get("id").and_then(Value::as_str) == Some(self.patient.as_str())
+        } else if in_patient_compartment(rt) {
+            let patients = resource_patients(r);
+            !patients.is_empty() && patients.iter().all(|p| *p == self.patient)
+        } else {
+            contained || self.shared.binary_search(&rt).is_ok()
+        };
+        if !ok {
+            return violation;
+        }
+        match r.get("contained") {
+            None => Ok(()),
+            Some(Value::Array(items)) => items.iter().try_for_each(|c| self.resource(c, true)),
+            Some(_) => violation,
+        }
+    }
 }
 
 /// The response handling an allowed request needs. Empty means stream it through untouched.
@@ -174,11 +282,7 @@ impl ResponsePlan {
     fn run_checks(&self, value: &Value) -> Result<(), DenyReason> {
         for check in &self.checks {
             match check {
-                ResponseCheck::PatientBinding { patient } => {
-                    if !resource_belongs_to(value, patient) {
-                        return Err(DenyReason::PatientMismatch);
-                    }
-                }
+                ResponseCheck::Compartment(c) => c.check(value)?,
             }
         }
         Ok(())
@@ -189,18 +293,108 @@ impl ResponsePlan {
 mod tests {
     use super::*;
 
+    fn compartment(expect: Expected) -> ResponsePlan {
+        let check = CompartmentCheck { patient: "p1".into(), shared: vec!["Medication"], expect };
+        ResponsePlan { checks: vec![ResponseCheck::Compartment(check)], ..ResponsePlan::default() }
+    }
+
+    fn read(t: &'static str, id: &str) -> ResponsePlan {
+        compartment(Expected::Resource { resource_type: t, id: id.into() })
+    }
+
+    fn released(plan: &ResponsePlan, body: Value) -> Result<(), DenyReason> {
+        plan.apply(&serde_json::to_vec(&body).unwrap(), &ApplyCtx::default()).map(|_| ())
+    }
+
     #[test]
     fn binding() {
-        let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: "p1".into() }], ..ResponsePlan::default() };
+        let plan = read("Observation", "o1");
         assert!(plan.inspects_body());
         assert!(!plan.rewrites_body());
         assert_eq!(plan.apply(b"{not json", &ApplyCtx::default()), Err(DenyReason::ResponseNotJson));
-        let applied = plan.apply(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#, &ApplyCtx::default()).unwrap();
+        let applied = plan.apply(br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#, &ApplyCtx::default()).unwrap();
         assert_eq!(applied, Applied::default());
-        assert_eq!(plan.apply(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p2"}}"#, &ApplyCtx::default()), Err(DenyReason::PatientMismatch));
+        assert_eq!(plan.apply(br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#, &ApplyCtx::default()), Err(DenyReason::PatientMismatch));
         assert_eq!(ResponsePlan::default().apply(b"anything", &ApplyCtx::default()), Ok(Applied::default()));
         let small = ResponsePlan { max_body_bytes: 8, ..plan };
         assert_eq!(small.apply(br#"{"resourceType":"Observation"}"#, &ApplyCtx::default()), Err(DenyReason::ResponseTooLarge));
+    }
+
+    #[test]
+    fn reads_release_only_the_resource_asked_for() {
+        use serde_json::json;
+        let obs = read("Observation", "o1");
+        let mine = json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}});
+        assert_eq!(released(&obs, mine.clone()), Ok(()));
+        // Another id, another type, a Bundle instead of the resource: the upstream answered
+        // something else than what was asked.
+        let v = Err(DenyReason::CompartmentViolation);
+        assert_eq!(released(&obs, json!({"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p1"}})), v);
+        assert_eq!(released(&obs, json!({"resourceType": "Condition", "id": "o1", "subject": {"reference": "Patient/p1"}})), v);
+        assert_eq!(released(&obs, json!({"resourceType": "Bundle", "id": "o1", "type": "searchset"})), v);
+        // Both patients referenced: not only the token's patient's.
+        let both = json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p2"}, "performer": [{"reference": "Patient/p1"}]});
+        assert_eq!(released(&obs, both), Err(DenyReason::PatientMismatch));
+        // No patient reference at all (a Group subject): not in the compartment.
+        let group = json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Group/g"}});
+        assert_eq!(released(&obs, group), Err(DenyReason::PatientMismatch));
+        // Patient reads: only the token's patient.
+        assert_eq!(released(&read("Patient", "p1"), json!({"resourceType": "Patient", "id": "p1"})), Ok(()));
+        assert_eq!(released(&read("Patient", "p1"), json!({"resourceType": "Patient", "id": "p2"})), v);
+        // Contained: other patients' data inside a resource of the token's patient.
+        let mut c = mine.clone();
+        c["contained"] = json!([{"resourceType": "Patient", "id": "p2"}]);
+        assert_eq!(released(&obs, c.clone()), Err(DenyReason::PatientMismatch));
+        c["contained"] = json!([{"resourceType": "Observation", "id": "x", "subject": {"reference": "Patient/p2"}}]);
+        assert_eq!(released(&obs, c.clone()), Err(DenyReason::PatientMismatch));
+        // A contained type outside the compartment travels with its container.
+        c["contained"] = json!([{"resourceType": "Practitioner", "id": "x"}]);
+        assert_eq!(released(&obs, c.clone()), Ok(()));
+        c["contained"] = json!([{"resourceType": "NotAType", "id": "x"}]);
+        assert_eq!(released(&obs, c), Err(DenyReason::PatientMismatch));
+        // Shared types by id.
+        assert_eq!(released(&read("Medication", "m"), json!({"resourceType": "Medication", "id": "m"})), Ok(()));
+    }
+
+    #[test]
+    fn searches_release_only_the_compartment() {
+        use serde_json::json;
+        let search = compartment(Expected::Searchset);
+        let bundle = |entries: Value| json!({"resourceType": "Bundle", "type": "searchset", "entry": entries});
+        let obs = |p: &str| json!({"resource": {"resourceType": "Observation", "id": "o", "subject": {"reference": format!("Patient/{p}")}}, "search": {"mode": "match"}});
+        let v = Err(DenyReason::CompartmentViolation);
+        assert_eq!(released(&search, bundle(json!([obs("p1"), obs("p1")]))), Ok(()));
+        assert_eq!(released(&search, json!({"resourceType": "Bundle", "type": "searchset", "total": 0})), Ok(()));
+        // One entry of another patient withholds the whole answer.
+        assert_eq!(released(&search, bundle(json!([obs("p1"), obs("p2")]))), v);
+        // Includes are checked like matches.
+        let inc = json!({"resource": {"resourceType": "Patient", "id": "p2"}, "search": {"mode": "include"}});
+        assert_eq!(released(&search, bundle(json!([obs("p1"), inc]))), v);
+        let me = json!({"resource": {"resourceType": "Patient", "id": "p1"}, "search": {"mode": "include"}});
+        assert_eq!(released(&search, bundle(json!([obs("p1"), me]))), Ok(()));
+        // Types outside the compartment: only the route's shared ones.
+        let med = json!({"resource": {"resourceType": "Medication", "id": "m"}});
+        let org = json!({"resource": {"resourceType": "Organization", "id": "o"}});
+        assert_eq!(released(&search, bundle(json!([med]))), Ok(()));
+        assert_eq!(released(&search, bundle(json!([org]))), v);
+        // Unknown types are never released, nor nested Bundles.
+        assert_eq!(released(&search, bundle(json!([{"resource": {"resourceType": "Foo", "id": "x"}}]))), v);
+        assert_eq!(released(&search, bundle(json!([{"resource": {"resourceType": "Bundle", "type": "searchset"}}]))), v);
+        // A search's OperationOutcome is fine where it is one; as a match it is not shared.
+        let outcome = json!({"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}});
+        assert_eq!(released(&search, bundle(json!([obs("p1"), outcome]))), Ok(()));
+        let as_match = json!({"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "match"}});
+        assert_eq!(released(&search, bundle(json!([as_match]))), v);
+        // Not a searchset, or a bare resource instead of a Bundle.
+        assert_eq!(released(&search, json!({"resourceType": "Bundle", "type": "collection", "entry": [obs("p1")]})), v);
+        assert_eq!(released(&search, obs("p1")["resource"].clone()), v);
+        assert_eq!(released(&search, json!({"resourceType": "Bundle", "type": "searchset", "entry": {"x": 1}})), v);
+        // Instance history: versions of the one resource only.
+        let history = compartment(Expected::History { resource_type: "Observation", id: "o".into() });
+        let hist = |entries: Value| json!({"resourceType": "Bundle", "type": "history", "entry": entries});
+        assert_eq!(released(&history, hist(json!([obs("p1"), {"request": {"method": "DELETE"}}]))), Ok(()));
+        let other = json!({"resource": {"resourceType": "Observation", "id": "z", "subject": {"reference": "Patient/p1"}}});
+        assert_eq!(released(&history, hist(json!([obs("p1"), other]))), v);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! FHIR R4 knowledge: resource types, the patient compartment, and the REST request model.
 
 pub mod compartment;
-mod compartment_table;
+pub(crate) mod compartment_table;
 pub mod request;
+pub mod search_params;
+mod search_params_table;
 
 pub use request::{FhirRequest, Interaction};
 

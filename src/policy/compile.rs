@@ -11,8 +11,9 @@ use thiserror::Error;
 use std::sync::Arc;
 
 use super::audit::PatientIds;
-use super::schema::{AuthenticationDoc, BreakGlassDoc, IssuerDoc, JwksUriDoc, PolicyDoc, PurposeDoc, RateLimitDoc, RestrictionDoc, RouteDoc};
-use super::{Access, FhirRoute, Limits, PathMatcher, Policy, Route};
+use super::schema::{AuthenticationDoc, BreakGlassDoc, IssuerDoc, JwksUriDoc, PatientSearchDoc, PolicyDoc, PurposeDoc, RateLimitDoc, RestrictionDoc, RouteDoc};
+use super::{Access, FhirRoute, Limits, PathMatcher, PatientReferenceForm, PatientSearch, Policy, Route};
+use crate::auth::scope::Context;
 use crate::audit::key::PSEUDONYM_PREFIX;
 use crate::auth::keys::parse_jwks;
 use crate::auth::purpose::is_purpose_of_use;
@@ -564,7 +565,30 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
                 }
                 shared.insert(ty);
             }
-            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared })
+            let scope_contexts = match &f.scope_contexts {
+                None => [Context::Patient, Context::User, Context::System].into_iter().collect(),
+                Some(list) => {
+                    let mut set = HashSet::new();
+                    for (i, name) in list.iter().enumerate() {
+                        let c = match name.as_str() {
+                            "patient" => Context::Patient,
+                            "user" => Context::User,
+                            "system" => Context::System,
+                            _ => return Err(err(format!("{loc}.fhir.scopeContexts[{i}]"), format!("unknown scope context `{name}` (patient, user, system)"))),
+                        };
+                        set.insert(c);
+                    }
+                    if set.is_empty() {
+                        return Err(err(format!("{loc}.fhir.scopeContexts"), "at least one scope context is needed"));
+                    }
+                    set
+                }
+            };
+            let patient_search = match &f.patient_search {
+                None => PatientSearch::default(),
+                Some(ps) => compile_patient_search(ps, &format!("{loc}.fhir.patientSearch"))?,
+            };
+            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared, scope_contexts, patient_search })
         }
         (true, _, _) => return Err(err(loc, "a `public` route cannot also require `scopes` or `fhir`")),
         (false, None, None) => return Err(err(loc, "route needs one of `public`, `scopes` or `fhir`")),
@@ -587,6 +611,36 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
     let purpose = r.purpose.as_ref().map(|p| compile_purpose(p, &format!("{loc}.purpose"))).transpose()?;
     let security_headers = r.security_headers.unwrap_or(!public);
     Ok(Route { id: r.id.clone(), matcher, methods, access, minimize, security_headers, authentication, purpose })
+}
+
+/// `fhir.patientSearch`: the patient parameter's form and per-type parameter allowlists.
+fn compile_patient_search(d: &PatientSearchDoc, loc: &str) -> Result<PatientSearch, CompileError> {
+    let reference = match d.patient_reference.as_deref() {
+        None | Some("either") => PatientReferenceForm::Either,
+        Some("id") => PatientReferenceForm::Id,
+        Some("reference") => PatientReferenceForm::Reference,
+        Some(other) => return Err(err(format!("{loc}.patientReference"), format!("unknown form `{other}` (id, reference, either)"))),
+    };
+    let mut parameters = std::collections::HashMap::new();
+    for (t, names) in &d.parameters {
+        let ploc = format!("{loc}.parameters.{t}");
+        let ty = resource_type(t).ok_or_else(|| err(ploc.clone(), format!("unknown FHIR resource type `{t}`")))?;
+        let mut set = HashSet::new();
+        for (i, name) in names.iter().enumerate() {
+            // Names only: modifiers and chains are judged per request, never allowlisted.
+            let shaped = (1..=64).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !shaped {
+                return Err(err(format!("{ploc}[{i}]"), format!("`{name}` is not a search parameter name")));
+            }
+            if matches!(name.as_str(), "_include" | "_revinclude" | "_has" | "_filter" | "_query" | "_contained" | "_containedType") {
+                return Err(err(format!("{ploc}[{i}]"), format!("`{name}` can reach outside the patient compartment")));
+            }
+            set.insert(name.clone());
+        }
+        parameters.insert(ty, set);
+    }
+    Ok(PatientSearch { reference, parameters })
 }
 
 fn literal_segments(p: &str, loc: &str) -> Result<Vec<String>, CompileError> {

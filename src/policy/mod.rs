@@ -128,6 +128,43 @@ pub struct FhirRoute {
     pub interactions: HashSet<Interaction>,
     /// Non-compartment types patient-context tokens may read/search.
     pub patient_shared_types: HashSet<&'static str>,
+    /// SMART scope contexts whose scopes may grant access here.
+    pub scope_contexts: HashSet<crate::auth::scope::Context>,
+    /// How patient-context searches must be written.
+    pub patient_search: PatientSearch,
+}
+
+/// How patient-context searches must be written (`fhir.patientSearch`).
+#[derive(Debug, Clone, Default)]
+pub struct PatientSearch {
+    /// Accepted form of the patient parameter's value.
+    pub reference: PatientReferenceForm,
+    /// Per resource type, the parameters allowed instead of the R4-derived default.
+    pub parameters: std::collections::HashMap<&'static str, HashSet<String>>,
+}
+
+/// The form of a patient-context search's patient parameter value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PatientReferenceForm {
+    /// `patient=123` or `patient=Patient/123`.
+    #[default]
+    Either,
+    /// Only `patient=123`.
+    Id,
+    /// Only `patient=Patient/123`.
+    Reference,
+}
+
+impl PatientReferenceForm {
+    /// Whether `value` names exactly `patient` in this form (one value, no URL, no list).
+    pub fn names(self, value: &str, patient: &str) -> bool {
+        let typed = value.strip_prefix("Patient/") == Some(patient);
+        match self {
+            PatientReferenceForm::Either => value == patient || typed,
+            PatientReferenceForm::Id => value == patient,
+            PatientReferenceForm::Reference => typed,
+        }
+    }
 }
 
 impl Policy {

@@ -443,6 +443,27 @@ pub struct FhirDoc {
     /// tokens may read and search when a scope grants them.
     #[serde(default)]
     pub patient_shared_types: Vec<String>,
+    /// SMART scope contexts (`patient`, `user`, `system`) whose scopes may grant access on this
+    /// base; default all three. A patient-facing API says `["patient"]`.
+    #[serde(default)]
+    pub scope_contexts: Option<Vec<String>>,
+    /// How patient-context searches must be written.
+    #[serde(default)]
+    pub patient_search: Option<PatientSearchDoc>,
+}
+
+/// How patient-context searches must be written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatientSearchDoc {
+    /// The form of the patient parameter's value the upstream supports: `id` (`patient=123`),
+    /// `reference` (`patient=Patient/123`) or `either` (default).
+    #[serde(default)]
+    pub patient_reference: Option<String>,
+    /// Per resource type, the search parameters patient-context tokens may use, replacing the
+    /// R4-derived default for that type (`{"Observation": ["patient", "code", "date"]}`).
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Response for unmatched requests.

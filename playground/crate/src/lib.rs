@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(ok["policy"]["name"], "smart-patient-app");
         assert!(ok["policy"]["revision"].as_str().unwrap().starts_with("sha256:"));
         assert!(ok["policy"]["routes"].as_array().unwrap().iter().any(|r| r["id"] == "fhir" && r["access"] == "fhir"));
-        let bad = PATIENT_APP.replacen("\"fhir\": {}", "\"fhir\": {\"interactions\": [\"read\", \"serach\"]}", 1);
+        let bad = PATIENT_APP.replacen("\"fhir\": {", "\"fhir\": {\"interactions\": [\"read\", \"serach\"],", 1);
         assert_ne!(bad, PATIENT_APP);
         let err = compile_value(&bad);
         assert_eq!(err["ok"], false);
