@@ -64,7 +64,8 @@ def test_every_decision_is_audited_without_phi(patient_app, tmp_path):
         (f"/fhir/Patient/{ME}", token, 200),                       # allowed, minimized
         (f"/fhir/Patient/{OTHER}", token, 403),                    # patient mismatch
         (f"/fhir/Observation?patient={ME}&code=8867-4", token, 200),
-        ("/fhir/Observation?name=Kreiger", token, 403),            # compartment escape
+        ("/fhir/Observation?code=Kreiger", token, 403),            # compartment escape
+        ("/fhir/Observation?name=Kreiger", token, 403),            # not an Observation parameter
         (f"/fhir/Patient/{ME}", None, 401),                        # missing token
         (f"/fhir/Patient/{ME}", token + "x", 401),                 # bad signature
         ("/healthz", None, 200),                                   # public
@@ -86,7 +87,7 @@ def test_every_decision_is_audited_without_phi(patient_app, tmp_path):
     forbidden += [t["value"] for t in patient["telecom"]]
     for value in forbidden:
         assert value not in text, f"{value[:30]!r} in the audit log"
-    for code in ("patient_mismatch", "compartment_escape", "missing_token", "bad_signature", "response_encoded"):
+    for code in ("patient_mismatch", "compartment_escape", "search_parameter_not_allowed", "missing_token", "bad_signature", "response_encoded"):
         assert code in text, f"no event with reason {code}"
     # The whole log verifies; an edited line and a deleted line are each reported.
     all_lines = audit_lines(h.envoy_log_text())

@@ -251,13 +251,17 @@ def assert_filter_matches_cli(r: Replay) -> None:
     assert resp.status == cli["status"], f"{where}: filter {resp.status}, explain {cli['status']}: {resp.describe()}"
     assert record_reason(r.record) == (cli.get("reason") or "allowed"), (where, r.record, cli.get("reason"))
     assert record_route(r.record) == cli.get("route"), (where, record_route(r.record), cli.get("route"))
-    if cli.get("reason") and cli["enforced"]:
-        assert cli["reason"] in reason_codes(resp), f"{where}: body lacks {cli['reason']}: {resp.describe()}"
-    # The released (or refusal) body, byte for byte; unchanged means the upstream's own bytes.
-    assert resp.body == cli["body"].encode(), (f"{where}: filter sent {resp.body[:300]!r}, "
-                                               f"explain {cli['body'][:300]!r}")
-    if not cli["bodyChanged"]:
-        assert resp.body == x.upstream_body, f"{where}: body changed though explain says it is not"
+    if x.method == "HEAD":
+        # A HEAD answer carries no body (RFC 9110 9.3.2); the audit record says why.
+        assert resp.body == b"", f"{where}: a body in a HEAD answer: {resp.describe()}"
+    else:
+        if cli.get("reason") and cli["enforced"]:
+            assert cli["reason"] in reason_codes(resp), f"{where}: body lacks {cli['reason']}: {resp.describe()}"
+        # The released (or refusal) body, byte for byte; unchanged means the upstream's own bytes.
+        assert resp.body == cli["body"].encode(), (f"{where}: filter sent {resp.body[:300]!r}, "
+                                                   f"explain {cli['body'][:300]!r}")
+        if not cli["bodyChanged"]:
+            assert resp.body == x.upstream_body, f"{where}: body changed though explain says it is not"
     # The challenge of a request refusal.
     assert resp.header("www-authenticate") == cli.get("wwwAuthenticate"), where
     # Refused in the request phase: nothing reached the upstream; otherwise exactly this request.
