@@ -7,7 +7,9 @@ root = pathlib.Path(__file__).resolve().parent.parent
 fx = root / "tests/fixtures/fhir"
 cd = json.loads((fx / "gateway_CompartmentDefinition-patient.json").read_text())
 paths = json.loads((fx / "gateway_patient_paths.json").read_text())
-types = sorted(r["code"] for r in cd["resource"])
+# The CompartmentDefinition lists every R4 resource type but Parameters (never stored, but
+# returned by operations).
+types = sorted([r["code"] for r in cd["resource"]] + ["Parameters"])
 out = [
     "//! Generated from the FHIR R4 Patient CompartmentDefinition and the compartment element paths",
     "//! (see `tests/fixtures/fhir/README.md`). Regenerate with `scripts/gen_compartment.py`.",

@@ -104,6 +104,7 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "OperationOutcome",
     "Organization",
     "OrganizationAffiliation",
+    "Parameters",
     "Patient",
     "PaymentNotice",
     "PaymentReconciliation",

@@ -27,7 +27,7 @@ mod tests {
         assert_eq!(resource_type("patient"), None);
         assert_eq!(resource_type("Pateint"), None);
         assert_eq!(resource_type(""), None);
-        assert_eq!(compartment_table::RESOURCE_TYPES.len(), 145);
+        assert_eq!(compartment_table::RESOURCE_TYPES.len(), 146);
         assert!(compartment_table::RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]));
     }
 }

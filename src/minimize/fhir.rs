@@ -77,19 +77,17 @@ impl<'p> Walker<'p> {
         if known == Some("Bundle") {
             self.bundle(map)?;
         } else {
-            // `*` applies to every type, also to a `resourceType` that is not FHIR R4 (a typo,
-            // a server's own type) when such types are released at all: otherwise one changed
-            // letter in `Patient` would take a resource past every `*` rule.
-            let rules = match known {
-                Some(t) => fhir.rules_for(t),
-                None if fhir.other == OtherResources::Allow => fhir.star.as_ref(),
-                None => None,
+            // A `resourceType` that is not FHIR R4 (a typo, a server's own type, one changed
+            // letter in `Patient`) is never released, whatever `otherResources` says: no rule
+            // was written for it, and no compartment or label check knows it.
+            let Some(t) = known else {
+                return Err(DenyReason::ResponseUnknownResource);
             };
-            match (rules, fhir.other, known) {
-                (Some(rules), _, _) => self.resource_with(map, rules)?,
-                (None, OtherResources::Allow, _) => self.resource_with(map, &fhir.pass)?,
-                (None, OtherResources::Remove, Some(_)) => self.stub(map)?,
-                (None, OtherResources::Remove | OtherResources::Deny, _) => return Err(DenyReason::ResponseUnknownResource),
+            match (fhir.rules_for(t), fhir.other) {
+                (Some(rules), _) => self.resource_with(map, rules)?,
+                (None, OtherResources::Allow) => self.resource_with(map, &fhir.pass)?,
+                (None, OtherResources::Remove) => self.stub(map)?,
+                (None, OtherResources::Deny) => return Err(DenyReason::ResponseUnknownResource),
             }
         }
         if nest == Nest::Standalone && self.withheld.count() > start {
@@ -434,10 +432,10 @@ mod tests {
         assert_eq!(run(&allow, obs.clone()).unwrap().0, obs);
         let deny = profile(json!({"resources": {"Patient": {"allow": ["gender"]}}, "otherResources": "deny"}), true);
         assert_eq!(run(&deny, obs.clone()).unwrap_err(), DenyReason::ResponseUnknownResource);
-        // Not FHIR R4 at all: refused unless everything unlisted is allowed.
+        // Not FHIR R4 at all: refused, even where everything unlisted is allowed.
         let odd = json!({"resourceType": "Pateint", "name": "x"});
         assert_eq!(run(&remove, odd.clone()).unwrap_err(), DenyReason::ResponseUnknownResource);
-        assert_eq!(run(&allow, odd.clone()).unwrap().0, odd);
+        assert_eq!(run(&allow, odd.clone()).unwrap_err(), DenyReason::ResponseUnknownResource);
         // Wrong shapes.
         for body in [json!({"name": "x"}), json!({"resourceType": 5}), json!([]), json!("Patient"), json!({"resourceType": ""})] {
             assert_eq!(run(&allow, body.clone()).unwrap_err(), DenyReason::ResponseUnexpectedShape, "{body}");
@@ -478,30 +476,23 @@ mod tests {
     /// Regression (found by the `minimize` fuzz target): a `resourceType` outside FHIR R4 skipped
     /// the `*` rules, so with `otherResources: allow` (the safe-harbor preset's setting) a
     /// Patient whose type had one letter changed kept its identifiers, phones and address.
+    /// Such a type is now never released at all (issue 15): no rule and no check knows it.
     #[test]
-    fn star_rules_apply_to_types_that_are_not_fhir_r4() {
-        let p = profile(json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": ["**.identifier", "**.telecom"]}}}), true);
+    fn types_that_are_not_fhir_r4_are_never_released() {
         let odd = json!({"resourceType": "Pati-nt", "id": "x", "identifier": [{"value": "999-48-8934"}], "telecom": [{"value": "555-1234"}], "gender": "male"});
-        let (out, r) = run(&p, odd.clone()).unwrap();
-        assert_eq!(out, json!({"resourceType": "Pati-nt", "id": "x", "meta": {"security": [redacted_label()]}, "gender": "male"}));
-        assert_eq!(r.withheld, ["Pati-nt.identifier", "Pati-nt.telecom"]);
-        // Contained, or nested anywhere: the same.
-        let (out, r) = run(&p, json!({"resourceType": "Observation", "contained": [odd.clone()], "focus": {"resourceType": "Bogus", "telecom": [{"value": "1"}]}})).unwrap();
-        assert_eq!(out["contained"], json!([{"resourceType": "Pati-nt", "id": "x", "gender": "male"}]));
-        assert_eq!(out["focus"], json!({"resourceType": "Bogus", "meta": {"security": [redacted_label()]}}));
-        assert_eq!(r.withheld, ["Observation.contained(Pati-nt).identifier", "Observation.contained(Pati-nt).telecom", "Observation.focus(Bogus).telecom"]);
-        // The safe-harbor preset, as the fuzzer found it.
-        let sh = profile(json!({"preset": "safe-harbor"}), true);
-        let (out, _) = run(&sh, json!({"resourceType": "Pati-nt", "name": [{"family": "Lee", "given": ["Ann"]}], "telecom": [{"value": "555-1234"}],
-                                       "address": [{"line": ["1 Main St"], "city": "Springfield", "postalCode": "01887", "state": "MA"}], "birthDate": "1984-07-02"}))
-        .unwrap();
-        assert_eq!(out, json!({"resourceType": "Pati-nt", "meta": {"security": [redacted_label()]}, "address": [{"postalCode": "018", "state": "MA"}], "birthDate": "1984"}));
-        // Without `*` rules only the profile-wide settings apply; other settings still refuse.
-        let no_star = profile(json!({"mode": "deny", "otherResources": "allow", "resources": {"Patient": {"deny": ["telecom"]}}}), true);
-        assert_eq!(run(&no_star, odd.clone()).unwrap().0, odd);
+        let star = json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": ["**.identifier", "**.telecom"]}}});
+        let no_star = json!({"mode": "deny", "otherResources": "allow", "resources": {"Patient": {"deny": ["telecom"]}}});
+        let mut profiles = vec![profile(star, true), profile(no_star, true), profile(json!({"preset": "safe-harbor"}), true)];
         for other in ["remove", "deny"] {
-            let p = profile(json!({"mode": "deny", "otherResources": other, "resources": {"*": {"deny": ["**.identifier"]}}}), true);
-            assert_eq!(run(&p, odd.clone()).unwrap_err(), DenyReason::ResponseUnknownResource, "{other}");
+            profiles.push(profile(json!({"mode": "deny", "otherResources": other, "resources": {"*": {"deny": ["**.identifier"]}}}), true));
+        }
+        for p in &profiles {
+            assert_eq!(run(p, odd.clone()).unwrap_err(), DenyReason::ResponseUnknownResource);
+            // Contained, or nested anywhere: the same.
+            let nested = json!({"resourceType": "Observation", "status": "final", "contained": [odd.clone()]});
+            assert_eq!(run(p, nested).unwrap_err(), DenyReason::ResponseUnknownResource);
+            let focus = json!({"resourceType": "Observation", "status": "final", "focus": {"resourceType": "Bogus", "telecom": [{"value": "1"}]}});
+            assert_eq!(run(p, focus).unwrap_err(), DenyReason::ResponseUnknownResource);
         }
     }
 
