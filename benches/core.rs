@@ -18,7 +18,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use phi_guard::auth::{scope, verify, IssuerConfig, TokenCache};
-use phi_guard::decision::{decide, ApplyCtx, Request, ResponseCheck, ResponsePlan};
+use phi_guard::decision::{decide, ApplyCtx, CompartmentCheck, Expected, Request, ResponseCheck, ResponsePlan};
 use serde_json::{json, Value};
 
 /// The injected clock: the core never reads the wall clock.
@@ -127,29 +127,31 @@ fn synthea_resources() -> Vec<Value> {
 
 /// An Observation of the patient carrying Synthea resources as `contained` up to `target` bytes:
 /// realistic FHIR JSON of a chosen size that passes the patient-binding check (as in bench/).
-fn observation_body(resources: &[Value], target: usize) -> Vec<u8> {
-    let mut obs = resources.iter().find(|r| r["resourceType"] == "Observation").unwrap().clone();
-    obs["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
-    let mut size = serde_json::to_vec(&obs).unwrap().len();
-    let mut contained = Vec::new();
-    for r in resources {
-        let n = serde_json::to_vec(r).unwrap().len() + 1;
-        if size + n > target && !contained.is_empty() {
+/// A searchset Bundle of about `target` bytes: the Synthea Observations, each of `PATIENT`.
+fn searchset_body(resources: &[Value], target: usize) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let mut size = 64;
+    for (i, r) in resources.iter().filter(|r| r["resourceType"] == "Observation").cycle().enumerate() {
+        let mut obs = r.clone();
+        obs["id"] = json!(format!("o{i}"));
+        obs["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+        let entry = json!({"resource": obs, "search": {"mode": "match"}});
+        size += serde_json::to_vec(&entry).unwrap().len() + 1;
+        entries.push(entry);
+        if size >= target {
             break;
         }
-        size += n;
-        contained.push(r.clone());
     }
-    obs["contained"] = Value::Array(contained);
-    serde_json::to_vec(&obs).unwrap()
+    serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "searchset", "entry": entries})).unwrap()
 }
 
 fn bench_body_check(c: &mut Criterion<ThreadCpu>) {
     let resources = synthea_resources();
-    let plan = ResponsePlan { checks: vec![ResponseCheck::PatientBinding { patient: PATIENT.into() }], max_body_bytes: usize::MAX, ..ResponsePlan::default() };
-    let mut g = c.benchmark_group("patient_binding_check");
+    let check = CompartmentCheck { patient: PATIENT.into(), shared: vec![], expect: Expected::Searchset };
+    let plan = ResponsePlan { checks: vec![ResponseCheck::Compartment(check)], max_body_bytes: usize::MAX, ..ResponsePlan::default() };
+    let mut g = c.benchmark_group("patient_compartment_check");
     for kib in [1usize, 16, 64, 256] {
-        let body = observation_body(&resources, kib * 1024);
+        let body = searchset_body(&resources, kib * 1024);
         assert_eq!(plan.apply(&body, &ApplyCtx::default()).map(|_| ()), Ok(()));
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(format!("{kib}KiB")), &body, |b, body| {
