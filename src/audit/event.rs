@@ -564,11 +564,16 @@ pub(crate) mod tests {
 
     /// Decide and build the request-time event.
     pub fn event(p: &Policy, method: &str, path: &str, token: Option<&str>) -> AuditEvent {
+        event_with_id(p, method, path, token, REQUEST_ID)
+    }
+
+    /// [`event`] for a request with this `x-request-id`.
+    pub fn event_with_id(p: &Policy, method: &str, path: &str, token: Option<&str>, request_id: &str) -> AuditEvent {
         let header = token.map(|t| format!("Bearer {t}"));
         let hs: Vec<&str> = header.iter().map(String::as_str).collect();
         let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
         let k = key();
-        let meta = RequestMeta { request_id: Some(REQUEST_ID), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
+        let meta = RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
         AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
     }
 
