@@ -509,8 +509,11 @@ fn withheld_path(path: &str) -> String {
     out
 }
 
+/// The HTTP method when it is one of RFC 9110's or `PATCH`, else `OTHER`: a client may send any
+/// token as a method (`KERMITSMITH`).
 fn method(m: &str) -> String {
-    if (1..=16).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_uppercase()) {
+    const METHODS: [&str; 9] = ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"];
+    if METHODS.contains(&m) {
         m.to_owned()
     } else {
         "OTHER".to_owned()
@@ -706,6 +709,18 @@ pub(crate) mod tests {
         assert_eq!(ev.operation, Some(k.pseudonym_of("operation", "smith-john")));
         let ev = event(&p, "GET", "/fhir/Patient/p1/$everything", Some(&t));
         assert_eq!(ev.operation.as_deref(), Some("everything"));
+    }
+
+    #[test]
+    fn methods_outside_http_are_other() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(method(m), m);
+        }
+        for m in ["KERMITSMITH", "JOHN", "get", "G\nT", ""] {
+            assert_eq!(method(m), "OTHER", "{m}");
+        }
+        let p = policy("clinician-api");
+        assert_eq!(event(&p, "SMITH", "/fhir/Patient/p1", None).method, "OTHER");
     }
 
     #[test]
