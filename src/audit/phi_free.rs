@@ -67,6 +67,8 @@ fn events_carry_no_phi_values() {
         "sub": "john.smith@example.org\nSmith", "client_id": "Smith\r\nJohn", "jti": "John\nSmith 555-0100",
         "purpose_of_use": ["TREAT", "JohnSmith"], "acr": "John Smith\n", "amr": ["pwd", "Smith\u{1b}[31m"],
     }));
+    // Free text: the verifier splits it like `TREAT ETREAT` into two code-shaped words.
+    let free_text_purpose = token(json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "purpose_of_use": "John Smith"}));
     let hostile_patient_token = token(json!({"patient": PATIENT, "sub": "MRN-12345", "jti": "Kermit\u{0}Trantow", "client_id": "app\tJohn"}));
     let requests: Vec<(&crate::policy::Policy, String, Option<&String>, Option<bool>)> = vec![
         (&app, format!("/fhir/Patient/{PATIENT}"), Some(&patient_token), Some(true)),
@@ -93,6 +95,7 @@ fn events_carry_no_phi_values() {
         (&clinic, "/fhir/Observation/MRN-12345".to_owned(), Some(&hostile_token), None),
         (&clinic, "/fhir/Patient?name=Smith".to_owned(), Some(&hostile_token), None),
         (&app, format!("/fhir/Observation?patient={PATIENT}"), Some(&hostile_patient_token), None),
+        (&clinic, "/fhir/Observation/MRN-12345".to_owned(), Some(&free_text_purpose), Some(true)),
         // Without a token (401): everything above is still redacted.
         (&app, "/fhir/Observation/MRN-12345?ssn:123-45-6789&_sort=Smith".to_owned(), None, Some(false)),
         (&clinic, "/fhir/Patient/$smith-john?John=Smith".to_owned(), None, Some(false)),
@@ -140,7 +143,7 @@ fn events_carry_no_phi_values() {
     for phi in PHI {
         assert!(!bytes.contains(phi), "`{phi}` leaked into the audit bytes");
     }
-    for t in [&patient_token, &user_token, &glass_token, &hostile_token, &hostile_patient_token] {
+    for t in [&patient_token, &user_token, &glass_token, &hostile_token, &hostile_patient_token, &free_text_purpose] {
         for part in t.split('.') {
             assert!(!bytes.contains(part), "token material leaked");
         }
