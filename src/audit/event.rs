@@ -12,10 +12,10 @@ use crate::auth::purpose::{is_emergency, is_purpose_of_use};
 use crate::auth::Principal;
 use crate::decision::{Decision, DenyReason};
 use crate::minimize::restrict::RestrictionHit;
+use crate::fhir::request::valid_id;
 use crate::fhir::FhirRequest;
 use crate::http::normalize;
 use crate::policy::audit::PatientIds;
-use crate::fhir::request::valid_id;
 use crate::policy::Policy;
 
 /// FHIR `AuditEvent.outcome` (R4 `audit-event-outcome`).
@@ -224,10 +224,11 @@ pub struct AuditEvent {
     /// Token `jti` (never the token), identified like a patient id (pseudonym by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
-    /// How the user authenticated: the token's `acr` (`invalid` if not printable ASCII).
+    /// How the user authenticated: the token's `acr` (`invalid` unless printable ASCII, at most
+    /// [`MAX_CLAIM`] bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
-    /// The token's `amr` methods (`pwd`, `mfa`, ...), each `invalid` if not printable ASCII.
+    /// The token's `amr` methods (`pwd`, `mfa`, ...), each checked like `acr`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
     /// When the user authenticated (the token's `auth_time`, seconds since the epoch).
