@@ -102,6 +102,12 @@ fn verify_and_pseudonym() {
     let expected = AuditKey::from_secret(SECRET.as_bytes()).unwrap().pseudonym("p1");
     assert_eq!(out.trim(), expected);
     assert!(lines.iter().any(|l| l.contains(&expected)), "an auditor finds the patient's events by pseudonym");
+    // Other pseudonymized values: here the request id `r`, which is not a UUID.
+    let (code, out) = cli(&["audit", "pseudonym", "--of", "x-request-id", "--id", "r"], Some(SECRET));
+    assert_eq!(code, 0);
+    let expected = AuditKey::from_secret(SECRET.as_bytes()).unwrap().pseudonym_of("x-request-id", "r");
+    assert_eq!(out.trim(), expected);
+    assert_eq!(lines.iter().filter(|l| l.contains(&expected)).count(), 5, "every event of request `r`");
     let (code, out) = cli(&["audit", "pseudonym", "--id", "p1"], Some("short"));
     assert_eq!(code, 1);
     assert!(out.contains("at least 32 bytes"), "{out}");

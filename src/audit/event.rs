@@ -6,11 +6,13 @@ use serde::Serialize;
 
 use super::key::AuditKey;
 use super::query::audit_query;
+use super::vocab::{is_operation, printable};
 use super::time::rfc3339_ms;
-use crate::auth::purpose::is_emergency;
+use crate::auth::purpose::{is_emergency, is_purpose_of_use};
 use crate::auth::Principal;
 use crate::decision::{Decision, DenyReason};
 use crate::minimize::restrict::RestrictionHit;
+use crate::fhir::request::valid_id;
 use crate::fhir::FhirRequest;
 use crate::http::normalize;
 use crate::policy::audit::PatientIds;
@@ -133,9 +135,27 @@ impl<'a> AuditContext<'a> {
 
     /// What the log may carry for a patient id.
     pub fn identify(&self, patient_id: &str) -> String {
+        self.identify_resource("Patient", patient_id)
+    }
+
+    /// What the log may carry for the logical id of a resource of type `ty`: like a patient's
+    /// id (FHIR ids can be MRNs), a pseudonym under the type unless the policy opts in to raw
+    /// ids; a raw id must be a FHIR id (`[A-Za-z0-9-.]{1,64}`).
+    pub fn identify_resource(&self, ty: &str, id: &str) -> String {
         match self.patient_ids {
-            PatientIds::Pseudonym => self.key.pseudonym(patient_id),
-            PatientIds::Raw => patient_id.to_owned(),
+            PatientIds::Raw if valid_id(id) => id.to_owned(),
+            _ => self.key.pseudonym_of(ty, id),
+        }
+    }
+
+    /// What the log may carry for a token claim that may name a person (`sub`) or be chosen
+    /// freely by the issuer (`jti`): a pseudonym under the claim's name, or, when the policy
+    /// opts in to raw ids, the value if it is printable ASCII of at most [`MAX_CLAIM`] bytes
+    /// (else `invalid`).
+    pub fn identify_claim(&self, claim: &str, value: &str) -> String {
+        match self.patient_ids {
+            PatientIds::Pseudonym => self.key.pseudonym_of(claim, value),
+            PatientIds::Raw => checked(value),
         }
     }
 }
@@ -149,7 +169,7 @@ pub struct AuditEvent {
     /// The same instant in milliseconds since the epoch (not serialized; OTLP uses it).
     #[serde(skip)]
     pub time_ms: u64,
-    /// `x-request-id`, when it is shaped like an id (else `invalid`).
+    /// `x-request-id` when it is a plain id ([`plain_request_id`]), else its pseudonym.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// Policy name.
@@ -169,10 +189,10 @@ pub struct AuditEvent {
     /// FHIR resource type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<&'static str>,
-    /// Logical id; a Patient's id is identified like every patient (pseudonym by default).
+    /// Logical id, identified like a patient's (pseudonym under its type by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
-    /// Operation name without `$`.
+    /// Operation name without `$` when it is a FHIR R4 operation, else its pseudonym.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
     /// The redacted query (see [`super::query`]).
@@ -192,28 +212,29 @@ pub struct AuditEvent {
     /// Status the upstream answered with, when the request reached it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
-    /// OAuth client id.
+    /// OAuth client id (`invalid` unless printable ASCII, at most [`MAX_CLAIM`] bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// Token subject.
+    /// Token subject, identified like a patient id (pseudonym by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// Token issuer.
+    /// Token issuer (`invalid` unless printable ASCII, at most [`MAX_CLAIM`] bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// Token `jti` (never the token).
+    /// Token `jti` (never the token), identified like a patient id (pseudonym by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
-    /// How the user authenticated: the token's `acr` (`invalid` if not printable ASCII).
+    /// How the user authenticated: the token's `acr` (`invalid` unless printable ASCII, at most
+    /// [`MAX_CLAIM`] bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
-    /// The token's `amr` methods (`pwd`, `mfa`, ...), each `invalid` if not printable ASCII.
+    /// The token's `amr` methods (`pwd`, `mfa`, ...), each checked like `acr`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
     /// When the user authenticated (the token's `auth_time`, seconds since the epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
-    /// Purpose-of-use codes from the token.
+    /// Purpose-of-use codes from the token; a value that is not a PurposeOfUse code is `invalid`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purpose_of_use: Vec<String>,
     /// Client network address (without port).
@@ -222,7 +243,7 @@ pub struct AuditEvent {
     /// Listener network address (without port).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
-    /// How `patients`, `contextPatient` and a Patient `resourceId` are written.
+    /// How `patients`, `contextPatient`, `resourceId`, `subject` and `tokenId` are written.
     pub patient_ids: &'static str,
     /// Patients the request names (path, compartment, patient search parameters).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -263,10 +284,10 @@ impl AuditEvent {
         let mut ev = AuditEvent {
             time: rfc3339_ms(ctx.now_ms),
             time_ms: ctx.now_ms,
-            request_id: req.request_id.map(|id| if id_shaped(id, 128) { id.to_owned() } else { "invalid".to_owned() }),
-            policy: non_empty(ctx.policy_name),
-            policy_revision: non_empty(ctx.policy_revision),
-            route: route.map(str::to_owned),
+            request_id: req.request_id.map(|id| if plain_request_id(id) { id.to_owned() } else { ctx.key.pseudonym_of("x-request-id", id) }),
+            policy: non_empty(ctx.policy_name).map(|s| clean(&s)),
+            policy_revision: non_empty(ctx.policy_revision).map(|s| clean(&s)),
+            route: route.map(clean),
             method: method(req.method),
             interaction: None,
             resource_type: None,
@@ -293,7 +314,7 @@ impl AuditEvent {
             patients: Vec::new(),
             context_patient: None,
             withheld: Vec::new(),
-            break_glass: break_glass.map(|b| b.reason.clone()),
+            break_glass: break_glass.map(|b| clean(&b.reason)),
             restrictions: Vec::new(),
             content_digest: None,
         };
@@ -324,7 +345,7 @@ impl AuditEvent {
             return self;
         }
         self.upstream_status = (status != 0).then_some(status);
-        self.withheld = withheld;
+        self.withheld = withheld.iter().map(|p| withheld_path(p)).collect();
         match failure {
             Some(reason) => {
                 let (outcome, severity) = refused(reason);
@@ -382,22 +403,22 @@ impl AuditEvent {
     }
 
     fn add_principal(&mut self, p: &Principal, ctx: &AuditContext<'_>) {
-        self.client_id = p.client_id.clone();
-        self.subject = p.subject.clone();
-        self.issuer = Some(p.issuer.clone());
-        self.token_id = p.token_id.clone();
-        self.acr = p.acr.as_deref().map(printable);
-        self.amr = p.amr.iter().map(|m| printable(m)).collect();
+        self.client_id = p.client_id.as_deref().map(checked);
+        self.subject = p.subject.as_deref().map(|s| ctx.identify_claim("sub", s));
+        self.issuer = Some(checked(&p.issuer));
+        self.token_id = p.token_id.as_deref().map(|j| ctx.identify_claim("jti", j));
+        self.acr = p.acr.as_deref().map(checked);
+        self.amr = p.amr.iter().map(|m| checked(m)).collect();
         self.auth_time = p.auth_time;
-        self.purpose_of_use = p.purpose.clone();
+        self.purpose_of_use = p.purpose.iter().map(|c| if is_purpose_of_use(c) { c.clone() } else { "invalid".to_owned() }).collect();
         self.context_patient = p.patient.as_deref().map(|id| ctx.identify(id));
     }
 
     fn add_fhir(&mut self, f: &FhirRequest, path: &str, ctx: &AuditContext<'_>) {
         self.interaction = Some(f.interaction.name());
         self.resource_type = f.resource_type;
-        self.resource_id = f.id.as_deref().map(|id| if f.resource_type == Some("Patient") { ctx.identify(id) } else { id.to_owned() });
-        self.operation = f.operation.as_deref().map(|o| if id_shaped(o, 64) { o.to_owned() } else { "invalid".to_owned() });
+        self.resource_id = f.id.as_deref().map(|id| ctx.identify_resource(f.resource_type.unwrap_or("Resource"), id));
+        self.operation = f.operation.as_deref().map(|o| if is_operation(o) { o.to_owned() } else { ctx.key.pseudonym_of("operation", o) });
         let query = normalize(path).map(|n| n.query).unwrap_or_default();
         let audited = audit_query(f, &query, &|id: &str| ctx.identify(id));
         self.query = audited.normalized;
@@ -409,23 +430,91 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-/// Request ids and operation names: `[A-Za-z0-9._:-]`, bounded.
-/// A token value as logged: as is when it is printable ASCII (the verifier bounds its length),
-/// else `invalid`.
-fn printable(s: &str) -> String {
-    if s.bytes().all(|b| b.is_ascii_graphic()) {
+/// Longest token claim value (`client_id`, `iss`, `acr`, an `amr` method, a raw `sub`/`jti`)
+/// written as is.
+pub const MAX_CLAIM: usize = 256;
+
+/// A token claim as logged: as is when it is printable ASCII without spaces of at most
+/// [`MAX_CLAIM`] bytes, else `invalid`.
+fn checked(s: &str) -> String {
+    if printable(s, MAX_CLAIM) {
         s.to_owned()
     } else {
         "invalid".to_owned()
     }
 }
 
-fn id_shaped(s: &str, max: usize) -> bool {
-    (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+/// A value from the policy (its name, revision, route ids, reason codes): as is unless it holds
+/// a control character or is over 256 bytes (then `invalid`).
+fn clean(s: &str) -> String {
+    if s.len() <= 256 && !s.chars().any(char::is_control) {
+        s.to_owned()
+    } else {
+        "invalid".to_owned()
+    }
 }
 
+/// Whether an `x-request-id` is written as is: a UUID (`8-4-4-4-12` hex digits, any case, as
+/// Envoy generates them), or 16 to 64 lowercase hex digits with at least one letter (trace ids;
+/// an all-digit string could be a phone number or an MRN). Anything else could carry a name or
+/// a birth date, and is pseudonymized.
+pub fn plain_request_id(id: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let uuid = {
+        let groups: Vec<&str> = id.split('-').collect();
+        groups.len() == 5 && groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| hex(g))
+    };
+    let token = (16..=64).contains(&id.len())
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b.is_ascii_lowercase());
+    uuid || token
+}
+
+/// A withheld path as logged. Its segments come from the policy and from the upstream body's
+/// keys and extension urls, so each is checked: a field name must be shaped like one
+/// (`_?[A-Za-z][A-Za-z0-9_-]*`, at most 64 bytes), a `(qualifier)` must be a resource type or
+/// printable ASCII of at most 256 bytes; anything else is `?`.
+fn withheld_path(path: &str) -> String {
+    let name_ok = |n: &str| {
+        let bare = n.strip_prefix('_').unwrap_or(n);
+        n.len() <= 64
+            && bare.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let mut out = String::with_capacity(path.len().min(1024));
+    let mut rest = path;
+    while !rest.is_empty() {
+        let end = rest.find(['.', '(']).unwrap_or(rest.len());
+        let (name, tail) = rest.split_at(end);
+        out.push_str(if name_ok(name) { name } else { "?" });
+        rest = tail;
+        if let Some(q) = rest.strip_prefix('(') {
+            let (qual, tail) = q.split_at(q.find(')').unwrap_or(q.len()));
+            out.push('(');
+            out.push_str(if printable(qual, 256) { qual } else { "?" });
+            out.push(')');
+            rest = tail.strip_prefix(')').unwrap_or(tail);
+        }
+        match rest.strip_prefix('.') {
+            Some(t) => {
+                out.push('.');
+                rest = t;
+            }
+            None if rest.is_empty() => {}
+            None => {
+                out.push('?');
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The HTTP method when it is one of RFC 9110's or `PATCH`, else `OTHER`: a client may send any
+/// token as a method (`KERMITSMITH`).
 fn method(m: &str) -> String {
-    if (1..=16).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_uppercase()) {
+    const METHODS: [&str; 9] = ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"];
+    if METHODS.contains(&m) {
         m.to_owned()
     } else {
         "OTHER".to_owned()
@@ -457,6 +546,8 @@ pub(crate) mod tests {
     use serde_json::{json, Value};
 
     pub const SECRET: &[u8] = b"test-audit-secret-0123456789abcdef";
+    /// The `x-request-id` of test events: a UUID, as Envoy generates them.
+    pub const REQUEST_ID: &str = "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55";
 
     pub fn key() -> AuditKey {
         AuditKey::from_secret(SECRET).unwrap()
@@ -477,11 +568,16 @@ pub(crate) mod tests {
 
     /// Decide and build the request-time event.
     pub fn event(p: &Policy, method: &str, path: &str, token: Option<&str>) -> AuditEvent {
+        event_with_id(p, method, path, token, REQUEST_ID)
+    }
+
+    /// [`event`] for a request with this `x-request-id`.
+    pub fn event_with_id(p: &Policy, method: &str, path: &str, token: Option<&str>, request_id: &str) -> AuditEvent {
         let header = token.map(|t| format!("Bearer {t}"));
         let hs: Vec<&str> = header.iter().map(String::as_str).collect();
         let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
         let k = key();
-        let meta = RequestMeta { request_id: Some("req-1"), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
+        let meta = RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
         AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
     }
 
@@ -496,11 +592,12 @@ pub(crate) mod tests {
         assert!(!ev.is_complete());
         let v = json_of(&ev);
         assert_eq!(v["time"], "2027-01-15T08:00:00.042Z");
-        assert_eq!(v["requestId"], "req-1");
+        assert_eq!(v["requestId"], REQUEST_ID);
+        let k = key();
         assert_eq!((v["policy"].as_str(), v["route"].as_str()), (Some("smart-patient-app"), Some("fhir")));
-        assert_eq!((v["interaction"].as_str(), v["resourceType"].as_str(), v["resourceId"].as_str()), (Some("read"), Some("Observation"), Some("o1")));
+        assert_eq!((v["interaction"].as_str(), v["resourceType"].as_str(), v["resourceId"].as_str()), (Some("read"), Some("Observation"), Some(k.pseudonym_of("Observation", "o1").as_str())));
         assert_eq!((v["decision"].as_str(), v["outcome"].as_u64(), v["reason"].as_str()), (Some("allow"), Some(0), Some("allowed")));
-        assert_eq!((v["clientId"].as_str(), v["subject"].as_str(), v["tokenId"].as_str()), (Some("app"), Some("u1"), Some("j1")));
+        assert_eq!((v["clientId"].as_str(), v["subject"].as_str(), v["tokenId"].as_str()), (Some("app"), Some(k.pseudonym_of("sub", "u1").as_str()), Some(k.pseudonym_of("jti", "j1").as_str())));
         assert_eq!(v["purposeOfUse"], json!(["TREAT"]));
         assert_eq!((v["source"].as_str(), v["destination"].as_str()), (Some("10.1.2.3"), Some("::1")));
         assert_eq!(v["contextPatient"], key().pseudonym("p1"));
@@ -543,6 +640,12 @@ pub(crate) mod tests {
         p.audit.patient_ids = PatientIds::Raw;
         let ev = event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({}))));
         assert_eq!((ev.resource_id.as_deref(), ev.patients.as_slice(), ev.context_patient.as_deref(), ev.patient_ids), (Some("p1"), &["p1".to_owned()][..], Some("p1"), "raw"));
+        let ev = event(&p, "GET", "/fhir/Observation/MRN-12345", Some(&token(json!({}))));
+        assert_eq!((ev.resource_id.as_deref(), ev.subject.as_deref(), ev.token_id.as_deref()), (Some("MRN-12345"), Some("u1"), Some("j1")));
+        // Raw claims are still only printable, bounded ASCII.
+        let odd = token(json!({"sub": "John Smith\n", "jti": "x".repeat(300)}));
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&odd));
+        assert_eq!((ev.subject.as_deref(), ev.token_id.as_deref()), (Some("invalid"), Some("invalid")));
     }
 
     #[test]
@@ -560,10 +663,80 @@ pub(crate) mod tests {
         });
         let meta = RequestMeta { request_id: Some("bad id with spaces"), source: Some("not an address"), destination: None, method: "get", path: "/x" };
         let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::without_policy(&k, 0));
-        assert_eq!((ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()), (Outcome::MajorFailure, None, Some("invalid"), None, "OTHER"));
+        let pseudonym = k.pseudonym_of("x-request-id", "bad id with spaces");
+        assert_eq!((ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()), (Outcome::MajorFailure, None, Some(pseudonym.as_str()), None, "OTHER"));
         assert_eq!(host_of("192.168.0.1:80").as_deref(), Some("192.168.0.1"));
         assert_eq!(host_of("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
         assert_eq!(host_of("2001:db8::1").as_deref(), Some("2001:db8::1"));
+    }
+
+    #[test]
+    fn request_ids_are_written_only_when_plain() {
+        for id in [REQUEST_ID, "0F3C2A9E-1B7D-4C55-9A0E-3C2F1B7D4C55", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"] {
+            assert!(plain_request_id(id), "{id}");
+        }
+        for id in ["Kermit-Trantow-1990-01-01-555-0100", "req-1", "1234567890123456", "0f3c2a9e1b7d4c559a0e3c2f1b7d4c55x", "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c5", "g0000000-0000-0000-0000-000000000000", "", "abc"] {
+            assert!(!plain_request_id(id), "{id}");
+        }
+        let p = policy("smart-patient-app");
+        let k = key();
+        let d = decide(&p, &mut TokenCache::new(4), &Request { method: "GET", path: "/fhir/Patient/p1", ..Default::default() }, NOW);
+        let hostile = "Kermit-Trantow-1990-01-01-555-0100";
+        let meta = RequestMeta { request_id: Some(hostile), method: "GET", path: "/fhir/Patient/p1", ..Default::default() };
+        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, 0));
+        assert_eq!(ev.request_id, Some(k.pseudonym_of("x-request-id", hostile)), "pseudonymized on a 401 too");
+    }
+
+    #[test]
+    fn claims_are_pseudonymized_or_checked() {
+        let p = policy("clinician-api");
+        let k = key();
+        let t = token(json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "sub": "john.smith@example.org\nx", "client_id": "John Smith\u{7}", "jti": "MRN 12345\r\n", "purpose_of_use": ["TREAT", "JohnSmith"]}));
+        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&t));
+        assert_eq!(ev.subject, Some(k.pseudonym_of("sub", "john.smith@example.org\nx")));
+        assert_eq!(ev.token_id, Some(k.pseudonym_of("jti", "MRN 12345\r\n")));
+        assert_eq!((ev.client_id.as_deref(), ev.issuer.is_some()), (Some("invalid"), true));
+        assert_eq!(ev.purpose_of_use, ["TREAT", "invalid"]);
+    }
+
+    #[test]
+    fn resource_ids_and_operations() {
+        let p = policy("clinician-api");
+        let k = key();
+        let t = token(json!({"patient": null, "scp": ["user/*.rs"], "scope": null}));
+        let ev = event(&p, "GET", "/fhir/Observation/MRN-12345", Some(&t));
+        assert_eq!(ev.resource_id, Some(k.pseudonym_of("Observation", "MRN-12345")));
+        let ev = event(&p, "GET", "/fhir/Patient/$smith-john", Some(&t));
+        assert_eq!(ev.operation, Some(k.pseudonym_of("operation", "smith-john")));
+        let ev = event(&p, "GET", "/fhir/Patient/p1/$everything", Some(&t));
+        assert_eq!(ev.operation.as_deref(), Some("everything"));
+    }
+
+    #[test]
+    fn methods_outside_http_are_other() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(method(m), m);
+        }
+        for m in ["KERMITSMITH", "JOHN", "get", "G\nT", ""] {
+            assert_eq!(method(m), "OTHER", "{m}");
+        }
+        let p = policy("clinician-api");
+        assert_eq!(event(&p, "SMITH", "/fhir/Patient/p1", None).method, "OTHER");
+    }
+
+    #[test]
+    fn withheld_paths_are_shape_checked() {
+        for (path, logged) in [
+            ("Patient.name", "Patient.name"),
+            ("Patient._birthDate", "Patient._birthDate"),
+            ("Bundle.entry.resource(Observation).note", "Bundle.entry.resource(Observation).note"),
+            ("Patient.extension(http://hl7.org/fhir/StructureDefinition/patient-birthPlace)", "Patient.extension(http://hl7.org/fhir/StructureDefinition/patient-birthPlace)"),
+            ("patients.John Smith.name", "patients.?.name"),
+            ("Patient.extension(John Smith\n).x", "Patient.extension(?).x"),
+            ("a\nb", "?"),
+        ] {
+            assert_eq!(withheld_path(path), logged, "{path}");
+        }
     }
 
     #[test]

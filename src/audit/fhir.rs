@@ -33,6 +33,12 @@ const BALP_AUTHZ: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubT
 const BALP_PROFILE: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
 /// Identifier system of patient pseudonyms.
 pub const PSEUDONYM_SYSTEM: &str = "urn:phi-guard:patient-pseudonym";
+/// Identifier system of pseudonyms of other resources' ids (the reference's `type` says which).
+pub const RESOURCE_PSEUDONYM_SYSTEM: &str = "urn:phi-guard:resource-pseudonym";
+/// Identifier system of token subject pseudonyms.
+pub const SUBJECT_PSEUDONYM_SYSTEM: &str = "urn:phi-guard:subject-pseudonym";
+/// Prefix of token `jti` pseudonyms (an OAuth `jti` URN names the raw value).
+pub const JTI_PSEUDONYM_PREFIX: &str = "urn:phi-guard:jti-pseudonym:";
 /// Prefix of every phi-guard extension URL.
 pub const EXT: &str = "urn:phi-guard:audit:";
 /// Code system of phi-guard reason codes (as in refusal bodies).
@@ -232,9 +238,23 @@ fn outcome_code(o: Outcome) -> &'static str {
     }
 }
 
+/// Whether the event carries raw ids (the policy opted in), not pseudonyms.
+fn raw(ev: &AuditEvent) -> bool {
+    ev.patient_ids == "raw"
+}
+
+/// The token's `jti` as a URN: the OAuth one for a raw value, phi-guard's for a pseudonym.
+fn jti_urn(ev: &AuditEvent, jti: &str) -> String {
+    if raw(ev) {
+        format!("urn:ietf:params:oauth:jti:{jti}")
+    } else {
+        format!("{JTI_PSEUDONYM_PREFIX}{jti}")
+    }
+}
+
 /// A reference to a patient as the log may name it.
 fn patient_ref<'a>(ev: &AuditEvent, id: &'a str) -> Reference<'a> {
-    if ev.patient_ids == "raw" {
+    if raw(ev) {
         Reference { reference: Some(format!("Patient/{id}")), ..Reference::default() }
     } else {
         Reference { kind: Some("Patient"), identifier: Some(Identifier { system: Some(PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }), ..Reference::default() }
@@ -332,7 +352,7 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
     };
     let has_user = ev.subject.is_some();
     let purpose = || ev.purpose_of_use.iter().map(|p| Concept { coding: [Coding { system: ACT_REASON, code: p, display: None }] }).collect();
-    let policy = || ev.token_id.iter().map(|j| format!("urn:ietf:params:oauth:jti:{j}")).collect();
+    let policy = || ev.token_id.iter().map(|j| jti_urn(ev, j)).collect();
     let client = Agent {
         kind: Concept { coding: [client_role] },
         who: match &ev.client_id {
@@ -363,7 +383,7 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
         };
         out.push(Agent {
             kind: Concept { coding: [role] },
-            who: Reference { identifier: Some(Identifier { system: ev.issuer.as_deref(), value: Cow::Borrowed(sub) }), ..Reference::default() },
+            who: Reference { identifier: Some(Identifier { system: if raw(ev) { ev.issuer.as_deref() } else { Some(SUBJECT_PSEUDONYM_SYSTEM) }, value: Cow::Borrowed(sub) }), ..Reference::default() },
             requestor: true,
             policy: policy(),
             purpose_of_use: purpose(),
@@ -399,7 +419,8 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
         ev.resource_type.map(|ty| {
             let what = match (&ev.resource_id, ty) {
                 (Some(id), "Patient") => patient_ref(ev, id),
-                (Some(id), _) => Reference { reference: Some(format!("{ty}/{id}")), ..Reference::default() },
+                (Some(id), _) if raw(ev) => Reference { reference: Some(format!("{ty}/{id}")), ..Reference::default() },
+                (Some(id), _) => Reference { kind: Some(ty), identifier: Some(Identifier { system: Some(RESOURCE_PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }), ..Reference::default() },
                 (None, _) => Reference { kind: Some(ty), ..Reference::default() },
             };
             let mut e = entity(Some(what), coding(ENTITY_TYPE, "2", "System Object"), Some(coding(OBJECT_ROLE, "4", "Domain Resource")));
@@ -416,7 +437,7 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
         out.push(e);
     }
     if let Some(j) = &ev.token_id {
-        let what = Reference { identifier: Some(Identifier { system: None, value: Cow::Owned(format!("urn:ietf:params:oauth:jti:{j}")) }), ..Reference::default() };
+        let what = Reference { identifier: Some(Identifier { system: None, value: Cow::Owned(jti_urn(ev, j)) }), ..Reference::default() };
         out.push(entity(Some(what), Coding { system: BALP_USER_AGENT, code: "UserOauthAgent", display: None }, None));
     }
     out
@@ -520,11 +541,14 @@ mod tests {
         let server = agent(&r, "110153").expect("server");
         assert!(server["network"]["address"].is_string());
         let user = agent(&r, "IRCP").expect("user");
-        assert_eq!((user["requestor"].as_bool(), user["who"]["identifier"]["value"].as_str()), (Some(true), Some("u1")));
+        let k = key();
+        assert_eq!((user["requestor"].as_bool(), user["who"]["identifier"]["value"].as_str()), (Some(true), Some(k.pseudonym_of("sub", "u1").as_str())));
+        assert_eq!(user["who"]["identifier"]["system"], SUBJECT_PSEUDONYM_SYSTEM);
         assert_eq!(user["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
-        assert_eq!(user["policy"][0], "urn:ietf:params:oauth:jti:j1");
+        assert_eq!(user["policy"][0], format!("{JTI_PSEUDONYM_PREFIX}{}", k.pseudonym_of("jti", "j1")));
         let data = entity(&r, "4").expect("data entity");
-        assert_eq!((data["type"]["code"].as_str(), data["what"]["reference"].as_str()), (Some("2"), Some("Observation/o1")));
+        assert_eq!((data["type"]["code"].as_str(), data["what"]["type"].as_str()), (Some("2"), Some("Observation")));
+        assert_eq!(data["what"]["identifier"], json!({"system": RESOURCE_PSEUDONYM_SYSTEM, "value": k.pseudonym_of("Observation", "o1")}));
         assert_eq!(entity(&r, "1").unwrap()["what"]["identifier"]["value"], key().pseudonym("p1"));
     }
 
@@ -613,5 +637,9 @@ mod tests {
         let r = render(&event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({})))), "s", 0, "o");
         assert_eq!(entity(&r, "1").unwrap()["what"]["reference"], "Patient/p1");
         assert_eq!(entity(&r, "4").unwrap()["what"]["reference"], "Patient/p1");
+        let r = render(&event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({})))), "s", 0, "o");
+        assert_eq!(entity(&r, "4").unwrap()["what"]["reference"], "Observation/o1");
+        assert_eq!(agent(&r, "IRCP").unwrap()["who"]["identifier"], json!({"system": "https://idp.phi-guard.test", "value": "u1"}));
+        assert_eq!(agent(&r, "IRCP").unwrap()["policy"][0], "urn:ietf:params:oauth:jti:j1");
     }
 }

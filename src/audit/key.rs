@@ -12,7 +12,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Prefix of a version-1 pseudonym: `ps1-` + 32 lowercase hex digits (128 bits of
-/// HMAC-SHA256(pseudonym key, `Patient/` + id)).
+/// HMAC-SHA256(pseudonym key, `Patient/` + id); other namespaces: `namespace/` + value).
 pub const PSEUDONYM_PREFIX: &str = "ps1-";
 
 /// Why a secret cannot be used.
@@ -61,9 +61,18 @@ impl AuditKey {
     /// The pseudonym of a patient id. Stable for a given secret, so an auditor holding the
     /// secret can find one patient's events; without it, ids cannot be recovered or guessed.
     pub fn pseudonym(&self, patient_id: &str) -> String {
+        self.pseudonym_of("Patient", patient_id)
+    }
+
+    /// The pseudonym of `value` in `namespace`: HMAC over `namespace/value`, so a resource's id
+    /// is named under its type (`Observation`, ...; `Patient` gives [`AuditKey::pseudonym`]) and
+    /// other values under a lowercase name that no resource type has (`sub`, `jti`,
+    /// `x-request-id`, `operation`). The same value in two namespaces has two pseudonyms.
+    pub fn pseudonym_of(&self, namespace: &str, value: &str) -> String {
         let mut m = self.pseudonym.clone();
-        m.update(b"Patient/");
-        m.update(patient_id.as_bytes());
+        m.update(namespace.as_bytes());
+        m.update(b"/");
+        m.update(value.as_bytes());
         let digest = m.finalize().into_bytes();
         let mut out = String::with_capacity(PSEUDONYM_PREFIX.len() + 32);
         out.push_str(PSEUDONYM_PREFIX);
@@ -138,6 +147,17 @@ mod tests {
         let other = AuditKey::from_secret(b"another-secret-0123456789abcdefghij").unwrap();
         assert_ne!(p, other.pseudonym("pat-1"));
         assert_eq!(format!("{k:?}"), "AuditKey(..)");
+    }
+
+    #[test]
+    fn pseudonyms_are_per_namespace() {
+        let k = AuditKey::from_secret(SECRET).unwrap();
+        assert_eq!(k.pseudonym_of("Patient", "x1"), k.pseudonym("x1"), "patients keep their pseudonyms");
+        let all = [k.pseudonym("x1"), k.pseudonym_of("Observation", "x1"), k.pseudonym_of("sub", "x1"), k.pseudonym_of("jti", "x1")];
+        for (i, a) in all.iter().enumerate() {
+            assert!(a.starts_with(PSEUDONYM_PREFIX) && a.len() == 36);
+            assert!(all.iter().skip(i + 1).all(|b| a != b), "{a} repeats");
+        }
     }
 
     #[test]

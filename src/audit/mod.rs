@@ -12,9 +12,11 @@ pub mod chain;
 pub mod event;
 pub mod fhir;
 pub mod key;
+mod names;
 pub mod query;
 pub mod time;
 pub mod verify;
+pub mod vocab;
 
 #[cfg(test)]
 mod phi_free;

@@ -1,4 +1,5 @@
-//! No PHI value used in a request, token or upstream body reaches an audit line, in any format.
+//! No PHI value used in a request, token or upstream body reaches an audit line, in any format,
+//! and no control character does either.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -6,14 +7,20 @@ use serde_json::{json, Value};
 
 use super::batch::otlp_logs;
 use super::chain::tests::chain;
-use super::event::tests::{event, key, policy, token};
+use super::event::tests::{event_with_id, key, policy, token, REQUEST_ID};
 use super::fhir::render;
 use crate::decision::{ApplyCtx, ResponseCheck, ResponsePlan};
 use crate::policy::audit::AuditFormat;
 
 const PATIENT: &str = "pat-4711-secret";
 const OTHER: &str = "pat-9999-other";
-const PHI: [&str; 9] = ["Smith", "John", "123-45-6789", "1970-01-01", "555-0100", "Elm Street", PATIENT, OTHER, "HIV"];
+const PHI: [&str; 18] = [
+    "Smith", "smith", "John", "john", "123-45-6789", "1970-01-01", "555-0100", "Elm Street", PATIENT, OTHER, "HIV", "Kermit",
+    "Trantow", "1990-01-01", "ssn", "MRN-12345", "12345", "example.org",
+];
+
+/// An `x-request-id` that is a name, a birth date and a phone number.
+const PHI_REQUEST_ID: &str = "Kermit-Trantow-1990-01-01-555-0100";
 
 /// An upstream Patient carrying every PHI value above.
 fn upstream_patient() -> Value {
@@ -27,13 +34,26 @@ fn upstream_patient() -> Value {
     })
 }
 
+/// Every string in `v` (keys too) is free of control characters.
+fn assert_no_control(v: &Value, context: &str) {
+    match v {
+        Value::String(s) => assert!(!s.chars().any(char::is_control), "control character in {s:?} ({context})"),
+        Value::Array(items) => items.iter().for_each(|i| assert_no_control(i, context)),
+        Value::Object(map) => map.iter().for_each(|(k, i)| {
+            assert!(!k.chars().any(char::is_control), "control character in key {k:?}");
+            assert_no_control(i, context);
+        }),
+        _ => {}
+    }
+}
+
 #[test]
 fn events_carry_no_phi_values() {
     let body = serde_json::to_vec(&upstream_patient()).unwrap();
     // The body is checked, never handed to audit: only the paths minimization withheld are.
     let plan = ResponsePlan { checks: vec![ResponseCheck::Compartment(crate::decision::CompartmentCheck { patient: PATIENT.into(), shared: vec![], expect: crate::decision::Expected::Resource { resource_type: "Patient", id: PATIENT.into() } })], ..ResponsePlan::default() };
     assert_eq!(plan.apply(&body, &ApplyCtx::default()).map(|_| ()), Ok(()));
-    let withheld = vec!["Patient.name".to_owned(), "Patient.identifier".to_owned(), "Patient.text".to_owned()];
+    let withheld = vec!["Patient.name".to_owned(), "Patient.identifier".to_owned(), "Patient.text".to_owned(), "patients.John Smith\n.name".to_owned()];
 
     let app = policy("smart-patient-app");
     let clinic = policy("clinician-api");
@@ -41,27 +61,63 @@ fn events_carry_no_phi_values() {
     let user_token = token(json!({"patient": null, "scp": ["user/Patient.rs", "user/Observation.rs"], "scope": null, "name": "John Smith"}));
     // Break-glass reasons are free text in the token: only a policy code may reach the log.
     let glass_token = token(json!({"patient": null, "scp": ["user/Patient.rs"], "scope": null, "break_glass": true, "break_glass_reason": "John Smith, HIV clinic"}));
-    let requests = [
-        (&app, format!("/fhir/Patient/{PATIENT}"), Some(&patient_token), true),
-        (&app, format!("/fhir/Observation?patient={PATIENT}&code=HIV&date=1970-01-01"), Some(&patient_token), true),
-        (&app, format!("/fhir/Patient/{PATIENT}/Observation?value-string=Smith"), Some(&patient_token), true),
-        (&app, format!("/fhir/Observation?patient=Patient/{OTHER}"), Some(&patient_token), false),
-        (&app, "/fhir/Patient?name=Smith&birthdate=1970-01-01".to_owned(), Some(&patient_token), false),
-        (&app, format!("/fhir/Patient/{PATIENT}"), None, false),
-        (&clinic, "/fhir/Patient?name=Smith&given=John&birthdate=1970-01-01&identifier=http://hl7.org/fhir/sid/us-ssn%7C123-45-6789&phone=555-0100&address=Elm%20Street".to_owned(), Some(&user_token), true),
-        (&clinic, format!("/fhir/Patient?_id={PATIENT},{OTHER}"), Some(&user_token), true),
-        (&clinic, "/fhir/Patient/John.Smith-1970-01-01?_format=Smith".to_owned(), Some(&user_token), true),
-        (&clinic, format!("/fhir/Patient/{PATIENT}"), Some(&glass_token), false),
+    // Claims an issuer lets users or clients choose: names, e-mail addresses, MRNs, newlines.
+    let hostile_token = token(json!({
+        "patient": null, "scp": ["user/Patient.rs", "user/Observation.rs"], "scope": null,
+        "sub": "john.smith@example.org\nSmith", "client_id": "Smith\r\nJohn", "jti": "John\nSmith 555-0100",
+        "purpose_of_use": ["TREAT", "JohnSmith"], "acr": "John Smith\n", "amr": ["pwd", "Smith\u{1b}[31m"],
+    }));
+    // Free text: the verifier splits it like `TREAT ETREAT` into two code-shaped words.
+    let free_text_purpose = token(json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "purpose_of_use": "John Smith"}));
+    let hostile_patient_token = token(json!({"patient": PATIENT, "sub": "MRN-12345", "jti": "Kermit\u{0}Trantow", "client_id": "app\tJohn"}));
+    let requests: Vec<(&crate::policy::Policy, String, Option<&String>, Option<bool>)> = vec![
+        (&app, format!("/fhir/Patient/{PATIENT}"), Some(&patient_token), Some(true)),
+        (&app, format!("/fhir/Observation?patient={PATIENT}&code=HIV&date=1970-01-01"), Some(&patient_token), Some(true)),
+        (&app, format!("/fhir/Patient/{PATIENT}/Observation?value-string=Smith"), Some(&patient_token), Some(true)),
+        (&app, format!("/fhir/Observation?patient=Patient/{OTHER}"), Some(&patient_token), Some(false)),
+        (&app, "/fhir/Patient?name=Smith&birthdate=1970-01-01".to_owned(), Some(&patient_token), Some(false)),
+        (&app, format!("/fhir/Patient/{PATIENT}"), None, Some(false)),
+        (&clinic, "/fhir/Patient?name=Smith&given=John&birthdate=1970-01-01&identifier=http://hl7.org/fhir/sid/us-ssn%7C123-45-6789&phone=555-0100&address=Elm%20Street".to_owned(), Some(&user_token), Some(true)),
+        (&clinic, format!("/fhir/Patient?_id={PATIENT},{OTHER}"), Some(&user_token), Some(true)),
+        (&clinic, "/fhir/Patient/John.Smith-1970-01-01?_format=Smith".to_owned(), Some(&user_token), Some(true)),
+        (&clinic, format!("/fhir/Patient/{PATIENT}"), Some(&glass_token), Some(false)),
+        // Free text in parameter names, modifiers, chains and result parameters.
+        (&clinic, "/fhir/Observation?code=1&ssn:123-45-6789&name:Smith=x&subject.John=x&John=1&_elements=John&_sort=Smith&_include=Smith:John&_revinclude=Observation:John".to_owned(), Some(&user_token), None),
+        (&clinic, "/fhir/Observation?John%0ASmith=1&code:John%0D%0A=1".to_owned(), Some(&user_token), None),
+        (&clinic, "/fhir/Patient?_has:Smith:John:code=x&_sort=-Smith,name&_elements=id,John&_include:Smith=Patient:organization&_summary=John".to_owned(), Some(&user_token), None),
+        (&app, format!("/fhir/Observation?patient={PATIENT}&ssn:123-45-6789&_elements=John&_sort=Smith&_include=Smith:John"), Some(&patient_token), None),
+        // Operation names and non-Patient ids.
+        (&clinic, "/fhir/Patient/$smith-john".to_owned(), Some(&user_token), None),
+        (&clinic, "/fhir/$John-Smith-1970-01-01".to_owned(), Some(&user_token), None),
+        (&clinic, "/fhir/Observation/MRN-12345".to_owned(), Some(&user_token), None),
+        (&clinic, "/fhir/Observation/MRN-12345/$Smith".to_owned(), Some(&user_token), None),
+        // Hostile claims, allowed and refused.
+        (&clinic, "/fhir/Observation/MRN-12345".to_owned(), Some(&hostile_token), None),
+        (&clinic, "/fhir/Patient?name=Smith".to_owned(), Some(&hostile_token), None),
+        (&app, format!("/fhir/Observation?patient={PATIENT}"), Some(&hostile_patient_token), None),
+        (&clinic, "/fhir/Observation/MRN-12345".to_owned(), Some(&free_text_purpose), Some(true)),
+        // Without a token (401): everything above is still redacted.
+        (&app, "/fhir/Observation/MRN-12345?ssn:123-45-6789&_sort=Smith".to_owned(), None, Some(false)),
+        (&clinic, "/fhir/Patient/$smith-john?John=Smith".to_owned(), None, Some(false)),
+        (&clinic, "/fhir/Patient?_elements=John&_include=Smith:John".to_owned(), None, Some(false)),
     ];
+    let request_ids = [REQUEST_ID, PHI_REQUEST_ID, "John\nSmith", "123-45-6789"];
     let mut bytes = String::new();
+    let mut pseudonymized_request_id = false;
     for format in [AuditFormat::Jsonl, AuditFormat::Fhir] {
         let mut c = chain(9);
         let mut sealed = Vec::new();
-        for (p, path, t, allowed) in &requests {
+        for (i, (p, path, t, allowed)) in requests.iter().enumerate() {
             let mut p = (*p).clone();
             p.audit.format = format;
-            let mut ev = event(&p, "GET", path, t.map(String::as_str));
-            assert_eq!(ev.is_complete(), !allowed, "{path}");
+            let request_id = request_ids[i % request_ids.len()];
+            let mut ev = event_with_id(&p, "GET", path, t.map(String::as_str), request_id);
+            if let Some(allowed) = allowed {
+                assert_eq!(ev.is_complete(), !allowed, "{path}");
+            }
+            if request_id == PHI_REQUEST_ID {
+                pseudonymized_request_id |= ev.request_id == Some(key().pseudonym_of("x-request-id", PHI_REQUEST_ID));
+            }
             if !ev.is_complete() {
                 ev = ev.with_response(200, withheld.clone(), None);
             }
@@ -74,22 +130,32 @@ fn events_carry_no_phi_values() {
             sealed.push(c.seal(&ev, &p.audit));
         }
         for s in &sealed {
+            assert!(!s.line.chars().any(char::is_control), "raw control character on a line");
+            assert_no_control(&serde_json::from_str(&s.line).unwrap(), &s.line);
             bytes.push_str(&s.line);
             bytes.push('\n');
         }
-        bytes.push_str(&otlp_logs(&sealed, c.stream(), "phi-guard"));
+        let otlp = otlp_logs(&sealed, c.stream(), "phi-guard");
+        assert!(!otlp.chars().any(char::is_control));
+        assert_no_control(&serde_json::from_str(&otlp).unwrap(), "otlp");
+        bytes.push_str(&otlp);
     }
     for phi in PHI {
         assert!(!bytes.contains(phi), "`{phi}` leaked into the audit bytes");
     }
-    for t in [&patient_token, &user_token, &glass_token] {
+    for t in [&patient_token, &user_token, &glass_token, &hostile_token, &hostile_patient_token, &free_text_purpose] {
         for part in t.split('.') {
             assert!(!bytes.contains(part), "token material leaked");
         }
     }
     // What the log does say: pseudonyms, paths withheld, redacted queries.
+    assert!(pseudonymized_request_id);
     assert!(bytes.contains(&key().pseudonym(PATIENT)) && bytes.contains(&key().pseudonym(OTHER)));
-    assert!(bytes.contains("Patient.identifier"));
+    assert!(bytes.contains(&key().pseudonym_of("Observation", "MRN-12345")));
+    assert!(bytes.contains(&key().pseudonym_of("operation", "smith-john")));
+    assert!(bytes.contains(&key().pseudonym_of("sub", "john.smith@example.org\nSmith")));
+    assert!(bytes.contains("Patient.identifier") && bytes.contains("patients.?.name"));
     assert!(bytes.contains("name=*&given=*&birthdate=*&identifier=*&phone=*&address=*"));
+    assert!(bytes.contains("code=*&?&name:?=*&subject.?=*&?=*&_elements=*&_sort=*&_include=*&_revinclude=*"));
     assert!(bytes.contains("break_glass_invalid"));
 }

@@ -1,14 +1,19 @@
 //! What an audit event may say about a request's query string, and which patients the request
 //! names.
 //!
-//! Parameter names are kept when shaped like search parameter names (lowercase or `_` first, as
-//! FHIR names are; anything else becomes `?`). Values are PHI until proven otherwise: a value is
-//! kept only for result-shaping parameters, and only in the exact form that parameter takes
-//! (`_count` digits, `_summary` codes, `_include` naming real resource types, ...). Patient references (`patient=`, `subject=`, a
-//! Patient search's `_id`, ...) are replaced by the patient's audit identifier (a pseudonym by
-//! default). Every other value becomes `*`: `name=Smith&birthdate=1970-01-01` is recorded as
-//! `name=*&birthdate=*`.
+//! Only closed sets are written as they are. A parameter name is written part by part (parts
+//! separated by `:` and `.`): its first part must be a FHIR R4 search parameter code (or a
+//! result parameter such as `_count`), else the whole name is `?`; every later part must be a
+//! search parameter, a modifier or a resource type, else that part is `?`
+//! (`name:123-45-6789` → `name:?`, `ssn:123-45-6789` → `?`). Values are PHI until proven
+//! otherwise: a value is kept only for result-shaping parameters, and only in the exact form
+//! that parameter takes (`_count` digits, `_summary` codes, `_sort` naming search parameters,
+//! `_elements` naming elements, `_include` naming real resource types and search parameters,
+//! ...). Patient references (`patient=`, `subject=`, a Patient search's `_id`, ...) are
+//! replaced by the patient's audit identifier (a pseudonym by default). Every other value
+//! becomes `*`: `name=Smith&birthdate=1970-01-01` is recorded as `name=*&birthdate=*`.
 
+use super::vocab::{is_element, is_modifier, is_search_parameter};
 use crate::fhir::compartment::patient_params;
 use crate::fhir::request::valid_id;
 use crate::fhir::{resource_type, FhirRequest};
@@ -47,14 +52,13 @@ pub fn audit_query(req: &FhirRequest, query: &[(String, String)], identify: &dyn
         if !normalized.is_empty() {
             normalized.push('&');
         }
-        if !param_name_shaped(name) {
-            normalized.push('?');
+        let known = push_name(&mut normalized, name);
+        if !known {
             if !value.is_empty() {
                 normalized.push_str("=*");
             }
             continue;
         }
-        normalized.push_str(name);
         if value.is_empty() {
             continue;
         }
@@ -113,18 +117,33 @@ fn patient_reference(value: &str) -> Option<(bool, &str)> {
     valid_id(id).then_some((typed, id))
 }
 
-/// Search parameter names, with modifiers and chains: `_?[a-z][A-Za-z0-9_:.-]*`, at most 64
-/// bytes.
-fn param_name_shaped(name: &str) -> bool {
-    let bare = name.strip_prefix('_').unwrap_or(name);
-    name.len() <= 64
-        && bare.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b))
+/// Longest parameter name written part by part; a longer one is `?`.
+const MAX_NAME: usize = 256;
+
+/// Write the audited form of a parameter name (see the module docs); whether its first part is
+/// a known search parameter (if not, only `?` was written).
+fn push_name(out: &mut String, name: &str) -> bool {
+    let mut parts = name.split([':', '.']);
+    let base = parts.next().unwrap_or("");
+    if name.len() > MAX_NAME || !is_search_parameter(base) {
+        out.push('?');
+        return false;
+    }
+    out.push_str(base);
+    let mut rest = name.get(base.len()..).unwrap_or("");
+    for part in parts {
+        // `rest` starts with the separator of `part`.
+        let sep = rest.chars().next().unwrap_or(':');
+        out.push(sep);
+        out.push_str(if is_search_parameter(part) || is_modifier(part) { part } else { "?" });
+        rest = rest.get(1 + part.len()..).unwrap_or("");
+    }
+    true
 }
 
-/// An element or search parameter name, optionally `-`-prefixed (sort order).
-fn element_name(v: &str) -> bool {
-    param_name_shaped(v.strip_prefix('-').unwrap_or(v)) && !v.contains(':')
+/// A search parameter name, optionally `-`-prefixed (sort order).
+fn sort_key(v: &str) -> bool {
+    is_search_parameter(v.strip_prefix('-').unwrap_or(v))
 }
 
 /// Whether `value` is a result-shaping value of parameter `base`, in that parameter's own form.
@@ -144,13 +163,14 @@ fn structural(base: &str, value: &str) -> bool {
             "json" | "xml" | "ttl" | "html" | "application/json" | "application/xml" | "application/fhir+json"
                 | "application/fhir json" | "application/fhir+xml" | "application/fhir xml" | "text/xml" | "text/html" | "text/turtle"
         ),
-        "_sort" | "_elements" => list(&element_name),
+        "_sort" => list(&sort_key),
+        "_elements" => list(&is_element),
         "_type" => list(&is_type),
         "_include" | "_revinclude" => {
             value == "*"
                 || match value.split(':').collect::<Vec<_>>().as_slice() {
-                    [t, p] => is_type(t) && (*p == "*" || element_name(p)),
-                    [t, p, target] => is_type(t) && element_name(p) && is_type(target),
+                    [t, p] => is_type(t) && (*p == "*" || is_search_parameter(p)),
+                    [t, p, target] => is_type(t) && is_search_parameter(p) && is_type(target),
                     _ => false,
                 }
         }
@@ -199,13 +219,32 @@ mod tests {
     }
 
     #[test]
+    fn only_known_names_modifiers_and_chains_are_written() {
+        let q = run("GET", "/fhir/Observation?code=1&ssn:123-45-6789&John=1&code:123-45-6789=x&code:Smith&subject.John=1&subject:Patient.name:exact=x");
+        assert_eq!(q.normalized.as_deref(), Some("code=*&?&?=*&code:?=*&code:?&subject.?=*&subject:Patient.name:exact=*"));
+        let q = run("GET", "/fhir/Patient?_has:Observation:patient:code=1234&_has:Smith:John:x=1&_lastUpdated=gt2020&flag&_include:iterate=Observation:patient");
+        assert_eq!(q.normalized.as_deref(), Some("_has:Observation:patient:code=*&_has:?:?:?=*&_lastUpdated=*&?&_include:iterate=Observation:patient"));
+        let long = format!("name:{}", "exact".repeat(60));
+        assert_eq!(run("GET", &format!("/fhir/Patient?{long}=x")).normalized.as_deref(), Some("?=*"));
+    }
+
+    #[test]
+    fn result_parameters_name_only_known_names() {
+        let q = run("GET", "/fhir/Patient?_elements=John&_elements=id,birthDate&_sort=Smith&_sort=-birthdate,name&_include=Smith:John&_include=Patient:John&_include=Patient:general-practitioner:Practitioner&_revinclude=Observation:subject");
+        assert_eq!(
+            q.normalized.as_deref(),
+            Some("_elements=*&_elements=id,birthDate&_sort=*&_sort=-birthdate,name&_include=*&_include=*&_include=Patient:general-practitioner:Practitioner&_revinclude=Observation:subject")
+        );
+    }
+
+    #[test]
     fn path_patients_and_odd_names() {
         let q = run("GET", "/fhir/Patient/p7");
         assert_eq!((q.normalized, q.patients), (None, vec!["p7".to_owned()]));
         let q = run("GET", "/fhir/Patient/p7/Observation?category=vital-signs");
         assert_eq!((q.normalized.as_deref(), q.patients.as_slice()), (Some("category=*"), &["p7".to_owned()][..]));
         let q = run("GET", "/fhir/Observation?John%20Smith=1&flag&a%3Db=c");
-        assert_eq!(q.normalized.as_deref(), Some("?=*&flag&?=*"));
+        assert_eq!(q.normalized.as_deref(), Some("?=*&?&?=*"));
         let many: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
         let q = run("GET", &format!("/fhir/Observation?patient={}", many.join(",")));
         assert_eq!(q.patients.len(), MAX_PATIENTS);

@@ -187,11 +187,15 @@ enum AuditCommand {
         #[command(flatten)]
         key: KeyArgs,
     },
-    /// Print the pseudonym of a patient id, to search a log for that patient.
+    /// Print the pseudonym of a patient id (or of another value: `--of`), to search a log for it.
     Pseudonym {
-        /// FHIR logical id of the patient.
+        /// The value: a patient's FHIR logical id by default.
         #[arg(long)]
         id: String,
+        /// What the value is: a resource type (`Patient`, `Observation`, ...) for a logical id,
+        /// or `sub`, `jti`, `x-request-id`, `operation` (see docs/AUDIT.md).
+        #[arg(long, default_value = "Patient")]
+        of: String,
         #[command(flatten)]
         key: KeyArgs,
     },
@@ -249,8 +253,8 @@ fn audit(command: AuditCommand) -> Result<ExitCode, String> {
                 }
             }
         }
-        AuditCommand::Pseudonym { id, key } => {
-            println!("{}", key.load()?.pseudonym(&id));
+        AuditCommand::Pseudonym { id, of, key } => {
+            println!("{}", key.load()?.pseudonym_of(&of, &id));
             Ok(ExitCode::SUCCESS)
         }
     }

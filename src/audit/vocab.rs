@@ -1,0 +1,69 @@
+//! The closed sets an audit event may write as is. Anything outside them is free text a client
+//! (or a token issuer) chose, and may be PHI: it is pseudonymized under the audit key, replaced
+//! by a placeholder (`?`, `*`) or by `invalid`.
+
+use super::names::{ELEMENT_NAMES, SEARCH_PARAMETERS};
+use crate::fhir::resource_type;
+
+/// FHIR R4 search modifiers (R4 search.html 3.1.1.4, plus `iterate` of `_include`/`_revinclude`);
+/// a resource type is a modifier too (`subject:Patient`). Sorted.
+pub const MODIFIERS: [&str; 13] =
+    ["above", "below", "contains", "exact", "identifier", "in", "iterate", "missing", "not", "not-in", "of-type", "text", "type"];
+
+/// FHIR R4 operation names (R4 operationslist.html) and the Bulk Data `$export`, without `$`.
+/// Sorted.
+pub const OPERATIONS: [&str; 39] = [
+    "apply", "care-gaps", "closure", "collect-data", "conforms", "convert", "data-requirements", "document", "evaluate-measure",
+    "everything", "expand", "export", "find", "find-matches", "graph", "graphql", "implements", "lastn", "lookup", "match",
+    "meta", "meta-add", "meta-delete", "populate", "populatehtml", "populatelink", "preferred-id", "process-message",
+    "questionnaire", "snapshot", "stats", "submit", "submit-data", "subset", "subsumes", "transform", "translate",
+    "validate", "validate-code",
+];
+
+/// A FHIR R4 search parameter code or result parameter (`name`, `_lastUpdated`, `_sort`, ...).
+pub fn is_search_parameter(s: &str) -> bool {
+    SEARCH_PARAMETERS.binary_search(&s).is_ok()
+}
+
+/// A top-level FHIR R4 element name (`id`, `meta`, `subject`, `birthDate`, ...).
+pub fn is_element(s: &str) -> bool {
+    ELEMENT_NAMES.binary_search(&s).is_ok()
+}
+
+/// A search modifier (`exact`, `missing`, ...) or a resource type (`Patient`).
+pub fn is_modifier(s: &str) -> bool {
+    MODIFIERS.binary_search(&s).is_ok() || resource_type(s).is_some()
+}
+
+/// A FHIR R4 operation name, without `$`.
+pub fn is_operation(s: &str) -> bool {
+    OPERATIONS.binary_search(&s).is_ok()
+}
+
+/// A value that is safe on a log line as is: 1..=`max` bytes of printable ASCII, no space and
+/// no control character.
+pub fn printable(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_sorted_and_closed() {
+        for t in [&MODIFIERS[..], &OPERATIONS[..], SEARCH_PARAMETERS, ELEMENT_NAMES] {
+            assert!(t.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+        }
+        for p in ["_id", "_lastUpdated", "_count", "_has", "_include", "name", "birthdate", "patient", "code-value-quantity"] {
+            assert!(is_search_parameter(p), "{p}");
+        }
+        for p in ["ssn", "Smith", "John", "", "name:exact"] {
+            assert!(!is_search_parameter(p), "{p}");
+        }
+        assert!(is_element("birthDate") && is_element("id") && !is_element("Smith") && !is_element("john"));
+        assert!(is_modifier("exact") && is_modifier("Patient") && !is_modifier("123-45-6789") && !is_modifier("patient"));
+        assert!(is_operation("everything") && is_operation("validate-code") && !is_operation("smith-john"));
+        assert!(printable("app-1", 8) && !printable("a b", 8) && !printable("a\nb", 8) && !printable("", 8) && !printable("abcdefghi", 8));
+    }
+}
