@@ -3,7 +3,8 @@
 
 `tests/fixtures/fhir/hl7r4_search-parameters.json` holds, for every SearchParameter of the
 FHIR R4 (4.0.1) specification's `search-parameters.json` Bundle, its code, base resource types,
-type and reference targets (nothing else). `--extract BUNDLE` rewrites that fixture from the
+type, reference targets and FHIRPath expression (nothing else; `scripts/gen_audit_names.py`
+reads it too). `--extract BUNDLE` rewrites that fixture from the
 specification's Bundle; without it the table is regenerated from the fixture.
 """
 import json
@@ -18,9 +19,9 @@ if len(sys.argv) == 3 and sys.argv[1] == "--extract":
     params = []
     for e in bundle["entry"]:
         r = e["resource"]
-        params.append({k: r[k] for k in ("code", "base", "type", "target") if k in r})
+        params.append({k: r[k] for k in ("code", "base", "type", "target", "expression") if k in r})
     params.sort(key=lambda p: (p["code"], p["base"]))
-    doc = {"source": "HL7 FHIR R4 4.0.1 search-parameters.json (CC0): code, base, type, target",
+    doc = {"source": "HL7 FHIR R4 4.0.1 search-parameters.json (CC0): code, base, type, target, expression",
            "parameters": params}
     fixture.write_text(json.dumps(doc, indent=0, sort_keys=True) + "\n")
 

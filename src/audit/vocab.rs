@@ -66,4 +66,19 @@ mod tests {
         assert!(is_operation("everything") && is_operation("validate-code") && !is_operation("smith-john"));
         assert!(printable("app-1", 8) && !printable("a b", 8) && !printable("a\nb", 8) && !printable("", 8) && !printable("abcdefghi", 8));
     }
+
+    #[test]
+    fn names_match_the_r4_fixture() {
+        // `names.rs` and `fhir::search_params` are generated from the same fixture.
+        let root = env!("CARGO_MANIFEST_DIR");
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap()).unwrap();
+        for p in doc["parameters"].as_array().unwrap() {
+            let code = p["code"].as_str().unwrap();
+            assert!(is_search_parameter(code), "{code}");
+            let base = p["base"][0].as_str().unwrap();
+            let ty = if matches!(base, "Resource" | "DomainResource") { "Observation" } else { base };
+            assert!(crate::fhir::search_params::is_param(ty, code), "{base}.{code}");
+        }
+    }
 }
