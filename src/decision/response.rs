@@ -221,7 +221,11 @@ impl ResponsePlan {
             return Screen::Pass;
         }
         if !(200..300).contains(&head.status) {
-            return if self.rewrites_body() && !shadow { Screen::Scrub } else { Screen::Pass };
+            // An error body can echo PHI: on rewritten routes, and wherever the answer is checked
+            // against a patient's compartment (an upstream may put another patient's resource in
+            // a 4xx body as well as in a 200), it is replaced by a generic one.
+            let scrub = self.rewrites_body() || !self.checks.is_empty();
+            return if scrub && !shadow { Screen::Scrub } else { Screen::Pass };
         }
         let encoded = head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
         let json = head.content_type.is_some_and(|t| {
@@ -318,6 +322,20 @@ mod tests {
         assert_eq!(ResponsePlan::default().apply(b"anything", &ApplyCtx::default()), Ok(Applied::default()));
         let small = ResponsePlan { max_body_bytes: 8, ..plan };
         assert_eq!(small.apply(br#"{"resourceType":"Observation"}"#, &ApplyCtx::default()), Err(DenyReason::ResponseTooLarge));
+    }
+
+    #[test]
+    fn error_bodies_of_checked_answers_are_scrubbed() {
+        // A 404 or 400 from the upstream could carry another patient's resource, or echo what
+        // it looked for: not released to a patient-context token.
+        let plan = read("Observation", "o1");
+        for status in [302, 400, 404, 500] {
+            let head = UpstreamHead { status, content_type: Some("application/fhir+json"), ..UpstreamHead::default() };
+            assert_eq!(plan.screen(&head, false), Screen::Scrub, "{status}");
+            assert_eq!(plan.screen(&head, true), Screen::Pass, "{status} in shadow mode");
+        }
+        let head = UpstreamHead { status: 404, content_type: Some("application/fhir+json"), ..UpstreamHead::default() };
+        assert_eq!(ResponsePlan::default().screen(&head, false), Screen::Pass);
     }
 
     #[test]

@@ -137,3 +137,17 @@ def test_upstream_answer_inside_the_compartment_is_released(patient_app, token):
         h.upstream_reset()
     assert resp.status == 200, resp.describe()
     assert [e["resource"]["id"] for e in resp.json()["entry"]] == ["a", "b"]
+
+
+def test_error_answers_are_scrubbed_for_patient_tokens(patient_app, token):
+    """An upstream error body may hold what it found or looked for: the status stays, the body
+    is a generic one."""
+    h = patient_app.harness
+    h.upstream_respond(404, json.dumps(obs("a", OTHER, valueString="Kermit Trantow")).encode())
+    try:
+        resp = patient_app.get("/fhir/Observation/a", token=token)
+    finally:
+        h.upstream_reset()
+    assert resp.status == 404, resp.describe()
+    assert "Trantow" not in resp.text and OTHER not in resp.text, resp.describe()
+    assert resp.json()["resourceType"] == "OperationOutcome", resp.describe()
