@@ -68,35 +68,21 @@ impl CompartmentCheck {
                 if rt != Some(*resource_type) || body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                     return violation;
                 }
-                self.resource(body, false).map_err(|_| DenyReason::PatientMismatch)?;
-                Ok(())
+                self.resource(body, false).map_err(|_| DenyReason::PatientMismatch)
             }
             Expected::Searchset | Expected::History { .. } => {
                 let want = if matches!(self.expect, Expected::Searchset) { "searchset" } else { "history" };
-                if rt != Some("Bundle") || body.get("type").and_then(Value::as_str) != Some(want) {
+                let Some(bundle) = body.as_object().filter(|_| rt == Some("Bundle")) else {
                     return violation;
-                }
-                if body.get("contained").is_some() {
-                    return violation;
-                }
-                let entries = match body.get("entry") {
-                    None => return Ok(()),
-                    Some(Value::Array(e)) => e,
-                    Some(_) => return violation,
                 };
-                for entry in entries {
-                    let Some(resource) = entry.get("resource") else { continue };
-                    if let Expected::History { resource_type, id } = &self.expect {
-                        let same = resource.get("resourceType").and_then(Value::as_str) == Some(*resource_type)
-                            && resource.get("id").and_then(Value::as_str) == Some(id.as_str());
-                        if !same {
-                            return violation;
-                        }
-                    }
-                    let outcome = resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome")
-                        && entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome");
-                    if !outcome {
-                        self.resource(resource, false)?;
+                if bundle.get("type").and_then(Value::as_str) != Some(want) {
+                    return violation;
+                }
+                for (key, value) in bundle {
+                    match (key.as_str(), value) {
+                        ("entry", Value::Array(entries)) => entries.iter().try_for_each(|e| self.entry(e))?,
+                        ("entry", _) => return violation,
+                        _ => self.nested(value)?,
                     }
                 }
                 Ok(())
@@ -104,11 +90,42 @@ impl CompartmentCheck {
         }
     }
 
-    /// One released resource and its `contained` resources.
-    fn resource(&self, r: &Value, contained: bool) -> Result<(), DenyReason> {
-        let violation = Err(DenyReason::CompartmentViolation);
+    /// One Bundle entry: its `resource` is released as a resource of its own (a search's
+    /// `OperationOutcome` only as one of mode `outcome`); anything else in the entry
+    /// (`response.outcome`...) is checked like nested content.
+    fn entry(&self, entry: &Value) -> Result<(), DenyReason> {
+        let Some(entry) = entry.as_object() else {
+            return Err(DenyReason::CompartmentViolation);
+        };
+        for (key, value) in entry {
+            if key != "resource" {
+                self.nested(value)?;
+                continue;
+            }
+            if let Expected::History { resource_type, id } = &self.expect {
+                let same = value.get("resourceType").and_then(Value::as_str) == Some(*resource_type)
+                    && value.get("id").and_then(Value::as_str) == Some(id.as_str());
+                if !same {
+                    return Err(DenyReason::CompartmentViolation);
+                }
+            }
+            let outcome = value.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome")
+                && entry.get("search").and_then(|s| s.get("mode")).and_then(Value::as_str) == Some("outcome");
+            if outcome {
+                self.nested_members(value)?;
+            } else {
+                self.resource(value, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A released resource, and every resource nested anywhere inside it. `nested`: inside a
+    /// resource that is checked itself (`contained`, `Parameters.parameter.resource`, ...),
+    /// where types outside the compartment travel with their container.
+    fn resource(&self, r: &Value, nested: bool) -> Result<(), DenyReason> {
         let Some(rt) = r.get("resourceType").and_then(Value::as_str).and_then(resource_type) else {
-            return violation;
+            return Err(DenyReason::CompartmentViolation);
         };
         let ok = if rt == "Patient" {
             r.get("id").and_then(Value::as_str) == Some(self.patient.as_str())
@@ -116,15 +133,29 @@ impl CompartmentCheck {
             let patients = resource_patients(r);
             !patients.is_empty() && patients.iter().all(|p| *p == self.patient)
         } else {
-            contained || self.shared.binary_search(&rt).is_ok()
+            nested || self.shared.binary_search(&rt).is_ok()
         };
         if !ok {
-            return violation;
+            return Err(DenyReason::CompartmentViolation);
         }
-        match r.get("contained") {
-            None => Ok(()),
-            Some(Value::Array(items)) => items.iter().try_for_each(|c| self.resource(c, true)),
-            Some(_) => violation,
+        self.nested_members(r)
+    }
+
+    /// Every member of an object (or item of an array) other than its `resourceType`.
+    fn nested_members(&self, v: &Value) -> Result<(), DenyReason> {
+        match v {
+            Value::Object(map) => map.iter().filter(|(k, _)| *k != "resourceType").try_for_each(|(_, v)| self.nested(v)),
+            Value::Array(items) => items.iter().try_for_each(|v| self.nested(v)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Any value: an object with a `resourceType` is a nested resource; anything else is
+    /// searched for them. An upstream may put a resource under any key.
+    fn nested(&self, v: &Value) -> Result<(), DenyReason> {
+        match v {
+            Value::Object(map) if map.contains_key("resourceType") => self.resource(v, true),
+            _ => self.nested_members(v),
         }
     }
 }
@@ -365,6 +396,13 @@ mod tests {
         assert_eq!(released(&obs, c.clone()), Err(DenyReason::PatientMismatch));
         c["contained"] = json!([{"resourceType": "Observation", "id": "x", "subject": {"reference": "Patient/p2"}}]);
         assert_eq!(released(&obs, c.clone()), Err(DenyReason::PatientMismatch));
+        // Resources under any other key are checked the same way.
+        let mut n = mine.clone();
+        n["note"] = json!([{"text": "x", "extension": [{"url": "u", "valueReference": {"resourceType": "Patient", "id": "p2"}}]}]);
+        assert_eq!(released(&obs, n), Err(DenyReason::PatientMismatch));
+        let mut n = mine.clone();
+        n["leak"] = json!({"resourceType": 7});
+        assert_eq!(released(&obs, n), Err(DenyReason::PatientMismatch));
         // A contained type outside the compartment travels with its container.
         c["contained"] = json!([{"resourceType": "Practitioner", "id": "x"}]);
         assert_eq!(released(&obs, c.clone()), Ok(()));
@@ -407,6 +445,17 @@ mod tests {
         assert_eq!(released(&search, json!({"resourceType": "Bundle", "type": "collection", "entry": [obs("p1")]})), v);
         assert_eq!(released(&search, obs("p1")["resource"].clone()), v);
         assert_eq!(released(&search, json!({"resourceType": "Bundle", "type": "searchset", "entry": {"x": 1}})), v);
+        // Entries that are not objects; resources outside `entry.resource`.
+        assert_eq!(released(&search, bundle(json!([obs("p1"), "Kermit Trantow"]))), v);
+        let mut b = bundle(json!([obs("p1")]));
+        b["link"] = json!([{"relation": "next", "url": "x", "extra": {"resourceType": "Patient", "id": "p2"}}]);
+        assert_eq!(released(&search, b), v);
+        let mut e = obs("p1");
+        e["response"] = json!({"status": "200", "outcome": {"resourceType": "Observation", "id": "z", "subject": {"reference": "Patient/p2"}}});
+        assert_eq!(released(&search, bundle(json!([e]))), v);
+        let mut e = obs("p1");
+        e["response"] = json!({"status": "200", "outcome": {"resourceType": "OperationOutcome", "issue": []}});
+        assert_eq!(released(&search, bundle(json!([e]))), Ok(()));
         // Instance history: versions of the one resource only.
         let history = compartment(Expected::History { resource_type: "Observation", id: "o".into() });
         let hist = |entries: Value| json!({"resourceType": "Bundle", "type": "history", "entry": entries});
