@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::decision::{Decision, DenyReason};
 use crate::minimize::restrict::RestrictionHit;
 use crate::fhir::request::valid_id;
-use crate::fhir::FhirRequest;
+use crate::fhir::{FhirRequest, Interaction};
 use crate::http::normalize;
 use crate::policy::audit::PatientIds;
 use crate::policy::Policy;
@@ -90,6 +90,39 @@ pub enum Verdict {
     Allow,
     /// Refused, or the response withheld.
     Deny,
+}
+
+/// Why the event ended as it did: `allowed`, or the refusal's [`DenyReason::code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded and released.
+    Allowed,
+    /// Refused at request or response time.
+    Refused(DenyReason),
+}
+
+impl Reason {
+    /// The serialized code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::Refused(r) => r.code(),
+        }
+    }
+
+    /// The refusal, if refused.
+    pub fn refusal(self) -> Option<DenyReason> {
+        match self {
+            Reason::Allowed => None,
+            Reason::Refused(r) => Some(r),
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
 }
 
 /// Request facts the host reads from Envoy (the decision does not keep them).
@@ -185,7 +218,7 @@ pub struct AuditEvent {
     pub method: String,
     /// FHIR interaction (`read`, `search-type`, ...), on FHIR routes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interaction: Option<&'static str>,
+    pub interaction: Option<Interaction>,
     /// FHIR resource type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<&'static str>,
@@ -203,7 +236,7 @@ pub struct AuditEvent {
     /// FHIR AuditEvent outcome code.
     pub outcome: Outcome,
     /// `allowed` or the [`DenyReason::code`].
-    pub reason: &'static str,
+    pub reason: Reason,
     /// Severity.
     pub severity: Severity,
     /// Status the client received (absent until the response for allowed requests).
@@ -244,7 +277,7 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
     /// How `patients`, `contextPatient`, `resourceId`, `subject` and `tokenId` are written.
-    pub patient_ids: &'static str,
+    pub patient_ids: PatientIds,
     /// Patients the request names (path, compartment, patient search parameters).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
@@ -296,7 +329,7 @@ impl AuditEvent {
             query: None,
             decision: Verdict::Allow,
             outcome: Outcome::Success,
-            reason: "allowed",
+            reason: Reason::Allowed,
             severity: Severity::Info,
             status: None,
             upstream_status: None,
@@ -310,7 +343,7 @@ impl AuditEvent {
             purpose_of_use: Vec::new(),
             source: req.source.and_then(host_of),
             destination: req.destination.and_then(host_of),
-            patient_ids: ctx.patient_ids.name(),
+            patient_ids: ctx.patient_ids,
             patients: Vec::new(),
             context_patient: None,
             withheld: Vec::new(),
@@ -327,7 +360,7 @@ impl AuditEvent {
         if let Decision::Deny(r) = decision {
             let (outcome, severity) = refused(r.reason);
             ev.decision = Verdict::Deny;
-            ev.reason = r.reason.code();
+            ev.reason = Reason::Refused(r.reason);
             ev.outcome = outcome;
             ev.severity = severity;
             ev.status = Some(r.status);
@@ -350,7 +383,7 @@ impl AuditEvent {
             Some(reason) => {
                 let (outcome, severity) = refused(reason);
                 self.decision = Verdict::Deny;
-                self.reason = reason.code();
+                self.reason = Reason::Refused(reason);
                 self.outcome = outcome;
                 self.severity = severity;
                 self.status = Some(reason.status());
@@ -415,7 +448,7 @@ impl AuditEvent {
     }
 
     fn add_fhir(&mut self, f: &FhirRequest, path: &str, ctx: &AuditContext<'_>) {
-        self.interaction = Some(f.interaction.name());
+        self.interaction = Some(f.interaction);
         self.resource_type = f.resource_type;
         self.resource_id = f.id.as_deref().map(|id| ctx.identify_resource(f.resource_type.unwrap_or("Resource"), id));
         self.operation = f.operation.as_deref().map(|o| if is_operation(o) { o.to_owned() } else { ctx.key.pseudonym_of("operation", o) });
@@ -611,7 +644,7 @@ pub(crate) mod tests {
         let down = ev.clone().with_response(0, vec![], None);
         assert_eq!((down.outcome, down.status, down.upstream_status), (Outcome::MajorFailure, None, None));
         let blocked = ev.with_response(200, vec![], Some(DenyReason::PatientMismatch));
-        assert_eq!((blocked.decision, blocked.outcome, blocked.reason, blocked.status, blocked.upstream_status), (Verdict::Deny, Outcome::SeriousFailure, "patient_mismatch", Some(403), Some(200)));
+        assert_eq!((blocked.decision, blocked.outcome, blocked.reason, blocked.status, blocked.upstream_status), (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Some(200)));
         assert_eq!(blocked.severity, Severity::High);
     }
 
@@ -620,7 +653,7 @@ pub(crate) mod tests {
         let p = policy("smart-patient-app");
         let ev = event(&p, "GET", "/fhir/Observation?patient=p2", Some(&token(json!({}))));
         assert!(ev.is_complete());
-        assert_eq!((ev.decision, ev.outcome, ev.reason, ev.status, ev.severity), (Verdict::Deny, Outcome::SeriousFailure, "patient_mismatch", Some(403), Severity::High));
+        assert_eq!((ev.decision, ev.outcome, ev.reason, ev.status, ev.severity), (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Severity::High));
         let k = key();
         assert_eq!(ev.patients, [k.pseudonym("p2")]);
         assert_eq!(ev.context_patient, Some(k.pseudonym("p1")));
@@ -628,10 +661,10 @@ pub(crate) mod tests {
         assert_eq!(ev.clone().with_response(200, vec!["x".into()], None), ev, "a denial is final");
 
         let ev = event(&p, "GET", "/fhir/Patient/p1", None);
-        assert_eq!((ev.reason, ev.status, ev.client_id.as_deref()), ("missing_token", Some(401), None));
+        assert_eq!((ev.reason, ev.status, ev.client_id.as_deref()), (Reason::Refused(DenyReason::MissingToken), Some(401), None));
         assert_eq!(ev.resource_id, Some(k.pseudonym("p1")));
         let ev = event(&p, "GET", "/nowhere/at/all", None);
-        assert_eq!((ev.reason, ev.route.as_deref(), ev.interaction), ("no_route", None, None));
+        assert_eq!((ev.reason, ev.route.as_deref(), ev.interaction), (Reason::Refused(DenyReason::NoRoute), None, None));
     }
 
     #[test]
@@ -639,7 +672,7 @@ pub(crate) mod tests {
         let mut p = policy("smart-patient-app");
         p.audit.patient_ids = PatientIds::Raw;
         let ev = event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({}))));
-        assert_eq!((ev.resource_id.as_deref(), ev.patients.as_slice(), ev.context_patient.as_deref(), ev.patient_ids), (Some("p1"), &["p1".to_owned()][..], Some("p1"), "raw"));
+        assert_eq!((ev.resource_id.as_deref(), ev.patients.as_slice(), ev.context_patient.as_deref(), ev.patient_ids), (Some("p1"), &["p1".to_owned()][..], Some("p1"), PatientIds::Raw));
         let ev = event(&p, "GET", "/fhir/Observation/MRN-12345", Some(&token(json!({}))));
         assert_eq!((ev.resource_id.as_deref(), ev.subject.as_deref(), ev.token_id.as_deref()), (Some("MRN-12345"), Some("u1"), Some("j1")));
         // Raw claims are still only printable, bounded ASCII.
@@ -781,6 +814,6 @@ pub(crate) mod tests {
         let refused = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({}))))
             .with_response(200, vec![], Some(DenyReason::Restricted))
             .with_restrictions(vec![RestrictionHit { id: "r-17".into(), count: 1 }]);
-        assert_eq!((refused.reason, refused.status, refused.restrictions.len()), ("restricted", Some(403), 1));
+        assert_eq!((refused.reason, refused.status, refused.restrictions.len()), (Reason::Refused(DenyReason::Restricted), Some(403), 1));
     }
 }

@@ -15,7 +15,8 @@ use serde::{Serialize, Serializer};
 
 use super::event::{AuditEvent, Outcome, Verdict};
 use crate::auth::purpose::is_emergency;
-use crate::decision::DenyReason;
+use crate::fhir::Interaction;
+use crate::policy::audit::PatientIds;
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
@@ -213,11 +214,12 @@ struct Resource<'a> {
 
 /// How the interaction moves data, which decides the BALP agent roles and the action code.
 fn action(ev: &AuditEvent) -> &'static str {
+    use Interaction::*;
     match ev.interaction {
-        Some("read" | "vread" | "history-instance" | "history-type" | "history-system") => "R",
-        Some("create") => "C",
-        Some("update" | "patch") => "U",
-        Some("delete") => "D",
+        Some(Read | Vread | HistoryInstance | HistoryType | HistorySystem) => "R",
+        Some(Create) => "C",
+        Some(Update | Patch) => "U",
+        Some(Delete) => "D",
         Some(_) => "E",
         None => match ev.method.as_str() {
             "GET" | "HEAD" => "R",
@@ -240,7 +242,7 @@ fn outcome_code(o: Outcome) -> &'static str {
 
 /// Whether the event carries raw ids (the policy opted in), not pseudonyms.
 fn raw(ev: &AuditEvent) -> bool {
-    ev.patient_ids == "raw"
+    ev.patient_ids == PatientIds::Raw
 }
 
 /// The token's `jti` as a URN: the OAuth one for a raw value, phi-guard's for a pseudonym.
@@ -261,10 +263,6 @@ fn patient_ref<'a>(ev: &AuditEvent, id: &'a str) -> Reference<'a> {
     }
 }
 
-fn reason_message(code: &str) -> Option<&'static str> {
-    DenyReason::ALL.iter().find(|r| r.code() == code).map(|r| r.message())
-}
-
 /// Render the event (without the chain's `mac`) as a FHIR R4 AuditEvent in compact JSON, with
 /// `extension` as the last member.
 pub fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Result<String, serde_json::Error> {
@@ -281,25 +279,25 @@ fn render_with(ev: &AuditEvent, chain: Option<(&str, u64)>, observer: &str) -> R
     let denied = ev.decision == Verdict::Deny;
     let action = if denied { "E" } else { action(ev) };
     let profile = match (ev.outcome, ev.interaction, ev.patients.is_empty() && ev.context_patient.is_none()) {
-        (Outcome::Success, Some("read" | "vread"), false) => Some("PatientRead"),
-        (Outcome::Success, Some("read" | "vread"), true) => Some("Read"),
-        (Outcome::Success, Some("search-type" | "search-system"), false) => Some("PatientQuery"),
-        (Outcome::Success, Some("search-type" | "search-system"), true) => Some("Query"),
+        (Outcome::Success, Some(Interaction::Read | Interaction::Vread), false) => Some("PatientRead"),
+        (Outcome::Success, Some(Interaction::Read | Interaction::Vread), true) => Some("Read"),
+        (Outcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), false) => Some("PatientQuery"),
+        (Outcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), true) => Some("Query"),
         _ => None,
     };
-    let interaction = ev.interaction.map(|i| coding(RESTFUL, i, i));
+    let interaction = ev.interaction.map(|i| coding(RESTFUL, i.name(), i.name()));
     let (kind, subtype) = if denied {
         let mut sub: Vec<Coding<'_>> = interaction.into_iter().collect();
         if ev.status == Some(403) {
             sub.push(coding(BALP_AUTHZ, "AuthZ-Role", "Authorization Decision using only Roles"));
         }
-        sub.push(Coding { system: REASON_SYSTEM, code: ev.reason, display: None });
+        sub.push(Coding { system: REASON_SYSTEM, code: ev.reason.code(), display: None });
         (coding(DCM, "110113", "Security Alert"), sub)
     } else {
         (coding(EVENT_TYPE, "rest", "Restful Operation"), interaction.into_iter().collect())
     };
     let outcome_desc = match (denied, ev.status) {
-        (true, _) => reason_message(ev.reason).map(Cow::Borrowed),
+        (true, _) => ev.reason.refusal().map(|r| Cow::Borrowed(r.message())),
         _ if ev.outcome == Outcome::Success => None,
         (false, Some(s)) => Some(Cow::Owned(format!("the upstream answered {s}"))),
         (false, None) => Some(Cow::Borrowed("the upstream did not answer")),
@@ -408,7 +406,7 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
         }
         out.push(e);
     }
-    let search = matches!(ev.interaction, Some("search-type" | "search-system"));
+    let search = matches!(ev.interaction, Some(Interaction::SearchType | Interaction::SearchSystem));
     let data = if search {
         let text = format!("{}?{}", ev.resource_type.unwrap_or(""), ev.query.as_deref().unwrap_or(""));
         let mut e = entity(None, coding(ENTITY_TYPE, "2", "System Object"), Some(coding(OBJECT_ROLE, "24", "Query")));
@@ -456,7 +454,7 @@ fn extensions<'a>(ev: &'a AuditEvent, chain: Option<(&'a str, u64)>) -> Vec<Exte
         out.push(e("route", ExtValue::String(r)));
     }
     out.push(e("method", ExtValue::Code(&ev.method)));
-    out.push(e("reason", ExtValue::Code(ev.reason)));
+    out.push(e("reason", ExtValue::Code(ev.reason.code())));
     out.push(e("severity", ExtValue::Code(ev.severity.name())));
     if let Some(st) = ev.status {
         out.push(e("status", ExtValue::Integer(st)));
@@ -464,7 +462,7 @@ fn extensions<'a>(ev: &'a AuditEvent, chain: Option<(&'a str, u64)>) -> Vec<Exte
     if let Some(st) = ev.upstream_status {
         out.push(e("upstream-status", ExtValue::Integer(st)));
     }
-    out.push(e("patient-identifiers", ExtValue::Code(ev.patient_ids)));
+    out.push(e("patient-identifiers", ExtValue::Code(ev.patient_ids.name())));
     if let Some(reason) = &ev.break_glass {
         out.push(e("break-glass", ExtValue::Code(reason)));
     }
@@ -579,7 +577,7 @@ mod tests {
         assert_eq!((r["type"]["system"].as_str(), r["type"]["code"].as_str()), (Some(DCM), Some("110113")));
         assert_eq!(codes(&r["subtype"]), ["search-type", "AuthZ-Role", "patient_mismatch"]);
         assert_eq!((r["action"].as_str(), r["outcome"].as_str()), (Some("E"), Some("8")));
-        assert_eq!(r["outcomeDesc"], DenyReason::PatientMismatch.message());
+        assert_eq!(r["outcomeDesc"], crate::decision::DenyReason::PatientMismatch.message());
         assert!(agent(&r, "110150").is_some() && agent(&r, "authserver").is_some());
         let patients: Vec<&Value> = r["entity"].as_array().unwrap().iter().filter(|e| e["role"]["code"] == "1").collect();
         assert_eq!(patients.len(), 2, "the requested patient and the token's patient");

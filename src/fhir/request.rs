@@ -36,6 +36,12 @@ pub enum Interaction {
     Capabilities,
 }
 
+impl serde::Serialize for Interaction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl Interaction {
     /// Policy and audit name of the interaction.
     pub fn name(self) -> &'static str {

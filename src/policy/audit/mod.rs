@@ -24,6 +24,12 @@ pub enum PatientIds {
     Raw,
 }
 
+impl serde::Serialize for PatientIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl PatientIds {
     /// Policy and event name.
     pub fn name(self) -> &'static str {
