@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -265,6 +267,23 @@ def test_content_digest_trailer_on_every_released_body(upstream, chunked):
     r = get(upstream.base_url, f"/fhir/Patient/{ME}".encode(), [bearer(patient_token())])
     assert r.status == 200 and r.header("transfer-encoding") == b"chunked", r
     assert r.trailer("content-digest") == _digest(r.body), r
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (with HTTP/2) as the h2 client")
+def test_content_digest_trailer_over_http2(upstream, tmp_path):
+    """HTTP/2 clients (the HTTPS listener offers h2) get the digest as a trailer too; curl
+    writes trailers to the header dump after the headers."""
+    upstream.upstream_respond(200, json.dumps({"resourceType": "Patient", "id": ME}).encode())
+    head, body = tmp_path / "head", tmp_path / "body"
+    subprocess.run(["curl", "-sSk", "--http2", "-D", str(head), "-o", str(body),
+                    "-H", f"Authorization: Bearer {patient_token()}", f"{upstream.https_url}/fhir/Patient/{ME}"],
+                   check=True, timeout=30)
+    dump = head.read_bytes()
+    assert dump.startswith(b"HTTP/2 200"), dump
+    released = body.read_bytes()
+    assert json.loads(released)["id"] == ME
+    trailer = re.search(rb"content-digest: (\S+)", dump.partition(b"\r\n\r\n")[2])
+    assert trailer and trailer.group(1) == _digest(released), dump
 
 
 def test_upstream_trailers_with_latin1_bytes(upstream):
