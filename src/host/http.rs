@@ -355,8 +355,27 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // (still checking the body, strip the upstream's trailers)
+        let (checking, strip) = match &self.state.borrow().response {
+            ResponseState::Check { shadow, .. } => (true, !*shadow),
+            ResponseState::Replace { .. } | ResponseState::Scrub { .. } => (false, true),
+            ResponseState::Pass => (false, false),
+        };
+        if strip {
+            // The upstream's trailers are its headers' tail: on checked routes they can carry
+            // what the header allowlist removes, so none of them reach the client; the
+            // filter's own content-digest is added after this.
+            let names: Vec<String> = abi::header_pairs(MapType::HttpResponseTrailers)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+                .collect();
+            for name in &names {
+                let _ = abi::remove_header(MapType::HttpResponseTrailers, name);
+            }
+        }
         // With trailers the body callback never sees end_of_stream: finish here.
-        if !matches!(self.state.borrow().response, ResponseState::Check { .. }) {
+        if !checking {
             return Action::Continue;
         }
         let size = abi::buffer(BufferType::HttpResponseBody, 0, usize::MAX).ok().flatten().map_or(0, |b| b.len());

@@ -288,10 +288,16 @@ def test_content_digest_trailer_over_http2(upstream, tmp_path):
 
 def test_upstream_trailers_with_latin1_bytes(upstream):
     body = json.dumps({"resourceType": "Patient", "id": ME}).encode()
-    upstream.upstream_respond(200, body, chunked=True, trailers=[("X-Upstream-Trailer", b"caf\xe9")])
+    trailers = [("X-Upstream-Trailer", b"caf\xe9"), ("X-Patient-Name", "Jane Doe")]
+    upstream.upstream_respond(200, body, chunked=True, trailers=trailers)
     r = get(upstream.base_url, f"/fhir/Patient/{ME}".encode(), [bearer(patient_token())])
     assert r.status == 200 and json.loads(r.body)["id"] == ME, r
     assert r.trailer("content-digest") == _digest(r.body), r
+    # The upstream's trailers are withheld like its unlisted headers, released body or not.
+    assert [k for k, _ in r.trailers] == ["content-digest"], r.trailers
+    upstream.upstream_respond(200, b"not json", chunked=True, trailers=trailers)
+    r = get(upstream.base_url, f"/fhir/Patient/{ME}".encode(), [bearer(patient_token())])
+    assert r.reasons() == {"response_not_json"} and r.trailers == [], r
 
 
 def test_client_gone_mid_response(patient_app):
