@@ -481,7 +481,7 @@ def notes(pg_vs_native, pg_vs_none, verify, native_verify, fastest, body_200k, l
                    + ("(met). " if worst <= TARGET_LINEAR_MIB else f"(missed by {worst - TARGET_LINEAR_MIB:.2f} MiB). ")
                    + "A wasm memory never shrinks: this is each VM's high-water mark. The auth-only VMs stay at "
                    "their initial size; checking bodies grows a VM by a few times the largest body it buffered "
-                   "(here the largest body of the size sweep), and `limits.maxResponseBytes` (4 MiB by default) bounds it.")
+                   "(here the largest body of the size sweep), and `limits.maxResponseBytes` (960 KiB by default: Envoy's 1 MiB stream buffer less one upstream read) bounds it.")
     else:
         out.append("- **Linear memory.** Not readable on this host (no V8 wasm memory reservation found in smaps).")
     return "\n".join(out)

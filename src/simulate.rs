@@ -326,7 +326,13 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
                     out.body = Some(upstream_error_body(g.fhir_route, u.status));
                     out.body_changed = true;
                 }
-                Screen::Refuse(reason) => refuse(&mut out, &mut failure, reason),
+                Screen::Refuse(reason) => {
+                    refuse(&mut out, &mut failure, reason);
+                    if head.end_of_stream && enforced {
+                        // No body follows to carry the error: the filter answers it itself.
+                        out.status = Some(reason.status());
+                    }
+                }
                 Screen::Check => {
                     let ctx = ApplyCtx { hmac_key: x.hmac_key, now: x.now, pseudonyms: Some(x.audit_key) };
                     let release = g.response.release(u.body, &ctx);

@@ -357,6 +357,11 @@ fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
         [one] => one.trim(),
         _ => return Err(DenyReason::AmbiguousCredentials),
     };
+    // Envoy joins repeated `Authorization` headers into one value with `,`; a bearer token
+    // (RFC 6750 b64token) never contains a comma.
+    if value.contains(',') {
+        return Err(DenyReason::AmbiguousCredentials);
+    }
     let (scheme, token) = value.split_once(' ').ok_or(if value.is_empty() {
         DenyReason::MissingToken
     } else {
@@ -369,7 +374,7 @@ fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
     if token.is_empty() {
         return Err(DenyReason::MissingToken);
     }
-    if token.contains(char::is_whitespace) || token.contains(',') {
+    if token.contains(char::is_whitespace) {
         return Err(DenyReason::MalformedToken);
     }
     Ok(token)
@@ -829,7 +834,11 @@ mod tests {
         assert_eq!(go(&mut cache, &["Bearer "]), Some(DenyReason::UnsupportedAuthScheme));
         assert_eq!(go(&mut cache, &[""]), Some(DenyReason::MissingToken));
         assert_eq!(go(&mut cache, &[&format!("Bearer {t}"), &format!("Bearer {t}")]), Some(DenyReason::AmbiguousCredentials));
-        assert_eq!(go(&mut cache, &[&format!("Bearer {t},{t}")]), Some(DenyReason::MalformedToken));
+        // Two headers as Envoy hands them over: joined with a comma.
+        assert_eq!(go(&mut cache, &[&format!("Bearer {t},Bearer {t}")]), Some(DenyReason::AmbiguousCredentials));
+        assert_eq!(go(&mut cache, &[&format!("Bearer {t}, Basic eDp5")]), Some(DenyReason::AmbiguousCredentials));
+        assert_eq!(go(&mut cache, &[&format!("Bearer {t},{t}")]), Some(DenyReason::AmbiguousCredentials));
+        assert_eq!(go(&mut cache, &[&format!("Bearer {t} x")]), Some(DenyReason::MalformedToken));
         assert_eq!(cache.len(), 1, "verified once, cached");
     }
 

@@ -12,6 +12,9 @@ pub enum DenyReason {
     PathTooLong,
     /// Too many request headers, or too large in total.
     HeadersTooLarge,
+    /// A request header the decision reads (`:method`, `:path`, `authorization`,
+    /// `x-request-id`, `content-length`) is not valid UTF-8, or a header name is not.
+    InvalidHeader,
     /// The request body is larger than the policy allows.
     RequestTooLarge,
     /// A FHIR write whose body is not JSON of the resource type (and id) the path names.
@@ -120,7 +123,7 @@ impl DenyReason {
         use DenyReason::*;
         match self {
             NoPolicy | KeysUnavailable | AuditUnavailable => 503,
-            InvalidPath | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
+            InvalidPath | InvalidHeader | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
             HeadersTooLarge => 431,
             RequestTooLarge => 413,
             RateLimited => 429,
@@ -149,6 +152,7 @@ impl DenyReason {
             InvalidPath => "invalid_path",
             PathTooLong => "path_too_long",
             HeadersTooLarge => "headers_too_large",
+            InvalidHeader => "invalid_header",
             RequestTooLarge => "request_too_large",
             InvalidRequestBody => "invalid_request_body",
             RateLimited => "rate_limited",
@@ -208,6 +212,7 @@ impl DenyReason {
             InvalidPath => "the request path is malformed or ambiguous",
             PathTooLong => "the request path is too long",
             HeadersTooLarge => "the request headers are too many or too large",
+            InvalidHeader => "a request header is not valid text",
             RequestTooLarge => "the request body is too large",
             InvalidRequestBody => "the request body does not match the resource the path names",
             RateLimited => "too many requests; retry later",
@@ -282,10 +287,10 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 52] = {
+    pub const ALL: [DenyReason; 53] = {
         use DenyReason::*;
         [
-            NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
+            NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, InvalidHeader, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
             AmbiguousCredentials, UnsupportedAuthScheme, TokenTooLarge, MalformedToken,
             AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
             BadSignature, KeysUnavailable, MissingExpiry, MissingSubject, Expired, NotYetValid, BadIssuedAt, BadAudience,

@@ -248,8 +248,14 @@ impl ResponsePlan {
     /// shadow mode, so bodies are never rewritten). Refusals are returned as such even in
     /// shadow mode; the caller records and then ignores them.
     pub fn screen(&self, head: &UpstreamHead<'_>, shadow: bool) -> Screen {
-        if !self.inspects_body() || head.end_of_stream {
+        if !self.inspects_body() {
             return Screen::Pass;
+        }
+        if head.end_of_stream {
+            // No body follows. An empty success has nothing to check (and HEAD answers would
+            // release headers the body check might withhold); 204 and non-2xx carry no data.
+            let empty_success = (200..300).contains(&head.status) && head.status != 204;
+            return if empty_success { Screen::Refuse(DenyReason::ResponseNotJson) } else { Screen::Pass };
         }
         if !(200..300).contains(&head.status) {
             // An error body can echo PHI: on rewritten routes, and wherever the answer is checked
@@ -279,7 +285,14 @@ impl ResponsePlan {
     /// policy names restricted patients by pseudonym.
     pub fn release(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
         let mut restrictions = Vec::new();
-        let outcome = self.release_into(body, ctx, &mut restrictions);
+        let outcome = self.release_into(body, ctx, &mut restrictions).and_then(|applied| {
+            // The released body is bounded like the upstream's: Envoy refuses a buffer over its
+            // limit (and `max_body_bytes` is kept at or below it).
+            match &applied.body {
+                Some(b) if b.len() > self.max_body_bytes => Err(DenyReason::ResponseTooLarge),
+                _ => Ok(applied),
+            }
+        });
         Release { outcome, restrictions }
     }
 
@@ -462,6 +475,30 @@ mod tests {
         assert_eq!(released(&history, hist(json!([obs("p1"), {"request": {"method": "DELETE"}}]))), Ok(()));
         let other = json!({"resource": {"resourceType": "Observation", "id": "z", "subject": {"reference": "Patient/p1"}}});
         assert_eq!(released(&history, hist(json!([obs("p1"), other]))), v);
+    }
+
+    #[test]
+    fn empty_success_on_a_checked_route_is_not_json() {
+        let plan = read("Observation", "o1");
+        let head = |status| UpstreamHead { status, content_type: Some("application/fhir+json"), end_of_stream: true, ..UpstreamHead::default() };
+        assert_eq!(plan.screen(&head(200), false), Screen::Refuse(DenyReason::ResponseNotJson));
+        assert_eq!(plan.screen(&head(204), false), Screen::Pass);
+        assert_eq!(plan.screen(&head(304), false), Screen::Pass);
+        assert_eq!(ResponsePlan::default().screen(&head(200), false), Screen::Pass);
+    }
+
+    #[test]
+    fn a_released_body_over_the_cap_is_refused() {
+        // Minimization can grow a body (the `REDACTED` label, hashes): the released bytes are
+        // held to the same cap as the upstream's, so the host never writes a buffer Envoy refuses.
+        let profile = crate::minimize::testing::profile(serde_json::json!({"mode": "deny", "resources": {"*": {"deny": ["note"]}}}), true);
+        let body = br#"{"resourceType":"Condition","id":"z","note":[{"text":"x"}]}"#;
+        let plan = ResponsePlan { minimize: Some(Arc::new(profile)), max_body_bytes: 4096, ..ResponsePlan::default() };
+        let out = plan.apply(body, &ApplyCtx::default()).unwrap();
+        let released = out.body.unwrap();
+        assert!(released.len() > body.len(), "the label makes it grow");
+        let tight = ResponsePlan { max_body_bytes: body.len(), ..plan };
+        assert_eq!(tight.apply(body, &ApplyCtx::default()), Err(DenyReason::ResponseTooLarge));
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{get_buffer, get_map, get_map_value, get_property, remove_map_value, set_buffer, set_map_value};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
+use super::abi;
 use super::now_ms;
 use super::vm::{OwnedRequest, Outcome, ResponseState, StreamState, Vm, Waiter};
 use crate::decision::reply::Challenge;
@@ -16,9 +16,57 @@ use crate::decision::{refusal_reply, upstream_error_body, DenyReason, Screen, Up
 use crate::http::{content_digest, CONTENT_DIGEST};
 use crate::minimize::ApplyCtx;
 
-/// An Envoy attribute as text (e.g. `source.address`).
+/// An Envoy attribute as text (e.g. `source.address`); `None` if absent or not UTF-8.
 fn property(path: &[&str]) -> Option<String> {
-    get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
+    abi::property(path).ok().flatten().and_then(|b| String::from_utf8(b).ok())
+}
+
+/// A response header as text; `None` if absent, unreadable or not UTF-8 (a Latin-1
+/// `content-type` is then simply "not JSON").
+fn response_header(name: &str) -> Option<String> {
+    abi::header(MapType::HttpResponseHeaders, name).ok().flatten().and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Response headers a client may see on a route whose bodies are checked. Envoy cannot hold
+/// the headers while the body is inspected (see ARCHITECTURE.md), so everything else is
+/// removed when the headers pass: `Location`, `ETag`, `Last-Modified`, `Content-Location`,
+/// `Link` and custom headers can name another patient's resource or carry PHI, and they would
+/// otherwise reach the client even when the body is withheld. Hop-by-hop and framing headers
+/// are Envoy's (`content-length` is removed separately).
+pub const CHECKED_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "date",
+    "cache-control",
+    "pragma",
+    "expires",
+    "vary",
+    "retry-after",
+    "x-content-type-options",
+    "strict-transport-security",
+    "x-request-id",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+];
+
+/// Remove every response header outside [`CHECKED_RESPONSE_HEADERS`].
+fn strip_unlisted_response_headers() {
+    let Ok(pairs) = abi::header_pairs(MapType::HttpResponseHeaders) else {
+        return;
+    };
+    let mut names: Vec<String> = pairs
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k).to_ascii_lowercase())
+        .filter(|k| !k.starts_with(':') && !CHECKED_RESPONSE_HEADERS.contains(&k.as_str()))
+        .collect();
+    names.dedup();
+    for name in names {
+        if abi::remove_header(MapType::HttpResponseHeaders, &name).is_err() {
+            log::error!("phi-guard: could not remove a response header");
+        }
+    }
 }
 
 /// One HTTP stream.
@@ -37,20 +85,24 @@ impl Stream {
     /// Replace the buffered body chunk with the refusal (or scrubbed) body on the first chunk,
     /// nothing on later ones.
     fn replace_body(&self, body_size: usize) {
-        let mut st = self.state.borrow_mut();
-        let status = st.status;
-        let bytes = match &mut st.response {
-            ResponseState::Replace { reason, fhir, sent } => {
-                let first = !std::mem::replace(sent, true);
-                if first { refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes() } else { Vec::new() }
+        let bytes = {
+            let mut st = self.state.borrow_mut();
+            let status = st.status;
+            match &mut st.response {
+                ResponseState::Replace { reason, fhir, sent } => {
+                    let first = !std::mem::replace(sent, true);
+                    if first { refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes() } else { Vec::new() }
+                }
+                ResponseState::Scrub { fhir, sent } => {
+                    let first = !std::mem::replace(sent, true);
+                    if first { upstream_error_body(*fhir, status).into_bytes() } else { Vec::new() }
+                }
+                _ => return,
             }
-            ResponseState::Scrub { fhir, sent } => {
-                let first = !std::mem::replace(sent, true);
-                if first { upstream_error_body(*fhir, status).into_bytes() } else { Vec::new() }
-            }
-            _ => return,
         };
-        if set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
+        // No borrow is held across the hostcall: a host that calls back into the filter from
+        // inside it (a stream reset runs `on_log`) finds the state free.
+        if abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
             log::error!("phi-guard: could not replace a response body");
         }
     }
@@ -76,24 +128,23 @@ impl Stream {
     /// Check and minimize the complete buffered body: release the minimized bytes, or switch to
     /// replacement (not one byte of the original) if anything fails.
     fn finish_check(&self, body_size: usize) {
-        let (result, original, shadow) = {
+        let (plan, shadow) = {
             let st = self.state.borrow();
             let ResponseState::Check { plan, shadow, .. } = &st.response else { return };
-            let shadow = *shadow;
-            match get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-                Ok(b) => {
-                    let body = b.unwrap_or_default();
-                    let key = self.vm.hmac_key.borrow();
-                    let audit = self.vm.audit.borrow();
-                    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000, pseudonyms: audit.as_ref().map(|a| &a.key) };
-                    (plan.release(&body, &ctx), body, shadow)
-                }
-                Err(_) => {
-                    drop(st);
-                    self.refuse_response(DenyReason::ResponseTruncated);
-                    return;
-                }
+            (plan.clone(), *shadow)
+        };
+        let original = match abi::buffer(BufferType::HttpResponseBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(_) => {
+                self.refuse_response(DenyReason::ResponseTruncated);
+                return;
             }
+        };
+        let result = {
+            let key = self.vm.hmac_key.borrow();
+            let audit = self.vm.audit.borrow();
+            let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000, pseudonyms: audit.as_ref().map(|a| &a.key) };
+            plan.release(&original, &ctx)
         };
         self.state.borrow_mut().restrictions = result.restrictions;
         match result.outcome {
@@ -103,8 +154,11 @@ impl Stream {
                     // upstream's bytes unchanged.
                     applied.body = None;
                 }
+                // `release` refuses a body over the cap, and the cap is at most Envoy's buffer
+                // limit (`limits.envoyBufferLimitBytes`): a larger buffer makes Envoy reset the
+                // stream from inside `set_buffer` and call back into the filter.
                 if let Some(bytes) = &applied.body {
-                    if set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
+                    if abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
                         // Could not swap in the minimized body: release nothing.
                         self.refuse_response(DenyReason::MinimizationFailed);
                         return;
@@ -116,7 +170,9 @@ impl Stream {
                 // Integrity of what leaves the filter: RFC 9530 digest of the released bytes, as
                 // a trailer (the headers are gone) and in the audit event.
                 let digest = content_digest(applied.body.as_deref().unwrap_or(&original));
-                let _ = set_map_value(MapType::HttpResponseTrailers, CONTENT_DIGEST, Some(&digest));
+                if abi::set_header(MapType::HttpResponseTrailers, CONTENT_DIGEST, digest.as_bytes()).is_err() {
+                    log::warn!("phi-guard: the content-digest trailer could not be added");
+                }
                 let mut st = self.state.borrow_mut();
                 st.withheld = applied.withheld;
                 st.content_digest = Some(digest);
@@ -148,22 +204,13 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Ok(headers) = get_map(MapType::HttpRequestHeaders) else {
-            self.vm.reply(&self.state, 400, DenyReason::InvalidPath, false, &Challenge::default(), &[]);
-            return Action::Pause;
+        let mut request = match abi::header_pairs(MapType::HttpRequestHeaders) {
+            Ok(headers) => OwnedRequest::from_headers(&headers),
+            // Unreadable headers: refused (and audited) like undecodable ones.
+            Err(_) => OwnedRequest { invalid_header: true, ..OwnedRequest::default() },
         };
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let request = OwnedRequest {
-            method: find(":method").unwrap_or_default(),
-            path: find(":path").unwrap_or_default(),
-            authorization: headers.iter().filter(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).collect(),
-            header_count: headers.iter().filter(|(k, _)| !k.starts_with(':')).count(),
-            header_bytes: headers.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            content_length: find("content-length").and_then(|l| l.trim().parse().ok()),
-            request_id: find("x-request-id"),
-            source: property(&["source", "address"]),
-            destination: property(&["destination", "address"]),
-        };
+        request.source = property(&["source", "address"]);
+        request.destination = property(&["destination", "address"]);
         let now = now_ms();
         match self.vm.handle(&request, &self.state, now, true) {
             Outcome::Forwarded => Action::Continue,
@@ -204,7 +251,7 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         if check.inspects() {
-            let body = match get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            let body = match abi::buffer(BufferType::HttpRequestBody, 0, body_size) {
                 Ok(b) => b.unwrap_or_default(),
                 Err(_) => return self.refuse_request_body(DenyReason::InvalidRequestBody),
             };
@@ -221,35 +268,44 @@ impl HttpContext for Stream {
             // Our own local reply passing back through: it is already complete.
             return Action::Continue;
         }
-        let status = get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
         self.state.borrow_mut().status = status;
         if self.state.borrow().security_headers {
-            let _ = set_map_value(MapType::HttpResponseHeaders, "cache-control", Some("no-store"));
-            let _ = set_map_value(MapType::HttpResponseHeaders, "pragma", Some("no-cache"));
-            let _ = set_map_value(MapType::HttpResponseHeaders, "x-content-type-options", Some("nosniff"));
-            let _ = remove_map_value(MapType::HttpResponseHeaders, "server");
-            let _ = remove_map_value(MapType::HttpResponseHeaders, "x-powered-by");
+            for (name, value) in [("cache-control", "no-store"), ("pragma", "no-cache"), ("x-content-type-options", "nosniff")] {
+                let _ = abi::set_header(MapType::HttpResponseHeaders, name, value.as_bytes());
+            }
+            let _ = abi::remove_header(MapType::HttpResponseHeaders, "server");
+            let _ = abi::remove_header(MapType::HttpResponseHeaders, "x-powered-by");
         }
-        let (screen, fhir) = {
+        let (plan, fhir, shadow) = {
             let st = self.state.borrow();
             let ResponseState::Check { plan, fhir, shadow, .. } = &st.response else { return Action::Continue };
-            let header = |name: &str| get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
-            let (content_type, content_encoding) = (header("content-type"), header("content-encoding"));
-            let head = UpstreamHead {
-                status,
-                content_type: content_type.as_deref(),
-                content_encoding: content_encoding.as_deref(),
-                content_length: header("content-length").and_then(|l| l.trim().parse().ok()),
-                end_of_stream,
-            };
-            (plan.screen(&head, *shadow), *fhir)
+            (plan.clone(), *fhir, *shadow)
         };
+        let (content_type, content_length) = (response_header("content-type"), response_header("content-length"));
+        // An undecodable content-encoding is still an encoding we cannot read.
+        let content_encoding = match abi::header(MapType::HttpResponseHeaders, "content-encoding") {
+            Ok(Some(b)) => Some(String::from_utf8(b).unwrap_or_else(|_| "undecodable".to_owned())),
+            _ => None,
+        };
+        let head = UpstreamHead {
+            status,
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            content_length: content_length.and_then(|l| l.trim().parse().ok()),
+            end_of_stream,
+        };
+        let screen = plan.screen(&head, shadow);
+        if !shadow {
+            strip_unlisted_response_headers();
+        }
         // The body may change length; the client must not rely on the upstream's.
-        let _ = remove_map_value(MapType::HttpResponseHeaders, "content-length");
+        let _ = abi::remove_header(MapType::HttpResponseHeaders, "content-length");
         let json_headers = || {
             // The replacement is our JSON error body, in identity encoding.
-            let _ = remove_map_value(MapType::HttpResponseHeaders, "content-encoding");
-            let _ = set_map_value(MapType::HttpResponseHeaders, "content-type", Some(if fhir { "application/fhir+json" } else { "application/json" }));
+            let _ = abi::remove_header(MapType::HttpResponseHeaders, "content-encoding");
+            let content_type = if fhir { "application/fhir+json" } else { "application/json" };
+            let _ = abi::set_header(MapType::HttpResponseHeaders, "content-type", content_type.as_bytes());
         };
         match screen {
             Screen::Check => {}
@@ -260,7 +316,17 @@ impl HttpContext for Stream {
             }
             Screen::Refuse(reason) => {
                 self.refuse_response(reason);
-                if matches!(self.state.borrow().response, ResponseState::Replace { .. }) {
+                let replaced = matches!(self.state.borrow().response, ResponseState::Replace { .. });
+                if replaced && end_of_stream {
+                    // No body follows to carry the error (an empty success, a HEAD answer). The
+                    // upstream's headers have not left yet: answer with our own reply instead.
+                    let reply = refusal_reply(reason, reason.status(), fhir, None);
+                    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    self.state.borrow_mut().replied = true;
+                    if abi::send_response(u32::from(reply.status), &headers, reply.body.as_bytes()).is_err() {
+                        log::error!("phi-guard: could not replace an empty response");
+                    }
+                } else if replaced {
                     json_headers();
                 }
             }
@@ -289,11 +355,30 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // (still checking the body, strip the upstream's trailers)
+        let (checking, strip) = match &self.state.borrow().response {
+            ResponseState::Check { shadow, .. } => (true, !*shadow),
+            ResponseState::Replace { .. } | ResponseState::Scrub { .. } => (false, true),
+            ResponseState::Pass => (false, false),
+        };
+        if strip {
+            // The upstream's trailers are its headers' tail: on checked routes they can carry
+            // what the header allowlist removes, so none of them reach the client; the
+            // filter's own content-digest is added after this.
+            let names: Vec<String> = abi::header_pairs(MapType::HttpResponseTrailers)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+                .collect();
+            for name in &names {
+                let _ = abi::remove_header(MapType::HttpResponseTrailers, name);
+            }
+        }
         // With trailers the body callback never sees end_of_stream: finish here.
-        if !matches!(self.state.borrow().response, ResponseState::Check { .. }) {
+        if !checking {
             return Action::Continue;
         }
-        let size = get_buffer(BufferType::HttpResponseBody, 0, usize::MAX).ok().flatten().map_or(0, |b| b.len());
+        let size = abi::buffer(BufferType::HttpResponseBody, 0, usize::MAX).ok().flatten().map_or(0, |b| b.len());
         self.finish_check(size);
         self.replace_body(size);
         Action::Continue

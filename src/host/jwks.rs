@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use proxy_wasm::hostcalls::{dispatch_http_call, get_buffer, get_shared_data, set_shared_data};
+use proxy_wasm::hostcalls::{dispatch_http_call, get_shared_data, set_shared_data};
 use proxy_wasm::types::BufferType;
 
 use super::shared::{claim_lease, header, release_lease_until};
@@ -116,7 +116,7 @@ impl Jwks {
         let now = now_ms / 1000;
         let issuer = vm.active.borrow().as_ref().and_then(|a| a.policy.issuers.get(i).map(|x| (x.issuer.clone(), x.algorithms.clone(), x.remote.clone())));
         let Some((iss, algs, Some(remote))) = issuer else { return true };
-        let body = get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let body = super::abi::buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
         let parsed = match header(headers, ":status") {
             Some("200") => parse_remote_jwks(&body, &algs).map_err(|e| e.to_string()),
             other => Err(format!("status {}", other.unwrap_or("none (timeout or reset)"))),

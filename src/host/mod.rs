@@ -1,8 +1,10 @@
 //! The proxy-wasm shell: the only code that talks to Envoy. It reads values from the host, calls
-//! the pure core, and applies the result. Every hostcall goes through `proxy_wasm::hostcalls`,
-//! whose `Result`s we handle: the trait helpers `unwrap` host errors, and a panic would take the
-//! worker's VM down.
+//! the pure core, and applies the result. Headers, bodies, properties and local replies go
+//! through `abi` (bytes, every host status an `Err`); the rest through `proxy_wasm::hostcalls`,
+//! whose `Result`s we handle. The SDK's string getters and trait helpers `unwrap` (UTF-8, host
+//! errors), and a panic would take the worker's VM down.
 
+mod abi;
 mod audit;
 mod http;
 mod jwks;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use proxy_wasm::hostcalls::{dispatch_http_call, get_buffer, get_shared_data, set_shared_data};
+use proxy_wasm::hostcalls::{dispatch_http_call, get_shared_data, set_shared_data};
 use proxy_wasm::types::BufferType;
 
 use super::shared::{claim_lease, get_u64, header, release_lease_until, set_u64};
@@ -84,7 +84,7 @@ impl Pull {
                 set_u64(SHARED_LAST_OK, now);
             }
             Some("200") => {
-                let body = get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+                let body = super::abi::buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
                 match accept_signed(&body, header(headers, SIGNATURE_HEADER), &self.config) {
                     Ok(policy) => {
                         let _ = set_shared_data(SHARED_POLICY, Some(&body), None);

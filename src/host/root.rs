@@ -5,10 +5,11 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls::{get_buffer, get_map, set_tick_period};
+use proxy_wasm::hostcalls::set_tick_period;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
+use super::abi;
 use super::audit::AuditSink;
 use super::http::Stream;
 use super::jwks::Jwks;
@@ -98,7 +99,13 @@ impl Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let headers = get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        // Callout answers (collector, policy server, JWKS) are untrusted too: read as bytes; a
+        // value that is not UTF-8 is read lossily (a mangled signature or status then fails).
+        let headers: Vec<(String, String)> = abi::header_pairs(MapType::HttpCallResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+            .collect();
         let now = now_ms();
         let status = super::shared::header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
         let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone()).unwrap_or_default();
@@ -118,7 +125,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = match get_buffer(BufferType::PluginConfiguration, 0, size) {
+        let bytes = match abi::buffer(BufferType::PluginConfiguration, 0, size) {
             Ok(Some(b)) => b,
             _ => {
                 log::error!("phi-guard: no plugin configuration; the previous policy (if any) stays in force");

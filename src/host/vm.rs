@@ -4,10 +4,11 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{get_shared_data, remove_map_value, resume_http_request, send_http_response, set_effective_context, set_shared_data};
+use proxy_wasm::hostcalls::{get_shared_data, resume_http_request, set_effective_context, set_shared_data};
 use proxy_wasm::types::Status;
 use proxy_wasm::types::MapType;
 
+use super::abi;
 use super::audit::AuditSink;
 use super::metrics::Metrics;
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
@@ -153,9 +154,49 @@ pub struct OwnedRequest {
     pub source: Option<String>,
     /// Listener address (`destination.address`).
     pub destination: Option<String>,
+    /// A header the decision reads (or a header name) is not UTF-8, or the headers could not
+    /// be read: refused as `invalid_header` (the fields above then hold a lossy reading, for
+    /// the audit event only).
+    pub invalid_header: bool,
 }
 
 impl OwnedRequest {
+    /// The decision inputs from raw request headers (name, value bytes). Values of other
+    /// headers are opaque: only counted and measured, so a Latin-1 byte in an unrelated header
+    /// changes nothing.
+    pub fn from_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Self {
+        let mut req = OwnedRequest::default();
+        for (name, value) in headers {
+            req.header_bytes = req.header_bytes.saturating_add(name.len()).saturating_add(value.len());
+            let Ok(name) = std::str::from_utf8(name) else {
+                req.invalid_header = true;
+                continue;
+            };
+            if !name.starts_with(':') {
+                req.header_count += 1;
+            }
+            let read = matches!(name, ":method" | ":path" | "authorization" | "x-request-id" | "content-length");
+            if !read {
+                continue;
+            }
+            let text = match std::str::from_utf8(value) {
+                Ok(t) => t.to_owned(),
+                Err(_) => {
+                    req.invalid_header = true;
+                    String::from_utf8_lossy(value).into_owned()
+                }
+            };
+            match name {
+                ":method" => req.method = text,
+                ":path" => req.path = text,
+                "authorization" => req.authorization.push(text),
+                "x-request-id" => req.request_id = Some(text),
+                _ => req.content_length = text.trim().parse().ok(),
+            }
+        }
+        req
+    }
+
     fn meta(&self) -> RequestMeta<'_> {
         RequestMeta {
             request_id: self.request_id.as_deref(),
@@ -240,7 +281,12 @@ impl Vm {
 
     /// Finish and emit a stream's pending event (at the end of the stream).
     pub fn finish(&self, state: &RefCell<StreamState>) {
-        let mut st = state.borrow_mut();
+        // Envoy may call `on_log` from inside a hostcall of this stream (a reset while a body is
+        // replaced): never panic on a busy state; `on_done` finishes the event later.
+        let Ok(mut st) = state.try_borrow_mut() else {
+            log::warn!("phi-guard: stream state busy at the end of the stream; audit deferred to on_done");
+            return;
+        };
         let Some(event) = st.audit.take() else { return };
         // A body still being checked when the stream ends never reached the client.
         let failure = st.failure.or(match st.response {
@@ -281,7 +327,11 @@ impl Vm {
             };
             let before = active.cache.stats();
             let policy = Rc::clone(&active.policy);
-            let d = decide(&policy, &mut active.cache, &request, now_secs);
+            let d = if req.invalid_header {
+                Decision::Deny(refusal(DenyReason::InvalidHeader, DenyReason::InvalidHeader.status()))
+            } else {
+                decide(&policy, &mut active.cache, &request, now_secs)
+            };
             let after = active.cache.stats();
             self.metrics.cache(after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
             let wait_for = match d.reason() {
@@ -344,14 +394,19 @@ impl Vm {
             }
         }
         self.metrics.allowed();
-        let mut st = state.borrow_mut();
-        st.audit = event;
-        st.security_headers = grant.security_headers;
-        st.body = grant.body;
-        if grant.response.inspects_body() {
+        let inspects = grant.response.inspects_body();
+        {
+            let mut st = state.borrow_mut();
+            st.audit = event;
+            st.security_headers = grant.security_headers;
+            st.body = grant.body;
+            if inspects {
+                st.response = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max: policy.limits.max_response_bytes, shadow };
+            }
+        }
+        if inspects {
             // The upstream must answer in a form we can read: identity encoding.
-            let _ = remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
-            st.response = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max: policy.limits.max_response_bytes, shadow };
+            let _ = abi::remove_header(MapType::HttpRequestHeaders, "accept-encoding");
         }
         Outcome::Forwarded
     }
@@ -362,7 +417,7 @@ impl Vm {
         let mut headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         state.borrow_mut().replied = true;
-        if send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err() {
+        if abi::send_response(u32::from(reply.status), &headers, reply.body.as_bytes()).is_err() {
             log::error!("phi-guard: could not send local reply for `{}`", reason.code());
         }
         self.metrics.denied(reason);

@@ -42,7 +42,13 @@ fn err(location: impl Into<String>, message: impl Into<String>) -> CompileError 
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_MAX_PATH_BYTES: usize = 4 * 1024;
-const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB): the default stream buffer limit.
+const DEFAULT_ENVOY_BUFFER_LIMIT_BYTES: usize = 1024 * 1024;
+/// Room left in Envoy's stream buffer above `maxResponseBytes` for one more upstream read. The
+/// body callback sees what is buffered so far; Envoy appends the next read (and resets the
+/// stream if that overflows) before the filter can refuse it. The shipped configurations bound
+/// a read with the upstream cluster's `per_connection_buffer_limit_bytes` (32 KiB).
+pub const ENVOY_READ_HEADROOM_BYTES: usize = 64 * 1024;
 const DEFAULT_CACHE_ENTRIES: usize = 1024;
 const MAX_CACHE_ENTRIES: usize = 100_000;
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -113,11 +119,35 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         Some(s) => return Err(err("unmatched.status", format!("`{s}` must be 403 or 404"))),
     };
     let limits = doc.limits.as_ref();
+    let envoy_buffer_limit_bytes = bounded(
+        limits.and_then(|l| l.envoy_buffer_limit_bytes),
+        DEFAULT_ENVOY_BUFFER_LIMIT_BYTES,
+        2 * ENVOY_READ_HEADROOM_BYTES..=64 * 1024 * 1024,
+        "limits.envoyBufferLimitBytes",
+    )?;
+    // Bodies the filter buffers (and the bodies it writes back) must fit Envoy's buffer: past
+    // it Envoy resets a response whose headers are gone, and a larger buffer written from the
+    // body callback makes Envoy call back into the filter mid-callback. Responses keep room for
+    // one more upstream read (see ENVOY_READ_HEADROOM_BYTES).
+    let response_room = envoy_buffer_limit_bytes - ENVOY_READ_HEADROOM_BYTES;
+    let within_envoy = |v: usize, room: usize, loc: &str| {
+        if v > room {
+            Err(err(
+                loc,
+                format!("`{v}` exceeds {room}: limits.envoyBufferLimitBytes ({envoy_buffer_limit_bytes}, Envoy's per_connection_buffer_limit_bytes){}", if room < envoy_buffer_limit_bytes { " less one upstream read (65536)" } else { "" }),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    let max_response_bytes = bounded(limits.and_then(|l| l.max_response_bytes), response_room, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?;
+    let max_request_body_bytes = bounded(limits.and_then(|l| l.max_request_body_bytes), envoy_buffer_limit_bytes, 0..=64 * 1024 * 1024, "limits.maxRequestBodyBytes")?;
     let limits = Limits {
         max_token_bytes: bounded(limits.and_then(|l| l.max_token_bytes), DEFAULT_MAX_TOKEN_BYTES, 256..=64 * 1024, "limits.maxTokenBytes")?,
         max_path_bytes: bounded(limits.and_then(|l| l.max_path_bytes), DEFAULT_MAX_PATH_BYTES, 64..=64 * 1024, "limits.maxPathBytes")?,
-        max_response_bytes: bounded(limits.and_then(|l| l.max_response_bytes), DEFAULT_MAX_RESPONSE_BYTES, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?,
-        max_request_body_bytes: bounded(limits.and_then(|l| l.max_request_body_bytes), 1024 * 1024, 0..=64 * 1024 * 1024, "limits.maxRequestBodyBytes")?,
+        max_response_bytes: within_envoy(max_response_bytes, response_room, "limits.maxResponseBytes")?,
+        max_request_body_bytes: within_envoy(max_request_body_bytes, envoy_buffer_limit_bytes, "limits.maxRequestBodyBytes")?,
+        envoy_buffer_limit_bytes,
         max_header_count: bounded(limits.and_then(|l| l.max_header_count), 100, 8..=1000, "limits.maxHeaderCount")?,
         max_header_bytes: bounded(limits.and_then(|l| l.max_header_bytes), 32 * 1024, 1024..=1024 * 1024, "limits.maxHeaderBytes")?,
     };

@@ -82,6 +82,8 @@ pub struct Limits {
     pub max_header_count: usize,
     /// Largest total request header size.
     pub max_header_bytes: usize,
+    /// Envoy's stream buffer limit the deployment declares; the two body caps are at most this.
+    pub envoy_buffer_limit_bytes: usize,
 }
 
 /// A compiled route.

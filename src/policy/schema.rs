@@ -496,6 +496,11 @@ pub struct LimitsDoc {
     /// Largest total size of request header names and values.
     #[serde(default)]
     pub max_header_bytes: Option<usize>,
+    /// Envoy's buffer limit for the stream (the listener's `per_connection_buffer_limit_bytes`,
+    /// 1 MiB unless the deployment changes it): `maxResponseBytes` and `maxRequestBodyBytes`
+    /// may not exceed it, because a body Envoy will not buffer is reset mid-response.
+    #[serde(default)]
+    pub envoy_buffer_limit_bytes: Option<usize>,
 }
 
 /// Verified-token cache settings.

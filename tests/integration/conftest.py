@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import harness as harness_module  # noqa: E402
 from harness import HarnessError, make_harness  # noqa: E402
 from helpers import Api  # noqa: E402
 from tokens import CLI, PyMinter, cli_token, py_token  # noqa: E402
@@ -114,6 +115,37 @@ class Tokens:
 @pytest.fixture(scope="session")
 def tokens() -> Tokens:
     return Tokens()
+
+
+# A test that expects Envoy or the filter's VM to fail (none should): the guard then only
+# moves its marks forward.
+EXPECT_FAILURE = "expect_envoy_failure"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{EXPECT_FAILURE}(reason): this test expects a harness to "
+                            "crash, restart its wasm VM or stop being ready; the health guard "
+                            "skips it")
+
+
+@pytest.fixture(autouse=True)
+def envoy_stays_healthy(request):
+    """After every test, every running harness (and any the test started and stopped) is still
+    ready, its wasm VMs were not restarted, and Envoy's log has no panic, trap or crash line
+    since the guard last looked. One bad input must never take a worker's VM (or Envoy) down."""
+    harness_module.STOPPED_PROBLEMS.clear()
+    yield
+    problems = list(harness_module.STOPPED_PROBLEMS)
+    harness_module.STOPPED_PROBLEMS.clear()
+    expected = request.node.get_closest_marker(EXPECT_FAILURE) is not None
+    for h in list(harness_module.LIVE):
+        try:
+            found = h.health_problems()
+        except (HarnessError, OSError) as err:
+            found = [f"health check failed: {err}"]
+        problems += [f"{h.name}: {p}" for p in found]
+    if problems and not expected:
+        pytest.fail("harness health guard:\n  " + "\n  ".join(problems), pytrace=False)
 
 
 def pytest_report_header(config):

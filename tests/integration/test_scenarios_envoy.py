@@ -128,10 +128,11 @@ def exchange_of(scenario: dict, path: str) -> Exchange:
         header = "Bearer " + PyMinter().token(claims, alg=token["alg"], kid=token.get("kid"))
     upstream = scenario.get("upstream")
     if upstream is None:
-        # The scenario decides the request only (tests/scenarios.rs releases nothing): an upstream
-        # that answers 200 with an empty body gives the response phase nothing to check, in the
-        # filter (the headers end the stream) and in `explain` alike.
-        status, body = 200, b""
+        # The scenario decides the request only (tests/scenarios.rs releases nothing): the
+        # upstream answers 200 with the smallest body a checked route releases unchanged (an
+        # empty 2xx is refused on checked routes: `response_not_json`), in the filter and in
+        # `explain` alike.
+        status, body = 200, minimal_body(scenario["request"]["path"])
     else:
         status = upstream.get("status", 200)
         if "body" in upstream:
@@ -279,6 +280,19 @@ def assert_filter_matches_cli(r: Replay) -> None:
 def released_entries(body: dict) -> list[str]:
     return [f"{e['resource'].get('resourceType', '?')}/{e['resource'].get('id', '?')}"
             for e in body.get("entry", []) if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+
+
+def minimal_body(path: str) -> bytes:
+    """A FHIR read of Type/id: that resource with that id; a FHIR search: an empty searchset;
+    anything else: an empty JSON object."""
+    route, _, query = path.partition("?")
+    parts = [p for p in route.split("/") if p]
+    if "fhir" in parts:
+        rest = parts[parts.index("fhir") + 1:]
+        if len(rest) == 2 and not query:
+            return json.dumps({"resourceType": rest[0], "id": rest[1]}, separators=(",", ":")).encode()
+        return b'{"resourceType":"Bundle","type":"searchset"}'
+    return b"{}"
 
 
 def assert_meets_expectations(r: Replay, expect: dict) -> None:

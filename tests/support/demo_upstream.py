@@ -21,9 +21,15 @@ Anything else: 404 OperationOutcome.
 Test hooks (only on this port, never routed through Envoy):
   GET /__requests     every request received so far: [{method, path, headers}]
   DELETE /__requests  clear that list
-  POST /__respond     {"status": 200, "contentType": "...", "body": "text" | "bodyBase64": "..."}:
+  POST /__respond     {"status": 200, "contentType": "...", "body": "text" | "bodyBase64": "...",
+                       "headers": [[name, value] | [name, {"base64": "..."}], ...],
+                       "chunked": false, "trailers": [[name, value], ...]}:
                       answer every following request outside these hooks with exactly that
-                      (still recorded in /__requests), to replay a fixed upstream response
+                      (still recorded in /__requests), to replay a fixed upstream response.
+                      Header values may be any bytes but CR, LF and NUL (given as base64 for
+                      non-UTF-8 bytes such as Latin-1); names must be HTTP tokens. `chunked`
+                      sends the body chunked (then `trailers` after it) instead of with a
+                      Content-Length. CR/LF in `contentType` is refused (no header injection)
   DELETE /__respond   serve the demo data again
 """
 
@@ -212,6 +218,26 @@ SMART_CONFIGURATION = {
 }
 
 
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _header_value(value) -> bytes:
+    """A canned header value: text (UTF-8) or {"base64": ...} for arbitrary bytes. CR, LF and
+    NUL are refused: the hook must not be a way to inject headers into its own answers."""
+    raw = base64.b64decode(value["base64"], validate=True) if isinstance(value, dict) else str(value).encode()
+    if any(b in raw for b in (b"\r", b"\n", b"\0")):
+        raise ValueError("header values may not contain CR, LF or NUL")
+    return raw
+
+
+def _header_pair(pair) -> tuple[bytes, bytes]:
+    name, value = pair
+    name = str(name).encode()
+    if not name or any(c not in _TOKEN for c in name):
+        raise ValueError(f"header name {name!r} is not an HTTP token")
+    return name, _header_value(value)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Envoy's connection pool expects
     server_version = "phi-guard-demo-upstream/0.1"
@@ -255,6 +281,25 @@ class Handler(BaseHTTPRequestHandler):
         if truncate:
             self.close_connection = True
 
+    def _send_canned(self, canned: dict) -> None:
+        """Write a canned answer byte for byte (raw header bytes, optional chunking/trailers)."""
+        head = [f"HTTP/1.1 {canned['status']} Canned".encode(),
+                b"Content-Type: " + canned["contentType"],
+                b"Date: " + self.date_time_string().encode()]
+        head += [name + b": " + value for name, value in canned["headers"]]
+        data = canned["body"] if self.command != "HEAD" else b""
+        if canned["chunked"]:
+            head.append(b"Transfer-Encoding: chunked")
+            payload = b""
+            if data:
+                payload += f"{len(data):x}\r\n".encode() + data + b"\r\n"
+            payload += b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in canned["trailers"]) + b"\r\n"
+        else:
+            head.append(f"Content-Length: {len(canned['body'])}".encode())
+            payload = data
+        self.wfile.write(b"\r\n".join(head) + b"\r\n\r\n" + payload)
+        self.wfile.flush()
+
     def _not_found(self, what: str = "") -> None:
         self._send(404, operation_outcome("not-found", what or f"no route for {self.path}"))
 
@@ -293,8 +338,7 @@ class Handler(BaseHTTPRequestHandler):
         with self.lock:
             canned = self.canned[0]
         if canned is not None:
-            status, content_type, data = canned
-            return self._send(status, data, content_type)
+            return self._send_canned(canned)
         method = self.command
         if raw_path == "/healthz" and method in ("GET", "HEAD"):
             return self._send(200, {"status": "ok"}, PLAIN_JSON)
@@ -331,17 +375,23 @@ class Handler(BaseHTTPRequestHandler):
         try:
             spec = json.loads(self._read_body() or b"{}")
             status = int(spec.get("status", 200))
-            content_type = str(spec.get("contentType", FHIR_JSON))
+            content_type = _header_value(str(spec.get("contentType", FHIR_JSON)))
             if "bodyBase64" in spec:
                 data = base64.b64decode(spec["bodyBase64"], validate=True)
             else:
                 data = str(spec.get("body", "")).encode()
+            headers = [_header_pair(h) for h in spec.get("headers", [])]
+            trailers = [_header_pair(h) for h in spec.get("trailers", [])]
+            chunked = bool(spec.get("chunked", False))
         except (AttributeError, TypeError, ValueError, binascii.Error) as err:
             return self._send(400, {"error": f"bad canned response: {err}"}, PLAIN_JSON)
         if not 100 <= status <= 599:
             return self._send(400, {"error": f"bad status {status}"}, PLAIN_JSON)
+        if trailers and not chunked:
+            return self._send(400, {"error": "trailers need a chunked body"}, PLAIN_JSON)
         with self.lock:
-            self.canned[0] = (status, content_type, data)
+            self.canned[0] = {"status": status, "contentType": content_type, "body": data,
+                              "headers": headers, "trailers": trailers, "chunked": chunked}
         return self._send(200, {"canned": True, "status": status, "bytes": len(data)}, PLAIN_JSON)
 
     def _admin(self, method: str, path: str, query: str) -> None:

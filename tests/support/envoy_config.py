@@ -64,6 +64,17 @@ ECDH_CURVES = ("X25519", "P-256", "P-384")
 # One year, subdomains included (no `preload`: that is a decision for the domain's owner).
 HSTS_VALUE = "max-age=31536000; includeSubDomains"
 
+# Envoy's per-stream buffer limit: the listeners' per_connection_buffer_limit_bytes (written out
+# although it is Envoy's default). The policy's `limits.envoyBufferLimitBytes` states the same
+# number (default 1048576); `limits.maxResponseBytes` may not exceed it less one upstream read
+# (65536), `maxRequestBodyBytes` may not exceed it (checked when the policy compiles): a body
+# Envoy will not buffer is reset mid-response. Raise both together, never one alone.
+BUFFER_LIMIT_BYTES = 1024 * 1024
+# The clusters' per_connection_buffer_limit_bytes bounds one upstream read, i.e. how much body
+# Envoy appends to the stream buffer before the filter sees it: it must stay well under the
+# 64 KiB headroom the policy keeps (a read may overshoot by one 16 KiB slice).
+UPSTREAM_READ_LIMIT_BYTES = 32 * 1024
+
 # Fixed ports and paths inside the compose Envoy container (envoy/docker-compose.yaml).
 COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, COMPOSE_ADMIN_PORT = 10000, 10443, 9901
 COMPOSE_WASM = "/etc/phi-guard/phi_guard.wasm"
@@ -137,6 +148,7 @@ def _cluster(name: str, host: str, port: int) -> str:
   - name: {q(name)}
     {discovery}
     connect_timeout: 1s
+    per_connection_buffer_limit_bytes: {UPSTREAM_READ_LIMIT_BYTES}
     load_assignment:
       cluster_name: {q(name)}
       endpoints:
@@ -292,6 +304,7 @@ def render(
   - name: ingress
     address:
       socket_address: {{address: {q(address)}, port_value: {listen_port}}}
+    per_connection_buffer_limit_bytes: {BUFFER_LIMIT_BYTES}
     filter_chains:
     - filters:
 {_hcm("ingress_http", path_hardening, access_logs, http_filters, "")}"""
@@ -306,6 +319,7 @@ def render(
   - name: ingress_https
     address:
       socket_address: {{address: {q(https_address or address)}, port_value: {https_port}}}
+    per_connection_buffer_limit_bytes: {BUFFER_LIMIT_BYTES}
     filter_chains:
     - filters:
 {_hcm("ingress_https", path_hardening, access_logs, http_filters, hsts)}{_tls_transport_socket(str(tls_cert), str(tls_key))}"""

@@ -102,6 +102,21 @@ class HarnessError(RuntimeError):
     pass
 
 
+# Harnesses started and not yet stopped, for the integration suite's health guard
+# (tests/integration/conftest.py), and what the guard found in harnesses stopped since it last
+# looked (a test that starts and stops its own harness).
+LIVE: list["Harness"] = []
+STOPPED_PROBLEMS: list[str] = []
+# A panic or trap in the filter, or Envoy itself crashing.
+CRASH_LINE = re.compile(r"panicked at|Caught |Function: proxy_\w+ failed|Uncaught RuntimeError|"
+                        r"wasm_vm\.cc.*failed")
+# Stats that only move when a wasm VM is restarted after a crash (`failure_policy: FAIL_RELOAD`):
+# wasm.<vm_id>.vm_reload, vm_reload_success, vm_reload_failure, vm_reload_backoff.
+# (`wasm.envoy.wasm.runtime.v8.created` also counts VMs made for a new configuration, e.g. an
+# ECDS update, so it is not a crash signal.)
+VM_RESTART_STAT = re.compile(r"^wasm\.[^:]*\.vm_reload\w*$")
+
+
 class Harness:
     """What the tests need from a running proxy, wherever it runs."""
 
@@ -121,12 +136,21 @@ class Harness:
         return json.loads(body)
 
     def upstream_respond(self, status: int, body: bytes,
-                         content_type: str = "application/fhir+json") -> None:
+                         content_type: str | bytes = "application/fhir+json", *,
+                         headers: list[tuple[str, str | bytes]] = (), chunked: bool = False,
+                         trailers: list[tuple[str, str | bytes]] = ()) -> None:
         """Make the demo upstream answer every following request (outside its test hooks) with
-        exactly this status, content type and body, until `upstream_reset()`. The upstream is
-        shared by every test on this harness: reset it in a `finally` or a fixture."""
-        spec = {"status": status, "contentType": content_type,
-                "bodyBase64": base64.b64encode(body).decode()}
+        exactly this status, content type, headers and body, until `upstream_reset()`. Bytes
+        values are sent as they are (e.g. Latin-1); `chunked` sends the body chunked, followed
+        by `trailers`. The upstream is shared by every test on this harness: reset it in a
+        `finally` or a fixture."""
+        def value(v):
+            return {"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v
+
+        spec = {"status": status, "contentType": value(content_type),
+                "bodyBase64": base64.b64encode(body).decode(),
+                "headers": [[n, value(v)] for n, v in headers], "chunked": chunked,
+                "trailers": [[n, value(v)] for n, v in trailers]}
         status_code, answer = http_call("POST", f"{self.upstream_url}/__respond",
                                         data=json.dumps(spec).encode())
         if status_code != 200:
@@ -175,6 +199,67 @@ class Harness:
     def stop(self) -> None:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ health guard
+    _guard_mark: dict | None = None
+
+    def _log_mark(self):
+        """A position in Envoy's log: lines after it are new."""
+        return None
+
+    def _log_since(self, mark) -> str:
+        return ""
+
+    def vm_restart_stats(self) -> dict[str, int]:
+        """The wasm VM restart counters (VM_RESTART_STAT) from the admin /stats."""
+        status, body = http_get(f"{self.admin_url}/stats?filter=vm_reload", timeout=5)
+        if status != 200:
+            raise HarnessError(f"/stats answered {status}")
+        out = {}
+        for line in body.decode("utf-8", "replace").splitlines():
+            name, _, value = line.partition(": ")
+            if VM_RESTART_STAT.match(name) and value.strip().isdigit():
+                out[name] = int(value)
+        return out
+
+    def health_mark(self) -> dict:
+        return {"log": self._log_mark(), "stats": self.vm_restart_stats()}
+
+    def guard_start(self) -> None:
+        """Register with the health guard once ready."""
+        self._guard_mark = self.health_mark()
+        LIVE.append(self)
+
+    def health_problems(self, mark: dict | None = None) -> list[str]:
+        """What went wrong since `mark` (default: the guard's last look): not ready, a VM
+        restarted, a panic/trap/crash line in Envoy's log. Moves the guard's mark forward."""
+        mark = mark or self._guard_mark or {}
+        problems = []
+        try:
+            status, body = http_get(f"{self.admin_url}/ready", timeout=5)
+            if status != 200 or body.strip() != b"LIVE":
+                problems.append(f"/ready answered {status} {body[:40]!r}")
+        except OSError as err:
+            problems.append(f"/ready unreachable ({err}): Envoy is down")
+            return problems
+        stats = self.vm_restart_stats()
+        for name, value in stats.items():
+            if value > mark.get("stats", {}).get(name, 0):
+                problems.append(f"wasm VM restarted: {name} {mark.get('stats', {}).get(name, 0)} -> {value}")
+        log_mark = self._log_mark()
+        crash = [ln for ln in self._log_since(mark.get("log")).splitlines() if CRASH_LINE.search(ln)]
+        problems += [f"Envoy log: {ln[:300]}" for ln in crash[:5]]
+        self._guard_mark = {"log": log_mark, "stats": stats}
+        return problems
+
+    def guard_stop(self) -> None:
+        """Before stopping: record what the guard would have found."""
+        if self in LIVE:
+            LIVE.remove(self)
+            try:
+                STOPPED_PROBLEMS.extend(f"{self.name}: {p}" for p in self.health_problems())
+            except (HarnessError, OSError) as err:
+                STOPPED_PROBLEMS.append(f"{self.name}: health check before stop failed: {err}")
+
 
 class LocalHarness(Harness):
     """Demo upstream + Envoy as child processes of this Python process."""
@@ -214,6 +299,7 @@ class LocalHarness(Harness):
             for _attempt in range(3):  # a picked port can be taken before Envoy binds it
                 try:
                     self._start_envoy()
+                    self.guard_start()
                     return self
                 except HarnessError as err:
                     last_error = err
@@ -328,6 +414,8 @@ class LocalHarness(Harness):
             self.procs = [p for p in self.procs if p is not proc]
 
     def stop(self) -> None:
+        if self.procs:
+            self.guard_stop()
         for proc in reversed(self.procs):
             _terminate(proc)
         self.procs = []
@@ -341,6 +429,23 @@ class LocalHarness(Harness):
     def envoy_log_text(self) -> str:
         path = self.workdir / "envoy.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def _log_mark(self):
+        # Envoy flushes its log every 250 ms (--file-flush-interval-msec): a line written in
+        # the last moments of a test is seen at the next look.
+        return tuple((self.workdir / n).stat().st_size if (self.workdir / n).exists() else 0
+                     for n in ("envoy.log", "envoy.stderr.log"))
+
+    def _log_since(self, mark) -> str:
+        log_at, stderr_at = mark if isinstance(mark, tuple) else (0, 0)
+        text = ""
+        for name, at in (("envoy.log", log_at), ("envoy.stderr.log", stderr_at)):
+            path = self.workdir / name
+            if path.exists():
+                with open(path, "rb") as f:
+                    f.seek(at)
+                    text += f.read().decode("utf-8", "replace")
+        return text
 
 
 
@@ -511,6 +616,7 @@ class ComposeHarness(Harness):
             self.upstream_url = f"http://127.0.0.1:{self.ports['FHIR_PORT']}"
             self.collector_url = f"http://127.0.0.1:{self.ports['AUDIT_PORT']}"
             self._wait_ready()
+            self.guard_start()
             return self
         except BaseException:
             self.stop()
@@ -581,9 +687,26 @@ class ComposeHarness(Harness):
     def envoy_log_text(self) -> str:
         return self._run("logs", "--no-color", "envoy", check=False) if self._up else ""
 
+    def _log_mark(self):
+        import datetime as _dt  # noqa: PLC0415
+
+        return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def _log_since(self, mark) -> str:
+        if not self._up or not mark:
+            return ""
+        cid = getattr(self, "_envoy_cid", None) or self._run("ps", "-q", "envoy", check=False).strip()
+        self._envoy_cid = cid
+        if not cid:
+            return "Caught: the envoy container is gone"
+        res = subprocess.run(["docker", "logs", "--since", mark, cid], capture_output=True,
+                             text=True, errors="replace")
+        return res.stdout + res.stderr
+
     def stop(self) -> None:
         if not self._up:
             return
+        self.guard_stop()
         self._up = False
         try:
             (self.workdir / "compose.log").write_text(
