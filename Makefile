@@ -60,7 +60,7 @@ PORT                 ?= 8090
 BROWSER_STAMP        := $(VENV)/.browser-installed
 
 FUZZ_SECONDS ?=
-.PHONY: fuzz help venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+.PHONY: fuzz help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
         compose-up compose-down compose-test oci bench bench-opt wrk clean distclean \
         playground-target playground-build playground chromium test-browser
 
@@ -113,6 +113,12 @@ stop: ## stop a demo started with `make run DETACH=1`
 token: CARGO_QUIET := --quiet
 token: cli ## print a demo token: make -s token SCOPE="patient/*.rs" PATIENT=<id> [CLAIMS='{...}']
 	@$(CLI) token --scope "$(SCOPE)" $(if $(PATIENT),--patient "$(PATIENT)") $(if $(CLAIMS),--claims '$(CLAIMS)') $(TOKEN_ARGS)
+
+lint: target venv ## cargo fmt --check, clippy (native and wasm32-wasip1, warnings are errors), ruff
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
+	$(VENV)/bin/ruff check .
 
 test: unit wasm-check integration ## everything: cargo test, wasm import check, Envoy integration suite
 

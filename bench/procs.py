@@ -54,7 +54,7 @@ class Envoy:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, render, *, concurrency: int = CONCURRENCY, timeout: float = 60.0) -> "Envoy":
+    def start(self, render, *, concurrency: int = CONCURRENCY, timeout: float = 60.0) -> Envoy:
         """`render(listen_port, admin_port)` -> YAML. Waits for /ready (polled every 5 ms)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         last = ""

@@ -280,7 +280,7 @@ def render(res: dict) -> str:
     w("")
     labels = res["proxies"]
     body_sizes = res.get("bodies", {})
-    for group, path in groups:
+    for _group, path in groups:
         size = body_sizes.get(path)
         w(f"### `GET {path}` ({size / 1024:.1f} KiB response)" if size else f"### `GET {path}`")
         w("")
@@ -349,7 +349,7 @@ def render(res: dict) -> str:
             w("| body KiB | rps no filter | rps pipeline | × no filter | Envoy CPU µs/req added | µs per KiB | p50 µs added |")
             w("|---:|---:|---:|---:|---:|---:|---:|")
             xs, ys = [], []
-            for size, path, c, v, b in rows:
+            for size, _path, _c, v, b in rows:
                 kib = size / 1024
                 if v.get("cpu_extra") is not None:
                     xs.append(kib)

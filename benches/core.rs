@@ -113,10 +113,7 @@ fn bench_decide(c: &mut Criterion<ThreadCpu>) {
 /// Every resource of a Synthea record, `urn:uuid:` references left as they are.
 fn synthea_resources() -> Vec<Value> {
     let mut out = Vec::new();
-    for name in [
-        "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json",
-        "Kermit_Trantow_f1a650a5-737e-4fd7-828e-03c3348b9524.json",
-    ] {
+    for name in ["Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json", "Kermit_Trantow_f1a650a5-737e-4fd7-828e-03c3348b9524.json"] {
         let bundle: Value = serde_json::from_slice(&file(&format!("envoy/demo-data/synthea/{name}"))).unwrap();
         for e in bundle["entry"].as_array().unwrap() {
             out.push(e["resource"].clone());

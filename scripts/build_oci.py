@@ -77,7 +77,7 @@ def build(wasm_path: Path, out: Path, tag: str) -> dict:
     if wasm[:4] != b"\0asm":
         raise SystemExit(f"{wasm_path} is not a WebAssembly module")
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    created = dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     tar = layer_tar(wasm, epoch)
     layer = gzip.compress(tar, compresslevel=9, mtime=0)

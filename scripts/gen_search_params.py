@@ -9,6 +9,7 @@ specification's Bundle; without it the table is regenerated from the fixture.
 """
 import json
 import pathlib
+import subprocess
 import sys
 
 root = pathlib.Path(__file__).resolve().parent.parent
@@ -59,4 +60,7 @@ for t in sorted(per_type):
     items = ", ".join(f'("{c}", {k})' for c, k in sorted(per_type[t].items()))
     out.append(f'    ("{t}", &[{items}]),')
 out.append("];")
-(root / "src/fhir/search_params_table.rs").write_text("\n".join(out) + "\n")
+target = root / "src/fhir/search_params_table.rs"
+target.write_text("\n".join(out) + "\n")
+# In the form `make lint` (cargo fmt --check) expects.
+subprocess.run(["rustfmt", "--edition", "2021", "--config-path", str(root / "rustfmt.toml"), str(target)], check=True)

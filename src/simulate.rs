@@ -17,9 +17,7 @@ use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
 use crate::auth::keys::parse_jwks;
 use crate::auth::verify::unverified_issuer;
 use crate::auth::{check_claims, TokenCache};
-use crate::decision::{
-    decide, decide_with, refusal_reply, upstream_error_body, Decision, DenyReason, Screen, UpstreamHead,
-};
+use crate::decision::{decide, decide_with, refusal_reply, upstream_error_body, Decision, DenyReason, Screen, UpstreamHead};
 use crate::http::content_digest;
 use crate::minimize::ApplyCtx;
 use crate::policy::audit::AuditFormat;
@@ -242,8 +240,11 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
             let reply = r.reply();
             let www = reply.headers.iter().find(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.clone());
             let c = &r.challenge;
-            let needs = (c.scope.is_some() || c.acr_values.is_some() || c.max_age.is_some())
-                .then(|| Needs { scope: c.scope.clone(), acr_values: c.acr_values.clone(), max_age: c.max_age });
+            let needs = (c.scope.is_some() || c.acr_values.is_some() || c.max_age.is_some()).then(|| Needs {
+                scope: c.scope.clone(),
+                acr_values: c.acr_values.clone(),
+                max_age: c.max_age,
+            });
             // In shadow mode the request goes on and the upstream's answer passes unchanged.
             let (status, body) = match (enforced, x.upstream) {
                 (true, _) => (Some(reply.status), Some(reply.body)),
@@ -397,7 +398,16 @@ mod tests {
     }
 
     fn exchange<'a>(path: &'a str, claims: &'a Value, key: &'a AuditKey, upstream: Option<Upstream<'a>>) -> Exchange<'a> {
-        Exchange { method: "GET", path, credential: Credential::Claims(claims), upstream, now: NOW, hmac_key: None, audit_key: key, request_id: Some("t") }
+        Exchange {
+            method: "GET",
+            path,
+            credential: Credential::Claims(claims),
+            upstream,
+            now: NOW,
+            hmac_key: None,
+            audit_key: key,
+            request_id: Some("t"),
+        }
     }
 
     #[test]
@@ -419,7 +429,12 @@ mod tests {
         let c = claims("patient/*.rs", "p1");
         let mine = br#"{"resourceType":"Patient","id":"p1"}"#;
         let theirs = br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#;
-        let up = |body: &'static [u8], ct: Option<&'static str>, status: u16| Upstream { status, content_type: ct, content_encoding: None, body };
+        let up = |body: &'static [u8], ct: Option<&'static str>, status: u16| Upstream {
+            status,
+            content_type: ct,
+            content_encoding: None,
+            body,
+        };
         let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, Some(up(mine, Some("application/fhir+json"), 200))));
         assert_eq!((out.decision, out.status, out.reason), ("allow", Some(200), None));
         assert!(out.content_digest.is_some());

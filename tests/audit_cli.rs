@@ -24,7 +24,12 @@ fn log_lines() -> Vec<String> {
     let mut chains = [AuditChain::new([1; 16], key.clone()), AuditChain::new([2; 16], key.clone())];
     let mut out = vec!["[info] envoy starting".to_owned()];
     for (i, path) in ["/healthz", "/fhir/Patient/p1", "/fhir/Observation?patient=p1", "/healthz", "/nope"].iter().enumerate() {
-        let d = decide(&policy, &mut TokenCache::new(1), &Request { method: "GET", path, authorization: &[], ..Default::default() }, 1_800_000_000);
+        let d = decide(
+            &policy,
+            &mut TokenCache::new(1),
+            &Request { method: "GET", path, authorization: &[], ..Default::default() },
+            1_800_000_000,
+        );
         let meta = RequestMeta { request_id: Some("r"), source: Some("10.0.0.1:1234"), destination: None, method: "GET", path };
         let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&policy, &key, 1_800_000_000_000 + i as u64));
         let ev = if ev.is_complete() { ev } else { ev.with_response(200, vec![], None) };

@@ -115,7 +115,11 @@ fn rows(doc: &str) -> Result<Vec<Row>, Vec<String>> {
     } else if out.is_empty() && errors.is_empty() {
         errors.push("the table has no rows".to_owned());
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The test references in a test cell.
@@ -137,7 +141,8 @@ fn rust_test(source: &str, name: &str) -> Result<(), String> {
         }
         found = true;
         // The attributes and comments right above it.
-        let attrs: Vec<&str> = lines[..i].iter().rev().map(|l| l.trim()).take_while(|l| l.starts_with("#[") || l.starts_with("//")).collect();
+        let attrs: Vec<&str> =
+            lines[..i].iter().rev().map(|l| l.trim()).take_while(|l| l.starts_with("#[") || l.starts_with("//")).collect();
         if attrs.iter().any(|a| a.starts_with("#[ignore")) {
             return Err(format!("`{name}` is #[ignore]d: it does not run in `make test`"));
         }
@@ -177,7 +182,9 @@ fn check_reference(root: &Path, r: &str) -> Result<(), String> {
             return Err(format!("{path}: no `def {name}(`"));
         }
         match param {
-            Some(p) if p.is_empty() || !source.contains(p) => Err(format!("{path}: param id `{p}` of `{name}` does not appear in the file")),
+            Some(p) if p.is_empty() || !source.contains(p) => {
+                Err(format!("{path}: param id `{p}` of `{name}` does not appear in the file"))
+            }
             _ => Ok(()),
         }
     } else if let Some(path) = r.strip_prefix("scenario:") {
@@ -218,7 +225,11 @@ fn check(doc: &str, root: &Path) -> Result<BTreeMap<String, usize>, Vec<String>>
             }
         }
     }
-    if errors.is_empty() { Ok(keys) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(keys)
+    } else {
+        Err(errors)
+    }
 }
 
 fn root() -> &'static Path {

@@ -73,7 +73,9 @@ fn release(p: &Profile, input: &Value) -> (Value, Applied) {
 
 fn decide_claims(p: &Policy, method: &str, path: &str, claims: Value) -> Decision {
     let auth = ["Bearer claims"];
-    decide_with(p, &Request { method, path, authorization: &auth, ..Default::default() }, NOW, |_| check_claims(&claims, &p.issuers, NOW).map(Rc::new))
+    decide_with(p, &Request { method, path, authorization: &auth, ..Default::default() }, NOW, |_| {
+        check_claims(&claims, &p.issuers, NOW).map(Rc::new)
+    })
 }
 
 fn patient_app_claims(patient: &str) -> Value {
@@ -131,8 +133,12 @@ fn patient_read_by_a_patient_app() {
     assert_eq!(&keys[..4], ["resourceType", "id", "meta", "identifier"]);
 
     // A Google Healthcare API Patient: SSN masked, geolocation gone.
-    let Decision::Allow(grant) = decide_claims(&p, "GET", "/fhir/Patient/be92a43f-de46-affa-b131-bbf9eea51140", patient_app_claims("be92a43f-de46-affa-b131-bbf9eea51140"))
-    else {
+    let Decision::Allow(grant) = decide_claims(
+        &p,
+        "GET",
+        "/fhir/Patient/be92a43f-de46-affa-b131-bbf9eea51140",
+        patient_app_claims("be92a43f-de46-affa-b131-bbf9eea51140"),
+    ) else {
         panic!()
     };
     let applied = grant.response.apply(&fixture_bytes("resources/gateway_test_patient.json"), &ctx()).unwrap();
@@ -184,7 +190,10 @@ fn research_route_chooses_its_profile_by_purpose() {
         }
         d => panic!("{d:?}"),
     }
-    assert_eq!(decide_claims(&p, "GET", "/research/fhir/Patient?gender=male", claims(None)).reason(), Some(DenyReason::NoMinimizationProfile));
+    assert_eq!(
+        decide_claims(&p, "GET", "/research/fhir/Patient?gender=male", claims(None)).reason(),
+        Some(DenyReason::NoMinimizationProfile)
+    );
     // Routes without `minimize` stream through.
     let Decision::Allow(g) = decide_claims(&p, "GET", "/fhir/Patient/x", claims(None)) else { panic!() };
     assert!(!g.response.inspects_body());
@@ -216,7 +225,11 @@ fn searchset_bundle_links_lose_search_values() {
     let mr = entries(&out, "MedicationRequest").next().unwrap();
     assert!(mr.get("subject").is_none() && mr.get("text").is_none() && labelled(mr));
     let med = entries(&out, "Medication").next().unwrap();
-    assert_eq!(med.as_object().unwrap().keys().collect::<Vec<_>>(), ["resourceType", "id", "meta"], "types without rules are reduced to a stub");
+    assert_eq!(
+        med.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["resourceType", "id", "meta"],
+        "types without rules are reduced to a stub"
+    );
     assert!(labelled(&out));
     assert!(!serde_json::to_string(&out).unwrap().contains("347"));
     assert!(applied.withheld.contains(&"Bundle.link.url".to_owned()));
@@ -378,7 +391,11 @@ fn safe_harbor_on_every_synthea_bundle() {
         let out_bytes = applied.body.clone().unwrap();
         let text = String::from_utf8(out_bytes.clone()).unwrap();
         let wanted = synthea_identifiers(&input);
-        assert!(wanted.iter().any(|(k, _)| k == "identifier SS") && wanted.iter().any(|(k, _)| k == "identifier DL") && wanted.iter().any(|(k, _)| k == "identifier PPN"));
+        assert!(
+            wanted.iter().any(|(k, _)| k == "identifier SS")
+                && wanted.iter().any(|(k, _)| k == "identifier DL")
+                && wanted.iter().any(|(k, _)| k == "identifier PPN")
+        );
         for (kind, value) in &wanted {
             assert!(!text.contains(value.as_str()), "{f}: {kind} `{value}` leaked");
         }
@@ -394,7 +411,8 @@ fn safe_harbor_on_every_synthea_bundle() {
         strings(&out, &mut all);
         for s in &all {
             let b = s.as_bytes();
-            let date_like = b.len() >= 7 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[5].is_ascii_digit() && b[6].is_ascii_digit();
+            let date_like =
+                b.len() >= 7 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[5].is_ascii_digit() && b[6].is_ascii_digit();
             assert!(!date_like, "{f}: `{s}` is more precise than a year");
         }
         assert_subset(&input, &out, &f);
@@ -487,7 +505,11 @@ fn normalize(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(m.iter().filter(|(k, _)| *k != "id").map(|(k, x)| (k.clone(), normalize(x))).collect()),
         Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
-        Value::String(s) if s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && (s.len() == 4 || s.as_bytes()[4] == b'-') => json!("<date>"),
+        Value::String(s)
+            if s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && (s.len() == 4 || s.as_bytes()[4] == b'-') =>
+        {
+            json!("<date>")
+        }
         other => other.clone(),
     }
 }
@@ -497,7 +519,8 @@ fn deid_pairs_redact_all() {
     let p = redact_all();
     let (out, _) = release(&p, &fixture("deid-pairs/patient-basic.json"));
     assert_eq!(normalize(&out), normalize(&fixture("deid-pairs/patient-redact-all-target.json")));
-    for (input, target) in [("bundle-basic", "bundle-redact-all-target"), ("contained-in-bundle", "contained-in-bundle-redact-all-target")] {
+    for (input, target) in [("bundle-basic", "bundle-redact-all-target"), ("contained-in-bundle", "contained-in-bundle-redact-all-target")]
+    {
         let (out, _) = release(&p, &fixture(&format!("deid-pairs/{input}.json")));
         let target = fixture(&format!("deid-pairs/{target}.json"));
         let ours: Vec<Value> = out["entry"].as_array().unwrap().iter().map(|e| normalize(&e["resource"])).collect();
@@ -565,8 +588,17 @@ fn deid_pairs_common_config_redactions() {
 
 #[test]
 fn output_is_valid_json_within_the_input_for_every_fixture_and_profile() {
-    let profiles = [safe_harbor(), redact_all(), common_config(), profile(json!({"mode": "deny", "otherResources": "allow", "dates": "year", "referenceDisplay": "remove", "resources": {}}))];
-    let files: Vec<String> = ["synthea", "bundles", "resources", "deid-pairs"].iter().flat_map(|d| fixtures_in(d)).filter(|f| !f.ends_with("config.json")).collect();
+    let profiles = [
+        safe_harbor(),
+        redact_all(),
+        common_config(),
+        profile(json!({"mode": "deny", "otherResources": "allow", "dates": "year", "referenceDisplay": "remove", "resources": {}})),
+    ];
+    let files: Vec<String> = ["synthea", "bundles", "resources", "deid-pairs"]
+        .iter()
+        .flat_map(|d| fixtures_in(d))
+        .filter(|f| !f.ends_with("config.json"))
+        .collect();
     for f in &files {
         let bytes = fixture_bytes(f);
         let input = fixture(f);
@@ -598,7 +630,8 @@ fn cli_minimize() {
         (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
     let body = fixture_bytes("synthea/Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json");
-    let (code, stdout, stderr) = run(&["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH", "--now", "1800000000"], &body);
+    let (code, stdout, stderr) =
+        run(&["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH", "--now", "1800000000"], &body);
     assert_eq!(code, Some(0), "{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(out["resourceType"], "Bundle");
@@ -609,7 +642,8 @@ fn cli_minimize() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("no_minimization_profile"));
     assert!(stdout.contains("OperationOutcome") && !stdout.contains("999-48-8934"));
-    let (code, stdout, _) = run(&["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH"], b"{\"resourceType\":");
+    let (code, stdout, _) =
+        run(&["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH"], b"{\"resourceType\":");
     assert_eq!(code, Some(2));
     assert!(stdout.contains("response_truncated"));
     let (code, _, stderr) = run(&["minimize", "policies/clinician-api.json", "--route", "health"], b"{}");

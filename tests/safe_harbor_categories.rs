@@ -120,15 +120,39 @@ fn geographic_subdivisions_below_state_are_removed_and_zip_codes_cut_to_three_di
     let (out, text, applied) = release(&input);
     assert_gone(
         &text,
-        &["Erewhon", "Apt 2", "Pleasantville", "Rainbow", "05401", "1234", "Mill Rd", "Hanover", "03601", "Burlington", "05402", "44.4759", "73.2121",
-          "Clinic Way", "I-89", "7 Elm Ct", "Winooski", "Chittenden", "05404", geolocation, "patient-birthPlace"],
+        &[
+            "Erewhon",
+            "Apt 2",
+            "Pleasantville",
+            "Rainbow",
+            "05401",
+            "1234",
+            "Mill Rd",
+            "Hanover",
+            "03601",
+            "Burlington",
+            "05402",
+            "44.4759",
+            "73.2121",
+            "Clinic Way",
+            "I-89",
+            "7 Elm Ct",
+            "Winooski",
+            "Chittenden",
+            "05404",
+            geolocation,
+            "patient-birthPlace",
+        ],
     );
     let patient = entry(&out, "Patient");
     // States and countries stay; ZIP codes keep three digits, `000` for a restricted prefix.
-    assert_eq!(patient["address"], json!([
-        {"use": "home", "state": "VT", "postalCode": "054", "country": "US"},
-        {"use": "old", "state": "NH", "postalCode": "000"}
-    ]));
+    assert_eq!(
+        patient["address"],
+        json!([
+            {"use": "home", "state": "VT", "postalCode": "054", "country": "US"},
+            {"use": "old", "state": "NH", "postalCode": "000"}
+        ])
+    );
     assert_eq!(entry(&out, "Location")["address"], json!({"state": "VT", "postalCode": "054"}));
     assert!(entry(&out, "Location").get("position").is_none());
     assert_eq!(entry(&out, "Observation")["valueAddress"], json!({"postalCode": "054", "state": "VT"}));
@@ -184,7 +208,8 @@ fn ages_over_89_are_aggregated_into_90_or_older() {
                "valueAge": {"value": 1140, "unit": "months", "system": "http://unitsofmeasure.org", "code": "mo"}}),
     ]);
     let (out, text, applied) = release(&input);
-    let patients: Vec<&Value> = out["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).filter(|r| r["resourceType"] == "Patient").collect();
+    let patients: Vec<&Value> =
+        out["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).filter(|r| r["resourceType"] == "Patient").collect();
     assert!(patients[0].get("birthDate").is_none(), "a birth year implying 90+ is removed");
     assert_eq!(patients[0]["gender"], "female");
     assert_eq!(patients[1]["birthDate"], "1938");
@@ -304,8 +329,19 @@ fn identifiers_under_other_names_are_removed() {
     input["type"] = json!("document");
     input["identifier"] = json!({"system": "urn:ietf:rfc:3986", "value": "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0"});
     let (out, text, applied) = release(&input);
-    assert_gone(&text, &["ACC-2011-0042", "1.3.6.1.4.1.21367.2005.3.7", "REQ-88-1234", "RX-GROUP-7781", "PREADM-2020-9",
-                         "2.16.124.113543.6003.2588828330", "2.16.124.113543.6003.189642796", "0c3151bd-1cbf"]);
+    assert_gone(
+        &text,
+        &[
+            "ACC-2011-0042",
+            "1.3.6.1.4.1.21367.2005.3.7",
+            "REQ-88-1234",
+            "RX-GROUP-7781",
+            "PREADM-2020-9",
+            "2.16.124.113543.6003.2588828330",
+            "2.16.124.113543.6003.189642796",
+            "0c3151bd-1cbf",
+        ],
+    );
     // What is not identifying stays: types, codes, the modality and SOP class.
     assert_eq!(entry(&out, "Specimen")["type"]["text"], "Venous blood");
     assert_eq!(entry(&out, "ImagingStudy")["series"][0]["modality"]["code"], "CT");
@@ -314,7 +350,11 @@ fn identifiers_under_other_names_are_removed() {
     for ty in ["Specimen", "DocumentReference", "ServiceRequest", "MedicationRequest", "Encounter", "ImagingStudy"] {
         assert!(labelled(entry(&out, ty)), "{ty} not labelled");
     }
-    for path in ["Bundle.identifier", "Bundle.entry.resource(Specimen).accessionIdentifier", "Bundle.entry.resource(ImagingStudy).series.instance.uid"] {
+    for path in [
+        "Bundle.identifier",
+        "Bundle.entry.resource(Specimen).accessionIdentifier",
+        "Bundle.entry.resource(ImagingStudy).series.instance.uid",
+    ] {
         assert!(withheld(&applied, path), "{path}: {:?}", applied.withheld);
     }
 }
@@ -340,7 +380,11 @@ fn health_plan_beneficiary_numbers_are_removed() {
     assert!(coverage.get("dependent").is_none() && coverage.get("class").is_none());
     assert_eq!(coverage["beneficiary"], json!({"reference": "Patient/p1"}));
     assert!(labelled(coverage) && labelled(entry(&out, "Claim")));
-    for path in ["Bundle.entry.resource(Coverage).subscriberId", "Bundle.entry.resource(Coverage).class", "Bundle.entry.resource(Claim).insurance.preAuthRef"] {
+    for path in [
+        "Bundle.entry.resource(Coverage).subscriberId",
+        "Bundle.entry.resource(Coverage).class",
+        "Bundle.entry.resource(Claim).insurance.preAuthRef",
+    ] {
         assert!(withheld(&applied, path), "{path}: {:?}", applied.withheld);
     }
 }
@@ -418,11 +462,18 @@ fn device_identifiers_and_serial_numbers_are_removed() {
         json!({"resourceType": "Medication", "id": "m1", "code": {"text": "amoxicillin"}, "batch": {"lotNumber": "9494788", "expirationDate": "2017-05-22"}}),
     ]);
     let (out, text, applied) = release(&input);
-    assert_gone(&text, &["DEV-A-1001", "09504000059118", "7654321D", "DI-XYZ-55", "SN-10987654d321", "acme.com/devices/1001", "AAJN11K", "9494788"]);
+    assert_gone(
+        &text,
+        &["DEV-A-1001", "09504000059118", "7654321D", "DI-XYZ-55", "SN-10987654d321", "acme.com/devices/1001", "AAJN11K", "9494788"],
+    );
     let device = entry(&out, "Device");
     assert_eq!(device["type"]["text"], "pacemaker", "the kind of device is not an identifier");
     assert!(labelled(device) && labelled(entry(&out, "Immunization")) && labelled(entry(&out, "Medication")));
-    for path in ["Bundle.entry.resource(Device).udiCarrier", "Bundle.entry.resource(Device).serialNumber", "Bundle.entry.resource(Immunization).lotNumber"] {
+    for path in [
+        "Bundle.entry.resource(Device).udiCarrier",
+        "Bundle.entry.resource(Device).serialNumber",
+        "Bundle.entry.resource(Immunization).lotNumber",
+    ] {
         assert!(withheld(&applied, path), "{path}: {:?}", applied.withheld);
     }
 }
@@ -478,7 +529,9 @@ fn biometric_identifiers_are_removed() {
     assert_gone(&text, &[print, "UklGRiQAAABXQVZFZm10IBAAAAAB", "SVJJUy1URU1QTEFURS0wMDE=", "iVBORw0KGgoAAAANSUhEUg=="]);
     assert_eq!(entry(&out, "Observation")["code"]["text"], "fingerprint");
     assert!(labelled(entry(&out, "Observation")) && labelled(entry(&out, "Binary")));
-    for path in ["Bundle.entry.resource(Observation).valueAttachment", "Bundle.entry.resource(Media).content", "Bundle.entry.resource(Binary).data"] {
+    for path in
+        ["Bundle.entry.resource(Observation).valueAttachment", "Bundle.entry.resource(Media).content", "Bundle.entry.resource(Binary).data"]
+    {
         assert!(withheld(&applied, path), "{path}: {:?}", applied.withheld);
     }
 }

@@ -85,7 +85,12 @@ fn run(path: &Path) -> Result<(), String> {
             method: req["method"].as_str().unwrap(),
             path: req["path"].as_str().unwrap(),
             credential,
-            upstream: body.as_deref().map(|b| Upstream { status: upstream_status, content_type: Some("application/fhir+json"), content_encoding: None, body: b }),
+            upstream: body.as_deref().map(|b| Upstream {
+                status: upstream_status,
+                content_type: Some("application/fhir+json"),
+                content_encoding: None,
+                body: b,
+            }),
             now: NOW,
             hmac_key: Some(HMAC_KEY),
             audit_key: &key,
@@ -117,7 +122,8 @@ fn run(path: &Path) -> Result<(), String> {
         return Err(format!("body replaced: {replaced}, expected {}", expect["bodyReplaced"]));
     }
     // Refusals never echo the request's credentials, minted or given as a header.
-    let header_secret = req.pointer("/headers/authorization").and_then(Value::as_str).map(|h| h.split_once(' ').map_or(h, |(_, c)| c).to_owned());
+    let header_secret =
+        req.pointer("/headers/authorization").and_then(Value::as_str).map(|h| h.split_once(' ').map_or(h, |(_, c)| c).to_owned());
     if let Some(t) = header_secret.as_ref().or(token.as_ref()) {
         if out.body.as_deref().unwrap_or("").contains(t.as_str()) || out.www_authenticate.as_deref().unwrap_or("").contains(t.as_str()) {
             return Err("reply echoes the token".into());
@@ -143,7 +149,9 @@ fn check_body(expect: &Value, sent: &Value, profile: Option<&str>) -> Result<(),
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| json!(format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or("?"), e["resource"]["id"].as_str().unwrap_or("?"))))
+            .map(|e| {
+                json!(format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or("?"), e["resource"]["id"].as_str().unwrap_or("?")))
+            })
             .collect();
         if &Value::Array(got.clone()) != want {
             return Err(format!("released entries {got:?}, expected {want}"));
@@ -181,10 +189,8 @@ fn scenarios() {
         .collect();
     files.sort();
     assert!(files.len() >= 20, "scenario files missing");
-    let failures: Vec<String> = files
-        .iter()
-        .filter_map(|f| run(f).err().map(|e| format!("{}: {e}", f.file_name().unwrap().to_string_lossy())))
-        .collect();
+    let failures: Vec<String> =
+        files.iter().filter_map(|f| run(f).err().map(|e| format!("{}: {e}", f.file_name().unwrap().to_string_lossy()))).collect();
     eprintln!("scenarios: {} files, {} failures", files.len(), failures.len());
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }

@@ -30,9 +30,10 @@ import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import urlsplit
+
 # A sibling module: the services run as scripts, so this folder is on sys.path.
 from serving import serve  # noqa: E402
-from urllib.parse import urlsplit
 
 MAX_BODY = 8 * 1024 * 1024
 

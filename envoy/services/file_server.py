@@ -21,9 +21,10 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
 # A sibling module: the services run as scripts, so this folder is on sys.path.
 from serving import serve  # noqa: E402
-from urllib.parse import unquote, urlsplit
 
 SIGNATURE_HEADER = "x-phi-guard-signature"
 MAX_RECORDED = 10_000

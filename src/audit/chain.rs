@@ -256,9 +256,20 @@ mod cost {
         let hs = [format!("Bearer {t}")];
         let hs: Vec<&str> = hs.iter().map(String::as_str).collect();
         let mut cache = TokenCache::new(4);
-        let d = decide(&p, &mut cache, &Request { method: "GET", path, authorization: &hs, ..Default::default() }, crate::auth::verify::tests::NOW);
+        let d = decide(
+            &p,
+            &mut cache,
+            &Request { method: "GET", path, authorization: &hs, ..Default::default() },
+            crate::auth::verify::tests::NOW,
+        );
         let k = crate::audit::event::tests::key();
-        let meta = RequestMeta { request_id: Some("0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55"), source: Some("10.0.0.1:5555"), destination: None, method: "GET", path };
+        let meta = RequestMeta {
+            request_id: Some("0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55"),
+            source: Some("10.0.0.1:5555"),
+            destination: None,
+            method: "GET",
+            path,
+        };
         for format in [AuditFormat::Jsonl, AuditFormat::Fhir] {
             p.audit.format = format;
             let mut c = chain(1);

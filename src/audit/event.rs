@@ -6,15 +6,15 @@ use serde::Serialize;
 
 use super::key::AuditKey;
 use super::query::audit_query;
-use super::vocab::{is_operation, printable};
 use super::time::rfc3339_ms;
+use super::vocab::{is_operation, printable};
 use crate::auth::purpose::{is_emergency, is_purpose_of_use};
 use crate::auth::Principal;
 use crate::decision::{Decision, DenyReason};
-use crate::minimize::restrict::RestrictionHit;
 use crate::fhir::request::valid_id;
 use crate::fhir::{FhirRequest, Interaction};
 use crate::http::normalize;
+use crate::minimize::restrict::RestrictionHit;
 use crate::policy::audit::PatientIds;
 use crate::policy::Policy;
 
@@ -317,7 +317,9 @@ impl AuditEvent {
         let mut ev = AuditEvent {
             time: rfc3339_ms(ctx.now_ms),
             time_ms: ctx.now_ms,
-            request_id: req.request_id.map(|id| if plain_request_id(id) { id.to_owned() } else { ctx.key.pseudonym_of("x-request-id", id) }),
+            request_id: req
+                .request_id
+                .map(|id| if plain_request_id(id) { id.to_owned() } else { ctx.key.pseudonym_of("x-request-id", id) }),
             policy: non_empty(ctx.policy_name).map(|s| clean(&s)),
             policy_revision: non_empty(ctx.policy_revision).map(|s| clean(&s)),
             route: route.map(clean),
@@ -610,7 +612,8 @@ pub(crate) mod tests {
         let hs: Vec<&str> = header.iter().map(String::as_str).collect();
         let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
         let k = key();
-        let meta = RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
+        let meta =
+            RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
         AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
     }
 
@@ -628,23 +631,35 @@ pub(crate) mod tests {
         assert_eq!(v["requestId"], REQUEST_ID);
         let k = key();
         assert_eq!((v["policy"].as_str(), v["route"].as_str()), (Some("smart-patient-app"), Some("fhir")));
-        assert_eq!((v["interaction"].as_str(), v["resourceType"].as_str(), v["resourceId"].as_str()), (Some("read"), Some("Observation"), Some(k.pseudonym_of("Observation", "o1").as_str())));
+        assert_eq!(
+            (v["interaction"].as_str(), v["resourceType"].as_str(), v["resourceId"].as_str()),
+            (Some("read"), Some("Observation"), Some(k.pseudonym_of("Observation", "o1").as_str()))
+        );
         assert_eq!((v["decision"].as_str(), v["outcome"].as_u64(), v["reason"].as_str()), (Some("allow"), Some(0), Some("allowed")));
-        assert_eq!((v["clientId"].as_str(), v["subject"].as_str(), v["tokenId"].as_str()), (Some("app"), Some(k.pseudonym_of("sub", "u1").as_str()), Some(k.pseudonym_of("jti", "j1").as_str())));
+        assert_eq!(
+            (v["clientId"].as_str(), v["subject"].as_str(), v["tokenId"].as_str()),
+            (Some("app"), Some(k.pseudonym_of("sub", "u1").as_str()), Some(k.pseudonym_of("jti", "j1").as_str()))
+        );
         assert_eq!(v["purposeOfUse"], json!(["TREAT"]));
         assert_eq!((v["source"].as_str(), v["destination"].as_str()), (Some("10.1.2.3"), Some("::1")));
         assert_eq!(v["contextPatient"], key().pseudonym("p1"));
         assert!(v.get("status").is_none() && v.get("patients").is_none());
 
         let done = ev.clone().with_response(200, vec!["Observation.note".into()], None);
-        assert_eq!((done.status, done.upstream_status, done.outcome, done.severity), (Some(200), Some(200), Outcome::Success, Severity::Info));
+        assert_eq!(
+            (done.status, done.upstream_status, done.outcome, done.severity),
+            (Some(200), Some(200), Outcome::Success, Severity::Info)
+        );
         assert_eq!(done.withheld, ["Observation.note"]);
         let nf = ev.clone().with_response(404, vec![], None);
         assert_eq!((nf.outcome, nf.severity), (Outcome::MinorFailure, Severity::Warning));
         let down = ev.clone().with_response(0, vec![], None);
         assert_eq!((down.outcome, down.status, down.upstream_status), (Outcome::MajorFailure, None, None));
         let blocked = ev.with_response(200, vec![], Some(DenyReason::PatientMismatch));
-        assert_eq!((blocked.decision, blocked.outcome, blocked.reason, blocked.status, blocked.upstream_status), (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Some(200)));
+        assert_eq!(
+            (blocked.decision, blocked.outcome, blocked.reason, blocked.status, blocked.upstream_status),
+            (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Some(200))
+        );
         assert_eq!(blocked.severity, Severity::High);
     }
 
@@ -653,7 +668,10 @@ pub(crate) mod tests {
         let p = policy("smart-patient-app");
         let ev = event(&p, "GET", "/fhir/Observation?patient=p2", Some(&token(json!({}))));
         assert!(ev.is_complete());
-        assert_eq!((ev.decision, ev.outcome, ev.reason, ev.status, ev.severity), (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Severity::High));
+        assert_eq!(
+            (ev.decision, ev.outcome, ev.reason, ev.status, ev.severity),
+            (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Severity::High)
+        );
         let k = key();
         assert_eq!(ev.patients, [k.pseudonym("p2")]);
         assert_eq!(ev.context_patient, Some(k.pseudonym("p1")));
@@ -672,7 +690,10 @@ pub(crate) mod tests {
         let mut p = policy("smart-patient-app");
         p.audit.patient_ids = PatientIds::Raw;
         let ev = event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({}))));
-        assert_eq!((ev.resource_id.as_deref(), ev.patients.as_slice(), ev.context_patient.as_deref(), ev.patient_ids), (Some("p1"), &["p1".to_owned()][..], Some("p1"), PatientIds::Raw));
+        assert_eq!(
+            (ev.resource_id.as_deref(), ev.patients.as_slice(), ev.context_patient.as_deref(), ev.patient_ids),
+            (Some("p1"), &["p1".to_owned()][..], Some("p1"), PatientIds::Raw)
+        );
         let ev = event(&p, "GET", "/fhir/Observation/MRN-12345", Some(&token(json!({}))));
         assert_eq!((ev.resource_id.as_deref(), ev.subject.as_deref(), ev.token_id.as_deref()), (Some("MRN-12345"), Some("u1"), Some("j1")));
         // Raw claims are still only printable, bounded ASCII.
@@ -694,10 +715,19 @@ pub(crate) mod tests {
             challenge: crate::decision::Challenge::default(),
             break_glass: None,
         });
-        let meta = RequestMeta { request_id: Some("bad id with spaces"), source: Some("not an address"), destination: None, method: "get", path: "/x" };
+        let meta = RequestMeta {
+            request_id: Some("bad id with spaces"),
+            source: Some("not an address"),
+            destination: None,
+            method: "get",
+            path: "/x",
+        };
         let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::without_policy(&k, 0));
         let pseudonym = k.pseudonym_of("x-request-id", "bad id with spaces");
-        assert_eq!((ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()), (Outcome::MajorFailure, None, Some(pseudonym.as_str()), None, "OTHER"));
+        assert_eq!(
+            (ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()),
+            (Outcome::MajorFailure, None, Some(pseudonym.as_str()), None, "OTHER")
+        );
         assert_eq!(host_of("192.168.0.1:80").as_deref(), Some("192.168.0.1"));
         assert_eq!(host_of("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
         assert_eq!(host_of("2001:db8::1").as_deref(), Some("2001:db8::1"));
@@ -708,7 +738,16 @@ pub(crate) mod tests {
         for id in [REQUEST_ID, "0F3C2A9E-1B7D-4C55-9A0E-3C2F1B7D4C55", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"] {
             assert!(plain_request_id(id), "{id}");
         }
-        for id in ["Kermit-Trantow-1990-01-01-555-0100", "req-1", "1234567890123456", "0f3c2a9e1b7d4c559a0e3c2f1b7d4c55x", "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c5", "g0000000-0000-0000-0000-000000000000", "", "abc"] {
+        for id in [
+            "Kermit-Trantow-1990-01-01-555-0100",
+            "req-1",
+            "1234567890123456",
+            "0f3c2a9e1b7d4c559a0e3c2f1b7d4c55x",
+            "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c5",
+            "g0000000-0000-0000-0000-000000000000",
+            "",
+            "abc",
+        ] {
             assert!(!plain_request_id(id), "{id}");
         }
         let p = policy("smart-patient-app");
@@ -724,7 +763,9 @@ pub(crate) mod tests {
     fn claims_are_pseudonymized_or_checked() {
         let p = policy("clinician-api");
         let k = key();
-        let t = token(json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "sub": "john.smith@example.org\nx", "client_id": "John Smith\u{7}", "jti": "MRN 12345\r\n", "purpose_of_use": ["TREAT", "JohnSmith"]}));
+        let t = token(
+            json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "sub": "john.smith@example.org\nx", "client_id": "John Smith\u{7}", "jti": "MRN 12345\r\n", "purpose_of_use": ["TREAT", "JohnSmith"]}),
+        );
         let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&t));
         assert_eq!(ev.subject, Some(k.pseudonym_of("sub", "john.smith@example.org\nx")));
         assert_eq!(ev.token_id, Some(k.pseudonym_of("jti", "MRN 12345\r\n")));
@@ -763,7 +804,10 @@ pub(crate) mod tests {
             ("Patient.name", "Patient.name"),
             ("Patient._birthDate", "Patient._birthDate"),
             ("Bundle.entry.resource(Observation).note", "Bundle.entry.resource(Observation).note"),
-            ("Patient.extension(http://hl7.org/fhir/StructureDefinition/patient-birthPlace)", "Patient.extension(http://hl7.org/fhir/StructureDefinition/patient-birthPlace)"),
+            (
+                "Patient.extension(http://hl7.org/fhir/StructureDefinition/patient-birthPlace)",
+                "Patient.extension(http://hl7.org/fhir/StructureDefinition/patient-birthPlace)",
+            ),
             ("patients.John Smith.name", "patients.?.name"),
             ("Patient.extension(John Smith\n).x", "Patient.extension(?).x"),
             ("a\nb", "?"),
@@ -780,7 +824,8 @@ pub(crate) mod tests {
         let done = ev.with_response(200, vec![], None);
         assert_eq!((done.outcome, done.severity), (Outcome::Success, Severity::High), "stays high after the response");
         assert!(done.is_emergency());
-        let routine = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "TREAT"})))).with_response(200, vec![], None);
+        let routine =
+            event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "TREAT"})))).with_response(200, vec![], None);
         assert_eq!(routine.severity, Severity::Info);
     }
 

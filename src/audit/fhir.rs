@@ -181,7 +181,10 @@ impl Serialize for Extension<'_> {
             ExtValue::Decimal(v) => m.serialize_entry("valueDecimal", &v)?,
             ExtValue::Restriction(id, count) => m.serialize_entry(
                 "extension",
-                &[SubExtension { url: "id", string: Some(id), count: None }, SubExtension { url: "count", string: None, count: Some(count) }],
+                &[
+                    SubExtension { url: "id", string: Some(id), count: None },
+                    SubExtension { url: "count", string: None, count: Some(count) },
+                ],
             )?,
         }
         m.end()
@@ -259,7 +262,11 @@ fn patient_ref<'a>(ev: &AuditEvent, id: &'a str) -> Reference<'a> {
     if raw(ev) {
         Reference { reference: Some(format!("Patient/{id}")), ..Reference::default() }
     } else {
-        Reference { kind: Some("Patient"), identifier: Some(Identifier { system: Some(PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }), ..Reference::default() }
+        Reference {
+            kind: Some("Patient"),
+            identifier: Some(Identifier { system: Some(PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }),
+            ..Reference::default()
+        }
     }
 }
 
@@ -349,12 +356,17 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
         (coding(DCM, "110153", "Source Role ID"), coding(DCM, "110152", "Destination Role ID"))
     };
     let has_user = ev.subject.is_some();
-    let purpose = || ev.purpose_of_use.iter().map(|p| Concept { coding: [Coding { system: ACT_REASON, code: p, display: None }] }).collect();
+    let purpose =
+        || ev.purpose_of_use.iter().map(|p| Concept { coding: [Coding { system: ACT_REASON, code: p, display: None }] }).collect();
     let policy = || ev.token_id.iter().map(|j| jti_urn(ev, j)).collect();
     let client = Agent {
         kind: Concept { coding: [client_role] },
         who: match &ev.client_id {
-            Some(c) => Reference { kind: Some("Device"), identifier: Some(Identifier { system: None, value: Cow::Borrowed(c) }), ..Reference::default() },
+            Some(c) => Reference {
+                kind: Some("Device"),
+                identifier: Some(Identifier { system: None, value: Cow::Borrowed(c) }),
+                ..Reference::default()
+            },
             None => Reference { display: Some("unauthenticated client"), ..Reference::default() },
         },
         requestor: !has_user,
@@ -381,7 +393,13 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
         };
         out.push(Agent {
             kind: Concept { coding: [role] },
-            who: Reference { identifier: Some(Identifier { system: if raw(ev) { ev.issuer.as_deref() } else { Some(SUBJECT_PSEUDONYM_SYSTEM) }, value: Cow::Borrowed(sub) }), ..Reference::default() },
+            who: Reference {
+                identifier: Some(Identifier {
+                    system: if raw(ev) { ev.issuer.as_deref() } else { Some(SUBJECT_PSEUDONYM_SYSTEM) },
+                    value: Cow::Borrowed(sub),
+                }),
+                ..Reference::default()
+            },
             requestor: true,
             policy: policy(),
             purpose_of_use: purpose(),
@@ -392,7 +410,16 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
 }
 
 fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
-    let entity = |what, kind, role| Entity { what, kind, role, name: None, description: None, query: None, security_label: Vec::new(), detail: Vec::new() };
+    let entity = |what, kind, role| Entity {
+        what,
+        kind,
+        role,
+        name: None,
+        description: None,
+        query: None,
+        security_label: Vec::new(),
+        detail: Vec::new(),
+    };
     let mut out = Vec::new();
     if let Some(id) = &ev.request_id {
         let what = Reference { identifier: Some(Identifier { system: None, value: Cow::Borrowed(id) }), ..Reference::default() };
@@ -418,7 +445,11 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
             let what = match (&ev.resource_id, ty) {
                 (Some(id), "Patient") => patient_ref(ev, id),
                 (Some(id), _) if raw(ev) => Reference { reference: Some(format!("{ty}/{id}")), ..Reference::default() },
-                (Some(id), _) => Reference { kind: Some(ty), identifier: Some(Identifier { system: Some(RESOURCE_PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }), ..Reference::default() },
+                (Some(id), _) => Reference {
+                    kind: Some(ty),
+                    identifier: Some(Identifier { system: Some(RESOURCE_PSEUDONYM_SYSTEM), value: Cow::Borrowed(id) }),
+                    ..Reference::default()
+                },
                 (None, _) => Reference { kind: Some(ty), ..Reference::default() },
             };
             let mut e = entity(Some(what), coding(ENTITY_TYPE, "2", "System Object"), Some(coding(OBJECT_ROLE, "4", "Domain Resource")));
@@ -528,19 +559,26 @@ mod tests {
     #[test]
     fn balp_patient_read() {
         let p = policy("smart-patient-app");
-        let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": ["TREAT"]})))).with_response(200, vec![], None);
+        let ev =
+            event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": ["TREAT"]})))).with_response(200, vec![], None);
         let r = render(&ev, "s1", 7, "phi-guard");
         assert_balp_core(&r);
         assert_eq!(r["meta"]["profile"][0], "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead");
         assert_eq!((r["type"]["code"].as_str(), codes(&r["subtype"])), (Some("rest"), vec!["read".to_owned()]));
         assert_eq!((r["action"].as_str(), r["outcome"].as_str()), (Some("R"), Some("0")));
         let client = agent(&r, "110152").expect("client is the destination on a read");
-        assert_eq!((client["who"]["identifier"]["value"].as_str(), client["network"]["address"].as_str(), client["network"]["type"].as_str()), (Some("app"), Some("10.1.2.3"), Some("2")));
+        assert_eq!(
+            (client["who"]["identifier"]["value"].as_str(), client["network"]["address"].as_str(), client["network"]["type"].as_str()),
+            (Some("app"), Some("10.1.2.3"), Some("2"))
+        );
         let server = agent(&r, "110153").expect("server");
         assert!(server["network"]["address"].is_string());
         let user = agent(&r, "IRCP").expect("user");
         let k = key();
-        assert_eq!((user["requestor"].as_bool(), user["who"]["identifier"]["value"].as_str()), (Some(true), Some(k.pseudonym_of("sub", "u1").as_str())));
+        assert_eq!(
+            (user["requestor"].as_bool(), user["who"]["identifier"]["value"].as_str()),
+            (Some(true), Some(k.pseudonym_of("sub", "u1").as_str()))
+        );
         assert_eq!(user["who"]["identifier"]["system"], SUBJECT_PSEUDONYM_SYSTEM);
         assert_eq!(user["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
         assert_eq!(user["policy"][0], format!("{JTI_PSEUDONYM_PREFIX}{}", k.pseudonym_of("jti", "j1")));
@@ -553,7 +591,11 @@ mod tests {
     #[test]
     fn balp_patient_query() {
         let p = policy("smart-patient-app");
-        let ev = event(&p, "GET", "/fhir/Observation?patient=p1&code=1234-5", Some(&token(json!({})))).with_response(200, vec!["Observation.note".into()], None);
+        let ev = event(&p, "GET", "/fhir/Observation?patient=p1&code=1234-5", Some(&token(json!({})))).with_response(
+            200,
+            vec!["Observation.note".into()],
+            None,
+        );
         let r = render(&ev, "s1", 0, "phi-guard");
         assert_balp_core(&r);
         assert_eq!(r["meta"]["profile"][0], "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientQuery");
@@ -565,7 +607,10 @@ mod tests {
         let text = format!("Observation?patient={}&code=*", key().pseudonym("p1"));
         assert_eq!(q["query"].as_str().unwrap(), STANDARD.encode(&text));
         assert_eq!(q["description"], text);
-        assert_eq!((q["securityLabel"][0]["code"].as_str(), q["detail"][0]["valueString"].as_str()), (Some("REDACTED"), Some("Observation.note")));
+        assert_eq!(
+            (q["securityLabel"][0]["code"].as_str(), q["detail"][0]["valueString"].as_str()),
+            (Some("REDACTED"), Some("Observation.note"))
+        );
     }
 
     #[test]
@@ -602,7 +647,10 @@ mod tests {
         assert_eq!(r["purposeOfEvent"], json!([{"coding": [{"system": ACT_REASON, "code": "ETREAT", "display": "Emergency Treatment"}]}]));
         let ext = |name: &str| r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}{name}")).cloned();
         assert_eq!(ext("severity").unwrap()["valueCode"], "high");
-        assert_eq!(ext("restriction").unwrap()["extension"], json!([{"url": "id", "valueString": "r1"}, {"url": "count", "valueUnsignedInt": 3}]));
+        assert_eq!(
+            ext("restriction").unwrap()["extension"],
+            json!([{"url": "id", "valueString": "r1"}, {"url": "count", "valueUnsignedInt": 3}])
+        );
         assert_eq!(ext("content-digest").unwrap()["valueString"], "sha-256=:AAAA:");
         assert!(ext("break-glass").is_none());
         // Break-glass without an emergency purpose still claims emergency treatment.
@@ -611,8 +659,12 @@ mod tests {
         bg.break_glass = Some("life-threatening".into());
         let r = render(&bg, "s1", 10, "phi-guard");
         assert_eq!(r["purposeOfEvent"][0]["coding"][0]["code"], "ETREAT");
-        assert_eq!(r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}break-glass")).unwrap()["valueCode"], "life-threatening");
-        let routine = render(&event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({})))).with_response(200, vec![], None), "s", 0, "o");
+        assert_eq!(
+            r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}break-glass")).unwrap()["valueCode"],
+            "life-threatening"
+        );
+        let routine =
+            render(&event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({})))).with_response(200, vec![], None), "s", 0, "o");
         assert!(routine.get("purposeOfEvent").is_none());
     }
 

@@ -15,8 +15,24 @@ use crate::policy::audit::AuditFormat;
 const PATIENT: &str = "pat-4711-secret";
 const OTHER: &str = "pat-9999-other";
 const PHI: [&str; 18] = [
-    "Smith", "smith", "John", "john", "123-45-6789", "1970-01-01", "555-0100", "Elm Street", PATIENT, OTHER, "HIV", "Kermit",
-    "Trantow", "1990-01-01", "ssn", "MRN-12345", "12345", "example.org",
+    "Smith",
+    "smith",
+    "John",
+    "john",
+    "123-45-6789",
+    "1970-01-01",
+    "555-0100",
+    "Elm Street",
+    PATIENT,
+    OTHER,
+    "HIV",
+    "Kermit",
+    "Trantow",
+    "1990-01-01",
+    "ssn",
+    "MRN-12345",
+    "12345",
+    "example.org",
 ];
 
 /// An `x-request-id` that is a name, a birth date and a phone number.
@@ -51,16 +67,31 @@ fn assert_no_control(v: &Value, context: &str) {
 fn events_carry_no_phi_values() {
     let body = serde_json::to_vec(&upstream_patient()).unwrap();
     // The body is checked, never handed to audit: only the paths minimization withheld are.
-    let plan = ResponsePlan { checks: vec![ResponseCheck::Compartment(crate::decision::CompartmentCheck { patient: PATIENT.into(), shared: vec![], expect: crate::decision::Expected::Resource { resource_type: "Patient", id: PATIENT.into() } })], ..ResponsePlan::default() };
+    let plan = ResponsePlan {
+        checks: vec![ResponseCheck::Compartment(crate::decision::CompartmentCheck {
+            patient: PATIENT.into(),
+            shared: vec![],
+            expect: crate::decision::Expected::Resource { resource_type: "Patient", id: PATIENT.into() },
+        })],
+        ..ResponsePlan::default()
+    };
     assert_eq!(plan.apply(&body, &ApplyCtx::default()).map(|_| ()), Ok(()));
-    let withheld = vec!["Patient.name".to_owned(), "Patient.identifier".to_owned(), "Patient.text".to_owned(), "patients.John Smith\n.name".to_owned()];
+    let withheld = vec![
+        "Patient.name".to_owned(),
+        "Patient.identifier".to_owned(),
+        "Patient.text".to_owned(),
+        "patients.John Smith\n.name".to_owned(),
+    ];
 
     let app = policy("smart-patient-app");
     let clinic = policy("clinician-api");
     let patient_token = token(json!({"patient": PATIENT, "name": "John Smith", "birthdate": "1970-01-01", "purpose_of_use": "TREAT"}));
-    let user_token = token(json!({"patient": null, "scp": ["user/Patient.rs", "user/Observation.rs"], "scope": null, "name": "John Smith"}));
+    let user_token =
+        token(json!({"patient": null, "scp": ["user/Patient.rs", "user/Observation.rs"], "scope": null, "name": "John Smith"}));
     // Break-glass reasons are free text in the token: only a policy code may reach the log.
-    let glass_token = token(json!({"patient": null, "scp": ["user/Patient.rs"], "scope": null, "break_glass": true, "break_glass_reason": "John Smith, HIV clinic"}));
+    let glass_token = token(
+        json!({"patient": null, "scp": ["user/Patient.rs"], "scope": null, "break_glass": true, "break_glass_reason": "John Smith, HIV clinic"}),
+    );
     // Claims an issuer lets users or clients choose: names, e-mail addresses, MRNs, newlines.
     let hostile_token = token(json!({
         "patient": null, "scp": ["user/Patient.rs", "user/Observation.rs"], "scope": null,
@@ -69,7 +100,8 @@ fn events_carry_no_phi_values() {
     }));
     // Free text: the verifier splits it like `TREAT ETREAT` into two code-shaped words.
     let free_text_purpose = token(json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "purpose_of_use": "John Smith"}));
-    let hostile_patient_token = token(json!({"patient": PATIENT, "sub": "MRN-12345", "jti": "Kermit\u{0}Trantow", "client_id": "app\tJohn"}));
+    let hostile_patient_token =
+        token(json!({"patient": PATIENT, "sub": "MRN-12345", "jti": "Kermit\u{0}Trantow", "client_id": "app\tJohn"}));
     let requests: Vec<(&crate::policy::Policy, String, Option<&String>, Option<bool>)> = vec![
         (&app, format!("/fhir/Patient/{PATIENT}"), Some(&patient_token), Some(true)),
         (&app, format!("/fhir/Observation?patient={PATIENT}&code=HIV&date=1970-01-01"), Some(&patient_token), Some(true)),

@@ -21,7 +21,6 @@ use crate::fhir::{resource_type, FhirRequest};
 /// Most patients one event names; a request naming more is recorded with the first ones.
 pub const MAX_PATIENTS: usize = 16;
 
-
 /// Parameters that name a patient on any resource type (on top of the compartment table).
 const ALWAYS_PATIENT_LINKS: [&str; 2] = ["patient", "subject"];
 
@@ -64,9 +63,8 @@ pub fn audit_query(req: &FhirRequest, query: &[(String, String)], identify: &dyn
         }
         normalized.push('=');
         let base = name.split(':').next().unwrap_or(name);
-        let is_link = links.contains(&base)
-            || ALWAYS_PATIENT_LINKS.contains(&base)
-            || (req.resource_type == Some("Patient") && base == "_id");
+        let is_link =
+            links.contains(&base) || ALWAYS_PATIENT_LINKS.contains(&base) || (req.resource_type == Some("Patient") && base == "_id");
         if is_link && !name.contains('.') {
             let mut first = true;
             for part in value.split(',') {
@@ -160,8 +158,19 @@ fn structural(base: &str, value: &str) -> bool {
         // `+` in a query decodes to a space.
         "_format" => matches!(
             value,
-            "json" | "xml" | "ttl" | "html" | "application/json" | "application/xml" | "application/fhir+json"
-                | "application/fhir json" | "application/fhir+xml" | "application/fhir xml" | "text/xml" | "text/html" | "text/turtle"
+            "json"
+                | "xml"
+                | "ttl"
+                | "html"
+                | "application/json"
+                | "application/xml"
+                | "application/fhir+json"
+                | "application/fhir json"
+                | "application/fhir+xml"
+                | "application/fhir xml"
+                | "text/xml"
+                | "text/html"
+                | "text/turtle"
         ),
         "_sort" => list(&sort_key),
         "_elements" => list(&is_element),
@@ -206,7 +215,10 @@ mod tests {
 
     #[test]
     fn patient_references_are_identified() {
-        let q = run("GET", "/fhir/Observation?patient=p1&subject=Patient/p2,https://x.test/fhir/Patient/p3/_history/4&performer=Practitioner/d1");
+        let q = run(
+            "GET",
+            "/fhir/Observation?patient=p1&subject=Patient/p2,https://x.test/fhir/Patient/p3/_history/4&performer=Practitioner/d1",
+        );
         assert_eq!(q.normalized.as_deref(), Some("patient=<p1>&subject=Patient/<p2>,Patient/<p3>&performer=*"));
         assert_eq!(q.patients, ["p1", "p2", "p3"]);
         let q = run("GET", "/fhir/Observation?subject:Patient=p1&subject.name=Smith&patient=Group/g1&patient=p1");
@@ -220,10 +232,16 @@ mod tests {
 
     #[test]
     fn only_known_names_modifiers_and_chains_are_written() {
-        let q = run("GET", "/fhir/Observation?code=1&ssn:123-45-6789&John=1&code:123-45-6789=x&code:Smith&subject.John=1&subject:Patient.name:exact=x");
+        let q = run(
+            "GET",
+            "/fhir/Observation?code=1&ssn:123-45-6789&John=1&code:123-45-6789=x&code:Smith&subject.John=1&subject:Patient.name:exact=x",
+        );
         assert_eq!(q.normalized.as_deref(), Some("code=*&?&?=*&code:?=*&code:?&subject.?=*&subject:Patient.name:exact=*"));
         let q = run("GET", "/fhir/Patient?_has:Observation:patient:code=1234&_has:Smith:John:x=1&_lastUpdated=gt2020&flag&_include:iterate=Observation:patient");
-        assert_eq!(q.normalized.as_deref(), Some("_has:Observation:patient:code=*&_has:?:?:?=*&_lastUpdated=*&?&_include:iterate=Observation:patient"));
+        assert_eq!(
+            q.normalized.as_deref(),
+            Some("_has:Observation:patient:code=*&_has:?:?:?=*&_lastUpdated=*&?&_include:iterate=Observation:patient")
+        );
         let long = format!("name:{}", "exact".repeat(60));
         assert_eq!(run("GET", &format!("/fhir/Patient?{long}=x")).normalized.as_deref(), Some("?=*"));
     }

@@ -208,7 +208,9 @@ fn position(v: &Value) -> Option<(&str, u64)> {
     if v.get("resourceType").and_then(Value::as_str) == Some("AuditEvent") {
         let ext = v.get("extension")?.as_array()?;
         let find = |name: &str, kind: &str| {
-            ext.iter().find(|e| e.get("url").and_then(Value::as_str).and_then(|u| u.strip_prefix(EXT)) == Some(name)).and_then(|e| e.get(kind))
+            ext.iter()
+                .find(|e| e.get("url").and_then(Value::as_str).and_then(|u| u.strip_prefix(EXT)) == Some(name))
+                .and_then(|e| e.get(kind))
         };
         Some((find("stream", "valueString")?.as_str()?, find("seq", "valueDecimal")?.as_u64()?))
     } else {
@@ -264,7 +266,11 @@ mod tests {
         let mut c = chain(id);
         (0..n)
             .map(|i| {
-                let ev = if i % 2 == 0 { event(&p, "GET", "/fhir/Patient/p1", Some(&t)) } else { event(&p, "GET", "/fhir/Observation?patient=p2", Some(&t)) };
+                let ev = if i % 2 == 0 {
+                    event(&p, "GET", "/fhir/Patient/p1", Some(&t))
+                } else {
+                    event(&p, "GET", "/fhir/Observation?patient=p2", Some(&t))
+                };
                 c.seal(&ev, &p.audit)
             })
             .collect()

@@ -13,11 +13,45 @@ pub const MODIFIERS: [&str; 13] =
 /// FHIR R4 operation names (R4 operationslist.html) and the Bulk Data `$export`, without `$`.
 /// Sorted.
 pub const OPERATIONS: [&str; 39] = [
-    "apply", "care-gaps", "closure", "collect-data", "conforms", "convert", "data-requirements", "document", "evaluate-measure",
-    "everything", "expand", "export", "find", "find-matches", "graph", "graphql", "implements", "lastn", "lookup", "match",
-    "meta", "meta-add", "meta-delete", "populate", "populatehtml", "populatelink", "preferred-id", "process-message",
-    "questionnaire", "snapshot", "stats", "submit", "submit-data", "subset", "subsumes", "transform", "translate",
-    "validate", "validate-code",
+    "apply",
+    "care-gaps",
+    "closure",
+    "collect-data",
+    "conforms",
+    "convert",
+    "data-requirements",
+    "document",
+    "evaluate-measure",
+    "everything",
+    "expand",
+    "export",
+    "find",
+    "find-matches",
+    "graph",
+    "graphql",
+    "implements",
+    "lastn",
+    "lookup",
+    "match",
+    "meta",
+    "meta-add",
+    "meta-delete",
+    "populate",
+    "populatehtml",
+    "populatelink",
+    "preferred-id",
+    "process-message",
+    "questionnaire",
+    "snapshot",
+    "stats",
+    "submit",
+    "submit-data",
+    "subset",
+    "subsumes",
+    "transform",
+    "translate",
+    "validate",
+    "validate-code",
 ];
 
 /// A FHIR R4 search parameter code or result parameter (`name`, `_lastUpdated`, `_sort`, ...).
@@ -72,7 +106,8 @@ mod tests {
         // `names.rs` and `fhir::search_params` are generated from the same fixture.
         let root = env!("CARGO_MANIFEST_DIR");
         let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap())
+                .unwrap();
         for p in doc["parameters"].as_array().unwrap() {
             let code = p["code"].as_str().unwrap();
             assert!(is_search_parameter(code), "{code}");

@@ -48,9 +48,7 @@ impl std::fmt::Debug for VerifyKey {
 impl VerifyKey {
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
-        self.family == alg.family()
-            && self.alg.is_none_or(|a| a == alg)
-            && self.ec_alg.is_none_or(|a| a == alg)
+        self.family == alg.family() && self.alg.is_none_or(|a| a == alg) && self.ec_alg.is_none_or(|a| a == alg)
     }
 }
 
@@ -135,8 +133,8 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
 /// probability.
 fn roca_fingerprint(n_be: &[u8]) -> bool {
     const PRIMES: [u32; 38] = [
-        3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89,
-        97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+        3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101, 103, 107, 109, 113, 127, 131,
+        137, 139, 149, 151, 157, 163, 167,
     ];
     PRIMES.iter().all(|&p| {
         let residue = n_be.iter().fold(0u32, |r, b| (r * 256 + u32::from(*b)) % p);

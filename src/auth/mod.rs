@@ -16,4 +16,3 @@ pub use principal::Principal;
 pub use purpose::PurposeRule;
 pub use stepup::AuthRequirement;
 pub use verify::{check_claims, verify, verify_message, verify_signature, ClaimNames, IssuerConfig, VerifiedJws};
-

@@ -56,11 +56,7 @@ pub enum JwksError {
 pub fn parse_remote_jwks(body: &[u8], algorithms: &[Algorithm]) -> Result<Vec<VerifyKey>, JwksError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| JwksError::NotAKeySet)?;
     let list = value.get("keys").and_then(Value::as_array).ok_or(JwksError::NotAKeySet)?;
-    let keys: Vec<VerifyKey> = list
-        .iter()
-        .filter_map(|k| parse_jwk(k).ok())
-        .filter(|k| algorithms.iter().any(|a| k.accepts(*a)))
-        .collect();
+    let keys: Vec<VerifyKey> = list.iter().filter_map(|k| parse_jwk(k).ok()).filter(|k| algorithms.iter().any(|a| k.accepts(*a))).collect();
     if keys.is_empty() {
         Err(JwksError::NoUsableKey)
     } else {

@@ -124,11 +124,7 @@ impl SmartScope {
         // A constrained scope only grants searches that carry every constraint verbatim; a read
         // cannot be checked against a constraint before the response, so it is not granted.
         let constraints_ok = self.constraints.is_empty()
-            || (letter == 's'
-                && self
-                    .constraints
-                    .iter()
-                    .all(|(k, v)| query.iter().any(|(qk, qv)| qk == k && qv == v)));
+            || (letter == 's' && self.constraints.iter().all(|(k, v)| query.iter().any(|(qk, qv)| qk == k && qv == v)));
         type_ok && self.permissions.allows(letter) && constraints_ok
     }
 }
@@ -148,19 +144,40 @@ mod tests {
         assert_eq!(parse("system/*.*").unwrap().permissions, Permissions::ALL);
         assert_eq!(parse("patient/*.cruds").unwrap().permissions, Permissions::ALL);
         let c = parse("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category%7Claboratory").unwrap();
-        assert_eq!(c.constraints, [("category".to_owned(), "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_owned())]);
+        assert_eq!(
+            c.constraints,
+            [("category".to_owned(), "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_owned())]
+        );
     }
 
     #[test]
     fn junk_grants_nothing() {
         for s in [
-            "launch", "launch/patient", "openid", "fhirUser", "offline_access", "online_access",
-            "patient/Observation.sr", "patient/Observation.rr", "patient/Observation.x",
-            "patient/Observation.", "patient/observation.read", "patient/Pateint.read",
-            "Patient/Observation.read", "admin/Observation.read", "patient/.read",
-            "patient/Observation", "patient/Observation.read?category=x", "patient/Observation.rs?",
-            "patient/Observation.rs?category", "patient/Observation.rs?=x", "", "/", "patient/*.READ",
-            "patient/Observation.rs ", "patient/Observation.crudsx",
+            "launch",
+            "launch/patient",
+            "openid",
+            "fhirUser",
+            "offline_access",
+            "online_access",
+            "patient/Observation.sr",
+            "patient/Observation.rr",
+            "patient/Observation.x",
+            "patient/Observation.",
+            "patient/observation.read",
+            "patient/Pateint.read",
+            "Patient/Observation.read",
+            "admin/Observation.read",
+            "patient/.read",
+            "patient/Observation",
+            "patient/Observation.read?category=x",
+            "patient/Observation.rs?",
+            "patient/Observation.rs?category",
+            "patient/Observation.rs?=x",
+            "",
+            "/",
+            "patient/*.READ",
+            "patient/Observation.rs ",
+            "patient/Observation.crudsx",
         ] {
             assert_eq!(parse(s), None, "{s}");
         }

@@ -532,7 +532,10 @@ pub(crate) mod tests {
             (format!("{}.{}.AAAA", hdr(json!({"alg":"none"})), body), DenyReason::AlgorithmNotAllowed),
             (format!("{}.{}.AAAA", hdr(json!({"alg":"NoNe"})), body), DenyReason::AlgorithmNotAllowed),
             (format!("{}.{}.{}", parts[0], parts[1], ""), DenyReason::MalformedToken),
-            (format!("{}.{}.{}", parts[0], b64(&json!({"iss": ISS, "aud": AUD, "exp": NOW + 600, "patient": "p2"})), parts[2]), DenyReason::BadSignature),
+            (
+                format!("{}.{}.{}", parts[0], b64(&json!({"iss": ISS, "aud": AUD, "exp": NOW + 600, "patient": "p2"})), parts[2]),
+                DenyReason::BadSignature,
+            ),
             (format!("{}.{}.{}", hdr(json!({"alg":"RS256","kid":"nope"})), parts[1], parts[2]), DenyReason::UnknownKey),
             (format!("{}.{}.{}", hdr(json!({"alg":"RS256","kid":"demo-es256"})), parts[1], parts[2]), DenyReason::UnknownKey),
             (format!("{}.{}.{}", hdr(json!({"alg":"HS256","kid":"demo-rs256"})), parts[1], parts[2]), DenyReason::AlgorithmNotAllowed),

@@ -291,7 +291,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     println!("ok: policy `{}` revision {} ({} routes, {} issuers)", p.name, p.revision, p.routes.len(), p.issuers.len());
                 }
                 phi_guard::policy::source::PluginConfig::Pull(c) => {
-                    println!("ok: pull-mode source: cluster `{}` path `{}`, {:?} signatures, every {} s", c.cluster, c.path, c.alg, c.poll_interval);
+                    println!(
+                        "ok: pull-mode source: cluster `{}` path `{}`, {:?} signatures, every {} s",
+                        c.cluster, c.path, c.alg, c.poll_interval
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -321,7 +324,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 install_jwks(&mut p, t, &value).map_err(|e| format!("{}: {e}", f.display()))?;
             }
             let body = upstream_body.as_ref().map(|f| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
-            let hmac = hmac_key_env.as_ref().map(|v| std::env::var(v).map(String::into_bytes).map_err(|_| format!("--hmac-key-env: `{v}` is not set"))).transpose()?;
+            let hmac = hmac_key_env
+                .as_ref()
+                .map(|v| std::env::var(v).map(String::into_bytes).map_err(|_| format!("--hmac-key-env: `{v}` is not set")))
+                .transpose()?;
             let audit_key = match std::env::var_os(&audit_key_env) {
                 Some(secret) => AuditKey::from_secret(&secret.into_encoded_bytes()).map_err(|e| format!("{audit_key_env}: {e}"))?,
                 None => {
@@ -335,7 +341,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 (None, None, Some(h)) => Credential::Header(h),
                 (None, None, None) => Credential::None,
             };
-            let upstream = body.as_deref().map(|b| Upstream { status: upstream_status, content_type: Some(&upstream_content_type), content_encoding: None, body: b });
+            let upstream = body.as_deref().map(|b| Upstream {
+                status: upstream_status,
+                content_type: Some(&upstream_content_type),
+                content_encoding: None,
+                body: b,
+            });
             let x = Exchange {
                 method: &method,
                 path: &path,

@@ -122,7 +122,11 @@ mod tests {
         assert_eq!(bg.evaluate(&principal(Some(true), &[], None, Some(NOW), None), NOW), invalid, "no reason");
         assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("Patient John Smith fell"), Some(NOW), None), NOW), invalid, "free text");
         assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW - 3601), None), NOW), invalid, "stale iat");
-        assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW), Some(NOW - 7200)), NOW), invalid, "stale auth_time");
+        assert_eq!(
+            bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW), Some(NOW - 7200)), NOW),
+            invalid,
+            "stale auth_time"
+        );
         assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), None, None), NOW), invalid, "unbounded");
         assert_eq!(bg.evaluate(&principal(None, &["ETREAT"], None, Some(NOW), None), NOW), invalid, "ETREAT needs a reason too");
     }

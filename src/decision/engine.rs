@@ -9,9 +9,9 @@ use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
 use crate::auth::scope::Context;
 use crate::auth::{self, AuthRequirement, Principal, TokenCache};
 use crate::fhir::compartment::{in_patient_compartment, param_refers_to};
+use crate::fhir::request::{parse as parse_fhir, FhirRequestError};
 use crate::fhir::resource_type;
 use crate::fhir::search_params::{is_param, param_kind, primary_patient_param, ParamKind, RESULT_PARAMS};
-use crate::fhir::request::{parse as parse_fhir, FhirRequestError};
 use crate::fhir::{FhirRequest, Interaction};
 use crate::http::{normalize, NormalizedPath};
 use crate::policy::{Access, FhirRoute, Policy, Route};
@@ -230,7 +230,8 @@ pub fn decide_with(
         }
     }
     let carries_body = matches!(req.method, "POST" | "PUT" | "PATCH");
-    let size_only = || carries_body.then_some(BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
+    let size_only =
+        || carries_body.then_some(BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
     if let Access::Public = route.access {
         return Decision::Allow(Grant {
             route_id: route.id.clone(),
@@ -269,8 +270,7 @@ pub fn decide_with(
     let checks = match &route.access {
         Access::Public => Vec::new(),
         Access::Scopes { all_of, any_of } => {
-            let ok = all_of.iter().all(|s| principal.has_scope(s))
-                && (any_of.is_empty() || any_of.iter().any(|s| principal.has_scope(s)));
+            let ok = all_of.iter().all(|s| principal.has_scope(s)) && (any_of.is_empty() || any_of.iter().any(|s| principal.has_scope(s)));
             if !ok {
                 let mut need = all_of.clone();
                 if !any_of.is_empty() {
@@ -362,11 +362,8 @@ fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
     if value.contains(',') {
         return Err(DenyReason::AmbiguousCredentials);
     }
-    let (scheme, token) = value.split_once(' ').ok_or(if value.is_empty() {
-        DenyReason::MissingToken
-    } else {
-        DenyReason::UnsupportedAuthScheme
-    })?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or(if value.is_empty() { DenyReason::MissingToken } else { DenyReason::UnsupportedAuthScheme })?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(DenyReason::UnsupportedAuthScheme);
     }
@@ -411,10 +408,7 @@ fn authorize_fhir(
         return Err((DenyReason::UnsupportedFhirRequest, None));
     };
     let ty = req.resource_type;
-    let granting = principal
-        .smart_scopes
-        .iter()
-        .filter(|s| route.scope_contexts.contains(&s.context) && s.grants(ty, letter, &path.query));
+    let granting = principal.smart_scopes.iter().filter(|s| route.scope_contexts.contains(&s.context) && s.grants(ty, letter, &path.query));
     let (mut patient_grant, mut other_grant) = (false, false);
     for s in granting {
         match s.context {
@@ -464,7 +458,9 @@ fn patient_compartment(
     };
     let mut shared: Vec<&'static str> = route.patient_shared_types.iter().copied().collect();
     shared.sort_unstable();
-    let check = |expect: Expected| Ok(vec![ResponseCheck::Compartment(CompartmentCheck { patient: patient.to_owned(), shared: shared.clone(), expect })]);
+    let check = |expect: Expected| {
+        Ok(vec![ResponseCheck::Compartment(CompartmentCheck { patient: patient.to_owned(), shared: shared.clone(), expect })])
+    };
     let resource = |id: &Option<String>| Expected::Resource { resource_type: ty, id: id.clone().unwrap_or_default() };
     if !in_patient_compartment(ty) {
         if !route.patient_shared_types.contains(ty) {
@@ -742,7 +738,9 @@ mod tests {
 
     #[test]
     fn patient_search_policy_options() {
-        let mut doc: Value = serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap())
+                .unwrap();
         let fhir = doc["routes"].as_array_mut().unwrap().iter_mut().find(|r| r.get("fhir").is_some()).unwrap();
         fhir["fhir"]["patientSearch"] = json!({"patientReference": "reference", "parameters": {"Observation": ["patient", "code"]}});
         let p = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
@@ -765,7 +763,14 @@ mod tests {
             assert_eq!(reason(&p, "GET", "/fhir/Observation?patient=other", Some(&t)), Some(DenyReason::InsufficientScope), "{scope}");
         }
         let clinic = policy("clinician-api");
-        let c = clinic.routes.iter().find_map(|r| match &r.access { Access::Fhir(f) => Some(f), _ => None }).unwrap();
+        let c = clinic
+            .routes
+            .iter()
+            .find_map(|r| match &r.access {
+                Access::Fhir(f) => Some(f),
+                _ => None,
+            })
+            .unwrap();
         assert_eq!(c.scope_contexts.len(), 3);
     }
 
@@ -826,7 +831,9 @@ mod tests {
         let p = policy("smart-patient-app");
         let t = token(json!({}));
         let mut cache = TokenCache::new(4);
-        let go = |cache: &mut TokenCache, hs: &[&str]| decide(&p, cache, &Request { method: "GET", path: "/fhir/Patient/p1", authorization: hs, ..Default::default() }, NOW).reason();
+        let go = |cache: &mut TokenCache, hs: &[&str]| {
+            decide(&p, cache, &Request { method: "GET", path: "/fhir/Patient/p1", authorization: hs, ..Default::default() }, NOW).reason()
+        };
         assert_eq!(go(&mut cache, &[&format!("bearer {t}")]), None);
         assert_eq!(go(&mut cache, &[&format!("BEARER   {t}")]), None);
         assert_eq!(go(&mut cache, &[&format!("Basic {t}")]), Some(DenyReason::UnsupportedAuthScheme));
@@ -844,7 +851,9 @@ mod tests {
 
     #[test]
     fn remote_keys_not_loaded_is_503_not_401() {
-        let mut doc: Value = serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap())
+                .unwrap();
         let iss = doc["issuers"][0].as_object_mut().unwrap();
         iss.remove("jwks");
         iss.insert("jwksUri".into(), json!({"cluster": "idp", "path": "/jwks.json"}));
@@ -996,14 +1005,23 @@ mod tests {
         assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": null})))), Some(DenyReason::PurposeRequired));
         assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "HMARKT"})))), Some(DenyReason::PurposeNotAllowed));
         assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "SHOPPING"})))), Some(DenyReason::PurposeNotAllowed));
-        assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": ["TREAT", "HRESCH"]})))), Some(DenyReason::PurposeNotAllowed));
+        assert_eq!(
+            reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": ["TREAT", "HRESCH"]})))),
+            Some(DenyReason::PurposeNotAllowed)
+        );
         assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "HPAYMT"})))), None);
         // Routes without a purpose rule are unchanged.
         assert_eq!(reason(&p, "GET", "/fhir/Condition?code=x", Some(&clinician(json!({"purpose_of_use": null})))), None);
         // Research callers get only the safe-harbor view.
         let research = clinician(json!({"purpose_of_use": "HRESCH"}));
-        assert_eq!(grant(run(&p, "GET", "/research/fhir/Condition?code=x", Some(&research))).response.minimize.unwrap().name, "research-deidentified");
-        assert_eq!(reason(&p, "GET", "/research/fhir/Condition?code=x", Some(&clinician(json!({"purpose_of_use": "PUBHLTH"})))), Some(DenyReason::NoMinimizationProfile));
+        assert_eq!(
+            grant(run(&p, "GET", "/research/fhir/Condition?code=x", Some(&research))).response.minimize.unwrap().name,
+            "research-deidentified"
+        );
+        assert_eq!(
+            reason(&p, "GET", "/research/fhir/Condition?code=x", Some(&clinician(json!({"purpose_of_use": "PUBHLTH"})))),
+            Some(DenyReason::NoMinimizationProfile)
+        );
     }
 
     #[test]
@@ -1066,18 +1084,26 @@ mod tests {
         assert_eq!(plan.binding[0].id, "rst-0001");
         assert!(g.response.inspects_body() && g.response.rewrites_body());
         // Every FHIR route when the restriction names none; reads only.
-        let mut doc: Value = serde_json::from_slice(&std::fs::read(format!("{}/policies/clinician-api.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(format!("{}/policies/clinician-api.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
         doc["restrictions"][0].as_object_mut().unwrap().remove("routes");
         let all = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
         assert!(grant(run(&all, "GET", "/fhir/Condition/c1", Some(&t))).response.restrict.is_some());
         assert!(grant(run(&all, "POST", "/fhir/Condition", Some(&t))).response.restrict.is_none(), "writes return what the caller sent");
         assert!(grant(run(&p, "GET", "/fhir/Condition/c1", Some(&t))).response.restrict.is_none(), "the example scopes it to one route");
         assert!(grant(run(&p, "GET", &format!("/clinical/fhir/Condition/{KERMIT}"), Some(&t))).response.restrict.is_some());
-        assert!(grant(run(&p, "GET", "/admin/reports/7", Some(&clinician(json!({"scp": ["admin.reports.read"]}))))).response.restrict.is_none());
-        assert!(grant(run(&p, "GET", "/clinical/fhir/Condition/c1", Some(&clinician(json!({"purpose_of_use": "ETREAT", "break_glass_reason": "life-threatening"})))))
+        assert!(grant(run(&p, "GET", "/admin/reports/7", Some(&clinician(json!({"scp": ["admin.reports.read"]})))))
             .response
             .restrict
             .is_none());
+        assert!(grant(run(
+            &p,
+            "GET",
+            "/clinical/fhir/Condition/c1",
+            Some(&clinician(json!({"purpose_of_use": "ETREAT", "break_glass_reason": "life-threatening"})))
+        ))
+        .response
+        .restrict
+        .is_none());
     }
 }
-

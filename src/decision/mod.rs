@@ -8,9 +8,9 @@ pub mod reason;
 pub mod reply;
 pub mod response;
 
+pub use crate::minimize::{Applied, ApplyCtx};
+pub use breakglass::BreakGlass;
 pub use engine::{decide, decide_with, Decision, Grant, Refusal, Request};
 pub use reason::DenyReason;
-pub use breakglass::BreakGlass;
 pub use reply::{challenge_reply, refusal_reply, upstream_error_body, Challenge, Reply};
 pub use response::{CompartmentCheck, Expected, Release, ResponseCheck, ResponsePlan, Screen, UpstreamHead};
-pub use crate::minimize::{Applied, ApplyCtx};

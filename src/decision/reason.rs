@@ -129,18 +129,42 @@ impl DenyReason {
             RateLimited => 429,
             NoRoute => 404,
             MethodNotAllowed => 405,
-            MissingToken | UnsupportedAuthScheme | TokenTooLarge | MalformedToken
-            | AlgorithmNotAllowed | EmbeddedKey | UnsupportedCrit | UnknownIssuer | UnknownKey
-            | BadSignature | MissingExpiry | MissingSubject | Expired | NotYetValid | BadIssuedAt | BadAudience
-            | BadClaim | TokenInQuery => 401,
-            InsufficientScope | InteractionNotAllowed | PatientMismatch | CompartmentEscape | SearchParameterNotAllowed
+            MissingToken
+            | UnsupportedAuthScheme
+            | TokenTooLarge
+            | MalformedToken
+            | AlgorithmNotAllowed
+            | EmbeddedKey
+            | UnsupportedCrit
+            | UnknownIssuer
+            | UnknownKey
+            | BadSignature
+            | MissingExpiry
+            | MissingSubject
+            | Expired
+            | NotYetValid
+            | BadIssuedAt
+            | BadAudience
+            | BadClaim
+            | TokenInQuery => 401,
+            InsufficientScope
+            | InteractionNotAllowed
+            | PatientMismatch
+            | CompartmentEscape
+            | SearchParameterNotAllowed
             | MissingPatientContext => 403,
             HeadNotCheckable => 405,
             InsufficientUserAuthentication => 401,
             PurposeRequired | PurposeNotAllowed | BreakGlassInvalid | Restricted => 403,
             NoMinimizationProfile => 403,
-            ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated
-            | ResponseUnexpectedShape | ResponseUnknownResource | CompartmentViolation | MinimizationFailed => 502,
+            ResponseNotJson
+            | ResponseTooLarge
+            | ResponseEncoded
+            | ResponseTruncated
+            | ResponseUnexpectedShape
+            | ResponseUnknownResource
+            | CompartmentViolation
+            | MinimizationFailed => 502,
         }
     }
 
@@ -242,16 +266,20 @@ impl DenyReason {
             InteractionNotAllowed => "this FHIR interaction is not allowed here",
             UnsupportedFhirRequest => "this FHIR request is not supported",
             PatientMismatch => "the requested data is outside the token's patient context",
-            CompartmentEscape => {
-                "this search could reach data outside the token's patient context"
-            }
+            CompartmentEscape => "this search could reach data outside the token's patient context",
             SearchParameterNotAllowed => "this search parameter is not allowed with the token's patient context",
             HeadNotCheckable => "HEAD is not answered here; use GET",
             MissingPatientContext => "the token's patient scopes carry no patient context",
             AuditUnavailable => "the request cannot be audited right now; try again later",
             NoMinimizationProfile => "no data view is defined for this token's scopes and purpose",
-            ResponseNotJson | ResponseTooLarge | ResponseEncoded | ResponseTruncated | ResponseUnexpectedShape
-            | ResponseUnknownResource | CompartmentViolation | MinimizationFailed => "the upstream response could not be released",
+            ResponseNotJson
+            | ResponseTooLarge
+            | ResponseEncoded
+            | ResponseTruncated
+            | ResponseUnexpectedShape
+            | ResponseUnknownResource
+            | CompartmentViolation
+            | MinimizationFailed => "the upstream response could not be released",
             InsufficientUserAuthentication => "a stronger or more recent user authentication is required",
             PurposeRequired => "a purpose of use is required for this request",
             PurposeNotAllowed => "the stated purpose of use is not allowed for this request",
@@ -290,15 +318,59 @@ impl DenyReason {
     pub const ALL: [DenyReason; 53] = {
         use DenyReason::*;
         [
-            NoPolicy, InvalidPath, PathTooLong, HeadersTooLarge, InvalidHeader, RequestTooLarge, InvalidRequestBody, RateLimited, NoRoute, MethodNotAllowed, MissingToken,
-            AmbiguousCredentials, UnsupportedAuthScheme, TokenTooLarge, MalformedToken,
-            AlgorithmNotAllowed, EmbeddedKey, UnsupportedCrit, UnknownIssuer, UnknownKey,
-            BadSignature, KeysUnavailable, MissingExpiry, MissingSubject, Expired, NotYetValid, BadIssuedAt, BadAudience,
-            BadClaim, TokenInQuery, InsufficientScope, InteractionNotAllowed, UnsupportedFhirRequest, PatientMismatch,
-            CompartmentEscape, SearchParameterNotAllowed, MissingPatientContext, HeadNotCheckable, NoMinimizationProfile,
-            ResponseNotJson, ResponseTooLarge, ResponseEncoded, ResponseTruncated, ResponseUnexpectedShape,
-            ResponseUnknownResource, CompartmentViolation, MinimizationFailed, AuditUnavailable, InsufficientUserAuthentication,
-            PurposeRequired, PurposeNotAllowed, BreakGlassInvalid, Restricted,
+            NoPolicy,
+            InvalidPath,
+            PathTooLong,
+            HeadersTooLarge,
+            InvalidHeader,
+            RequestTooLarge,
+            InvalidRequestBody,
+            RateLimited,
+            NoRoute,
+            MethodNotAllowed,
+            MissingToken,
+            AmbiguousCredentials,
+            UnsupportedAuthScheme,
+            TokenTooLarge,
+            MalformedToken,
+            AlgorithmNotAllowed,
+            EmbeddedKey,
+            UnsupportedCrit,
+            UnknownIssuer,
+            UnknownKey,
+            BadSignature,
+            KeysUnavailable,
+            MissingExpiry,
+            MissingSubject,
+            Expired,
+            NotYetValid,
+            BadIssuedAt,
+            BadAudience,
+            BadClaim,
+            TokenInQuery,
+            InsufficientScope,
+            InteractionNotAllowed,
+            UnsupportedFhirRequest,
+            PatientMismatch,
+            CompartmentEscape,
+            SearchParameterNotAllowed,
+            MissingPatientContext,
+            HeadNotCheckable,
+            NoMinimizationProfile,
+            ResponseNotJson,
+            ResponseTooLarge,
+            ResponseEncoded,
+            ResponseTruncated,
+            ResponseUnexpectedShape,
+            ResponseUnknownResource,
+            CompartmentViolation,
+            MinimizationFailed,
+            AuditUnavailable,
+            InsufficientUserAuthentication,
+            PurposeRequired,
+            PurposeNotAllowed,
+            BreakGlassInvalid,
+            Restricted,
         ]
     };
 }

@@ -143,9 +143,16 @@ mod tests {
         assert_eq!(v["issue"][0]["details"]["coding"][0]["code"], "insufficient_user_authentication");
         // Without the challenge (e.g. an older host) the error code is still right.
         let bare = refusal_reply(DenyReason::InsufficientUserAuthentication, 401, false, None);
-        assert!(header(&bare, "www-authenticate").unwrap().ends_with("error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\""));
+        assert!(header(&bare, "www-authenticate").unwrap().ends_with(
+            "error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\""
+        ));
         // Parameters only go with their own reason, and quotes cannot break out.
-        let r = challenge_reply(DenyReason::InsufficientScope, 403, false, &Challenge { scope: Some("a\"b".into()), acr_values: Some("x".into()), max_age: Some(1) });
+        let r = challenge_reply(
+            DenyReason::InsufficientScope,
+            403,
+            false,
+            &Challenge { scope: Some("a\"b".into()), acr_values: Some("x".into()), max_age: Some(1) },
+        );
         assert!(header(&r, "www-authenticate").unwrap().ends_with("scope=\"ab\""));
         let r = challenge_reply(DenyReason::PurposeRequired, 403, false, &c);
         assert!(header(&r, "www-authenticate").is_none());

@@ -360,9 +360,13 @@ mod tests {
         assert!(plan.inspects_body());
         assert!(!plan.rewrites_body());
         assert_eq!(plan.apply(b"{not json", &ApplyCtx::default()), Err(DenyReason::ResponseNotJson));
-        let applied = plan.apply(br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#, &ApplyCtx::default()).unwrap();
+        let applied =
+            plan.apply(br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#, &ApplyCtx::default()).unwrap();
         assert_eq!(applied, Applied::default());
-        assert_eq!(plan.apply(br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#, &ApplyCtx::default()), Err(DenyReason::PatientMismatch));
+        assert_eq!(
+            plan.apply(br#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#, &ApplyCtx::default()),
+            Err(DenyReason::PatientMismatch)
+        );
         assert_eq!(ResponsePlan::default().apply(b"anything", &ApplyCtx::default()), Ok(Applied::default()));
         let small = ResponsePlan { max_body_bytes: 8, ..plan };
         assert_eq!(small.apply(br#"{"resourceType":"Observation"}"#, &ApplyCtx::default()), Err(DenyReason::ResponseTooLarge));
@@ -464,7 +468,8 @@ mod tests {
         b["link"] = json!([{"relation": "next", "url": "x", "extra": {"resourceType": "Patient", "id": "p2"}}]);
         assert_eq!(released(&search, b), v);
         let mut e = obs("p1");
-        e["response"] = json!({"status": "200", "outcome": {"resourceType": "Observation", "id": "z", "subject": {"reference": "Patient/p2"}}});
+        e["response"] =
+            json!({"status": "200", "outcome": {"resourceType": "Observation", "id": "z", "subject": {"reference": "Patient/p2"}}});
         assert_eq!(released(&search, bundle(json!([e]))), v);
         let mut e = obs("p1");
         e["response"] = json!({"status": "200", "outcome": {"resourceType": "OperationOutcome", "issue": []}});
@@ -480,7 +485,8 @@ mod tests {
     #[test]
     fn empty_success_on_a_checked_route_is_not_json() {
         let plan = read("Observation", "o1");
-        let head = |status| UpstreamHead { status, content_type: Some("application/fhir+json"), end_of_stream: true, ..UpstreamHead::default() };
+        let head =
+            |status| UpstreamHead { status, content_type: Some("application/fhir+json"), end_of_stream: true, ..UpstreamHead::default() };
         assert_eq!(plan.screen(&head(200), false), Screen::Refuse(DenyReason::ResponseNotJson));
         assert_eq!(plan.screen(&head(204), false), Screen::Pass);
         assert_eq!(plan.screen(&head(304), false), Screen::Pass);
@@ -521,7 +527,10 @@ mod tests {
             {"resource": {"resourceType": "Condition", "id": "b", "subject": {"reference": "Patient/p1"}, "meta": {"security": [{"system": act, "code": "PSY"}]}}}
         ]});
         let bytes = serde_json::to_vec(&body).unwrap();
-        let shadow = crate::minimize::testing::profile(serde_json::json!({"mode": "deny", "shadow": true, "resources": {"*": {"deny": ["note"]}}}), true);
+        let shadow = crate::minimize::testing::profile(
+            serde_json::json!({"mode": "deny", "shadow": true, "resources": {"*": {"deny": ["note"]}}}),
+            true,
+        );
         let plan = ResponsePlan { minimize: Some(Arc::new(shadow)), restrict: r.plan("fhir", &[], None), ..ResponsePlan::default() };
         assert!(plan.rewrites_body());
         let released = plan.release(&bytes, &ApplyCtx::default());
@@ -542,4 +551,3 @@ mod tests {
         assert_eq!((refused.outcome, refused.restrictions.len()), (Err(DenyReason::Restricted), 1));
     }
 }
-

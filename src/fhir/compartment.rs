@@ -6,10 +6,7 @@ use serde_json::{Map, Value};
 use super::compartment_table::PATIENT_COMPARTMENT;
 
 fn entry(resource_type: &str) -> Option<&'static (&'static str, &'static [&'static str], &'static [&'static str])> {
-    PATIENT_COMPARTMENT
-        .binary_search_by(|(t, _, _)| (*t).cmp(resource_type))
-        .ok()
-        .and_then(|i| PATIENT_COMPARTMENT.get(i))
+    PATIENT_COMPARTMENT.binary_search_by(|(t, _, _)| (*t).cmp(resource_type)).ok().and_then(|i| PATIENT_COMPARTMENT.get(i))
 }
 
 /// Whether resources of this type can belong to a patient's compartment.
@@ -190,13 +187,8 @@ mod tests {
             &std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/gateway_CompartmentDefinition-patient.json")).unwrap(),
         )
         .unwrap();
-        let with_params: Vec<&str> = cd["resource"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r.get("param").is_some())
-            .map(|r| r["code"].as_str().unwrap())
-            .collect();
+        let with_params: Vec<&str> =
+            cd["resource"].as_array().unwrap().iter().filter(|r| r.get("param").is_some()).map(|r| r["code"].as_str().unwrap()).collect();
         assert_eq!(with_params.len(), PATIENT_COMPARTMENT.len());
         for t in with_params {
             assert!(entry(t).is_some(), "{t}");

@@ -10,10 +10,7 @@ pub use request::{FhirRequest, Interaction};
 
 /// The canonical `&'static str` for a FHIR R4 resource type, if `name` is one (exact case).
 pub fn resource_type(name: &str) -> Option<&'static str> {
-    compartment_table::RESOURCE_TYPES
-        .binary_search(&name)
-        .ok()
-        .and_then(|i| compartment_table::RESOURCE_TYPES.get(i).copied())
+    compartment_table::RESOURCE_TYPES.binary_search(&name).ok().and_then(|i| compartment_table::RESOURCE_TYPES.get(i).copied())
 }
 
 #[cfg(test)]

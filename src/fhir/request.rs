@@ -73,8 +73,20 @@ impl Interaction {
     pub const ALL: [Interaction; 14] = {
         use Interaction::*;
         [
-            Read, Vread, Update, Patch, Delete, HistoryInstance, HistoryType, Create, SearchType,
-            SearchSystem, HistorySystem, Batch, Operation, Capabilities,
+            Read,
+            Vread,
+            Update,
+            Patch,
+            Delete,
+            HistoryInstance,
+            HistoryType,
+            Create,
+            SearchType,
+            SearchSystem,
+            HistorySystem,
+            Batch,
+            Operation,
+            Capabilities,
         ]
     };
 
@@ -150,21 +162,16 @@ pub fn parse(method: &str, segments: &[String]) -> Result<FhirRequest, FhirReque
         }
         ("POST", [t, "_search"]) => req(SearchType, Some(ty(t)?), None),
         ("GET" | "HEAD", [t, "_history"]) => req(HistoryType, Some(ty(t)?), None),
-        (_, [t, o]) if o.starts_with('$') => {
-            FhirRequest { operation: op(o), ..req(Operation, Some(ty(t)?), None) }
-        }
+        (_, [t, o]) if o.starts_with('$') => FhirRequest { operation: op(o), ..req(Operation, Some(ty(t)?), None) },
         ("GET" | "HEAD", [t, id]) => req(Read, Some(ty(t)?), Some(id)),
         ("PUT", [t, id]) => req(Update, Some(ty(t)?), Some(id)),
         ("PATCH", [t, id]) => req(Patch, Some(ty(t)?), Some(id)),
         ("DELETE", [t, id]) => req(Delete, Some(ty(t)?), Some(id)),
         ("GET" | "HEAD", [t, id, "_history"]) => req(HistoryInstance, Some(ty(t)?), Some(id)),
-        (_, [t, id, o]) if o.starts_with('$') => {
-            FhirRequest { operation: op(o), ..req(Operation, Some(ty(t)?), Some(id)) }
+        (_, [t, id, o]) if o.starts_with('$') => FhirRequest { operation: op(o), ..req(Operation, Some(ty(t)?), Some(id)) },
+        ("GET" | "HEAD", ["Patient", id, t]) => {
+            FhirRequest { compartment_patient: Some((*id).to_owned()), ..req(SearchType, Some(ty(t)?), None) }
         }
-        ("GET" | "HEAD", ["Patient", id, t]) => FhirRequest {
-            compartment_patient: Some((*id).to_owned()),
-            ..req(SearchType, Some(ty(t)?), None)
-        },
         ("GET" | "HEAD", [t, id, "_history", _vid]) => req(Vread, Some(ty(t)?), Some(id)),
         _ => return Err(FhirRequestError::Unsupported),
     };
@@ -209,7 +216,10 @@ mod tests {
         assert_eq!(p("GET", "metadata").unwrap().interaction, Interaction::Capabilities);
         assert_eq!(p("GET", "").unwrap().interaction, Interaction::SearchSystem);
         let c = p("GET", "Patient/p1/Observation").unwrap();
-        assert_eq!((c.interaction, c.resource_type, c.compartment_patient.as_deref()), (Interaction::SearchType, Some("Observation"), Some("p1")));
+        assert_eq!(
+            (c.interaction, c.resource_type, c.compartment_patient.as_deref()),
+            (Interaction::SearchType, Some("Observation"), Some("p1"))
+        );
         let o = p("GET", "Patient/p1/$everything").unwrap();
         assert_eq!((o.interaction, o.operation.as_deref()), (Interaction::Operation, Some("everything")));
     }

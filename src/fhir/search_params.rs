@@ -25,11 +25,7 @@ fn find<'a>(list: &'a [(&'static str, ParamKind)], code: &str) -> Option<&'a (&'
 
 /// The R4 search parameters defined for `resource_type` alone (not the common ones).
 pub fn type_params(resource_type: &str) -> &'static [(&'static str, ParamKind)] {
-    TYPE_PARAMS
-        .binary_search_by(|(t, _)| (*t).cmp(resource_type))
-        .ok()
-        .and_then(|i| TYPE_PARAMS.get(i))
-        .map_or(&[], |(_, params)| *params)
+    TYPE_PARAMS.binary_search_by(|(t, _)| (*t).cmp(resource_type)).ok().and_then(|i| TYPE_PARAMS.get(i)).map_or(&[], |(_, params)| *params)
 }
 
 /// The kind of the R4 search parameter `code` on `resource_type` (its own parameters, then the
@@ -51,10 +47,7 @@ pub fn primary_patient_param(resource_type: &str) -> Option<&'static str> {
         return Some("_id");
     }
     let links = patient_params(resource_type);
-    ["patient", "subject"]
-        .into_iter()
-        .find_map(|p| links.iter().copied().find(|l| *l == p))
-        .or_else(|| links.first().copied())
+    ["patient", "subject"].into_iter().find_map(|p| links.iter().copied().find(|l| *l == p)).or_else(|| links.first().copied())
 }
 
 #[cfg(test)]
@@ -99,7 +92,8 @@ mod tests {
         assert!(COMMON_PARAMS.windows(2).all(|w| w[0].0 < w[1].0));
         let root = env!("CARGO_MANIFEST_DIR");
         let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap())
+                .unwrap();
         let params = doc["parameters"].as_array().unwrap();
         assert_eq!(params.len(), 1375);
         for p in params {

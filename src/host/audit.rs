@@ -89,7 +89,8 @@ impl AuditSink {
         let n = self.queue.len().min(c.batch_max_events);
         let batch: Vec<Sealed> = self.queue.drain(..n).collect();
         let body = batch_body(c, &batch, self.chain.stream());
-        let headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", c.content_type())];
+        let headers =
+            vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", c.content_type())];
         self.last_flush_ms = now_ms;
         match dispatch_http_call(&c.cluster, headers, Some(body.as_bytes()), vec![], Duration::from_millis(c.timeout_ms)) {
             Ok(token) => self.in_flight = Some((token, batch)),

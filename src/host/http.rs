@@ -10,7 +10,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::abi;
 use super::now_ms;
-use super::vm::{OwnedRequest, Outcome, ResponseState, StreamState, Vm, Waiter};
+use super::vm::{Outcome, OwnedRequest, ResponseState, StreamState, Vm, Waiter};
 use crate::decision::reply::Challenge;
 use crate::decision::{refusal_reply, upstream_error_body, DenyReason, Screen, UpstreamHead};
 use crate::http::{content_digest, CONTENT_DIGEST};
@@ -91,11 +91,19 @@ impl Stream {
             match &mut st.response {
                 ResponseState::Replace { reason, fhir, sent } => {
                     let first = !std::mem::replace(sent, true);
-                    if first { refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes() } else { Vec::new() }
+                    if first {
+                        refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes()
+                    } else {
+                        Vec::new()
+                    }
                 }
                 ResponseState::Scrub { fhir, sent } => {
                     let first = !std::mem::replace(sent, true);
-                    if first { upstream_error_body(*fhir, status).into_bytes() } else { Vec::new() }
+                    if first {
+                        upstream_error_body(*fhir, status).into_bytes()
+                    } else {
+                        Vec::new()
+                    }
                 }
                 _ => return,
             }

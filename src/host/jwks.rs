@@ -35,7 +35,8 @@ impl Jwks {
         {
             let mut guard = vm.active.borrow_mut();
             let Some(active) = guard.as_mut() else { return };
-            let issuers: Vec<_> = active.policy.issuers.iter().map(|i| (i.issuer.clone(), i.remote.clone(), i.algorithms.clone())).collect();
+            let issuers: Vec<_> =
+                active.policy.issuers.iter().map(|i| (i.issuer.clone(), i.remote.clone(), i.algorithms.clone())).collect();
             self.failures.resize(issuers.len(), 0);
             for (i, (iss, remote, algs)) in issuers.into_iter().enumerate() {
                 let Some(remote) = remote else { continue };
@@ -59,7 +60,10 @@ impl Jwks {
                 let refresh_due = state.refresh_due(&remote, now);
                 let has_keys = active.policy.issuers.get(i).is_some_and(|x| !x.keys.is_empty());
                 if has_keys && !usable {
-                    log::error!("phi-guard: keys of `{iss}` are stale past {} s without a successful fetch; refusing its tokens", remote.max_staleness);
+                    log::error!(
+                        "phi-guard: keys of `{iss}` are stale past {} s without a successful fetch; refusing its tokens",
+                        remote.max_staleness
+                    );
                     active.set_keys(i, Vec::new());
                     vm.metrics.keys_dropped();
                 }
@@ -79,7 +83,12 @@ impl Jwks {
             }
         }
         for (i, iss, remote) in fetch {
-            let headers = vec![(":method", "GET"), (":path", remote.path.as_str()), (":authority", remote.authority.as_str()), ("accept", "application/json")];
+            let headers = vec![
+                (":method", "GET"),
+                (":path", remote.path.as_str()),
+                (":authority", remote.authority.as_str()),
+                ("accept", "application/json"),
+            ];
             match dispatch_http_call(&remote.cluster, headers, None, vec![], Duration::from_millis(remote.timeout_ms)) {
                 Ok(token) => {
                     vm.metrics.jwks_fetch();
@@ -114,7 +123,11 @@ impl Jwks {
         let Some(pos) = self.in_flight.iter().position(|(t, _)| *t == token) else { return false };
         let (_, i) = self.in_flight.swap_remove(pos);
         let now = now_ms / 1000;
-        let issuer = vm.active.borrow().as_ref().and_then(|a| a.policy.issuers.get(i).map(|x| (x.issuer.clone(), x.algorithms.clone(), x.remote.clone())));
+        let issuer = vm
+            .active
+            .borrow()
+            .as_ref()
+            .and_then(|a| a.policy.issuers.get(i).map(|x| (x.issuer.clone(), x.algorithms.clone(), x.remote.clone())));
         let Some((iss, algs, Some(remote))) = issuer else { return true };
         let body = super::abi::buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
         let parsed = match header(headers, ":status") {

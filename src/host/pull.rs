@@ -48,7 +48,8 @@ impl Pull {
     pub fn tick(&mut self, vm: &Vm, now: u64) {
         if self.in_flight.is_none() && claim_lease(SHARED_LEASE, now, self.config.poll_interval) {
             let etag = get_shared_data(SHARED_ETAG).ok().and_then(|(v, _)| v).and_then(|b| String::from_utf8(b).ok());
-            let mut headers = vec![(":method", "GET"), (":path", self.config.path.as_str()), (":authority", self.config.authority.as_str())];
+            let mut headers =
+                vec![(":method", "GET"), (":path", self.config.path.as_str()), (":authority", self.config.authority.as_str())];
             if let Some(e) = etag.as_deref().filter(|e| !e.is_empty()) {
                 headers.push(("if-none-match", e));
             }

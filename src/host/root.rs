@@ -13,9 +13,9 @@ use super::abi;
 use super::audit::AuditSink;
 use super::http::Stream;
 use super::jwks::Jwks;
+use super::now_ms;
 use super::pull::Pull;
 use super::vm::{Active, Vm};
-use super::now_ms;
 use crate::audit::AuditKey;
 use crate::policy::source::{parse_plugin_config, PluginConfig};
 use crate::policy::Policy;
@@ -57,9 +57,12 @@ impl Root {
 
     fn needs_ticks(&self) -> bool {
         self.pull.is_some()
-            || self.vm.active.borrow().as_ref().is_some_and(|a| {
-                a.policy.issuers.iter().any(|i| i.remote.is_some()) || a.policy.audit.collector.is_some()
-            })
+            || self
+                .vm
+                .active
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| a.policy.issuers.iter().any(|i| i.remote.is_some()) || a.policy.audit.collector.is_some())
     }
 
     /// Secrets come from the VM environment (Envoy `vm_config.environment_variables`, Istio

@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls::{get_shared_data, resume_http_request, set_effective_context, set_shared_data};
-use proxy_wasm::types::Status;
 use proxy_wasm::types::MapType;
+use proxy_wasm::types::Status;
 
 use super::abi;
 use super::audit::AuditSink;
@@ -293,7 +293,9 @@ impl Vm {
             ResponseState::Check { .. } if st.status != 0 => Some(DenyReason::ResponseTruncated),
             _ => None,
         });
-        let mut event = event.with_response(st.status, std::mem::take(&mut st.withheld), failure).with_restrictions(std::mem::take(&mut st.restrictions));
+        let mut event = event
+            .with_response(st.status, std::mem::take(&mut st.withheld), failure)
+            .with_restrictions(std::mem::take(&mut st.restrictions));
         if let Some(d) = st.content_digest.take() {
             event = event.with_content_digest(d);
         }
@@ -350,7 +352,13 @@ impl Vm {
         let decision = match decision {
             Decision::Allow(g) if audit_down && policy.audit.audit_required => {
                 log::error!("phi-guard: audit sink unavailable and auditRequired: refusing");
-                Decision::Deny(Refusal { route_id: Some(g.route_id), fhir_route: g.fhir_route, principal: g.principal, fhir: g.fhir, ..refusal(DenyReason::AuditUnavailable, 503) })
+                Decision::Deny(Refusal {
+                    route_id: Some(g.route_id),
+                    fhir_route: g.fhir_route,
+                    principal: g.principal,
+                    fhir: g.fhir,
+                    ..refusal(DenyReason::AuditUnavailable, 503)
+                })
             }
             d => d,
         };
@@ -389,7 +397,13 @@ impl Vm {
                     if let Some(ev) = self.event(&denied, req, Some(&policy), now_ms) {
                         self.emit(&ev);
                     }
-                    return refuse(429, DenyReason::RateLimited, grant.fhir_route, &Challenge::default(), &[("retry-after", retry.to_string())]);
+                    return refuse(
+                        429,
+                        DenyReason::RateLimited,
+                        grant.fhir_route,
+                        &Challenge::default(),
+                        &[("retry-after", retry.to_string())],
+                    );
                 }
             }
         }
@@ -401,7 +415,8 @@ impl Vm {
             st.security_headers = grant.security_headers;
             st.body = grant.body;
             if inspects {
-                st.response = ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max: policy.limits.max_response_bytes, shadow };
+                st.response =
+                    ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max: policy.limits.max_response_bytes, shadow };
             }
         }
         if inspects {
@@ -412,7 +427,15 @@ impl Vm {
     }
 
     /// Answer the current stream locally.
-    pub fn reply(&self, state: &RefCell<StreamState>, status: u16, reason: DenyReason, fhir: bool, challenge: &Challenge, extra: &[(&str, String)]) {
+    pub fn reply(
+        &self,
+        state: &RefCell<StreamState>,
+        status: u16,
+        reason: DenyReason,
+        fhir: bool,
+        challenge: &Challenge,
+        extra: &[(&str, String)],
+    ) {
         let reply = challenge_reply(reason, status, fhir, challenge);
         let mut headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
@@ -428,9 +451,8 @@ impl Vm {
     pub fn wake(&self, issuer: Option<usize>, now_ms: u64) {
         let ready: Vec<Waiter> = {
             let mut waiters = self.waiters.borrow_mut();
-            let (ready, keep): (Vec<Waiter>, Vec<Waiter>) = waiters
-                .drain(..)
-                .partition(|w| issuer.map_or(now_ms >= w.deadline_ms, |i| w.issuer == i));
+            let (ready, keep): (Vec<Waiter>, Vec<Waiter>) =
+                waiters.drain(..).partition(|w| issuer.map_or(now_ms >= w.deadline_ms, |i| w.issuer == i));
             *waiters = keep;
             ready
         };
@@ -455,7 +477,16 @@ impl Vm {
 
 /// A refusal with no context yet (the caller fills in what it knows).
 fn refusal(reason: DenyReason, status: u16) -> Refusal {
-    Refusal { reason, status, route_id: None, fhir_route: false, principal: None, fhir: None, challenge: Challenge::default(), break_glass: None }
+    Refusal {
+        reason,
+        status,
+        route_id: None,
+        fhir_route: false,
+        principal: None,
+        fhir: None,
+        challenge: Challenge::default(),
+        break_glass: None,
+    }
 }
 
 /// Take one request from a bucket in shared data (compare-and-swap, retried under contention).

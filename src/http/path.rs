@@ -100,9 +100,7 @@ fn decode_component(raw: &str, query: bool) -> Result<String, PathError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let ok = bytes
-                .get(i + 1..i + 3)
-                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let ok = bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
             if !ok {
                 return Err(PathError::BadEncoding);
             }
@@ -118,10 +116,7 @@ fn decode_component(raw: &str, query: bool) -> Result<String, PathError> {
     } else {
         raw
     };
-    let decoded = percent_decode_str(src)
-        .decode_utf8()
-        .map_err(|_| PathError::BadEncoding)?
-        .into_owned();
+    let decoded = percent_decode_str(src).decode_utf8().map_err(|_| PathError::BadEncoding)?.into_owned();
     if decoded.chars().any(|c| c.is_control()) || (!query && decoded.contains('\\')) {
         return Err(PathError::ForbiddenCharacter);
     }
@@ -140,14 +135,7 @@ mod tests {
     fn splits_and_decodes() {
         let n = normalize("/fhir/Patient/a%2Db?name=J%C3%B6rg+S&_count=5&flag").unwrap();
         assert_eq!(n.segments, ["fhir", "Patient", "a-b"]);
-        assert_eq!(
-            n.query,
-            [
-                ("name".into(), "Jörg S".into()),
-                ("_count".into(), "5".into()),
-                ("flag".into(), String::new())
-            ]
-        );
+        assert_eq!(n.query, [("name".into(), "Jörg S".into()), ("_count".into(), "5".into()), ("flag".into(), String::new())]);
         assert_eq!(n.path(), "/fhir/Patient/a-b");
         assert_eq!(segs("/"), Vec::<String>::new());
     }

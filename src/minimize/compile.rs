@@ -12,8 +12,8 @@ use super::rules::{Action, Merge, Mode, RuleSet};
 use super::transform::Transform;
 use crate::fhir::resource_type;
 use crate::policy::schema::{
-    BundleLinksDoc, DatesDoc, GeneralizeDoc, KeepRemoveDoc, MinimizeDoc, ModeDoc, OtherResourcesDoc, PresetName, ProfileDoc,
-    RulesDoc, TransformKindDoc,
+    BundleLinksDoc, DatesDoc, GeneralizeDoc, KeepRemoveDoc, MinimizeDoc, ModeDoc, OtherResourcesDoc, PresetName, ProfileDoc, RulesDoc,
+    TransformKindDoc,
 };
 use crate::policy::CompileError;
 
@@ -120,7 +120,8 @@ fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, Com
             }
             match preset {
                 PresetName::SafeHarbor => {
-                    let doc = preset::safe_harbor().map_err(|e| err(format!("{loc}.preset"), format!("built-in preset is invalid: {e}")))?;
+                    let doc =
+                        preset::safe_harbor().map_err(|e| err(format!("{loc}.preset"), format!("built-in preset is invalid: {e}")))?;
                     compile_rules(&doc, &format!("{loc}.preset(safe-harbor)"), true)?
                 }
             }
@@ -246,7 +247,10 @@ fn add_rules(r: &mut RuleSet, d: &RulesDoc, loc: &str, dialect: Dialect, merge: 
                 return Err(err(eloc, "`meta.security` is always released (it carries the REDACTED label)"));
             }
             if shown.starts_with("contained.") || (shown == "contained" && matches!(action, Action::Transform(_))) {
-                return Err(err(eloc, "contained resources follow their own type's rules; only `contained` itself can be allowed or denied"));
+                return Err(err(
+                    eloc,
+                    "contained resources follow their own type's rules; only `contained` itself can be allowed or denied",
+                ));
             }
             if shown.starts_with("text.") {
                 return Err(err(eloc, "the narrative is released or removed as a whole: name `text`"));
@@ -320,8 +324,14 @@ mod tests {
         assert_eq!(set.named("full", &[], |_| true).unwrap().name, "full");
         assert!(set.named("full", &s(&["HRESCH"]), |_| true).is_none());
         let errs: Vec<(Value, &str)> = vec![
-            (json!({"safeHarborPurposes": ["HRESCH"], "profiles": [{"name": "a", "resources": {}}]}), "routes[3].minimize.safeHarborPurposes: no profile"),
-            (json!({"safeHarborPurposes": ["RESEARCH"], "profiles": [{"name": "a", "preset": "safe-harbor"}]}), "safeHarborPurposes[0]: `RESEARCH`"),
+            (
+                json!({"safeHarborPurposes": ["HRESCH"], "profiles": [{"name": "a", "resources": {}}]}),
+                "routes[3].minimize.safeHarborPurposes: no profile",
+            ),
+            (
+                json!({"safeHarborPurposes": ["RESEARCH"], "profiles": [{"name": "a", "preset": "safe-harbor"}]}),
+                "safeHarborPurposes[0]: `RESEARCH`",
+            ),
             (json!({"profiles": [{"name": "a", "authentication": {}, "resources": {}}]}), "profiles[0].authentication: must set"),
             (json!({"profiles": [{"name": "a", "authentication": {"amr": ["mfa"]}, "resources": {}}, {"name": "b", "resources": {}}]}), ""),
         ];
@@ -337,22 +347,69 @@ mod tests {
     fn errors_are_located() {
         let cases: Vec<(Value, bool, &str)> = vec![
             (json!({"profiles": []}), true, "routes[3].minimize.profiles: must contain"),
-            (json!({"profiles": [{"name": "a", "resources": {"Pateint": {}}}]}), true, "routes[3].minimize.profiles[0].resources.Pateint: unknown FHIR resource type `Pateint`"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["name", "birthDate", "gender", "address", "telecom", "identifier[0].value"]}}}]}), true,
-             "routes[3].minimize.profiles[0].resources.Patient.allow[5]: `identifier[0].value`: array indexes"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["_birthDate"]}}}]}), true, "routes[3].minimize.profiles[0].resources.Patient.allow[0]: `_birthDate`: primitive-extension"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["id"]}}}]}), true, "resources.Patient.allow[0]: `id` is always released"),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Pateint": {}}}]}),
+                true,
+                "routes[3].minimize.profiles[0].resources.Pateint: unknown FHIR resource type `Pateint`",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["name", "birthDate", "gender", "address", "telecom", "identifier[0].value"]}}}]}),
+                true,
+                "routes[3].minimize.profiles[0].resources.Patient.allow[5]: `identifier[0].value`: array indexes",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["_birthDate"]}}}]}),
+                true,
+                "routes[3].minimize.profiles[0].resources.Patient.allow[0]: `_birthDate`: primitive-extension",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["id"]}}}]}),
+                true,
+                "resources.Patient.allow[0]: `id` is always released",
+            ),
             (json!({"profiles": [{"name": "a", "resources": {"Patient": {"deny": ["meta.security"]}}}]}), true, "deny[0]: `meta.security`"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["contained.name"]}}}]}), true, "contained resources follow"),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["contained.name"]}}}]}),
+                true,
+                "contained resources follow",
+            ),
             (json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["text.div"]}}}]}), true, "name `text`"),
-            (json!({"profiles": [{"name": "a", "mode": "deny", "resources": {"Patient": {"allow": ["name"]}}}]}), true, "resources.Patient.allow: `allow` needs"),
+            (
+                json!({"profiles": [{"name": "a", "mode": "deny", "resources": {"Patient": {"allow": ["name"]}}}]}),
+                true,
+                "resources.Patient.allow: `allow` needs",
+            ),
             (json!({"profiles": [{"name": "a", "resources": {"Bundle": {}}}]}), true, "resources.Bundle: Bundles are unwrapped"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "mask"}]}}}]}), true, "transform[0]: `mask` needs `keepLast`"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "mask", "keepLast": 0}]}}}]}), true, "transform[0].keepLast"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "hash", "to": "year"}]}}}]}), true, "transform[0].to: only `generalize`"),
-            (json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "generalize"}]}}}]}), true, "`generalize` needs `to`"),
-            (json!({"profiles": [{"name": "a", "resources": {}}, {"name": "b", "resources": {}}]}), true, "routes[3].minimize.profiles[0]: profile `a` has no"),
-            (json!({"profiles": [{"name": "a", "whenScopes": {"anyOf": ["x"]}, "resources": {}}, {"name": "a", "resources": {}}]}), true, "profiles[1].name: duplicate"),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "mask"}]}}}]}),
+                true,
+                "transform[0]: `mask` needs `keepLast`",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "mask", "keepLast": 0}]}}}]}),
+                true,
+                "transform[0].keepLast",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "hash", "to": "year"}]}}}]}),
+                true,
+                "transform[0].to: only `generalize`",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"transform": [{"path": "x", "transform": "generalize"}]}}}]}),
+                true,
+                "`generalize` needs `to`",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "resources": {}}, {"name": "b", "resources": {}}]}),
+                true,
+                "routes[3].minimize.profiles[0]: profile `a` has no",
+            ),
+            (
+                json!({"profiles": [{"name": "a", "whenScopes": {"anyOf": ["x"]}, "resources": {}}, {"name": "a", "resources": {}}]}),
+                true,
+                "profiles[1].name: duplicate",
+            ),
             (json!({"profiles": [{"name": "a", "preset": "safe-harbor", "mode": "deny"}]}), true, "profiles[0].mode: a `preset` profile"),
             (json!({"profiles": [{"name": "a", "preset": "safe-harbor"}]}), false, "profiles[0].preset: presets apply"),
             (json!({"profiles": [{"name": "a", "resources": {}}]}), false, "profiles[0].resources: FHIR settings"),
@@ -378,7 +435,12 @@ mod tests {
         )
         .unwrap();
         assert!(set.requires_hmac_key());
-        let set = compile_minimize(&doc(json!({"profiles": [{"name": "a", "fields": {"transform": [{"path": "ssn", "transform": "hash"}]}}]})), "m", false).unwrap();
+        let set = compile_minimize(
+            &doc(json!({"profiles": [{"name": "a", "fields": {"transform": [{"path": "ssn", "transform": "hash"}]}}]})),
+            "m",
+            false,
+        )
+        .unwrap();
         assert!(set.requires_hmac_key());
     }
 }

@@ -128,7 +128,14 @@ impl<'p> Walker<'p> {
         let Value::Object(m) = v else {
             return Ok(Verdict::Keep);
         };
-        let cur = Cursor { rules, anchored: rules.root.matching("meta", None).next(), keep: true, partials: Vec::new(), anywhere: false, values: true };
+        let cur = Cursor {
+            rules,
+            anchored: rules.root.matching("meta", None).next(),
+            keep: true,
+            partials: Vec::new(),
+            anywhere: false,
+            values: true,
+        };
         let was_empty = m.is_empty();
         let len = self.withheld.push("meta");
         let result = self.object(m, &cur);
@@ -175,9 +182,9 @@ impl<'p> Walker<'p> {
             let verdict = match k.as_str() {
                 k if BUNDLE_KEYS.contains(&k) => Ok(Verdict::Keep),
                 "identifier" => {
-                    let withhold = fhir.rules_for("Bundle").is_some_and(|r| {
-                        r.mode == Mode::Deny && matches!(fate(&Cursor::root(r), "identifier", None), Fate::Remove)
-                    });
+                    let withhold = fhir
+                        .rules_for("Bundle")
+                        .is_some_and(|r| r.mode == Mode::Deny && matches!(fate(&Cursor::root(r), "identifier", None), Fate::Remove));
                     if withhold {
                         self.withheld.record_at("identifier");
                         Ok(Verdict::Drop)
@@ -378,7 +385,12 @@ mod tests {
         assert_eq!(out["subject"], json!({"reference": "#p"}));
         assert_eq!(
             r.withheld,
-            ["Observation.contained", "Observation.contained(Patient).birthDate", "Observation.contained(Patient).name", "Observation.valueQuantity"]
+            [
+                "Observation.contained",
+                "Observation.contained(Patient).birthDate",
+                "Observation.contained(Patient).name",
+                "Observation.valueQuantity"
+            ]
         );
         // Not allowed at all: the contained resources go as a whole.
         let p = profile(json!({"resources": {"Observation": {"allow": ["status"]}, "Patient": {"allow": ["gender"]}}}), true);
@@ -399,9 +411,19 @@ mod tests {
             ],
             "signature": {"data": "abc"}});
         let (out, r) = run(&p, bundle.clone()).unwrap();
-        assert_eq!(out["link"], json!([{"relation": "self", "url": "https://h/fhir/Patient?_count=2"}, {"relation": "next", "url": "https://h/fhir/Patient?_getpages=abc"}]));
-        assert_eq!(out["entry"][0]["resource"], json!({"resourceType": "Patient", "id": "1", "meta": {"security": [redacted_label()]}, "gender": "female"}));
-        assert_eq!(out["entry"][1]["resource"], json!({"resourceType": "Observation", "id": "2", "status": "final"}), "untouched entries are not labelled");
+        assert_eq!(
+            out["link"],
+            json!([{"relation": "self", "url": "https://h/fhir/Patient?_count=2"}, {"relation": "next", "url": "https://h/fhir/Patient?_getpages=abc"}])
+        );
+        assert_eq!(
+            out["entry"][0]["resource"],
+            json!({"resourceType": "Patient", "id": "1", "meta": {"security": [redacted_label()]}, "gender": "female"})
+        );
+        assert_eq!(
+            out["entry"][1]["resource"],
+            json!({"resourceType": "Observation", "id": "2", "status": "final"}),
+            "untouched entries are not labelled"
+        );
         assert_eq!(out["entry"][1]["request"], json!({"method": "GET", "url": "Observation"}));
         assert_eq!(out["entry"].as_array().unwrap().len(), 2);
         assert!(out["entry"][1].get("odd").is_none());
@@ -409,15 +431,25 @@ mod tests {
         assert!(labelled(&out));
         assert_eq!(
             r.withheld,
-            ["Bundle.entry", "Bundle.entry.odd", "Bundle.entry.request.ifNoneExist", "Bundle.entry.request.url", "Bundle.entry.resource(Patient).name", "Bundle.link.url", "Bundle.signature"]
+            [
+                "Bundle.entry",
+                "Bundle.entry.odd",
+                "Bundle.entry.request.ifNoneExist",
+                "Bundle.entry.request.url",
+                "Bundle.entry.resource(Patient).name",
+                "Bundle.link.url",
+                "Bundle.signature"
+            ]
         );
         // Nothing withheld in the entries: the envelope is left alone.
         let clean = json!({"resourceType": "Bundle", "type": "searchset", "link": [{"relation": "self", "url": "https://h/fhir/Observation?status=final"}],
             "entry": [{"resource": {"resourceType": "Observation", "status": "final"}}]});
         assert_eq!(run(&p, clean.clone()).unwrap().0, clean);
-        let drop = profile(json!({"resources": {"Patient": {"allow": ["gender"]}}, "bundleLinks": "drop", "otherResources": "allow"}), true);
+        let drop =
+            profile(json!({"resources": {"Patient": {"allow": ["gender"]}}, "bundleLinks": "drop", "otherResources": "allow"}), true);
         assert!(run(&drop, bundle.clone()).unwrap().0.get("link").is_none());
-        let keep = profile(json!({"resources": {"Patient": {"allow": ["gender"]}}, "bundleLinks": "keep", "otherResources": "allow"}), true);
+        let keep =
+            profile(json!({"resources": {"Patient": {"allow": ["gender"]}}, "bundleLinks": "keep", "otherResources": "allow"}), true);
         assert_eq!(run(&keep, bundle).unwrap().0["link"][0]["url"], "https://h/fhir/Patient?name=Lee&_count=2");
     }
 
@@ -462,7 +494,11 @@ mod tests {
         assert_eq!(out["link"][0]["x"], minimized);
         assert_eq!(out["entry"][0]["search"]["x"], minimized);
         assert_eq!(out["entry"][0]["request"]["x"], minimized);
-        assert_eq!(out["entry"][0]["resource"], json!({"resourceType": "Observation", "id": "o", "status": "final"}), "the entry itself had nothing to withhold");
+        assert_eq!(
+            out["entry"][0]["resource"],
+            json!({"resourceType": "Observation", "id": "o", "status": "final"}),
+            "the entry itself had nothing to withhold"
+        );
         assert!(r.withheld.contains(&"Bundle.entry.search.x(Patient).identifier".to_owned()));
         assert!(labelled(&out));
         // A signature with an exact instant and a display goes under `dates: year`.
@@ -491,7 +527,8 @@ mod tests {
             // Contained, or nested anywhere: the same.
             let nested = json!({"resourceType": "Observation", "status": "final", "contained": [odd.clone()]});
             assert_eq!(run(p, nested).unwrap_err(), DenyReason::ResponseUnknownResource);
-            let focus = json!({"resourceType": "Observation", "status": "final", "focus": {"resourceType": "Bogus", "telecom": [{"value": "1"}]}});
+            let focus =
+                json!({"resourceType": "Observation", "status": "final", "focus": {"resourceType": "Bogus", "telecom": [{"value": "1"}]}});
             assert_eq!(run(p, focus).unwrap_err(), DenyReason::ResponseUnknownResource);
         }
     }
@@ -500,12 +537,18 @@ mod tests {
     fn resources_nested_anywhere_get_their_own_rules() {
         let p = profile(json!({"resources": {"Patient": {"allow": ["gender"]}}, "otherResources": "allow"}), true);
         let (out, r) = run(&p, json!({"resourceType": "Parameters", "parameter": [{"name": "return", "resource": {"resourceType": "Patient", "name": [{"family": "Lee"}], "gender": "male"}}]})).unwrap();
-        assert_eq!(out["parameter"][0]["resource"], json!({"resourceType": "Patient", "meta": {"security": [redacted_label()]}, "gender": "male"}));
+        assert_eq!(
+            out["parameter"][0]["resource"],
+            json!({"resourceType": "Patient", "meta": {"security": [redacted_label()]}, "gender": "male"})
+        );
         assert!(labelled(&out));
         assert_eq!(r.withheld, ["Parameters.parameter.resource(Patient).name"]);
         let p = profile(json!({"resources": {"Patient": {"allow": ["gender"]}}}), true);
         let (out, r) = run(&p, json!({"resourceType": "Bundle", "type": "batch-response", "entry": [{"response": {"status": "404", "outcome": {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "no Patient named Lee"}]}, "lastModified": "2020-01-01T00:00:00Z"}}]})).unwrap();
-        assert_eq!(out["entry"][0]["response"]["outcome"], json!({"resourceType": "OperationOutcome", "meta": {"security": [redacted_label()]}}));
+        assert_eq!(
+            out["entry"][0]["response"]["outcome"],
+            json!({"resourceType": "OperationOutcome", "meta": {"security": [redacted_label()]}})
+        );
         assert_eq!(r.withheld, ["Bundle.entry.response.outcome(OperationOutcome).issue"]);
     }
 
@@ -517,10 +560,16 @@ mod tests {
         assert_eq!(a.body, None);
         assert!(a.shadow);
         assert_eq!(a.withheld, ["Patient.telecom"]);
-        let p = profile(json!({"mode": "deny", "resources": {"Patient": {"transform": [{"path": "identifier.value", "transform": "hash"}]}}}), true);
+        let p = profile(
+            json!({"mode": "deny", "resources": {"Patient": {"transform": [{"path": "identifier.value", "transform": "hash"}]}}}),
+            true,
+        );
         let body = br#"{"resourceType":"Patient","identifier":[{"system":"http://hl7.org/fhir/sid/us-ssn","value":"999-48-8934"}]}"#;
         assert_eq!(apply(&p, body, &ApplyCtx::default(), 1 << 20), Err(DenyReason::MinimizationFailed));
-        assert_eq!(apply(&p, body, &ApplyCtx { hmac_key: Some(b"short"), ..ApplyCtx::default() }, 1 << 20), Err(DenyReason::MinimizationFailed));
+        assert_eq!(
+            apply(&p, body, &ApplyCtx { hmac_key: Some(b"short"), ..ApplyCtx::default() }, 1 << 20),
+            Err(DenyReason::MinimizationFailed)
+        );
         let key = ApplyCtx { hmac_key: Some(b"a key of sixteen+"), ..ApplyCtx::default() };
         let a = apply(&p, body, &key, 1 << 20).unwrap();
         let out = String::from_utf8(a.body.clone().unwrap()).unwrap();

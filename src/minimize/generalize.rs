@@ -3,9 +3,8 @@
 
 /// Three-digit ZIP prefixes whose areas hold 20,000 people or fewer (HHS Safe Harbor guidance,
 /// 2000 Census); they become `000`.
-pub const RESTRICTED_ZIP3: [&str; 17] = [
-    "036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831", "878", "879", "884", "890", "893",
-];
+pub const RESTRICTED_ZIP3: [&str; 17] =
+    ["036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831", "878", "879", "884", "890", "893"];
 
 /// Element names whose values are FHIR `instant`s (full precision required): a year-only value
 /// would be invalid there, so the date policy removes them instead of generalizing.
@@ -149,7 +148,19 @@ mod tests {
         assert_eq!(date_year("2001-01-01Z"), Some(("2001", true)));
         assert_eq!(date_year("2015-02-07T13:28:17.239+02:00"), Some(("2015", true)));
         assert_eq!(date_year("2015-02-07T13:28:17Z"), Some(("2015", true)));
-        for no in ["", "198", "19a4", "1984-13", "1984-00-01", "1984-01-32", "1984-1-1", "1984-07-02 x", "1984-07-02Tabc", "Patient/1984", "12345"] {
+        for no in [
+            "",
+            "198",
+            "19a4",
+            "1984-13",
+            "1984-00-01",
+            "1984-01-32",
+            "1984-1-1",
+            "1984-07-02 x",
+            "1984-07-02Tabc",
+            "Patient/1984",
+            "12345",
+        ] {
             assert_eq!(date_year(no), None, "{no}");
         }
         assert_eq!(to_year("1957-06-29"), Replace("1957".into()));

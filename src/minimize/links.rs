@@ -8,8 +8,22 @@ use super::profile::BundleLinks;
 /// are tokens or numbers rather than search values. Servers that need the original search
 /// parameters in their `next` links (instead of a server-side paging token) must use `keep`.
 pub const PAGING_PARAMS: [&str; 16] = [
-    "_getpages", "_getpagesoffset", "_page_token", "_pageToken", "_page", "page", "_count", "_offset", "ct",
-    "searchId", "_bundletype", "_format", "_pretty", "_summary", "_elements", "_sort",
+    "_getpages",
+    "_getpagesoffset",
+    "_page_token",
+    "_pageToken",
+    "_page",
+    "page",
+    "_count",
+    "_offset",
+    "ct",
+    "searchId",
+    "_bundletype",
+    "_format",
+    "_pretty",
+    "_summary",
+    "_elements",
+    "_sort",
 ];
 
 /// The rewritten URL, or `None` when it is already acceptable.
@@ -51,7 +65,10 @@ mod tests {
     #[test]
     fn paging_only_keeps_tokens() {
         let u = "https://example.com/base/MedicationRequest?patient=347&searchId=ff15fd40&page=2";
-        assert_eq!(rewrite(u, BundleLinks::PagingOnly).as_deref(), Some("https://example.com/base/MedicationRequest?searchId=ff15fd40&page=2"));
+        assert_eq!(
+            rewrite(u, BundleLinks::PagingOnly).as_deref(),
+            Some("https://example.com/base/MedicationRequest?searchId=ff15fd40&page=2")
+        );
         let u = "https://h/fhir/Patient/?_count=10&_elements=id&_page_token=Cjj3YXDNF%2F%2F";
         assert_eq!(rewrite(u, BundleLinks::PagingOnly), None);
         let u = "https://example.org/fhir/Observation?patient.identifier=http://example.com/fhir/identifier/mrn|123456";

@@ -162,7 +162,10 @@ fn segment(raw: &str, whole: &str, dialect: Dialect) -> Result<Segment, PathErro
                     return Err(PathError::NotAllowed(whole.to_owned(), "extension selectors exist only on FHIR routes"));
                 }
                 if name != "extension" && name != "modifierExtension" {
-                    return Err(PathError::NotAllowed(whole.to_owned(), "`[url=...]` selects elements of `extension` or `modifierExtension` only"));
+                    return Err(PathError::NotAllowed(
+                        whole.to_owned(),
+                        "`[url=...]` selects elements of `extension` or `modifierExtension` only",
+                    ));
                 }
                 if url.is_empty() || url.contains(|c: char| c.is_whitespace() || c == '[' || c == ']') {
                     return Err(PathError::NotAllowed(whole.to_owned(), "the extension url must be non-empty, without spaces or brackets"));
@@ -242,8 +245,24 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["", "**.", "a..b", ".a", "a.", "identifier[0].value", "a[y]", "_birthDate", "Name", "na-me", "a.**.b", "**", "name[url=x]",
-                    "extension[url=]", "extension[url=a b]", "a[*"] {
+        for bad in [
+            "",
+            "**.",
+            "a..b",
+            ".a",
+            "a.",
+            "identifier[0].value",
+            "a[y]",
+            "_birthDate",
+            "Name",
+            "na-me",
+            "a.**.b",
+            "**",
+            "name[url=x]",
+            "extension[url=]",
+            "extension[url=a b]",
+            "a[*",
+        ] {
             assert!(fhir(bad).is_err(), "{bad}");
         }
         assert!(matches!(fhir("identifier[0]"), Err(PathError::Index(_))));
@@ -252,6 +271,9 @@ mod tests {
         assert!(parse("a[x]", Dialect::Json).is_err());
         assert!(parse("extension[url=u]", Dialect::Json).is_err());
         assert!(parse("a b", Dialect::Json).is_err());
-        assert_eq!(fhir("identifier[0].value").unwrap_err().to_string(), "`identifier[0].value`: array indexes are not supported; arrays are matched element-wise (use `[*]` or nothing)");
+        assert_eq!(
+            fhir("identifier[0].value").unwrap_err().to_string(),
+            "`identifier[0].value`: array indexes are not supported; arrays are matched element-wise (use `[*]` or nothing)"
+        );
     }
 }

@@ -28,7 +28,12 @@ impl ProfileSet {
     /// The profile for a caller: the first whose conditions hold. `authenticated` says whether
     /// the caller's authentication meets a profile's step-up requirement; a profile whose
     /// requirement is not met is skipped (selection falls through to the next one).
-    pub fn select_where(&self, scopes: &[String], purpose: &[String], authenticated: impl Fn(&AuthRequirement) -> bool) -> Option<Arc<Profile>> {
+    pub fn select_where(
+        &self,
+        scopes: &[String],
+        purpose: &[String],
+        authenticated: impl Fn(&AuthRequirement) -> bool,
+    ) -> Option<Arc<Profile>> {
         self.profiles.iter().find(|p| self.eligible(p, purpose, &authenticated) && p.when.matches(scopes, purpose)).cloned()
     }
 

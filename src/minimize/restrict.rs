@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::audit::AuditKey;
 use super::walk::try_retain_items;
+use crate::audit::AuditKey;
 use crate::decision::DenyReason;
 use crate::fhir::compartment::object_patients;
 use crate::policy::audit::PatientIds;
@@ -68,7 +68,11 @@ impl Restrictions {
             .filter(|r| !r.allow_purposes.iter().any(|p| purpose.contains(p)))
             .cloned()
             .collect();
-        (!binding.is_empty()).then(|| RestrictPlan { binding, patient_ids: self.patient_ids, context_patient: context_patient.map(str::to_owned) })
+        (!binding.is_empty()).then(|| RestrictPlan {
+            binding,
+            patient_ids: self.patient_ids,
+            context_patient: context_patient.map(str::to_owned),
+        })
     }
 }
 
@@ -187,11 +191,9 @@ impl Filter<'_> {
 
     fn withholding(&self, resource: &Map<String, Value>, patients: &[String]) -> Result<Option<usize>, DenyReason> {
         let labels = labels_of(resource)?;
-        Ok(self
-            .plan
-            .binding
-            .iter()
-            .position(|r| patients.contains(&r.patient) && r.labels.iter().any(|l| labels.iter().any(|(s, c)| *s == l.system && *c == l.code))))
+        Ok(self.plan.binding.iter().position(|r| {
+            patients.contains(&r.patient) && r.labels.iter().any(|l| labels.iter().any(|(s, c)| *s == l.system && *c == l.code))
+        }))
     }
 
     /// Whether the resource carries any label some binding restriction names (cheap pre-check
@@ -321,7 +323,8 @@ mod tests {
         let k = key();
         let r = restrictions(PatientIds::Pseudonym, &k.pseudonym("p1"));
         let plan = r.plan("fhir", &[], None).unwrap();
-        let mut b = bundle(vec![obs("a", "p1", None), obs("b", "p1", Some("PSY")), obs("c", "p2", Some("PSY")), obs("d", "p1", Some("ETH"))]);
+        let mut b =
+            bundle(vec![obs("a", "p1", None), obs("b", "p1", Some("PSY")), obs("c", "p2", Some("PSY")), obs("d", "p1", Some("ETH"))]);
         let (res, hits) = plan.apply(&mut b, Some(&k));
         assert_eq!(res, Ok(true));
         assert_eq!(hits, [RestrictionHit { id: "r1".into(), count: 2 }]);
@@ -342,7 +345,10 @@ mod tests {
     fn single_reads_are_refused() {
         let r = restrictions(PatientIds::Raw, "p1");
         let plan = r.plan("fhir", &["TREAT".into()], None).unwrap();
-        assert_eq!(plan.apply(&mut obs("b", "p1", Some("PSY")), None), (Err(DenyReason::Restricted), vec![RestrictionHit { id: "r1".into(), count: 1 }]));
+        assert_eq!(
+            plan.apply(&mut obs("b", "p1", Some("PSY")), None),
+            (Err(DenyReason::Restricted), vec![RestrictionHit { id: "r1".into(), count: 1 }])
+        );
         assert_eq!(plan.apply(&mut obs("b", "p1", Some("HIV")), None).0, Ok(false));
         assert_eq!(plan.apply(&mut obs("b", "p2", Some("PSY")), None).0, Ok(false));
         let labelled_patient = json!({"resourceType": "Patient", "id": "p1", "meta": {"security": [{"system": ACT, "code": "ETH"}]}});

@@ -256,7 +256,10 @@ mod tests {
         assert_eq!(run(Transform::Age90, json!("95")), (Outcome::Changed, json!("90+")));
         assert_eq!(
             run(Transform::Age90, json!({"value": 1200, "unit": "months", "system": "http://unitsofmeasure.org", "code": "mo"})),
-            (Outcome::Changed, json!({"value": 90, "unit": "years", "system": "http://unitsofmeasure.org", "code": "a", "comparator": ">="}))
+            (
+                Outcome::Changed,
+                json!({"value": 90, "unit": "years", "system": "http://unitsofmeasure.org", "code": "a", "comparator": ">="})
+            )
         );
         assert_eq!(run(Transform::Age90, json!({"value": 40, "code": "a"})).0, Outcome::Unchanged);
         assert_eq!(run(Transform::Age90, json!(true)).0, Outcome::Remove);

@@ -71,7 +71,10 @@ pub enum Verdict {
 /// Decide the fate of `key` (with `url` for an extension element).
 /// [`Map::retain`] with a predicate that can fail: after the first error no further entry is
 /// visited or removed, and the error is returned (the caller then withholds the whole body).
-pub fn try_retain(map: &mut Map<String, Value>, mut keep: impl FnMut(&String, &mut Value) -> Result<bool, DenyReason>) -> Result<(), DenyReason> {
+pub fn try_retain(
+    map: &mut Map<String, Value>,
+    mut keep: impl FnMut(&String, &mut Value) -> Result<bool, DenyReason>,
+) -> Result<(), DenyReason> {
     let mut failure = None;
     map.retain(|k, v| {
         if failure.is_some() {
@@ -407,8 +410,11 @@ mod tests {
     #[test]
     fn allowlist_keeps_only_listed_fields_in_order() {
         let p = profile(json!({"mode": "allow", "fields": {"allow": ["name.given", "zip", "visits"], "deny": ["visits.notes"]}}), false);
-        let (out, r) = run(&p, json!({"id": 7, "name": {"given": "Ann", "family": "Lee"}, "ssn": "999-00-1234", "zip": "01887",
-                                      "visits": [{"date": "2020", "notes": "x"}, {"notes": "y"}]}))
+        let (out, r) = run(
+            &p,
+            json!({"id": 7, "name": {"given": "Ann", "family": "Lee"}, "ssn": "999-00-1234", "zip": "01887",
+                                      "visits": [{"date": "2020", "notes": "x"}, {"notes": "y"}]}),
+        )
         .unwrap();
         assert_eq!(out, json!({"name": {"given": "Ann"}, "zip": "01887", "visits": [{"date": "2020"}]}));
         assert_eq!(keys(&out), ["name", "zip", "visits"]);
@@ -418,7 +424,10 @@ mod tests {
 
     #[test]
     fn denylist_and_anywhere_rules() {
-        let p = profile(json!({"mode": "deny", "fields": {"deny": ["**.ssn", "a.b"], "transform": [{"path": "**.mrn", "transform": "mask", "keepLast": 2}]}}), false);
+        let p = profile(
+            json!({"mode": "deny", "fields": {"deny": ["**.ssn", "a.b"], "transform": [{"path": "**.mrn", "transform": "mask", "keepLast": 2}]}}),
+            false,
+        );
         let (out, r) = run(&p, json!([{"ssn": 1, "a": {"b": 1, "c": 2}, "x": [{"y": {"ssn": 2, "mrn": "12345"}}]}, {"_id": 3}])).unwrap();
         assert_eq!(out, json!([{"a": {"c": 2}, "x": [{"y": {"mrn": "***45"}}]}, {"_id": 3}]));
         assert_eq!(r.withheld, ["a.b", "ssn", "x.y.mrn", "x.y.ssn"]);
@@ -434,7 +443,10 @@ mod tests {
 
     #[test]
     fn emptied_containers_are_pruned() {
-        let p = profile(json!({"mode": "deny", "resources": {"Patient": {"deny": ["telecom.value", "telecom.system", "telecom.use"]}}, "otherResources": "allow"}), true);
+        let p = profile(
+            json!({"mode": "deny", "resources": {"Patient": {"deny": ["telecom.value", "telecom.system", "telecom.use"]}}, "otherResources": "allow"}),
+            true,
+        );
         let (out, r) = run(&p, json!({"resourceType": "Patient", "telecom": [{"system": "phone", "value": "555"}, {"use": "old", "period": {"end": "2014"}}], "other": {}}))
             .unwrap();
         assert_eq!(out["telecom"], json!([{"period": {"end": "2014"}}]));
@@ -461,7 +473,10 @@ mod tests {
         assert_eq!(r.withheld, ["Patient.birthDate"]);
         assert_eq!(r.count, 1);
         // Transformed: the exact time in the extension goes.
-        let p = profile(json!({"mode": "deny", "resources": {"Patient": {"transform": [{"path": "birthDate", "transform": "generalize", "to": "year"}]}}}), true);
+        let p = profile(
+            json!({"mode": "deny", "resources": {"Patient": {"transform": [{"path": "birthDate", "transform": "generalize", "to": "year"}]}}}),
+            true,
+        );
         let (out, _) = run(&p, patient.clone()).unwrap();
         assert_eq!(out["birthDate"], "2000");
         assert!(out.get("_birthDate").is_none());
@@ -472,34 +487,48 @@ mod tests {
         assert_eq!(r.withheld, ["Patient.birthDate"]);
         // Array siblings (`_given`) inside a kept element are walked with it.
         let p = profile(json!({"resources": {"Patient": {"allow": ["name.family"]}}}), true);
-        let (out, _) = run(&p, json!({"resourceType": "Patient", "name": [{"family": "F", "_family": {"id": "f"}, "given": ["G"], "_given": [null]}]})).unwrap();
+        let (out, _) = run(
+            &p,
+            json!({"resourceType": "Patient", "name": [{"family": "F", "_family": {"id": "f"}, "given": ["G"], "_given": [null]}]}),
+        )
+        .unwrap();
         assert_eq!(out["name"], json!([{"family": "F", "_family": {"id": "f"}}]));
     }
 
     #[test]
     fn choice_elements_and_extension_selectors() {
-        let p = profile(
-            json!({"mode": "deny", "resources": {"Patient": {"deny": ["deceased[x]", "extension[url=http://x/b]"]}}}),
-            true,
-        );
+        let p = profile(json!({"mode": "deny", "resources": {"Patient": {"deny": ["deceased[x]", "extension[url=http://x/b]"]}}}), true);
         let (out, r) = run(&p, json!({"resourceType": "Patient", "deceasedDateTime": "2001", "deceased": 1,
                                      "extension": [{"url": "http://x/a", "valueString": "keep"}, {"url": "http://x/b", "valueString": "drop"}]}))
         .unwrap();
-        assert_eq!(out, json!({"resourceType": "Patient", "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED", "display": "redacted"}]},
-                               "deceased": 1, "extension": [{"url": "http://x/a", "valueString": "keep"}]}));
+        assert_eq!(
+            out,
+            json!({"resourceType": "Patient", "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED", "display": "redacted"}]},
+                               "deceased": 1, "extension": [{"url": "http://x/a", "valueString": "keep"}]})
+        );
         assert_eq!(r.withheld, ["Patient.deceasedDateTime", "Patient.extension(http://x/b)"]);
         let p = profile(json!({"resources": {"Patient": {"allow": ["extension[url=http://x/a]", "gender"]}}}), true);
-        let (out, _) = run(&p, json!({"resourceType": "Patient", "extension": [{"url": "http://x/a"}, {"url": "http://x/b"}, {"valueString": "no url"}]})).unwrap();
+        let (out, _) = run(
+            &p,
+            json!({"resourceType": "Patient", "extension": [{"url": "http://x/a"}, {"url": "http://x/b"}, {"valueString": "no url"}]}),
+        )
+        .unwrap();
         assert_eq!(out["extension"], json!([{"url": "http://x/a"}]));
     }
 
     #[test]
     fn profile_wide_value_policies() {
-        let p = profile(json!({"mode": "deny", "otherResources": "allow", "dates": "year", "referenceDisplay": "remove", "resources": {}}), true);
-        let (out, r) = run(&p, json!({"resourceType": "Observation", "id": "2019-01-01", "meta": {"versionId": "1", "lastUpdated": "2019-01-01T00:00:00Z"},
+        let p = profile(
+            json!({"mode": "deny", "otherResources": "allow", "dates": "year", "referenceDisplay": "remove", "resources": {}}),
+            true,
+        );
+        let (out, r) = run(
+            &p,
+            json!({"resourceType": "Observation", "id": "2019-01-01", "meta": {"versionId": "1", "lastUpdated": "2019-01-01T00:00:00Z"},
             "effectivePeriod": {"start": "2019-03-04T10:00:00+01:00", "end": "2019"}, "issued": "2019-03-04T10:00:00Z",
             "subject": {"reference": "Patient/1", "display": "Ann Lee"}, "performer": [{"display": "Dr X"}],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8", "display": "Glucose"}]}, "valueString": "2019-03-04"}))
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8", "display": "Glucose"}]}, "valueString": "2019-03-04"}),
+        )
         .unwrap();
         assert_eq!(out["id"], "2019-01-01");
         assert_eq!(out["meta"], json!({"versionId": "1", "security": out["meta"]["security"].clone()}));
@@ -511,7 +540,14 @@ mod tests {
         assert_eq!(out["valueString"], "2019");
         assert_eq!(
             r.withheld,
-            ["Observation.effectivePeriod.start", "Observation.issued", "Observation.meta.lastUpdated", "Observation.performer.display", "Observation.subject.display", "Observation.valueString"]
+            [
+                "Observation.effectivePeriod.start",
+                "Observation.issued",
+                "Observation.meta.lastUpdated",
+                "Observation.performer.display",
+                "Observation.subject.display",
+                "Observation.valueString"
+            ]
         );
     }
 }

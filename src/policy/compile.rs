@@ -11,20 +11,23 @@ use thiserror::Error;
 use std::sync::Arc;
 
 use super::audit::PatientIds;
-use super::schema::{AuthenticationDoc, BreakGlassDoc, IssuerDoc, JwksUriDoc, PatientSearchDoc, PolicyDoc, PurposeDoc, RateLimitDoc, RestrictionDoc, RouteDoc};
+use super::schema::{
+    AuthenticationDoc, BreakGlassDoc, IssuerDoc, JwksUriDoc, PatientSearchDoc, PolicyDoc, PurposeDoc, RateLimitDoc, RestrictionDoc,
+    RouteDoc,
+};
 use super::{Access, FhirRoute, Limits, PathMatcher, PatientReferenceForm, PatientSearch, Policy, Route};
-use crate::auth::scope::Context;
 use crate::audit::key::PSEUDONYM_PREFIX;
 use crate::auth::keys::parse_jwks;
 use crate::auth::purpose::is_purpose_of_use;
 use crate::auth::remote::RemoteJwks;
+use crate::auth::scope::Context;
 use crate::auth::{AuthRequirement, ClaimNames, IssuerConfig, PurposeRule};
 use crate::decision::breakglass::BreakGlassPolicy;
 use crate::decision::ratelimit::{LimitBy, RateLimit};
-use crate::minimize::restrict::{Label, Restriction, Restrictions};
 use crate::fhir::{resource_type, Interaction};
 use crate::http::normalize;
 use crate::minimize::compile_minimize;
+use crate::minimize::restrict::{Label, Restriction, Restrictions};
 
 /// A policy that cannot be used, with where the problem is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -140,8 +143,14 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
             Ok(v)
         }
     };
-    let max_response_bytes = bounded(limits.and_then(|l| l.max_response_bytes), response_room, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?;
-    let max_request_body_bytes = bounded(limits.and_then(|l| l.max_request_body_bytes), envoy_buffer_limit_bytes, 0..=64 * 1024 * 1024, "limits.maxRequestBodyBytes")?;
+    let max_response_bytes =
+        bounded(limits.and_then(|l| l.max_response_bytes), response_room, 1024..=64 * 1024 * 1024, "limits.maxResponseBytes")?;
+    let max_request_body_bytes = bounded(
+        limits.and_then(|l| l.max_request_body_bytes),
+        envoy_buffer_limit_bytes,
+        0..=64 * 1024 * 1024,
+        "limits.maxRequestBodyBytes",
+    )?;
     let limits = Limits {
         max_token_bytes: bounded(limits.and_then(|l| l.max_token_bytes), DEFAULT_MAX_TOKEN_BYTES, 256..=64 * 1024, "limits.maxTokenBytes")?,
         max_path_bytes: bounded(limits.and_then(|l| l.max_path_bytes), DEFAULT_MAX_PATH_BYTES, 64..=64 * 1024, "limits.maxPathBytes")?,
@@ -151,7 +160,8 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         max_header_count: bounded(limits.and_then(|l| l.max_header_count), 100, 8..=1000, "limits.maxHeaderCount")?,
         max_header_bytes: bounded(limits.and_then(|l| l.max_header_bytes), 32 * 1024, 1024..=1024 * 1024, "limits.maxHeaderBytes")?,
     };
-    let token_cache_entries = bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
+    let token_cache_entries =
+        bounded(doc.token_cache.map(|c| c.max_entries), DEFAULT_CACHE_ENTRIES, 0..=MAX_CACHE_ENTRIES, "tokenCache.maxEntries")?;
     let rate_limits = compile_rate_limits(&doc.rate_limits, &routes)?;
     let audit = super::audit::compile_audit(doc.audit.as_ref())?;
     check_acr_levels(&routes, &issuers)?;
@@ -191,7 +201,10 @@ fn acr_levels(list: &[String], loc: &str) -> Result<Vec<String>, CompileError> {
     let mut seen = HashSet::new();
     for (i, l) in list.iter().enumerate() {
         if l.is_empty() || l.len() > 256 || l.chars().any(|c| c.is_control() || c == '"' || c == '\\' || c == ' ') {
-            return Err(err(format!("{loc}[{i}]"), format!("`{l}` is not an `acr` value (1–256 characters, no spaces, quotes or backslashes)")));
+            return Err(err(
+                format!("{loc}[{i}]"),
+                format!("`{l}` is not an `acr` value (1–256 characters, no spaces, quotes or backslashes)"),
+            ));
         }
         if !seen.insert(l.as_str()) {
             return Err(err(format!("{loc}[{i}]"), format!("`{l}` is listed twice")));
@@ -228,7 +241,11 @@ fn check_acr_levels(routes: &[Route], issuers: &[IssuerConfig]) -> Result<(), Co
         };
         for iss in issuers {
             if !iss.acr_levels.contains(min) {
-                let why = if iss.acr_levels.is_empty() { "defines no `acrLevels` (set them on the issuer or the policy)" } else { "has no such level in `acrLevels`" };
+                let why = if iss.acr_levels.is_empty() {
+                    "defines no `acrLevels` (set them on the issuer or the policy)"
+                } else {
+                    "has no such level in `acrLevels`"
+                };
                 return Err(err(format!("{loc}.acrMin"), format!("`{min}`: issuer `{}` {why}", iss.issuer)));
             }
         }
@@ -302,7 +319,8 @@ fn compile_break_glass(d: &BreakGlassDoc, routes: &[Route]) -> Result<BreakGlass
     }
     let mut grants = Vec::new();
     for (i, g) in d.grants.iter().enumerate() {
-        let parsed = crate::auth::scope::parse(g).ok_or_else(|| err(format!("{loc}.grants[{i}]"), format!("`{g}` is not a SMART resource scope")))?;
+        let parsed = crate::auth::scope::parse(g)
+            .ok_or_else(|| err(format!("{loc}.grants[{i}]"), format!("`{g}` is not a SMART resource scope")))?;
         grants.push((g.clone(), parsed));
     }
     if let Some(name) = &d.profile {
@@ -331,10 +349,16 @@ fn compile_restrictions(docs: &[RestrictionDoc], patient_ids: PatientIds, routes
     for (i, d) in docs.iter().enumerate() {
         let loc = format!("restrictions[{i}]");
         if !code_shaped(&d.id) || !ids.insert(d.id.as_str()) {
-            return Err(err(format!("{loc}.id"), format!("`{}` must be a unique id of 1–64 `[A-Za-z0-9._-]` (no PHI: it is audited)", d.id)));
+            return Err(err(
+                format!("{loc}.id"),
+                format!("`{}` must be a unique id of 1–64 `[A-Za-z0-9._-]` (no PHI: it is audited)", d.id),
+            ));
         }
         let ok = match patient_ids {
-            PatientIds::Pseudonym => d.patient.strip_prefix(PSEUDONYM_PREFIX).is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            PatientIds::Pseudonym => d
+                .patient
+                .strip_prefix(PSEUDONYM_PREFIX)
+                .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
             // A pseudonym would never match a raw id: refuse it rather than restrict nothing.
             PatientIds::Raw => crate::fhir::request::valid_id(&d.patient) && !d.patient.starts_with(PSEUDONYM_PREFIX),
         };
@@ -403,12 +427,21 @@ fn compile_rate_limits(docs: &[RateLimitDoc], routes: &[Route]) -> Result<Vec<Ra
                 match routes.iter().find(|x| &x.id == r) {
                     None => return Err(err(format!("{loc}.routes[{j}]"), format!("no route `{r}`"))),
                     Some(x) if matches!(x.access, Access::Public) => {
-                        return Err(err(format!("{loc}.routes[{j}]"), format!("route `{r}` is public: there is no subject or client to limit")))
+                        return Err(err(
+                            format!("{loc}.routes[{j}]"),
+                            format!("route `{r}` is public: there is no subject or client to limit"),
+                        ))
                     }
                     Some(_) => {}
                 }
             }
-            Ok(RateLimit { id: d.id.clone(), by, refill_milli_per_sec: (d.requests_per_minute * 1000).div_ceil(60), burst, routes: d.routes.clone() })
+            Ok(RateLimit {
+                id: d.id.clone(),
+                by,
+                refill_milli_per_sec: (d.requests_per_minute * 1000).div_ceil(60),
+                burst,
+                routes: d.routes.clone(),
+            })
         })
         .collect()
 }
@@ -591,7 +624,10 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
                 let ty = resource_type(t)
                     .ok_or_else(|| err(format!("{loc}.fhir.patientSharedTypes[{i}]"), format!("unknown FHIR resource type `{t}`")))?;
                 if crate::fhir::compartment::in_patient_compartment(ty) {
-                    return Err(err(format!("{loc}.fhir.patientSharedTypes[{i}]"), format!("`{t}` is in the patient compartment; it cannot be shared")));
+                    return Err(err(
+                        format!("{loc}.fhir.patientSharedTypes[{i}]"),
+                        format!("`{t}` is in the patient compartment; it cannot be shared"),
+                    ));
                 }
                 shared.insert(ty);
             }
@@ -604,7 +640,12 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
                             "patient" => Context::Patient,
                             "user" => Context::User,
                             "system" => Context::System,
-                            _ => return Err(err(format!("{loc}.fhir.scopeContexts[{i}]"), format!("unknown scope context `{name}` (patient, user, system)"))),
+                            _ => {
+                                return Err(err(
+                                    format!("{loc}.fhir.scopeContexts[{i}]"),
+                                    format!("unknown scope context `{name}` (patient, user, system)"),
+                                ))
+                            }
                         };
                         set.insert(c);
                     }
@@ -627,7 +668,10 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
     let minimize = match (&r.minimize, &access) {
         (None, _) => None,
         (Some(_), Access::Public) => {
-            return Err(err(format!("{loc}.minimize"), "a `public` route has no caller to choose a profile for; minimize `fhir` or `scopes` routes"))
+            return Err(err(
+                format!("{loc}.minimize"),
+                "a `public` route has no caller to choose a profile for; minimize `fhir` or `scopes` routes",
+            ))
         }
         (Some(m), access) => Some(compile_minimize(m, &format!("{loc}.minimize"), matches!(access, Access::Fhir(_)))?),
     };
@@ -658,8 +702,7 @@ fn compile_patient_search(d: &PatientSearchDoc, loc: &str) -> Result<PatientSear
         let mut set = HashSet::new();
         for (i, name) in names.iter().enumerate() {
             // Names only: modifiers and chains are judged per request, never allowlisted.
-            let shaped = (1..=64).contains(&name.len())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let shaped = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !shaped {
                 return Err(err(format!("{ploc}[{i}]"), format!("`{name}` is not a search parameter name")));
             }
@@ -711,7 +754,8 @@ mod tests {
     use serde_json::{json, Value};
 
     fn example() -> Value {
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/clinician-api.json")).unwrap()).unwrap()
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/clinician-api.json")).unwrap())
+            .unwrap()
     }
 
     fn compile_value(v: &Value) -> Result<Policy, CompileError> {
@@ -730,7 +774,11 @@ mod tests {
         let cases: Vec<(&str, Value, &str)> = vec![
             ("/routes/2/bogus", json!(1), "routes[2].bogus: unknown field `bogus`"),
             ("/routes/2/fhir/interactions", json!(["read", "raed"]), "routes[2].fhir.interactions[1]: unknown interaction `raed`"),
-            ("/routes/2/fhir/patientSharedTypes", json!(["Pateint"]), "routes[2].fhir.patientSharedTypes[0]: unknown FHIR resource type `Pateint`"),
+            (
+                "/routes/2/fhir/patientSharedTypes",
+                json!(["Pateint"]),
+                "routes[2].fhir.patientSharedTypes[0]: unknown FHIR resource type `Pateint`",
+            ),
             ("/routes/3/methods", json!(["get"]), "routes[3].methods[0]"),
             ("/issuers/0/algorithms", json!(["RS256", "HS256"]), "issuers[0].algorithms[1]"),
             ("/issuers/0/algorithms", json!(["none"]), "issuers[0].algorithms[0]: unknown algorithm `none`"),
@@ -744,30 +792,65 @@ mod tests {
             ("/routes/1/id", json!("health"), "routes[1].id: duplicate route id `health`"),
             ("/unmatched", json!({"status": 200}), "unmatched.status"),
             ("/rateLimits", json!([{"id": "a", "by": "user", "requestsPerMinute": 5}]), "rateLimits[0].by: `user`"),
-            ("/rateLimits", json!([{"id": "a", "by": "subject", "requestsPerMinute": 5, "routes": ["health"]}]), "rateLimits[0].routes[0]: route `health` is public"),
-            ("/rateLimits", json!([{"id": "a", "by": "subject", "requestsPerMinute": 5, "routes": ["nope"]}]), "rateLimits[0].routes[0]: no route `nope`"),
+            (
+                "/rateLimits",
+                json!([{"id": "a", "by": "subject", "requestsPerMinute": 5, "routes": ["health"]}]),
+                "rateLimits[0].routes[0]: route `health` is public",
+            ),
+            (
+                "/rateLimits",
+                json!([{"id": "a", "by": "subject", "requestsPerMinute": 5, "routes": ["nope"]}]),
+                "rateLimits[0].routes[0]: no route `nope`",
+            ),
             ("/limits", json!({"maxHeaderCount": 2}), "limits.maxHeaderCount"),
             ("/version", json!(2), "version"),
             ("/mode", json!("audit"), "mode: `audit` must be `enforce` or `shadow`"),
             ("/tokenCache", json!({"maxEntries": 10_000_000}), "tokenCache.maxEntries"),
             ("/issuers/0/purposeClaim", json!(""), "issuers[0].purposeClaim: must not be empty"),
             ("/routes/0/minimize", json!({"profiles": [{"name": "a", "fields": {}}]}), "routes[0].minimize: a `public` route"),
-            ("/routes/2/minimize", json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["name", "Name"]}}}]}),
-             "routes[2].minimize.profiles[0].resources.Patient.allow[1]: `Name`: FHIR element names start with a lowercase letter"),
-            ("/routes/2/minimize", json!({"profiles": [{"name": "a", "mode": "alow", "resources": {}}]}), "routes[2].minimize.profiles[0].mode: unknown variant `alow`"),
-            ("/routes/2/minimize", json!({"profiles": [{"name": "a", "resources": {"Patient": {"alow": []}}}]}), "routes[2].minimize.profiles[0].resources.Patient.alow: unknown field"),
-            ("/routes/3/minimize", json!({"profiles": [{"name": "a", "fields": {"deny": ["a..b"]}}]}), "routes[3].minimize.profiles[0].fields.deny[0]: `a..b`: empty path segment"),
-            ("/routes/6/authentication", json!({"acrMin": "urn:x:gold"}), "routes[6].authentication.acrMin: `urn:x:gold`: issuer `https://idp.phi-guard.test` has no such level"),
+            (
+                "/routes/2/minimize",
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"allow": ["name", "Name"]}}}]}),
+                "routes[2].minimize.profiles[0].resources.Patient.allow[1]: `Name`: FHIR element names start with a lowercase letter",
+            ),
+            (
+                "/routes/2/minimize",
+                json!({"profiles": [{"name": "a", "mode": "alow", "resources": {}}]}),
+                "routes[2].minimize.profiles[0].mode: unknown variant `alow`",
+            ),
+            (
+                "/routes/2/minimize",
+                json!({"profiles": [{"name": "a", "resources": {"Patient": {"alow": []}}}]}),
+                "routes[2].minimize.profiles[0].resources.Patient.alow: unknown field",
+            ),
+            (
+                "/routes/3/minimize",
+                json!({"profiles": [{"name": "a", "fields": {"deny": ["a..b"]}}]}),
+                "routes[3].minimize.profiles[0].fields.deny[0]: `a..b`: empty path segment",
+            ),
+            (
+                "/routes/6/authentication",
+                json!({"acrMin": "urn:x:gold"}),
+                "routes[6].authentication.acrMin: `urn:x:gold`: issuer `https://idp.phi-guard.test` has no such level",
+            ),
             ("/routes/6/authentication", json!({}), "routes[6].authentication: must set `acrMin`, `amr` or `maxAuthAgeSeconds`"),
             ("/routes/6/authentication", json!({"amr": ["m f a"]}), "routes[6].authentication.amr[0]"),
             ("/routes/6/authentication", json!({"maxAuthAgeSeconds": 99_999_999}), "routes[6].authentication.maxAuthAgeSeconds"),
             ("/routes/6/authentication", json!({"acr": "x"}), "routes[6].authentication.acr: unknown field"),
-            ("/routes/6/purpose", json!({"required": true, "allowed": ["TREAT", "RESEARCH"]}), "routes[6].purpose.allowed[1]: `RESEARCH` is not an HL7 v3 PurposeOfUse code"),
+            (
+                "/routes/6/purpose",
+                json!({"required": true, "allowed": ["TREAT", "RESEARCH"]}),
+                "routes[6].purpose.allowed[1]: `RESEARCH` is not an HL7 v3 PurposeOfUse code",
+            ),
             ("/routes/6/purpose", json!({"required": false}), "routes[6].purpose: has no effect"),
             ("/routes/6/purpose", json!({"required": true, "allowed": []}), "routes[6].purpose.allowed: must list"),
             ("/routes/0/purpose", json!({"required": true}), "routes[0].purpose: a `public` route has no token"),
             ("/routes/0/authentication", json!({"amr": ["mfa"]}), "routes[0].authentication: a `public` route"),
-            ("/routes/6/minimize/profiles/1/authentication", json!({"acrMin": "loa-9"}), "routes[6].minimize.profiles[1].authentication.acrMin: `loa-9`"),
+            (
+                "/routes/6/minimize/profiles/1/authentication",
+                json!({"acrMin": "loa-9"}),
+                "routes[6].minimize.profiles[1].authentication.acrMin: `loa-9`",
+            ),
             ("/routes/5/minimize/safeHarborPurposes", json!(["RESEARCH"]), "routes[5].minimize.safeHarborPurposes[0]"),
             ("/issuers/0/acrLevels", json!([]), "issuers[0].acrLevels: must list"),
             ("/issuers/0/acrLevels", json!(["a", "a"]), "issuers[0].acrLevels[1]: `a` is listed twice"),
@@ -818,7 +901,12 @@ mod tests {
         let mut doc = example();
         let levels = doc["issuers"][0].as_object_mut().unwrap().remove("acrLevels").unwrap();
         let e = compile_value(&doc).unwrap_err().to_string();
-        assert!(e.starts_with("routes[6].authentication.acrMin: `urn:phi-guard:loa:2`: issuer `https://idp.phi-guard.test` defines no `acrLevels`"), "{e}");
+        assert!(
+            e.starts_with(
+                "routes[6].authentication.acrMin: `urn:phi-guard:loa:2`: issuer `https://idp.phi-guard.test` defines no `acrLevels`"
+            ),
+            "{e}"
+        );
         doc["acrLevels"] = levels;
         let p = compile_value(&doc).unwrap();
         assert_eq!(p.acr_levels("https://idp.phi-guard.test").len(), 3);

@@ -172,10 +172,6 @@ impl PatientReferenceForm {
 impl Policy {
     /// The revision as a number (its first 48 bits), for a gauge stat.
     pub fn revision_number(&self) -> u64 {
-        self.revision
-            .strip_prefix("sha256:")
-            .and_then(|h| h.get(..12))
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-            .unwrap_or(0)
+        self.revision.strip_prefix("sha256:").and_then(|h| h.get(..12)).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0)
     }
 }

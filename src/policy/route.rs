@@ -21,10 +21,8 @@ impl PathMatcher {
     /// Match decoded request segments.
     pub fn matches(&self, segments: &[String]) -> Option<RouteMatch> {
         match self {
-            PathMatcher::Prefix(prefix) => {
-                (segments.len() >= prefix.len() && prefix.iter().zip(segments).all(|(a, b)| a == b))
-                    .then_some(RouteMatch { consumed: prefix.len() })
-            }
+            PathMatcher::Prefix(prefix) => (segments.len() >= prefix.len() && prefix.iter().zip(segments).all(|(a, b)| a == b))
+                .then_some(RouteMatch { consumed: prefix.len() }),
             PathMatcher::Template(t) => (t.len() == segments.len()
                 && t.iter().zip(segments).all(|(a, b)| a.as_ref().is_none_or(|a| a == b)))
             .then_some(RouteMatch { consumed: t.len() }),

@@ -75,9 +75,7 @@ fn err(location: &str, message: impl Into<String>) -> CompileError {
 
 /// Parse the plugin configuration: a `policySource` object, or else a policy document.
 pub fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, CompileError> {
-    let is_pull = serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .is_some_and(|v| v.get("policySource").is_some());
+    let is_pull = serde_json::from_slice::<Value>(bytes).ok().is_some_and(|v| v.get("policySource").is_some());
     if !is_pull {
         return compile(bytes).map(|p| PluginConfig::Inline(Box::new(p)));
     }
@@ -132,10 +130,7 @@ pub enum BundleError {
 pub fn accept_signed(bytes: &[u8], signature: Option<&str>, config: &PullConfig) -> Result<Policy, BundleError> {
     let sig = signature.map(str::trim).filter(|s| !s.is_empty()).ok_or(BundleError::MissingSignature)?;
     // Accept standard or URL-safe base64, padded or not; re-encode as the verifier expects.
-    let raw = URL_SAFE_NO_PAD
-        .decode(sig.trim_end_matches('='))
-        .or_else(|_| STANDARD.decode(sig))
-        .map_err(|_| BundleError::BadSignature)?;
+    let raw = URL_SAFE_NO_PAD.decode(sig.trim_end_matches('=')).or_else(|_| STANDARD.decode(sig)).map_err(|_| BundleError::BadSignature)?;
     let sig = URL_SAFE_NO_PAD.encode(raw);
     let ok = jsonwebtoken::crypto::verify(&sig, bytes, &config.key.key, config.alg).unwrap_or(false);
     if !ok {
@@ -188,7 +183,8 @@ mod tests {
     fn inline_and_errors() {
         let policy = std::fs::read(format!("{}/policies/smart-patient-app.json", root())).unwrap();
         assert!(matches!(parse_plugin_config(&policy), Ok(PluginConfig::Inline(_))));
-        let e = parse_plugin_config(br#"{"policySource": {"cluster": "c", "path": "/p", "publicKey": {"kty": "oct", "k": "AA"}}}"#).unwrap_err();
+        let e = parse_plugin_config(br#"{"policySource": {"cluster": "c", "path": "/p", "publicKey": {"kty": "oct", "k": "AA"}}}"#)
+            .unwrap_err();
         assert_eq!(e.location, "policySource.publicKey");
         let e = parse_plugin_config(br#"{"policySource": {"cluster": "c", "path": "/p", "publicKey": {}, "extra": 1}}"#).unwrap_err();
         assert!(e.location.starts_with("policySource"), "{e}");

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from helpers import INVALID_TOKEN, ME, Api, assert_denied  # noqa: E402
-from tokens import PyMinter, b64url, b64url_json, encode, load_private_key  # noqa: E402
+from tokens import PyMinter, b64url, b64url_json, encode  # noqa: E402
 
 SCOPE = "patient/Patient.rs patient/Observation.rs"
 PATH = f"/fhir/Patient/{ME}"

@@ -7,9 +7,7 @@ one thing (test_python_minted_baseline_is_accepted proves the Python-minted base
 import time
 
 import pytest
-
-from helpers import (INVALID_TOKEN, ME, OTHER, assert_allowed, assert_denied,
-                     assert_no_token_echo)
+from helpers import INVALID_TOKEN, ME, OTHER, assert_allowed, assert_denied, assert_no_token_echo
 
 READ_ME = f"/fhir/Patient/{ME}"
 SCOPE = "patient/*.rs"

@@ -1,8 +1,7 @@
 """Scopes, patient compartments, public and unmatched routes (policy: smart-patient-app)."""
 
 import pytest
-
-from helpers import (INSUFFICIENT_SCOPE, ME, OTHER, assert_allowed, assert_denied)
+from helpers import INSUFFICIENT_SCOPE, ME, OTHER, assert_allowed, assert_denied
 
 SCOPE = "patient/*.rs"
 

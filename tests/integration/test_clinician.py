@@ -1,8 +1,7 @@
 """Clinician / back-office policy: `scp` claim as an array, user/ and system/ scopes, admin API."""
 
 import pytest
-
-from helpers import (INSUFFICIENT_SCOPE, INVALID_TOKEN, ME, OTHER, assert_allowed, assert_denied)
+from helpers import INSUFFICIENT_SCOPE, INVALID_TOKEN, ME, OTHER, assert_allowed, assert_denied
 
 
 def scp(tokens, *scopes, **options):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import ME, OTHER, Api, assert_denied, reason_codes
 from tokens import cli_token
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 from conftest import HARNESS_KIND, POLICIES, RUN_DIR
-
 from harness import HarnessError, make_harness
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-
 from tokens import CLI
 
 WASM = Path(os.environ.get("PHI_GUARD_WASM")
@@ -256,7 +255,7 @@ def test_compose_file_uses_the_pinned_official_envoy_and_read_only_mounts():
     services = doc["services"]
     assert set(services) >= {"envoy", "fhir", "idp", "policy", "audit"}
     envoy = services["envoy"]
-    assert envoy["image"] == "${ENVOY_IMAGE:-envoyproxy/envoy:v%s}" % pin
+    assert envoy["image"] == "${ENVOY_IMAGE:-envoyproxy/envoy:v" + pin + "}"
     mounts = {m.split(":")[-2]: m for m in envoy["volumes"]}
     for target in ("/etc/phi-guard/phi_guard.wasm", "/etc/phi-guard/policies",
                    "/etc/envoy/envoy.yaml", "/etc/phi-guard/tls"):

@@ -4,7 +4,6 @@ security headers, through a real Envoy with two workers."""
 from __future__ import annotations
 
 import copy
-import http.client
 import json
 import sys
 import uuid

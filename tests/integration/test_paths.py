@@ -6,7 +6,6 @@ normalize the same way).
 """
 
 import pytest
-
 from helpers import ME, OTHER, assert_no_token_echo, assert_not_forwarded, reason_codes
 
 TRICKS = {

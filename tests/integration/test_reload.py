@@ -8,9 +8,9 @@ Each test starts its own Envoy (these tests change the running configuration) an
 from __future__ import annotations
 
 import copy
-import os
 import http.client
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,7 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from harness import LocalHarness, free_port  # noqa: E402
+from harness import LocalHarness  # noqa: E402
 from helpers import ME  # noqa: E402
 from tokens import CLI, cli_token  # noqa: E402
 

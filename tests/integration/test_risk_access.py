@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import socket
 import time
 
 import pytest
-
 from helpers import ME, Api
 from tokens import cli_token
 

@@ -13,11 +13,10 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
+import envoy_config
 import pytest
 import yaml
 from helpers import INVALID_TOKEN, ME, Api, Response, assert_denied, assert_forwarded
-
-import envoy_config
 
 # What Envoy may pick for TLS 1.2 with the test certificate (ECDSA P-256).
 STRONG_TLS12 = {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",

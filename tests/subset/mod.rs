@@ -154,9 +154,8 @@ impl Input {
                 self.strings.iter().chain(&self.numbers).any(|i| i.ends_with(shown))
             })
             || (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            || s.split_once('?').is_some_and(|(base, q)| {
-                self.starts_one(base) && q.split('&').all(|pair| self.strings.iter().any(|i| i.contains(pair)))
-            })
+            || s.split_once('?')
+                .is_some_and(|(base, q)| self.starts_one(base) && q.split('&').all(|pair| self.strings.iter().any(|i| i.contains(pair))))
     }
 
     /// `Ok` when `output` is within this input by the rules above; otherwise the first

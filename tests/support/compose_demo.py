@@ -26,8 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from harness import (COMPOSE_FILE, ComposeHarness, HarnessError,  # noqa: E402
-                     compose_command)
+from harness import COMPOSE_FILE, ComposeHarness, HarnessError, compose_command  # noqa: E402
 from run_demo import usage_hint  # noqa: E402
 
 PROJECT = "phi-guard"

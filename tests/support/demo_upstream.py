@@ -60,7 +60,7 @@ MAX_RECORDED = 10_000
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class Store:
@@ -80,7 +80,7 @@ class Store:
         self.by_key[key] = resource
 
     @classmethod
-    def load(cls, data_dir: Path) -> "Store":
+    def load(cls, data_dir: Path) -> Store:
         store = cls()
         urn_map: dict[str, str] = {}
         for path in sorted(data_dir.rglob("*.json")):

@@ -41,9 +41,16 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import tls_certs  # noqa: E402
-from envoy_config import (COMPOSE_ADMIN_PORT, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT,  # noqa: E402
-                          COMPOSE_SERVICE_PORT, DEFAULT_WASM, render, render_compose)
-from envoy_config import DEMO_HMAC_KEY  # noqa: E402
+from envoy_config import (  # noqa: E402
+    COMPOSE_ADMIN_PORT,
+    COMPOSE_HTTP_PORT,
+    COMPOSE_HTTPS_PORT,
+    COMPOSE_SERVICE_PORT,
+    DEFAULT_WASM,
+    DEMO_HMAC_KEY,  # noqa: E402
+    render,
+    render_compose,
+)
 from tokens import CLI  # noqa: E402
 
 # Test-only VM secrets, passed to Envoy's environment for ECDS configs (`host_env_keys`).
@@ -105,7 +112,7 @@ class HarnessError(RuntimeError):
 # Harnesses started and not yet stopped, for the integration suite's health guard
 # (tests/integration/conftest.py), and what the guard found in harnesses stopped since it last
 # looked (a test that starts and stops its own harness).
-LIVE: list["Harness"] = []
+LIVE: list[Harness] = []
 STOPPED_PROBLEMS: list[str] = []
 # A panic or trap in the filter, or Envoy itself crashing.
 CRASH_LINE = re.compile(r"panicked at|Caught |Function: proxy_\w+ failed|Uncaught RuntimeError|"
@@ -289,7 +296,7 @@ class LocalHarness(Harness):
         atexit.register(self.stop)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "LocalHarness":
+    def start(self) -> LocalHarness:
         if self.filter == "phi-guard" and not Path(self.wasm).exists():
             raise HarnessError(f"{self.wasm} does not exist: run `make wasm` first")
         try:
@@ -593,7 +600,7 @@ class ComposeHarness(Harness):
         return env
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "ComposeHarness":
+    def start(self) -> ComposeHarness:
         global _compose_built  # noqa: PLW0603 (build the helper image once per process)
         if self.filter == "phi-guard" and not self.wasm.exists():
             raise HarnessError(f"{self.wasm} does not exist: run `make wasm` first")
@@ -690,7 +697,7 @@ class ComposeHarness(Harness):
     def _log_mark(self):
         import datetime as _dt  # noqa: PLC0415
 
-        return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def _log_since(self, mark) -> str:
         if not self._up or not mark:

@@ -236,8 +236,18 @@ mod tests {
         let p = compile(policy.as_bytes()).unwrap();
         let c: Value = serde_json::from_str(claims).unwrap();
         let key = AuditKey::from_secret(DEMO_AUDIT_KEY).unwrap();
-        let upstream = body.map(|b| Upstream { status: 200, content_type: Some(DEFAULT_CONTENT_TYPE), content_encoding: None, body: b.as_bytes() });
-        let x = Exchange { method: "GET", path, credential: Credential::Claims(&c), upstream, now: NOW, hmac_key: None, audit_key: &key, request_id: Some("r1") };
+        let upstream =
+            body.map(|b| Upstream { status: 200, content_type: Some(DEFAULT_CONTENT_TYPE), content_encoding: None, body: b.as_bytes() });
+        let x = Exchange {
+            method: "GET",
+            path,
+            credential: Credential::Claims(&c),
+            upstream,
+            now: NOW,
+            hmac_key: None,
+            audit_key: &key,
+            request_id: Some("r1"),
+        };
         serde_json::to_value(simulate(&p, &x)).unwrap()
     }
 

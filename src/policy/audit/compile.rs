@@ -75,14 +75,20 @@ fn compile_collector(c: &CollectorDoc) -> Result<CollectorConfig, CompileError> 
     let flush_interval_ms = bounded(c.flush_interval_ms, 1_000, 10..=60_000, "collector.flushIntervalMs")?;
     let queue_max_events = bounded(c.queue_max_events, 10_000, 1..=1_000_000, "collector.queueMaxEvents")?;
     if queue_max_events < batch_max_events {
-        return Err(err("collector.queueMaxEvents", format!("`{queue_max_events}` must be at least `batchMaxEvents` ({batch_max_events})")));
+        return Err(err(
+            "collector.queueMaxEvents",
+            format!("`{queue_max_events}` must be at least `batchMaxEvents` ({batch_max_events})"),
+        ));
     }
     let max_retries = bounded(c.max_retries, 5, 0..=100, "collector.maxRetries")?;
     let timeout_ms = bounded(c.timeout_ms, 5_000, 100..=60_000, "collector.timeoutMs")?;
     let backoff_initial_ms = bounded(c.backoff_initial_ms, 250, 10..=60_000, "collector.backoffInitialMs")?;
     let backoff_max_ms = bounded(c.backoff_max_ms, 30_000, 10..=600_000, "collector.backoffMaxMs")?;
     if backoff_max_ms < backoff_initial_ms {
-        return Err(err("collector.backoffMaxMs", format!("`{backoff_max_ms}` must be at least `backoffInitialMs` ({backoff_initial_ms})")));
+        return Err(err(
+            "collector.backoffMaxMs",
+            format!("`{backoff_max_ms}` must be at least `backoffInitialMs` ({backoff_initial_ms})"),
+        ));
     }
     let service_name = c.service_name.clone().unwrap_or_else(|| "phi-guard".to_owned());
     if !token_like(&service_name, 128) {
@@ -116,7 +122,8 @@ mod tests {
     use serde_json::{json, Value};
 
     fn example() -> Value {
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/clinician-api.json")).unwrap()).unwrap()
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/clinician-api.json")).unwrap())
+            .unwrap()
     }
 
     fn with_audit(audit: Value) -> Result<AuditConfig, CompileError> {
@@ -182,7 +189,10 @@ mod tests {
             "auditRequired": true, "failureLimit": 3
         }))
         .unwrap();
-        assert_eq!((a.format, a.patient_ids, a.observer.as_str(), a.envoy_log, a.audit_required, a.failure_limit), (AuditFormat::Fhir, PatientIds::Raw, "gw-east-1", false, true, 3));
+        assert_eq!(
+            (a.format, a.patient_ids, a.observer.as_str(), a.envoy_log, a.audit_required, a.failure_limit),
+            (AuditFormat::Fhir, PatientIds::Raw, "gw-east-1", false, true, 3)
+        );
         assert_eq!(a.collector.unwrap().content_type(), "application/x-ndjson");
     }
 }
