@@ -17,8 +17,7 @@ use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
 use crate::auth::keys::parse_jwks;
 use crate::auth::verify::unverified_issuer;
 use crate::auth::{check_claims, TokenCache};
-use crate::decision::{decide, decide_with, refusal_reply, upstream_error_body, Decision, DenyReason, Screen, UpstreamHead};
-use crate::http::content_digest;
+use crate::decision::{decide, decide_with, BodyStep, Decision, Released, ResponsePhase, UpstreamHead};
 use crate::minimize::ApplyCtx;
 use crate::policy::audit::AuditFormat;
 use crate::policy::Policy;
@@ -306,60 +305,39 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
                 content_length: Some(u.body.len()),
                 end_of_stream: u.body.is_empty(),
             };
-            let mut failure = None;
-            let mut restrictions = Vec::new();
-            let refuse = |out: &mut Outcome, failure: &mut Option<DenyReason>, reason: DenyReason| {
-                // The upstream's status stays (its headers have gone); the body is replaced,
-                // unless the policy is in shadow mode.
+            // The same response phase the filter runs, driven with the whole answer at once.
+            let mut phase = ResponsePhase::new(g.response.clone(), g.fhir_route, !enforced);
+            let edits = phase.on_headers(&head);
+            let mut body = u.body.to_vec();
+            if let Some(reply) = edits.reply {
+                // No body follows to carry the error: the filter answers it itself.
+                out.status = Some(reply.status);
+                body = reply.body.into_bytes();
+            } else {
+                match phase.on_body(u.body.len(), true) {
+                    BodyStep::Continue | BodyStep::Hold => {}
+                    BodyStep::Replace(bytes) => body = bytes,
+                    BodyStep::Release => {
+                        let ctx = ApplyCtx { hmac_key: x.hmac_key, now: x.now, pseudonyms: Some(x.audit_key) };
+                        if let Released::Body(bytes) = phase.release(u.body, &ctx) {
+                            body = bytes;
+                        }
+                    }
+                }
+            }
+            out.body_changed = body != u.body;
+            out.body = Some(String::from_utf8_lossy(&body).into_owned());
+            out.content_digest = phase.content_digest().map(str::to_owned);
+            let (profile, withheld, count) = phase.minimized();
+            out.profile = profile.map(str::to_owned);
+            out.withheld = withheld.to_vec();
+            out.withheld_count = count;
+            if let Some(reason) = phase.refusal() {
                 out.reason = Some(reason.code());
                 out.message = Some(reason.message());
                 out.phase = Some("response");
-                if enforced {
-                    *failure = Some(reason);
-                    out.body = Some(refusal_reply(reason, reason.status(), g.fhir_route, None).body);
-                    out.body_changed = true;
-                }
-            };
-            out.body = Some(String::from_utf8_lossy(u.body).into_owned());
-            match g.response.screen(&head, !enforced) {
-                Screen::Pass => {}
-                Screen::Scrub => {
-                    out.body = Some(upstream_error_body(g.fhir_route, u.status));
-                    out.body_changed = true;
-                }
-                Screen::Refuse(reason) => {
-                    refuse(&mut out, &mut failure, reason);
-                    if head.end_of_stream && enforced {
-                        // No body follows to carry the error: the filter answers it itself.
-                        out.status = Some(reason.status());
-                    }
-                }
-                Screen::Check => {
-                    let ctx = ApplyCtx { hmac_key: x.hmac_key, now: x.now, pseudonyms: Some(x.audit_key) };
-                    let release = g.response.release(u.body, &ctx);
-                    restrictions = release.restrictions;
-                    match release.outcome {
-                        Ok(applied) => {
-                            let released = match (&applied.body, enforced) {
-                                (Some(b), true) => b.as_slice(),
-                                _ => u.body,
-                            };
-                            out.body_changed = released != u.body;
-                            out.body = Some(String::from_utf8_lossy(released).into_owned());
-                            out.content_digest = Some(content_digest(released));
-                            out.profile = applied.profile;
-                            out.withheld_count = applied.count;
-                            out.withheld = applied.withheld;
-                        }
-                        Err(reason) => refuse(&mut out, &mut failure, reason),
-                    }
-                }
             }
-            let mut audit = out.audit.clone().with_response(u.status, out.withheld.clone(), failure).with_restrictions(restrictions);
-            if let Some(d) = &out.content_digest {
-                audit = audit.with_content_digest(d.clone());
-            }
-            out.audit = audit;
+            out.audit = phase.finish(out.audit.clone());
             out
         }
     }

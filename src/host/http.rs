@@ -10,10 +10,10 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::abi;
 use super::now_ms;
-use super::vm::{Outcome, OwnedRequest, ResponseState, StreamState, Vm, Waiter};
+use super::vm::{Outcome, OwnedRequest, StreamState, Vm, Waiter};
 use crate::decision::reply::Challenge;
-use crate::decision::{refusal_reply, upstream_error_body, DenyReason, Screen, UpstreamHead};
-use crate::http::{content_digest, CONTENT_DIGEST};
+use crate::decision::{BodyStep, DenyReason, Released, ResponsePhase, UpstreamHead, CHECKED_RESPONSE_HEADERS};
+use crate::http::CONTENT_DIGEST;
 use crate::minimize::ApplyCtx;
 
 /// An Envoy attribute as text (e.g. `source.address`); `None` if absent or not UTF-8.
@@ -26,30 +26,6 @@ fn property(path: &[&str]) -> Option<String> {
 fn response_header(name: &str) -> Option<String> {
     abi::header(MapType::HttpResponseHeaders, name).ok().flatten().and_then(|b| String::from_utf8(b).ok())
 }
-
-/// Response headers a client may see on a route whose bodies are checked. Envoy cannot hold
-/// the headers while the body is inspected (see ARCHITECTURE.md), so everything else is
-/// removed when the headers pass: `Location`, `ETag`, `Last-Modified`, `Content-Location`,
-/// `Link` and custom headers can name another patient's resource or carry PHI, and they would
-/// otherwise reach the client even when the body is withheld. Hop-by-hop and framing headers
-/// are Envoy's (`content-length` is removed separately).
-pub const CHECKED_RESPONSE_HEADERS: &[&str] = &[
-    "content-type",
-    "content-encoding",
-    "content-language",
-    "date",
-    "cache-control",
-    "pragma",
-    "expires",
-    "vary",
-    "retry-after",
-    "x-content-type-options",
-    "strict-transport-security",
-    "x-request-id",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-];
 
 /// Remove every response header outside [`CHECKED_RESPONSE_HEADERS`].
 fn strip_unlisted_response_headers() {
@@ -82,112 +58,87 @@ impl Stream {
         Stream { context_id, vm, state: Rc::new(RefCell::new(StreamState::new())) }
     }
 
-    /// Replace the buffered body chunk with the refusal (or scrubbed) body on the first chunk,
-    /// nothing on later ones.
-    fn replace_body(&self, body_size: usize) {
-        let bytes = {
+    /// Run one step of the response phase with the state borrowed, and count a refusal it
+    /// made (the borrow ends before any hostcall: a host that calls back into the filter from
+    /// inside one finds the state free).
+    fn step<T>(&self, f: impl FnOnce(&mut ResponsePhase) -> T) -> Option<T> {
+        let (out, refused) = {
             let mut st = self.state.borrow_mut();
-            let status = st.status;
-            match &mut st.response {
-                ResponseState::Replace { reason, fhir, sent } => {
-                    let first = !std::mem::replace(sent, true);
-                    if first {
-                        refusal_reply(*reason, reason.status(), *fhir, None).body.into_bytes()
-                    } else {
-                        Vec::new()
-                    }
-                }
-                ResponseState::Scrub { fhir, sent } => {
-                    let first = !std::mem::replace(sent, true);
-                    if first {
-                        upstream_error_body(*fhir, status).into_bytes()
-                    } else {
-                        Vec::new()
-                    }
-                }
-                _ => return,
+            let phase = st.response.as_mut()?;
+            let before = phase.refusal();
+            let out = f(phase);
+            let after = phase.refusal();
+            (out, if after != before { after.map(|r| (r, phase.withheld())) } else { None })
+        };
+        match refused {
+            Some((reason, true)) => {
+                log::warn!("phi-guard: response withheld: {}", reason.code());
+                self.vm.metrics.response_blocked(reason);
             }
-        };
-        // No borrow is held across the hostcall: a host that calls back into the filter from
-        // inside it (a stream reset runs `on_log`) finds the state free.
-        if abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
-            log::error!("phi-guard: could not replace a response body");
+            Some((reason, false)) => {
+                log::warn!("phi-guard: shadow mode: response would be withheld: {}", reason.code());
+                self.vm.metrics.shadow_denied(reason);
+            }
+            None => {}
+        }
+        Some(out)
+    }
+
+    /// Perform a body step on the `body_size` bytes buffered so far.
+    fn body_step(&self, step: BodyStep, body_size: usize) -> Action {
+        match step {
+            BodyStep::Continue => Action::Continue,
+            BodyStep::Hold => Action::Pause,
+            BodyStep::Replace(bytes) => {
+                if abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes).is_err() {
+                    log::error!("phi-guard: could not replace a response body");
+                }
+                Action::Continue
+            }
+            BodyStep::Release => self.release(body_size),
         }
     }
 
-    fn refuse_response(&self, reason: DenyReason) {
-        let mut state = self.state.borrow_mut();
-        let (fhir, shadow) = match &state.response {
-            ResponseState::Check { fhir, shadow, .. } => (*fhir, *shadow),
-            _ => return,
-        };
-        if shadow {
-            log::warn!("phi-guard: shadow mode: response would be withheld: {}", reason.code());
-            self.vm.metrics.shadow_denied(reason);
-            state.response = ResponseState::Pass;
-            return;
-        }
-        log::warn!("phi-guard: response withheld: {}", reason.code());
-        self.vm.metrics.response_blocked(reason);
-        state.failure = Some(reason);
-        state.response = ResponseState::Replace { reason, fhir, sent: false };
-    }
-
-    /// Check and minimize the complete buffered body: release the minimized bytes, or switch to
-    /// replacement (not one byte of the original) if anything fails.
-    fn finish_check(&self, body_size: usize) {
-        let (plan, shadow) = {
-            let st = self.state.borrow();
-            let ResponseState::Check { plan, shadow, .. } = &st.response else { return };
-            (plan.clone(), *shadow)
-        };
+    /// Check and minimize the complete buffered body: release the minimized bytes, or the
+    /// error body (not one byte of the original) if anything fails.
+    fn release(&self, body_size: usize) -> Action {
         let original = match abi::buffer(BufferType::HttpResponseBody, 0, body_size) {
             Ok(b) => b.unwrap_or_default(),
             Err(_) => {
-                self.refuse_response(DenyReason::ResponseTruncated);
-                return;
+                let step = self.step(|p| p.fail(DenyReason::ResponseTruncated)).unwrap_or(BodyStep::Continue);
+                return self.body_step(step, body_size);
             }
         };
-        let result = {
+        let released = self.step(|phase| {
             let key = self.vm.hmac_key.borrow();
             let audit = self.vm.audit.borrow();
             let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_ms() / 1000, pseudonyms: audit.as_ref().map(|a| &a.key) };
-            plan.release(&original, &ctx)
-        };
-        self.state.borrow_mut().restrictions = result.restrictions;
-        match result.outcome {
-            Ok(mut applied) => {
-                if shadow {
-                    // Policy in shadow mode: record what would have been withheld, send the
-                    // upstream's bytes unchanged.
-                    applied.body = None;
-                }
-                // `release` refuses a body over the cap, and the cap is at most Envoy's buffer
-                // limit (`limits.envoyBufferLimitBytes`): a larger buffer makes Envoy reset the
-                // stream from inside `set_buffer` and call back into the filter.
-                if let Some(bytes) = &applied.body {
-                    if abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
-                        // Could not swap in the minimized body: release nothing.
-                        self.refuse_response(DenyReason::MinimizationFailed);
-                        return;
-                    }
-                }
-                if applied.profile.is_some() {
-                    self.vm.metrics.minimized(applied.count);
-                }
-                // Integrity of what leaves the filter: RFC 9530 digest of the released bytes, as
-                // a trailer (the headers are gone) and in the audit event.
-                let digest = content_digest(applied.body.as_deref().unwrap_or(&original));
-                if abi::set_header(MapType::HttpResponseTrailers, CONTENT_DIGEST, digest.as_bytes()).is_err() {
-                    log::warn!("phi-guard: the content-digest trailer could not be added");
-                }
-                let mut st = self.state.borrow_mut();
-                st.withheld = applied.withheld;
-                st.content_digest = Some(digest);
-                st.response = ResponseState::Pass;
+            let released = phase.release(&original, &ctx);
+            let (profile, _, count) = phase.minimized();
+            (released, profile.is_some().then_some(count), phase.content_digest().map(str::to_owned))
+        });
+        let Some((released, minimized, digest)) = released else { return Action::Continue };
+        // `release` refuses a body over the cap, and the cap is below Envoy's buffer limit
+        // (`limits.envoyBufferLimitBytes`): a larger buffer makes Envoy reset the stream from
+        // inside `set_buffer` and call back into the filter.
+        if let Released::Body(bytes) = &released {
+            if abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, bytes).is_err() {
+                // Could not swap in the released body: release nothing.
+                let step = self.step(|p| p.fail(DenyReason::MinimizationFailed)).unwrap_or(BodyStep::Continue);
+                return self.body_step(step, body_size);
             }
-            Err(reason) => self.refuse_response(reason),
         }
+        if let Some(count) = minimized {
+            self.vm.metrics.minimized(count);
+        }
+        // Integrity of what leaves the filter: RFC 9530 digest of the released bytes, as a
+        // trailer (the headers are gone) and in the audit event.
+        if let Some(digest) = digest {
+            if abi::set_header(MapType::HttpResponseTrailers, CONTENT_DIGEST, digest.as_bytes()).is_err() {
+                log::warn!("phi-guard: the content-digest trailer could not be added");
+            }
+        }
+        Action::Continue
     }
 
     fn refuse_request_body(&self, reason: DenyReason) -> Action {
@@ -277,7 +228,6 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        self.state.borrow_mut().status = status;
         if self.state.borrow().security_headers {
             for (name, value) in [("cache-control", "no-store"), ("pragma", "no-cache"), ("x-content-type-options", "nosniff")] {
                 let _ = abi::set_header(MapType::HttpResponseHeaders, name, value.as_bytes());
@@ -285,16 +235,16 @@ impl HttpContext for Stream {
             let _ = abi::remove_header(MapType::HttpResponseHeaders, "server");
             let _ = abi::remove_header(MapType::HttpResponseHeaders, "x-powered-by");
         }
-        let (plan, fhir, shadow) = {
-            let st = self.state.borrow();
-            let ResponseState::Check { plan, fhir, shadow, .. } = &st.response else { return Action::Continue };
-            (plan.clone(), *fhir, *shadow)
-        };
-        let (content_type, content_length) = (response_header("content-type"), response_header("content-length"));
-        // An undecodable content-encoding is still an encoding we cannot read.
-        let content_encoding = match abi::header(MapType::HttpResponseHeaders, "content-encoding") {
-            Ok(Some(b)) => Some(String::from_utf8(b).unwrap_or_else(|_| "undecodable".to_owned())),
-            _ => None,
+        let inspects = self.state.borrow().response.as_ref().is_some_and(ResponsePhase::inspects_body);
+        let (content_type, content_length, content_encoding) = if inspects {
+            // An undecodable content-encoding is still an encoding we cannot read.
+            let encoding = match abi::header(MapType::HttpResponseHeaders, "content-encoding") {
+                Ok(Some(b)) => Some(String::from_utf8(b).unwrap_or_else(|_| "undecodable".to_owned())),
+                _ => None,
+            };
+            (response_header("content-type"), response_header("content-length"), encoding)
+        } else {
+            (None, None, None)
         };
         let head = UpstreamHead {
             status,
@@ -303,59 +253,34 @@ impl HttpContext for Stream {
             content_length: content_length.and_then(|l| l.trim().parse().ok()),
             end_of_stream,
         };
-        let screen = plan.screen(&head, shadow);
-        if !shadow {
+        let Some(edits) = self.step(|phase| phase.on_headers(&head)) else { return Action::Continue };
+        if edits.strip_unlisted {
             strip_unlisted_response_headers();
         }
-        // The body may change length; the client must not rely on the upstream's.
-        let _ = abi::remove_header(MapType::HttpResponseHeaders, "content-length");
-        let json_headers = || {
+        if edits.drop_content_length {
+            // The body may change length; the client must not rely on the upstream's.
+            let _ = abi::remove_header(MapType::HttpResponseHeaders, "content-length");
+        }
+        if let Some(content_type) = edits.content_type {
             // The replacement is our JSON error body, in identity encoding.
             let _ = abi::remove_header(MapType::HttpResponseHeaders, "content-encoding");
-            let content_type = if fhir { "application/fhir+json" } else { "application/json" };
             let _ = abi::set_header(MapType::HttpResponseHeaders, "content-type", content_type.as_bytes());
-        };
-        match screen {
-            Screen::Check => {}
-            Screen::Pass => self.state.borrow_mut().response = ResponseState::Pass,
-            Screen::Scrub => {
-                self.state.borrow_mut().response = ResponseState::Scrub { fhir, sent: false };
-                json_headers();
-            }
-            Screen::Refuse(reason) => {
-                self.refuse_response(reason);
-                let replaced = matches!(self.state.borrow().response, ResponseState::Replace { .. });
-                if replaced && end_of_stream {
-                    // No body follows to carry the error (an empty success, a HEAD answer). The
-                    // upstream's headers have not left yet: answer with our own reply instead.
-                    let reply = refusal_reply(reason, reason.status(), fhir, None);
-                    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    self.state.borrow_mut().replied = true;
-                    if abi::send_response(u32::from(reply.status), &headers, reply.body.as_bytes()).is_err() {
-                        log::error!("phi-guard: could not replace an empty response");
-                    }
-                } else if replaced {
-                    json_headers();
-                }
+        }
+        if let Some(reply) = edits.reply {
+            // No body follows to carry the error (an empty success): the upstream's headers
+            // have not left yet, so the filter answers with its own reply instead.
+            let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            self.state.borrow_mut().replied = true;
+            if abi::send_response(u32::from(reply.status), &headers, reply.body.as_bytes()).is_err() {
+                log::error!("phi-guard: could not replace an empty response");
             }
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let max = match &self.state.borrow().response {
-            ResponseState::Pass => return Action::Continue,
-            ResponseState::Replace { .. } | ResponseState::Scrub { .. } => None,
-            ResponseState::Check { max, .. } => Some(*max),
-        };
-        match max {
-            None => {}
-            Some(max) if body_size > max => self.refuse_response(DenyReason::ResponseTooLarge),
-            Some(_) if !end_of_stream => return Action::Pause,
-            Some(_) => self.finish_check(body_size),
-        }
-        self.replace_body(body_size);
-        Action::Continue
+        let step = self.step(|phase| phase.on_body(body_size, end_of_stream)).unwrap_or(BodyStep::Continue);
+        self.body_step(step, body_size)
     }
 
     fn on_log(&mut self) {
@@ -363,12 +288,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        // (still checking the body, strip the upstream's trailers)
-        let (checking, strip) = match &self.state.borrow().response {
-            ResponseState::Check { shadow, .. } => (true, !*shadow),
-            ResponseState::Replace { .. } | ResponseState::Scrub { .. } => (false, true),
-            ResponseState::Pass => (false, false),
-        };
+        // With trailers the body callback never sees end_of_stream: the body ends here.
+        let inspects = self.state.borrow().response.as_ref().is_some_and(ResponsePhase::inspects_body);
+        let size =
+            if inspects { abi::buffer(BufferType::HttpResponseBody, 0, usize::MAX).ok().flatten().map_or(0, |b| b.len()) } else { 0 };
+        let Some((strip, step)) = self.step(|phase| phase.on_trailers(size)) else { return Action::Continue };
         if strip {
             // The upstream's trailers are its headers' tail: on checked routes they can carry
             // what the header allowlist removes, so none of them reach the client; the
@@ -382,13 +306,6 @@ impl HttpContext for Stream {
                 let _ = abi::remove_header(MapType::HttpResponseTrailers, name);
             }
         }
-        // With trailers the body callback never sees end_of_stream: finish here.
-        if !checking {
-            return Action::Continue;
-        }
-        let size = abi::buffer(BufferType::HttpResponseBody, 0, usize::MAX).ok().flatten().map_or(0, |b| b.len());
-        self.finish_check(size);
-        self.replace_body(size);
-        Action::Continue
+        self.body_step(step, size)
     }
 }

@@ -18,7 +18,7 @@ use crate::auth::TokenCache;
 use crate::decision::engine::BodyCheck;
 use crate::decision::ratelimit::{Bucket, RateLimit};
 use crate::decision::reply::{challenge_reply, Challenge};
-use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePlan};
+use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 
@@ -57,44 +57,11 @@ impl Active {
     }
 }
 
-/// What the response phase of a stream must do.
-pub enum ResponseState {
-    /// Stream through untouched (public or unchecked routes, our own local replies).
-    Pass,
-    /// Buffer and check the body against the plan (in shadow mode: report, never withhold).
-    Check {
-        /// The plan from the grant.
-        plan: ResponsePlan,
-        /// Error bodies as OperationOutcome.
-        fhir: bool,
-        /// Buffer cap.
-        max: usize,
-        /// Policy in shadow mode.
-        shadow: bool,
-    },
-    /// An upstream error on a route whose bodies are rewritten: the error body could echo
-    /// PHI, so it is replaced by a generic one (the status stays).
-    Scrub {
-        /// Error body as OperationOutcome.
-        fhir: bool,
-        /// The generic body has been written.
-        sent: bool,
-    },
-    /// The body is refused: every chunk is replaced (first with the error body, then nothing).
-    Replace {
-        /// Why.
-        reason: DenyReason,
-        /// Error body as OperationOutcome.
-        fhir: bool,
-        /// The error body has been written.
-        sent: bool,
-    },
-}
-
 /// Per-stream state the decision sets up for the later phases.
 pub struct StreamState {
-    /// Response handling.
-    pub response: ResponseState,
+    /// The response phase of an allowed request (`None` until allowed, or when answered
+    /// locally).
+    pub response: Option<ResponsePhase>,
     /// Request-body check still owed before the body is released upstream.
     pub body: Option<BodyCheck>,
     /// Add security headers to the response.
@@ -103,33 +70,14 @@ pub struct StreamState {
     pub replied: bool,
     /// The allowed request's audit event, finished and emitted when the stream ends.
     pub audit: Option<AuditEvent>,
-    /// Upstream status, once seen.
-    pub status: u16,
-    /// Field paths minimization withheld (or would have, in shadow mode).
-    pub withheld: Vec<String>,
-    /// Why the response (or request body) was refused after the request was allowed.
+    /// Why the request body was refused after the request was allowed.
     pub failure: Option<DenyReason>,
-    /// Privacy restrictions applied to the response (ids and counts, never what they hid).
-    pub restrictions: Vec<crate::minimize::restrict::RestrictionHit>,
-    /// RFC 9530 `Content-Digest` of the body released.
-    pub content_digest: Option<String>,
 }
 
 impl StreamState {
     /// A fresh stream.
     pub fn new() -> Self {
-        StreamState {
-            response: ResponseState::Pass,
-            body: None,
-            security_headers: false,
-            replied: false,
-            audit: None,
-            status: 0,
-            withheld: Vec::new(),
-            failure: None,
-            restrictions: Vec::new(),
-            content_digest: None,
-        }
+        StreamState { response: None, body: None, security_headers: false, replied: false, audit: None, failure: None }
     }
 }
 
@@ -288,17 +236,12 @@ impl Vm {
             return;
         };
         let Some(event) = st.audit.take() else { return };
-        // A body still being checked when the stream ends never reached the client.
-        let failure = st.failure.or(match st.response {
-            ResponseState::Check { .. } if st.status != 0 => Some(DenyReason::ResponseTruncated),
-            _ => None,
-        });
-        let mut event = event
-            .with_response(st.status, std::mem::take(&mut st.withheld), failure)
-            .with_restrictions(std::mem::take(&mut st.restrictions));
-        if let Some(d) = st.content_digest.take() {
-            event = event.with_content_digest(d);
-        }
+        let event = match (&st.response, st.failure) {
+            // The request body was refused: the upstream never answered.
+            (phase, Some(failure)) => event.with_response(phase.as_ref().map_or(0, ResponsePhase::status), Vec::new(), Some(failure)),
+            (Some(phase), None) => phase.finish(event),
+            (None, None) => event.with_response(0, Vec::new(), None),
+        };
         drop(st);
         self.emit(&event);
     }
@@ -414,10 +357,7 @@ impl Vm {
             st.audit = event;
             st.security_headers = grant.security_headers;
             st.body = grant.body;
-            if inspects {
-                st.response =
-                    ResponseState::Check { plan: grant.response, fhir: grant.fhir_route, max: policy.limits.max_response_bytes, shadow };
-            }
+            st.response = Some(ResponsePhase::new(grant.response, grant.fhir_route, shadow));
         }
         if inspects {
             // The upstream must answer in a form we can read: identity encoding.
