@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::fhir::render_unchained;
-use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta};
+use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta, Verdict};
 use crate::auth::keys::parse_jwks;
 use crate::auth::verify::unverified_issuer;
 use crate::auth::{check_claims, TokenCache};
@@ -118,12 +118,22 @@ pub struct Needs {
     pub max_age: Option<u64>,
 }
 
+/// Where a refusal happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// On the request, before the upstream was asked.
+    Request,
+    /// On the upstream's answer, which is withheld.
+    Response,
+}
+
 /// What the client gets and what is audited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Outcome {
+pub struct ExchangeOutcome {
     /// `allow` or `deny` (the request decision).
-    pub decision: &'static str,
+    pub decision: Verdict,
     /// Whether refusals are enforced (`false`: the policy is in shadow mode, so the request is
     /// forwarded and the body released unchanged; `reason` is what would have been refused).
     pub enforced: bool,
@@ -137,7 +147,7 @@ pub struct Outcome {
     pub message: Option<&'static str>,
     /// `request` or `response`: where the refusal happened.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<&'static str>,
+    pub phase: Option<Phase>,
     /// Matched route id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -201,7 +211,7 @@ pub fn install_jwks(policy: &mut Policy, token: &str, jwks: &Value) -> Result<()
 }
 
 /// Run one exchange through the policy as the filter would.
-pub fn simulate(policy: &Policy, x: &Exchange<'_>) -> Outcome {
+pub fn simulate(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     let mut out = exchange(policy, x);
     out.audit_fhir = fhir_record(policy, &out.audit);
     out
@@ -217,7 +227,7 @@ fn fhir_record(policy: &Policy, event: &AuditEvent) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
-fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
+fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     let header = match x.credential {
         Credential::None => None,
         Credential::Token(t) => Some(format!("Bearer {t}")),
@@ -250,13 +260,13 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
                 (false, Some(u)) => (Some(u.status), Some(String::from_utf8_lossy(u.body).into_owned())),
                 (false, None) => (None, None),
             };
-            Outcome {
-                decision: "deny",
+            ExchangeOutcome {
+                decision: Verdict::Deny,
                 enforced,
                 status,
                 reason: Some(r.reason.code()),
                 message: Some(r.reason.message()),
-                phase: Some("request"),
+                phase: Some(Phase::Request),
                 route: r.route_id,
                 fhir: r.fhir.as_ref().map(|f| FhirSummary { interaction: f.interaction.name(), resource_type: f.resource_type }),
                 caller: r.principal.as_deref().map(caller),
@@ -274,8 +284,8 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
             }
         }
         Decision::Allow(g) => {
-            let mut out = Outcome {
-                decision: "allow",
+            let mut out = ExchangeOutcome {
+                decision: Verdict::Allow,
                 enforced,
                 status: None,
                 reason: None,
@@ -335,7 +345,7 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> Outcome {
             if let Some(reason) = phase.refusal() {
                 out.reason = Some(reason.code());
                 out.message = Some(reason.message());
-                out.phase = Some("response");
+                out.phase = Some(Phase::Response);
             }
             out.audit = phase.finish(out.audit.clone());
             out
@@ -393,7 +403,10 @@ mod tests {
         let (p, k) = (policy(), key());
         let c = claims("patient/Observation.rs", "p1");
         let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, None));
-        assert_eq!((out.decision, out.status, out.reason, out.phase), ("deny", Some(403), Some("insufficient_scope"), Some("request")));
+        assert_eq!(
+            (out.decision, out.status, out.reason, out.phase),
+            (Verdict::Deny, Some(403), Some("insufficient_scope"), Some(Phase::Request))
+        );
         assert!(out.www_authenticate.unwrap().contains("insufficient_scope"));
         assert!(out.needs.and_then(|n| n.scope).is_some());
         let ev = serde_json::to_value(&out.audit).unwrap();
@@ -414,11 +427,11 @@ mod tests {
             body,
         };
         let out = simulate(&p, &exchange("/fhir/Patient/p1", &c, &k, Some(up(mine, Some("application/fhir+json"), 200))));
-        assert_eq!((out.decision, out.status, out.reason), ("allow", Some(200), None));
+        assert_eq!((out.decision, out.status, out.reason), (Verdict::Allow, Some(200), None));
         assert!(out.content_digest.is_some());
         // The wrong patient's record is withheld (the upstream's status stays).
         let out = simulate(&p, &exchange("/fhir/Observation/o1", &c, &k, Some(up(theirs, Some("application/fhir+json"), 200))));
-        assert_eq!((out.status, out.reason, out.phase), (Some(200), Some("patient_mismatch"), Some("response")));
+        assert_eq!((out.status, out.reason, out.phase), (Some(200), Some("patient_mismatch"), Some(Phase::Response)));
         assert!(out.body_changed && !out.body.as_deref().unwrap().contains("p2"));
         assert_eq!(serde_json::to_value(&out.audit).unwrap()["reason"], "patient_mismatch");
         // Not JSON: withheld.

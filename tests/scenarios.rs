@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use phi_guard::audit::{AuditEvent, AuditKey};
+use phi_guard::audit::{AuditEvent, AuditKey, Verdict};
 use phi_guard::policy::compile;
-use phi_guard::simulate::{simulate, Credential, Exchange, Upstream};
+use phi_guard::simulate::{simulate, Credential, Exchange, Phase, Upstream};
 use serde_json::{json, Value};
 
 const NOW: u64 = 1_800_000_000;
@@ -102,7 +102,7 @@ fn run(path: &Path) -> Result<(), String> {
     let want_status = expect["status"].as_u64().unwrap() as u16;
     let want_reason = expect["reason"].as_str();
     if status != want_status || out.reason != want_reason {
-        return Err(format!("{} {status} {:?}, expected {want_status} {want_reason:?}", out.decision, out.reason));
+        return Err(format!("{:?} {status} {:?}, expected {want_status} {want_reason:?}", out.decision, out.reason));
     }
     if let Some(route) = expect["route"].as_str() {
         if out.route.as_deref() != Some(route) {
@@ -117,7 +117,7 @@ fn run(path: &Path) -> Result<(), String> {
     }
     // The upstream's body withheld and replaced by an error body: a response-phase refusal, or
     // an upstream error scrubbed on a route whose bodies are rewritten.
-    let replaced = out.body_changed && (out.phase == Some("response") || !(200..300).contains(&status));
+    let replaced = out.body_changed && (out.phase == Some(Phase::Response) || !(200..300).contains(&status));
     if replaced != (expect["bodyReplaced"] == true) && body.is_some() {
         return Err(format!("body replaced: {replaced}, expected {}", expect["bodyReplaced"]));
     }
@@ -129,7 +129,7 @@ fn run(path: &Path) -> Result<(), String> {
             return Err("reply echoes the token".into());
         }
     }
-    if let (Some(sent), true) = (&out.body, body.is_some() && !replaced && out.decision == "allow") {
+    if let (Some(sent), true) = (&out.body, body.is_some() && !replaced && out.decision == Verdict::Allow) {
         let sent: Value = serde_json::from_str(sent).map_err(|e| format!("released body: {e}"))?;
         check_body(expect, &sent, out.profile.as_deref())?;
     }

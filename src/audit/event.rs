@@ -20,7 +20,7 @@ use crate::policy::Policy;
 
 /// FHIR `AuditEvent.outcome` (R4 `audit-event-outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum EventOutcome {
     /// `0`: allowed and answered without error.
     Success,
     /// `4`: allowed; the upstream answered 4xx.
@@ -31,19 +31,19 @@ pub enum Outcome {
     MajorFailure,
 }
 
-impl Outcome {
+impl EventOutcome {
     /// The numeric code.
     pub fn code(self) -> u8 {
         match self {
-            Outcome::Success => 0,
-            Outcome::MinorFailure => 4,
-            Outcome::SeriousFailure => 8,
-            Outcome::MajorFailure => 12,
+            EventOutcome::Success => 0,
+            EventOutcome::MinorFailure => 4,
+            EventOutcome::SeriousFailure => 8,
+            EventOutcome::MajorFailure => 12,
         }
     }
 }
 
-impl Serialize for Outcome {
+impl Serialize for EventOutcome {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u8(self.code())
     }
@@ -234,7 +234,7 @@ pub struct AuditEvent {
     /// Final verdict.
     pub decision: Verdict,
     /// FHIR AuditEvent outcome code.
-    pub outcome: Outcome,
+    pub outcome: EventOutcome,
     /// `allowed` or the [`DenyReason::code`].
     pub reason: Reason,
     /// Severity.
@@ -299,10 +299,10 @@ pub struct AuditEvent {
 }
 
 /// Outcome and severity of a refusal.
-fn refused(reason: DenyReason) -> (Outcome, Severity) {
+fn refused(reason: DenyReason) -> (EventOutcome, Severity) {
     match reason {
-        DenyReason::NoPolicy | DenyReason::AuditUnavailable => (Outcome::MajorFailure, Severity::High),
-        _ => (Outcome::SeriousFailure, Severity::High),
+        DenyReason::NoPolicy | DenyReason::AuditUnavailable => (EventOutcome::MajorFailure, Severity::High),
+        _ => (EventOutcome::SeriousFailure, Severity::High),
     }
 }
 
@@ -330,7 +330,7 @@ impl AuditEvent {
             operation: None,
             query: None,
             decision: Verdict::Allow,
-            outcome: Outcome::Success,
+            outcome: EventOutcome::Success,
             reason: Reason::Allowed,
             severity: Severity::Info,
             status: None,
@@ -393,9 +393,9 @@ impl AuditEvent {
             None => {
                 self.status = (status != 0).then_some(status);
                 (self.outcome, self.severity) = match status {
-                    0 | 500.. => (Outcome::MajorFailure, Severity::Warning),
-                    400..=499 => (Outcome::MinorFailure, Severity::Warning),
-                    _ => (Outcome::Success, Severity::Info),
+                    0 | 500.. => (EventOutcome::MajorFailure, Severity::Warning),
+                    400..=499 => (EventOutcome::MinorFailure, Severity::Warning),
+                    _ => (EventOutcome::Success, Severity::Info),
                 };
             }
         }
@@ -648,17 +648,17 @@ pub(crate) mod tests {
         let done = ev.clone().with_response(200, vec!["Observation.note".into()], None);
         assert_eq!(
             (done.status, done.upstream_status, done.outcome, done.severity),
-            (Some(200), Some(200), Outcome::Success, Severity::Info)
+            (Some(200), Some(200), EventOutcome::Success, Severity::Info)
         );
         assert_eq!(done.withheld, ["Observation.note"]);
         let nf = ev.clone().with_response(404, vec![], None);
-        assert_eq!((nf.outcome, nf.severity), (Outcome::MinorFailure, Severity::Warning));
+        assert_eq!((nf.outcome, nf.severity), (EventOutcome::MinorFailure, Severity::Warning));
         let down = ev.clone().with_response(0, vec![], None);
-        assert_eq!((down.outcome, down.status, down.upstream_status), (Outcome::MajorFailure, None, None));
+        assert_eq!((down.outcome, down.status, down.upstream_status), (EventOutcome::MajorFailure, None, None));
         let blocked = ev.with_response(200, vec![], Some(DenyReason::PatientMismatch));
         assert_eq!(
             (blocked.decision, blocked.outcome, blocked.reason, blocked.status, blocked.upstream_status),
-            (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Some(200))
+            (Verdict::Deny, EventOutcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Some(200))
         );
         assert_eq!(blocked.severity, Severity::High);
     }
@@ -670,7 +670,7 @@ pub(crate) mod tests {
         assert!(ev.is_complete());
         assert_eq!(
             (ev.decision, ev.outcome, ev.reason, ev.status, ev.severity),
-            (Verdict::Deny, Outcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Severity::High)
+            (Verdict::Deny, EventOutcome::SeriousFailure, Reason::Refused(DenyReason::PatientMismatch), Some(403), Severity::High)
         );
         let k = key();
         assert_eq!(ev.patients, [k.pseudonym("p2")]);
@@ -726,7 +726,7 @@ pub(crate) mod tests {
         let pseudonym = k.pseudonym_of("x-request-id", "bad id with spaces");
         assert_eq!(
             (ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()),
-            (Outcome::MajorFailure, None, Some(pseudonym.as_str()), None, "OTHER")
+            (EventOutcome::MajorFailure, None, Some(pseudonym.as_str()), None, "OTHER")
         );
         assert_eq!(host_of("192.168.0.1:80").as_deref(), Some("192.168.0.1"));
         assert_eq!(host_of("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
@@ -822,7 +822,7 @@ pub(crate) mod tests {
         let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "ETREAT"}))));
         assert_eq!((ev.decision, ev.severity), (Verdict::Allow, Severity::High));
         let done = ev.with_response(200, vec![], None);
-        assert_eq!((done.outcome, done.severity), (Outcome::Success, Severity::High), "stays high after the response");
+        assert_eq!((done.outcome, done.severity), (EventOutcome::Success, Severity::High), "stays high after the response");
         assert!(done.is_emergency());
         let routine =
             event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": "TREAT"})))).with_response(200, vec![], None);

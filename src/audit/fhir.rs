@@ -13,7 +13,7 @@ use base64::Engine;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::event::{AuditEvent, Outcome, Verdict};
+use super::event::{AuditEvent, EventOutcome, Verdict};
 use crate::auth::purpose::is_emergency;
 use crate::fhir::Interaction;
 use crate::policy::audit::PatientIds;
@@ -234,12 +234,12 @@ fn action(ev: &AuditEvent) -> &'static str {
     }
 }
 
-fn outcome_code(o: Outcome) -> &'static str {
+fn outcome_code(o: EventOutcome) -> &'static str {
     match o {
-        Outcome::Success => "0",
-        Outcome::MinorFailure => "4",
-        Outcome::SeriousFailure => "8",
-        Outcome::MajorFailure => "12",
+        EventOutcome::Success => "0",
+        EventOutcome::MinorFailure => "4",
+        EventOutcome::SeriousFailure => "8",
+        EventOutcome::MajorFailure => "12",
     }
 }
 
@@ -286,10 +286,10 @@ fn render_with(ev: &AuditEvent, chain: Option<(&str, u64)>, observer: &str) -> R
     let denied = ev.decision == Verdict::Deny;
     let action = if denied { "E" } else { action(ev) };
     let profile = match (ev.outcome, ev.interaction, ev.patients.is_empty() && ev.context_patient.is_none()) {
-        (Outcome::Success, Some(Interaction::Read | Interaction::Vread), false) => Some("PatientRead"),
-        (Outcome::Success, Some(Interaction::Read | Interaction::Vread), true) => Some("Read"),
-        (Outcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), false) => Some("PatientQuery"),
-        (Outcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), true) => Some("Query"),
+        (EventOutcome::Success, Some(Interaction::Read | Interaction::Vread), false) => Some("PatientRead"),
+        (EventOutcome::Success, Some(Interaction::Read | Interaction::Vread), true) => Some("Read"),
+        (EventOutcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), false) => Some("PatientQuery"),
+        (EventOutcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), true) => Some("Query"),
         _ => None,
     };
     let interaction = ev.interaction.map(|i| coding(RESTFUL, i.name(), i.name()));
@@ -305,7 +305,7 @@ fn render_with(ev: &AuditEvent, chain: Option<(&str, u64)>, observer: &str) -> R
     };
     let outcome_desc = match (denied, ev.status) {
         (true, _) => ev.reason.refusal().map(|r| Cow::Borrowed(r.message())),
-        _ if ev.outcome == Outcome::Success => None,
+        _ if ev.outcome == EventOutcome::Success => None,
         (false, Some(s)) => Some(Cow::Owned(format!("the upstream answered {s}"))),
         (false, None) => Some(Cow::Borrowed("the upstream did not answer")),
     };

@@ -23,7 +23,7 @@ mod phi_free;
 
 pub use batch::{batch_body, jsonl_batch, otlp_logs};
 pub use chain::{AuditChain, Sealed, LOG_PREFIX};
-pub use event::{AuditContext, AuditEvent, Outcome, RequestMeta, Severity, Verdict};
+pub use event::{AuditContext, AuditEvent, EventOutcome, RequestMeta, Severity, Verdict};
 pub use key::{AuditKey, KeyError};
 pub use verify::{verify, verify_log, Failure, StreamSummary, Summary, VerifyError};
 

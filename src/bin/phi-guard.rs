@@ -7,11 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use phi_guard::audit::Verdict;
 use phi_guard::audit::{verify_log, AuditKey, KEY_ENV};
 use phi_guard::decision::{refusal_reply, DenyReason};
 use phi_guard::minimize::{self, ApplyCtx};
 use phi_guard::policy::{compile, Policy};
-use phi_guard::simulate::{install_jwks, simulate, Credential, Exchange, Outcome, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::simulate::{install_jwks, simulate, Credential, Exchange, ExchangeOutcome, Upstream, DEMO_AUDIT_KEY};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -532,11 +533,11 @@ fn write_ecds(policy: &PathBuf, wasm: &std::path::Path, out: &std::path::Path, h
     Ok(format!("wrote {}: {verdict}", out.display()))
 }
 
-fn print_outcome(policy: &Policy, o: &Outcome) {
+fn print_outcome(policy: &Policy, o: &ExchangeOutcome) {
     println!("policy:   {} ({}){}", policy.name, policy.revision, if o.enforced { "" } else { " SHADOW MODE: refusals are not enforced" });
     match (o.decision, o.reason) {
-        ("allow", None) => println!("decision: ALLOW"),
-        ("allow", Some(r)) => println!("decision: ALLOW, then the RESPONSE IS WITHHELD: {r}"),
+        (Verdict::Allow, None) => println!("decision: ALLOW"),
+        (Verdict::Allow, Some(r)) => println!("decision: ALLOW, then the RESPONSE IS WITHHELD: {r}"),
         (_, r) => println!("decision: DENY {} {}", o.status.unwrap_or(0), r.unwrap_or("")),
     }
     if let Some(m) = o.message {
@@ -555,7 +556,7 @@ fn print_outcome(policy: &Policy, o: &Outcome) {
             c.patient.as_deref().unwrap_or("-"),
             c.scopes.join(" ")
         ),
-        None if o.decision == "allow" => println!("token:    not required (public route)"),
+        None if o.decision == Verdict::Allow => println!("token:    not required (public route)"),
         None => {}
     }
     if let Some(n) = &o.needs {

@@ -10,7 +10,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::abi;
 use super::now_ms;
-use super::vm::{Outcome, OwnedRequest, StreamState, Vm, Waiter};
+use super::vm::{Handled, OwnedRequest, StreamState, Vm, Waiter};
 use crate::decision::reply::Challenge;
 use crate::decision::{BodyStep, DenyReason, Released, ResponsePhase, UpstreamHead, CHECKED_RESPONSE_HEADERS};
 use crate::http::CONTENT_DIGEST;
@@ -172,9 +172,9 @@ impl HttpContext for Stream {
         request.destination = property(&["destination", "address"]);
         let now = now_ms();
         match self.vm.handle(&request, &self.state, now, true) {
-            Outcome::Forwarded => Action::Continue,
-            Outcome::Replied => Action::Pause,
-            Outcome::Wait(issuer) => {
+            Handled::Forwarded => Action::Continue,
+            Handled::Replied => Action::Pause,
+            Handled::Wait(issuer) => {
                 let wait = self
                     .vm
                     .active

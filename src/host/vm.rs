@@ -185,7 +185,7 @@ pub struct Vm {
 }
 
 /// How a request phase ended.
-pub enum Outcome {
+pub enum Handled {
     /// Forwarded upstream.
     Forwarded,
     /// Answered locally.
@@ -248,7 +248,7 @@ impl Vm {
 
     /// Decide a request and act on it. `may_wait` is false when re-deciding a waiter whose
     /// wait is over.
-    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: u64, may_wait: bool) -> Outcome {
+    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: u64, may_wait: bool) -> Handled {
         let now_secs = now_ms / 1000;
         let auth: Vec<&str> = req.authorization.iter().map(String::as_str).collect();
         let request = Request {
@@ -268,7 +268,7 @@ impl Vm {
                     self.emit(&ev);
                 }
                 self.reply(state, 503, DenyReason::NoPolicy, false, &Challenge::default(), &[]);
-                return Outcome::Replied;
+                return Handled::Replied;
             };
             let before = active.cache.stats();
             let policy = Rc::clone(&active.policy);
@@ -288,7 +288,7 @@ impl Vm {
             (d, policy, wait_for)
         };
         if let Some(i) = wait_for {
-            return Outcome::Wait(i);
+            return Handled::Wait(i);
         }
         // With `auditRequired`, a request whose event cannot be delivered is not served.
         let audit_down = self.audit.borrow().as_ref().is_none_or(|a| a.unavailable(&policy.audit));
@@ -310,10 +310,10 @@ impl Vm {
             if shadow {
                 log::warn!("phi-guard: shadow mode: would refuse {status} {}", reason.code());
                 self.metrics.shadow_denied(reason);
-                Outcome::Forwarded
+                Handled::Forwarded
             } else {
                 self.reply(state, status, reason, fhir, challenge, extra);
-                Outcome::Replied
+                Handled::Replied
             }
         };
         let event = self.event(&decision, req, Some(&policy), now_ms);
@@ -363,7 +363,7 @@ impl Vm {
             // The upstream must answer in a form we can read: identity encoding.
             let _ = abi::remove_header(MapType::HttpRequestHeaders, "accept-encoding");
         }
-        Outcome::Forwarded
+        Handled::Forwarded
     }
 
     /// Answer the current stream locally.
@@ -401,10 +401,10 @@ impl Vm {
                 continue;
             }
             match self.handle(&w.request, &w.state, now_ms, false) {
-                Outcome::Forwarded => {
+                Handled::Forwarded => {
                     let _ = resume_http_request();
                 }
-                Outcome::Replied | Outcome::Wait(_) => {}
+                Handled::Replied | Handled::Wait(_) => {}
             }
         }
     }

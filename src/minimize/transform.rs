@@ -29,7 +29,7 @@ pub enum Transform {
 
 /// What happened to a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Transformed {
     /// The value was already as general as the transform makes it.
     Unchanged,
     /// The value was rewritten in place.
@@ -55,24 +55,24 @@ impl Transform {
 
     /// Apply to a value in place. Arrays are transformed element-wise (elements that cannot be
     /// transformed are dropped).
-    pub fn apply(self, v: &mut Value, keys: &Keys) -> Outcome {
+    pub fn apply(self, v: &mut Value, keys: &Keys) -> Transformed {
         if let Value::Array(items) = v {
             let mut changed = false;
             items.retain_mut(|item| match self.apply(item, keys) {
-                Outcome::Unchanged => true,
-                Outcome::Changed => {
+                Transformed::Unchanged => true,
+                Transformed::Changed => {
                     changed = true;
                     true
                 }
-                Outcome::Remove => {
+                Transformed::Remove => {
                     changed = true;
                     false
                 }
             });
             return match (changed, items.is_empty()) {
-                (_, true) => Outcome::Remove,
-                (true, false) => Outcome::Changed,
-                (false, false) => Outcome::Unchanged,
+                (_, true) => Transformed::Remove,
+                (true, false) => Transformed::Changed,
+                (false, false) => Transformed::Unchanged,
             };
         }
         match self {
@@ -80,28 +80,28 @@ impl Transform {
                 Value::String(s) => match mask(s, n) {
                     Some(m) => {
                         *s = m;
-                        Outcome::Changed
+                        Transformed::Changed
                     }
-                    None => Outcome::Unchanged,
+                    None => Transformed::Unchanged,
                 },
                 Value::Number(n2) => {
                     let text = n2.to_string();
                     *v = Value::String(mask(&text, n).unwrap_or(text));
-                    Outcome::Changed
+                    Transformed::Changed
                 }
-                _ => Outcome::Remove,
+                _ => Transformed::Remove,
             },
             Transform::Hash => {
                 let Some(mac) = keys.hmac.clone() else {
-                    return Outcome::Remove;
+                    return Transformed::Remove;
                 };
                 let text = match v {
                     Value::String(s) => std::mem::take(s),
                     Value::Number(n) => n.to_string(),
-                    _ => return Outcome::Remove,
+                    _ => return Transformed::Remove,
                 };
                 *v = Value::String(hmac_hex(mac, text.as_bytes()));
-                Outcome::Changed
+                Transformed::Changed
             }
             Transform::Year => generalized(v, to_year),
             Transform::BirthYear => generalized(v, |s| to_birth_year(s, keys.now_year)),
@@ -111,17 +111,17 @@ impl Transform {
     }
 }
 
-fn generalized(v: &mut Value, f: impl Fn(&str) -> Generalized) -> Outcome {
+fn generalized(v: &mut Value, f: impl Fn(&str) -> Generalized) -> Transformed {
     let Value::String(s) = v else {
-        return Outcome::Remove;
+        return Transformed::Remove;
     };
     match f(s) {
-        Generalized::Unchanged => Outcome::Unchanged,
+        Generalized::Unchanged => Transformed::Unchanged,
         Generalized::Replace(new) => {
             *s = new;
-            Outcome::Changed
+            Transformed::Changed
         }
-        Generalized::Remove => Outcome::Remove,
+        Generalized::Remove => Transformed::Remove,
     }
 }
 
@@ -153,38 +153,38 @@ pub fn hmac_hex(mut mac: Hmac<Sha256>, data: &[u8]) -> String {
 
 const HEX: [u8; 16] = *b"0123456789abcdef";
 
-fn age90(v: &mut Value) -> Outcome {
+fn age90(v: &mut Value) -> Transformed {
     match v {
         Value::Number(n) => match n.as_f64() {
             Some(a) if a > 89.0 => {
                 *v = Value::String("90+".into());
-                Outcome::Changed
+                Transformed::Changed
             }
-            Some(_) => Outcome::Unchanged,
-            None => Outcome::Remove,
+            Some(_) => Transformed::Unchanged,
+            None => Transformed::Remove,
         },
         Value::String(s) => match s.trim().parse::<f64>() {
             Ok(a) if a > 89.0 => {
                 *s = "90+".into();
-                Outcome::Changed
+                Transformed::Changed
             }
-            Ok(_) => Outcome::Unchanged,
-            Err(_) if s.as_str() == "90+" => Outcome::Unchanged,
-            Err(_) => Outcome::Remove,
+            Ok(_) => Transformed::Unchanged,
+            Err(_) if s.as_str() == "90+" => Transformed::Unchanged,
+            Err(_) => Transformed::Remove,
         },
         Value::Object(q) => age_quantity(q),
-        _ => Outcome::Remove,
+        _ => Transformed::Remove,
     }
 }
 
 /// A FHIR Age (Quantity): over 89 years becomes `value: 90, comparator: ">="` in years.
-fn age_quantity(q: &mut Map<String, Value>) -> Outcome {
+fn age_quantity(q: &mut Map<String, Value>) -> Transformed {
     let Some(value) = q.get("value").and_then(Value::as_f64) else {
-        return Outcome::Remove;
+        return Transformed::Remove;
     };
     let unit = q.get("code").or_else(|| q.get("unit")).and_then(Value::as_str);
     if age_in_years(value, unit) <= 89.0 {
-        return Outcome::Unchanged;
+        return Transformed::Unchanged;
     }
     q.insert("value".into(), Value::from(90));
     q.insert("comparator".into(), Value::String(">=".into()));
@@ -195,7 +195,7 @@ fn age_quantity(q: &mut Map<String, Value>) -> Outcome {
     }
     // Extensions on the exact value would repeat it.
     q.shift_remove("_value");
-    Outcome::Changed
+    Transformed::Changed
 }
 
 #[cfg(test)]
@@ -207,7 +207,7 @@ mod tests {
         Keys { hmac: Some(Hmac::<Sha256>::new_from_slice(b"0123456789abcdef").unwrap()), now_year: 2027 }
     }
 
-    fn run(t: Transform, v: Value) -> (Outcome, Value) {
+    fn run(t: Transform, v: Value) -> (Transformed, Value) {
         let mut v = v;
         let o = t.apply(&mut v, &keys());
         (o, v)
@@ -220,15 +220,15 @@ mod tests {
         assert_eq!(mask("Ordóñez", 2).as_deref(), Some("*****ez"));
         assert_eq!(mask("x", 4).as_deref(), Some("*"));
         assert_eq!(mask("", 4), None);
-        assert_eq!(run(Transform::Mask(2), json!(12345)), (Outcome::Changed, json!("***45")));
-        assert_eq!(run(Transform::Mask(2), json!(["abcd", "efgh"])), (Outcome::Changed, json!(["**cd", "**gh"])));
-        assert_eq!(run(Transform::Mask(2), json!({"a": 1})).0, Outcome::Remove);
+        assert_eq!(run(Transform::Mask(2), json!(12345)), (Transformed::Changed, json!("***45")));
+        assert_eq!(run(Transform::Mask(2), json!(["abcd", "efgh"])), (Transformed::Changed, json!(["**cd", "**gh"])));
+        assert_eq!(run(Transform::Mask(2), json!({"a": 1})).0, Transformed::Remove);
     }
 
     #[test]
     fn hashes_are_keyed_and_stable() {
         let (o, a) = run(Transform::Hash, json!("999-48-8934"));
-        assert_eq!(o, Outcome::Changed);
+        assert_eq!(o, Transformed::Changed);
         let (_, b) = run(Transform::Hash, json!("999-48-8934"));
         assert_eq!(a, b);
         assert_eq!(a.as_str().unwrap().len(), 64);
@@ -241,27 +241,27 @@ mod tests {
         let mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
         assert_eq!(hmac_hex(mac, b"what do ya want for nothing?"), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
         let mut v = json!("x");
-        assert_eq!(Transform::Hash.apply(&mut v, &Keys { hmac: None, now_year: 2027 }), Outcome::Remove);
+        assert_eq!(Transform::Hash.apply(&mut v, &Keys { hmac: None, now_year: 2027 }), Transformed::Remove);
     }
 
     #[test]
     fn generalizations() {
-        assert_eq!(run(Transform::Year, json!("2015-02-07T13:28:17Z")), (Outcome::Changed, json!("2015")));
-        assert_eq!(run(Transform::Year, json!(5)).0, Outcome::Remove);
-        assert_eq!(run(Transform::BirthYear, json!("1930-01-01")).0, Outcome::Remove);
-        assert_eq!(run(Transform::Zip3, json!("01887")), (Outcome::Changed, json!("018")));
-        assert_eq!(run(Transform::Zip3, json!(["01887", "oops"])), (Outcome::Changed, json!(["018"])));
-        assert_eq!(run(Transform::Age90, json!(93)), (Outcome::Changed, json!("90+")));
-        assert_eq!(run(Transform::Age90, json!(89)), (Outcome::Unchanged, json!(89)));
-        assert_eq!(run(Transform::Age90, json!("95")), (Outcome::Changed, json!("90+")));
+        assert_eq!(run(Transform::Year, json!("2015-02-07T13:28:17Z")), (Transformed::Changed, json!("2015")));
+        assert_eq!(run(Transform::Year, json!(5)).0, Transformed::Remove);
+        assert_eq!(run(Transform::BirthYear, json!("1930-01-01")).0, Transformed::Remove);
+        assert_eq!(run(Transform::Zip3, json!("01887")), (Transformed::Changed, json!("018")));
+        assert_eq!(run(Transform::Zip3, json!(["01887", "oops"])), (Transformed::Changed, json!(["018"])));
+        assert_eq!(run(Transform::Age90, json!(93)), (Transformed::Changed, json!("90+")));
+        assert_eq!(run(Transform::Age90, json!(89)), (Transformed::Unchanged, json!(89)));
+        assert_eq!(run(Transform::Age90, json!("95")), (Transformed::Changed, json!("90+")));
         assert_eq!(
             run(Transform::Age90, json!({"value": 1200, "unit": "months", "system": "http://unitsofmeasure.org", "code": "mo"})),
             (
-                Outcome::Changed,
+                Transformed::Changed,
                 json!({"value": 90, "unit": "years", "system": "http://unitsofmeasure.org", "code": "a", "comparator": ">="})
             )
         );
-        assert_eq!(run(Transform::Age90, json!({"value": 40, "code": "a"})).0, Outcome::Unchanged);
-        assert_eq!(run(Transform::Age90, json!(true)).0, Outcome::Remove);
+        assert_eq!(run(Transform::Age90, json!({"value": 40, "code": "a"})).0, Transformed::Unchanged);
+        assert_eq!(run(Transform::Age90, json!(true)).0, Transformed::Remove);
     }
 }

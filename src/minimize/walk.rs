@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::generalize::{date_year, INSTANT_KEYS};
 use super::profile::FhirRules;
 use super::rules::{Action, Mode, Node, RuleSet};
-use super::transform::{Keys, Outcome, Transform};
+use super::transform::{Keys, Transform, Transformed};
 use super::withheld::Withheld;
 use crate::decision::DenyReason;
 
@@ -268,12 +268,12 @@ impl<'p> Walker<'p> {
 
     fn transform(&mut self, key: &str, v: &mut Value, t: Transform) -> Verdict {
         match t.apply(v, &self.keys) {
-            Outcome::Unchanged => Verdict::Keep,
-            Outcome::Changed => {
+            Transformed::Unchanged => Verdict::Keep,
+            Transformed::Changed => {
                 self.withheld.record_at(key);
                 Verdict::Keep
             }
-            Outcome::Remove => {
+            Transformed::Remove => {
                 self.withheld.record_at(key);
                 Verdict::Drop
             }
@@ -295,12 +295,12 @@ impl<'p> Walker<'p> {
                     Ok(false)
                 }
                 Fate::Transform(t) => Ok(match t.apply(item, &self.keys) {
-                    Outcome::Unchanged => true,
-                    Outcome::Changed => {
+                    Transformed::Unchanged => true,
+                    Transformed::Changed => {
                         self.withheld.record();
                         true
                     }
-                    Outcome::Remove => {
+                    Transformed::Remove => {
                         self.withheld.record();
                         false
                     }

@@ -2,7 +2,7 @@
 //! playground (`playground/`).
 //!
 //! Each export takes text and returns JSON text, so the page gets exactly what the CLI prints:
-//! [`explain`] runs [`phi_guard::simulate::simulate`] and returns the same `Outcome` JSON as
+//! [`explain`] runs [`phi_guard::simulate::simulate`] and returns the same `ExchangeOutcome` JSON as
 //! `phi-guard explain --json` for the same inputs. The `#[wasm_bindgen]` functions are one-line
 //! wrappers over plain functions ([`compile_value`], [`explain_value`]) that native tests call.
 //!
@@ -126,7 +126,7 @@ fn summary(p: &Policy) -> Value {
     })
 }
 
-/// Run one exchange: `{"ok": true, "outcome": <Outcome>}` where `outcome` is what
+/// Run one exchange: `{"ok": true, "outcome": <ExchangeOutcome>}` where `outcome` is what
 /// `phi-guard explain --json` prints for the same inputs, or `{"ok": false, "field", "error"}`.
 pub fn explain_value(input: &str) -> Value {
     let input: ExplainInput = match serde_json::from_str(input) {
