@@ -714,6 +714,7 @@ pub(crate) mod tests {
             fhir: None,
             challenge: crate::decision::Challenge::default(),
             break_glass: None,
+            awaiting_issuer: None,
         });
         let meta = RequestMeta {
             request_id: Some("bad id with spaces"),

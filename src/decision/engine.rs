@@ -121,6 +121,10 @@ pub struct Refusal {
     pub challenge: Challenge,
     /// Break-glass that was in force when the request was refused.
     pub break_glass: Option<BreakGlass>,
+    /// For a refusal for want of the issuer's keys (`keys_unavailable`, `unknown_key`): the
+    /// index in `policy.issuers` of the issuer the token names, whose keys the host may fetch
+    /// and wait for.
+    pub awaiting_issuer: Option<usize>,
 }
 
 impl Refusal {
@@ -173,6 +177,7 @@ impl Ctx<'_> {
             fhir: self.fhir,
             challenge,
             break_glass: self.break_glass,
+            awaiting_issuer: None,
         })
     }
 }
@@ -250,6 +255,14 @@ pub fn decide_with(
     };
     let principal = match authenticate(token) {
         Ok(p) => p,
+        Err(reason @ (DenyReason::KeysUnavailable | DenyReason::UnknownKey)) => {
+            let issuer = auth::verify::unverified_issuer(token).and_then(|iss| policy.issuers.iter().position(|i| i.issuer == iss));
+            let mut d = ctx.deny(reason, None);
+            if let Decision::Deny(r) = &mut d {
+                r.awaiting_issuer = issuer;
+            }
+            return d;
+        }
         Err(reason) => return ctx.deny(reason, None),
     };
     ctx.principal = Some(Rc::clone(&principal));
@@ -863,6 +876,10 @@ mod tests {
         let t = token(json!({}));
         assert_eq!(reason(&p, "GET", "/fhir/Patient/p1", Some(&t)), Some(DenyReason::KeysUnavailable));
         assert_eq!(DenyReason::KeysUnavailable.status(), 503);
+        // The refusal names the issuer whose keys the host may fetch and wait for; other
+        // refusals name none.
+        assert_eq!(refusal(run(&p, "GET", "/fhir/Patient/p1", Some(&t))).awaiting_issuer, Some(0));
+        assert_eq!(refusal(run(&p, "GET", "/fhir/Patient/p1", None)).awaiting_issuer, None);
         // Once the host installs fetched keys, the same token verifies.
         p.issuers[0].keys = crate::auth::remote::parse_remote_jwks(
             &std::fs::read(format!("{}/tests/keys/demo-jwks.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),

@@ -13,7 +13,6 @@ use super::audit::AuditSink;
 use super::metrics::Metrics;
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
 use crate::auth::remote::KeyState;
-use crate::auth::verify::unverified_issuer;
 use crate::auth::TokenCache;
 use crate::decision::engine::BodyCheck;
 use crate::decision::ratelimit::{Bucket, RateLimit};
@@ -279,9 +278,9 @@ impl Vm {
             };
             let after = active.cache.stats();
             self.metrics.cache(after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
-            let wait_for = match d.reason() {
-                Some(r @ (DenyReason::KeysUnavailable | DenyReason::UnknownKey)) if may_wait => {
-                    remote_issuer_to_wait_for(active, &auth, r, now_secs)
+            let wait_for = match &d {
+                Decision::Deny(Refusal { reason, awaiting_issuer: Some(i), .. }) if may_wait => {
+                    remote_issuer_to_wait_for(active, *i, *reason, now_secs)
                 }
                 _ => None,
             };
@@ -426,6 +425,7 @@ fn refusal(reason: DenyReason, status: u16) -> Refusal {
         fhir: None,
         challenge: Challenge::default(),
         break_glass: None,
+        awaiting_issuer: None,
     }
 }
 
@@ -447,11 +447,9 @@ fn take_shared(limit: &RateLimit, key: &str, now_ms: u64) -> Result<(), u64> {
 
 /// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch
 /// will be attempted (first load, or an unknown `kid` within the refetch rate limit).
-fn remote_issuer_to_wait_for(active: &mut Active, auth: &[&str], reason: DenyReason, now: u64) -> Option<usize> {
-    let token = auth.first()?.split_once(' ')?.1.trim();
-    let iss = unverified_issuer(token)?;
-    let i = active.policy.issuers.iter().position(|x| x.issuer == iss)?;
-    let remote = active.policy.issuers.get(i)?.remote.clone()?;
+fn remote_issuer_to_wait_for(active: &mut Active, i: usize, reason: DenyReason, now: u64) -> Option<usize> {
+    let issuer = active.policy.issuers.get(i)?;
+    let (iss, remote) = (issuer.issuer.clone(), issuer.remote.clone()?);
     if remote.wait_ms == 0 {
         return None;
     }
