@@ -154,6 +154,10 @@ fn bench_body_check(c: &mut Criterion<ThreadCpu>) {
         g.bench_with_input(BenchmarkId::from_parameter(format!("{kib}KiB")), &body, |b, body| {
             b.iter(|| plan.apply(black_box(body), &ApplyCtx::default()))
         });
+        // The parse alone, to tell the check's own cost from it.
+        g.bench_with_input(BenchmarkId::new("parse-only", format!("{kib}KiB")), &body, |b, body| {
+            b.iter(|| phi_guard::minimize::body::parse(black_box(body), usize::MAX))
+        });
     }
     g.finish();
 }
