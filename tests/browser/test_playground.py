@@ -12,16 +12,14 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from tokens import PyMinter  # the Envoy scenario replay mints with it too
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "support"))
-from tokens import PyMinter  # noqa: E402  (the Envoy scenario replay mints with it too)
 
 CLI = Path(os.environ.get("PHI_GUARD_CLI") or ROOT / "target/release/phi-guard")
 # The scenario runner's clock and keys (tests/scenarios.rs).

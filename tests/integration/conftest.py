@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
+import harness as harness_module
 import pytest
+from harness import HarnessError, make_harness
+from helpers import Api
+from tokens import CLI, PyMinter, cli_token, py_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness as harness_module  # noqa: E402
-from harness import HarnessError, make_harness  # noqa: E402
-from helpers import Api  # noqa: E402
-from tokens import CLI, PyMinter, cli_token, py_token  # noqa: E402
 
 POLICIES = REPO / "policies"
 RUN_DIR = REPO / ".run" / "tests"

@@ -12,12 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import INVALID_TOKEN, ME, Api, assert_denied
+from tokens import PyMinter, b64url, b64url_json, encode
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from helpers import INVALID_TOKEN, ME, Api, assert_denied  # noqa: E402
-from tokens import PyMinter, b64url, b64url_json, encode  # noqa: E402
 
 SCOPE = "patient/Patient.rs patient/Observation.rs"
 PATH = f"/fhir/Patient/{ME}"

@@ -8,20 +8,18 @@ import copy
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from envoy_config import DEMO_AUDIT_KEY
+from harness import make_harness
+from helpers import ME, OTHER, Api
+from tokens import CLI, cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from envoy_config import DEMO_AUDIT_KEY  # noqa: E402
-from harness import make_harness  # noqa: E402
-from helpers import ME, OTHER, Api  # noqa: E402
-from tokens import CLI, cli_token  # noqa: E402
 
 PREFIX = "phi-guard-audit: "
 CLINICIAN = json.loads((REPO / "policies" / "clinician-api.json").read_text())

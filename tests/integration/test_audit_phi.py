@@ -11,19 +11,17 @@ import hashlib
 import hmac
 import json
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from envoy_config import DEMO_AUDIT_KEY
+from helpers import ME, Api
+from tokens import cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from envoy_config import DEMO_AUDIT_KEY  # noqa: E402
-from helpers import ME, Api  # noqa: E402
-from tokens import cli_token  # noqa: E402
 
 PREFIX = "phi-guard-audit: "
 

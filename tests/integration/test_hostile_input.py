@@ -17,22 +17,20 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import envoy_config
 import pytest
+from harness import http_call, make_harness
+from helpers import ME, Api
+from tokens import cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-import envoy_config  # noqa: E402
-from harness import http_call, make_harness  # noqa: E402
-from helpers import ME, Api  # noqa: E402
-from tokens import cli_token  # noqa: E402
 
 HARNESS_KIND = os.environ.get("HARNESS", "local")
 AUDIT_PREFIX = "phi-guard-audit: "

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from harness import make_harness
+from helpers import ME, OTHER, Api
+from tokens import cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from harness import make_harness  # noqa: E402
-from helpers import ME, OTHER, Api  # noqa: E402
-from tokens import cli_token  # noqa: E402
 
 CLINICIAN = json.loads((REPO / "policies" / "clinician-api.json").read_text())
 

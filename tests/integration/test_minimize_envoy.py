@@ -6,17 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from harness import make_harness
+from helpers import ME, Api
+from tokens import cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from harness import make_harness  # noqa: E402
-from helpers import ME, Api  # noqa: E402
-from tokens import cli_token  # noqa: E402
 
 SYNTHEA = REPO / "envoy" / "demo-data" / "synthea"
 CLEMENTE = SYNTHEA / "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json"

@@ -18,13 +18,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from harness import LocalHarness
+from helpers import ME
+from tokens import CLI, cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from harness import LocalHarness  # noqa: E402
-from helpers import ME  # noqa: E402
-from tokens import CLI, cli_token  # noqa: E402
 
 POLICY = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
 JWKS = json.loads((REPO / "tests" / "keys" / "demo-jwks.json").read_text())

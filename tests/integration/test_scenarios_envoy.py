@@ -24,20 +24,18 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY
+from helpers import Api, Response, reason_codes
+from tokens import CLI, PyMinter
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY  # noqa: E402
-from helpers import Api, Response, reason_codes  # noqa: E402
-from tokens import CLI, PyMinter  # noqa: E402
 
 SCENARIOS = sorted((REPO / "tests" / "scenarios").glob("*.json"))
 # The harness fixtures (conftest.py) that run each policy: Envoy's path hardening on, and off
