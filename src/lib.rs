@@ -15,6 +15,7 @@ pub mod fhir;
 pub mod http;
 pub mod minimize;
 pub mod policy;
+pub mod shared;
 pub mod simulate;
 
 // Only the filter's target has the proxy-wasm host; the playground's wasm32-unknown-unknown

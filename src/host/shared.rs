@@ -1,23 +1,41 @@
-//! Small helpers over Envoy shared data (visible to every worker of the same VM id).
+//! Envoy shared data (visible to every worker of the same VM id) behind the core's
+//! [`SharedStore`], and the helpers the background jobs use on it.
 
 use proxy_wasm::hostcalls::{get_shared_data, set_shared_data};
+use proxy_wasm::types::Status;
+
+use crate::shared::{SharedStore, StoreError};
+
+/// Envoy shared data through the proxy-wasm hostcalls.
+pub struct Envoy;
+
+impl SharedStore for Envoy {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        get_shared_data(key).map_err(|_| StoreError::Failed)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Failed),
+        }
+    }
+}
 
 /// A big-endian u64 stored under `key`.
 pub fn get_u64(key: &str) -> Option<u64> {
-    get_shared_data(key).ok().and_then(|(v, _)| v).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+    crate::shared::get_u64(&Envoy, key)
 }
 
 /// Store a big-endian u64 under `key` (last writer wins).
 pub fn set_u64(key: &str, value: u64) {
-    let _ = set_shared_data(key, Some(&value.to_be_bytes()), None);
+    crate::shared::set_u64(&Envoy, key, value);
 }
 
-/// Claim a periodic job across workers: if the time stored under `key` has come, move it
-/// `period` seconds ahead with compare-and-swap; only the worker whose swap succeeds runs the job.
+/// Claim a periodic job across workers ([`crate::shared::claim_lease`]).
 pub fn claim_lease(key: &str, now: u64, period: u64) -> bool {
-    let Ok((value, cas)) = get_shared_data(key) else { return false };
-    let next = value.and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
-    now >= next && set_shared_data(key, Some(&now.saturating_add(period).to_be_bytes()), cas).is_ok()
+    crate::shared::claim_lease(&Envoy, key, now, period)
 }
 
 /// Set the next time a lease may be claimed (after a failure: the backoff).

@@ -4,9 +4,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{get_shared_data, resume_http_request, set_effective_context, set_shared_data};
+use proxy_wasm::hostcalls::{resume_http_request, set_effective_context};
 use proxy_wasm::types::MapType;
-use proxy_wasm::types::Status;
 
 use super::abi;
 use super::audit::AuditSink;
@@ -15,7 +14,6 @@ use crate::audit::{AuditContext, AuditEvent, RequestMeta};
 use crate::auth::remote::KeyState;
 use crate::auth::TokenCache;
 use crate::decision::engine::BodyCheck;
-use crate::decision::ratelimit::{Bucket, RateLimit};
 use crate::decision::reply::{challenge_reply, Challenge};
 use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
@@ -327,7 +325,7 @@ impl Vm {
         };
         if let Some(principal) = &grant.principal {
             for limit in policy.rate_limits.iter().filter(|l| l.applies_to(&grant.route_id)) {
-                if let Err(retry) = take_shared(limit, &limit.key(principal), now_ms) {
+                if let Err(retry) = crate::shared::take_from_bucket(&super::shared::Envoy, limit, &limit.key(principal), now_ms) {
                     self.metrics.rate_limited(&limit.id);
                     let denied = Decision::Deny(Refusal {
                         route_id: Some(grant.route_id.clone()),
@@ -427,22 +425,6 @@ fn refusal(reason: DenyReason, status: u16) -> Refusal {
         break_glass: None,
         awaiting_issuer: None,
     }
-}
-
-/// Take one request from a bucket in shared data (compare-and-swap, retried under contention).
-/// `Err` carries the seconds to wait; persistent contention or a shared-data failure refuses
-/// (fail closed).
-fn take_shared(limit: &RateLimit, key: &str, now_ms: u64) -> Result<(), u64> {
-    for _ in 0..8 {
-        let (value, cas) = get_shared_data(key).map_err(|_| 1u64)?;
-        let next = limit.take(value.as_deref().and_then(Bucket::decode), now_ms)?;
-        match set_shared_data(key, Some(&next.encode()), cas) {
-            Ok(()) => return Ok(()),
-            Err(Status::CasMismatch) => continue,
-            Err(_) => return Err(1),
-        }
-    }
-    Err(1)
 }
 
 /// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch
