@@ -153,31 +153,47 @@ impl Decision {
     }
 }
 
+/// What the decision has established so far: a refusal carries it (for the audit event).
 struct Ctx<'p> {
-    unmatched_status: u16,
     route: Option<&'p Route>,
     principal: Option<Rc<Principal>>,
     fhir: Option<FhirRequest>,
     break_glass: Option<BreakGlass>,
 }
 
-impl Ctx<'_> {
-    fn deny(self, reason: DenyReason, required_scope: Option<String>) -> Decision {
-        self.deny_with(reason, Challenge { scope: required_scope, ..Challenge::default() })
-    }
+/// Why a stage stopped the decision: the reason, what would have been enough, and (for want
+/// of keys) the issuer the host may wait for.
+struct Stop {
+    reason: DenyReason,
+    challenge: Challenge,
+    awaiting_issuer: Option<usize>,
+}
 
-    fn deny_with(self, reason: DenyReason, challenge: Challenge) -> Decision {
-        let status = if reason == DenyReason::NoRoute { self.unmatched_status } else { reason.status() };
+impl From<DenyReason> for Stop {
+    fn from(reason: DenyReason) -> Self {
+        Stop { reason, challenge: Challenge::default(), awaiting_issuer: None }
+    }
+}
+
+impl Stop {
+    fn needing_scope(reason: DenyReason, scope: Option<String>) -> Self {
+        Stop { reason, challenge: Challenge { scope, ..Challenge::default() }, awaiting_issuer: None }
+    }
+}
+
+impl Ctx<'_> {
+    fn refuse(self, stop: Stop, unmatched_status: u16) -> Decision {
+        let status = if stop.reason == DenyReason::NoRoute { unmatched_status } else { stop.reason.status() };
         Decision::Deny(Refusal {
-            reason,
+            reason: stop.reason,
             status,
             route_id: self.route.map(|r| r.id.clone()),
             fhir_route: self.route.is_some_and(|r| matches!(r.access, Access::Fhir(_))),
             principal: self.principal,
             fhir: self.fhir,
-            challenge,
+            challenge: stop.challenge,
             break_glass: self.break_glass,
-            awaiting_issuer: None,
+            awaiting_issuer: stop.awaiting_issuer,
         })
     }
 }
@@ -196,165 +212,217 @@ pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u
 
 /// [`decide`] with the token-to-principal step supplied by the caller (the CLI's `--claims`).
 /// `now` (seconds) is what step-up and break-glass windows are measured against.
+///
+/// The stages, in order, each of which may refuse: `route_request` (limits, path, route,
+/// method), `model_fhir`, `authenticate_request` (public routes stop before it), break-glass
+/// and purpose (`who_and_why`), `authorize` (scopes, compartment), step-up and the data view
+/// (`plan_response`), and `HEAD` where the answer would be checked.
 pub fn decide_with(
     policy: &Policy,
     req: &Request<'_>,
     now: u64,
     mut authenticate: impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
 ) -> Decision {
-    let mut ctx = Ctx { unmatched_status: policy.unmatched_status, route: None, principal: None, fhir: None, break_glass: None };
-    if req.header_count > policy.limits.max_header_count || req.header_bytes > policy.limits.max_header_bytes {
-        return ctx.deny(DenyReason::HeadersTooLarge, None);
+    let mut ctx = Ctx { route: None, principal: None, fhir: None, break_glass: None };
+    match stages(policy, req, now, &mut authenticate, &mut ctx) {
+        Ok(grant) => Decision::Allow(grant),
+        Err(stop) => ctx.refuse(stop, policy.unmatched_status),
     }
-    if req.path.len() > policy.limits.max_path_bytes {
-        return ctx.deny(DenyReason::PathTooLong, None);
-    }
-    let Ok(path) = normalize(req.path) else {
-        return ctx.deny(DenyReason::InvalidPath, None);
-    };
-    let Some((route, consumed)) = policy.routes.iter().find_map(|r| r.matcher.matches(&path.segments).map(|m| (r, m.consumed))) else {
-        return ctx.deny(DenyReason::NoRoute, None);
-    };
-    ctx.route = Some(route);
-    if !route.methods.iter().any(|m| m == req.method) {
-        return ctx.deny(DenyReason::MethodNotAllowed, None);
-    }
-    if path.has_param("access_token") {
-        return ctx.deny(DenyReason::TokenInQuery, None);
-    }
-    if req.content_length.is_some_and(|l| l > policy.limits.max_request_body_bytes as u64) {
-        return ctx.deny(DenyReason::RequestTooLarge, None);
-    }
+}
+
+fn stages<'p>(
+    policy: &'p Policy,
+    req: &Request<'_>,
+    now: u64,
+    authenticate: &mut impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
+    ctx: &mut Ctx<'p>,
+) -> Result<Grant, Stop> {
+    let (path, route, consumed) = route_request(policy, req, ctx)?;
     // Model the FHIR request before authenticating so refusals carry it for audit.
-    if let Access::Fhir(_) = route.access {
-        match parse_fhir(req.method, path.segments.get(consumed..).unwrap_or(&[])) {
-            Ok(f) => ctx.fhir = Some(f),
-            Err(FhirRequestError::UnknownType | FhirRequestError::Unsupported) => {
-                return ctx.deny(DenyReason::UnsupportedFhirRequest, None)
-            }
-        }
-    }
+    ctx.fhir = model_fhir(route, req.method, &path, consumed)?;
     let carries_body = matches!(req.method, "POST" | "PUT" | "PATCH");
-    let size_only =
-        || carries_body.then_some(BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
+    let mut body =
+        carries_body.then_some(BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
     if let Access::Public = route.access {
-        return Decision::Allow(Grant {
+        return Ok(Grant {
             route_id: route.id.clone(),
             fhir_route: false,
             principal: None,
-            fhir: ctx.fhir,
+            fhir: ctx.fhir.take(),
             response: ResponsePlan { max_body_bytes: policy.limits.max_response_bytes, ..ResponsePlan::default() },
-            body: size_only(),
+            body,
             security_headers: route.security_headers,
             break_glass: None,
         });
     }
-    let token = match bearer(req.authorization) {
-        Ok(t) => t,
-        Err(reason) => return ctx.deny(reason, None),
-    };
-    let principal = match authenticate(token) {
-        Ok(p) => p,
-        Err(reason @ (DenyReason::KeysUnavailable | DenyReason::UnknownKey)) => {
-            let issuer = auth::verify::unverified_issuer(token).and_then(|iss| policy.issuers.iter().position(|i| i.issuer == iss));
-            let mut d = ctx.deny(reason, None);
-            if let Decision::Deny(r) = &mut d {
-                r.awaiting_issuer = issuer;
-            }
-            return d;
-        }
-        Err(reason) => return ctx.deny(reason, None),
-    };
+    let principal = authenticate_request(policy, req, authenticate)?;
     ctx.principal = Some(Rc::clone(&principal));
-    // Break-glass first: it decides which principal (scopes, purposes) the rest runs with.
-    let (principal, break_glass) = match policy.break_glass.as_ref().map(|bg| (bg, bg.evaluate(&principal, now))) {
-        None | Some((_, Ok(None))) => (principal, None),
-        Some((bg, Ok(Some(b)))) => (Rc::new(bg.widen(&principal)), Some(b)),
-        Some((_, Err(reason))) => return ctx.deny(reason, None),
-    };
-    ctx.principal = Some(Rc::clone(&principal));
-    ctx.break_glass.clone_from(&break_glass);
-    if let Some(rule) = &route.purpose {
-        if let Err(reason) = rule.check(&principal.purpose) {
-            return ctx.deny(reason, None);
-        }
-    }
-    let mut body = size_only();
-    let checks = match &route.access {
-        Access::Public => Vec::new(),
-        Access::Scopes { all_of, any_of } => {
-            let ok = all_of.iter().all(|s| principal.has_scope(s)) && (any_of.is_empty() || any_of.iter().any(|s| principal.has_scope(s)));
-            if !ok {
-                let mut need = all_of.clone();
-                if !any_of.is_empty() {
-                    need.push(any_of.join(" | "));
-                }
-                return ctx.deny(DenyReason::InsufficientScope, Some(need.join(" ")));
-            }
-            Vec::new()
-        }
-        Access::Fhir(fhir_route) => {
-            let Some(fhir) = ctx.fhir.as_ref() else {
-                return ctx.deny(DenyReason::UnsupportedFhirRequest, None);
-            };
-            match authorize_fhir(fhir_route, &principal, fhir, &path, req.method) {
-                Ok(FhirGrant { checks, body_patient }) => {
-                    if let (Some(b), Interaction::Create | Interaction::Update) = (body.as_mut(), fhir.interaction) {
-                        b.resource_type = fhir.resource_type;
-                        b.id = fhir.id.clone();
-                        b.patient = body_patient;
-                    }
-                    checks
-                }
-                Err((reason, need)) => return ctx.deny(reason, need),
-            }
-        }
-    };
-    // Step-up after the scopes: asking the user to authenticate again only helps a request
-    // the token's scopes would allow.
-    let levels = policy.acr_levels(&principal.issuer);
-    let authenticated = |req: &AuthRequirement| req.met_by(&principal, levels, now);
-    if let Some(req) = &route.authentication {
-        if !authenticated(req) {
-            let challenge = Challenge { scope: None, acr_values: req.acr_values(levels), max_age: req.max_auth_age };
-            return ctx.deny_with(DenyReason::InsufficientUserAuthentication, challenge);
-        }
-    }
-    // Choose the data view now, so a caller entitled to none is refused before the upstream
-    // is asked. Break-glass may name a profile; it still needs that profile's step-up.
-    let minimize = match &route.minimize {
-        None => None,
-        Some(set) => {
-            let emergency = policy.break_glass.as_ref().filter(|_| break_glass.is_some()).and_then(|bg| bg.profile.as_deref());
-            let chosen = emergency.and_then(|name| set.named(name, &principal.purpose, authenticated));
-            match chosen.or_else(|| set.select_where(&principal.scopes, &principal.purpose, authenticated)) {
-                Some(profile) => Some(profile),
-                None => return ctx.deny(DenyReason::NoMinimizationProfile, None),
-            }
-        }
-    };
-    let restrict = match (&policy.restrictions, &route.access, ctx.fhir.as_ref()) {
-        (Some(r), Access::Fhir(_), Some(f)) if returns_resources(f.interaction) => {
-            r.plan(&route.id, &principal.purpose, principal.patient.as_deref())
-        }
-        _ => None,
-    };
-    let response = ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes, restrict };
+    let (principal, break_glass) = who_and_why(policy, route, principal, now, ctx)?;
+    let checks = authorize(route, &principal, ctx.fhir.as_ref(), &path, req.method, body.as_mut())?;
+    let response = plan_response(policy, route, &principal, ctx.fhir.as_ref(), break_glass.is_some(), checks, now)?;
     if req.method == "HEAD" && response.inspects_body() {
         // No body comes back to check: the status and headers alone would answer what the
         // check exists to withhold (whether another patient's resource exists).
-        return ctx.deny(DenyReason::HeadNotCheckable, None);
+        return Err(DenyReason::HeadNotCheckable.into());
     }
-    Decision::Allow(Grant {
+    Ok(Grant {
         route_id: route.id.clone(),
         fhir_route: matches!(route.access, Access::Fhir(_)),
         principal: Some(principal),
-        fhir: ctx.fhir,
+        fhir: ctx.fhir.take(),
         response,
         body,
         security_headers: route.security_headers,
         break_glass,
     })
+}
+
+/// Request limits, the normalised path, the first matching route and its methods, no token in
+/// the query, the declared body size.
+fn route_request<'p>(policy: &'p Policy, req: &Request<'_>, ctx: &mut Ctx<'p>) -> Result<(NormalizedPath, &'p Route, usize), Stop> {
+    if req.header_count > policy.limits.max_header_count || req.header_bytes > policy.limits.max_header_bytes {
+        return Err(DenyReason::HeadersTooLarge.into());
+    }
+    if req.path.len() > policy.limits.max_path_bytes {
+        return Err(DenyReason::PathTooLong.into());
+    }
+    let path = normalize(req.path).map_err(|_| DenyReason::InvalidPath)?;
+    let (route, consumed) =
+        policy.routes.iter().find_map(|r| r.matcher.matches(&path.segments).map(|m| (r, m.consumed))).ok_or(DenyReason::NoRoute)?;
+    ctx.route = Some(route);
+    if !route.methods.iter().any(|m| m == req.method) {
+        return Err(DenyReason::MethodNotAllowed.into());
+    }
+    if path.has_param("access_token") {
+        return Err(DenyReason::TokenInQuery.into());
+    }
+    if req.content_length.is_some_and(|l| l > policy.limits.max_request_body_bytes as u64) {
+        return Err(DenyReason::RequestTooLarge.into());
+    }
+    Ok((path, route, consumed))
+}
+
+/// The FHIR request below the route's base, on FHIR routes.
+fn model_fhir(route: &Route, method: &str, path: &NormalizedPath, consumed: usize) -> Result<Option<FhirRequest>, Stop> {
+    let Access::Fhir(_) = route.access else { return Ok(None) };
+    match parse_fhir(method, path.segments.get(consumed..).unwrap_or(&[])) {
+        Ok(f) => Ok(Some(f)),
+        Err(FhirRequestError::UnknownType | FhirRequestError::Unsupported) => Err(DenyReason::UnsupportedFhirRequest.into()),
+    }
+}
+
+/// The bearer token, verified (or from the cache). A refusal for want of keys names the
+/// issuer the token claims, so the host can fetch its keys and decide again.
+fn authenticate_request(
+    policy: &Policy,
+    req: &Request<'_>,
+    authenticate: &mut impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
+) -> Result<Rc<Principal>, Stop> {
+    let token = bearer(req.authorization)?;
+    authenticate(token).map_err(|reason| {
+        let awaiting_issuer = matches!(reason, DenyReason::KeysUnavailable | DenyReason::UnknownKey)
+            .then(|| auth::verify::unverified_issuer(token).and_then(|iss| policy.issuers.iter().position(|i| i.issuer == iss)))
+            .flatten();
+        Stop { awaiting_issuer, ..reason.into() }
+    })
+}
+
+/// Break-glass first (it decides which principal, scopes and purposes, the rest runs with),
+/// then the route's purpose of use.
+fn who_and_why(
+    policy: &Policy,
+    route: &Route,
+    principal: Rc<Principal>,
+    now: u64,
+    ctx: &mut Ctx<'_>,
+) -> Result<(Rc<Principal>, Option<BreakGlass>), Stop> {
+    let (principal, break_glass) = match policy.break_glass.as_ref().map(|bg| (bg, bg.evaluate(&principal, now))) {
+        None | Some((_, Ok(None))) => (principal, None),
+        Some((bg, Ok(Some(b)))) => (Rc::new(bg.widen(&principal)), Some(b)),
+        Some((_, Err(reason))) => return Err(reason.into()),
+    };
+    ctx.principal = Some(Rc::clone(&principal));
+    ctx.break_glass.clone_from(&break_glass);
+    if let Some(rule) = &route.purpose {
+        rule.check(&principal.purpose)?;
+    }
+    Ok((principal, break_glass))
+}
+
+/// The route's scopes (literal, or SMART for the FHIR interaction and the patient
+/// compartment). Returns the response checks; fills in what a write body must be.
+fn authorize(
+    route: &Route,
+    principal: &Principal,
+    fhir: Option<&FhirRequest>,
+    path: &NormalizedPath,
+    method: &str,
+    body: Option<&mut BodyCheck>,
+) -> Result<Vec<ResponseCheck>, Stop> {
+    match &route.access {
+        Access::Public => Ok(Vec::new()),
+        Access::Scopes { all_of, any_of } => {
+            let ok = all_of.iter().all(|s| principal.has_scope(s)) && (any_of.is_empty() || any_of.iter().any(|s| principal.has_scope(s)));
+            if ok {
+                return Ok(Vec::new());
+            }
+            let mut need = all_of.clone();
+            if !any_of.is_empty() {
+                need.push(any_of.join(" | "));
+            }
+            Err(Stop::needing_scope(DenyReason::InsufficientScope, Some(need.join(" "))))
+        }
+        Access::Fhir(fhir_route) => {
+            let fhir = fhir.ok_or(DenyReason::UnsupportedFhirRequest)?;
+            let FhirGrant { checks, body_patient } =
+                authorize_fhir(fhir_route, principal, fhir, path, method).map_err(|(reason, need)| Stop::needing_scope(reason, need))?;
+            if let (Some(b), Interaction::Create | Interaction::Update) = (body, fhir.interaction) {
+                b.resource_type = fhir.resource_type;
+                b.id = fhir.id.clone();
+                b.patient = body_patient;
+            }
+            Ok(checks)
+        }
+    }
+}
+
+/// Step-up (after the scopes: asking the user to authenticate again only helps a request the
+/// token's scopes would allow), then the data view, chosen now so that a caller entitled to
+/// none is refused before the upstream is asked (break-glass may name a profile; it still
+/// needs that profile's step-up), and the privacy restrictions that bind the caller.
+fn plan_response(
+    policy: &Policy,
+    route: &Route,
+    principal: &Principal,
+    fhir: Option<&FhirRequest>,
+    break_glass: bool,
+    checks: Vec<ResponseCheck>,
+    now: u64,
+) -> Result<ResponsePlan, Stop> {
+    let levels = policy.acr_levels(&principal.issuer);
+    let authenticated = |req: &AuthRequirement| req.met_by(principal, levels, now);
+    if let Some(req) = &route.authentication {
+        if !authenticated(req) {
+            let challenge = Challenge { scope: None, acr_values: req.acr_values(levels), max_age: req.max_auth_age };
+            return Err(Stop { reason: DenyReason::InsufficientUserAuthentication, challenge, awaiting_issuer: None });
+        }
+    }
+    let minimize = match &route.minimize {
+        None => None,
+        Some(set) => {
+            let emergency = policy.break_glass.as_ref().filter(|_| break_glass).and_then(|bg| bg.profile.as_deref());
+            let chosen = emergency.and_then(|name| set.named(name, &principal.purpose, authenticated));
+            let profile = chosen.or_else(|| set.select_where(&principal.scopes, &principal.purpose, authenticated));
+            Some(profile.ok_or(DenyReason::NoMinimizationProfile)?)
+        }
+    };
+    let restrict = match (&policy.restrictions, &route.access, fhir) {
+        (Some(r), Access::Fhir(_), Some(f)) if returns_resources(f.interaction) => {
+            r.plan(&route.id, &principal.purpose, principal.patient.as_deref())
+        }
+        _ => None,
+    };
+    Ok(ResponsePlan { checks, minimize, max_body_bytes: policy.limits.max_response_bytes, restrict })
 }
 
 /// Interactions whose responses carry stored resources (privacy restrictions apply to them).
