@@ -13,6 +13,7 @@ pub mod auth;
 pub mod decision;
 pub mod fhir;
 pub mod http;
+pub mod ident;
 pub mod minimize;
 pub mod policy;
 pub mod shared;

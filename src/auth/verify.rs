@@ -308,7 +308,7 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
     // Purpose-of-use codes (HL7 v3 PurposeOfUse, e.g. `TREAT`): a space-delimited string or an
     // array. They select minimization profiles and are audited, so anything that is not
     // code-shaped (free text could carry PHI) makes the claim malformed.
-    let code = |s: &str| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let code = |s: &str| crate::ident::code(s, 32);
     let purpose = string_list(claims, &names.purpose)?;
     if purpose.len() > 8 || !purpose.iter().all(|p| code(p)) {
         return Err(DenyReason::BadClaim);

@@ -190,7 +190,7 @@ pub fn parse(method: &str, segments: &[String]) -> Result<FhirRequest, FhirReque
 
 /// FHIR `id` datatype: `[A-Za-z0-9\-\.]{1,64}`.
 pub fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    crate::ident::shaped(id, 64, b"-.")
 }
 
 #[cfg(test)]

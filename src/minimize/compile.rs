@@ -37,7 +37,7 @@ pub fn compile_minimize(doc: &MinimizeDoc, loc: &str, fhir: bool) -> Result<Prof
     let last = doc.profiles.len() - 1;
     for (i, p) in doc.profiles.iter().enumerate() {
         let ploc = format!("{loc}.profiles[{i}]");
-        if p.name.is_empty() || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !crate::ident::shaped(&p.name, usize::MAX, b"-_") {
             return Err(err(format!("{ploc}.name"), format!("`{}` must be non-empty [A-Za-z0-9_-]", p.name)));
         }
         if !names.insert(p.name.as_str()) {

@@ -220,7 +220,7 @@ pub fn compile_authentication(d: &AuthenticationDoc, loc: &str) -> Result<AuthRe
         return Err(err(loc, "must set `acrMin`, `amr` or `maxAuthAgeSeconds`"));
     }
     for (i, m) in d.amr.iter().enumerate() {
-        if !(1..=64).contains(&m.len()) || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        if !crate::ident::code(m, 64) {
             return Err(err(format!("{loc}.amr[{i}]"), format!("`{m}` is not an authentication method reference (e.g. `mfa`, `hwk`)")));
         }
     }
@@ -283,7 +283,7 @@ fn compile_purpose(d: &PurposeDoc, loc: &str) -> Result<PurposeRule, CompileErro
 
 /// Codes that end up in audit events and responses: short and plain.
 fn code_shaped(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    crate::ident::code(s, 64)
 }
 
 fn compile_break_glass(d: &BreakGlassDoc, routes: &[Route]) -> Result<BreakGlassPolicy, CompileError> {
@@ -411,7 +411,7 @@ fn compile_rate_limits(docs: &[RateLimitDoc], routes: &[Route]) -> Result<Vec<Ra
         .enumerate()
         .map(|(i, d)| {
             let loc = format!("rateLimits[{i}]");
-            if d.id.is_empty() || !d.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || !ids.insert(d.id.as_str()) {
+            if !crate::ident::shaped(&d.id, usize::MAX, b"-_") || !ids.insert(d.id.as_str()) {
                 return Err(err(format!("{loc}.id"), format!("`{}` must be a unique [A-Za-z0-9_-]+ id", d.id)));
             }
             let by = match d.by.as_str() {
@@ -562,7 +562,7 @@ fn bounded_u64(v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64
 }
 
 fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
-    if r.id.is_empty() || !r.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !crate::ident::shaped(&r.id, usize::MAX, b"-_") {
         return Err(err(format!("{loc}.id"), format!("`{}` must be non-empty [A-Za-z0-9_-]", r.id)));
     }
     let mloc = format!("{loc}.match");
@@ -702,7 +702,7 @@ fn compile_patient_search(d: &PatientSearchDoc, loc: &str) -> Result<PatientSear
         let mut set = HashSet::new();
         for (i, name) in names.iter().enumerate() {
             // Names only: modifiers and chains are judged per request, never allowlisted.
-            let shaped = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let shaped = crate::ident::policy_id(name);
             if !shaped {
                 return Err(err(format!("{ploc}[{i}]"), format!("`{name}` is not a search parameter name")));
             }

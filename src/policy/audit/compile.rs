@@ -112,7 +112,7 @@ fn compile_collector(c: &CollectorDoc) -> Result<CollectorConfig, CompileError> 
 
 /// A short name safe to copy into every event and header: no spaces, quotes or controls.
 fn token_like(s: &str, max: usize) -> bool {
-    (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+    crate::ident::shaped(s, max, b"._:/-")
 }
 
 #[cfg(test)]
