@@ -60,7 +60,7 @@ PORT                 ?= 8090
 BROWSER_STAMP        := $(VENV)/.browser-installed
 
 FUZZ_SECONDS ?=
-.PHONY: fuzz help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+.PHONY: fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
         compose-up compose-down compose-test oci bench bench-opt wrk clean distclean \
         playground-target playground-build playground chromium test-browser
 
@@ -184,8 +184,21 @@ test-browser: playground-build cli chromium $(BROWSER_STAMP) ## headless Chromiu
 oci: wasm ## Istio WasmPlugin OCI image of the filter in target/oci/ (OCI_TAG=..., no registry needed)
 	@$(PYTHON) scripts/build_oci.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
 
-fuzz: ## run every cargo-fuzz target briefly (FUZZ_SECONDS=30 each; needs the nightly toolchain)
-	scripts/fuzz.sh $(or $(FUZZ_SECONDS),30)
+# cargo-fuzz, pinned, installed from crates.io into a versioned directory under TOOLS_DIR.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ         := $(TOOLS_DIR)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(TOOLS_DIR)/cargo-fuzz-$(CARGO_FUZZ_VERSION) -j $(TOOL_JOBS)
+
+fuzz-toolchain: $(CARGO_FUZZ)
+	@rustup toolchain list | grep -q '^nightly' || timeout 600 rustup toolchain install nightly --profile minimal
+
+fuzz: fuzz-toolchain ## run every cargo-fuzz target briefly (FUZZ_SECONDS=30 each; nightly toolchain and cargo-fuzz installed here)
+	PATH="$(dir $(CARGO_FUZZ)):$$PATH" scripts/fuzz.sh $(or $(FUZZ_SECONDS),30)
+
+fuzz-smoke: FUZZ_SECONDS := 5
+fuzz-smoke: fuzz ## every fuzz target for 5 seconds (what .ci/run runs)
 
 wrk: ## install the wrk load generator (Debian package) if missing; needs root or sudo
 	@command -v wrk >/dev/null && exit 0; \
