@@ -10,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
-import pytest
 from envoy_config import DEMO_AUDIT_KEY
 from helpers import ME, Api
 from tokens import cli_token
@@ -24,9 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 PREFIX = "phi-guard-audit: "
-
-if os.environ.get("HARNESS", "local") != "local":
-    pytest.skip("reads the local Envoy's log file", allow_module_level=True)
 
 # Values that must never appear on an audit line (case-sensitive substrings).
 PHI = ["Kermit", "Trantow", "1990-01-01", "555-0100", "123-45-6789", "ssn", "Smith", "smith", "John", "john",
