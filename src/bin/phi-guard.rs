@@ -25,158 +25,182 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Compile a policy; exit 1 with the located error if it is invalid.
-    Validate {
-        /// Policy JSON file.
-        policy: PathBuf,
-    },
+    Validate(ValidateArgs),
     /// Print what the filter does with one request (and, with `--upstream-body`, with the
     /// upstream's answer): the decision and why, the released body, the audit event. Exit 2 when
     /// the request or the response is refused.
-    Explain {
-        /// Policy JSON file.
-        policy: PathBuf,
-        /// HTTP method.
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Request path with query, e.g. `/fhir/Observation?patient=123`.
-        #[arg(long)]
-        path: String,
-        /// A compact JWS access token (verified with the policy's keys).
-        #[arg(long, conflicts_with_all = ["claims", "authorization"])]
-        token: Option<String>,
-        /// Token claims as JSON, trusted without a signature (to try a policy before keys exist).
-        #[arg(long, conflicts_with = "authorization")]
-        claims: Option<String>,
-        /// A whole `Authorization` header value, as a client sends it (another scheme, a
-        /// malformed bearer).
-        #[arg(long)]
-        authorization: Option<String>,
-        /// JWKS file: the keys of the token's issuer (what a remote-JWKS issuer would fetch).
-        #[arg(long, requires = "token")]
-        jwks: Option<PathBuf>,
-        /// The upstream's response body (file), run through the response phase.
-        #[arg(long)]
-        upstream_body: Option<PathBuf>,
-        /// The upstream's status.
-        #[arg(long, default_value_t = 200)]
-        upstream_status: u16,
-        /// The upstream's content type.
-        #[arg(long, default_value = "application/fhir+json")]
-        upstream_content_type: String,
-        /// Environment variable holding the HMAC key for `hash` transforms.
-        #[arg(long)]
-        hmac_key_env: Option<String>,
-        /// Environment variable holding the audit key (pseudonyms in the event and in privacy
-        /// restrictions); when it is not set, the demo key is used and said so.
-        #[arg(long, default_value = KEY_ENV)]
-        audit_key_env: String,
-        /// `x-request-id` to record in the audit event.
-        #[arg(long)]
-        request_id: Option<String>,
-        /// Evaluate at this Unix time instead of now.
-        #[arg(long)]
-        now: Option<u64>,
-        /// Print the outcome as JSON (the playground's format).
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(ExplainArgs),
     /// Sign a policy for pull mode: prints the detached signature the policy server sends in
     /// `x-phi-guard-signature`. Validates the policy first.
-    Sign {
-        /// Policy JSON file (signed byte for byte).
-        policy: PathBuf,
-        /// PEM private key (PKCS#8), Ed25519 or P-256.
-        #[arg(long)]
-        key: PathBuf,
-        /// `EdDSA` or `ES256`.
-        #[arg(long, default_value = "EdDSA")]
-        alg: String,
-    },
+    Sign(SignArgs),
     /// Write the Envoy ECDS resource that delivers a policy to the filter, atomically (write a
     /// temporary file beside it, then rename), so Envoy's watched directory picks it up.
     /// With `--watch`, rewrite it whenever the policy file changes.
-    Ecds {
-        /// Policy JSON file.
-        policy: PathBuf,
-        /// The filter's `.wasm` as Envoy should load it.
-        #[arg(long)]
-        wasm: PathBuf,
-        /// ECDS file to write (JSON), inside the directory Envoy watches.
-        #[arg(long)]
-        out: PathBuf,
-        /// Environment variables Envoy passes to the VM from its own environment.
-        #[arg(long = "host-env", default_values_t = ["PHI_GUARD_HMAC_KEY".to_owned(), "PHI_GUARD_AUDIT_KEY".to_owned()])]
-        host_env: Vec<String>,
-        /// Keep running and rewrite the resource when the policy changes (polls every 250 ms).
-        #[arg(long)]
-        watch: bool,
-    },
+    Ecds(EcdsArgs),
     /// Minimize a response body (stdin) as a route's profile would for a caller; prints the
     /// released JSON on stdout and the profile and withheld paths on stderr. Exit 2 when the
     /// body would be refused (the generic error body is printed instead).
-    Minimize {
-        /// Policy JSON file.
-        policy: PathBuf,
-        /// Route id whose `minimize` profiles apply.
-        #[arg(long)]
-        route: String,
-        /// The caller's space-separated scopes (select the profile).
-        #[arg(long, default_value = "")]
-        scopes: String,
-        /// The caller's purpose-of-use code (repeatable).
-        #[arg(long)]
-        purpose: Vec<String>,
-        /// Environment variable holding the HMAC key for `hash` transforms.
-        #[arg(long)]
-        hmac_key_env: Option<String>,
-        /// Evaluate at this Unix time instead of now (birth-year age checks).
-        #[arg(long)]
-        now: Option<u64>,
-        /// Pretty-print the released JSON.
-        #[arg(long)]
-        pretty: bool,
-    },
+    Minimize(MinimizeArgs),
     /// Mint a signed demo token. Test keys only: never use them outside a demo or test.
-    Token {
-        /// PEM private key (PKCS#8); default the demo key for `--alg` in tests/keys/.
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Signature algorithm (RS256, PS256, ES256, EdDSA, ...).
-        #[arg(long, default_value = "RS256")]
-        alg: String,
-        /// Key id; default derived from the algorithm (`demo-rs256`, `demo-es256`, `demo-eddsa`).
-        #[arg(long)]
-        kid: Option<String>,
-        /// Issuer.
-        #[arg(long, default_value = "https://idp.phi-guard.test")]
-        iss: String,
-        /// Audience.
-        #[arg(long, default_value = "https://fhir.phi-guard.test")]
-        aud: String,
-        /// Subject.
-        #[arg(long, default_value = "demo-user")]
-        sub: String,
-        /// OAuth client id.
-        #[arg(long, default_value = "demo-app")]
-        client_id: String,
-        /// Space-separated scopes (claim `scope`).
-        #[arg(long, default_value = "")]
-        scope: String,
-        /// Patient in context (claim `patient`).
-        #[arg(long)]
-        patient: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
-        /// Extra claims as a JSON object, merged last (may override any claim; `null` removes).
-        #[arg(long)]
-        claims: Option<String>,
-    },
+    Token(TokenArgs),
     /// Work with audit logs.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// Arguments of `phi-guard validate`.
+#[derive(Args)]
+struct ValidateArgs {
+    /// Policy JSON file.
+    policy: PathBuf,
+}
+
+/// Arguments of `phi-guard explain`.
+#[derive(Args)]
+struct ExplainArgs {
+    /// Policy JSON file.
+    policy: PathBuf,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Request path with query, e.g. `/fhir/Observation?patient=123`.
+    #[arg(long)]
+    path: String,
+    /// A compact JWS access token (verified with the policy's keys).
+    #[arg(long, conflicts_with_all = ["claims", "authorization"])]
+    token: Option<String>,
+    /// Token claims as JSON, trusted without a signature (to try a policy before keys exist).
+    #[arg(long, conflicts_with = "authorization")]
+    claims: Option<String>,
+    /// A whole `Authorization` header value, as a client sends it (another scheme, a
+    /// malformed bearer).
+    #[arg(long)]
+    authorization: Option<String>,
+    /// JWKS file: the keys of the token's issuer (what a remote-JWKS issuer would fetch).
+    #[arg(long, requires = "token")]
+    jwks: Option<PathBuf>,
+    /// The upstream's response body (file), run through the response phase.
+    #[arg(long)]
+    upstream_body: Option<PathBuf>,
+    /// The upstream's status.
+    #[arg(long, default_value_t = 200)]
+    upstream_status: u16,
+    /// The upstream's content type.
+    #[arg(long, default_value = "application/fhir+json")]
+    upstream_content_type: String,
+    /// Environment variable holding the HMAC key for `hash` transforms.
+    #[arg(long)]
+    hmac_key_env: Option<String>,
+    /// Environment variable holding the audit key (pseudonyms in the event and in privacy
+    /// restrictions); when it is not set, the demo key is used and said so.
+    #[arg(long, default_value = KEY_ENV)]
+    audit_key_env: String,
+    /// `x-request-id` to record in the audit event.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Evaluate at this Unix time instead of now.
+    #[arg(long)]
+    now: Option<u64>,
+    /// Print the outcome as JSON (the playground's format).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `phi-guard sign`.
+#[derive(Args)]
+struct SignArgs {
+    /// Policy JSON file (signed byte for byte).
+    policy: PathBuf,
+    /// PEM private key (PKCS#8), Ed25519 or P-256.
+    #[arg(long)]
+    key: PathBuf,
+    /// `EdDSA` or `ES256`.
+    #[arg(long, default_value = "EdDSA")]
+    alg: String,
+}
+
+/// Arguments of `phi-guard ecds`.
+#[derive(Args)]
+struct EcdsArgs {
+    /// Policy JSON file.
+    policy: PathBuf,
+    /// The filter's `.wasm` as Envoy should load it.
+    #[arg(long)]
+    wasm: PathBuf,
+    /// ECDS file to write (JSON), inside the directory Envoy watches.
+    #[arg(long)]
+    out: PathBuf,
+    /// Environment variables Envoy passes to the VM from its own environment.
+    #[arg(long = "host-env", default_values_t = ["PHI_GUARD_HMAC_KEY".to_owned(), "PHI_GUARD_AUDIT_KEY".to_owned()])]
+    host_env: Vec<String>,
+    /// Keep running and rewrite the resource when the policy changes (polls every 250 ms).
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Arguments of `phi-guard minimize`.
+#[derive(Args)]
+struct MinimizeArgs {
+    /// Policy JSON file.
+    policy: PathBuf,
+    /// Route id whose `minimize` profiles apply.
+    #[arg(long)]
+    route: String,
+    /// The caller's space-separated scopes (select the profile).
+    #[arg(long, default_value = "")]
+    scopes: String,
+    /// The caller's purpose-of-use code (repeatable).
+    #[arg(long)]
+    purpose: Vec<String>,
+    /// Environment variable holding the HMAC key for `hash` transforms.
+    #[arg(long)]
+    hmac_key_env: Option<String>,
+    /// Evaluate at this Unix time instead of now (birth-year age checks).
+    #[arg(long)]
+    now: Option<u64>,
+    /// Pretty-print the released JSON.
+    #[arg(long)]
+    pretty: bool,
+}
+
+/// Arguments of `phi-guard token`.
+#[derive(Args)]
+struct TokenArgs {
+    /// PEM private key (PKCS#8); default the demo key for `--alg` in tests/keys/.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Signature algorithm (RS256, PS256, ES256, EdDSA, ...).
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// Key id; default derived from the algorithm (`demo-rs256`, `demo-es256`, `demo-eddsa`).
+    #[arg(long)]
+    kid: Option<String>,
+    /// Issuer.
+    #[arg(long, default_value = "https://idp.phi-guard.test")]
+    iss: String,
+    /// Audience.
+    #[arg(long, default_value = "https://fhir.phi-guard.test")]
+    aud: String,
+    /// Subject.
+    #[arg(long, default_value = "demo-user")]
+    sub: String,
+    /// OAuth client id.
+    #[arg(long, default_value = "demo-app")]
+    client_id: String,
+    /// Space-separated scopes (claim `scope`).
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// Patient in context (claim `patient`).
+    #[arg(long)]
+    patient: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Extra claims as a JSON object, merged last (may override any claim; `null` removes).
+    #[arg(long)]
+    claims: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -283,212 +307,236 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Audit { command } => audit(command),
-        Command::Validate { policy } => {
-            // Whatever Envoy's `configuration` / Istio's `pluginConfig` may carry: a policy, or a
-            // pull-mode `policySource`.
-            let bytes = std::fs::read(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
-            match phi_guard::policy::source::parse_plugin_config(&bytes).map_err(|e| format!("{}: {e}", policy.display()))? {
-                phi_guard::policy::source::PluginConfig::Inline(p) => {
-                    println!("ok: policy `{}` revision {} ({} routes, {} issuers)", p.name, p.revision, p.routes.len(), p.issuers.len());
-                }
-                phi_guard::policy::source::PluginConfig::Pull(c) => {
-                    println!(
-                        "ok: pull-mode source: cluster `{}` path `{}`, {:?} signatures, every {} s",
-                        c.cluster, c.path, c.alg, c.poll_interval
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Validate(args) => validate(args),
+        Command::Explain(args) => explain(args),
+        Command::Sign(args) => sign(args),
+        Command::Ecds(args) => ecds(args),
+        Command::Minimize(args) => minimize(args),
+        Command::Token(args) => token(args),
+    }
+}
+
+/// `phi-guard validate`.
+fn validate(args: ValidateArgs) -> Result<ExitCode, String> {
+    let ValidateArgs { policy } = args;
+    // Whatever Envoy's `configuration` / Istio's `pluginConfig` may carry: a policy, or a
+    // pull-mode `policySource`.
+    let bytes = std::fs::read(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
+    match phi_guard::policy::source::parse_plugin_config(&bytes).map_err(|e| format!("{}: {e}", policy.display()))? {
+        phi_guard::policy::source::PluginConfig::Inline(p) => {
+            println!("ok: policy `{}` revision {} ({} routes, {} issuers)", p.name, p.revision, p.routes.len(), p.issuers.len());
         }
-        Command::Explain {
-            policy,
-            method,
-            path,
-            token,
-            claims,
-            authorization,
-            jwks,
-            upstream_body,
-            upstream_status,
-            upstream_content_type,
-            hmac_key_env,
-            audit_key_env,
-            request_id,
-            now: at,
-            json,
-        } => {
-            let mut p = load(&policy)?;
-            let claims: Option<Value> = claims.map(|c| serde_json::from_str(&c).map_err(|e| format!("--claims: {e}"))).transpose()?;
-            if let (Some(f), Some(t)) = (&jwks, &token) {
-                let text = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
-                let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-                install_jwks(&mut p, t, &value).map_err(|e| format!("{}: {e}", f.display()))?;
-            }
-            let body = upstream_body.as_ref().map(|f| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
-            let hmac = hmac_key_env
-                .as_ref()
-                .map(|v| std::env::var(v).map(String::into_bytes).map_err(|_| format!("--hmac-key-env: `{v}` is not set")))
-                .transpose()?;
-            let audit_key = match std::env::var_os(&audit_key_env) {
-                Some(secret) => AuditKey::from_secret(&secret.into_encoded_bytes()).map_err(|e| format!("{audit_key_env}: {e}"))?,
-                None => {
-                    eprintln!("note: `{audit_key_env}` is not set: pseudonyms are under the demo audit key");
-                    AuditKey::from_secret(DEMO_AUDIT_KEY).map_err(|e| e.to_string())?
-                }
-            };
-            let credential = match (&token, &claims, &authorization) {
-                (Some(t), _, _) => Credential::Token(t),
-                (None, Some(c), _) => Credential::Claims(c),
-                (None, None, Some(h)) => Credential::Header(h),
-                (None, None, None) => Credential::None,
-            };
-            let upstream = body.as_deref().map(|b| Upstream {
-                status: upstream_status,
-                content_type: Some(&upstream_content_type),
-                content_encoding: None,
-                body: b,
-            });
-            let x = Exchange {
-                method: &method,
-                path: &path,
-                credential,
-                upstream,
-                now: at.unwrap_or_else(now),
-                hmac_key: hmac.as_deref(),
-                audit_key: &audit_key,
-                request_id: request_id.as_deref(),
-            };
-            let out = simulate(&p, &x);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-            } else {
-                print_outcome(&p, &out);
-            }
-            Ok(if out.reason.is_some() && out.enforced { ExitCode::from(2) } else { ExitCode::SUCCESS })
-        }
-        Command::Sign { policy, key, alg } => {
-            load(&policy)?;
-            let bytes = std::fs::read(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
-            let pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            let (alg, enc) = match alg.as_str() {
-                "EdDSA" => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)),
-                "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(&pem)),
-                a => return Err(format!("`{a}` must be EdDSA or ES256")),
-            };
-            let enc = enc.map_err(|e| format!("{}: {e}", key.display()))?;
-            let sig = jsonwebtoken::crypto::sign(&bytes, &enc, alg).map_err(|e| format!("signing failed: {e}"))?;
-            println!("{sig}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Ecds { policy, wasm, out, host_env, watch } => {
-            let mut last = None;
-            loop {
-                let modified = std::fs::metadata(&policy).and_then(|m| m.modified()).ok();
-                if last.is_none() || modified != last {
-                    last = modified;
-                    match write_ecds(&policy, &wasm, &out, &host_env) {
-                        Ok(msg) => println!("{msg}"),
-                        Err(e) if watch => eprintln!("error: {e}"),
-                        Err(e) => return Err(e),
-                    }
-                }
-                if !watch {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-        }
-        Command::Minimize { policy, route, scopes, purpose, hmac_key_env, now: at, pretty } => {
-            let p = load(&policy)?;
-            let r = p.routes.iter().find(|r| r.id == route).ok_or_else(|| format!("no route `{route}` in {}", policy.display()))?;
-            let set = r.minimize.as_ref().ok_or_else(|| format!("route `{route}` does not minimize responses"))?;
-            let key = match &hmac_key_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| format!("--hmac-key-env: `{var}` is not set"))?.into_bytes()),
-                None => None,
-            };
-            let mut body = Vec::new();
-            std::io::stdin().read_to_end(&mut body).map_err(|e| format!("stdin: {e}"))?;
-            let scopes: Vec<String> = scopes.split_whitespace().map(str::to_owned).collect();
-            let fhir = matches!(r.access, phi_guard::policy::Access::Fhir(_));
-            let refuse = |reason: DenyReason| {
-                let reply = refusal_reply(reason, reason.status(), fhir, None);
-                println!("{}", reply.body);
-                eprintln!("refused:  {} {} ({})", reason.status(), reason.code(), reason.message());
-                ExitCode::from(2)
-            };
-            let Some(profile) = set.select(&scopes, &purpose) else {
-                return Ok(refuse(DenyReason::NoMinimizationProfile));
-            };
-            let ctx = ApplyCtx { hmac_key: key.as_deref(), now: at.unwrap_or_else(now), pseudonyms: None };
-            let applied = match minimize::apply(&profile, &body, &ctx, p.limits.max_response_bytes) {
-                Ok(a) => a,
-                Err(reason) => return Ok(refuse(reason)),
-            };
-            let out = applied.body.as_deref().unwrap_or(&body);
-            let out = if pretty {
-                let v: Value = serde_json::from_slice(out).map_err(|e| format!("output: {e}"))?;
-                serde_json::to_vec_pretty(&v).map_err(|e| format!("output: {e}"))?
-            } else {
-                out.to_vec()
-            };
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&out).and_then(|()| stdout.write_all(b"\n")).map_err(|e| format!("stdout: {e}"))?;
-            eprintln!("profile:  {}{}", profile.name, if applied.shadow { " (shadow: body released unchanged)" } else { "" });
-            eprintln!("withheld: {} values at {} paths", applied.count, applied.withheld.len());
-            for path in &applied.withheld {
-                eprintln!("  {path}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Token { key, alg, kid, iss, aud, sub, client_id, scope, patient, ttl, claims } => {
-            let alg: Algorithm = alg.parse().map_err(|_| format!("unknown algorithm `{alg}`"))?;
-            let key = key.unwrap_or_else(|| {
-                PathBuf::from(match alg {
-                    Algorithm::ES256 | Algorithm::ES384 => "tests/keys/demo-es256.key.pem",
-                    Algorithm::EdDSA => "tests/keys/demo-eddsa.key.pem",
-                    _ => "tests/keys/demo-rs256.key.pem",
-                })
-            });
-            let pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            let (enc, default_kid) = match alg {
-                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-                    (EncodingKey::from_rsa_pem(&pem), "demo-rs256")
-                }
-                Algorithm::ES256 | Algorithm::ES384 => (EncodingKey::from_ec_pem(&pem), "demo-es256"),
-                Algorithm::EdDSA => (EncodingKey::from_ed_pem(&pem), "demo-eddsa"),
-                _ => return Err(format!("`{alg:?}` is not an asymmetric signature algorithm")),
-            };
-            let enc = enc.map_err(|e| format!("{}: {e}", key.display()))?;
-            let issued = now();
-            let mut body = json!({
-                "iss": iss, "aud": aud, "sub": sub, "client_id": client_id, "scope": scope,
-                "iat": issued, "exp": issued + ttl, "jti": format!("demo-{issued}-{}", std::process::id()),
-            });
-            if let Some(p) = patient {
-                body["patient"] = json!(p);
-            }
-            if let Some(extra) = claims {
-                let extra: Value = serde_json::from_str(&extra).map_err(|e| format!("--claims: {e}"))?;
-                let extra = extra.as_object().ok_or("--claims must be a JSON object")?;
-                for (k, v) in extra {
-                    match v {
-                        Value::Null => {
-                            if let Some(o) = body.as_object_mut() {
-                                o.remove(k);
-                            }
-                        }
-                        v => body[k] = v.clone(),
-                    }
-                }
-            }
-            let mut header = Header::new(alg);
-            header.typ = Some("JWT".into());
-            header.kid = Some(kid.unwrap_or_else(|| default_kid.to_owned()));
-            let t = jsonwebtoken::encode(&header, &body, &enc).map_err(|e| format!("signing failed: {e}"))?;
-            println!("{t}");
-            Ok(ExitCode::SUCCESS)
+        phi_guard::policy::source::PluginConfig::Pull(c) => {
+            println!(
+                "ok: pull-mode source: cluster `{}` path `{}`, {:?} signatures, every {} s",
+                c.cluster, c.path, c.alg, c.poll_interval
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `phi-guard explain`.
+fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
+    let ExplainArgs {
+        policy,
+        method,
+        path,
+        token,
+        claims,
+        authorization,
+        jwks,
+        upstream_body,
+        upstream_status,
+        upstream_content_type,
+        hmac_key_env,
+        audit_key_env,
+        request_id,
+        now: at,
+        json,
+    } = args;
+    let mut p = load(&policy)?;
+    let claims: Option<Value> = claims.map(|c| serde_json::from_str(&c).map_err(|e| format!("--claims: {e}"))).transpose()?;
+    if let (Some(f), Some(t)) = (&jwks, &token) {
+        let text = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        install_jwks(&mut p, t, &value).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    let body = upstream_body.as_ref().map(|f| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
+    let hmac = hmac_key_env
+        .as_ref()
+        .map(|v| std::env::var(v).map(String::into_bytes).map_err(|_| format!("--hmac-key-env: `{v}` is not set")))
+        .transpose()?;
+    let audit_key = match std::env::var_os(&audit_key_env) {
+        Some(secret) => AuditKey::from_secret(&secret.into_encoded_bytes()).map_err(|e| format!("{audit_key_env}: {e}"))?,
+        None => {
+            eprintln!("note: `{audit_key_env}` is not set: pseudonyms are under the demo audit key");
+            AuditKey::from_secret(DEMO_AUDIT_KEY).map_err(|e| e.to_string())?
+        }
+    };
+    let credential = match (&token, &claims, &authorization) {
+        (Some(t), _, _) => Credential::Token(t),
+        (None, Some(c), _) => Credential::Claims(c),
+        (None, None, Some(h)) => Credential::Header(h),
+        (None, None, None) => Credential::None,
+    };
+    let upstream = body.as_deref().map(|b| Upstream {
+        status: upstream_status,
+        content_type: Some(&upstream_content_type),
+        content_encoding: None,
+        body: b,
+    });
+    let x = Exchange {
+        method: &method,
+        path: &path,
+        credential,
+        upstream,
+        now: at.unwrap_or_else(now),
+        hmac_key: hmac.as_deref(),
+        audit_key: &audit_key,
+        request_id: request_id.as_deref(),
+    };
+    let out = simulate(&p, &x);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    } else {
+        print_outcome(&p, &out);
+    }
+    Ok(if out.reason.is_some() && out.enforced { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// `phi-guard sign`.
+fn sign(args: SignArgs) -> Result<ExitCode, String> {
+    let SignArgs { policy, key, alg } = args;
+    load(&policy)?;
+    let bytes = std::fs::read(&policy).map_err(|e| format!("{}: {e}", policy.display()))?;
+    let pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let (alg, enc) = match alg.as_str() {
+        "EdDSA" => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)),
+        "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(&pem)),
+        a => return Err(format!("`{a}` must be EdDSA or ES256")),
+    };
+    let enc = enc.map_err(|e| format!("{}: {e}", key.display()))?;
+    let sig = jsonwebtoken::crypto::sign(&bytes, &enc, alg).map_err(|e| format!("signing failed: {e}"))?;
+    println!("{sig}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `phi-guard ecds`.
+fn ecds(args: EcdsArgs) -> Result<ExitCode, String> {
+    let EcdsArgs { policy, wasm, out, host_env, watch } = args;
+    let mut last = None;
+    loop {
+        let modified = std::fs::metadata(&policy).and_then(|m| m.modified()).ok();
+        if last.is_none() || modified != last {
+            last = modified;
+            match write_ecds(&policy, &wasm, &out, &host_env) {
+                Ok(msg) => println!("{msg}"),
+                Err(e) if watch => eprintln!("error: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// `phi-guard minimize`.
+fn minimize(args: MinimizeArgs) -> Result<ExitCode, String> {
+    let MinimizeArgs { policy, route, scopes, purpose, hmac_key_env, now: at, pretty } = args;
+    let p = load(&policy)?;
+    let r = p.routes.iter().find(|r| r.id == route).ok_or_else(|| format!("no route `{route}` in {}", policy.display()))?;
+    let set = r.minimize.as_ref().ok_or_else(|| format!("route `{route}` does not minimize responses"))?;
+    let key = match &hmac_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| format!("--hmac-key-env: `{var}` is not set"))?.into_bytes()),
+        None => None,
+    };
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body).map_err(|e| format!("stdin: {e}"))?;
+    let scopes: Vec<String> = scopes.split_whitespace().map(str::to_owned).collect();
+    let fhir = matches!(r.access, phi_guard::policy::Access::Fhir(_));
+    let refuse = |reason: DenyReason| {
+        let reply = refusal_reply(reason, reason.status(), fhir, None);
+        println!("{}", reply.body);
+        eprintln!("refused:  {} {} ({})", reason.status(), reason.code(), reason.message());
+        ExitCode::from(2)
+    };
+    let Some(profile) = set.select(&scopes, &purpose) else {
+        return Ok(refuse(DenyReason::NoMinimizationProfile));
+    };
+    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: at.unwrap_or_else(now), pseudonyms: None };
+    let applied = match minimize::apply(&profile, &body, &ctx, p.limits.max_response_bytes) {
+        Ok(a) => a,
+        Err(reason) => return Ok(refuse(reason)),
+    };
+    let out = applied.body.as_deref().unwrap_or(&body);
+    let out = if pretty {
+        let v: Value = serde_json::from_slice(out).map_err(|e| format!("output: {e}"))?;
+        serde_json::to_vec_pretty(&v).map_err(|e| format!("output: {e}"))?
+    } else {
+        out.to_vec()
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out).and_then(|()| stdout.write_all(b"\n")).map_err(|e| format!("stdout: {e}"))?;
+    eprintln!("profile:  {}{}", profile.name, if applied.shadow { " (shadow: body released unchanged)" } else { "" });
+    eprintln!("withheld: {} values at {} paths", applied.count, applied.withheld.len());
+    for path in &applied.withheld {
+        eprintln!("  {path}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `phi-guard token`.
+fn token(args: TokenArgs) -> Result<ExitCode, String> {
+    let TokenArgs { key, alg, kid, iss, aud, sub, client_id, scope, patient, ttl, claims } = args;
+    let alg: Algorithm = alg.parse().map_err(|_| format!("unknown algorithm `{alg}`"))?;
+    let key = key.unwrap_or_else(|| {
+        PathBuf::from(match alg {
+            Algorithm::ES256 | Algorithm::ES384 => "tests/keys/demo-es256.key.pem",
+            Algorithm::EdDSA => "tests/keys/demo-eddsa.key.pem",
+            _ => "tests/keys/demo-rs256.key.pem",
+        })
+    });
+    let pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let (enc, default_kid) = match alg {
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+            (EncodingKey::from_rsa_pem(&pem), "demo-rs256")
+        }
+        Algorithm::ES256 | Algorithm::ES384 => (EncodingKey::from_ec_pem(&pem), "demo-es256"),
+        Algorithm::EdDSA => (EncodingKey::from_ed_pem(&pem), "demo-eddsa"),
+        _ => return Err(format!("`{alg:?}` is not an asymmetric signature algorithm")),
+    };
+    let enc = enc.map_err(|e| format!("{}: {e}", key.display()))?;
+    let issued = now();
+    let mut body = json!({
+        "iss": iss, "aud": aud, "sub": sub, "client_id": client_id, "scope": scope,
+        "iat": issued, "exp": issued + ttl, "jti": format!("demo-{issued}-{}", std::process::id()),
+    });
+    if let Some(p) = patient {
+        body["patient"] = json!(p);
+    }
+    if let Some(extra) = claims {
+        let extra: Value = serde_json::from_str(&extra).map_err(|e| format!("--claims: {e}"))?;
+        let extra = extra.as_object().ok_or("--claims must be a JSON object")?;
+        for (k, v) in extra {
+            match v {
+                Value::Null => {
+                    if let Some(o) = body.as_object_mut() {
+                        o.remove(k);
+                    }
+                }
+                v => body[k] = v.clone(),
+            }
+        }
+    }
+    let mut header = Header::new(alg);
+    header.typ = Some("JWT".into());
+    header.kid = Some(kid.unwrap_or_else(|| default_kid.to_owned()));
+    let t = jsonwebtoken::encode(&header, &body, &enc).map_err(|e| format!("signing failed: {e}"))?;
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The ECDS `TypedExtensionConfig` for the filter carrying `policy` as its configuration.
