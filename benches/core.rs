@@ -144,7 +144,7 @@ fn searchset_body(resources: &[Value], target: usize) -> Vec<u8> {
 
 fn bench_body_check(c: &mut Criterion<ThreadCpu>) {
     let resources = synthea_resources();
-    let check = CompartmentCheck { patient: PATIENT.into(), shared: vec![], expect: Expected::Searchset };
+    let check = CompartmentCheck { patient: PATIENT.into(), shared: Vec::new().into(), expect: Expected::Searchset };
     let plan = ResponsePlan { checks: vec![ResponseCheck::Compartment(check)], max_body_bytes: usize::MAX, ..ResponsePlan::default() };
     let mut g = c.benchmark_group("patient_compartment_check");
     for kib in [1usize, 16, 64, 256] {

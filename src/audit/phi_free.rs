@@ -70,7 +70,7 @@ fn events_carry_no_phi_values() {
     let plan = ResponsePlan {
         checks: vec![ResponseCheck::Compartment(crate::decision::CompartmentCheck {
             patient: PATIENT.into(),
-            shared: vec![],
+            shared: Vec::new().into(),
             expect: crate::decision::Expected::Resource { resource_type: "Patient", id: PATIENT.into() },
         })],
         ..ResponsePlan::default()

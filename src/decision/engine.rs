@@ -537,14 +537,13 @@ fn patient_compartment(
     let Some(ty) = req.resource_type else {
         return escape;
     };
-    let mut shared: Vec<&'static str> = route.patient_shared_types.iter().copied().collect();
-    shared.sort_unstable();
     let check = |expect: Expected| {
-        Ok(vec![ResponseCheck::Compartment(CompartmentCheck { patient: patient.to_owned(), shared: shared.clone(), expect })])
+        let shared = std::sync::Arc::clone(&route.patient_shared_types);
+        Ok(vec![ResponseCheck::Compartment(CompartmentCheck { patient: patient.to_owned(), shared, expect })])
     };
     let resource = |id: &Option<String>| Expected::Resource { resource_type: ty, id: id.clone().unwrap_or_default() };
     if !in_patient_compartment(ty) {
-        if !route.patient_shared_types.contains(ty) {
+        if !route.shares(ty) {
             return mismatch;
         }
         return match req.interaction {
@@ -686,6 +685,11 @@ mod tests {
         crate::policy::compile(&bytes).unwrap()
     }
 
+    /// A shipped policy as JSON, to edit before compiling.
+    fn policy_doc(name: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(format!("{}/policies/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap()
+    }
+
     fn token(patch: Value) -> String {
         let mut c = claims();
         for (k, v) in patch.as_object().unwrap() {
@@ -753,7 +757,7 @@ mod tests {
                 g.response.checks,
                 [ResponseCheck::Compartment(CompartmentCheck {
                     patient: "p1".into(),
-                    shared: vec![],
+                    shared: Vec::new().into(),
                     expect: Expected::Resource { resource_type: "Observation", id: "o1".into() }
                 })]
             ),
@@ -819,9 +823,7 @@ mod tests {
 
     #[test]
     fn patient_search_policy_options() {
-        let mut doc: Value =
-            serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap())
-                .unwrap();
+        let mut doc = policy_doc("smart-patient-app");
         let fhir = doc["routes"].as_array_mut().unwrap().iter_mut().find(|r| r.get("fhir").is_some()).unwrap();
         fhir["fhir"]["patientSearch"] = json!({"patientReference": "reference", "parameters": {"Observation": ["patient", "code"]}});
         let p = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
@@ -932,9 +934,7 @@ mod tests {
 
     #[test]
     fn remote_keys_not_loaded_is_503_not_401() {
-        let mut doc: Value =
-            serde_json::from_slice(&std::fs::read(format!("{}/policies/smart-patient-app.json", env!("CARGO_MANIFEST_DIR"))).unwrap())
-                .unwrap();
+        let mut doc = policy_doc("smart-patient-app");
         let iss = doc["issuers"][0].as_object_mut().unwrap();
         iss.remove("jwks");
         iss.insert("jwksUri".into(), json!({"cluster": "idp", "path": "/jwks.json"}));

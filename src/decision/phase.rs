@@ -316,7 +316,7 @@ mod tests {
     fn plan() -> ResponsePlan {
         let check = CompartmentCheck {
             patient: "p1".into(),
-            shared: vec![],
+            shared: Vec::new().into(),
             expect: Expected::Resource { resource_type: "Observation", id: "o1".into() },
         };
         ResponsePlan { checks: vec![ResponseCheck::Compartment(check)], max_body_bytes: 1024, ..ResponsePlan::default() }

@@ -31,7 +31,7 @@ pub struct CompartmentCheck {
     /// The token's patient.
     pub patient: String,
     /// Types outside the compartment the route shares with patient-context tokens (sorted).
-    pub shared: Vec<&'static str>,
+    pub shared: Arc<[&'static str]>,
     /// The shape the answer to the request must have.
     pub expect: Expected,
 }
@@ -342,7 +342,7 @@ mod tests {
     use super::*;
 
     fn compartment(expect: Expected) -> ResponsePlan {
-        let check = CompartmentCheck { patient: "p1".into(), shared: vec!["Medication"], expect };
+        let check = CompartmentCheck { patient: "p1".into(), shared: vec!["Medication"].into(), expect };
         ResponsePlan { checks: vec![ResponseCheck::Compartment(check)], ..ResponsePlan::default() }
     }
 

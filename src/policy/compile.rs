@@ -619,7 +619,7 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
                     set
                 }
             };
-            let mut shared = HashSet::new();
+            let mut shared = Vec::new();
             for (i, t) in f.patient_shared_types.iter().enumerate() {
                 let ty = resource_type(t)
                     .ok_or_else(|| err(format!("{loc}.fhir.patientSharedTypes[{i}]"), format!("unknown FHIR resource type `{t}`")))?;
@@ -629,7 +629,7 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
                         format!("`{t}` is in the patient compartment; it cannot be shared"),
                     ));
                 }
-                shared.insert(ty);
+                shared.push(ty);
             }
             let scope_contexts = match &f.scope_contexts {
                 None => [Context::Patient, Context::User, Context::System].into_iter().collect(),
@@ -659,7 +659,9 @@ fn compile_route(r: &RouteDoc, loc: &str) -> Result<Route, CompileError> {
                 None => PatientSearch::default(),
                 Some(ps) => compile_patient_search(ps, &format!("{loc}.fhir.patientSearch"))?,
             };
-            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared, scope_contexts, patient_search })
+            shared.sort_unstable();
+            shared.dedup();
+            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared.into(), scope_contexts, patient_search })
         }
         (true, _, _) => return Err(err(loc, "a `public` route cannot also require `scopes` or `fhir`")),
         (false, None, None) => return Err(err(loc, "route needs one of `public`, `scopes` or `fhir`")),

@@ -47,6 +47,14 @@ pub struct Policy {
     pub restrictions: Option<Restrictions>,
 }
 
+impl FhirRoute {
+    /// Whether patient-context tokens may read and search `resource_type` here although it is
+    /// outside the compartment.
+    pub fn shares(&self, resource_type: &str) -> bool {
+        self.patient_shared_types.binary_search(&resource_type).is_ok()
+    }
+}
+
 impl Policy {
     /// Whether responses need the audit key (`ApplyCtx::pseudonyms`): restrictions name their
     /// patients by pseudonym. The host should refuse such a policy without a valid
@@ -128,8 +136,9 @@ pub enum Access {
 pub struct FhirRoute {
     /// Interactions allowed on this base.
     pub interactions: HashSet<Interaction>,
-    /// Non-compartment types patient-context tokens may read/search.
-    pub patient_shared_types: HashSet<&'static str>,
+    /// Non-compartment types patient-context tokens may read/search, sorted (each response
+    /// check of a patient-context request shares this list).
+    pub patient_shared_types: std::sync::Arc<[&'static str]>,
     /// SMART scope contexts whose scopes may grant access here.
     pub scope_contexts: HashSet<crate::auth::scope::Context>,
     /// How patient-context searches must be written.
