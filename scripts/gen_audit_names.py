@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate src/audit/names.rs: the closed sets of FHIR R4 names an audit event may write as is.
+"""Generate src/audit/names.rs: the FHIR R4 element names an audit event may write as is (search
+parameter codes come from `fhir::search_params`, generated from the same fixture).
 
 Source: `tests/fixtures/fhir/hl7r4_search-parameters.json`, the code, base, type, targets and
 expression of each of the 1375 SearchParameters of the FHIR R4 (4.0.1) `search-parameters.json`
@@ -12,24 +13,19 @@ import re
 root = pathlib.Path(__file__).resolve().parent.parent
 params = json.loads((root / "tests/fixtures/fhir/hl7r4_search-parameters.json").read_text())["parameters"]
 
-# Result parameters (R4 search.html 3.1.1.5), not SearchParameter resources.
-RESULT = ["_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_contained",
-          "_containedType", "_total", "_format", "_pretty", "_type", "_has", "_list", "_offset",
-          "_getpagesoffset"]
 # Elements every resource (or DomainResource) has (R4 resource.html, domainresource.html).
 BASE_ELEMENTS = ["id", "meta", "implicitRules", "language", "text", "contained", "extension",
                  "modifierExtension"]
 
-codes, elements = set(RESULT), set(BASE_ELEMENTS)
+elements = set(BASE_ELEMENTS)
 for r in params:
-    codes.add(r["code"])
     # First element of each `Type.element...` path of the FHIRPath expression.
     for part in (r.get("expression") or "").split("|"):
         m = re.match(r"\s*\(?\s*[A-Z][A-Za-z]+\.([a-z][A-Za-z0-9]*)", part)
         if m:
             elements.add(m.group(1))
 
-for c in codes | elements:
+for c in elements:
     assert re.fullmatch(r"_?[A-Za-z][A-Za-z0-9-]*", c), c
 
 
@@ -44,7 +40,6 @@ out = [
     "//! (via `tests/fixtures/fhir/hl7r4_search-parameters.json`). Do not edit.",
     "",
 ]
-out += table("SEARCH_PARAMETERS", "Every FHIR R4 search parameter code plus the result parameters, sorted (binary-searchable).", codes)
 out += table("ELEMENT_NAMES", "Top-level element names of FHIR R4 resources that search parameters index, plus the base elements, sorted.", elements)
 (root / "src/audit/names.rs").write_text("\n".join(out).rstrip("\n") + "\n")
-print(len(codes), len(elements))
+print(len(elements))

@@ -38,6 +38,7 @@ for p in doc["parameters"]:
     for base in p["base"]:
         per_type.setdefault(base, {})[p["code"]] = kind
 
+all_codes = sorted({p["code"] for p in doc["parameters"]})
 common = per_type.pop("Resource", {})
 common.update(per_type.pop("DomainResource", {}))
 out = [
@@ -59,6 +60,13 @@ out += [
 for t in sorted(per_type):
     items = ", ".join(f'("{c}", {k})' for c, k in sorted(per_type[t].items()))
     out.append(f'    ("{t}", &[{items}]),')
+out.append("];")
+out += [
+    "",
+    "/// Every R4 search parameter code, of any type, sorted.",
+    "pub const ALL_CODES: &[&str] = &[",
+]
+out += [f'    "{c}",' for c in all_codes]
 out.append("];")
 target = root / "src/fhir/search_params_table.rs"
 target.write_text("\n".join(out) + "\n")

@@ -2,7 +2,7 @@
 //! (or a token issuer) chose, and may be PHI: it is pseudonymized under the audit key, replaced
 //! by a placeholder (`?`, `*`) or by `invalid`.
 
-use super::names::{ELEMENT_NAMES, SEARCH_PARAMETERS};
+use super::names::ELEMENT_NAMES;
 use crate::fhir::resource_type;
 
 /// FHIR R4 search modifiers (R4 search.html 3.1.1.4, plus `iterate` of `_include`/`_revinclude`);
@@ -54,9 +54,30 @@ pub const OPERATIONS: [&str; 39] = [
     "validate-code",
 ];
 
+/// Search parameters that are not SearchParameter resources (R4 search.html 3.1.1.5 result
+/// parameters, `_has`, `_type`, `_list`, paging). Sorted.
+pub const SPECIAL_PARAMETERS: [&str; 16] = [
+    "_contained",
+    "_containedType",
+    "_count",
+    "_elements",
+    "_format",
+    "_getpagesoffset",
+    "_has",
+    "_include",
+    "_list",
+    "_offset",
+    "_pretty",
+    "_revinclude",
+    "_sort",
+    "_summary",
+    "_total",
+    "_type",
+];
+
 /// A FHIR R4 search parameter code or result parameter (`name`, `_lastUpdated`, `_sort`, ...).
 pub fn is_search_parameter(s: &str) -> bool {
-    SEARCH_PARAMETERS.binary_search(&s).is_ok()
+    crate::fhir::search_params::is_code(s) || SPECIAL_PARAMETERS.binary_search(&s).is_ok()
 }
 
 /// A top-level FHIR R4 element name (`id`, `meta`, `subject`, `birthDate`, ...).
@@ -86,7 +107,7 @@ mod tests {
 
     #[test]
     fn tables_are_sorted_and_closed() {
-        for t in [&MODIFIERS[..], &OPERATIONS[..], SEARCH_PARAMETERS, ELEMENT_NAMES] {
+        for t in [&MODIFIERS[..], &OPERATIONS[..], &SPECIAL_PARAMETERS[..], ELEMENT_NAMES] {
             assert!(t.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
         }
         for p in ["_id", "_lastUpdated", "_count", "_has", "_include", "name", "birthdate", "patient", "code-value-quantity"] {
@@ -103,7 +124,7 @@ mod tests {
 
     #[test]
     fn names_match_the_r4_fixture() {
-        // `names.rs` and `fhir::search_params` are generated from the same fixture.
+        // `names.rs` and `fhir::search_params` are generated from this fixture.
         let root = env!("CARGO_MANIFEST_DIR");
         let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap())

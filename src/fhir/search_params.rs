@@ -2,7 +2,7 @@
 //! parameters a patient-context search may use, and which of them can point at a patient.
 
 use super::compartment::patient_params;
-use super::search_params_table::{COMMON_PARAMS, TYPE_PARAMS};
+use super::search_params_table::{ALL_CODES, COMMON_PARAMS, TYPE_PARAMS};
 
 /// What a search parameter's value can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,11 @@ pub fn type_params(resource_type: &str) -> &'static [(&'static str, ParamKind)] 
 /// ones every resource has), or `None` if R4 defines no such parameter there.
 pub fn param_kind(resource_type: &str, code: &str) -> Option<ParamKind> {
     find(type_params(resource_type), code).or_else(|| find(COMMON_PARAMS, code)).map(|(_, k)| *k)
+}
+
+/// Whether `code` is an R4 search parameter code of any resource type.
+pub fn is_code(code: &str) -> bool {
+    ALL_CODES.binary_search(&code).is_ok()
 }
 
 /// Whether R4 defines the search parameter `code` on `resource_type` (or on every resource).
@@ -90,6 +95,7 @@ mod tests {
         assert!(TYPE_PARAMS.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(TYPE_PARAMS.iter().all(|(_, ps)| ps.windows(2).all(|w| w[0].0 < w[1].0)));
         assert!(COMMON_PARAMS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(ALL_CODES.windows(2).all(|w| w[0] < w[1]));
         let root = env!("CARGO_MANIFEST_DIR");
         let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(format!("{root}/tests/fixtures/fhir/hl7r4_search-parameters.json")).unwrap())
@@ -98,6 +104,7 @@ mod tests {
         assert_eq!(params.len(), 1375);
         for p in params {
             let code = p["code"].as_str().unwrap();
+            assert!(is_code(code), "{code}");
             for base in p["base"].as_array().unwrap() {
                 let base = base.as_str().unwrap();
                 let ty = if matches!(base, "Resource" | "DomainResource") { "Observation" } else { base };
