@@ -200,6 +200,98 @@ pub enum SimulateError {
     UnknownIssuer(String),
 }
 
+/// A caller's credential as the CLI (`explain`), the playground and the scenario runner take
+/// it: at most one of a token, claims (JSON text) or a whole `Authorization` header, and a JWKS
+/// (JSON text) for the token's issuer. One builder, so the three cannot read the same inputs
+/// differently.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CredentialInput<'a> {
+    /// A compact JWS, verified with the policy's keys.
+    pub token: Option<&'a str>,
+    /// Token claims as JSON text, trusted without a signature.
+    pub claims: Option<&'a str>,
+    /// A whole `Authorization` header value, as a client sends it.
+    pub authorization: Option<&'a str>,
+    /// JWKS JSON text installed as the keys of the token's issuer.
+    pub jwks: Option<&'a str>,
+}
+
+/// Why a [`CredentialInput`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// More than one of token, claims and `Authorization` header.
+    #[error("give one credential: a token, claims or an Authorization header")]
+    Conflict,
+    /// The claims are not a JSON object.
+    #[error("claims: {0}")]
+    Claims(String),
+    /// A JWKS was given without a token to verify.
+    #[error("a JWKS needs a token to verify")]
+    JwksWithoutToken,
+    /// The JWKS does not parse, holds no usable key, or the token's issuer is unknown.
+    #[error("{0}")]
+    Jwks(String),
+}
+
+impl CredentialError {
+    /// The input member the error is about (`input`, `claims`, `jwks`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            CredentialError::Conflict => "input",
+            CredentialError::Claims(_) => "claims",
+            CredentialError::JwksWithoutToken | CredentialError::Jwks(_) => "jwks",
+        }
+    }
+}
+
+/// A checked credential, ready to be lent to an [`Exchange`].
+#[derive(Debug, Clone)]
+pub struct PreparedCredential<'a> {
+    input: CredentialInput<'a>,
+    claims: Option<Value>,
+}
+
+impl<'a> CredentialInput<'a> {
+    /// Check the input and install the JWKS (if any) into `policy` as the keys of the token's
+    /// issuer.
+    pub fn prepare(self, policy: &mut Policy) -> Result<PreparedCredential<'a>, CredentialError> {
+        let given = [self.token.is_some(), self.claims.is_some(), self.authorization.is_some()];
+        if given.iter().filter(|&&g| g).count() > 1 {
+            return Err(CredentialError::Conflict);
+        }
+        let claims = match self.claims {
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(v) if v.is_object() => Some(v),
+                Ok(_) => return Err(CredentialError::Claims("claims must be a JSON object".into())),
+                Err(e) => return Err(CredentialError::Claims(e.to_string())),
+            },
+            None => None,
+        };
+        match (self.jwks, self.token) {
+            (Some(jwks), Some(token)) => {
+                let value: Value = serde_json::from_str(jwks).map_err(|e| CredentialError::Jwks(format!("jwks: {e}")))?;
+                install_jwks(policy, token, &value).map_err(|e| CredentialError::Jwks(e.to_string()))?;
+            }
+            // Keys only verify a token.
+            (Some(_), None) => return Err(CredentialError::JwksWithoutToken),
+            (None, _) => {}
+        }
+        Ok(PreparedCredential { input: self, claims })
+    }
+}
+
+impl PreparedCredential<'_> {
+    /// The credential of an [`Exchange`].
+    pub fn credential(&self) -> Credential<'_> {
+        match (self.input.token, &self.claims, self.input.authorization) {
+            (Some(t), _, _) => Credential::Token(t),
+            (None, Some(c), _) => Credential::Claims(c),
+            (None, None, Some(h)) => Credential::Header(h),
+            (None, None, None) => Credential::None,
+        }
+    }
+}
+
 /// Install a JWKS as the keys of the token's issuer (what a remote-JWKS issuer would fetch),
 /// replacing any it has. The token is not verified here: [`simulate`] does that.
 pub fn install_jwks(policy: &mut Policy, token: &str, jwks: &Value) -> Result<(), SimulateError> {
@@ -473,5 +565,27 @@ mod tests {
         let jwks: Value = serde_json::from_str(include_str!("../tests/keys/demo-jwks.json")).unwrap();
         assert!(matches!(install_jwks(&mut p, &other, &jwks), Err(SimulateError::UnknownIssuer(_))));
         install_jwks(&mut p, &token, &jwks).unwrap();
+    }
+
+    #[test]
+    fn one_credential_builder_checks_its_inputs() {
+        let mut p = policy();
+        let one = |input: CredentialInput<'_>, p: &mut Policy| input.prepare(p).map(|c| format!("{:?}", c.credential()));
+        let conflict = CredentialInput { token: Some("a.b.c"), claims: Some("{}"), ..Default::default() };
+        assert_eq!(one(conflict, &mut p), Err(CredentialError::Conflict));
+        let conflict = CredentialInput { claims: Some("{}"), authorization: Some("Bearer x"), ..Default::default() };
+        assert_eq!(one(conflict, &mut p).map_err(|e| e.field()), Err("input"));
+        for bad in ["{not json", "[1]", "\"sub\""] {
+            let got = one(CredentialInput { claims: Some(bad), ..Default::default() }, &mut p);
+            assert!(matches!(got, Err(CredentialError::Claims(_))), "{bad}: {got:?}");
+        }
+        let jwks = include_str!("../tests/keys/demo-jwks.json");
+        assert_eq!(one(CredentialInput { jwks: Some(jwks), ..Default::default() }, &mut p), Err(CredentialError::JwksWithoutToken));
+        let other = crate::auth::verify::tests::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": "https://elsewhere"}));
+        let got = one(CredentialInput { token: Some(&other), jwks: Some(jwks), ..Default::default() }, &mut p);
+        assert!(matches!(&got, Err(CredentialError::Jwks(m)) if m.contains("elsewhere")), "{got:?}");
+        assert_eq!(one(CredentialInput::default(), &mut p).unwrap(), "None");
+        assert!(one(CredentialInput { claims: Some("{}"), ..Default::default() }, &mut p).unwrap().starts_with("Claims"));
+        assert_eq!(one(CredentialInput { authorization: Some("Basic x"), ..Default::default() }, &mut p).unwrap(), "Header(\"Basic x\")");
     }
 }

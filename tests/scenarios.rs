@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::audit::{AuditEvent, AuditKey, Verdict};
 use phi_guard::policy::compile;
-use phi_guard::simulate::{simulate, Credential, Exchange, Phase, Upstream};
+use phi_guard::simulate::{simulate, CredentialInput, Exchange, Phase, Upstream};
 use serde_json::{json, Value};
 
 const NOW: u64 = 1_800_000_000;
@@ -60,18 +60,17 @@ fn mint(token: &Value) -> String {
 
 fn run(path: &Path) -> Result<(), String> {
     let s: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).map_err(|e| e.to_string())?;
-    let policy = compile(&std::fs::read(root().join(s["policy"].as_str().unwrap())).unwrap()).map_err(|e| e.to_string())?;
+    let mut policy = compile(&std::fs::read(root().join(s["policy"].as_str().unwrap())).unwrap()).map_err(|e| e.to_string())?;
     let expect = &s["expect"];
     let req = &s["request"];
     let token = match &s["token"] {
         Value::Null => None,
         t => Some(mint(t)),
     };
-    let credential = match (req.pointer("/headers/authorization").and_then(Value::as_str), &token) {
-        (Some(h), _) => Credential::Header(h),
-        (None, Some(t)) => Credential::Token(t),
-        (None, None) => Credential::None,
-    };
+    // A scenario's `Authorization` header is sent as written; otherwise the minted token.
+    let authorization = req.pointer("/headers/authorization").and_then(Value::as_str);
+    let input = CredentialInput { authorization, token: token.as_deref().filter(|_| authorization.is_none()), ..Default::default() };
+    let credential = input.prepare(&mut policy).map_err(|e| e.to_string())?;
     let body = match (s.pointer("/upstream/body"), s.pointer("/upstream/bodyFile").and_then(Value::as_str)) {
         (Some(b), _) => Some(serde_json::to_vec(b).unwrap()),
         (None, Some(f)) => Some(std::fs::read(root().join(f)).map_err(|e| format!("{f}: {e}"))?),
@@ -84,7 +83,7 @@ fn run(path: &Path) -> Result<(), String> {
         &Exchange {
             method: req["method"].as_str().unwrap(),
             path: req["path"].as_str().unwrap(),
-            credential,
+            credential: credential.credential(),
             upstream: body.as_deref().map(|b| Upstream {
                 status: upstream_status,
                 content_type: Some("application/fhir+json"),

@@ -12,7 +12,7 @@ use phi_guard::audit::{verify_log, AuditKey, KEY_ENV};
 use phi_guard::decision::{refusal_reply, DenyReason};
 use phi_guard::minimize::{self, ApplyCtx};
 use phi_guard::policy::{compile, Policy};
-use phi_guard::simulate::{install_jwks, simulate, Credential, Exchange, ExchangeOutcome, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::simulate::{simulate, CredentialError, CredentialInput, Exchange, ExchangeOutcome, Upstream, DEMO_AUDIT_KEY};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -356,12 +356,18 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         json,
     } = args;
     let mut p = load(&policy)?;
-    let claims: Option<Value> = claims.map(|c| serde_json::from_str(&c).map_err(|e| format!("--claims: {e}"))).transpose()?;
-    if let (Some(f), Some(t)) = (&jwks, &token) {
-        let text = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-        install_jwks(&mut p, t, &value).map_err(|e| format!("{}: {e}", f.display()))?;
-    }
+    let jwks_text = jwks.as_ref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
+    let input = CredentialInput {
+        token: token.as_deref(),
+        claims: claims.as_deref(),
+        authorization: authorization.as_deref(),
+        jwks: jwks_text.as_deref(),
+    };
+    let prepared = input.prepare(&mut p).map_err(|e| match (&e, &jwks) {
+        (CredentialError::Jwks(_), Some(f)) => format!("{}: {e}", f.display()),
+        (CredentialError::Claims(_), _) => format!("--{e}"),
+        _ => e.to_string(),
+    })?;
     let body = upstream_body.as_ref().map(|f| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
     let hmac = hmac_key_env
         .as_ref()
@@ -374,12 +380,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
             AuditKey::from_secret(DEMO_AUDIT_KEY).map_err(|e| e.to_string())?
         }
     };
-    let credential = match (&token, &claims, &authorization) {
-        (Some(t), _, _) => Credential::Token(t),
-        (None, Some(c), _) => Credential::Claims(c),
-        (None, None, Some(h)) => Credential::Header(h),
-        (None, None, None) => Credential::None,
-    };
+    let credential = prepared.credential();
     let upstream = body.as_deref().map(|b| Upstream {
         status: upstream_status,
         content_type: Some(&upstream_content_type),

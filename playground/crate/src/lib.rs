@@ -10,7 +10,7 @@
 
 use phi_guard::audit::AuditKey;
 use phi_guard::policy::{compile, Access, PathMatcher, Policy};
-use phi_guard::simulate::{install_jwks, simulate, Credential, Exchange, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::simulate::{simulate, CredentialInput, Exchange, Upstream, DEMO_AUDIT_KEY};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -137,37 +137,19 @@ pub fn explain_value(input: &str) -> Value {
         Ok(p) => p,
         Err(e) => return failure("policy", e),
     };
-    // As in the CLI, whose `--token`, `--claims` and `--authorization` conflict.
-    if [input.token.is_some(), input.claims.is_some(), input.authorization.is_some()].iter().filter(|&&given| given).count() > 1 {
-        return failure("input", "give one credential: a token, claims or an Authorization header");
-    }
-    let claims: Option<Value> = match input.claims.as_deref().map(serde_json::from_str).transpose() {
-        Ok(c) => c,
-        Err(e) => return failure("claims", format!("claims: {e}")),
+    let input_credential = CredentialInput {
+        token: input.token.as_deref(),
+        claims: input.claims.as_deref(),
+        authorization: input.authorization.as_deref(),
+        jwks: input.jwks.as_deref(),
     };
-    match (&input.jwks, &input.token) {
-        (Some(jwks), Some(token)) => {
-            let value: Value = match serde_json::from_str(jwks) {
-                Ok(v) => v,
-                Err(e) => return failure("jwks", format!("jwks: {e}")),
-            };
-            if let Err(e) = install_jwks(&mut policy, token, &value) {
-                return failure("jwks", e);
-            }
-        }
-        // As in the CLI (`--jwks` requires `--token`): keys only verify a token.
-        (Some(_), None) => return failure("jwks", "a JWKS needs a token to verify"),
-        (None, _) => {}
-    }
+    let prepared = match input_credential.prepare(&mut policy) {
+        Ok(p) => p,
+        Err(e) => return failure(e.field(), e),
+    };
     let audit_key = match AuditKey::from_secret(input.audit_key.as_deref().map_or(DEMO_AUDIT_KEY, str::as_bytes)) {
         Ok(k) => k,
         Err(e) => return failure("auditKey", format!("audit key: {e}")),
-    };
-    let credential = match (&input.token, &claims, &input.authorization) {
-        (Some(t), _, _) => Credential::Token(t),
-        (None, Some(c), _) => Credential::Claims(c),
-        (None, None, Some(h)) => Credential::Header(h),
-        (None, None, None) => Credential::None,
     };
     let upstream = input.upstream.as_ref().map(|u| Upstream {
         status: u.status,
@@ -178,7 +160,7 @@ pub fn explain_value(input: &str) -> Value {
     let x = Exchange {
         method: &input.method,
         path: &input.path,
-        credential,
+        credential: prepared.credential(),
         upstream,
         now: input.now,
         hmac_key: input.hmac_key.as_deref().map(str::as_bytes),
@@ -218,6 +200,7 @@ pub fn version() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use phi_guard::simulate::Credential;
 
     const NOW: u64 = 1_800_000_000;
     const PATIENT_APP: &str = include_str!("../../../policies/smart-patient-app.json");
