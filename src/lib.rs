@@ -18,6 +18,8 @@ pub mod minimize;
 pub mod policy;
 pub mod shared;
 pub mod simulate;
+#[cfg(test)]
+pub(crate) mod testing;
 
 // Only the filter's target has the proxy-wasm host; the playground's wasm32-unknown-unknown
 // build of the core has none.

@@ -1,6 +1,6 @@
 //! Data shared by every worker of one Envoy (Envoy shared data) as the core sees it: a key-value
 //! store with compare-and-swap. The filter's host implements [`SharedStore`] over the proxy-wasm
-//! hostcalls; tests use [`testing::MemoryStore`], which can also lose races on purpose. What
+//! hostcalls; tests use `testing::MemoryStore`, which can also lose races on purpose. What
 //! runs on it here (rate-limit buckets, leases for periodic jobs) is tested natively.
 
 use crate::decision::ratelimit::{Bucket, RateLimit};
@@ -60,63 +60,11 @@ pub fn claim_lease(store: &impl SharedStore, key: &str, now: u64, period: u64) -
     now >= next && store.set(key, &now.saturating_add(period).to_be_bytes(), cas).is_ok()
 }
 
-/// Test doubles.
-#[cfg(test)]
-pub mod testing {
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
-
-    use super::{SharedStore, StoreError};
-
-    /// Shared data in memory, with versions like Envoy's. `lose_races` makes that many of the
-    /// next conditional writes fail as if another worker had written first (and bumps the
-    /// version, as that write would); `fail` makes every call fail.
-    #[derive(Default)]
-    pub struct MemoryStore {
-        data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-        /// Conditional writes still to lose.
-        pub lose_races: Cell<usize>,
-        /// Every call fails.
-        pub fail: Cell<bool>,
-        /// Writes attempted.
-        pub writes: Cell<usize>,
-    }
-
-    impl SharedStore for MemoryStore {
-        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-            if self.fail.get() {
-                return Err(StoreError::Failed);
-            }
-            Ok(self.data.borrow().get(key).map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c))))
-        }
-
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-            self.writes.set(self.writes.get() + 1);
-            if self.fail.get() {
-                return Err(StoreError::Failed);
-            }
-            let mut data = self.data.borrow_mut();
-            let current = data.get(key).map_or(0, |(_, c)| *c);
-            if cas.is_some() && self.lose_races.get() > 0 {
-                self.lose_races.set(self.lose_races.get() - 1);
-                let (v, _) = data.get(key).cloned().unwrap_or_default();
-                data.insert(key.to_owned(), (v, current + 1));
-                return Err(StoreError::CasMismatch);
-            }
-            if cas.is_some_and(|c| c != current) {
-                return Err(StoreError::CasMismatch);
-            }
-            data.insert(key.to_owned(), (value.to_vec(), current + 1));
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::testing::MemoryStore;
     use super::*;
     use crate::decision::ratelimit::LimitBy;
+    use crate::testing::MemoryStore;
 
     fn limit(burst: u64) -> RateLimit {
         RateLimit { id: "l".into(), by: LimitBy::Subject, refill_milli_per_sec: 1000, burst, routes: vec![] }

@@ -461,7 +461,7 @@ mod tests {
     use crate::policy::compile;
     use serde_json::json;
 
-    const NOW: u64 = 1_800_000_000;
+    use crate::testing::NOW;
 
     fn policy() -> Policy {
         compile(include_bytes!("../policies/smart-patient-app.json")).unwrap()
@@ -559,9 +559,9 @@ mod tests {
     fn jwks_is_installed_for_the_tokens_issuer() {
         let mut p = policy();
         let iss = p.issuers[0].issuer.clone();
-        let token = crate::auth::verify::tests::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": iss}));
+        let token = crate::testing::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": iss}));
         assert!(matches!(install_jwks(&mut p, &token, &json!({})), Err(SimulateError::Jwks(_))));
-        let other = crate::auth::verify::tests::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": "https://elsewhere"}));
+        let other = crate::testing::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": "https://elsewhere"}));
         let jwks: Value = serde_json::from_str(include_str!("../tests/keys/demo-jwks.json")).unwrap();
         assert!(matches!(install_jwks(&mut p, &other, &jwks), Err(SimulateError::UnknownIssuer(_))));
         install_jwks(&mut p, &token, &jwks).unwrap();
@@ -581,7 +581,7 @@ mod tests {
         }
         let jwks = include_str!("../tests/keys/demo-jwks.json");
         assert_eq!(one(CredentialInput { jwks: Some(jwks), ..Default::default() }, &mut p), Err(CredentialError::JwksWithoutToken));
-        let other = crate::auth::verify::tests::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": "https://elsewhere"}));
+        let other = crate::testing::sign(jsonwebtoken::Algorithm::RS256, Some("k"), &json!({"iss": "https://elsewhere"}));
         let got = one(CredentialInput { token: Some(&other), jwks: Some(jwks), ..Default::default() }, &mut p);
         assert!(matches!(&got, Err(CredentialError::Jwks(m)) if m.contains("elsewhere")), "{got:?}");
         assert_eq!(one(CredentialInput::default(), &mut p).unwrap(), "None");

@@ -62,9 +62,8 @@ pub fn otlp_logs(batch: &[Sealed], stream: &str, service_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::tests::chain;
-    use crate::audit::event::tests::{event, policy, token};
     use crate::policy::audit::CollectorConfig;
+    use crate::testing::{chain, event, policy, token};
     use serde_json::json;
 
     fn sealed() -> (Vec<Sealed>, String) {

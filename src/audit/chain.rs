@@ -169,14 +169,10 @@ pub(crate) fn unframe(record: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::audit::event::tests::{event, key, policy, token};
+    use crate::testing::{audit_key as key, chain, event, policy, token};
     use serde_json::{json, Value};
-
-    pub fn chain(id: u8) -> AuditChain {
-        AuditChain::new([id; 16], key())
-    }
 
     #[test]
     fn jsonl_lines() {
@@ -236,12 +232,11 @@ pub(crate) mod tests {
 
 #[cfg(test)]
 mod cost {
-    use super::tests::chain;
-    use crate::audit::event::tests::{policy, token};
     use crate::audit::event::{AuditContext, AuditEvent, RequestMeta};
     use crate::auth::TokenCache;
     use crate::decision::{decide, Request};
     use crate::policy::audit::AuditFormat;
+    use crate::testing::{chain, policy, token};
     use serde_json::json;
 
     /// Run optimized, e.g. `CARGO_PROFILE_TEST_OPT_LEVEL=3 CARGO_PROFILE_DEV_OPT_LEVEL=3
@@ -256,13 +251,8 @@ mod cost {
         let hs = [format!("Bearer {t}")];
         let hs: Vec<&str> = hs.iter().map(String::as_str).collect();
         let mut cache = TokenCache::new(4);
-        let d = decide(
-            &p,
-            &mut cache,
-            &Request { method: "GET", path, authorization: &hs, ..Default::default() },
-            crate::auth::verify::tests::NOW,
-        );
-        let k = crate::audit::event::tests::key();
+        let d = decide(&p, &mut cache, &Request { method: "GET", path, authorization: &hs, ..Default::default() }, crate::testing::NOW);
+        let k = crate::testing::audit_key();
         let meta = RequestMeta {
             request_id: Some("0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55"),
             source: Some("10.0.0.1:5555"),

@@ -571,51 +571,12 @@ fn host_of(addr: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::audit::key::AuditKey;
-    use crate::auth::verify::tests::{claims, sign, NOW};
     use crate::auth::TokenCache;
     use crate::decision::{decide, Request};
-    use jsonwebtoken::Algorithm;
+    use crate::testing::{audit_key as key, event, policy, token, NOW, REQUEST_ID};
     use serde_json::{json, Value};
-
-    pub const SECRET: &[u8] = b"test-audit-secret-0123456789abcdef";
-    /// The `x-request-id` of test events: a UUID, as Envoy generates them.
-    pub const REQUEST_ID: &str = "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55";
-
-    pub fn key() -> AuditKey {
-        AuditKey::from_secret(SECRET).unwrap()
-    }
-
-    pub fn policy(name: &str) -> Policy {
-        let bytes = std::fs::read(format!("{}/policies/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        crate::policy::compile(&bytes).unwrap()
-    }
-
-    pub fn token(patch: Value) -> String {
-        let mut c = claims();
-        for (k, v) in patch.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        sign(Algorithm::RS256, Some("demo-rs256"), &c)
-    }
-
-    /// Decide and build the request-time event.
-    pub fn event(p: &Policy, method: &str, path: &str, token: Option<&str>) -> AuditEvent {
-        event_with_id(p, method, path, token, REQUEST_ID)
-    }
-
-    /// [`event`] for a request with this `x-request-id`.
-    pub fn event_with_id(p: &Policy, method: &str, path: &str, token: Option<&str>, request_id: &str) -> AuditEvent {
-        let header = token.map(|t| format!("Bearer {t}"));
-        let hs: Vec<&str> = header.iter().map(String::as_str).collect();
-        let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
-        let k = key();
-        let meta =
-            RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
-        AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
-    }
 
     fn json_of(ev: &AuditEvent) -> Value {
         serde_json::to_value(ev).unwrap()

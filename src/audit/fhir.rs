@@ -513,7 +513,7 @@ fn extensions<'a>(ev: &'a AuditEvent, chain: Option<(&'a str, u64)>) -> Vec<Exte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::tests::{event, key, policy, token};
+    use crate::testing::{audit_key as key, event, policy, token};
     use serde_json::{json, Value};
 
     fn render(ev: &AuditEvent, stream: &str, seq: u64, observer: &str) -> Value {

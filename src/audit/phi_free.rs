@@ -6,11 +6,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::batch::otlp_logs;
-use super::chain::tests::chain;
-use super::event::tests::{event_with_id, key, policy, token, REQUEST_ID};
 use super::fhir::render;
 use crate::decision::{ApplyCtx, ResponseCheck, ResponsePlan};
 use crate::policy::audit::AuditFormat;
+use crate::testing::{audit_key as key, chain, event_with_id, policy, token, REQUEST_ID};
 
 const PATIENT: &str = "pat-4711-secret";
 const OTHER: &str = "pat-9999-other";

@@ -248,10 +248,10 @@ fn hex(mac: &[u8; 32]) -> String {
 mod tests {
     use super::*;
     use crate::audit::batch::otlp_logs;
-    use crate::audit::chain::tests::chain;
     use crate::audit::chain::Sealed;
-    use crate::audit::event::tests::{event, key, policy, token};
     use crate::policy::audit::AuditFormat;
+    use crate::testing::chain;
+    use crate::testing::{audit_key as key, event, policy, token};
     use serde_json::json;
 
     /// `n` sealed lines from one stream, alternating allowed and denied requests.

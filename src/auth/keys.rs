@@ -172,7 +172,7 @@ mod tests {
     use serde_json::json;
 
     fn demo() -> Value {
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/demo-jwks.json")).unwrap()).unwrap()
+        crate::testing::demo_jwks()
     }
 
     #[test]

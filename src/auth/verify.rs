@@ -384,63 +384,11 @@ fn authentication(claims: &Map<String, Value>) -> Result<(Option<String>, Vec<St
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::auth::keys::parse_jwks;
+    use crate::testing::{claims, issuer, key_path, sign, AUD, ISS, NOW};
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
-
-    pub const NOW: u64 = 1_800_000_000;
-    const ISS: &str = "https://idp.phi-guard.test";
-    const AUD: &str = "https://fhir.phi-guard.test";
-
-    fn key_path(name: &str) -> String {
-        format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
-    }
-
-    pub fn issuer() -> IssuerConfig {
-        let jwks: Value = serde_json::from_str(&std::fs::read_to_string(key_path("demo-jwks.json")).unwrap()).unwrap();
-        IssuerConfig {
-            issuer: ISS.into(),
-            audiences: vec![AUD.into()],
-            algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
-            keys: parse_jwks(&jwks).unwrap(),
-            remote: None,
-            clock_skew: 60,
-            max_lifetime: Some(86_400),
-            require_subject: true,
-            claims: ClaimNames {
-                scope: "scope".into(),
-                subject: "sub".into(),
-                client_id: "client_id".into(),
-                patient: "patient".into(),
-                purpose: "purpose_of_use".into(),
-                break_glass: Some("break_glass".into()),
-                break_glass_reason: Some("break_glass_reason".into()),
-            },
-            acr_levels: vec!["urn:phi-guard:loa:1".into(), "urn:phi-guard:loa:2".into(), "urn:phi-guard:loa:3".into()],
-        }
-    }
-
-    pub fn claims() -> Value {
-        json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "exp": NOW + 600, "iat": NOW - 10,
-               "scope": "launch/patient patient/Patient.rs patient/Observation.rs", "patient": "p1", "jti": "j1"})
-    }
-
-    type KeyCtor = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
-
-    pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
-        let (file, ctor): (&str, KeyCtor) = match alg {
-            Algorithm::RS256 | Algorithm::PS256 => ("demo-rs256.key.pem", EncodingKey::from_rsa_pem),
-            Algorithm::ES256 => ("demo-es256.key.pem", EncodingKey::from_ec_pem),
-            Algorithm::EdDSA => ("demo-eddsa.key.pem", EncodingKey::from_ed_pem),
-            _ => unreachable!(),
-        };
-        let key = ctor(&std::fs::read(key_path(file)).unwrap()).unwrap();
-        let mut h = Header::new(alg);
-        h.kid = kid.map(str::to_owned);
-        encode(&h, claims, &key).unwrap()
-    }
 
     fn b64(v: &Value) -> String {
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())

@@ -676,27 +676,9 @@ fn typed_non_patient(reference: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::verify::tests::{claims, sign, NOW};
+    use crate::testing::{claims, policy, policy_doc, sign, token, NOW};
     use jsonwebtoken::Algorithm;
     use serde_json::{json, Value};
-
-    fn policy(name: &str) -> Policy {
-        let bytes = std::fs::read(format!("{}/policies/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        crate::policy::compile(&bytes).unwrap()
-    }
-
-    /// A shipped policy as JSON, to edit before compiling.
-    fn policy_doc(name: &str) -> Value {
-        serde_json::from_slice(&std::fs::read(format!("{}/policies/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap()
-    }
-
-    fn token(patch: Value) -> String {
-        let mut c = claims();
-        for (k, v) in patch.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        sign(Algorithm::RS256, Some("demo-rs256"), &c)
-    }
 
     fn run(p: &Policy, method: &str, path: &str, auth: Option<&str>) -> Decision {
         let mut cache = TokenCache::new(16);

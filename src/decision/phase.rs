@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_ends_while_checking_is_audited_as_truncated() {
-        use crate::audit::event::tests::{event, policy, token};
+        use crate::testing::{event, policy, token};
         let p = policy("smart-patient-app");
         let t = token(serde_json::json!({"patient": "p1"}));
         let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&t));

@@ -1,0 +1,176 @@
+//! Shared test fixtures: the demo issuer and its keys, token claims and signing, the shipped
+//! policies, the audit key and events, and the in-memory shared store. One place, so unit tests
+//! in every module build the same inputs the same way.
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::audit::{AuditChain, AuditContext, AuditEvent, AuditKey, RequestMeta};
+use crate::auth::keys::parse_jwks;
+use crate::auth::{ClaimNames, IssuerConfig, TokenCache};
+use crate::decision::{decide, Request};
+use crate::policy::Policy;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use crate::shared::{SharedStore, StoreError};
+
+/// The fixed "now" of the fixtures, Unix seconds (2027-01-15T08:00:00Z).
+pub const NOW: u64 = 1_800_000_000;
+/// The demo issuer.
+pub const ISS: &str = "https://idp.phi-guard.test";
+/// The demo audience.
+pub const AUD: &str = "https://fhir.phi-guard.test";
+/// The audit secret of test events.
+pub const SECRET: &[u8] = b"test-audit-secret-0123456789abcdef";
+/// The `x-request-id` of test events: a UUID, as Envoy generates them.
+pub const REQUEST_ID: &str = "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55";
+
+/// A file under the repository root.
+pub fn repo_path(rel: &str) -> String {
+    format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file in `tests/keys/`.
+pub fn key_path(name: &str) -> String {
+    repo_path(&format!("tests/keys/{name}"))
+}
+
+/// The demo JWKS (`tests/keys/demo-jwks.json`).
+pub fn demo_jwks() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(key_path("demo-jwks.json")).unwrap()).unwrap()
+}
+
+/// The demo issuer with the demo keys, RS256/ES256/EdDSA, 60 s skew.
+pub fn issuer() -> IssuerConfig {
+    IssuerConfig {
+        issuer: ISS.into(),
+        audiences: vec![AUD.into()],
+        algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+        keys: parse_jwks(&demo_jwks()).unwrap(),
+        remote: None,
+        clock_skew: 60,
+        max_lifetime: Some(86_400),
+        require_subject: true,
+        claims: ClaimNames {
+            scope: "scope".into(),
+            subject: "sub".into(),
+            client_id: "client_id".into(),
+            patient: "patient".into(),
+            purpose: "purpose_of_use".into(),
+            break_glass: Some("break_glass".into()),
+            break_glass_reason: Some("break_glass_reason".into()),
+        },
+        acr_levels: vec!["urn:phi-guard:loa:1".into(), "urn:phi-guard:loa:2".into(), "urn:phi-guard:loa:3".into()],
+    }
+}
+
+/// A patient app's claims: patient `p1`, Patient and Observation read/search.
+pub fn claims() -> Value {
+    json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "exp": NOW + 600, "iat": NOW - 10,
+           "scope": "launch/patient patient/Patient.rs patient/Observation.rs", "patient": "p1", "jti": "j1"})
+}
+
+type KeyCtor = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
+
+/// Sign `claims` with the demo key of `alg` (RS256/PS256, ES256 or EdDSA).
+pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    let (file, ctor): (&str, KeyCtor) = match alg {
+        Algorithm::RS256 | Algorithm::PS256 => ("demo-rs256.key.pem", EncodingKey::from_rsa_pem),
+        Algorithm::ES256 => ("demo-es256.key.pem", EncodingKey::from_ec_pem),
+        Algorithm::EdDSA => ("demo-eddsa.key.pem", EncodingKey::from_ed_pem),
+        _ => unreachable!(),
+    };
+    let key = ctor(&std::fs::read(key_path(file)).unwrap()).unwrap();
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_owned);
+    encode(&h, claims, &key).unwrap()
+}
+
+/// An RS256 token of [`claims`] with `patch` merged in.
+pub fn token(patch: Value) -> String {
+    let mut c = claims();
+    for (k, v) in patch.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    sign(Algorithm::RS256, Some("demo-rs256"), &c)
+}
+
+/// A shipped policy (`policies/<name>.json`) as JSON, to edit before compiling.
+pub fn policy_doc(name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(repo_path(&format!("policies/{name}.json"))).unwrap()).unwrap()
+}
+
+/// A shipped policy, compiled.
+pub fn policy(name: &str) -> Policy {
+    crate::policy::compile(&std::fs::read(repo_path(&format!("policies/{name}.json"))).unwrap()).unwrap()
+}
+
+/// The audit key of test events.
+pub fn audit_key() -> AuditKey {
+    AuditKey::from_secret(SECRET).unwrap()
+}
+
+/// A fresh audit chain with stream id `[id; 16]`.
+pub fn chain(id: u8) -> AuditChain {
+    AuditChain::new([id; 16], audit_key())
+}
+
+/// Decide a request and build its request-time audit event.
+pub fn event(p: &Policy, method: &str, path: &str, token: Option<&str>) -> AuditEvent {
+    event_with_id(p, method, path, token, REQUEST_ID)
+}
+
+/// [`event`] for a request with this `x-request-id`.
+pub fn event_with_id(p: &Policy, method: &str, path: &str, token: Option<&str>, request_id: &str) -> AuditEvent {
+    let header = token.map(|t| format!("Bearer {t}"));
+    let hs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
+    let k = audit_key();
+    let meta = RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
+    AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
+}
+
+/// Shared data in memory, with versions like Envoy's. `lose_races` makes that many of the
+/// next conditional writes fail as if another worker had written first (and bumps the
+/// version, as that write would); `fail` makes every call fail.
+#[derive(Default)]
+pub struct MemoryStore {
+    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// Conditional writes still to lose.
+    pub lose_races: Cell<usize>,
+    /// Every call fails.
+    pub fail: Cell<bool>,
+    /// Writes attempted.
+    pub writes: Cell<usize>,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        if self.fail.get() {
+            return Err(StoreError::Failed);
+        }
+        Ok(self.data.borrow().get(key).map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c))))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        self.writes.set(self.writes.get() + 1);
+        if self.fail.get() {
+            return Err(StoreError::Failed);
+        }
+        let mut data = self.data.borrow_mut();
+        let current = data.get(key).map_or(0, |(_, c)| *c);
+        if cas.is_some() && self.lose_races.get() > 0 {
+            self.lose_races.set(self.lose_races.get() - 1);
+            let (v, _) = data.get(key).cloned().unwrap_or_default();
+            data.insert(key.to_owned(), (v, current + 1));
+            return Err(StoreError::CasMismatch);
+        }
+        if cas.is_some_and(|c| c != current) {
+            return Err(StoreError::CasMismatch);
+        }
+        data.insert(key.to_owned(), (value.to_vec(), current + 1));
+        Ok(())
+    }
+}
