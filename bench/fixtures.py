@@ -5,16 +5,15 @@ and tokens signed with the test keys (tests/keys/, test-only).
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
 
+from tokens import KEY_FILES, PyMinter, encode, load_private_key
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from tokens import KEY_FILES, PyMinter, encode, load_private_key  # noqa: E402
 
 SYNTHEA = REPO / "envoy" / "demo-data" / "synthea"
 # Clemente Kreiger: the demo patient (envoy/demo-data/README.md); his record is the ~200 KB bundle.

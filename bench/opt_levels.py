@@ -23,15 +23,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import configs
+import fixtures
+import memory
+from procs import BenchError, Envoy, envoy_version, request, wrk
+from run import MISS_CACHE_ENTRIES, machine_facts
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
 
-import configs  # noqa: E402
-import fixtures  # noqa: E402
-import memory  # noqa: E402
-from procs import BenchError, Envoy, envoy_version, request, wrk  # noqa: E402
-from run import MISS_CACHE_ENTRIES, machine_facts  # noqa: E402
 
 
 def profile_level() -> str:

@@ -11,16 +11,15 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import _die_with_parent, _terminate, envoy_bin, free_port, http_get
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from harness import _die_with_parent, _terminate, envoy_bin, free_port, http_get  # noqa: E402
 
 CONCURRENCY = 2  # Envoy workers per proxy, as in the tests: one VM per worker
 

@@ -14,9 +14,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-
-import memory  # noqa: E402
+import memory
 
 MIB = 1024 * 1024
 TARGET_VS_NATIVE = 0.95

@@ -31,18 +31,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import configs
+import fixtures
+import memory
+import report
+from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY
+from procs import BenchError, Envoy, envoy_version, request, spawn_wrk, wrk
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-
-import configs  # noqa: E402
-import fixtures  # noqa: E402
-import memory  # noqa: E402
-import report  # noqa: E402
-from procs import BenchError, Envoy, envoy_version, request, spawn_wrk, wrk  # noqa: E402
-
-sys.path.insert(0, str(REPO / "tests" / "support"))
-from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY  # noqa: E402
 
 # The full pipelines to measure on Observation reads. Each is a policy file; `--pipeline NAME`
 # selects them (`--pipeline NAME=FILE` adds one).

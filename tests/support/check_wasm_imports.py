@@ -192,7 +192,6 @@ def probe_module(wasi: list[str]) -> bytes:
 
 def verify_allowlist(envoy: str) -> list[str]:
     """Load a probe importing every allowlisted WASI call into `envoy --mode validate`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from envoy_config import render  # noqa: PLC0415 (only needed for this option)
     from harness import envoy_bin  # noqa: PLC0415
 

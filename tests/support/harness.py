@@ -36,22 +36,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-
-import tls_certs  # noqa: E402
-from envoy_config import (  # noqa: E402
+import tls_certs
+from envoy_config import (
     COMPOSE_ADMIN_PORT,
     COMPOSE_HTTP_PORT,
     COMPOSE_HTTPS_PORT,
     COMPOSE_SERVICE_PORT,
     DEFAULT_WASM,
-    DEMO_HMAC_KEY,  # noqa: E402
+    DEMO_HMAC_KEY,
     render,
     render_compose,
 )
-from tokens import CLI  # noqa: E402
+from tokens import CLI
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
 
 # Test-only VM secrets, passed to Envoy's environment for ECDS configs (`host_env_keys`).
 VM_ENV = {"PHI_GUARD_HMAC_KEY": DEMO_HMAC_KEY, "PHI_GUARD_AUDIT_KEY": "phi-guard-demo-audit-key-not-a-secret"}

@@ -25,14 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import tls_certs
+from envoy_config import DEFAULT_WASM, render
+from harness import CONCURRENCY, VM_ENV, envoy_bin, http_get
+from tokens import CLI
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
 
-import tls_certs  # noqa: E402
-from envoy_config import DEFAULT_WASM, render  # noqa: E402
-from harness import CONCURRENCY, VM_ENV, envoy_bin, http_get  # noqa: E402
-from tokens import CLI  # noqa: E402
 
 RUN_DIR = REPO / ".run" / "demo"
 PIDS = RUN_DIR / "pids.json"
