@@ -181,7 +181,7 @@ chromium: ## install Debian's chromium and chromium-driver if missing (root or s
 	  echo "chromium or chromedriver is missing and there is no root or sudo to install them: apt-get install chromium chromium-driver" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
-$(BROWSER_STAMP): tests/browser/requirements.txt $(VENV_STAMP)
+$(BROWSER_STAMP): tests/browser/requirements.txt $(VENV_STAMP) $(VENV_SUPPORT)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/browser/requirements.txt -c tests/requirements.txt
 	@touch $@
 
