@@ -261,7 +261,7 @@ fn the_checker_refuses_empty_tables_missing_tests_and_silent_rows() {
     fails(&(head.clone() + &row("later")), "does not say why");
     fails(&(head.clone() + &row("— tbd")), "does not say why");
     fails(&(head.clone() + &row("`cargo:src/decision/engine.rs::no_such_test`")), "no `fn no_such_test(`");
-    fails(&(head.clone() + &row("`cargo:src/decision/engine.rs::policy`")), "not a #[test]");
+    fails(&(head.clone() + &row("`cargo:src/decision/engine.rs::reason`")), "not a #[test]");
     fails(&(head.clone() + &row("`cargo:tests/minimize.rs::minimization_throughput`")), "#[ignore]d");
     fails(&(head.clone() + &row("`cargo:src/nowhere.rs::patient_app`")), "src/nowhere.rs");
     fails(&(head.clone() + &row("`cargo:engine.rs::patient_app`")), "not a Rust file");
