@@ -61,7 +61,7 @@ PORT                 ?= 8090
 BROWSER_STAMP        := $(VENV)/.browser-installed
 
 FUZZ_SECONDS ?=
-.PHONY: fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+.PHONY: clang node fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
         compose-up compose-down compose-test oci bench bench-opt wrk clean distclean \
         playground-target playground-build playground chromium test-browser
 
@@ -95,7 +95,7 @@ target: ## install the wasm32-wasip1 Rust target (rustup, else the rust-std tarb
 	  exit 1; \
 	fi
 
-wasm: target ## build the filter: target/wasm32-wasip1/release/phi_guard.wasm
+wasm: target clang ## build the filter: target/wasm32-wasip1/release/phi_guard.wasm
 	cargo build --release --target $(WASM_TARGET) --lib
 
 cli: ## build the CLI: target/release/phi-guard
@@ -121,7 +121,7 @@ token: CARGO_QUIET := --quiet
 token: cli ## print a demo token: make -s token SCOPE="patient/*.rs" PATIENT=<id> [CLAIMS='{...}']
 	@$(CLI) token --scope "$(SCOPE)" $(if $(PATIENT),--patient "$(PATIENT)") $(if $(CLAIMS),--claims '$(CLAIMS)') $(TOKEN_ARGS)
 
-lint: target venv ## cargo fmt --check, clippy (native and wasm32-wasip1, warnings are errors), ruff
+lint: target clang venv ## cargo fmt --check, clippy (native and wasm32-wasip1, warnings are errors), ruff
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
@@ -167,7 +167,7 @@ $(WASM_BINDGEN):
 	       cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features \
 	         --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION) -j $(TOOL_JOBS); }
 
-playground-build: playground-target $(WASM_BINDGEN) ## build the playground: playground/pkg/ (wasm + JS glue) and playground/examples/
+playground-build: playground-target clang $(WASM_BINDGEN) ## build the playground: playground/pkg/ (wasm + JS glue) and playground/examples/
 	cargo build --profile playground --target $(PLAYGROUND_TARGET) -p phi-guard-playground
 	$(WASM_BINDGEN) --target web --no-typescript --out-dir playground/pkg $(PLAYGROUND_WASM)
 	$(PYTHON) playground/build_examples.py
@@ -207,17 +207,31 @@ fuzz: fuzz-toolchain ## run every cargo-fuzz target briefly (FUZZ_SECONDS=30 eac
 fuzz-smoke: FUZZ_SECONDS := 5
 fuzz-smoke: fuzz ## every fuzz target for 5 seconds (what .ci/run runs)
 
+clang: ## install Debian's clang if missing (root or sudo): ring's C code for the wasm targets
+	@command -v clang >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=sudo; else \
+	  echo "clang is missing and there is no root or sudo to install it: apt-get install clang" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq clang
+
 wrk: ## install the wrk load generator (Debian package) if missing; needs root or sudo
 	@command -v wrk >/dev/null && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
 	  echo "wrk is missing and there is no root or sudo to install it: apt-get install wrk" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk
 
-NOOP_WASM   := $(TARGET_DIR)/bench-noop/$(WASM_TARGET)/release/noop_filter.wasm
+node: ## install Node.js (Debian package) if missing; needs root or sudo: bench/v8_stages.mjs times the core in V8
+	@command -v node >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+	  echo "node is missing and there is no root or sudo to install it: apt-get install nodejs" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nodejs
 
-bench: wasm cli venv wrk ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
+NOOP_WASM   := $(TARGET_DIR)/bench-noop/$(WASM_TARGET)/release/noop_filter.wasm
+V8_STAGES_WASM := $(TARGET_DIR)/bench-v8-stages/$(WASM_TARGET)/release/v8_stages.wasm
+
+bench: wasm cli venv wrk node ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir $(TARGET_DIR)/bench-noop
-	$(VENV_PY) bench/run.py --noop-wasm $(NOOP_WASM) $(BENCH_ARGS)
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/v8-stages/Cargo.toml --target-dir $(TARGET_DIR)/bench-v8-stages
+	$(VENV_PY) bench/run.py --noop-wasm $(NOOP_WASM) --v8-stages-wasm $(V8_STAGES_WASM) $(BENCH_ARGS)
 
 bench-opt: venv wrk ## wasm size and in-Envoy verify cost at opt-level 3, s and z -> bench/OPT_LEVEL.md
 	$(VENV_PY) bench/opt_levels.py $(BENCH_ARGS)

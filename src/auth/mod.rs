@@ -2,6 +2,7 @@
 //! authentication requirements and purpose of use.
 
 pub mod cache;
+pub mod crypto;
 pub mod keys;
 pub mod principal;
 pub mod purpose;

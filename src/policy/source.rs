@@ -131,9 +131,7 @@ pub fn accept_signed(bytes: &[u8], signature: Option<&str>, config: &PullConfig)
     let sig = signature.map(str::trim).filter(|s| !s.is_empty()).ok_or(BundleError::MissingSignature)?;
     // Accept standard or URL-safe base64, padded or not; re-encode as the verifier expects.
     let raw = URL_SAFE_NO_PAD.decode(sig.trim_end_matches('=')).or_else(|_| STANDARD.decode(sig)).map_err(|_| BundleError::BadSignature)?;
-    let sig = URL_SAFE_NO_PAD.encode(raw);
-    let ok = jsonwebtoken::crypto::verify(&sig, bytes, &config.key.key, config.alg).unwrap_or(false);
-    if !ok {
+    if !crate::auth::crypto::verify_raw(&raw, bytes, &config.key.key, config.alg) {
         return Err(BundleError::BadSignature);
     }
     compile(bytes).map_err(BundleError::Compile)
