@@ -24,6 +24,7 @@ ISSUER = "https://idp.phi-guard.test"
 AUDIENCE = "https://fhir.phi-guard.test"
 JWKS_FILE = REPO / "tests" / "keys" / "demo-jwks.json"
 ROUTER_MARKER = "          - name: envoy.filters.http.router\n"
+ROUTE_CONFIG_MARKER = "          route_config:\n"
 
 # The scope the native RBAC rule demands for `GET /fhir/Patient/{id}`: any SMART scope that grants
 # read on Patient (patient/ user/ system/ context; Patient or *; v1 read or *; v2 letters with r).
@@ -72,10 +73,53 @@ def native_filters(*, cache: bool, cache_size: int = 1024) -> str:
 """
 
 
+# The fields of phi-guard's audit line that Envoy can log itself, from the request, the response
+# and jwt_authn's payload metadata: what a user running jwt_authn + rbac would log per request
+# instead of phi-guard's audit event (which also pseudonymizes, names the FHIR interaction and
+# seals the line into an HMAC chain, none of which an access log can).
+_JWT = "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:jwt_payload:{})%"
+AUDIT_LOG_FIELDS: dict[str, str] = {
+    "time": "%START_TIME(%Y-%m-%dT%H:%M:%E3SZ)%",
+    "requestId": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "route": "%ROUTE_NAME%",
+    "status": "%RESPONSE_CODE%",
+    "reason": "%RESPONSE_CODE_DETAILS%",
+    "issuer": _JWT.format("iss"),
+    "clientId": _JWT.format("client_id"),
+    "subject": _JWT.format("sub"),
+    "tokenId": _JWT.format("jti"),
+    "scope": _JWT.format("scope"),
+    "contextPatient": _JWT.format("patient"),
+    "purposeOfUse": _JWT.format("purpose_of_use"),
+    "source": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "destination": "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%",
+    "upstream": "%UPSTREAM_HOST%",
+    "bytesSent": "%BYTES_SENT%",
+}
+
+
+def audit_access_log(path: Path) -> str:
+    """A JSON-lines file access log of AUDIT_LOG_FIELDS (for the HCM's `access_log`)."""
+    fields = "".join(f"                  {k}: {q(v)}\n" for k, v in AUDIT_LOG_FIELDS.items())
+    return f"""\
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {q(str(path))}
+              log_format:
+                json_format:
+{fields}"""
+
+
 def proxy(kind: str, *, listen_port: int, admin_port: int, upstream_port: int,
-          policy: Path | None = None, wasm: Path = DEFAULT_WASM) -> str:
-    """The Envoy under test. `kind`: none | native | native-cache | phi-guard | wasm-noop (`wasm`
-    is then the no-op filter, configured exactly like phi-guard but with an empty policy)."""
+          policy: Path | None = None, wasm: Path = DEFAULT_WASM, access_log: Path | None = None) -> str:
+    """The Envoy under test. `kind`: none | native | native-cache | native-audit | phi-guard |
+    wasm-noop (`wasm` is then the no-op filter, configured exactly like phi-guard but with an
+    empty policy). `native-audit` is native-cache plus a JSON access log of the audit fields
+    (`access_log`, a file): the native setup that does what phi-guard's warm path does."""
     if kind == "phi-guard":
         return render(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
                       policy=policy or REPO / "policies" / "smart-patient-app.json", wasm=wasm,
@@ -86,13 +130,20 @@ def proxy(kind: str, *, listen_port: int, admin_port: int, upstream_port: int,
         return base
     if kind == "wasm-noop":
         filters = wasm_filter("", Path(wasm).resolve(), "unused")
-    elif kind in ("native", "native-cache"):
-        filters = native_filters(cache=kind == "native-cache")
+    elif kind in ("native", "native-cache", "native-audit"):
+        filters = native_filters(cache=kind != "native")
     else:
         raise ValueError(f"unknown proxy kind {kind!r}")
     if base.count(ROUTER_MARKER) != 1:
         raise RuntimeError("tests/support/envoy_config.py changed shape: no single router filter")
-    return base.replace(ROUTER_MARKER, filters + ROUTER_MARKER)
+    out = base.replace(ROUTER_MARKER, filters + ROUTER_MARKER)
+    if kind == "native-audit":
+        if access_log is None:
+            raise ValueError("native-audit needs an access_log file")
+        if out.count(ROUTE_CONFIG_MARKER) != 1:
+            raise RuntimeError("tests/support/envoy_config.py changed shape: no single route_config")
+        out = out.replace(ROUTE_CONFIG_MARKER, audit_access_log(access_log) + ROUTE_CONFIG_MARKER)
+    return out
 
 
 def upstream(*, listen_port: int, admin_port: int, bodies: dict[str, Path]) -> str:

@@ -57,8 +57,9 @@ def _dump(obj) -> bytes:
 
 def observation(size: str, target_bytes: int | None, record: list[dict]) -> dict:
     """An Observation of the demo patient (his first Synthea Observation). With `target_bytes`,
-    it carries resources of the Synthea records as `contained` until the body is that big: a
-    realistic FHIR JSON body of a chosen size that still passes the patient-binding check."""
+    it carries resources of his own record as `contained` (again, with new ids, once they run
+    out) until the body is that big: a realistic FHIR JSON body of a chosen size that passes the
+    compartment check of a patient-context read (every contained resource his or unshared)."""
     first = next(r for r in record if r["resourceType"] == "Observation")
     obs = json.loads(json.dumps(first))
     obs["id"] = f"bench-{size}"
@@ -67,18 +68,17 @@ def observation(size: str, target_bytes: int | None, record: list[dict]) -> dict
         return obs
     contained: list[dict] = []
     obs["contained"] = contained
-    pool = _resources(PATIENT_BUNDLE) + [r for p in sorted(SYNTHEA.glob("*.json"))
-                                         if p != PATIENT_BUNDLE for r in _resources(p)]
+    pool = [r for r in record if r["resourceType"] != "Patient"]
     size_now = len(_dump(obs))
-    for res in pool:
-        item = json.loads(json.dumps(res))
-        item["id"] = f"c{len(contained)}"
-        n = len(_dump(item)) + 1
-        if size_now + n > target_bytes and contained:
-            break
-        contained.append(item)
-        size_now += n
-    return obs
+    while True:
+        for res in pool:
+            item = json.loads(json.dumps(res))
+            item["id"] = f"c{len(contained)}"
+            n = len(_dump(item)) + 1
+            if size_now + n > target_bytes and contained:
+                return obs
+            contained.append(item)
+            size_now += n
 
 
 # Bodies for the body-size sweep: name -> target size (None: the bare Observation, ~1 KB).

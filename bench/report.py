@@ -18,6 +18,11 @@ import memory
 
 MIB = 1024 * 1024
 TARGET_VS_NATIVE = 0.95
+# vs the fair native anchor (jwt_authn with cache + rbac + a JSON access log of the audit fields)
+TARGET_CPU_VS_ANCHOR = 1.05
+TARGET_CAP_VS_ANCHOR = 0.95
+TARGET_FIRST_SIGHT_MS = 0.3   # fastest of RS256/ES256
+TARGET_EDDSA_MS = 0.2
 TARGET_VS_NONE = 0.85
 TARGET_VERIFY_MS = 0.3
 TARGET_BODY_200K = 0.5
@@ -69,20 +74,25 @@ def annotate(records: list[dict]) -> None:
             # Capacity of a CPU-bound proxy: requests per CPU-second, relative to the baseline.
             r["cap_none"] = base_cpu / r["cpu_us_per_req"] if r["cpu_us_per_req"] > 0 else None
             r["p50_extra"] = r["p50_us"] - statistics.mean(b["p50_us"] for b in near)
-    # vs native jwt_authn + rbac with its cache: same round, conns, group (and algorithm on the
-    # Patient path; RS256 on Observation paths).
-    native = {}
-    for r in records:
-        if r.get("kind") == "matrix" and r["proxy"] == "native-cache":
-            native[(r["round"], r["conns"], r["group"], r["alg"])] = r
-    for r in records:
-        if r.get("kind") != "matrix" or r["proxy"] == "none":
-            continue
-        n = native.get((r["round"], r["conns"], r["group"], r["alg"]))
-        if n and n.get("rel_none") and r.get("rel_none") is not None:
-            r["rel_native"] = r["rel_none"] / n["rel_none"]
-        if n and n.get("cap_none") and r.get("cap_none") is not None:
-            r["cap_native"] = r["cap_none"] / n["cap_none"]
+            r["p99_extra"] = r["p99_us"] - statistics.mean(b["p99_us"] for b in near)
+    # vs native jwt_authn + rbac with its cache (`native`), and vs the fair anchor that also
+    # writes a JSON access log of the audit fields (`anchor`): same round, conns, group (and
+    # algorithm on the Patient path; RS256 on Observation paths).
+    for proxy, tag in (("native-cache", "native"), ("native-audit", "anchor")):
+        ref = {}
+        for r in records:
+            if r.get("kind") == "matrix" and r["proxy"] == proxy:
+                ref[(r["round"], r["conns"], r["group"], r["alg"])] = r
+        for r in records:
+            if r.get("kind") != "matrix" or r["proxy"] == "none":
+                continue
+            n = ref.get((r["round"], r["conns"], r["group"], r["alg"]))
+            if n and n.get("rel_none") and r.get("rel_none") is not None:
+                r[f"rel_{tag}"] = r["rel_none"] / n["rel_none"]
+            if n and n.get("cap_none") and r.get("cap_none") is not None:
+                r[f"cap_{tag}"] = r["cap_none"] / n["cap_none"]
+            if n and n.get("cpu_us_per_req"):
+                r[f"cpu_{tag}"] = r["cpu_us_per_req"] / n["cpu_us_per_req"]
 
 
 def summarize(records: list[dict], kind: str = "matrix") -> dict:
@@ -109,6 +119,12 @@ def summarize(records: list[dict], kind: str = "matrix") -> dict:
             "cap_none_all": [r["cap_none"] for r in rs if r.get("cap_none") is not None],
             "cap_native_all": [r["cap_native"] for r in rs if r.get("cap_native") is not None],
             "rel_native_all": [r["rel_native"] for r in rs if r.get("rel_native") is not None],
+            "p99_extra": med([r.get("p99_extra") for r in rs]),
+            "rel_anchor": med([r.get("rel_anchor") for r in rs]),
+            "cap_anchor": med([r.get("cap_anchor") for r in rs]),
+            "cpu_anchor": med([r.get("cpu_anchor") for r in rs]),
+            "cap_anchor_all": [r["cap_anchor"] for r in rs if r.get("cap_anchor") is not None],
+            "cpu_anchor_all": [r["cpu_anchor"] for r in rs if r.get("cpu_anchor") is not None],
             "errors": sum(r["errors"] for r in rs),
             "requests": sum(r["requests"] for r in rs),
             "hits": sum(r.get("cache_hits", 0) for r in rs),
@@ -220,16 +236,19 @@ def render(res: dict) -> str:
         if mems:
             lin[name] = max(x["rw_kib"] for x in mems) / 1024
 
-    def verdict_all(values: dict, target: float, spreads: dict | None = None) -> tuple[str, str]:
+    def verdict_all(values: dict, target: float, spreads: dict | None = None, at_most: bool = False) -> tuple[str, str]:
         vals = {c: v for c, v in values.items() if v is not None}
         if not vals:
             return "–", "not measured"
         spreads = spreads or {}
         shown = ", ".join(f"c={c}: **{v:.2f}×**" + (f" ({spreads[c][0]:.2f}–{spreads[c][1]:.2f})" if c in spreads else "")
                           for c, v in vals.items())
-        bad = {c: v for c, v in vals.items() if v < target}
+        bad = {c: v for c, v in vals.items() if (v > target if at_most else v < target)}
         if not bad:
             return shown, "**met**"
+        if at_most:
+            worst = max(bad.values())
+            return shown, f"**missed** at {', '.join(f'c={c}' for c in bad)} (worst {worst:.2f}×, {100 * (worst - target) / target:.0f}% over)"
         worst = min(bad.values())
         return shown, f"**missed** at {', '.join(f'c={c}' for c in bad)} (worst {worst:.2f}×, {100 * (target - worst) / target:.0f}% short)"
 
@@ -239,6 +258,23 @@ def render(res: dict) -> str:
     w("")
     w("| target | measured | verdict |")
     w("|---|---|---|")
+    if any(cell("native-audit", a, patient_path, c) for a in ALGS for c in conns):
+        shown, verdict = verdict_all(per_conns("phi-guard", "cpu_anchor", patient_path), TARGET_CPU_VS_ANCHOR,
+                                     spread("phi-guard", "cpu_anchor", patient_path), at_most=True)
+        w(f"| cache warm, audit on: **Envoy CPU per request** ≤ {TARGET_CPU_VS_ANCHOR}× the anchor (jwt_authn with cache + rbac "
+          f"+ JSON access log of the audit fields) | {shown} | {verdict} |")
+        shown, verdict = verdict_all(per_conns("phi-guard", "cap_anchor", patient_path), TARGET_CAP_VS_ANCHOR,
+                                     spread("phi-guard", "cap_anchor", patient_path))
+        w(f"| the same: **capacity** ≥ {TARGET_CAP_VS_ANCHOR}× the anchor | {shown} | {verdict} |")
+    if 1 in conns:
+        added = {a: cell("phi-guard", a, patient_path, 1) for a in ALGS}
+        p50 = med([v.get("p50_extra") for v in added.values()])
+        p99 = med([v.get("p99_extra") for v in added.values()])
+        anchor = {a: cell("native-audit", a, patient_path, 1) for a in ALGS}
+        ap50 = med([v.get("p50_extra") for v in anchor.values()])
+        ap99 = med([v.get("p99_extra") for v in anchor.values()])
+        w(f"| latency added at 1 connection, cache warm (median of the algorithms) | phi-guard p50 {fmt(p50, '+.0f')} µs, "
+          f"p99 {fmt(p99, '+.0f')} µs; anchor p50 {fmt(ap50, '+.0f')} µs, p99 {fmt(ap99, '+.0f')} µs | reported |")
     shown, verdict = verdict_all(pg_vs_native, TARGET_VS_NATIVE, spread("phi-guard", "rel_native", patient_path))
     w(f"| auth + scope, cache warm ≥ {TARGET_VS_NATIVE}× native jwt_authn + rbac with cache: **rps** (median of RS256/ES256/EdDSA) | {shown} | {verdict} |")
     shown, verdict = verdict_all(per_conns("phi-guard", "cap_native", patient_path), TARGET_VS_NATIVE,
@@ -255,6 +291,16 @@ def render(res: dict) -> str:
         w(f"| cache-miss verify ≤ {TARGET_VERIFY_MS} ms per token in V8, fastest algorithm | {fastest}: {v_ms:.3f} ms "
           f"({', '.join(f'{a} {verify[a] / 1000:.3f}' for a in ALGS if verify.get(a) is not None)} ms; Envoy CPU per request, miss − warm) | "
           + ("**met**" if ok else f"**missed** by {v_ms - TARGET_VERIFY_MS:.3f} ms ({v_ms / TARGET_VERIFY_MS:.1f}× the target)") + " |")
+    first_sight = {a: verify[a] / 1000 for a in ("RS256", "ES256") if verify.get(a) is not None}
+    if first_sight:
+        best = min(first_sight, key=first_sight.get)
+        v_ms = first_sight[best]
+        w(f"| first-sight token ≤ {TARGET_FIRST_SIGHT_MS} ms of Envoy CPU, fastest of RS256/ES256 | {best}: {v_ms:.3f} ms | "
+          + ("**met**" if v_ms <= TARGET_FIRST_SIGHT_MS else f"**missed** by {v_ms - TARGET_FIRST_SIGHT_MS:.3f} ms") + " |")
+    if verify.get("EdDSA") is not None:
+        v_ms = verify["EdDSA"] / 1000
+        w(f"| first-sight EdDSA token ≤ {TARGET_EDDSA_MS} ms | {v_ms:.3f} ms | "
+          + ("**met**" if v_ms <= TARGET_EDDSA_MS else f"**missed** by {v_ms - TARGET_EDDSA_MS:.3f} ms") + " |")
     for p, vals in body_200k.items():
         shown, verdict = verdict_all(vals, TARGET_BODY_200K, spread(p, "rel_none", big_paths[0], ("RS256",)))
         w(f"| ~200 KB body through the full pipeline ≥ {TARGET_BODY_200K}× no-filter: **rps** (`{p}`) | {shown} | {verdict} |")
@@ -273,6 +319,15 @@ def render(res: dict) -> str:
             big_paths[0] if big_paths else None))
     w("")
 
+    stages = (res.get("v8_stages") or {}).get("results") or []
+    if stages:
+        w(v8_stages_section(stages, m_extra=med([cell("phi-guard", a, patient_path, c).get("cpu_extra")
+                                                  for a in ALGS for c in conns]),
+                            noop_extra=med([cell("wasm-noop", a, patient_path, c).get("cpu_extra")
+                                            for a in ALGS for c in conns]),
+                            node=res["v8_stages"].get("node", "?")))
+        w("")
+
     # ---------------------------------------------------------------- throughput
     w("## Throughput and latency")
     w("")
@@ -282,9 +337,9 @@ def render(res: dict) -> str:
         size = body_sizes.get(path)
         w(f"### `GET {path}` ({size / 1024:.1f} KiB response)" if size else f"### `GET {path}`")
         w("")
-        w("| variant | alg | conns | rps | p50 ms | p99 ms | × no filter | × native+cache | Envoy CPU µs/req | + vs no filter |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        order = ["none", "wasm-noop", "native-cache", "native", "phi-guard", "phi-guard-miss"] + pipes
+        w("| variant | alg | conns | rps | p50 ms | p99 ms | × no filter | × native+cache | × anchor (CPU/req) | Envoy CPU µs/req | + vs no filter |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        order = ["none", "wasm-noop", "native-cache", "native-audit", "native", "phi-guard", "phi-guard-miss"] + pipes
         for c in conns:
             for proxy in order:
                 for a in ALGS:
@@ -296,6 +351,7 @@ def render(res: dict) -> str:
                       f"{fmt(v['p50'] / 1000, '.2f')} | {fmt(v['p99'] / 1000, '.2f')} | "
                       f"{'1.00×' if is_base else ratio(v['rel_none'])} | "
                       f"{'–' if is_base else ('1.00×' if proxy == 'native-cache' else ratio(v['rel_native']))} | "
+                      f"{'–' if is_base else ('1.00×' if proxy == 'native-audit' else ratio(v.get('cpu_anchor')))} | "
                       f"{fmt(v['cpu'], '.0f')} | {'–' if is_base else fmt(v['cpu_extra'], '+.0f')} |")
         w("")
     w("Variants: " + "; ".join(f"`{k}`: {v}" for k, v in labels.items()) + ".")
@@ -396,6 +452,58 @@ def render(res: dict) -> str:
         w(f"| {name} | {len(runs)} | {fmt(med([r['ready_s'] * 1000 for r in runs]))} | "
           f"{fmt(med([r['first_ms'] for r in runs]), '.1f')} | {fmt(med([r['second_ms'] for r in runs]), '.1f')} |")
     w("")
+    return "\n".join(L)
+
+
+# The stages of bench/v8-stages that make up a cache-warm Patient read, in request order: name
+# prefix -> how its cost is derived from the raw timings (some stages include earlier ones).
+def v8_stages_section(stages: list[dict], m_extra, noop_extra, node: str) -> str:
+    t = {r["stage"]: r["us"] for r in stages}
+
+    def find(prefix):
+        return next((v for k, v in t.items() if k.startswith(prefix)), None)
+
+    decide = find("decide, cache warm")
+    lookup = find("token cache lookup")
+    key = find("cache key")
+    norm = find("path normalisation")
+    build = find("audit event build")
+    seal = find("audit chain seal")
+    phase = find("response phase")
+    digest = find("Content-Digest alone")
+    rows = [
+        ("path normalisation", norm),
+        ("token cache lookup (SHA-256 key + map)", lookup),
+        ("  of which the SHA-256 cache key", key),
+        ("rest of the decision (routing, scopes, FHIR model, compartment plan)",
+         None if None in (decide, norm, lookup) else decide - norm - lookup),
+        ("audit event build", None if None in (build, decide) else build - decide),
+        ("response phase: parse + compartment check of the 3.3 KiB Patient",
+         None if None in (phase, digest) else phase - digest),
+        ("response phase: Content-Digest (SHA-256 of the body)", digest),
+        ("audit chain seal: render the FHIR AuditEvent line + HMAC", seal),
+    ]
+    core = sum(v for n, v in rows if v is not None and not n.startswith("  "))
+    L = ["## Where a warm request's CPU goes", "",
+         f"The core's stages, compiled to wasm32-wasip1 from the same crate with the filter's release profile "
+         f"(`bench/v8-stages`) and timed in V8 by Node.js {node} (`bench/v8_stages.mjs`, CPU µs per call). "
+         "Envoy runs the same V8; what the core does not account for is the host: hostcalls (headers, "
+         "properties, buffers, stats, the log write), the proxy-wasm SDK's context per stream, and Envoy's "
+         "own work for a wasm filter.", "",
+         "| stage (cache-warm Patient read, demo policy without minimization) | V8 µs |", "|---|---:|"]
+    for n, v in rows:
+        L.append(f"| {n} | {fmt(v, '.1f')} |")
+    L.append(f"| **core total** | **{core:.1f}** |")
+    if m_extra is not None:
+        L.append(f"| phi-guard's added Envoy CPU per request in this run (median, all algorithms and connections) | {m_extra:.0f} |")
+        if noop_extra is not None:
+            L.append(f"| of which a do-nothing proxy-wasm filter (`wasm-noop`) | {noop_extra:.0f} |")
+        rest = m_extra - core - (noop_extra or 0)
+        L.append(f"| left for phi-guard's host layer (hostcalls, buffering, log write, stats) | {rest:.0f} |")
+    L += ["", "| signature verification, first sight (V8 µs) | ring | RustCrypto |", "|---|---:|---:|"]
+    for alg in ALGS:
+        L.append(f"| {alg} | {fmt(find(f'verify {alg} signature: ring'), '.0f')} | "
+                 f"{fmt(find(f'verify {alg} signature: RustCrypto'), '.0f')} |")
     return "\n".join(L)
 
 

@@ -82,6 +82,8 @@ def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, 
         "none": ("none", None, "Envoy, no filter (baseline)"),
         "native": ("native", None, "Envoy jwt_authn + rbac, no JWT cache"),
         "native-cache": ("native-cache", None, "Envoy jwt_authn (jwt_cache_config 1024) + rbac"),
+        "native-audit": ("native-audit", None, "the fair native anchor: jwt_authn (cache 1024) + rbac + a JSON "
+                         "file access log of the audit fields (bench/configs.py AUDIT_LOG_FIELDS)"),
         "phi-guard": ("phi-guard", auth_policy,
                       "phi-guard auth + scope (the demo policy without minimization), verified-token cache warm"),
         "phi-guard-miss": ("phi-guard", miss_policy,
@@ -102,7 +104,7 @@ def groups(pipelines: list[str], noop: bool) -> dict[str, list[list[Cell]]]:
     p = fixtures.PATIENT_PATH
     out: dict[str, list[list[Cell]]] = {"patient": []}
     for alg in fixtures.ALGORITHMS:
-        out["patient"].append([Cell("native-cache", p, alg), Cell("phi-guard", p, alg)]
+        out["patient"].append([Cell("native-cache", p, alg), Cell("native-audit", p, alg), Cell("phi-guard", p, alg)]
                               + ([Cell("wasm-noop", p, alg)] if noop and alg == "RS256" else []))
         out["patient"].append([Cell("native", p, alg), Cell("phi-guard-miss", p, alg, pool=True)])
     for size in ("1k", "200k"):
@@ -173,8 +175,9 @@ class Bench:
         up = self.upstream.listen_port
         wasm = self.args.noop_wasm if kind == "wasm-noop" else self.args.wasm
         env = Envoy(instance, self.workdir)
+        access_log = self.workdir / f"{instance}.access.jsonl"
         env.start(lambda lp, ap: configs.proxy(kind, listen_port=lp, admin_port=ap, upstream_port=up,
-                                               policy=policy, wasm=wasm))
+                                               policy=policy, wasm=wasm, access_log=access_log))
         # First request right after /ready: token verification, VM warm-up, first upstream
         # connection. Then a second one for comparison.
         path, headers = self._representative(name)
@@ -235,6 +238,23 @@ class Bench:
                 raise BenchError(f"preflight {name}: no token -> {s_none}, token without scope -> {s_scope} (want 401, 403)")
         self.log(f"preflight: {len(cells)} cells answer 200 with the upstream body (as phi-guard releases it); "
                  "every filter refuses (401/403)")
+
+    def run_v8_stages(self) -> dict | None:
+        """The core's warm-request stages and each signature algorithm timed in V8 by Node.js
+        (bench/v8_stages.mjs over bench/v8-stages), after the proxies have stopped."""
+        wasm = self.args.v8_stages_wasm
+        if wasm is None or not wasm.exists():
+            self.log("v8 stages: no bench/v8-stages build, skipped")
+            return None
+        budget = "100" if self.args.quick else "400"
+        proc = subprocess.run(["node", str(HERE / "v8_stages.mjs"), str(wasm), "--json"], capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "V8_STAGES_BUDGET_MS": budget})
+        if proc.returncode != 0:
+            raise BenchError(f"v8 stages: exit {proc.returncode}: {proc.stderr[-500:]}")
+        out = json.loads(proc.stdout)
+        for r in out["results"]:
+            self.log(f"  v8 {r['us']:9.2f} us  {r['stage']}")
+        return out
 
     # ------------------------------------------------------------------ measuring
     def measure(self, cell: Cell, conns: int, seconds: int, **tags) -> dict:
@@ -344,8 +364,9 @@ class Bench:
         finally:
             for e in list(self.envoys.values()) + ([self.upstream] if self.upstream else []):
                 e.stop()
+        stages = self.run_v8_stages()
         self.meta["elapsed_s"] = time.monotonic() - t_start
-        results = {"meta": self.meta, "proxies": {k: v[2] for k, v in self.proxy_defs.items()},
+        results = {"v8_stages": stages, "meta": self.meta, "proxies": {k: v[2] for k, v in self.proxy_defs.items()},
                    "pipelines": {k: str(v) for k, v in self.pipelines.items()},
                    "bodies": {p: f.stat().st_size for p, f in self.bodies.items()},
                    "first": self.first, "records": self.records, "soak": soak, "idle": idle}
@@ -406,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                       or REPO / "target/wasm32-wasip1/release/phi_guard.wasm"))
     p.add_argument("--noop-wasm", type=Path, help="the no-op proxy-wasm filter (bench/noop-filter) for the "
                    "wasm-noop variant; `make bench` builds it")
+    p.add_argument("--v8-stages-wasm", type=Path, help="bench/v8-stages built for wasm32-wasip1: the core's "
+                   "stages timed in V8 by Node.js")
     p.add_argument("--seconds", type=int, help="length of one wrk run (full 3, quick 1)")
     p.add_argument("--rounds", type=int, help="rounds of the whole matrix (full 2, quick 1)")
     p.add_argument("--conns", help="wrk connection counts (full 1,2,32; quick 1,32)")

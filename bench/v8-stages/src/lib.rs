@@ -1,0 +1,211 @@
+//! The stages of a cache-warm request, and signature verification per algorithm, as exports that
+//! bench/v8_stages.mjs calls in a loop under Node.js's V8. Each `run` returns a value derived from
+//! the work so the optimiser cannot drop it. Stage numbers are the order of `STAGES`.
+
+use std::cell::RefCell;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use phi_guard::audit::{AuditChain, AuditContext, AuditEvent, AuditKey, RequestMeta};
+use phi_guard::auth::keys::parse_jwks;
+use phi_guard::auth::{TokenCache, VerifyKey};
+use phi_guard::decision::{decide, Decision, Request};
+use phi_guard::policy::Policy;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const NOW: u64 = 1_800_000_000;
+const PATH: &str = "/fhir/Patient/d78af07c-9cb9-4f31-9b11-c45a28f2eec8";
+const PATIENT: &str = "d78af07c-9cb9-4f31-9b11-c45a28f2eec8";
+const POLICY: &[u8] = include_bytes!("../../../policies/smart-patient-app.json");
+const JWKS: &str = include_str!("../../../tests/keys/demo-jwks.json");
+const RS_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-rs256.key.pem");
+const ES_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-es256.key.pem");
+const ED_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-eddsa.key.pem");
+/// The demo patient, as the upstream answers the Patient read (bench/fixtures.py writes the same).
+const PATIENT_BODY: &[u8] = include_bytes!("../../../envoy/demo-data/resources/hl7r4_Patient-example.json");
+
+/// Stage names, in export order (bench/v8_stages.mjs prints them).
+pub const STAGES: [&str; 17] = [
+    "cache key: SHA-256 of the token",
+    "path normalisation",
+    "decide, cache warm (normalise, route, cache lookup, scopes, FHIR model, compartment plan)",
+    "audit event build (decision + response)",
+    "audit chain seal (render the JSON line, HMAC)",
+    "verify RS256 signature: ring",
+    "verify RS256 signature: RustCrypto",
+    "verify ES256 signature: ring",
+    "verify ES256 signature: RustCrypto",
+    "verify EdDSA signature: ring",
+    "verify EdDSA signature: RustCrypto (ed25519-dalek)",
+    "first-sight RS256 token: decide with an empty cache",
+    "first-sight ES256 token: decide with an empty cache",
+    "first-sight EdDSA token: decide with an empty cache",
+    "token cache lookup, hit",
+    "response phase, Patient read 3.3 KiB: compartment check + Content-Digest",
+    "Content-Digest alone: SHA-256 of the 3.3 KiB body",
+];
+
+struct State {
+    policy: Policy,
+    tokens: [String; 3],
+    keys: Vec<VerifyKey>,
+    cache: TokenCache,
+    audit_key: AuditKey,
+    chain: AuditChain,
+    event: AuditEvent,
+    grant: Option<phi_guard::decision::Grant>,
+    patient_body: Vec<u8>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+fn sign(alg: Algorithm, kid: &str, key: EncodingKey) -> String {
+    let claims = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1",
+        "client_id": "bench", "scope": "launch/patient openid fhirUser patient/*.rs", "patient": PATIENT,
+        "iat": NOW - 10, "exp": NOW + 3600, "jti": "5b0f6c8e-2a7d-4c1e-9f3a-6d2e8b7c1a90"});
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, &claims, &key).unwrap_or_default()
+}
+
+fn setup_state() -> Option<State> {
+    let policy = phi_guard::policy::compile(POLICY).ok()?;
+    let tokens = [
+        sign(Algorithm::RS256, "demo-rs256", EncodingKey::from_rsa_pem(RS_KEY).ok()?),
+        sign(Algorithm::ES256, "demo-es256", EncodingKey::from_ec_pem(ES_KEY).ok()?),
+        sign(Algorithm::EdDSA, "demo-eddsa", EncodingKey::from_ed_pem(ED_KEY).ok()?),
+    ];
+    let jwks: Value = serde_json::from_str(JWKS).ok()?;
+    let keys = parse_jwks(&jwks).ok()?;
+    let audit_key = AuditKey::from_secret(b"bench-audit-key-0123456789abcdef").ok()?;
+    let mut cache = TokenCache::new(1024);
+    let d = decide_once(&policy, &mut cache, &tokens[0]);
+    if !matches!(d, Decision::Allow(_)) {
+        return None;
+    }
+    let event = event(&policy, &audit_key, &d);
+    let chain = AuditChain::new([7; 16], audit_key.clone());
+    let grant = match d {
+        Decision::Allow(g) => Some(g),
+        Decision::Deny(_) => None,
+    };
+    // The demo Patient resource, renamed to the token's patient so the compartment check passes.
+    let mut patient: Value = serde_json::from_slice(PATIENT_BODY).ok()?;
+    patient["id"] = json!(PATIENT);
+    let patient_body = serde_json::to_vec(&patient).ok()?;
+    Some(State { policy, tokens, keys, cache, audit_key, chain, event, grant, patient_body })
+}
+
+fn decide_once(policy: &Policy, cache: &mut TokenCache, token: &str) -> Decision {
+    let header = format!("Bearer {token}");
+    let auth = [header.as_str()];
+    decide(policy, cache, &Request { method: "GET", path: PATH, authorization: &auth, header_count: 8, ..Default::default() }, NOW)
+}
+
+fn event(policy: &Policy, key: &AuditKey, d: &Decision) -> AuditEvent {
+    let meta = RequestMeta {
+        request_id: Some("0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55"),
+        source: Some("127.0.0.1:40000"),
+        destination: Some("127.0.0.1:10000"),
+        method: "GET",
+        path: PATH,
+    };
+    AuditEvent::from_decision(d, &meta, &AuditContext::new(policy, key, NOW * 1000)).with_response(200, Vec::new(), None)
+}
+
+/// Build the fixtures; 0 when ready.
+#[no_mangle]
+pub extern "C" fn stages_setup() -> u32 {
+    let state = setup_state();
+    let ok = state.is_some();
+    STATE.with(|s| *s.borrow_mut() = state);
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+/// Number of stages.
+#[no_mangle]
+pub extern "C" fn stages_count() -> u32 {
+    STAGES.len() as u32
+}
+
+fn verify_sig(token: &str, keys: &[VerifyKey], alg: Algorithm, ring: bool) -> u32 {
+    let Some((input, sig)) = token.rsplit_once('.') else { return 0 };
+    let Some(k) = keys.iter().find(|k| k.accepts(alg)) else { return 0 };
+    let ok = if ring {
+        phi_guard::auth::crypto::verify(sig, input.as_bytes(), &k.key, alg)
+    } else {
+        jsonwebtoken::crypto::verify(sig, input.as_bytes(), &k.key, alg).unwrap_or(false)
+    };
+    u32::from(ok)
+}
+
+/// Run stage `stage` `n` times.
+#[no_mangle]
+pub extern "C" fn stages_run(stage: u32, n: u32) -> u32 {
+    STATE.with(|s| {
+        let mut guard = s.borrow_mut();
+        let Some(st) = guard.as_mut() else { return 0 };
+        let mut acc = 0u32;
+        for _ in 0..n {
+            acc = acc.wrapping_add(match stage {
+                0 => u32::from(Sha256::digest(st.tokens[0].as_bytes())[0]),
+                1 => phi_guard::http::normalize(PATH).map(|p| p.path().len() as u32).unwrap_or(0),
+                2 => u32::from(matches!(decide_once(&st.policy, &mut st.cache, &st.tokens[0]), Decision::Allow(_))),
+                3 => {
+                    let d = decide_once(&st.policy, &mut st.cache, &st.tokens[0]);
+                    let e = event(&st.policy, &st.audit_key, &d);
+                    e.status.map_or(0, u32::from)
+                }
+                4 => {
+                    let sealed = st.chain.seal(&st.event, &st.policy.audit);
+                    sealed.line.len() as u32
+                }
+                5 => verify_sig(&st.tokens[0], &st.keys, Algorithm::RS256, true),
+                6 => verify_sig(&st.tokens[0], &st.keys, Algorithm::RS256, false),
+                7 => verify_sig(&st.tokens[1], &st.keys, Algorithm::ES256, true),
+                8 => verify_sig(&st.tokens[1], &st.keys, Algorithm::ES256, false),
+                9 => verify_sig(&st.tokens[2], &st.keys, Algorithm::EdDSA, true),
+                10 => verify_sig(&st.tokens[2], &st.keys, Algorithm::EdDSA, false),
+                11..=13 => {
+                    let mut cold = TokenCache::new(4);
+                    let t = &st.tokens[(stage - 11) as usize];
+                    u32::from(matches!(decide_once(&st.policy, &mut cold, t), Decision::Allow(_)))
+                }
+                14 => u32::from(st.cache.get(&st.tokens[0], NOW).is_some()),
+                15 => response_phase(st),
+                16 => u32::from(phi_guard::http::content_digest(&st.patient_body).as_bytes()[9]),
+                _ => 0,
+            });
+        }
+        acc
+    })
+}
+
+fn response_phase(st: &State) -> u32 {
+    use phi_guard::decision::{BodyStep, Released, ResponsePhase, UpstreamHead};
+    let Some(g) = &st.grant else { return 0 };
+    let mut phase = ResponsePhase::new(g.response.clone(), g.fhir_route, false);
+    let body = &st.patient_body;
+    let head = UpstreamHead {
+        status: 200,
+        content_type: Some("application/fhir+json"),
+        content_encoding: None,
+        content_length: Some(body.len()),
+        end_of_stream: false,
+    };
+    let _ = phase.on_headers(&head);
+    let ctx = phi_guard::minimize::ApplyCtx { hmac_key: None, now: NOW, pseudonyms: Some(&st.audit_key) };
+    match phase.on_body(body.len(), true) {
+        BodyStep::Release => match phase.release(body, &ctx) {
+            Released::Body(b) => b.len() as u32,
+            Released::Unchanged => u32::from(phase.content_digest().is_some()) + 1,
+        },
+        _ => 0,
+    }
+}
