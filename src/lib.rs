@@ -2,9 +2,11 @@
 //! patient compartments, minimizes responses to what the caller may see, and answers every
 //! refusal in a fail-closed way.
 //!
-//! Everything outside `host` is pure and host-independent: it takes time and randomness as
-//! arguments and is tested natively with `cargo test`. `src/host/` is the only code that names
-//! `proxy_wasm` and is compiled only for the filter's target, `wasm32-wasip1`. The same core
+//! Everything outside `host` is host-independent and tested natively with `cargo test`: the pure
+//! core takes time and randomness as arguments, and `runtime` (the filter's callbacks) gets them
+//! from a `runtime::Host`. `src/host/` is the only code that names `proxy_wasm`: it implements
+//! `Host` over the ABI and forwards the SDK's callbacks to `runtime`, and is compiled only for the
+//! filter's target, `wasm32-wasip1`. The same core
 //! also runs natively (the `phi-guard` CLI) and in the browser (`playground/crate`, built for
 //! `wasm32-unknown-unknown`, the only code that names `wasm_bindgen`).
 
@@ -16,6 +18,7 @@ pub mod http;
 pub mod ident;
 pub mod minimize;
 pub mod policy;
+pub mod runtime;
 pub mod shared;
 pub mod simulate;
 #[cfg(test)]

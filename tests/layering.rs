@@ -2,6 +2,8 @@
 //! crate names `wasm_bindgen`, and the manifests keep each SDK to its own target. A slip would
 //! either break the native build and tests or put wasm-bindgen imports into the filter, which
 //! Envoy refuses to load (`make wasm-check` catches that too, but only after a wasm build).
+//! The host stays a shell over `runtime::Host`, and the core reads no clock, environment,
+//! randomness or files of its own: what the filter does is what `cargo test` runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,6 +41,58 @@ fn only_the_host_names_proxy_wasm() {
     assert!(offenders.is_empty(), "outside src/host/: {offenders:?}");
     assert!(!naming(&root().join("src/host"), "proxy_wasm").is_empty(), "the scan finds the host");
     assert_eq!(naming(&root().join("playground/crate/src"), "proxy_wasm"), Vec::<String>::new());
+}
+
+/// The code lines of a file (comments aside) before its `#[cfg(test)]` part.
+fn code_lines(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.trim() != "#[cfg(test)]")
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_host_only_implements_the_runtime_host_and_forwards_callbacks() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src/host"), &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        for line in code_lines(&file) {
+            for (at, _) in line.match_indices("crate::") {
+                let path = &line[at + "crate::".len()..];
+                assert!(
+                    path.starts_with("runtime") || path.starts_with("shared"),
+                    "{}: the host reaches past the runtime into the core: {line}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_core_reads_no_clock_environment_randomness_or_files() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let forbidden = ["SystemTime", "Instant::now", "std::env", "env::var", "getrandom", "std::fs", "std::net", "std::process"];
+    let mut offenders = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(root()).unwrap().display().to_string();
+        for line in code_lines(&file) {
+            if let Some(hit) = forbidden.iter().find(|f| line.contains(*f)) {
+                offenders.push(format!("{rel}: {hit}"));
+            }
+        }
+    }
+    // The filter's host and the CLI are where the I/O is; the test double only exists in tests.
+    let (allowed, core): (Vec<String>, Vec<String>) = offenders
+        .into_iter()
+        .partition(|o| o.starts_with("src/host/") || o.starts_with("src/bin/") || o.starts_with("src/runtime/testing.rs"));
+    assert!(core.is_empty(), "the core reaches for the world: {core:?}");
+    assert!(allowed.iter().any(|o| o.starts_with("src/host/envoy.rs")), "the scan finds the host's clock and environment");
 }
 
 #[test]

@@ -4,11 +4,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls::{resume_http_request, set_effective_context};
-use proxy_wasm::types::MapType;
-
-use super::abi;
 use super::audit::AuditSink;
+use super::host::{HeaderMap, Host, Level};
 use super::metrics::Metrics;
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
 use crate::auth::remote::KeyState;
@@ -18,6 +15,7 @@ use crate::decision::reply::{challenge_reply, Challenge};
 use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
+use crate::shared::{claim_lease, SharedStore};
 
 /// The policy in force on this VM, its verified-token cache, and remote key state.
 pub struct Active {
@@ -55,6 +53,7 @@ impl Active {
 }
 
 /// Per-stream state the decision sets up for the later phases.
+#[derive(Default)]
 pub struct StreamState {
     /// The response phase of an allowed request (`None` until allowed, or when answered
     /// locally).
@@ -69,13 +68,6 @@ pub struct StreamState {
     pub audit: Option<AuditEvent>,
     /// Why the request body was refused after the request was allowed.
     pub failure: Option<DenyReason>,
-}
-
-impl StreamState {
-    /// A fresh stream.
-    pub fn new() -> Self {
-        StreamState { response: None, body: None, security_headers: false, replied: false, audit: None, failure: None }
-    }
 }
 
 /// A request's decision inputs, owned so a paused request can be decided again later.
@@ -167,8 +159,10 @@ pub struct Waiter {
     pub state: Rc<RefCell<StreamState>>,
 }
 
-/// Everything one VM shares.
-pub struct Vm {
+/// Everything one VM shares, and the host it runs on.
+pub struct Vm<H> {
+    /// The proxy.
+    pub host: H,
     /// Active policy, if any compiled.
     pub active: RefCell<Option<Active>>,
     /// Stats.
@@ -182,6 +176,7 @@ pub struct Vm {
 }
 
 /// How a request phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     /// Forwarded upstream.
     Forwarded,
@@ -191,12 +186,13 @@ pub enum Handled {
     Wait(usize),
 }
 
-impl Vm {
-    /// A VM with no policy.
-    pub fn new() -> Self {
+impl<H: Host> Vm<H> {
+    /// A VM with no policy on `host`.
+    pub fn new(host: H) -> Self {
         Vm {
             active: RefCell::new(None),
-            metrics: Metrics::define(),
+            metrics: Metrics::define(&host),
+            host,
             waiters: RefCell::new(Vec::new()),
             audit: RefCell::new(None),
             hmac_key: RefCell::new(None),
@@ -209,7 +205,7 @@ impl Vm {
         let default = AuditConfig::default();
         let config = policy.as_ref().map_or(&default, |p| &p.audit);
         if let Some(sink) = self.audit.borrow_mut().as_mut() {
-            sink.emit(event, config, &self.metrics);
+            sink.emit(event, config, &self.host, &self.metrics);
         }
     }
 
@@ -229,7 +225,7 @@ impl Vm {
         // Envoy may call `on_log` from inside a hostcall of this stream (a reset while a body is
         // replaced): never panic on a busy state; `on_done` finishes the event later.
         let Ok(mut st) = state.try_borrow_mut() else {
-            log::warn!("phi-guard: stream state busy at the end of the stream; audit deferred to on_done");
+            self.host.log(Level::Warn, "phi-guard: stream state busy at the end of the stream; audit deferred to on_done");
             return;
         };
         let Some(event) = st.audit.take() else { return };
@@ -275,10 +271,10 @@ impl Vm {
                 decide(&policy, &mut active.cache, &request, now_secs)
             };
             let after = active.cache.stats();
-            self.metrics.cache(after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+            self.metrics.cache(&self.host, after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
             let wait_for = match &d {
                 Decision::Deny(Refusal { reason, awaiting_issuer: Some(i), .. }) if may_wait => {
-                    remote_issuer_to_wait_for(active, *i, *reason, now_secs)
+                    remote_issuer_to_wait_for(&self.host, active, *i, *reason, now_secs)
                 }
                 _ => None,
             };
@@ -291,7 +287,7 @@ impl Vm {
         let audit_down = self.audit.borrow().as_ref().is_none_or(|a| a.unavailable(&policy.audit));
         let decision = match decision {
             Decision::Allow(g) if audit_down && policy.audit.audit_required => {
-                log::error!("phi-guard: audit sink unavailable and auditRequired: refusing");
+                self.host.log(Level::Error, "phi-guard: audit sink unavailable and auditRequired: refusing");
                 Decision::Deny(Refusal {
                     route_id: Some(g.route_id),
                     fhir_route: g.fhir_route,
@@ -305,8 +301,8 @@ impl Vm {
         let shadow = policy.shadow;
         let refuse = |status: u16, reason: DenyReason, fhir: bool, challenge: &Challenge, extra: &[(&str, String)]| {
             if shadow {
-                log::warn!("phi-guard: shadow mode: would refuse {status} {}", reason.code());
-                self.metrics.shadow_denied(reason);
+                self.host.log(Level::Warn, &format!("phi-guard: shadow mode: would refuse {status} {}", reason.code()));
+                self.metrics.shadow_denied(&self.host, reason);
                 Handled::Forwarded
             } else {
                 self.reply(state, status, reason, fhir, challenge, extra);
@@ -325,8 +321,8 @@ impl Vm {
         };
         if let Some(principal) = &grant.principal {
             for limit in policy.rate_limits.iter().filter(|l| l.applies_to(&grant.route_id)) {
-                if let Err(retry) = crate::shared::take_from_bucket(&super::shared::Envoy, limit, &limit.key(principal), now_ms) {
-                    self.metrics.rate_limited(&limit.id);
+                if let Err(retry) = crate::shared::take_from_bucket(&self.host, limit, &limit.key(principal), now_ms) {
+                    self.metrics.rate_limited(&self.host, &limit.id);
                     let denied = Decision::Deny(Refusal {
                         route_id: Some(grant.route_id.clone()),
                         fhir_route: grant.fhir_route,
@@ -347,7 +343,7 @@ impl Vm {
                 }
             }
         }
-        self.metrics.allowed();
+        self.metrics.allowed(&self.host);
         let inspects = grant.response.inspects_body();
         {
             let mut st = state.borrow_mut();
@@ -358,7 +354,7 @@ impl Vm {
         }
         if inspects {
             // The upstream must answer in a form we can read: identity encoding.
-            let _ = abi::remove_header(MapType::HttpRequestHeaders, "accept-encoding");
+            let _ = self.host.remove_header(HeaderMap::RequestHeaders, "accept-encoding");
         }
         Handled::Forwarded
     }
@@ -377,10 +373,10 @@ impl Vm {
         let mut headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         state.borrow_mut().replied = true;
-        if abi::send_response(u32::from(reply.status), &headers, reply.body.as_bytes()).is_err() {
-            log::error!("phi-guard: could not send local reply for `{}`", reason.code());
+        if self.host.send_response(reply.status, &headers, reply.body.as_bytes()).is_err() {
+            self.host.log(Level::Error, &format!("phi-guard: could not send local reply for `{}`", reason.code()));
         }
-        self.metrics.denied(reason);
+        self.metrics.denied(&self.host, reason);
     }
 
     /// Decide again every waiter of `issuer` (keys arrived or the fetch failed), or every
@@ -394,16 +390,27 @@ impl Vm {
             ready
         };
         for w in ready {
-            if set_effective_context(w.context_id).is_err() {
+            if self.host.set_effective_context(w.context_id).is_err() {
                 continue;
             }
             match self.handle(&w.request, &w.state, now_ms, false) {
                 Handled::Forwarded => {
-                    let _ = resume_http_request();
+                    let _ = self.host.resume_request();
                 }
                 Handled::Replied | Handled::Wait(_) => {}
             }
         }
+    }
+
+    /// Pause a request until the keys of `issuer` arrive, at most the issuer's `waitMs`.
+    pub fn wait(&self, context_id: u32, issuer: usize, request: OwnedRequest, state: Rc<RefCell<StreamState>>, now_ms: u64) {
+        let wait = self
+            .active
+            .borrow()
+            .as_ref()
+            .and_then(|a| a.policy.issuers.get(issuer).and_then(|i| i.remote.as_ref().map(|r| r.wait_ms)))
+            .unwrap_or(0);
+        self.waiters.borrow_mut().push(Waiter { context_id, issuer, deadline_ms: now_ms.saturating_add(wait), request, state });
     }
 
     /// Forget a stream that ended while waiting.
@@ -429,7 +436,7 @@ fn refusal(reason: DenyReason, status: u16) -> Refusal {
 
 /// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch
 /// will be attempted (first load, or an unknown `kid` within the refetch rate limit).
-fn remote_issuer_to_wait_for(active: &mut Active, i: usize, reason: DenyReason, now: u64) -> Option<usize> {
+fn remote_issuer_to_wait_for(store: &impl SharedStore, active: &mut Active, i: usize, reason: DenyReason, now: u64) -> Option<usize> {
     let issuer = active.policy.issuers.get(i)?;
     let (iss, remote) = (issuer.issuer.clone(), issuer.remote.clone()?);
     if remote.wait_ms == 0 {
@@ -440,7 +447,7 @@ fn remote_issuer_to_wait_for(active: &mut Active, i: usize, reason: DenyReason, 
         DenyReason::UnknownKey => {
             // Rate-limited across every worker, so a burst of forged kids costs at most one
             // fetch per interval.
-            if super::shared::claim_lease(&format!("phi-guard/jwks-kid/{iss}"), now, remote.refetch_interval) {
+            if claim_lease(store, &format!("phi-guard/jwks-kid/{iss}"), now, remote.refetch_interval) {
                 if let Some(w) = active.refetch_wanted.get_mut(i) {
                     *w = true;
                 }
@@ -450,5 +457,56 @@ fn remote_issuer_to_wait_for(active: &mut Active, i: usize, reason: DenyReason, 
             }
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{policy, token, Worker, NOW_MS};
+    use super::super::Action;
+
+    fn limited(burst: u64) -> serde_json::Value {
+        policy(|p| p["rateLimits"] = json!([{"id": "per-subject", "by": "subject", "requestsPerMinute": 60, "burst": burst}]))
+    }
+
+    #[test]
+    fn rate_limits_draw_from_shared_buckets_and_survive_lost_races() {
+        let w = Worker::with_policy(&limited(2), NOW_MS);
+        let t = token(json!({}));
+        assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
+        // Another worker wrote the bucket three times between our read and our write: retried.
+        w.host().store.lose_races.set(3);
+        assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
+        assert_eq!(w.host().store.lose_races.get(), 0);
+        // The bucket is empty: 429 with Retry-After, audited and counted.
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&t));
+        let reply = w.seen(&ex).reply.unwrap();
+        assert_eq!((ex.action, reply.status, reply.header("retry-after")), (Action::Pause, 429, Some("1")));
+        assert_eq!(w.host().stat("phi_guard.rate_limited.per-subject"), 1);
+        assert_eq!(w.host().stat("phi_guard.requests_denied.rate_limited"), 1);
+        let events = w.host().audit_events();
+        assert_eq!((events.len(), events[0]["reason"].as_str()), (1, Some("rate_limited")), "only the refusal so far");
+        // A second later a token is back; other callers (public routes) never touch a bucket.
+        w.host().now_ms.set(NOW_MS + 1000);
+        assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
+        assert_eq!(w.request("GET", "/healthz", None).action, Action::Continue);
+    }
+
+    #[test]
+    fn persistent_contention_or_a_failing_store_refuses() {
+        let w = Worker::with_policy(&limited(100), NOW_MS);
+        let t = token(json!({}));
+        // The first request creates the bucket (an unconditional write: a missing key has no
+        // version to compare); later writes are conditional.
+        assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
+        w.host().store.lose_races.set(1000);
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&t));
+        assert_eq!(w.seen(&ex).reply.map(|r| r.status), Some(429), "never an unlimited pass");
+        w.host().store.lose_races.set(0);
+        w.host().store.fail.set(true);
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&t));
+        assert_eq!(w.seen(&ex).reply.map(|r| r.status), Some(429));
     }
 }

@@ -1,0 +1,265 @@
+//! The root of one VM: turns the plugin configuration into the active policy (inline policy:
+//! static config, ECDS, Istio; or pulled, signed policies), routes callout answers, and runs
+//! background work on ticks: policy polling, remote JWKS refresh, audit shipping.
+
+use std::rc::Rc;
+
+use super::audit::AuditSink;
+use super::host::{header, Buffer, HeaderMap, Host, Level};
+use super::jwks::Jwks;
+use super::pull::Pull;
+use super::stream::Stream;
+use super::vm::{Active, Vm};
+use crate::audit::AuditKey;
+use crate::policy::source::{parse_plugin_config, PluginConfig};
+use crate::policy::Policy;
+
+/// VM secret for the audit chain and pseudonyms.
+const AUDIT_KEY_ENV: &str = crate::audit::KEY_ENV;
+/// VM secret for minimization `hash` transforms.
+pub const HMAC_KEY_ENV: &str = "PHI_GUARD_HMAC_KEY";
+
+/// Background work runs this often while there is any (pull mode, remote keys, collector), in
+/// milliseconds.
+pub const TICK_MS: u64 = 200;
+
+/// Make `active` the policy in force on this VM.
+pub fn install<H: Host>(vm: &Vm<H>, active: Active, how: &str) {
+    let p = &active.policy;
+    vm.host.log(
+        Level::Info,
+        &format!(
+            "phi-guard: policy `{}` revision {} loaded from {how} ({} routes{})",
+            p.name,
+            p.revision,
+            p.routes.len(),
+            if p.shadow { ", SHADOW mode: not enforced" } else { "" }
+        ),
+    );
+    vm.metrics.policy_loaded(&vm.host, p.revision_number());
+    *vm.active.borrow_mut() = Some(active);
+}
+
+/// Root context of the plugin.
+pub struct Root<H> {
+    vm: Rc<Vm<H>>,
+    pull: Option<Pull>,
+    jwks: Jwks,
+}
+
+impl<H: Host> Root<H> {
+    /// A root with no policy: until one compiles, every request is refused (503 `no_policy`).
+    pub fn new(host: H) -> Self {
+        Root { vm: Rc::new(Vm::new(host)), pull: None, jwks: Jwks::default() }
+    }
+
+    /// The VM this root and its streams share.
+    pub fn vm(&self) -> &Rc<Vm<H>> {
+        &self.vm
+    }
+
+    /// A new HTTP stream.
+    pub fn stream(&self, context_id: u32) -> Stream<H> {
+        Stream::new(context_id, Rc::clone(&self.vm))
+    }
+
+    fn needs_ticks(&self) -> bool {
+        self.pull.is_some()
+            || self
+                .vm
+                .active
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| a.policy.issuers.iter().any(|i| i.remote.is_some()) || a.policy.audit.collector.is_some())
+    }
+
+    /// Secrets come from the VM environment (Envoy `vm_config.environment_variables`, Istio
+    /// `vmConfig.env`), never from the policy. Without a usable audit key nothing can be
+    /// audited, so the configuration is refused: loud, and never serving unaudited.
+    fn load_secrets(&self, policy: Option<&Policy>) -> bool {
+        let host = &self.vm.host;
+        if self.vm.audit.borrow().is_none() {
+            let key = host.env_var(AUDIT_KEY_ENV).map(|k| AuditKey::from_secret(k.as_bytes()));
+            match key {
+                Some(Ok(key)) => {
+                    let mut id = [0u8; 16];
+                    if host.random(&mut id).is_err() {
+                        host.log(Level::Error, "phi-guard: no randomness for the audit stream id; configuration refused");
+                        return false;
+                    }
+                    *self.vm.audit.borrow_mut() = Some(AuditSink::new(key, id));
+                }
+                Some(Err(e)) => {
+                    host.log(Level::Error, &format!("phi-guard: {AUDIT_KEY_ENV} is not usable ({e}); configuration refused"));
+                    return false;
+                }
+                None => {
+                    host.log(Level::Error, &format!("phi-guard: {AUDIT_KEY_ENV} is not set in the VM environment; configuration refused"));
+                    return false;
+                }
+            }
+        }
+        let hmac = host.env_var(HMAC_KEY_ENV).map(String::into_bytes).filter(|k| crate::minimize::hmac_key_ok(k));
+        if policy.is_some_and(Policy::requires_hmac_key) && hmac.is_none() {
+            host.log(
+                Level::Error,
+                &format!("phi-guard: the policy hashes fields but {HMAC_KEY_ENV} is missing or too short; configuration refused"),
+            );
+            return false;
+        }
+        *self.vm.hmac_key.borrow_mut() = hmac;
+        true
+    }
+
+    /// The plugin configuration (`size` bytes) arrived: accept it (true) or refuse it, which
+    /// makes Envoy keep the previous one.
+    pub fn on_configure(&mut self, size: usize) -> bool {
+        let (host, metrics) = (&self.vm.host, &self.vm.metrics);
+        let bytes = match host.buffer(Buffer::PluginConfiguration, 0, size) {
+            Ok(Some(b)) => b,
+            _ => {
+                host.log(Level::Error, "phi-guard: no plugin configuration; the previous policy (if any) stays in force");
+                metrics.policy_rejected(host);
+                return false;
+            }
+        };
+        let accepted = match parse_plugin_config(&bytes) {
+            Ok(PluginConfig::Inline(policy)) => {
+                if !self.load_secrets(Some(&policy)) {
+                    metrics.policy_rejected(host);
+                    return false;
+                }
+                self.pull = None;
+                install(&self.vm, Active::new(*policy), "the plugin configuration");
+                true
+            }
+            Ok(PluginConfig::Pull(_)) if !self.load_secrets(None) => {
+                metrics.policy_rejected(host);
+                return false;
+            }
+            Ok(PluginConfig::Pull(config)) => {
+                host.log(
+                    Level::Info,
+                    &format!("phi-guard: pulling signed policies from cluster `{}` path `{}`", config.cluster, config.path),
+                );
+                let mut pull = Pull::new(config);
+                pull.adopt_shared(&self.vm);
+                self.pull = Some(pull);
+                true
+            }
+            Err(e) => {
+                host.log(Level::Error, &format!("phi-guard: policy rejected: {e}; the previous policy (if any) stays in force"));
+                metrics.policy_rejected(host);
+                false
+            }
+        };
+        if accepted && self.needs_ticks() && host.set_tick_period(TICK_MS).is_err() {
+            host.log(Level::Error, "phi-guard: cannot schedule background work (policy polling, key refresh)");
+        }
+        accepted
+    }
+
+    /// Background work: adopt and poll policies, refresh keys and expire waiters, ship audit
+    /// batches.
+    pub fn on_tick(&mut self) {
+        let now = self.vm.host.now_ms();
+        if let Some(pull) = self.pull.as_mut() {
+            pull.adopt_shared(&self.vm);
+            pull.tick(&self.vm, now / 1000);
+            // A pulled policy may bring remote issuers: the tick keeps running anyway.
+        }
+        self.jwks.tick(&self.vm, now);
+        let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone());
+        if let (Some(config), Some(sink)) = (config, self.vm.audit.borrow_mut().as_mut()) {
+            sink.tick(&config, now, &self.vm.host, &self.vm.metrics);
+        }
+    }
+
+    /// The answer to the callout `token` (collector, policy server or JWKS), with a body of
+    /// `body_size` bytes.
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
+        let host = &self.vm.host;
+        // Callout answers (collector, policy server, JWKS) are untrusted too: read as bytes; a
+        // value that is not UTF-8 is read lossily (a mangled signature or status then fails).
+        let headers: Vec<(String, String)> = host
+            .header_pairs(HeaderMap::CallResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let now = host.now_ms();
+        let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
+        let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone()).unwrap_or_default();
+        if let Some(sink) = self.vm.audit.borrow_mut().as_mut() {
+            if sink.on_response(token, status, &config, now, host, &self.vm.metrics) {
+                return;
+            }
+        }
+        if let Some(pull) = self.pull.as_mut() {
+            if pull.on_response(&self.vm, token, body_size, &headers, now / 1000) {
+                return;
+            }
+        }
+        self.jwks.on_response(&self.vm, token, body_size, &headers, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{policy, token, MockHost, Worker, NOW_MS};
+    use super::super::Action;
+    use super::HMAC_KEY_ENV;
+
+    fn status(w: &Worker) -> Option<u16> {
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&token(json!({}))));
+        w.seen(&ex).reply.map(|r| r.status)
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_be_audited_is_refused() {
+        let host = MockHost::new();
+        host.now_ms.set(NOW_MS);
+        let mut w = Worker::on(host);
+        w.host().env.borrow_mut().clear();
+        assert!(!w.configure(&policy(|_| {})));
+        assert!(w.host().logged("PHI_GUARD_AUDIT_KEY is not set in the VM environment; configuration refused"));
+        w.host().env.borrow_mut().insert(crate::audit::KEY_ENV.into(), "short".into());
+        assert!(!w.configure(&policy(|_| {})));
+        assert_eq!(w.host().stat("phi_guard.policy_rejected"), 2);
+        assert_eq!(status(&w), Some(503), "no policy in force");
+        // No randomness for the audit stream id: refused too.
+        let mut w = Worker::new();
+        w.host().random_byte.set(None);
+        assert!(!w.configure(&policy(|_| {})));
+        assert!(w.host().logged("no randomness for the audit stream id"));
+    }
+
+    #[test]
+    fn a_policy_that_hashes_needs_the_hmac_key() {
+        let hashing = policy(|p| {
+            p["routes"][3]["minimize"]["profiles"][0]["resources"]["Patient"]["transform"][0] =
+                json!({"path": "identifier[*].value", "transform": "hash"});
+        });
+        let mut w = Worker::new();
+        w.host().now_ms.set(NOW_MS);
+        assert!(!w.configure(&hashing));
+        assert!(w.host().logged("the policy hashes fields but PHI_GUARD_HMAC_KEY is missing or too short"));
+        w.host().env.borrow_mut().insert(HMAC_KEY_ENV.into(), "hmac-key-0123456789abcdef0123456789".into());
+        assert!(w.configure(&hashing));
+        assert_eq!(status(&w), None);
+    }
+
+    #[test]
+    fn a_rejected_policy_leaves_the_previous_one_in_force() {
+        let mut w = Worker::with_policy(&policy(|_| {}), NOW_MS);
+        assert_eq!(w.host().tick_period_ms.get(), None, "nothing to do in the background");
+        assert!(!w.configure(&policy(|p| p["routes"][0]["pubilc"] = json!(true))));
+        assert!(w.host().logged("policy rejected: routes[0].pubilc: unknown field"));
+        assert!(!w.configure(&json!("not a policy")));
+        assert_eq!(w.host().stat("phi_guard.policy_rejected"), 2);
+        assert_eq!(w.host().stat("phi_guard.policy_loaded"), 1);
+        assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue);
+    }
+}
