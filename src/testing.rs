@@ -22,8 +22,10 @@ pub const NOW: u64 = 1_800_000_000;
 pub const ISS: &str = "https://idp.phi-guard.test";
 /// The demo audience.
 pub const AUD: &str = "https://fhir.phi-guard.test";
-/// The audit secret of test events.
-pub const SECRET: &[u8] = b"test-audit-secret-0123456789abcdef";
+/// The audit secret of test events, as text (the VM environment variable's value).
+pub const SECRET_TEXT: &str = "test-audit-secret-0123456789abcdef";
+/// [`SECRET_TEXT`] as bytes.
+pub const SECRET: &[u8] = SECRET_TEXT.as_bytes();
 /// The `x-request-id` of test events: a UUID, as Envoy generates them.
 pub const REQUEST_ID: &str = "0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55";
 
@@ -88,13 +90,18 @@ pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     encode(&h, claims, &key).unwrap()
 }
 
-/// An RS256 token of [`claims`] with `patch` merged in.
+/// An RS256 token of [`claims`] with `patch` merged in, under the demo key's `kid`.
 pub fn token(patch: Value) -> String {
+    token_with_kid("demo-rs256", patch)
+}
+
+/// [`token`] with the header's `kid` set to `kid`.
+pub fn token_with_kid(kid: &str, patch: Value) -> String {
     let mut c = claims();
     for (k, v) in patch.as_object().unwrap() {
         c[k] = v.clone();
     }
-    sign(Algorithm::RS256, Some("demo-rs256"), &c)
+    sign(Algorithm::RS256, Some(kid), &c)
 }
 
 /// A shipped policy (`policies/<name>.json`) as JSON, to edit before compiling.

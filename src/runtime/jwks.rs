@@ -169,8 +169,8 @@ mod tests {
 
     use super::super::testing::{demo_jwks, remote_policy, token, token_with_kid, Worker, NOW_MS};
     use super::super::{Action, TICK_MS};
-    use crate::shared::testing::MemoryStore;
     use crate::shared::SharedStore;
+    use crate::testing::MemoryStore;
 
     const KEYS: &str = "phi-guard/jwks/https://idp.phi-guard.test";
 

@@ -122,7 +122,7 @@ mod tests {
     use super::super::testing::{demo_jwks, policy, token, Worker, NOW_MS};
     use super::super::Action;
     use crate::policy::source::SIGNATURE_HEADER;
-    use crate::shared::testing::MemoryStore;
+    use crate::testing::MemoryStore;
 
     fn pull_config() -> Value {
         let jwks: Value = serde_json::from_slice(&demo_jwks()).unwrap();

@@ -13,8 +13,8 @@ use super::host::{Action, Buffer, HeaderMap, HeaderPair, Host, HostError, Level,
 use super::root::Root;
 use super::stream::Stream;
 use crate::audit::LOG_PREFIX;
-use crate::shared::testing::MemoryStore;
 use crate::shared::{SharedStore, StoreError};
+use crate::testing::MemoryStore;
 
 /// The status of a call the mock refuses (the ABI's `BadArgument`).
 const REFUSED: HostError = HostError(2);
@@ -370,8 +370,8 @@ impl Host for MockHost {
     }
 }
 
-/// The audit secret tests configure.
-pub const AUDIT_SECRET: &str = "test-audit-secret-0123456789abcdef";
+/// The audit secret tests configure (the shared fixtures' secret, as the VM environment has it).
+pub const AUDIT_SECRET: &str = crate::testing::SECRET_TEXT;
 
 /// One worker: a root on a [`MockHost`], with helpers that play Envoy's part.
 pub struct Worker {
@@ -524,19 +524,18 @@ impl Default for Worker {
     }
 }
 
-/// The tests' clock: [`crate::auth::verify::tests::NOW`] in milliseconds.
-pub const NOW_MS: u64 = crate::auth::verify::tests::NOW * 1000;
+/// The tests' clock: [`crate::testing::NOW`] in milliseconds.
+pub const NOW_MS: u64 = crate::testing::NOW * 1000;
 
 /// The demo JWKS (`tests/keys/demo-jwks.json`): what the test issuer's tokens verify with.
 pub fn demo_jwks() -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/demo-jwks.json")).unwrap_or_default()
+    serde_json::to_vec(&crate::testing::demo_jwks()).unwrap_or_default()
 }
 
 /// `policies/smart-patient-app.json` with JSON-lines audit events (easier to read in tests),
 /// edited by `patch`.
 pub fn policy(patch: impl FnOnce(&mut Value)) -> Value {
-    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/smart-patient-app.json")).unwrap_or_default();
-    let mut p: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut p = crate::testing::policy_doc("smart-patient-app");
     if let Some(doc) = p.as_object_mut() {
         doc.remove("audit");
     }
@@ -557,17 +556,8 @@ pub fn remote_policy(jwks_uri: Value) -> Value {
 /// A token of the test issuer (patient `p1`, `patient/Patient.rs patient/Observation.rs`), with
 /// claims replaced by `patch`, signed with the demo RS256 key under `kid`.
 pub fn token_with_kid(kid: &str, patch: Value) -> String {
-    use crate::auth::verify::tests::{claims, sign};
-    let mut c = claims();
-    if let Some(extra) = patch.as_object() {
-        for (k, v) in extra {
-            c[k] = v.clone();
-        }
-    }
-    sign(jsonwebtoken::Algorithm::RS256, Some(kid), &c)
+    crate::testing::token_with_kid(kid, patch)
 }
 
 /// [`token_with_kid`] with the demo key's own `kid`.
-pub fn token(patch: Value) -> String {
-    token_with_kid("demo-rs256", patch)
-}
+pub use crate::testing::token;
