@@ -9,6 +9,7 @@
 //! `wasm32-unknown-unknown`, the only code that names `wasm_bindgen`).
 
 pub mod audit;
+pub mod audit_key;
 pub mod auth;
 pub mod decision;
 pub mod fhir;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod ident;
 pub mod minimize;
 pub mod policy;
+pub mod reason;
 pub mod shared;
 pub mod simulate;
 

@@ -1,7 +1,7 @@
 //! Purpose of use: the HL7 v3 PurposeOfUse codes (`http://terminology.hl7.org/CodeSystem/v3-ActReason`,
 //! value set `v3-PurposeOfUse`) and a route's purpose requirement.
 
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
 
 /// Code system of purpose-of-use codes.
 pub const SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";

@@ -3,10 +3,10 @@
 //! high severity. It never bypasses token verification, the patient compartment of a token
 //! with a patient in context, or minimization's fail-closed behaviour.
 
-use super::reason::DenyReason;
 use crate::auth::purpose::EMERGENCY_TREATMENT;
 use crate::auth::scope::{Context, SmartScope};
 use crate::auth::Principal;
+use crate::reason::DenyReason;
 
 /// The policy's break-glass definition (compiled).
 #[derive(Debug, Clone, PartialEq, Eq)]

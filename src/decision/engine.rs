@@ -3,7 +3,6 @@
 use std::rc::Rc;
 
 use super::breakglass::BreakGlass;
-use super::reason::DenyReason;
 use super::reply::{challenge_reply, Challenge, Reply};
 use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
 use crate::auth::scope::Context;
@@ -15,6 +14,7 @@ use crate::fhir::search_params::{is_param, param_kind, primary_patient_param, Pa
 use crate::fhir::{FhirRequest, Interaction};
 use crate::http::{normalize, NormalizedPath};
 use crate::policy::{Access, FhirRoute, Policy, Route};
+use crate::reason::DenyReason;
 
 /// What the decision needs to know about a request.
 #[derive(Debug, Clone, Copy, Default)]

@@ -8,13 +8,13 @@
 //! the whole buffered body when asked for it, and [`ResponsePhase::finish`] on the audit event
 //! when the stream ends.
 
-use super::reason::DenyReason;
 use super::reply::{refusal_reply, upstream_error_body, Reply};
 use super::response::{ResponsePlan, Screen, UpstreamHead};
 use crate::audit::AuditEvent;
 use crate::http::content_digest;
 use crate::minimize::restrict::RestrictionHit;
 use crate::minimize::ApplyCtx;
+use crate::reason::DenyReason;
 
 /// Where the response phase stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

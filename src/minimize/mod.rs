@@ -40,7 +40,7 @@ use self::profile::BodyRules;
 use self::transform::Keys;
 use self::walk::{Cursor, Walker};
 use self::withheld::Withheld;
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
 
 /// What the host supplies per response.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +53,7 @@ pub struct ApplyCtx<'a> {
     /// The audit key, to recognise patients named by pseudonym in the policy's `restrictions`
     /// (the host passes the key it audits with). Without it, a response that restrictions
     /// must check is withheld (`minimization_failed`).
-    pub pseudonyms: Option<&'a crate::audit::AuditKey>,
+    pub pseudonyms: Option<&'a crate::audit_key::AuditKey>,
 }
 
 /// The result of releasing a response.

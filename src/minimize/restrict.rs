@@ -19,10 +19,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::walk::try_retain_items;
-use crate::audit::AuditKey;
-use crate::decision::DenyReason;
+use crate::audit_key::AuditKey;
+use crate::audit_key::PatientIds;
 use crate::fhir::compartment::object_patients;
-use crate::policy::audit::PatientIds;
+use crate::reason::DenyReason;
 
 /// A sensitivity label (`meta.security` coding).
 #[derive(Debug, Clone, PartialEq, Eq)]

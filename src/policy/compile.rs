@@ -16,7 +16,7 @@ use super::schema::{
     RouteDoc,
 };
 use super::{Access, FhirRoute, Limits, PathMatcher, PatientReferenceForm, PatientSearch, Policy, Route};
-use crate::audit::key::PSEUDONYM_PREFIX;
+use crate::audit_key::PSEUDONYM_PREFIX;
 use crate::auth::keys::parse_jwks;
 use crate::auth::purpose::is_purpose_of_use;
 use crate::auth::remote::RemoteJwks;

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod schema;
 
+pub use crate::audit_key::PatientIds;
 pub use compile::compile_audit;
 
 /// Line format of emitted events.
@@ -13,31 +14,6 @@ pub enum AuditFormat {
     Jsonl,
     /// One FHIR R4 `AuditEvent` (IHE BALP patterns) per line.
     Fhir,
-}
-
-/// How patients are named in events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatientIds {
-    /// A keyed HMAC-SHA256 pseudonym (`ps1-` + 32 hex digits).
-    Pseudonym,
-    /// The FHIR logical id as requested (opt-in).
-    Raw,
-}
-
-impl serde::Serialize for PatientIds {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl PatientIds {
-    /// Policy and event name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PatientIds::Pseudonym => "pseudonym",
-            PatientIds::Raw => "raw",
-        }
-    }
 }
 
 /// Body format of collector batches.
