@@ -17,7 +17,9 @@ pub mod http;
 pub mod ident;
 pub mod minimize;
 pub mod policy;
+pub mod ratelimit;
 pub mod reason;
+pub mod schema;
 pub mod shared;
 pub mod simulate;
 

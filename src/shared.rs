@@ -3,7 +3,7 @@
 //! hostcalls; tests use [`testing::MemoryStore`], which can also lose races on purpose. What
 //! runs on it here (rate-limit buckets, leases for periodic jobs) is tested natively.
 
-use crate::decision::ratelimit::{Bucket, RateLimit};
+use crate::ratelimit::{Bucket, RateLimit};
 
 /// Why a shared-data write did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub mod testing {
 mod tests {
     use super::testing::MemoryStore;
     use super::*;
-    use crate::decision::ratelimit::LimitBy;
+    use crate::ratelimit::LimitBy;
 
     fn limit(burst: u64) -> RateLimit {
         RateLimit { id: "l".into(), by: LimitBy::Subject, refill_milli_per_sec: 1000, burst, routes: vec![] }

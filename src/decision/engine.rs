@@ -2,10 +2,10 @@
 
 use std::rc::Rc;
 
-use super::breakglass::BreakGlass;
 use super::reply::{challenge_reply, Challenge, Reply};
 use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
 use crate::auth::scope::Context;
+use crate::auth::BreakGlass;
 use crate::auth::{self, AuthRequirement, Principal, TokenCache};
 use crate::fhir::compartment::{in_patient_compartment, param_refers_to};
 use crate::fhir::request::{parse as parse_fhir, FhirRequestError};

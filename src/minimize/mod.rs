@@ -147,7 +147,7 @@ pub(crate) mod testing {
             v["name"] = Value::from("test");
         }
         let doc = serde_json::from_value(serde_json::json!({"profiles": [v]})).unwrap();
-        let set = compile_minimize(&doc, "test", fhir).unwrap();
+        let set = compile_minimize(&doc, &crate::schema::ROOT.field("test"), fhir).unwrap();
         Profile::clone(&set.profiles[0])
     }
 

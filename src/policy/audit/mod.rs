@@ -1,8 +1,9 @@
 //! The compiled `audit` section of a policy: event format, patient identifiers and the sinks the
-//! host feeds. Wire types in [`schema`], checks and defaults in [`compile`].
+//! host feeds. Wire types in [`schema`] (the `schema` leaf's `audit`), checks and defaults in
+//! [`compile`].
 
 pub mod compile;
-pub mod schema;
+pub use crate::schema::audit as schema;
 
 pub use crate::audit_key::PatientIds;
 pub use compile::compile_audit;
