@@ -12,6 +12,7 @@ pub mod chain;
 pub mod event;
 pub mod fhir;
 mod names;
+mod phase;
 pub mod query;
 pub mod time;
 pub mod verify;
