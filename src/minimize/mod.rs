@@ -9,7 +9,8 @@
 //! - [`transform`], [`generalize`]: mask, keyed hash, Safe Harbor generalization.
 //! - [`preset`]: built-in profiles (`safe-harbor`).
 //! - [`body`]: parsing and serialization; [`withheld`]: the withheld-path record.
-//! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient).
+//! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient) and
+//!   the compiler of the policy's `restrictions`.
 //!
 //! The host calls [`crate::decision::ResponsePlan::apply`], which runs the response checks and
 //! then [`apply_value`]; the CLI calls [`apply`].
