@@ -11,6 +11,7 @@
 //! `wasm32-unknown-unknown`, the only code that names `wasm_bindgen`).
 
 pub mod audit;
+pub mod audit_key;
 pub mod auth;
 pub mod decision;
 pub mod fhir;
@@ -18,7 +19,10 @@ pub mod http;
 pub mod ident;
 pub mod minimize;
 pub mod policy;
+pub mod ratelimit;
+pub mod reason;
 pub mod runtime;
+pub mod schema;
 pub mod shared;
 pub mod simulate;
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! hostcalls; tests use `testing::MemoryStore`, which can also lose races on purpose. What
 //! runs on it here (rate-limit buckets, leases for periodic jobs) is tested natively.
 
-use crate::decision::ratelimit::{Bucket, RateLimit};
+use crate::ratelimit::{Bucket, RateLimit};
 
 /// Why a shared-data write did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub fn claim_lease(store: &impl SharedStore, key: &str, now: u64, period: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::ratelimit::LimitBy;
+    use crate::ratelimit::LimitBy;
     use crate::testing::MemoryStore;
 
     fn limit(burst: u64) -> RateLimit {

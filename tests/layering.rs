@@ -4,9 +4,13 @@
 //! Envoy refuses to load (`make wasm-check` catches that too, but only after a wasm build).
 //! The host stays a shell over `runtime::Host`, and the core reads no clock, environment,
 //! randomness or files of its own: what the filter does is what `cargo test` runs.
+//!
+//! And the modules form the DAG that ARCHITECTURE.md's "Module dependencies" table draws: the
+//! `crate::` paths each top-level module names outside its tests are exactly its row.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -133,4 +137,167 @@ fn manifests_keep_each_sdk_to_its_target() {
     // getrandom's `js` backend imports from JavaScript: only for the browser target.
     let js: Vec<&String> = playground.iter().filter(|(_, n)| n == "getrandom").map(|(s, _)| s).collect();
     assert_eq!(js, [r#"[target.'cfg(all(target_arch = "wasm32", target_os = "unknown"))'.dependencies]"#]);
+}
+
+/// The top-level modules of the library: `src/<name>.rs` or `src/<name>/` (not the CLI).
+fn top_level_modules() -> BTreeSet<String> {
+    std::fs::read_dir(root().join("src"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_owned();
+            match name.strip_suffix(".rs") {
+                Some("lib") => None,
+                Some(stem) => Some(stem.to_owned()),
+                None if name != "bin" && p.is_dir() => Some(name),
+                None => None,
+            }
+        })
+        .collect()
+}
+
+/// A file's code without comments and `#[cfg(test)]` items, and the names of the test-only
+/// child modules it declares (`#[cfg(test)] mod x;`). Relies on rustfmt: a test item's
+/// attribute starts a line, and a block item ends with a `}` alone at the start of a line.
+fn production_code(text: &str) -> (String, Vec<String>) {
+    let mut code = String::new();
+    let mut test_children = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line == "#[cfg(test)]" {
+            let item = lines.next().unwrap_or("");
+            if let Some(name) = item.strip_suffix(';').and_then(|i| i.split_whitespace().last()) {
+                test_children.push(name.to_owned());
+            } else if item.trim_end().ends_with('{') {
+                for inner in lines.by_ref() {
+                    if inner == "}" {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if !line.trim_start().starts_with("//") {
+            code.push_str(line);
+            code.push('\n');
+        }
+    }
+    (code, test_children)
+}
+
+/// The top-level modules each module names (`crate::<module>`) outside its tests.
+fn code_edges(modules: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut edges = BTreeMap::new();
+    for module in modules {
+        let dir = root().join("src").join(module);
+        let mut files = Vec::new();
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        } else {
+            files.push(root().join("src").join(format!("{module}.rs")));
+        }
+        let mut texts: BTreeMap<PathBuf, (String, Vec<String>)> =
+            files.iter().map(|f| (f.clone(), production_code(&std::fs::read_to_string(f).unwrap()))).collect();
+        // Files of test-only modules (`#[cfg(test)] mod phi_free;`) are tests too.
+        let test_files: Vec<PathBuf> = texts
+            .iter()
+            .flat_map(|(f, (_, children))| {
+                let parent =
+                    if f.file_name().is_some_and(|n| n == "mod.rs") { f.parent().unwrap().to_owned() } else { f.with_extension("") };
+                children.iter().flat_map(move |c| [parent.join(format!("{c}.rs")), parent.join(c).join("mod.rs")])
+            })
+            .collect();
+        texts.retain(|f, _| !test_files.contains(f));
+        let mut uses = BTreeSet::new();
+        for (code, _) in texts.values() {
+            for (at, _) in code.match_indices("crate::") {
+                let name: String = code[at + "crate::".len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                assert!(!code[..at].ends_with('$'), "macros naming `$crate::` are not scanned");
+                if &name != module && modules.contains(&name) {
+                    uses.insert(name);
+                }
+            }
+        }
+        edges.insert(module.clone(), uses);
+    }
+    edges
+}
+
+/// What a row of the table allows.
+#[derive(Debug)]
+enum Uses {
+    /// Exactly these modules.
+    Exactly(BTreeSet<String>),
+    /// Any module but these (an upper bound: `host`, or a module still to come).
+    AnyBut(BTreeSet<String>),
+}
+
+/// The "Module dependencies" table of ARCHITECTURE.md, by module.
+fn documented_edges() -> BTreeMap<String, Uses> {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let section = doc.split("\n## Module dependencies\n").nth(1).expect("ARCHITECTURE.md has a `## Module dependencies` section");
+    let section = section.split("\n## ").next().unwrap();
+    let ticked = |cell: &str| -> BTreeSet<String> { cell.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    let mut rows = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let [modules, uses] = cells.as_slice() else { panic!("a row has two cells: {line}") };
+        for module in ticked(modules) {
+            let allowed = if uses.starts_with("any module") { Uses::AnyBut(ticked(uses)) } else { Uses::Exactly(ticked(uses)) };
+            assert!(rows.insert(module.clone(), allowed).is_none(), "`{module}` has two rows");
+        }
+    }
+    rows
+}
+
+#[test]
+fn module_dependencies_are_the_documented_dag() {
+    let modules = top_level_modules();
+    let code = code_edges(&modules);
+    assert!(code["decision"].contains("policy") && code["policy"].contains("auth"), "the scan finds the edges: {code:?}");
+    let doc = documented_edges();
+    let mut everything: BTreeSet<String> = modules.clone();
+    everything.extend(doc.keys().cloned());
+    // The documented graph, with "any module" rows spelt out.
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = doc
+        .iter()
+        .map(|(m, uses)| {
+            let set = match uses {
+                Uses::Exactly(set) => set.iter().map(String::as_str).collect(),
+                Uses::AnyBut(not) => everything.iter().filter(|o| *o != m && !not.contains(*o)).map(String::as_str).collect(),
+            };
+            (m.as_str(), set)
+        })
+        .collect();
+    for (module, uses) in &code {
+        let row = doc.get(module).unwrap_or_else(|| panic!("`{module}` has no row in ARCHITECTURE.md's module dependencies"));
+        let beyond: Vec<&String> = uses.iter().filter(|u| !allowed[module.as_str()].contains(u.as_str())).collect();
+        assert!(beyond.is_empty(), "`{module}` uses {beyond:?}, which its row does not allow");
+        if let Uses::Exactly(listed) = row {
+            assert_eq!(listed, uses, "`{module}`: its row must list exactly what it uses");
+        }
+    }
+    for (module, uses) in &allowed {
+        for u in uses {
+            assert!(everything.contains(*u), "`{module}` lists `{u}`, which is no module");
+        }
+    }
+    // Acyclic: peel off modules whose every dependency is already peeled (Kahn).
+    let mut left: BTreeMap<&str, &BTreeSet<&str>> = allowed.iter().map(|(m, u)| (*m, u)).collect();
+    while !left.is_empty() {
+        let ready: Vec<&str> = left.iter().filter(|(_, uses)| uses.iter().all(|u| !left.contains_key(u))).map(|(m, _)| *m).collect();
+        assert!(!ready.is_empty(), "the module dependencies have a cycle among {:?}", left.keys().collect::<Vec<_>>());
+        for m in ready {
+            left.remove(m);
+        }
+    }
+}
+
+#[test]
+fn the_scan_skips_tests_and_comments() {
+    let (code, children) = production_code(
+        "use crate::a;\n// crate::b\n#[cfg(test)]\nmod phi_free;\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}\nfn f() { crate::d::g() }\n",
+    );
+    assert_eq!(code, "use crate::a;\nfn f() { crate::d::g() }\n");
+    assert_eq!(children, ["phi_free"]);
 }

@@ -52,7 +52,7 @@ fn profile(v: Value) -> Arc<Profile> {
         v["name"] = json!("test");
     }
     let doc = serde_json::from_value(json!({"profiles": [v]})).unwrap();
-    compile_minimize(&doc, "test", true).unwrap().profiles[0].clone()
+    compile_minimize(&doc, &phi_guard::schema::ROOT.field("test"), true).unwrap().profiles[0].clone()
 }
 
 fn safe_harbor() -> Arc<Profile> {

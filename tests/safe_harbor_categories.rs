@@ -22,7 +22,7 @@ const NOW: u64 = 1_800_000_000;
 
 fn safe_harbor() -> Arc<Profile> {
     let doc = serde_json::from_value(json!({"profiles": [{"name": "safe-harbor", "preset": "safe-harbor"}]})).unwrap();
-    compile_minimize(&doc, "test", true).unwrap().profiles[0].clone()
+    compile_minimize(&doc, &phi_guard::schema::ROOT.field("test"), true).unwrap().profiles[0].clone()
 }
 
 /// Release `input` through the preset: the JSON the client would receive, its exact text, and

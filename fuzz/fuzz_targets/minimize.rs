@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use phi_guard::decision::DenyReason;
 use phi_guard::minimize::{self, compile_minimize, ApplyCtx, Profile};
-use phi_guard::policy::schema::MinimizeDoc;
+use phi_guard::schema::MinimizeDoc;
 use serde_json::Value;
 
 /// Fixed so runs are reproducible (2027-01-15: born 1937 or earlier means 90 or older).
@@ -121,7 +121,7 @@ const PRESET: &str = r#"{"profiles": [{"name": "safe-harbor", "preset": "safe-ha
 
 fn compile_doc(text: &str, fhir: bool) -> Vec<Arc<Profile>> {
     let doc: MinimizeDoc = serde_json::from_str(text).unwrap_or_else(|e| panic!("fuzz profile does not parse: {e}"));
-    compile_minimize(&doc, "fuzz", fhir).unwrap_or_else(|e| panic!("fuzz profile does not compile: {e}")).profiles
+    compile_minimize(&doc, &phi_guard::schema::ROOT.field("fuzz"), fhir).unwrap_or_else(|e| panic!("fuzz profile does not compile: {e}")).profiles
 }
 
 /// Every profile the target runs, shipped ones first.

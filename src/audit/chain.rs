@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::event::{AuditEvent, Severity};
 use super::fhir;
-use super::key::{parse_hex32, push_hex, AuditKey};
+use crate::audit_key::{parse_hex32, push_hex, AuditKey};
 use crate::policy::audit::{AuditConfig, AuditFormat};
 
 /// Version of the JSON-lines record layout (`v`).

@@ -4,10 +4,11 @@
 
 use serde::Serialize;
 
-use super::key::AuditKey;
 use super::query::audit_query;
 use super::time::rfc3339_ms;
 use super::vocab::{is_operation, printable};
+use crate::audit_key::AuditKey;
+use crate::audit_key::PatientIds;
 use crate::auth::purpose::{is_emergency, is_purpose_of_use};
 use crate::auth::Principal;
 use crate::decision::{Decision, DenyReason};
@@ -15,7 +16,6 @@ use crate::fhir::request::valid_id;
 use crate::fhir::{FhirRequest, Interaction};
 use crate::http::normalize;
 use crate::minimize::restrict::RestrictionHit;
-use crate::policy::audit::PatientIds;
 use crate::policy::Policy;
 
 /// FHIR `AuditEvent.outcome` (R4 `audit-event-outcome`).

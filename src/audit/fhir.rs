@@ -14,9 +14,9 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::event::{AuditEvent, EventOutcome, Verdict};
+use crate::audit_key::PatientIds;
 use crate::auth::purpose::is_emergency;
 use crate::fhir::Interaction;
-use crate::policy::audit::PatientIds;
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
@@ -683,7 +683,7 @@ mod tests {
     #[test]
     fn raw_patient_references() {
         let mut p = policy("smart-patient-app");
-        p.audit.patient_ids = crate::policy::audit::PatientIds::Raw;
+        p.audit.patient_ids = crate::audit_key::PatientIds::Raw;
         let r = render(&event(&p, "GET", "/fhir/Patient/p1", Some(&token(json!({})))), "s", 0, "o");
         assert_eq!(entity(&r, "1").unwrap()["what"]["reference"], "Patient/p1");
         assert_eq!(entity(&r, "4").unwrap()["what"]["reference"], "Patient/p1");

@@ -11,8 +11,8 @@ pub mod batch;
 pub mod chain;
 pub mod event;
 pub mod fhir;
-pub mod key;
 mod names;
+mod phase;
 pub mod query;
 pub mod time;
 pub mod verify;
@@ -21,10 +21,10 @@ pub mod vocab;
 #[cfg(test)]
 mod phi_free;
 
+pub use crate::audit_key::{AuditKey, KeyError, PatientIds};
 pub use batch::{batch_body, jsonl_batch, otlp_logs};
 pub use chain::{AuditChain, Sealed, LOG_PREFIX};
 pub use event::{AuditContext, AuditEvent, EventOutcome, RequestMeta, Severity, Verdict};
-pub use key::{AuditKey, KeyError};
 pub use verify::{verify, verify_log, Failure, StreamSummary, Summary, VerifyError};
 
 /// Name of the Envoy VM environment variable holding the audit secret.

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use super::chain::{unframe, LOG_PREFIX};
 use super::fhir::EXT;
-use super::key::{push_hex, AuditKey};
+use crate::audit_key::{push_hex, AuditKey};
 
 /// One stream seen in a verified log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,11 @@
 //! Token verification (RFC 7519 / RFC 8725), SMART scopes, the verified-token cache, step-up
-//! authentication requirements and purpose of use.
+//! authentication requirements, purpose of use and break-glass, with the compilers of their
+//! policy sections (`issuers` in [`compile`]; `authentication`, `purpose` and `breakGlass`
+//! beside their models).
 
+pub mod breakglass;
 pub mod cache;
+pub mod compile;
 pub mod crypto;
 pub mod keys;
 pub mod principal;
@@ -11,6 +15,7 @@ pub mod scope;
 pub mod stepup;
 pub mod verify;
 
+pub use breakglass::{BreakGlass, BreakGlassPolicy};
 pub use cache::TokenCache;
 pub use keys::{KeyError, VerifyKey};
 pub use principal::Principal;

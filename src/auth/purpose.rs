@@ -1,7 +1,8 @@
 //! Purpose of use: the HL7 v3 PurposeOfUse codes (`http://terminology.hl7.org/CodeSystem/v3-ActReason`,
 //! value set `v3-PurposeOfUse`) and a route's purpose requirement.
 
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
+use crate::schema::{CompileError, Loc, PurposeDoc};
 
 /// Code system of purpose-of-use codes.
 pub const SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
@@ -106,6 +107,23 @@ impl PurposeRule {
             Err(DenyReason::PurposeNotAllowed)
         }
     }
+}
+
+/// Compile a route's `purpose`.
+pub fn compile_purpose(d: &PurposeDoc, loc: &Loc<'_>) -> Result<PurposeRule, CompileError> {
+    let allowed = d.allowed.clone().unwrap_or_default();
+    if d.allowed.as_ref().is_some_and(Vec::is_empty) {
+        return Err(loc.field("allowed").error("must list at least one purpose-of-use code (omit it to allow every code)"));
+    }
+    for (i, code) in allowed.iter().enumerate() {
+        if !is_purpose_of_use(code) {
+            return Err(loc.field("allowed").index(i).error(format!("`{code}` is not an HL7 v3 PurposeOfUse code")));
+        }
+    }
+    if !d.required && allowed.is_empty() {
+        return Err(loc.error("has no effect: set `required: true` or list `allowed` codes"));
+    }
+    Ok(PurposeRule { required: d.required, allowed })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! user's authentication event, checked against the token's `acr`, `amr` and `auth_time`.
 
 use super::principal::Principal;
+use crate::schema::{AuthenticationDoc, CompileError, Loc};
 
 /// What a route or profile requires of the user's authentication. Every part that is set must
 /// hold.
@@ -44,6 +45,25 @@ impl AuthRequirement {
         let start = levels.iter().position(|l| l == min)?;
         levels.get(start..).map(|l| l.join(" "))
     }
+}
+
+/// Compile a step-up requirement (a route's or a profile's `authentication`). Whether `acrMin`
+/// is a level of every issuer is checked once the issuers are compiled (`policy::compile`).
+pub fn compile_authentication(d: &AuthenticationDoc, loc: &Loc<'_>) -> Result<AuthRequirement, CompileError> {
+    if d.acr_min.is_none() && d.amr.is_empty() && d.max_auth_age_seconds.is_none() {
+        return Err(loc.error("must set `acrMin`, `amr` or `maxAuthAgeSeconds`"));
+    }
+    for (i, m) in d.amr.iter().enumerate() {
+        if !crate::ident::code(m, 64) {
+            return Err(loc.field("amr").index(i).error(format!("`{m}` is not an authentication method reference (e.g. `mfa`, `hwk`)")));
+        }
+    }
+    if let Some(n) = d.max_auth_age_seconds {
+        if n > 30 * 86_400 {
+            return Err(loc.field("maxAuthAgeSeconds").error(format!("`{n}` must be between 0 and 2592000")));
+        }
+    }
+    Ok(AuthRequirement { acr_min: d.acr_min.clone(), amr: d.amr.clone(), max_auth_age: d.max_auth_age_seconds })
 }
 
 #[cfg(test)]

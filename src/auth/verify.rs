@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use super::keys::VerifyKey;
 use super::principal::Principal;
 use super::scope;
-use crate::decision::DenyReason;
 use crate::fhir::request::valid_id;
+use crate::reason::DenyReason;
 
 /// Claim names an issuer uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,11 +2,10 @@
 
 use std::rc::Rc;
 
-use super::breakglass::BreakGlass;
-use super::reason::DenyReason;
 use super::reply::{challenge_reply, Challenge, Reply};
 use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
 use crate::auth::scope::Context;
+use crate::auth::BreakGlass;
 use crate::auth::{self, AuthRequirement, Principal, TokenCache};
 use crate::fhir::compartment::{in_patient_compartment, param_refers_to};
 use crate::fhir::request::{parse as parse_fhir, FhirRequestError};
@@ -15,6 +14,7 @@ use crate::fhir::search_params::{is_param, param_kind, primary_patient_param, Pa
 use crate::fhir::{FhirRequest, Interaction};
 use crate::http::{normalize, NormalizedPath};
 use crate::policy::{Access, FhirRoute, Policy, Route};
+use crate::reason::DenyReason;
 
 /// What the decision needs to know about a request.
 #[derive(Debug, Clone, Copy, Default)]

@@ -8,13 +8,12 @@
 //! the whole buffered body when asked for it, and [`ResponsePhase::finish`] on the audit event
 //! when the stream ends.
 
-use super::reason::DenyReason;
 use super::reply::{refusal_reply, upstream_error_body, Reply};
 use super::response::{ResponsePlan, Screen, UpstreamHead};
-use crate::audit::AuditEvent;
 use crate::http::content_digest;
 use crate::minimize::restrict::RestrictionHit;
 use crate::minimize::ApplyCtx;
+use crate::reason::DenyReason;
 
 /// Where the response phase stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,17 +238,17 @@ impl ResponsePhase {
         self.replacement()
     }
 
-    /// Finish the allowed request's audit event: upstream status, withheld paths, the
-    /// refusal (a body still being checked when the stream ends never reached the client),
-    /// restrictions and digest.
-    pub fn finish(&self, event: AuditEvent) -> AuditEvent {
+    /// The refusal an allowed request's audit event records: the enforced one, or
+    /// `response_truncated` when the stream ended while a checked body was still held (it never
+    /// reached the client). `audit` turns this into the event (`ResponsePhase::finish`).
+    pub fn final_refusal(&self) -> Option<DenyReason> {
         let truncated = matches!(self.state, State::Check | State::Headers) && self.status != 0 && self.plan.inspects_body();
-        let failure = self.failure.or(truncated.then_some(DenyReason::ResponseTruncated));
-        let mut event = event.with_response(self.status, self.withheld.clone(), failure).with_restrictions(self.restrictions.clone());
-        if let Some(d) = &self.digest {
-            event = event.with_content_digest(d.clone());
-        }
-        event
+        self.failure.or(truncated.then_some(DenyReason::ResponseTruncated))
+    }
+
+    /// Which privacy restrictions withheld resources, and how many.
+    pub fn restriction_hits(&self) -> &[RestrictionHit] {
+        &self.restrictions
     }
 
     /// The RFC 9530 `Content-Digest` of the released body, once released.

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::reason::DenyReason;
+use crate::reason::DenyReason;
 
 /// A complete local reply.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::reason::DenyReason;
 use crate::fhir::compartment::{in_patient_compartment, resource_patients};
 use crate::fhir::resource_type;
 use crate::minimize::restrict::{RestrictPlan, RestrictionHit};
 use crate::minimize::{self, Applied, ApplyCtx, Profile};
+use crate::reason::DenyReason;
 
 /// A check on the upstream response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -509,8 +509,8 @@ mod tests {
 
     #[test]
     fn restrictions_run_before_minimization_and_are_never_shadowed() {
+        use crate::audit_key::PatientIds;
         use crate::minimize::restrict::{Label, Restriction, Restrictions};
-        use crate::policy::audit::PatientIds;
         let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
         let r = Restrictions {
             list: vec![Arc::new(Restriction {

@@ -4,7 +4,7 @@
 use serde_json::error::Category;
 use serde_json::Value;
 
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 

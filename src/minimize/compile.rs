@@ -10,16 +10,12 @@ use super::preset;
 use super::profile::{BodyRules, BundleLinks, Condition, FhirRules, OtherResources, Profile, ProfileSet};
 use super::rules::{Action, Merge, Mode, RuleSet};
 use super::transform::Transform;
+use crate::auth::stepup::compile_authentication;
 use crate::fhir::resource_type;
-use crate::policy::schema::{
-    BundleLinksDoc, DatesDoc, GeneralizeDoc, KeepRemoveDoc, MinimizeDoc, ModeDoc, OtherResourcesDoc, PresetName, ProfileDoc, RulesDoc,
-    TransformKindDoc,
+use crate::schema::{
+    BundleLinksDoc, CompileError, DatesDoc, GeneralizeDoc, KeepRemoveDoc, Loc, MinimizeDoc, ModeDoc, OtherResourcesDoc, PresetName,
+    ProfileDoc, RulesDoc, TransformKindDoc,
 };
-use crate::policy::CompileError;
-
-fn err(location: impl Into<String>, message: impl Into<String>) -> CompileError {
-    CompileError { location: location.into(), message: message.into() }
-}
 
 /// Longest `keepLast` for `mask`.
 const MAX_KEEP_LAST: usize = 64;
@@ -28,25 +24,25 @@ const MAX_KEEP_LAST: usize = 64;
 const ALWAYS_KEPT: [&str; 4] = ["resourceType", "id", "meta", "meta.security"];
 
 /// Compile the `minimize` object of a route. `fhir` is true on `fhir` routes.
-pub fn compile_minimize(doc: &MinimizeDoc, loc: &str, fhir: bool) -> Result<ProfileSet, CompileError> {
+pub fn compile_minimize(doc: &MinimizeDoc, loc: &Loc<'_>, fhir: bool) -> Result<ProfileSet, CompileError> {
     if doc.profiles.is_empty() {
-        return Err(err(format!("{loc}.profiles"), "must contain at least one profile"));
+        return Err(loc.field("profiles").error("must contain at least one profile"));
     }
     let mut names = HashSet::new();
     let mut profiles = Vec::with_capacity(doc.profiles.len());
     let last = doc.profiles.len() - 1;
     for (i, p) in doc.profiles.iter().enumerate() {
-        let ploc = format!("{loc}.profiles[{i}]");
+        let profiles_loc = loc.field("profiles");
+        let ploc = profiles_loc.index(i);
         if !crate::ident::shaped(&p.name, usize::MAX, b"-_") {
-            return Err(err(format!("{ploc}.name"), format!("`{}` must be non-empty [A-Za-z0-9_-]", p.name)));
+            return Err(ploc.field("name").error(format!("`{}` must be non-empty [A-Za-z0-9_-]", p.name)));
         }
         if !names.insert(p.name.as_str()) {
-            return Err(err(format!("{ploc}.name"), format!("duplicate profile name `{}`", p.name)));
+            return Err(ploc.field("name").error(format!("duplicate profile name `{}`", p.name)));
         }
         let profile = compile_profile(p, &ploc, fhir)?;
         if profile.when.is_unconditional() && i != last {
-            return Err(err(
-                ploc,
+            return Err(ploc.error(
                 format!("profile `{}` has no `whenScopes` or `whenPurpose`, so it matches every caller and the profiles after it are unreachable; move it last", p.name),
             ));
         }
@@ -54,33 +50,33 @@ pub fn compile_minimize(doc: &MinimizeDoc, loc: &str, fhir: bool) -> Result<Prof
     }
     let mut safe_harbor_purposes = Vec::new();
     if let Some(list) = &doc.safe_harbor_purposes {
-        let sloc = format!("{loc}.safeHarborPurposes");
+        let sloc = loc.field("safeHarborPurposes");
         if list.is_empty() {
-            return Err(err(sloc, "must list at least one purpose-of-use code"));
+            return Err(sloc.error("must list at least one purpose-of-use code"));
         }
         for (i, code) in list.iter().enumerate() {
             if !crate::auth::purpose::is_purpose_of_use(code) {
-                return Err(err(format!("{sloc}[{i}]"), format!("`{code}` is not an HL7 v3 PurposeOfUse code")));
+                return Err(sloc.index(i).error(format!("`{code}` is not an HL7 v3 PurposeOfUse code")));
             }
         }
         if !profiles.iter().any(|p| p.safe_harbor) {
-            return Err(err(sloc, "no profile of the route uses `\"preset\": \"safe-harbor\"`, so these callers could never be served"));
+            return Err(sloc.error("no profile of the route uses `\"preset\": \"safe-harbor\"`, so these callers could never be served"));
         }
         safe_harbor_purposes.clone_from(list);
     }
     Ok(ProfileSet { profiles, safe_harbor_purposes })
 }
 
-fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, CompileError> {
+fn compile_profile(p: &ProfileDoc, loc: &Loc<'_>, fhir: bool) -> Result<Profile, CompileError> {
     let mut when = Condition::default();
     if let Some(s) = &p.when_scopes {
         if s.all_of.is_empty() && s.any_of.is_empty() {
-            return Err(err(format!("{loc}.whenScopes"), "must list `allOf` or `anyOf` scopes"));
+            return Err(loc.field("whenScopes").error("must list `allOf` or `anyOf` scopes"));
         }
         for (field, list) in [("allOf", &s.all_of), ("anyOf", &s.any_of)] {
             for (i, sc) in list.iter().enumerate() {
                 if sc.is_empty() || sc.contains(char::is_whitespace) {
-                    return Err(err(format!("{loc}.whenScopes.{field}[{i}]"), format!("`{sc}` is not a single scope")));
+                    return Err(loc.field("whenScopes").field(field).index(i).error(format!("`{sc}` is not a single scope")));
                 }
             }
         }
@@ -89,17 +85,17 @@ fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, Com
     }
     if let Some(list) = &p.when_purpose {
         if list.is_empty() {
-            return Err(err(format!("{loc}.whenPurpose"), "must list at least one purpose-of-use code"));
+            return Err(loc.field("whenPurpose").error("must list at least one purpose-of-use code"));
         }
         for (i, code) in list.iter().enumerate() {
             if code.is_empty() || code.contains(char::is_whitespace) {
-                return Err(err(format!("{loc}.whenPurpose[{i}]"), format!("`{code}` is not a purpose-of-use code")));
+                return Err(loc.field("whenPurpose").index(i).error(format!("`{code}` is not a purpose-of-use code")));
             }
         }
         when.purpose.clone_from(list);
     }
     if let Some(a) = &p.authentication {
-        when.authentication = Some(crate::policy::compile::compile_authentication(a, &format!("{loc}.authentication"))?);
+        when.authentication = Some(compile_authentication(a, &loc.field("authentication"))?);
     }
     let body = match p.preset {
         Some(preset) => {
@@ -113,16 +109,15 @@ fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, Com
                 ("bundleLinks", p.bundle_links.is_some()),
             ];
             if let Some((field, _)) = extra.iter().find(|(_, set)| *set) {
-                return Err(err(format!("{loc}.{field}"), "a `preset` profile takes no rule settings"));
+                return Err(loc.field(field).error("a `preset` profile takes no rule settings"));
             }
             if !fhir {
-                return Err(err(format!("{loc}.preset"), "presets apply to FHIR resources; use them on `fhir` routes"));
+                return Err(loc.field("preset").error("presets apply to FHIR resources; use them on `fhir` routes"));
             }
             match preset {
                 PresetName::SafeHarbor => {
-                    let doc =
-                        preset::safe_harbor().map_err(|e| err(format!("{loc}.preset"), format!("built-in preset is invalid: {e}")))?;
-                    compile_rules(&doc, &format!("{loc}.preset(safe-harbor)"), true)?
+                    let doc = preset::safe_harbor().map_err(|e| loc.field("preset").error(format!("built-in preset is invalid: {e}")))?;
+                    compile_rules(&doc, &loc.field("preset(safe-harbor)"), true)?
                 }
             }
         }
@@ -132,7 +127,7 @@ fn compile_profile(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<Profile, Com
 }
 
 /// The rule part of a profile (everything but name, conditions and shadow).
-pub fn compile_rules(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<BodyRules, CompileError> {
+pub fn compile_rules(p: &ProfileDoc, loc: &Loc<'_>, fhir: bool) -> Result<BodyRules, CompileError> {
     let mode = match p.mode.unwrap_or(ModeDoc::Allow) {
         ModeDoc::Allow => Mode::Allow,
         ModeDoc::Deny => Mode::Deny,
@@ -146,22 +141,24 @@ pub fn compile_rules(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<BodyRules,
             ("bundleLinks", p.bundle_links.is_some()),
         ] {
             if set {
-                return Err(err(format!("{loc}.{field}"), "FHIR settings need a `fhir` route; plain JSON routes use `fields`"));
+                return Err(loc.field(field).error("FHIR settings need a `fhir` route; plain JSON routes use `fields`"));
             }
         }
-        let fields = p.fields.as_ref().ok_or_else(|| err(loc, "a plain JSON route's profile needs `fields`"))?;
+        let fields = p.fields.as_ref().ok_or_else(|| loc.error("a plain JSON route's profile needs `fields`"))?;
         let mut rules = RuleSet::new(mode);
-        add_rules(&mut rules, fields, &format!("{loc}.fields"), Dialect::Json, Merge::Strict)?;
+        add_rules(&mut rules, fields, &loc.field("fields"), Dialect::Json, Merge::Strict)?;
         return Ok(BodyRules::Json(rules));
     }
     if p.fields.is_some() {
-        return Err(err(format!("{loc}.fields"), "FHIR routes set rules per resource type in `resources`"));
+        return Err(loc.field("fields").error("FHIR routes set rules per resource type in `resources`"));
     }
-    let docs = p.resources.as_ref().ok_or_else(|| err(loc, "a FHIR route's profile needs `resources` or a `preset`"))?;
+    let docs = p.resources.as_ref().ok_or_else(|| loc.error("a FHIR route's profile needs `resources` or a `preset`"))?;
+    let resources = loc.field("resources");
+    let star_loc = resources.field("*");
     let star = match docs.get("*") {
         Some(d) => {
             let mut r = RuleSet::new(mode);
-            add_rules(&mut r, d, &format!("{loc}.resources.*"), Dialect::Fhir, Merge::Strict)?;
+            add_rules(&mut r, d, &star_loc, Dialect::Fhir, Merge::Strict)?;
             Some(r)
         }
         None => None,
@@ -171,16 +168,16 @@ pub fn compile_rules(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<BodyRules,
         if name == "*" {
             continue;
         }
-        let tloc = format!("{loc}.resources.{name}");
-        let ty = resource_type(name).ok_or_else(|| err(&tloc, format!("unknown FHIR resource type `{name}`")))?;
+        let tloc = resources.field(name);
+        let ty = resource_type(name).ok_or_else(|| tloc.error(format!("unknown FHIR resource type `{name}`")))?;
         if ty == "Bundle" {
-            return Err(err(tloc, "Bundles are unwrapped: rules apply to their entries' resources (see `bundleLinks`)"));
+            return Err(tloc.error("Bundles are unwrapped: rules apply to their entries' resources (see `bundleLinks`)"));
         }
         let mut r = RuleSet::new(mode);
         add_rules(&mut r, d, &tloc, Dialect::Fhir, Merge::Strict)?;
         if let Some(s) = docs.get("*") {
             // Already validated above; merged so the type's own rules win.
-            add_rules(&mut r, s, &format!("{loc}.resources.*"), Dialect::Fhir, Merge::Yield)?;
+            add_rules(&mut r, s, &star_loc, Dialect::Fhir, Merge::Yield)?;
         }
         types.insert(ty, r);
     }
@@ -204,25 +201,28 @@ pub fn compile_rules(p: &ProfileDoc, loc: &str, fhir: bool) -> Result<BodyRules,
     }))
 }
 
-fn add_rules(r: &mut RuleSet, d: &RulesDoc, loc: &str, dialect: Dialect, merge: Merge) -> Result<(), CompileError> {
+fn add_rules(r: &mut RuleSet, d: &RulesDoc, loc: &Loc<'_>, dialect: Dialect, merge: Merge) -> Result<(), CompileError> {
     if r.mode == Mode::Deny && !d.allow.is_empty() {
-        return Err(err(format!("{loc}.allow"), "`allow` needs `\"mode\": \"allow\"`"));
+        return Err(loc.field("allow").error("`allow` needs `\"mode\": \"allow\"`"));
     }
-    let mut entries: Vec<(String, &str, Action)> = Vec::new();
+    // Every entry's action is known before any path is parsed, so a bad transform is reported
+    // before a bad path in an earlier list. An entry's location: list, index, sub-field.
+    let mut entries: Vec<(&str, usize, Option<&str>, &str, Action)> = Vec::new();
     for (i, p) in d.allow.iter().enumerate() {
-        entries.push((format!("{loc}.allow[{i}]"), p, Action::Keep));
+        entries.push(("allow", i, None, p, Action::Keep));
     }
     for (i, p) in d.deny.iter().enumerate() {
-        entries.push((format!("{loc}.deny[{i}]"), p, Action::Remove));
+        entries.push(("deny", i, None, p, Action::Remove));
     }
+    let transforms = loc.field("transform");
     for (i, t) in d.transform.iter().enumerate() {
-        let tloc = format!("{loc}.transform[{i}]");
+        let tloc = transforms.index(i);
         let kind = match (t.transform, t.keep_last, t.to) {
             (TransformKindDoc::Mask, Some(n), None) if (1..=MAX_KEEP_LAST).contains(&n) => Transform::Mask(n),
             (TransformKindDoc::Mask, Some(n), None) => {
-                return Err(err(format!("{tloc}.keepLast"), format!("`{n}` must be between 1 and {MAX_KEEP_LAST}")))
+                return Err(tloc.field("keepLast").error(format!("`{n}` must be between 1 and {MAX_KEEP_LAST}")))
             }
-            (TransformKindDoc::Mask, None, _) => return Err(err(tloc, "`mask` needs `keepLast`")),
+            (TransformKindDoc::Mask, None, _) => return Err(tloc.error("`mask` needs `keepLast`")),
             (TransformKindDoc::Hash, None, None) => Transform::Hash,
             (TransformKindDoc::Generalize, None, Some(to)) => match to {
                 GeneralizeDoc::Year => Transform::Year,
@@ -230,35 +230,43 @@ fn add_rules(r: &mut RuleSet, d: &RulesDoc, loc: &str, dialect: Dialect, merge: 
                 GeneralizeDoc::Zip3 => Transform::Zip3,
                 GeneralizeDoc::Age90 => Transform::Age90,
             },
-            (TransformKindDoc::Generalize, None, None) => return Err(err(tloc, "`generalize` needs `to`")),
-            (_, Some(_), _) => return Err(err(format!("{tloc}.keepLast"), "only `mask` takes `keepLast`")),
-            (_, _, Some(_)) => return Err(err(format!("{tloc}.to"), "only `generalize` takes `to`")),
+            (TransformKindDoc::Generalize, None, None) => return Err(tloc.error("`generalize` needs `to`")),
+            (_, Some(_), _) => return Err(tloc.field("keepLast").error("only `mask` takes `keepLast`")),
+            (_, _, Some(_)) => return Err(tloc.field("to").error("only `generalize` takes `to`")),
         };
-        entries.push((format!("{tloc}.path"), &t.path, Action::Transform(kind)));
+        entries.push(("transform", i, Some("path"), &t.path, Action::Transform(kind)));
     }
-    for (eloc, text, action) in entries {
-        let path = parse(text, dialect).map_err(|e| err(&eloc, e.to_string()))?;
-        if dialect == Dialect::Fhir && !path.anywhere {
-            let shown = path.to_string();
-            if ALWAYS_KEPT.contains(&shown.as_str()) {
-                return Err(err(eloc, format!("`{shown}` is always released and cannot be named by a rule")));
-            }
-            if shown.starts_with("meta.security") {
-                return Err(err(eloc, "`meta.security` is always released (it carries the REDACTED label)"));
-            }
-            if shown.starts_with("contained.") || (shown == "contained" && matches!(action, Action::Transform(_))) {
-                return Err(err(
-                    eloc,
-                    "contained resources follow their own type's rules; only `contained` itself can be allowed or denied",
-                ));
-            }
-            if shown.starts_with("text.") {
-                return Err(err(eloc, "the narrative is released or removed as a whole: name `text`"));
-            }
+    for (list, i, sub, text, action) in entries {
+        let list = loc.field(list);
+        let entry = list.index(i);
+        match sub {
+            Some(sub) => add_rule(r, &entry.field(sub), text, action, dialect, merge)?,
+            None => add_rule(r, &entry, text, action, dialect, merge)?,
         }
-        r.insert(&path, action, merge).map_err(|m| err(eloc, m))?;
     }
     Ok(())
+}
+
+/// One `allow`, `deny` or `transform` path: parsed, checked against what rules may name, and
+/// inserted.
+fn add_rule(r: &mut RuleSet, loc: &Loc<'_>, text: &str, action: Action, dialect: Dialect, merge: Merge) -> Result<(), CompileError> {
+    let path = parse(text, dialect).map_err(|e| loc.error(e.to_string()))?;
+    if dialect == Dialect::Fhir && !path.anywhere {
+        let shown = path.to_string();
+        if ALWAYS_KEPT.contains(&shown.as_str()) {
+            return Err(loc.error(format!("`{shown}` is always released and cannot be named by a rule")));
+        }
+        if shown.starts_with("meta.security") {
+            return Err(loc.error("`meta.security` is always released (it carries the REDACTED label)"));
+        }
+        if shown.starts_with("contained.") || (shown == "contained" && matches!(action, Action::Transform(_))) {
+            return Err(loc.error("contained resources follow their own type's rules; only `contained` itself can be allowed or denied"));
+        }
+        if shown.starts_with("text.") {
+            return Err(loc.error("the narrative is released or removed as a whole: name `text`"));
+        }
+    }
+    r.insert(&path, action, merge).map_err(|m| loc.error(m))
 }
 
 #[cfg(test)]
@@ -270,8 +278,17 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    static ROUTES: Loc<'static> = crate::schema::ROOT.field("routes");
+    static ROUTE: Loc<'static> = ROUTES.index(3);
+    static MINIMIZE: Loc<'static> = ROUTE.field("minimize");
+
+    /// `routes[3].minimize`.
+    fn route3() -> &'static Loc<'static> {
+        &MINIMIZE
+    }
+
     fn compile_err(v: Value, fhir: bool) -> String {
-        compile_minimize(&doc(v), "routes[3].minimize", fhir).unwrap_err().to_string()
+        compile_minimize(&doc(v), route3(), fhir).unwrap_err().to_string()
     }
 
     #[test]
@@ -284,7 +301,7 @@ mod tests {
                                "*": {"allow": ["status", "code"]}}},
                 {"name": "default", "mode": "deny", "resources": {"*": {"deny": ["**.identifier"]}}}
             ]})),
-            "routes[3].minimize",
+            route3(),
             true,
         )
         .unwrap();
@@ -308,7 +325,7 @@ mod tests {
                 {"name": "research", "whenPurpose": ["HRESCH"], "preset": "safe-harbor"},
                 {"name": "default", "mode": "deny", "resources": {"*": {"deny": ["**.identifier"]}}}
             ]})),
-            "routes[3].minimize",
+            route3(),
             true,
         )
         .unwrap();
@@ -336,7 +353,7 @@ mod tests {
             (json!({"profiles": [{"name": "a", "authentication": {"amr": ["mfa"]}, "resources": {}}, {"name": "b", "resources": {}}]}), ""),
         ];
         for (v, want) in errs {
-            match compile_minimize(&doc(v.clone()), "routes[3].minimize", true) {
+            match compile_minimize(&doc(v.clone()), route3(), true) {
                 Ok(_) => assert!(want.is_empty(), "{v} compiled"),
                 Err(e) => assert!(!want.is_empty() && e.to_string().contains(want), "{v}: got `{e}`"),
             }
@@ -430,14 +447,14 @@ mod tests {
     fn hash_profiles_need_a_key() {
         let set = compile_minimize(
             &doc(json!({"profiles": [{"name": "a", "mode": "deny", "resources": {"*": {"transform": [{"path": "**.identifier.value", "transform": "hash"}]}}}]})),
-            "m",
+            &crate::schema::ROOT.field("m"),
             true,
         )
         .unwrap();
         assert!(set.requires_hmac_key());
         let set = compile_minimize(
             &doc(json!({"profiles": [{"name": "a", "fields": {"transform": [{"path": "ssn", "transform": "hash"}]}}]})),
-            "m",
+            &crate::schema::ROOT.field("m"),
             false,
         )
         .unwrap();

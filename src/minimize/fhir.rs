@@ -24,7 +24,7 @@ use super::links::rewrite;
 use super::profile::{BundleLinks, OtherResources};
 use super::rules::{Mode, RuleSet};
 use super::walk::{fate, try_retain, try_retain_items, Cursor, Fate, Verdict, Walker};
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
 
 /// `http://terminology.hl7.org/CodeSystem/v3-ObservationValue`, where `REDACTED` lives.
 pub const LABEL_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";

@@ -9,7 +9,8 @@
 //! - [`transform`], [`generalize`]: mask, keyed hash, Safe Harbor generalization.
 //! - [`preset`]: built-in profiles (`safe-harbor`).
 //! - [`body`]: parsing and serialization; [`withheld`]: the withheld-path record.
-//! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient).
+//! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient) and
+//!   the compiler of the policy's `restrictions`.
 //!
 //! The host calls [`crate::decision::ResponsePlan::apply`], which runs the response checks and
 //! then [`apply_value`]; the CLI calls [`apply`].
@@ -40,7 +41,7 @@ use self::profile::BodyRules;
 use self::transform::Keys;
 use self::walk::{Cursor, Walker};
 use self::withheld::Withheld;
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
 
 /// What the host supplies per response.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +54,7 @@ pub struct ApplyCtx<'a> {
     /// The audit key, to recognise patients named by pseudonym in the policy's `restrictions`
     /// (the host passes the key it audits with). Without it, a response that restrictions
     /// must check is withheld (`minimization_failed`).
-    pub pseudonyms: Option<&'a crate::audit::AuditKey>,
+    pub pseudonyms: Option<&'a crate::audit_key::AuditKey>,
 }
 
 /// The result of releasing a response.
@@ -147,7 +148,7 @@ pub(crate) mod testing {
             v["name"] = Value::from("test");
         }
         let doc = serde_json::from_value(serde_json::json!({"profiles": [v]})).unwrap();
-        let set = compile_minimize(&doc, "test", fhir).unwrap();
+        let set = compile_minimize(&doc, &crate::schema::ROOT.field("test"), fhir).unwrap();
         Profile::clone(&set.profiles[0])
     }
 

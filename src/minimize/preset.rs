@@ -21,7 +21,7 @@
 //! countries, organization and location names. Free-text *values* such as `valueString` or
 //! `description` are not scanned.
 
-use crate::policy::schema::ProfileDoc;
+use crate::schema::ProfileDoc;
 
 const SAFE_HARBOR: &str = r#"{
   "name": "safe-harbor",
@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn safe_harbor_compiles() {
         let doc = safe_harbor().unwrap();
-        let BodyRules::Fhir(f) = compile_rules(&doc, "preset", true).unwrap() else { panic!() };
+        let BodyRules::Fhir(f) = compile_rules(&doc, &crate::schema::ROOT.field("preset"), true).unwrap() else { panic!() };
         assert!(f.dates_to_year && f.remove_reference_display);
         assert!(f.rules_for("Observation").is_some());
         assert!(f.types["Patient"].root.matching("birthDate", None).next().is_some());

@@ -13,16 +13,18 @@
 //! it removed. A Bundle that concerns a restricted patient loses `total` and `signature`
 //! whether or not anything was removed, so their absence says nothing about the patient's data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::walk::try_retain_items;
-use crate::audit::AuditKey;
-use crate::decision::DenyReason;
+use crate::audit_key::{AuditKey, PatientIds, PSEUDONYM_PREFIX};
+use crate::auth::purpose::is_purpose_of_use;
 use crate::fhir::compartment::object_patients;
-use crate::policy::audit::PatientIds;
+use crate::fhir::request::valid_id;
+use crate::reason::DenyReason;
+use crate::schema::{CompileError, Loc, RestrictionDoc, RouteKind, Routes};
 
 /// A sensitivity label (`meta.security` coding).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +281,76 @@ fn own_labels<'v>(resource: &'v Map<String, Value>, out: &mut Vec<(&'v str, &'v 
         }
         Some(_) => Err(DenyReason::MinimizationFailed),
     }
+}
+
+/// Compile the policy's `restrictions`, whose patients are named as `audit.patientIdentifiers`
+/// says; `routes` answers whether a named route exists and is a FHIR route.
+pub fn compile_restrictions(
+    docs: &[RestrictionDoc],
+    loc: &Loc<'_>,
+    patient_ids: PatientIds,
+    routes: &dyn Routes,
+) -> Result<Option<Restrictions>, CompileError> {
+    if docs.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = HashSet::new();
+    let mut list = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        let loc = loc.index(i);
+        // The id is audited: short and plain.
+        if !crate::ident::code(&d.id, 64) || !ids.insert(d.id.as_str()) {
+            return Err(loc.field("id").error(format!("`{}` must be a unique id of 1–64 `[A-Za-z0-9._-]` (no PHI: it is audited)", d.id)));
+        }
+        let ok = match patient_ids {
+            PatientIds::Pseudonym => d
+                .patient
+                .strip_prefix(PSEUDONYM_PREFIX)
+                .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            // A pseudonym would never match a raw id: refuse it rather than restrict nothing.
+            PatientIds::Raw => valid_id(&d.patient) && !d.patient.starts_with(PSEUDONYM_PREFIX),
+        };
+        if !ok {
+            let want = match patient_ids {
+                PatientIds::Pseudonym => "a pseudonym (`ps1-` + 32 lowercase hex digits, from `phi-guard audit pseudonym --id ...`)",
+                PatientIds::Raw => "a FHIR id, not a pseudonym (`audit.patientIdentifiers` is `raw`)",
+            };
+            return Err(loc.field("patient").error(format!("must be {want}")));
+        }
+        if d.labels.is_empty() {
+            return Err(loc.field("labels").error("must list at least one security label"));
+        }
+        let mut labels = Vec::with_capacity(d.labels.len());
+        for (j, l) in d.labels.iter().enumerate() {
+            if l.system.is_empty() || l.code.is_empty() || l.system.contains(char::is_whitespace) || l.code.contains(char::is_whitespace) {
+                return Err(loc.field("labels").index(j).error("needs a non-empty `system` and `code` without spaces"));
+            }
+            labels.push(Label { system: l.system.clone(), code: l.code.clone() });
+        }
+        for (j, p) in d.allow_purposes.iter().enumerate() {
+            if !is_purpose_of_use(p) {
+                return Err(loc.field("allowPurposes").index(j).error(format!("`{p}` is not an HL7 v3 PurposeOfUse code")));
+            }
+        }
+        if d.routes.as_ref().is_some_and(Vec::is_empty) {
+            return Err(loc.field("routes").error("must name at least one route (omit it for every FHIR route)"));
+        }
+        for (j, r) in d.routes.iter().flatten().enumerate() {
+            match routes.kind(r) {
+                Some(RouteKind::Fhir) => {}
+                Some(_) => return Err(loc.field("routes").index(j).error(format!("route `{r}` is not a `fhir` route"))),
+                None => return Err(loc.field("routes").index(j).error(format!("no route `{r}`"))),
+            }
+        }
+        list.push(Arc::new(Restriction {
+            id: d.id.clone(),
+            patient: d.patient.clone(),
+            labels,
+            allow_purposes: d.allow_purposes.clone(),
+            routes: d.routes.clone().unwrap_or_default(),
+        }));
+    }
+    Ok(Some(Restrictions { list, patient_ids }))
 }
 
 #[cfg(test)]

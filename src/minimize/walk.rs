@@ -9,7 +9,7 @@ use super::profile::FhirRules;
 use super::rules::{Action, Mode, Node, RuleSet};
 use super::transform::{Keys, Transform, Transformed};
 use super::withheld::Withheld;
-use crate::decision::DenyReason;
+use crate::reason::DenyReason;
 
 /// Deepest nesting walked; serde_json already stops at 128 while parsing.
 const MAX_DEPTH: usize = 256;
@@ -399,8 +399,8 @@ impl<'p> Walker<'p> {
 
 #[cfg(test)]
 mod tests {
-    use crate::decision::DenyReason;
     use crate::minimize::testing::{profile, run};
+    use crate::reason::DenyReason;
     use serde_json::{json, Value};
 
     fn keys(v: &Value) -> Vec<&str> {

@@ -1,22 +1,25 @@
-//! Policies: JSON wire format ([`schema`]), compilation into a checked model ([`compile`]), and
-//! the model the decision engine runs on.
+//! Policies: the model the decision engine runs on, assembled by [`compile`] from the sections
+//! each domain compiles beside its own model (issuers in `auth`, profiles and restrictions in
+//! `minimize`, rate limits in `ratelimit`, the audit section in [`audit`]), out of the wire
+//! types of the [`schema`] leaf.
 
 pub mod audit;
 pub mod compile;
 pub mod route;
-pub mod schema;
 pub mod source;
 
-pub use compile::{compile, CompileError};
+pub use crate::schema;
+pub use crate::schema::CompileError;
+pub use compile::compile;
 pub use route::{PathMatcher, RouteMatch};
 
 use std::collections::HashSet;
 
-use crate::auth::{AuthRequirement, IssuerConfig, PurposeRule};
-use crate::decision::breakglass::BreakGlassPolicy;
+use crate::auth::{AuthRequirement, BreakGlassPolicy, IssuerConfig, PurposeRule};
 use crate::fhir::Interaction;
 use crate::minimize::restrict::Restrictions;
 use crate::minimize::ProfileSet;
+use crate::ratelimit::RateLimit;
 
 /// A compiled, internally consistent policy.
 #[derive(Debug, Clone)]
@@ -38,7 +41,7 @@ pub struct Policy {
     /// Verified-token cache capacity per worker.
     pub token_cache_entries: usize,
     /// Rate limits.
-    pub rate_limits: Vec<crate::decision::ratelimit::RateLimit>,
+    pub rate_limits: Vec<RateLimit>,
     /// Audit event format and sinks.
     pub audit: audit::AuditConfig,
     /// Emergency access, if the policy defines it.

@@ -8,8 +8,8 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::compile::{compile, CompileError};
 use super::Policy;
+use super::{compile, CompileError};
 use crate::auth::keys::{parse_jwks, VerifyKey};
 
 /// The plugin configuration, compiled.

@@ -1,98 +1,80 @@
 //! Check the `audit` object and fill its defaults. Errors are located under `audit.`.
 
-use super::schema::{AuditDoc, CollectorDoc};
 use super::{AuditConfig, AuditFormat, CollectorConfig, CollectorFormat, PatientIds};
-use crate::policy::CompileError;
+use crate::schema::audit::{AuditDoc, CollectorDoc};
+use crate::schema::{CompileError, Loc};
 
 /// Collector failures tolerated before the sink counts as down, when `failureLimit` is absent.
 pub const DEFAULT_FAILURE_LIMIT: u32 = 5;
 
-fn err(location: &str, message: impl Into<String>) -> CompileError {
-    CompileError { location: format!("audit.{location}"), message: message.into() }
-}
-
-fn bounded<T>(v: Option<T>, default: T, range: std::ops::RangeInclusive<T>, loc: &str) -> Result<T, CompileError>
-where
-    T: PartialOrd + Copy + std::fmt::Display,
-{
-    let v = v.unwrap_or(default);
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        Err(err(loc, format!("`{v}` must be between {} and {}", range.start(), range.end())))
-    }
-}
-
 /// Compile the optional `audit` object; absent means [`AuditConfig::default`].
-pub fn compile_audit(doc: Option<&AuditDoc>) -> Result<AuditConfig, CompileError> {
+pub fn compile_audit(doc: Option<&AuditDoc>, loc: &Loc<'_>) -> Result<AuditConfig, CompileError> {
     let Some(doc) = doc else {
         return Ok(AuditConfig::default());
     };
     let format = match doc.format.as_deref() {
         None | Some("jsonl") => AuditFormat::Jsonl,
         Some("fhir") => AuditFormat::Fhir,
-        Some(f) => return Err(err("format", format!("unknown format `{f}`; expected `jsonl` or `fhir`"))),
+        Some(f) => return Err(loc.field("format").error(format!("unknown format `{f}`; expected `jsonl` or `fhir`"))),
     };
     let patient_ids = match doc.patient_identifiers.as_deref() {
         None | Some("pseudonym") => PatientIds::Pseudonym,
         Some("raw") => PatientIds::Raw,
-        Some(p) => return Err(err("patientIdentifiers", format!("unknown value `{p}`; expected `pseudonym` or `raw`"))),
+        Some(p) => return Err(loc.field("patientIdentifiers").error(format!("unknown value `{p}`; expected `pseudonym` or `raw`"))),
     };
     let observer = doc.observer.clone().unwrap_or_else(|| "phi-guard".to_owned());
     if !token_like(&observer, 128) {
-        return Err(err("observer", format!("`{observer}` must be 1-128 characters of [A-Za-z0-9._:/-]")));
+        return Err(loc.field("observer").error(format!("`{observer}` must be 1-128 characters of [A-Za-z0-9._:/-]")));
     }
     let envoy_log = doc.envoy_log.unwrap_or(true);
-    let collector = doc.collector.as_ref().map(compile_collector).transpose()?;
+    let collector = doc.collector.as_ref().map(|c| compile_collector(c, &loc.field("collector"))).transpose()?;
     let audit_required = doc.audit_required.unwrap_or(false);
-    let failure_limit = bounded(doc.failure_limit, DEFAULT_FAILURE_LIMIT, 1..=10_000, "failureLimit")?;
+    let failure_limit = loc.field("failureLimit").bounded(doc.failure_limit, DEFAULT_FAILURE_LIMIT, 1..=10_000)?;
     if !envoy_log && collector.is_none() {
-        return Err(err("envoyLog", "every event needs a sink: keep `envoyLog` or configure a `collector`"));
+        return Err(loc.field("envoyLog").error("every event needs a sink: keep `envoyLog` or configure a `collector`"));
     }
     if audit_required && collector.is_none() {
-        return Err(err("auditRequired", "needs a `collector`: Envoy's log cannot report delivery failures"));
+        return Err(loc.field("auditRequired").error("needs a `collector`: Envoy's log cannot report delivery failures"));
     }
     Ok(AuditConfig { format, patient_ids, observer, envoy_log, collector, audit_required, failure_limit })
 }
 
-fn compile_collector(c: &CollectorDoc) -> Result<CollectorConfig, CompileError> {
+fn compile_collector(c: &CollectorDoc, loc: &Loc<'_>) -> Result<CollectorConfig, CompileError> {
     if !token_like(&c.cluster, 255) {
-        return Err(err("collector.cluster", format!("`{}` must be an Envoy cluster name ([A-Za-z0-9._:/-])", c.cluster)));
+        return Err(loc.field("cluster").error(format!("`{}` must be an Envoy cluster name ([A-Za-z0-9._:/-])", c.cluster)));
     }
     if !c.path.starts_with('/') || c.path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        return Err(err("collector.path", format!("`{}` must be an absolute path", c.path)));
+        return Err(loc.field("path").error(format!("`{}` must be an absolute path", c.path)));
     }
     let authority = c.authority.clone().unwrap_or_else(|| c.cluster.clone());
     if authority.is_empty() || authority.chars().any(|ch| ch.is_whitespace() || ch.is_control() || ch == '/') {
-        return Err(err("collector.authority", format!("`{authority}` is not a valid authority")));
+        return Err(loc.field("authority").error(format!("`{authority}` is not a valid authority")));
     }
     let format = match c.format.as_deref() {
         None | Some("jsonl") => CollectorFormat::Jsonl,
         Some("otlp") => CollectorFormat::Otlp,
-        Some(f) => return Err(err("collector.format", format!("unknown format `{f}`; expected `jsonl` or `otlp`"))),
+        Some(f) => return Err(loc.field("format").error(format!("unknown format `{f}`; expected `jsonl` or `otlp`"))),
     };
-    let batch_max_events = bounded(c.batch_max_events, 100, 1..=10_000, "collector.batchMaxEvents")?;
-    let flush_interval_ms = bounded(c.flush_interval_ms, 1_000, 10..=60_000, "collector.flushIntervalMs")?;
-    let queue_max_events = bounded(c.queue_max_events, 10_000, 1..=1_000_000, "collector.queueMaxEvents")?;
+    let batch_max_events = loc.field("batchMaxEvents").bounded(c.batch_max_events, 100, 1..=10_000)?;
+    let flush_interval_ms = loc.field("flushIntervalMs").bounded(c.flush_interval_ms, 1_000, 10..=60_000)?;
+    let queue_max_events = loc.field("queueMaxEvents").bounded(c.queue_max_events, 10_000, 1..=1_000_000)?;
     if queue_max_events < batch_max_events {
-        return Err(err(
-            "collector.queueMaxEvents",
-            format!("`{queue_max_events}` must be at least `batchMaxEvents` ({batch_max_events})"),
-        ));
+        return Err(loc
+            .field("queueMaxEvents")
+            .error(format!("`{queue_max_events}` must be at least `batchMaxEvents` ({batch_max_events})")));
     }
-    let max_retries = bounded(c.max_retries, 5, 0..=100, "collector.maxRetries")?;
-    let timeout_ms = bounded(c.timeout_ms, 5_000, 100..=60_000, "collector.timeoutMs")?;
-    let backoff_initial_ms = bounded(c.backoff_initial_ms, 250, 10..=60_000, "collector.backoffInitialMs")?;
-    let backoff_max_ms = bounded(c.backoff_max_ms, 30_000, 10..=600_000, "collector.backoffMaxMs")?;
+    let max_retries = loc.field("maxRetries").bounded(c.max_retries, 5, 0..=100)?;
+    let timeout_ms = loc.field("timeoutMs").bounded(c.timeout_ms, 5_000, 100..=60_000)?;
+    let backoff_initial_ms = loc.field("backoffInitialMs").bounded(c.backoff_initial_ms, 250, 10..=60_000)?;
+    let backoff_max_ms = loc.field("backoffMaxMs").bounded(c.backoff_max_ms, 30_000, 10..=600_000)?;
     if backoff_max_ms < backoff_initial_ms {
-        return Err(err(
-            "collector.backoffMaxMs",
-            format!("`{backoff_max_ms}` must be at least `backoffInitialMs` ({backoff_initial_ms})"),
-        ));
+        return Err(loc
+            .field("backoffMaxMs")
+            .error(format!("`{backoff_max_ms}` must be at least `backoffInitialMs` ({backoff_initial_ms})")));
     }
     let service_name = c.service_name.clone().unwrap_or_else(|| "phi-guard".to_owned());
     if !token_like(&service_name, 128) {
-        return Err(err("collector.serviceName", format!("`{service_name}` must be 1-128 characters of [A-Za-z0-9._:/-]")));
+        return Err(loc.field("serviceName").error(format!("`{service_name}` must be 1-128 characters of [A-Za-z0-9._:/-]")));
     }
     Ok(CollectorConfig {
         cluster: c.cluster.clone(),

@@ -1,9 +1,11 @@
 //! The compiled `audit` section of a policy: event format, patient identifiers and the sinks the
-//! host feeds. Wire types in [`schema`], checks and defaults in [`compile`].
+//! host feeds. Wire types in [`schema`] (the `schema` leaf's `audit`), checks and defaults in
+//! [`compile`].
 
 pub mod compile;
-pub mod schema;
+pub use crate::schema::audit as schema;
 
+pub use crate::audit_key::PatientIds;
 pub use compile::compile_audit;
 
 /// Line format of emitted events.
@@ -13,31 +15,6 @@ pub enum AuditFormat {
     Jsonl,
     /// One FHIR R4 `AuditEvent` (IHE BALP patterns) per line.
     Fhir,
-}
-
-/// How patients are named in events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatientIds {
-    /// A keyed HMAC-SHA256 pseudonym (`ps1-` + 32 hex digits).
-    Pseudonym,
-    /// The FHIR logical id as requested (opt-in).
-    Raw,
-}
-
-impl serde::Serialize for PatientIds {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl PatientIds {
-    /// Policy and event name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PatientIds::Pseudonym => "pseudonym",
-            PatientIds::Raw => "raw",
-        }
-    }
 }
 
 /// Body format of collector batches.

@@ -1,9 +1,15 @@
 //! Token-bucket rate limits per subject or client id. The buckets live in Envoy shared data so
-//! every worker draws from the same bucket; this module is the pure arithmetic and key naming.
+//! every worker draws from the same bucket; this module is the pure arithmetic and key naming,
+//! and the compiler of the policy's `rateLimits`. The host takes from the buckets after the
+//! decision allowed a request (`shared::take_from_bucket`), so this sits below `policy`, which holds the
+//! compiled limits.
+
+use std::collections::HashSet;
 
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
+use crate::schema::{CompileError, Loc, RateLimitDoc, RouteKind, Routes};
 
 /// Whose requests a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +100,49 @@ impl RateLimit {
             Err(wait_ms.div_ceil(1000).max(1))
         }
     }
+}
+
+/// Compile the policy's `rateLimits`; `routes` answers whether a named route exists and has a
+/// caller to limit.
+pub fn compile_rate_limits(docs: &[RateLimitDoc], loc: &Loc<'_>, routes: &dyn Routes) -> Result<Vec<RateLimit>, CompileError> {
+    let mut ids = HashSet::new();
+    docs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let loc = loc.index(i);
+            if !crate::ident::shaped(&d.id, usize::MAX, b"-_") || !ids.insert(d.id.as_str()) {
+                return Err(loc.field("id").error(format!("`{}` must be a unique [A-Za-z0-9_-]+ id", d.id)));
+            }
+            let by = match d.by.as_str() {
+                "subject" => LimitBy::Subject,
+                "clientId" => LimitBy::ClientId,
+                other => return Err(loc.field("by").error(format!("`{other}` must be `subject` or `clientId`"))),
+            };
+            if !(1..=6_000_000).contains(&d.requests_per_minute) {
+                return Err(loc.field("requestsPerMinute").error("must be between 1 and 6000000"));
+            }
+            let burst = d.burst.unwrap_or(d.requests_per_minute).max(1);
+            for (j, r) in d.routes.iter().enumerate() {
+                match routes.kind(r) {
+                    None => return Err(loc.field("routes").index(j).error(format!("no route `{r}`"))),
+                    Some(RouteKind::Public) => {
+                        return Err(loc
+                            .field("routes")
+                            .index(j)
+                            .error(format!("route `{r}` is public: there is no subject or client to limit")))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(RateLimit {
+                id: d.id.clone(),
+                by,
+                refill_milli_per_sec: (d.requests_per_minute * 1000).div_ceil(60),
+                burst,
+                routes: d.routes.clone(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,17 @@
-//! Wire types of the policy JSON. Serde only: every struct rejects unknown fields, nothing here
-//! is validated beyond its JSON shape. [`super::compile`] turns these into the checked model.
+//! Wire types of the policy JSON and what every section's compiler shares: where an error is
+//! ([`Loc`], [`CompileError`]) and how a section refers to routes ([`Routes`]).
+//!
+//! Serde only: every struct rejects unknown fields, nothing here is validated beyond its JSON
+//! shape. This module is a leaf: each domain (`auth`, `minimize`, `ratelimit`, `policy::audit`)
+//! compiles its own section from these types next to its model, and `policy::compile`
+//! assembles the sections into the checked `Policy`.
+
+pub mod audit;
+mod loc;
+mod routes;
+
+pub use loc::{CompileError, Loc, ROOT};
+pub use routes::{RouteKind, Routes};
 
 use serde::Deserialize;
 
@@ -37,7 +49,7 @@ pub struct PolicyDoc {
     pub rate_limits: Vec<RateLimitDoc>,
     /// Audit event format and sinks.
     #[serde(default)]
-    pub audit: Option<super::audit::schema::AuditDoc>,
+    pub audit: Option<audit::AuditDoc>,
     /// Known `acr` values, weakest first, for issuers that do not list their own.
     #[serde(default)]
     pub acr_levels: Option<Vec<String>>,

@@ -1,5 +1,5 @@
 //! Wire types of the policy's top-level `audit` object. Serde only: every struct rejects unknown
-//! fields; [`super::compile`] checks values and fills defaults.
+//! fields; `policy::audit::compile` checks values and fills defaults.
 
 use serde::Deserialize;
 

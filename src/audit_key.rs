@@ -1,6 +1,10 @@
 //! The audit secret and the two keys derived from it: one seals the event chain, the other
 //! pseudonymizes patient ids. One secret (Envoy's VM environment `PHI_GUARD_AUDIT_KEY`) serves
 //! both; separate derivations keep a chain MAC from ever equalling a pseudonym.
+//!
+//! A leaf below `minimize` (restrictions recognise patients by pseudonym), `policy` (the audit
+//! section says how patients are named: [`PatientIds`]) and `audit` (which seals with it and
+//! re-exports it): the audit events themselves record decisions and sit above all of them.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -14,6 +18,31 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Prefix of a version-1 pseudonym: `ps1-` + 32 lowercase hex digits (128 bits of
 /// HMAC-SHA256(pseudonym key, `Patient/` + id); other namespaces: `namespace/` + value).
 pub const PSEUDONYM_PREFIX: &str = "ps1-";
+
+/// How patients are named in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatientIds {
+    /// A keyed HMAC-SHA256 pseudonym (`ps1-` + 32 hex digits).
+    Pseudonym,
+    /// The FHIR logical id as requested (opt-in).
+    Raw,
+}
+
+impl serde::Serialize for PatientIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl PatientIds {
+    /// Policy and event name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PatientIds::Pseudonym => "pseudonym",
+            PatientIds::Raw => "raw",
+        }
+    }
+}
 
 /// Why a secret cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

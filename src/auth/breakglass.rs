@@ -3,10 +3,13 @@
 //! high severity. It never bypasses token verification, the patient compartment of a token
 //! with a patient in context, or minimization's fail-closed behaviour.
 
-use super::reason::DenyReason;
-use crate::auth::purpose::EMERGENCY_TREATMENT;
-use crate::auth::scope::{Context, SmartScope};
-use crate::auth::Principal;
+use std::collections::HashSet;
+
+use super::principal::Principal;
+use super::purpose::{is_purpose_of_use, EMERGENCY_TREATMENT};
+use super::scope::{parse, Context, SmartScope};
+use crate::reason::DenyReason;
+use crate::schema::{BreakGlassDoc, CompileError, Loc, Routes};
 
 /// The policy's break-glass definition (compiled).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +81,59 @@ impl BreakGlassPolicy {
         }
         w
     }
+}
+
+/// Compile the policy's `breakGlass`; `routes` answers whether a named profile exists.
+pub fn compile_break_glass(d: &BreakGlassDoc, loc: &Loc<'_>, routes: &dyn Routes) -> Result<BreakGlassPolicy, CompileError> {
+    if d.claim.is_none() && d.purposes.is_empty() {
+        return Err(loc.error("needs a `claim` or `purposes` that invoke it"));
+    }
+    let reason_claim = d.reason_claim.clone().unwrap_or_else(|| "break_glass_reason".to_owned());
+    for (field, c) in [("claim", d.claim.as_deref()), ("reasonClaim", Some(reason_claim.as_str()))] {
+        if c.is_some_and(str::is_empty) {
+            return Err(loc.field(field).error("must not be empty"));
+        }
+    }
+    if d.claim.as_deref() == Some(reason_claim.as_str()) {
+        return Err(loc.field("reasonClaim").error("must differ from `claim`"));
+    }
+    for (i, p) in d.purposes.iter().enumerate() {
+        if !is_purpose_of_use(p) {
+            return Err(loc.field("purposes").index(i).error(format!("`{p}` is not an HL7 v3 PurposeOfUse code")));
+        }
+    }
+    if d.reasons.is_empty() {
+        return Err(loc.field("reasons").error("must list at least one reason code: free text could carry PHI into the audit log"));
+    }
+    let mut seen = HashSet::new();
+    for (i, r) in d.reasons.iter().enumerate() {
+        // Reason codes end up in audit events and responses: short and plain.
+        if !crate::ident::code(r, 64) || !seen.insert(r.as_str()) {
+            return Err(loc.field("reasons").index(i).error(format!("`{r}` must be a distinct code of 1–64 `[A-Za-z0-9._-]`")));
+        }
+    }
+    if !(60..=86_400).contains(&d.max_age_seconds) {
+        return Err(loc.field("maxAgeSeconds").error(format!("`{}` must be between 60 and 86400", d.max_age_seconds)));
+    }
+    let mut grants = Vec::new();
+    for (i, g) in d.grants.iter().enumerate() {
+        let parsed = parse(g).ok_or_else(|| loc.field("grants").index(i).error(format!("`{g}` is not a SMART resource scope")))?;
+        grants.push((g.clone(), parsed));
+    }
+    if let Some(name) = &d.profile {
+        if !routes.has_profile(name) {
+            return Err(loc.field("profile").error(format!("no route has a minimization profile named `{name}`")));
+        }
+    }
+    Ok(BreakGlassPolicy {
+        claim: d.claim.clone(),
+        purposes: d.purposes.clone(),
+        reason_claim,
+        reasons: d.reasons.clone(),
+        max_age: d.max_age_seconds,
+        grants,
+        profile: d.profile.clone(),
+    })
 }
 
 #[cfg(test)]
