@@ -75,7 +75,8 @@ def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, 
         route.pop("minimize", None)
     auth_policy = workdir / "policy-auth-only.json"
     auth_policy.write_text(json.dumps(auth, indent=2))
-    miss = {**auth, "tokenCache": {"maxEntries": MISS_CACHE_ENTRIES}}
+    # The miss variant measures verification itself: no cross-worker attestations either.
+    miss = {**auth, "tokenCache": {"maxEntries": MISS_CACHE_ENTRIES, "sharedEntries": 0}}
     miss_policy = workdir / "policy-cache-miss.json"
     miss_policy.write_text(json.dumps(miss, indent=2))
     out = {
@@ -358,6 +359,10 @@ class Bench:
         try:
             self.setup()
             self.run_matrix()
+            # Signature verifications per Envoy: the warm proxy saw one token per algorithm and
+            # the no-scope token of the preflight, on both workers and many connections.
+            token_stats = {name: self.envoys[name].stats("phi_guard.token_") for name in ("phi-guard", "phi-guard-miss")
+                           if name in self.envoys}
             self.run_sweep()
             soak = self.run_soak()
             idle = {name: {"status": e.status()} for name, e in self.envoys.items()}
@@ -366,7 +371,7 @@ class Bench:
                 e.stop()
         stages = self.run_v8_stages()
         self.meta["elapsed_s"] = time.monotonic() - t_start
-        results = {"v8_stages": stages, "meta": self.meta, "proxies": {k: v[2] for k, v in self.proxy_defs.items()},
+        results = {"v8_stages": stages, "token_stats": token_stats, "distinct_warm_tokens": len(fixtures.ALGORITHMS) + 1, "meta": self.meta, "proxies": {k: v[2] for k, v in self.proxy_defs.items()},
                    "pipelines": {k: str(v) for k, v in self.pipelines.items()},
                    "bodies": {p: f.stat().st_size for p, f in self.bodies.items()},
                    "first": self.first, "records": self.records, "soak": soak, "idle": idle}

@@ -57,6 +57,7 @@ pub enum KeyError {
 pub struct AuditKey {
     chain: HmacSha256,
     pseudonym: HmacSha256,
+    attestation: HmacSha256,
 }
 
 impl std::fmt::Debug for AuditKey {
@@ -84,7 +85,22 @@ impl AuditKey {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(KeyError::TooShort(secret.len()));
         }
-        Ok(AuditKey { chain: derive(secret, b"phi-guard audit chain v1"), pseudonym: derive(secret, b"phi-guard patient pseudonym v1") })
+        Ok(AuditKey {
+            chain: derive(secret, b"phi-guard audit chain v1"),
+            pseudonym: derive(secret, b"phi-guard patient pseudonym v1"),
+            attestation: derive(secret, b"phi-guard verified-token attestation v1"),
+        })
+    }
+
+    /// MAC of a record the workers of one Envoy share (a verified token's attestation): only
+    /// holders of the audit secret, i.e. phi-guard's own VMs, can write one another accepts.
+    pub fn attestation(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut m = self.attestation.clone();
+        for part in parts {
+            m.update(&(part.len() as u64).to_be_bytes());
+            m.update(part);
+        }
+        m.finalize().into_bytes().into()
     }
 
     /// The pseudonym of a patient id. Stable for a given secret, so an auditor holding the

@@ -181,3 +181,10 @@ impl SharedStore for MemoryStore {
         Ok(())
     }
 }
+
+impl MemoryStore {
+    /// Every key written so far.
+    pub fn keys(&self) -> Vec<String> {
+        self.data.borrow().keys().cloned().collect()
+    }
+}

@@ -25,13 +25,20 @@ impl TokenCache {
         TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new(), hits: 0, misses: 0 }
     }
 
-    fn key(token: &str) -> [u8; 32] {
+    /// The key a token is cached under: its SHA-256 (the token itself is never stored). Also
+    /// the name workers share a verification under (`runtime::tokens`).
+    pub fn key(token: &str) -> [u8; 32] {
         Sha256::digest(token.as_bytes()).into()
     }
 
     /// The cached principal for `token`, if it was verified and is still within its lifetime.
     pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Principal>> {
-        let key = Self::key(token);
+        self.get_by_key(&Self::key(token), now)
+    }
+
+    /// [`get`](Self::get) by the token's [`key`](Self::key).
+    pub fn get_by_key(&mut self, key: &[u8; 32], now: u64) -> Option<Rc<Principal>> {
+        let key = *key;
         match self.entries.get(&key) {
             Some(p) if now < p.valid_until => {
                 self.hits += 1;
@@ -48,10 +55,14 @@ impl TokenCache {
 
     /// Remember a verified principal, evicting expired entries first and then the oldest.
     pub fn insert(&mut self, token: &str, principal: Rc<Principal>, now: u64) {
+        self.insert_by_key(Self::key(token), principal, now);
+    }
+
+    /// [`insert`](Self::insert) by the token's [`key`](Self::key).
+    pub fn insert_by_key(&mut self, key: [u8; 32], principal: Rc<Principal>, now: u64) {
         if self.capacity == 0 || now >= principal.valid_until {
             return;
         }
-        let key = Self::key(token);
         // `get` drops expired entries without touching `order`; sweep here so neither grows
         // past the bound.
         if self.entries.len() >= self.capacity || self.order.len() >= 2 * self.capacity {

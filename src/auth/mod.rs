@@ -21,4 +21,4 @@ pub use keys::{KeyError, VerifyKey};
 pub use principal::Principal;
 pub use purpose::PurposeRule;
 pub use stepup::AuthRequirement;
-pub use verify::{check_claims, verify, verify_message, verify_signature, ClaimNames, IssuerConfig, VerifiedJws};
+pub use verify::{check_claims, verify, verify_attested, verify_message, verify_signature, ClaimNames, IssuerConfig, VerifiedJws};

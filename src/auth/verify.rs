@@ -65,6 +65,18 @@ const KEY_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
 
 /// Verify a compact JWS access token and extract its principal.
 pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64) -> Result<Principal, DenyReason> {
+    verify_with(token, issuers, max_bytes, now, true)
+}
+
+/// [`verify`] for a token whose signature another worker of this Envoy verified under the same
+/// issuers and keys (the caller holds the proof: an attestation in shared data, MACed and bound
+/// to a fingerprint of the key set, see `runtime::tokens`). Every other step runs again: size,
+/// structure and header rules, algorithm pinning, issuer, lifetime, audience, claims.
+pub fn verify_attested(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64) -> Result<Principal, DenyReason> {
+    verify_with(token, issuers, max_bytes, now, false)
+}
+
+fn verify_with(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64, signature: bool) -> Result<Principal, DenyReason> {
     use DenyReason::*;
     if token.len() > max_bytes {
         return Err(TokenTooLarge);
@@ -77,11 +89,15 @@ pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64)
     };
     let iss = claims.get("iss").and_then(Value::as_str).ok_or(UnknownIssuer)?;
     let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or(UnknownIssuer)?;
-    match check_signature(&jws, &issuer.keys, &issuer.algorithms) {
-        // Remote keys not loaded yet, or dropped as stale: not the token's fault.
-        Err(UnknownKey) if issuer.keys.is_empty() && issuer.remote.is_some() => return Err(KeysUnavailable),
-        r => r?,
-    };
+    if signature {
+        match check_signature(&jws, &issuer.keys, &issuer.algorithms) {
+            // Remote keys not loaded yet, or dropped as stale: not the token's fault.
+            Err(UnknownKey) if issuer.keys.is_empty() && issuer.remote.is_some() => return Err(KeysUnavailable),
+            r => r?,
+        };
+    } else {
+        pinned_algorithm(&jws, &issuer.algorithms)?;
+    }
 
     check_times(&claims, issuer, now)?;
     check_audience(&claims, issuer)?;
@@ -176,11 +192,17 @@ fn parse_jws(token: &str) -> Result<Jws<'_>, DenyReason> {
 
 /// Algorithm pinning, then [`verify_message`] over the JWS signing input.
 fn check_signature(jws: &Jws<'_>, keys: &[VerifyKey], algorithms: &[Algorithm]) -> Result<Algorithm, DenyReason> {
+    let alg = pinned_algorithm(jws, algorithms)?;
+    verify_message(jws.signing_input, jws.signature, alg, jws.kid.as_deref(), keys)?;
+    Ok(alg)
+}
+
+/// The header's `alg`, if the issuer accepts it.
+fn pinned_algorithm(jws: &Jws<'_>, algorithms: &[Algorithm]) -> Result<Algorithm, DenyReason> {
     let alg = Algorithm::from_str(&jws.alg).map_err(|_| DenyReason::AlgorithmNotAllowed)?;
     if !algorithms.contains(&alg) {
         return Err(DenyReason::AlgorithmNotAllowed);
     }
-    verify_message(jws.signing_input, jws.signature, alg, jws.kid.as_deref(), keys)?;
     Ok(alg)
 }
 

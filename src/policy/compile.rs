@@ -36,6 +36,9 @@ const DEFAULT_ENVOY_BUFFER_LIMIT_BYTES: usize = 1024 * 1024;
 pub const ENVOY_READ_HEADROOM_BYTES: usize = 64 * 1024;
 const DEFAULT_CACHE_ENTRIES: usize = 1024;
 const MAX_CACHE_ENTRIES: usize = 100_000;
+/// Slots of the cross-worker record of verified signatures: about 100 bytes each in shared data.
+const DEFAULT_SHARED_CACHE_ENTRIES: usize = 4096;
+const MAX_SHARED_CACHE_ENTRIES: usize = 65_536;
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Parse and compile policy bytes.
@@ -110,9 +113,14 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
     };
     let limits = compile_limits(doc.limits.as_ref())?;
     let token_cache_entries = ROOT.field("tokenCache").field("maxEntries").bounded(
-        doc.token_cache.map(|c| c.max_entries),
+        doc.token_cache.as_ref().and_then(|c| c.max_entries),
         DEFAULT_CACHE_ENTRIES,
         0..=MAX_CACHE_ENTRIES,
+    )?;
+    let token_cache_shared = ROOT.field("tokenCache").field("sharedEntries").bounded(
+        doc.token_cache.as_ref().and_then(|c| c.shared_entries),
+        DEFAULT_SHARED_CACHE_ENTRIES,
+        0..=MAX_SHARED_CACHE_ENTRIES,
     )?;
     let rate_limits = compile_rate_limits(&doc.rate_limits, &ROOT.field("rateLimits"), &routes)?;
     let audit = super::audit::compile_audit(doc.audit.as_ref(), &ROOT.field("audit"))?;
@@ -139,6 +147,7 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         unmatched_status,
         limits,
         token_cache_entries,
+        token_cache_shared,
         rate_limits,
         audit,
         break_glass,

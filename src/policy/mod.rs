@@ -40,6 +40,9 @@ pub struct Policy {
     pub limits: Limits,
     /// Verified-token cache capacity per worker.
     pub token_cache_entries: usize,
+    /// Slots of the cross-worker record of verified signatures (`tokenCache.sharedEntries`);
+    /// 0 disables it.
+    pub token_cache_shared: usize,
     /// Rate limits.
     pub rate_limits: Vec<RateLimit>,
     /// Audit event format and sinks.

@@ -28,6 +28,8 @@ pub struct Metrics {
     audit_queued: Option<u32>,
     responses_minimized: Option<u32>,
     fields_withheld: Option<u32>,
+    signatures_verified: Option<u32>,
+    attestations_used: Option<u32>,
 }
 
 fn counter(host: &impl Host, name: &str) -> Option<u32> {
@@ -45,6 +47,10 @@ fn set(host: &impl Host, id: Option<u32>, value: u64) {
 }
 
 fn bump(host: &impl Host, id: Option<u32>, by: u64) {
+    // Adding nothing is still a hostcall: skip it (every request reports cache hits and misses).
+    if by == 0 {
+        return;
+    }
     if let Some(id) = id {
         let _ = host.increment_metric(id, by);
     }
@@ -58,6 +64,8 @@ impl Metrics {
             denied: DenyReason::ALL.iter().map(|r| (*r, counter(host, &format!("phi_guard.requests_denied.{}", r.code())))).collect(),
             cache_hits: counter(host, "phi_guard.token_cache_hits"),
             cache_misses: counter(host, "phi_guard.token_cache_misses"),
+            signatures_verified: counter(host, "phi_guard.token_signatures_verified"),
+            attestations_used: counter(host, "phi_guard.token_attestations_used"),
             policy_loaded: counter(host, "phi_guard.policy_loaded"),
             policy_rejected: counter(host, "phi_guard.policy_rejected"),
             policy_revision: gauge(host, "phi_guard.policy_revision"),
@@ -92,6 +100,12 @@ impl Metrics {
     pub fn cache(&self, host: &impl Host, hits: u64, misses: u64) {
         bump(host, self.cache_hits, hits);
         bump(host, self.cache_misses, misses);
+    }
+
+    /// Token signatures verified, and tokens accepted on another worker's attestation.
+    pub fn verified(&self, host: &impl Host, signatures: u64, attested: u64) {
+        bump(host, self.signatures_verified, signatures);
+        bump(host, self.attestations_used, attested);
     }
 
     /// A policy installed; `revision` is its number ([`crate::policy::Policy::revision_number`]).

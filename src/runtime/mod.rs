@@ -15,6 +15,7 @@ mod metrics;
 mod pull;
 mod root;
 mod stream;
+pub mod tokens;
 mod vm;
 
 #[cfg(test)]

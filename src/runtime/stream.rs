@@ -17,27 +17,50 @@ fn property(host: &impl Host, path: &[&str]) -> Option<String> {
     host.property(path).ok().flatten().and_then(|b| String::from_utf8(b).ok())
 }
 
-/// A response header as text; `None` if absent, unreadable or not UTF-8 (a Latin-1
-/// `content-type` is then simply "not JSON").
-fn response_header(host: &impl Host, name: &str) -> Option<String> {
-    host.header(HeaderMap::ResponseHeaders, name).ok().flatten().and_then(|b| String::from_utf8(b).ok())
+/// The response head as read once from the host: every header's name (lowercase) and value
+/// bytes. One `header_pairs` hostcall instead of one per header the filter looks at.
+struct ResponseHead {
+    pairs: Vec<(String, Vec<u8>)>,
 }
 
-/// Remove every response header outside [`CHECKED_RESPONSE_HEADERS`].
-fn strip_unlisted_response_headers(host: &impl Host) {
-    let Ok(pairs) = host.header_pairs(HeaderMap::ResponseHeaders) else {
-        return;
-    };
-    let mut names: Vec<String> = pairs
-        .into_iter()
-        .map(|(k, _)| String::from_utf8_lossy(&k).to_ascii_lowercase())
-        .filter(|k| !k.starts_with(':') && !CHECKED_RESPONSE_HEADERS.contains(&k.as_str()))
-        .collect();
-    names.dedup();
-    for name in names {
-        if host.remove_header(HeaderMap::ResponseHeaders, &name).is_err() {
-            host.log(Level::Error, "phi-guard: could not remove a response header");
-        }
+impl ResponseHead {
+    fn read(host: &impl Host) -> Self {
+        let pairs = host
+            .header_pairs(HeaderMap::ResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
+            .collect();
+        ResponseHead { pairs }
+    }
+
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// A header as text; `None` if absent or not UTF-8 (a Latin-1 `content-type` is then
+    /// simply "not JSON").
+    fn text(&self, name: &str) -> Option<&str> {
+        self.bytes(name).and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.bytes(name).is_some()
+    }
+
+    /// Names outside [`CHECKED_RESPONSE_HEADERS`] (pseudo-headers aside), once each.
+    fn unlisted(&self) -> Vec<&str> {
+        let mut names: Vec<&str> =
+            self.pairs.iter().map(|(k, _)| k.as_str()).filter(|k| !k.starts_with(':') && !CHECKED_RESPONSE_HEADERS.contains(k)).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+fn remove_response_header(host: &impl Host, name: &str) {
+    if host.remove_header(HeaderMap::ResponseHeaders, name).is_err() {
+        host.log(Level::Error, "phi-guard: could not remove a response header");
     }
 }
 
@@ -213,40 +236,41 @@ impl<H: Host> Stream<H> {
             return Action::Continue;
         }
         let host = &self.vm.host;
-        let status = response_header(host, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        if self.state.borrow().security_headers {
+        let head = ResponseHead::read(host);
+        let status = head.text(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let inspects = self.state.borrow().response.as_ref().is_some_and(ResponsePhase::inspects_body);
+        let upstream = UpstreamHead {
+            status,
+            content_type: head.text("content-type").filter(|_| inspects),
+            // An undecodable content-encoding is still an encoding we cannot read.
+            content_encoding: head.bytes("content-encoding").filter(|_| inspects).map(|b| std::str::from_utf8(b).unwrap_or("undecodable")),
+            content_length: head.text("content-length").filter(|_| inspects).and_then(|l| l.trim().parse().ok()),
+            end_of_stream,
+        };
+        let security_headers = self.state.borrow().security_headers;
+        let edits = self.step(|phase| phase.on_headers(&upstream));
+        if security_headers {
             for (name, value) in [("cache-control", "no-store"), ("pragma", "no-cache"), ("x-content-type-options", "nosniff")] {
                 let _ = host.set_header(HeaderMap::ResponseHeaders, name, value.as_bytes());
             }
-            let _ = host.remove_header(HeaderMap::ResponseHeaders, "server");
-            let _ = host.remove_header(HeaderMap::ResponseHeaders, "x-powered-by");
         }
-        let inspects = self.state.borrow().response.as_ref().is_some_and(ResponsePhase::inspects_body);
-        let (content_type, content_length, content_encoding) = if inspects {
-            // An undecodable content-encoding is still an encoding we cannot read.
-            let encoding = match host.header(HeaderMap::ResponseHeaders, "content-encoding") {
-                Ok(Some(b)) => Some(String::from_utf8(b).unwrap_or_else(|_| "undecodable".to_owned())),
-                _ => None,
-            };
-            (response_header(host, "content-type"), response_header(host, "content-length"), encoding)
-        } else {
-            (None, None, None)
-        };
-        let head = UpstreamHead {
-            status,
-            content_type: content_type.as_deref(),
-            content_encoding: content_encoding.as_deref(),
-            content_length: content_length.and_then(|l| l.trim().parse().ok()),
-            end_of_stream,
-        };
-        let Some(edits) = self.step(|phase| phase.on_headers(&head)) else { return Action::Continue };
-        if edits.strip_unlisted {
-            strip_unlisted_response_headers(host);
+        // Headers to remove, each once and only if present: the unlisted ones on checked routes
+        // (which include `server` and `x-powered-by`), else those two where security headers
+        // apply, and the upstream's `content-length` when the body may change.
+        let mut remove: Vec<&str> = Vec::new();
+        if edits.as_ref().is_some_and(|e| e.strip_unlisted) {
+            remove = head.unlisted();
+        } else if security_headers {
+            remove.extend(["server", "x-powered-by"].into_iter().filter(|n| head.has(n)));
         }
-        if edits.drop_content_length {
+        if edits.as_ref().is_some_and(|e| e.drop_content_length) && head.has("content-length") {
             // The body may change length; the client must not rely on the upstream's.
-            let _ = host.remove_header(HeaderMap::ResponseHeaders, "content-length");
+            remove.push("content-length");
         }
+        for name in remove {
+            remove_response_header(host, name);
+        }
+        let Some(edits) = edits else { return Action::Continue };
         if let Some(content_type) = edits.content_type {
             // The replacement is our JSON error body, in identity encoding.
             let _ = host.remove_header(HeaderMap::ResponseHeaders, "content-encoding");

@@ -7,12 +7,14 @@ use std::rc::Rc;
 use super::audit::AuditSink;
 use super::host::{HeaderMap, Host, Level};
 use super::metrics::Metrics;
+use super::tokens::{key_set_fingerprint, SharedTokens};
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
+use crate::audit_key::AuditKey;
 use crate::auth::remote::KeyState;
-use crate::auth::TokenCache;
+use crate::auth::{Principal, TokenCache};
 use crate::decision::engine::BodyCheck;
 use crate::decision::reply::{challenge_reply, Challenge};
-use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePhase};
+use crate::decision::{decide_with, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 use crate::shared::{claim_lease, SharedStore};
@@ -27,6 +29,9 @@ pub struct Active {
     pub keys: Vec<KeyState>,
     /// Per issuer: an unknown `kid` asked for a refetch.
     pub refetch_wanted: Vec<bool>,
+    /// Attestations of verified signatures shared with the other workers, for this policy
+    /// and key set (`None`: `tokenCache.sharedEntries` is 0).
+    pub shared: Option<SharedTokens>,
 }
 
 impl Active {
@@ -35,6 +40,7 @@ impl Active {
         let n = policy.issuers.len();
         Active {
             cache: TokenCache::new(policy.token_cache_entries),
+            shared: shared_tokens(&policy),
             policy: Rc::new(policy),
             keys: vec![KeyState::default(); n],
             refetch_wanted: vec![false; n],
@@ -49,7 +55,13 @@ impl Active {
             issuer.keys = keys;
         }
         self.cache = TokenCache::new(self.policy.token_cache_entries);
+        self.shared = shared_tokens(&self.policy);
     }
+}
+
+/// The shared attestation slots of a policy's current key set.
+fn shared_tokens(policy: &Policy) -> Option<SharedTokens> {
+    SharedTokens::new(policy.token_cache_shared, key_set_fingerprint(&policy.issuers, policy.limits.max_token_bytes))
 }
 
 /// Per-stream state the decision sets up for the later phases.
@@ -265,13 +277,20 @@ impl<H: Host> Vm<H> {
             };
             let before = active.cache.stats();
             let policy = Rc::clone(&active.policy);
+            let mut verified = (0u64, 0u64);
             let d = if req.invalid_header {
                 Decision::Deny(refusal(DenyReason::InvalidHeader, DenyReason::InvalidHeader.status()))
             } else {
-                decide(&policy, &mut active.cache, &request, now_secs)
+                let audit = self.audit.borrow();
+                let key = audit.as_ref().map(|a| &a.key);
+                let (cache, shared) = (&mut active.cache, active.shared.as_ref());
+                decide_with(&policy, &request, now_secs, |token| {
+                    authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified)
+                })
             };
             let after = active.cache.stats();
             self.metrics.cache(&self.host, after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+            self.metrics.verified(&self.host, verified.0, verified.1);
             let wait_for = match &d {
                 Decision::Deny(Refusal { reason, awaiting_issuer: Some(i), .. }) if may_wait => {
                     remote_issuer_to_wait_for(&self.host, active, *i, *reason, now_secs)
@@ -460,12 +479,84 @@ fn remote_issuer_to_wait_for(store: &impl SharedStore, active: &mut Active, i: u
     }
 }
 
+/// The principal of a bearer token: from this worker's cache; else, if another worker
+/// attested its signature under this key set, every check but the signature; else verified in
+/// full (and attested for the others). `counts` gets (signatures verified, attestations used).
+fn authenticate(
+    store: &impl SharedStore,
+    cache: &mut TokenCache,
+    shared: Option<(&SharedTokens, &AuditKey)>,
+    policy: &Policy,
+    token: &str,
+    now: u64,
+    counts: &mut (u64, u64),
+) -> Result<Rc<Principal>, DenyReason> {
+    let hash = TokenCache::key(token);
+    if let Some(p) = cache.get_by_key(&hash, now) {
+        return Ok(p);
+    }
+    let max = policy.limits.max_token_bytes;
+    let principal = match shared {
+        Some((s, key)) if s.attested(store, key, &hash) => {
+            counts.1 += 1;
+            crate::auth::verify_attested(token, &policy.issuers, max, now)?
+        }
+        _ => {
+            counts.0 += 1;
+            let p = crate::auth::verify(token, &policy.issuers, max, now)?;
+            if let Some((s, key)) = shared {
+                s.record(store, key, &hash);
+            }
+            p
+        }
+    };
+    let principal = Rc::new(principal);
+    cache.insert_by_key(hash, Rc::clone(&principal), now);
+    Ok(principal)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::super::testing::{policy, token, Worker, NOW_MS};
     use super::super::Action;
+
+    #[test]
+    fn a_token_verified_by_one_worker_is_not_verified_again_by_the_others() {
+        let store = std::rc::Rc::new(crate::testing::MemoryStore::default());
+        let a = Worker::sharing(&store, &policy(|_| {}), NOW_MS);
+        let b = Worker::sharing(&store, &policy(|_| {}), NOW_MS);
+        let t = token(json!({}));
+        for w in [&a, &a, &b, &b] {
+            assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
+        }
+        let counts =
+            |w: &Worker| (w.host().stat("phi_guard.token_signatures_verified"), w.host().stat("phi_guard.token_attestations_used"));
+        assert_eq!((counts(&a), counts(&b)), ((1, 0), (0, 1)), "one signature verification for the Envoy");
+        // The attestation vouches for the signature only: an expired token is refused on b too.
+        let old = token(json!({"exp": crate::testing::NOW - 120, "jti": "old"}));
+        assert_ne!(a.request("GET", "/fhir/Patient/p1", Some(&old)).action, Action::Continue);
+        let ex = b.request("GET", "/fhir/Patient/p1", Some(&old));
+        assert_eq!((ex.action, b.seen(&ex).reply.map(|r| r.status)), (Action::Pause, Some(401)));
+        // A tampered token (another patient, the same signature) shares no attestation.
+        let (head, rest) = t.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let forged_claims = serde_json::to_vec(&json!({"iss": crate::testing::ISS, "patient": "p2"})).unwrap();
+        use base64::Engine as _;
+        let forged = format!("{head}.{}.{sig}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged_claims));
+        let ex = b.request("GET", "/fhir/Patient/p2", Some(&forged));
+        assert_eq!(b.seen(&ex).reply.map(|r| r.status), Some(401));
+        assert_eq!(counts(&b).0, 2, "b verified the forged token itself (and refused it)");
+        // With sharedEntries 0 each worker verifies for itself.
+        let alone = std::rc::Rc::new(crate::testing::MemoryStore::default());
+        let off = policy(|p| p["tokenCache"] = json!({"sharedEntries": 0}));
+        let (c, d) = (Worker::sharing(&alone, &off, NOW_MS), Worker::sharing(&alone, &off, NOW_MS));
+        c.request("GET", "/fhir/Patient/p1", Some(&t));
+        d.request("GET", "/fhir/Patient/p1", Some(&t));
+        assert_eq!((counts(&c), counts(&d)), ((1, 0), (1, 0)));
+        assert!(alone.keys().iter().all(|k| !k.starts_with("phi-guard.verified.")));
+    }
 
     fn limited(burst: u64) -> serde_json::Value {
         policy(|p| p["rateLimits"] = json!([{"id": "per-subject", "by": "subject", "requestsPerMinute": 60, "burst": burst}]))

@@ -519,8 +519,13 @@ pub struct LimitsDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TokenCacheDoc {
-    /// Most tokens kept per worker; 0 disables the cache.
-    pub max_entries: usize,
+    /// Most tokens kept per worker (default 1024); 0 disables the cache.
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// Slots of the cross-worker record of verified signatures in Envoy shared data (default
+    /// 4096); 0: every worker verifies each token itself.
+    #[serde(default)]
+    pub shared_entries: Option<usize>,
 }
 
 /// Remote JWKS location and refresh rules.
