@@ -34,3 +34,31 @@ def test_prometheus_has_phi_guard_counters(patient_app, tokens):
     assert metrics, "no phi_guard* metric in /stats/prometheus"
     assert any("allow" in k and v > 0 for k, v in metrics.items()), metrics
     assert any("den" in k and v > 0 for k, v in metrics.items()), metrics
+
+
+def _settled(app, key: str, at_least: float) -> dict[str, float]:
+    """phi-guard's metrics once `key` reached `at_least` (worker stats reach the admin view
+    on Envoy's flush interval)."""
+    metrics: dict[str, float] = {}
+    for _ in range(40):
+        metrics = phi_guard_metrics(app.harness.stats_prometheus())
+        if metrics.get(key, 0.0) >= at_least:
+            break
+        time.sleep(0.25)
+    return metrics
+
+
+def test_a_token_is_verified_once_per_envoy(patient_app, tokens):
+    """Both workers serve the same new token; its signature is verified once, and the other
+    worker takes it on the first one's attestation in shared data."""
+    before = phi_guard_metrics(patient_app.harness.stats_prometheus())
+    allowed = "phi_guard_requests_allowed"
+    token = tokens.cli(scope="patient/*.rs", patient=ME)
+    n = 12  # each request on a new connection: Envoy spreads them over its two workers
+    for _ in range(n):
+        assert patient_app.get(f"/fhir/Patient/{ME}", token=token).status == 200
+    after = _settled(patient_app, allowed, before.get(allowed, 0.0) + n)
+    verified = after.get("phi_guard_token_signatures_verified", 0.0) - before.get("phi_guard_token_signatures_verified", 0.0)
+    attested = after.get("phi_guard_token_attestations_used", 0.0) - before.get("phi_guard_token_attestations_used", 0.0)
+    assert verified == 1, (verified, attested, after)
+    assert attested <= 1, "each worker caches the principal after its first use"
