@@ -16,6 +16,7 @@ use crate::decision::{decide, Decision, DenyReason, Refusal, Request, ResponsePh
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 use crate::shared::{claim_lease, SharedStore};
+use crate::time::{UnixMillis, UnixSeconds};
 
 /// The policy in force on this VM, its verified-token cache, and remote key state.
 pub struct Active {
@@ -152,7 +153,7 @@ pub struct Waiter {
     /// Issuer index it waits for.
     pub issuer: usize,
     /// Give up (503 `keys_unavailable`, or the current verdict) at this time, ms.
-    pub deadline_ms: u64,
+    pub deadline_ms: UnixMillis,
     /// What to decide again.
     pub request: OwnedRequest,
     /// The stream's state, to arm checks if the request is then allowed.
@@ -210,7 +211,13 @@ impl<H: Host> Vm<H> {
     }
 
     /// Build the event for a decision (request phase).
-    fn event(&self, decision: &Decision, req: &OwnedRequest, policy: Option<&crate::policy::Policy>, now_ms: u64) -> Option<AuditEvent> {
+    fn event(
+        &self,
+        decision: &Decision,
+        req: &OwnedRequest,
+        policy: Option<&crate::policy::Policy>,
+        now_ms: UnixMillis,
+    ) -> Option<AuditEvent> {
         let audit = self.audit.borrow();
         let key = &audit.as_ref()?.key;
         let ctx = match policy {
@@ -241,8 +248,8 @@ impl<H: Host> Vm<H> {
 
     /// Decide a request and act on it. `may_wait` is false when re-deciding a waiter whose
     /// wait is over.
-    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: u64, may_wait: bool) -> Handled {
-        let now_secs = now_ms / 1000;
+    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: UnixMillis, may_wait: bool) -> Handled {
+        let now_secs = now_ms.to_seconds();
         let auth: Vec<&str> = req.authorization.iter().map(String::as_str).collect();
         let request = Request {
             method: &req.method,
@@ -381,7 +388,7 @@ impl<H: Host> Vm<H> {
 
     /// Decide again every waiter of `issuer` (keys arrived or the fetch failed), or every
     /// waiter past its deadline when `issuer` is `None`.
-    pub fn wake(&self, issuer: Option<usize>, now_ms: u64) {
+    pub fn wake(&self, issuer: Option<usize>, now_ms: UnixMillis) {
         let ready: Vec<Waiter> = {
             let mut waiters = self.waiters.borrow_mut();
             let (ready, keep): (Vec<Waiter>, Vec<Waiter>) =
@@ -403,14 +410,14 @@ impl<H: Host> Vm<H> {
     }
 
     /// Pause a request until the keys of `issuer` arrive, at most the issuer's `waitMs`.
-    pub fn wait(&self, context_id: u32, issuer: usize, request: OwnedRequest, state: Rc<RefCell<StreamState>>, now_ms: u64) {
+    pub fn wait(&self, context_id: u32, issuer: usize, request: OwnedRequest, state: Rc<RefCell<StreamState>>, now_ms: UnixMillis) {
         let wait = self
             .active
             .borrow()
             .as_ref()
             .and_then(|a| a.policy.issuers.get(issuer).and_then(|i| i.remote.as_ref().map(|r| r.wait_ms)))
             .unwrap_or(0);
-        self.waiters.borrow_mut().push(Waiter { context_id, issuer, deadline_ms: now_ms.saturating_add(wait), request, state });
+        self.waiters.borrow_mut().push(Waiter { context_id, issuer, deadline_ms: now_ms.add_ms(wait), request, state });
     }
 
     /// Forget a stream that ended while waiting.
@@ -436,7 +443,13 @@ fn refusal(reason: DenyReason, status: u16) -> Refusal {
 
 /// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch
 /// will be attempted (first load, or an unknown `kid` within the refetch rate limit).
-fn remote_issuer_to_wait_for(store: &impl SharedStore, active: &mut Active, i: usize, reason: DenyReason, now: u64) -> Option<usize> {
+fn remote_issuer_to_wait_for(
+    store: &impl SharedStore,
+    active: &mut Active,
+    i: usize,
+    reason: DenyReason,
+    now: UnixSeconds,
+) -> Option<usize> {
     let issuer = active.policy.issuers.get(i)?;
     let (iss, remote) = (issuer.issuer.clone(), issuer.remote.clone()?);
     if remote.wait_ms == 0 {
@@ -489,7 +502,7 @@ mod tests {
         let events = w.host().audit_events();
         assert_eq!((events.len(), events[0]["reason"].as_str()), (1, Some("rate_limited")), "only the refusal so far");
         // A second later a token is back; other callers (public routes) never touch a bucket.
-        w.host().now_ms.set(NOW_MS + 1000);
+        w.host().now_ms.set(NOW_MS.add_ms(1000));
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
         assert_eq!(w.request("GET", "/healthz", None).action, Action::Continue);
     }
