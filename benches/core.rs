@@ -19,10 +19,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use phi_guard::auth::{scope, verify, IssuerConfig, TokenCache};
 use phi_guard::decision::{decide, ApplyCtx, CompartmentCheck, Expected, Request, ResponseCheck, ResponsePlan};
+use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
 /// The injected clock: the core never reads the wall clock.
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 const ISS: &str = "https://idp.phi-guard.test";
 const AUD: &str = "https://fhir.phi-guard.test";
 /// Clemente Kreiger, the demo patient (envoy/demo-data/README.md).
@@ -58,7 +59,7 @@ fn token(alg: Algorithm) -> String {
     header.kid = Some(kid.into());
     let claims = json!({
         "iss": ISS, "aud": AUD, "sub": "demo-user", "client_id": "demo-app",
-        "iat": NOW - 10, "exp": NOW + 3600, "jti": "bench",
+        "iat": NOW.sub_secs(10), "exp": NOW.add_secs(3600), "jti": "bench",
         "scope": "launch/patient openid fhirUser patient/*.rs", "patient": PATIENT,
     });
     encode(&header, &claims, &key).unwrap()

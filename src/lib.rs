@@ -27,6 +27,7 @@ pub mod shared;
 pub mod simulate;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod time;
 
 // Only the filter's target has the proxy-wasm host; the playground's wasm32-unknown-unknown
 // build of the core has none.

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::schema::{CompileError, Loc, RateLimitDoc, RouteKind, Routes};
+use crate::time::UnixMillis;
 
 /// Whose requests a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,13 +36,13 @@ pub struct RateLimit {
     pub routes: Vec<String>,
 }
 
-/// Bucket state as stored: milli-tokens left and the time of the last update (ms).
+/// Bucket state as stored: milli-tokens left and the time of the last update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     /// Milli-tokens available.
     pub milli_tokens: u64,
-    /// Last update, Unix ms.
-    pub at_ms: u64,
+    /// Last update.
+    pub at: UnixMillis,
 }
 
 impl Bucket {
@@ -50,7 +51,7 @@ impl Bucket {
         let mut out = [0u8; 16];
         let (a, b) = out.split_at_mut(8);
         a.copy_from_slice(&self.milli_tokens.to_be_bytes());
-        b.copy_from_slice(&self.at_ms.to_be_bytes());
+        b.copy_from_slice(&self.at.to_be_bytes());
         out
     }
 
@@ -58,7 +59,7 @@ impl Bucket {
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let a: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
         let b: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
-        (bytes.len() == 16).then(|| Bucket { milli_tokens: u64::from_be_bytes(a), at_ms: u64::from_be_bytes(b) })
+        (bytes.len() == 16).then(|| Bucket { milli_tokens: u64::from_be_bytes(a), at: UnixMillis::from_be_bytes(b) })
     }
 }
 
@@ -84,16 +85,16 @@ impl RateLimit {
         format!("phi-guard/rl/{}/{hex}", self.id)
     }
 
-    /// Take one request from `bucket` (absent = full) at `now_ms`: the new state, or the seconds
+    /// Take one request from `bucket` (absent = full) at `now`: the new state, or the seconds
     /// to wait before a request would be admitted.
-    pub fn take(&self, bucket: Option<Bucket>, now_ms: u64) -> Result<Bucket, u64> {
+    pub fn take(&self, bucket: Option<Bucket>, now: UnixMillis) -> Result<Bucket, u64> {
         let cap = self.burst.saturating_mul(1000);
-        let b = bucket.unwrap_or(Bucket { milli_tokens: cap, at_ms: now_ms });
-        let elapsed = now_ms.saturating_sub(b.at_ms);
+        let b = bucket.unwrap_or(Bucket { milli_tokens: cap, at: now });
+        let elapsed = now.ms_since(b.at);
         let refill = elapsed.saturating_mul(self.refill_milli_per_sec) / 1000;
         let tokens = b.milli_tokens.saturating_add(refill).min(cap);
         if tokens >= 1000 {
-            Ok(Bucket { milli_tokens: tokens - 1000, at_ms: now_ms.max(b.at_ms) })
+            Ok(Bucket { milli_tokens: tokens - 1000, at: now.max(b.at) })
         } else {
             let missing = 1000 - tokens;
             let wait_ms = missing.saturating_mul(1000).div_ceil(self.refill_milli_per_sec.max(1));
@@ -158,22 +159,22 @@ mod tests {
         let l = limit(60, 3); // 1 per second, burst 3
         let mut b = None;
         for _ in 0..3 {
-            b = Some(l.take(b, 1_000).unwrap());
+            b = Some(l.take(b, UnixMillis::new(1_000)).unwrap());
         }
-        assert_eq!(l.take(b, 1_000), Err(1));
-        let b2 = l.take(b, 2_000).unwrap();
-        assert_eq!(l.take(Some(b2), 2_000), Err(1));
+        assert_eq!(l.take(b, UnixMillis::new(1_000)), Err(1));
+        let b2 = l.take(b, UnixMillis::new(2_000)).unwrap();
+        assert_eq!(l.take(Some(b2), UnixMillis::new(2_000)), Err(1));
         // Never above the burst, however long idle.
-        let mut b = Some(l.take(Some(b2), 1_000_000).unwrap());
+        let mut b = Some(l.take(Some(b2), UnixMillis::new(1_000_000)).unwrap());
         for _ in 0..2 {
-            b = Some(l.take(b, 1_000_000).unwrap());
+            b = Some(l.take(b, UnixMillis::new(1_000_000)).unwrap());
         }
-        assert!(l.take(b, 1_000_000).is_err());
+        assert!(l.take(b, UnixMillis::new(1_000_000)).is_err());
     }
 
     #[test]
     fn codec_and_keys() {
-        let b = Bucket { milli_tokens: 42, at_ms: 7 };
+        let b = Bucket { milli_tokens: 42, at: UnixMillis::new(7) };
         assert_eq!(Bucket::decode(&b.encode()), Some(b));
         assert_eq!(Bucket::decode(&[1, 2]), None);
         let p = Principal {
@@ -185,8 +186,6 @@ mod tests {
             patient: None,
             token_id: None,
             purpose: vec![],
-            expires_at: 0,
-            valid_until: 0,
             ..Principal::default()
         };
         let k = limit(60, 1).key(&p);

@@ -21,6 +21,7 @@ use crate::decision::{decide, decide_with, BodyStep, Decision, Released, Respons
 use crate::minimize::ApplyCtx;
 use crate::policy::audit::AuditFormat;
 use crate::policy::Policy;
+use crate::time::UnixSeconds;
 
 /// The demo audit key. The shipped example policies name restricted patients by pseudonyms
 /// under it; never use it outside a demo, a test or the playground.
@@ -63,8 +64,8 @@ pub struct Exchange<'a> {
     pub credential: Credential<'a>,
     /// The upstream's answer; `None` to decide the request only.
     pub upstream: Option<Upstream<'a>>,
-    /// Now, in seconds since the Unix epoch.
-    pub now: u64,
+    /// Now (the CLI's `--now`, the playground's `now`: Unix seconds).
+    pub now: UnixSeconds,
     /// The key of `hash` transforms (`PHI_GUARD_HMAC_KEY` in the filter).
     pub hmac_key: Option<&'a [u8]>,
     /// The audit key (`PHI_GUARD_AUDIT_KEY`): pseudonyms in events and restrictions.
@@ -334,7 +335,7 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
         _ => decide(policy, &mut TokenCache::new(0), &req, x.now),
     };
     let meta = RequestMeta { request_id: x.request_id, source: None, destination: None, method: x.method, path: x.path };
-    let event = AuditEvent::from_decision(&decision, &meta, &AuditContext::new(policy, x.audit_key, x.now.saturating_mul(1000)));
+    let event = AuditEvent::from_decision(&decision, &meta, &AuditContext::new(policy, x.audit_key, x.now.to_millis()));
     let enforced = !policy.shadow;
     match decision {
         Decision::Deny(r) => {
@@ -474,7 +475,7 @@ mod tests {
     fn claims(scope: &str, patient: &str) -> Value {
         let p = policy();
         let issuer = &p.issuers[0];
-        json!({"iss": issuer.issuer, "aud": issuer.audiences.first(), "sub": "u1", "scope": scope, "patient": patient, "exp": NOW + 300, "iat": NOW - 10})
+        json!({"iss": issuer.issuer, "aud": issuer.audiences.first(), "sub": "u1", "scope": scope, "patient": patient, "exp": NOW.add_secs(300), "iat": NOW.sub_secs(10)})
     }
 
     fn exchange<'a>(path: &'a str, claims: &'a Value, key: &'a AuditKey, upstream: Option<Upstream<'a>>) -> Exchange<'a> {

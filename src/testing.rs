@@ -10,6 +10,7 @@ use crate::auth::keys::parse_jwks;
 use crate::auth::{ClaimNames, IssuerConfig, TokenCache};
 use crate::decision::{decide, Request};
 use crate::policy::Policy;
+use crate::time::UnixSeconds;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use crate::shared::{SharedStore, StoreError};
 
 /// The fixed "now" of the fixtures, Unix seconds (2027-01-15T08:00:00Z).
-pub const NOW: u64 = 1_800_000_000;
+pub const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 /// The demo issuer.
 pub const ISS: &str = "https://idp.phi-guard.test";
 /// The demo audience.
@@ -70,7 +71,7 @@ pub fn issuer() -> IssuerConfig {
 
 /// A patient app's claims: patient `p1`, Patient and Observation read/search.
 pub fn claims() -> Value {
-    json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "exp": NOW + 600, "iat": NOW - 10,
+    json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "exp": NOW.add_secs(600), "iat": NOW.sub_secs(10),
            "scope": "launch/patient patient/Patient.rs patient/Observation.rs", "patient": "p1", "jti": "j1"})
 }
 
@@ -136,7 +137,7 @@ pub fn event_with_id(p: &Policy, method: &str, path: &str, token: Option<&str>, 
     let d = decide(p, &mut TokenCache::new(4), &Request { method, path, authorization: &hs, ..Default::default() }, NOW);
     let k = audit_key();
     let meta = RequestMeta { request_id: Some(request_id), source: Some("10.1.2.3:5555"), destination: Some("[::1]:8080"), method, path };
-    AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW * 1000 + 42))
+    AuditEvent::from_decision(&d, &meta, &AuditContext::new(p, &k, NOW.to_millis().add_ms(42)))
 }
 
 /// Shared data in memory, with versions like Envoy's. `lose_races` makes that many of the

@@ -8,6 +8,7 @@ use phi_guard::audit::{AuditChain, AuditContext, AuditEvent, AuditKey, RequestMe
 use phi_guard::auth::TokenCache;
 use phi_guard::decision::{decide, Request};
 use phi_guard::policy::compile;
+use phi_guard::time::{UnixMillis, UnixSeconds};
 
 const SECRET: &str = "cli-test-audit-secret-0123456789abcdef";
 
@@ -28,10 +29,10 @@ fn log_lines() -> Vec<String> {
             &policy,
             &mut TokenCache::new(1),
             &Request { method: "GET", path, authorization: &[], ..Default::default() },
-            1_800_000_000,
+            UnixSeconds::new(1_800_000_000),
         );
         let meta = RequestMeta { request_id: Some("r"), source: Some("10.0.0.1:1234"), destination: None, method: "GET", path };
-        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&policy, &key, 1_800_000_000_000 + i as u64));
+        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&policy, &key, UnixMillis::new(1_800_000_000_000 + i as u64)));
         let ev = if ev.is_complete() { ev } else { ev.with_response(200, vec![], None) };
         let sealed = chains[i % 2].seal(&ev, &policy.audit);
         out.push(format!("[info][wasm] wasm log: {}", sealed.log_line()));

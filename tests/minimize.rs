@@ -14,13 +14,14 @@ use phi_guard::auth::check_claims;
 use phi_guard::decision::{decide_with, Decision, DenyReason, Request, ResponsePlan};
 use phi_guard::minimize::{self, compile_minimize, Applied, ApplyCtx, Profile};
 use phi_guard::policy::{compile, Policy};
+use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
 #[path = "subset/mod.rs"]
 mod subset;
 use subset::{assert_subset, strings};
 
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 const KEY: &[u8] = b"test-only hmac key, 32 bytes...!";
 
 fn fixture_bytes(rel: &str) -> Vec<u8> {
@@ -79,7 +80,7 @@ fn decide_claims(p: &Policy, method: &str, path: &str, claims: Value) -> Decisio
 }
 
 fn patient_app_claims(patient: &str) -> Value {
-    json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "exp": NOW + 600, "iat": NOW - 10,
+    json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "exp": NOW.add_secs(600), "iat": NOW.sub_secs(10),
            "scope": "launch/patient patient/Patient.rs patient/Observation.rs", "patient": patient})
 }
 
@@ -173,7 +174,7 @@ fn patient_binding_is_checked_before_minimization() {
 fn research_route_chooses_its_profile_by_purpose() {
     let p = policy("clinician-api");
     let claims = |purpose: Option<&str>| {
-        let mut c = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "exp": NOW + 600, "scp": ["user/*.rs"]});
+        let mut c = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "exp": NOW.add_secs(600), "scp": ["user/*.rs"]});
         if let Some(x) = purpose {
             c["purpose_of_use"] = json!(x);
         }
@@ -202,7 +203,7 @@ fn research_route_chooses_its_profile_by_purpose() {
 #[test]
 fn plain_json_admin_reports() {
     let p = policy("clinician-api");
-    let c = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "exp": NOW + 600, "scp": ["admin.reports.read"]});
+    let c = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "exp": NOW.add_secs(600), "scp": ["admin.reports.read"]});
     let Decision::Allow(g) = decide_claims(&p, "GET", "/admin/reports/7", c) else { panic!() };
     let body = br#"{"report":"readmissions","rows":[{"mrn":"MRN00012345","ssn":"999-12-3456","dateOfBirth":"1950-01-01","days":3}]}"#;
     let applied = g.response.apply(body, &ctx()).unwrap();

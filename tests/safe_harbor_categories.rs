@@ -12,13 +12,14 @@
 use std::sync::Arc;
 
 use phi_guard::minimize::{self, compile_minimize, Applied, ApplyCtx, Profile};
+use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
 #[path = "subset/mod.rs"]
 mod subset;
 
 /// 2027-01-15: a person born in 1937 or earlier is 90 or older.
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 
 fn safe_harbor() -> Arc<Profile> {
     let doc = serde_json::from_value(json!({"profiles": [{"name": "safe-harbor", "preset": "safe-harbor"}]})).unwrap();

@@ -9,9 +9,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::audit::{AuditEvent, AuditKey, Verdict};
 use phi_guard::policy::compile;
 use phi_guard::simulate::{simulate, CredentialInput, Exchange, Phase, Upstream};
+use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 /// The demo audit key: the shipped policies name restricted patients by pseudonyms under it.
 const AUDIT_KEY: &[u8] = b"phi-guard-demo-audit-key-not-a-secret";
 const HMAC_KEY: &[u8] = b"scenario-only hmac key, 32 bytes";
@@ -27,8 +28,8 @@ fn resolve_times(v: &mut Value) {
                 let (sign, n) = r.split_at(1.min(r.len()));
                 let n: u64 = n.parse().ok()?;
                 match sign {
-                    "+" => Some(NOW + n),
-                    "-" => Some(NOW - n),
+                    "+" => Some(NOW.add_secs(n).as_secs()),
+                    "-" => Some(NOW.sub_secs(n).as_secs()),
                     _ => None,
                 }
             });

@@ -12,9 +12,10 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 use phi_guard::auth::TokenCache;
 use phi_guard::decision::{decide, Decision, Request};
+use phi_guard::time::UnixSeconds;
 
 /// Inside the demo seeds' lifetime (iat 1799999000, exp 1800003600).
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -30,10 +30,11 @@ use libfuzzer_sys::fuzz_target;
 use phi_guard::decision::DenyReason;
 use phi_guard::minimize::{self, compile_minimize, ApplyCtx, Profile};
 use phi_guard::schema::MinimizeDoc;
+use phi_guard::time::UnixSeconds;
 use serde_json::Value;
 
 /// Fixed so runs are reproducible (2027-01-15: born 1937 or earlier means 90 or older).
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 
 /// A fixed HMAC key for `hash` (32 bytes, over the 16-byte minimum).
 const HMAC_KEY: &[u8] = b"fuzz-only hmac key, 32 bytes ok!";

@@ -10,9 +10,10 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 use phi_guard::auth::{verify, verify_signature};
 use phi_guard::decision::DenyReason;
+use phi_guard::time::UnixSeconds;
 
 /// Well after the demo seeds expired (exp 1800003600).
-const NOW: u64 = 1_900_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_900_000_000);
 
 fuzz_target!(|data: &[u8]| {
     let token = String::from_utf8_lossy(data);

@@ -36,7 +36,7 @@ pub fn otlp_logs(batch: &[Sealed], stream: &str, service_name: &str) -> String {
         .map(|s| {
             let (number, text) = s.severity.otlp();
             json!({
-                "timeUnixNano": s.time_ms.saturating_mul(1_000_000).to_string(),
+                "timeUnixNano": s.time_ms.as_millis().saturating_mul(1_000_000).to_string(),
                 "severityNumber": number,
                 "severityText": text,
                 "body": {"stringValue": s.line},

@@ -25,6 +25,7 @@ use super::event::{AuditEvent, Severity};
 use super::fhir;
 use crate::audit_key::{parse_hex32, push_hex, AuditKey};
 use crate::policy::audit::{AuditConfig, AuditFormat};
+use crate::time::UnixMillis;
 
 /// Version of the JSON-lines record layout (`v`).
 pub const FORMAT_VERSION: u8 = 1;
@@ -44,8 +45,8 @@ pub struct Sealed {
     pub line: String,
     /// Its sequence number in the stream.
     pub seq: u64,
-    /// Event time in milliseconds since the epoch (OTLP `timeUnixNano`).
-    pub time_ms: u64,
+    /// Event time (OTLP `timeUnixNano`).
+    pub time_ms: UnixMillis,
     /// Event severity (OTLP `severityNumber`).
     pub severity: Severity,
 }
@@ -266,11 +267,12 @@ mod cost {
             let n = 20_000u32;
             let start = std::time::Instant::now();
             for i in 0..n {
-                let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, u64::from(i))).with_response(200, vec![], None);
+                let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, crate::time::UnixMillis::new(u64::from(i))))
+                    .with_response(200, vec![], None);
                 std::hint::black_box(c.seal(&ev, &p.audit));
             }
             println!("{format:?}: {:?} per event (build + seal)", start.elapsed() / n);
-            let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, 1));
+            let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, crate::time::UnixMillis::new(1)));
             let start = std::time::Instant::now();
             for _ in 0..n {
                 std::hint::black_box(c.seal(&ev, &p.audit));
@@ -279,7 +281,11 @@ mod cost {
         }
         let start = std::time::Instant::now();
         for i in 0..20_000u32 {
-            std::hint::black_box(AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, u64::from(i))));
+            std::hint::black_box(AuditEvent::from_decision(
+                &d,
+                &meta,
+                &AuditContext::new(&p, &k, crate::time::UnixMillis::new(u64::from(i))),
+            ));
         }
         println!("build only: {:?}", start.elapsed() / 20_000);
         let start = std::time::Instant::now();
@@ -287,7 +293,7 @@ mod cost {
             std::hint::black_box(k.pseudonym(&i.to_string()));
         }
         println!("pseudonym: {:?}", start.elapsed() / 20_000);
-        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, 1));
+        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, crate::time::UnixMillis::new(1)));
         let start = std::time::Instant::now();
         for _ in 0..20_000u32 {
             std::hint::black_box(crate::audit::fhir::render(&ev, "s", 1, "o").unwrap());

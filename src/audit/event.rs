@@ -17,6 +17,7 @@ use crate::fhir::{FhirRequest, Interaction};
 use crate::http::normalize;
 use crate::minimize::restrict::RestrictionHit;
 use crate::policy::Policy;
+use crate::time::{UnixMillis, UnixSeconds};
 
 /// FHIR `AuditEvent.outcome` (R4 `audit-event-outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,19 +152,19 @@ pub struct AuditContext<'a> {
     pub patient_ids: PatientIds,
     /// The audit key (pseudonyms).
     pub key: &'a AuditKey,
-    /// Now, in milliseconds since the Unix epoch.
-    pub now_ms: u64,
+    /// Now, from the injected clock.
+    pub now: UnixMillis,
 }
 
 impl<'a> AuditContext<'a> {
     /// Context under an active policy.
-    pub fn new(policy: &'a Policy, key: &'a AuditKey, now_ms: u64) -> Self {
-        AuditContext { policy_name: &policy.name, policy_revision: &policy.revision, patient_ids: policy.audit.patient_ids, key, now_ms }
+    pub fn new(policy: &'a Policy, key: &'a AuditKey, now: UnixMillis) -> Self {
+        AuditContext { policy_name: &policy.name, policy_revision: &policy.revision, patient_ids: policy.audit.patient_ids, key, now }
     }
 
     /// Context before any policy compiled (for `no_policy` refusals): pseudonyms, no policy.
-    pub fn without_policy(key: &'a AuditKey, now_ms: u64) -> Self {
-        AuditContext { policy_name: "", policy_revision: "", patient_ids: PatientIds::Pseudonym, key, now_ms }
+    pub fn without_policy(key: &'a AuditKey, now: UnixMillis) -> Self {
+        AuditContext { policy_name: "", policy_revision: "", patient_ids: PatientIds::Pseudonym, key, now }
     }
 
     /// What the log may carry for a patient id.
@@ -199,9 +200,9 @@ impl<'a> AuditContext<'a> {
 pub struct AuditEvent {
     /// When the request was decided (RFC 3339, UTC, milliseconds).
     pub time: String,
-    /// The same instant in milliseconds since the epoch (not serialized; OTLP uses it).
+    /// The same instant (not serialized; OTLP uses it).
     #[serde(skip)]
-    pub time_ms: u64,
+    pub time_ms: UnixMillis,
     /// `x-request-id` when it is a plain id ([`plain_request_id`]), else its pseudonym.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -266,7 +267,7 @@ pub struct AuditEvent {
     pub amr: Vec<String>,
     /// When the user authenticated (the token's `auth_time`, seconds since the epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_time: Option<u64>,
+    pub auth_time: Option<UnixSeconds>,
     /// Purpose-of-use codes from the token; a value that is not a PurposeOfUse code is `invalid`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purpose_of_use: Vec<String>,
@@ -315,8 +316,8 @@ impl AuditEvent {
             Decision::Deny(r) => (r.route_id.as_deref(), r.principal.as_deref(), r.fhir.as_ref(), r.break_glass.as_ref()),
         };
         let mut ev = AuditEvent {
-            time: rfc3339_ms(ctx.now_ms),
-            time_ms: ctx.now_ms,
+            time: rfc3339_ms(ctx.now),
+            time_ms: ctx.now,
             request_id: req
                 .request_id
                 .map(|id| if plain_request_id(id) { id.to_owned() } else { ctx.key.pseudonym_of("x-request-id", id) }),
@@ -684,7 +685,7 @@ mod tests {
             method: "get",
             path: "/x",
         };
-        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::without_policy(&k, 0));
+        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::without_policy(&k, UnixMillis::default()));
         let pseudonym = k.pseudonym_of("x-request-id", "bad id with spaces");
         assert_eq!(
             (ev.outcome, ev.policy.as_deref(), ev.request_id.as_deref(), ev.source.as_deref(), ev.method.as_str()),
@@ -717,7 +718,7 @@ mod tests {
         let d = decide(&p, &mut TokenCache::new(4), &Request { method: "GET", path: "/fhir/Patient/p1", ..Default::default() }, NOW);
         let hostile = "Kermit-Trantow-1990-01-01-555-0100";
         let meta = RequestMeta { request_id: Some(hostile), method: "GET", path: "/fhir/Patient/p1", ..Default::default() };
-        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, 0));
+        let ev = AuditEvent::from_decision(&d, &meta, &AuditContext::new(&p, &k, UnixMillis::default()));
         assert_eq!(ev.request_id, Some(k.pseudonym_of("x-request-id", hostile)), "pseudonymized on a 401 too");
     }
 
@@ -794,11 +795,11 @@ mod tests {
     #[test]
     fn how_the_user_authenticated_is_recorded() {
         let p = policy("smart-patient-app");
-        let t = token(json!({"acr": "http://idmanagement.gov/ns/assurance/aal/2", "amr": ["pwd", "otp"], "auth_time": NOW - 60}));
+        let t = token(json!({"acr": "http://idmanagement.gov/ns/assurance/aal/2", "amr": ["pwd", "otp"], "auth_time": NOW.sub_secs(60)}));
         let ev = serde_json::to_value(event(&p, "GET", "/fhir/Observation/o1", Some(&t))).unwrap();
         assert_eq!(ev["acr"], "http://idmanagement.gov/ns/assurance/aal/2");
         assert_eq!(ev["amr"], json!(["pwd", "otp"]));
-        assert_eq!(ev["authTime"], NOW - 60);
+        assert_eq!(ev["authTime"], NOW.sub_secs(60).as_secs());
         let odd = token(json!({"acr": "loa 2\n", "amr": ["pwd", "m\u{e9}thode"]}));
         let ev = serde_json::to_value(event(&p, "GET", "/fhir/Observation/o1", Some(&odd))).unwrap();
         assert_eq!((&ev["acr"], &ev["amr"]), (&json!("invalid"), &json!(["pwd", "invalid"])));

@@ -1,9 +1,11 @@
-//! RFC 3339 timestamps from an injected clock (milliseconds since the Unix epoch, UTC).
+//! RFC 3339 timestamps from an injected clock (UTC, milliseconds).
+
+use crate::time::UnixMillis;
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`. Years past 9999 are clamped to the last representable instant.
-pub fn rfc3339_ms(ms: u64) -> String {
+pub fn rfc3339_ms(at: UnixMillis) -> String {
     const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    let ms = ms.min(MAX_MS);
+    let ms = at.as_millis().min(MAX_MS);
     let secs = ms / 1000;
     let days = secs / 86_400;
     let rem = secs % 86_400;
@@ -32,11 +34,11 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
-        assert_eq!(rfc3339_ms(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
-        assert_eq!(rfc3339_ms(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(UnixMillis::new(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(UnixMillis::new(951_782_400_000)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(UnixMillis::new(1_800_000_000_123)), "2027-01-15T08:00:00.123Z");
+        assert_eq!(rfc3339_ms(UnixMillis::new(1_709_251_199_999)), "2024-02-29T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(UnixMillis::new(4_102_444_800_000)), "2100-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(UnixMillis::new(u64::MAX)), "9999-12-31T23:59:59.999Z");
     }
 }

@@ -10,6 +10,7 @@ use super::purpose::{is_purpose_of_use, EMERGENCY_TREATMENT};
 use super::scope::{parse, Context, SmartScope};
 use crate::reason::DenyReason;
 use crate::schema::{BreakGlassDoc, CompileError, Loc, Routes};
+use crate::time::UnixSeconds;
 
 /// The policy's break-glass definition (compiled).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,13 +50,13 @@ impl BreakGlassPolicy {
     /// `Ok(None)` when not invoked; `Ok(Some)` when invoked with a known reason code inside the
     /// time window; `Err(break_glass_invalid)` otherwise (a missing or unknown reason, no `iat`
     /// nor `auth_time`, or one of them older than `max_age`).
-    pub fn evaluate(&self, p: &Principal, now: u64) -> Result<Option<BreakGlass>, DenyReason> {
+    pub fn evaluate(&self, p: &Principal, now: UnixSeconds) -> Result<Option<BreakGlass>, DenyReason> {
         if !self.invoked(p) {
             return Ok(None);
         }
         let reason = p.break_glass_reason.as_ref().filter(|r| self.reasons.contains(r)).ok_or(DenyReason::BreakGlassInvalid)?;
-        let times: Vec<u64> = [p.issued_at, p.auth_time].into_iter().flatten().collect();
-        if times.is_empty() || times.iter().any(|t| now.saturating_sub(*t) > self.max_age) {
+        let times: Vec<UnixSeconds> = [p.issued_at, p.auth_time].into_iter().flatten().collect();
+        if times.is_empty() || times.iter().any(|t| now.secs_since(*t) > self.max_age) {
             return Err(DenyReason::BreakGlassInvalid);
         }
         Ok(Some(BreakGlass { reason: reason.clone() }))
@@ -141,7 +142,7 @@ mod tests {
     use super::*;
     use crate::auth::scope::parse;
 
-    const NOW: u64 = 1_000_000;
+    const NOW: UnixSeconds = UnixSeconds::new(1_000_000);
 
     fn policy() -> BreakGlassPolicy {
         BreakGlassPolicy {
@@ -155,7 +156,13 @@ mod tests {
         }
     }
 
-    fn principal(claim: Option<bool>, purpose: &[&str], reason: Option<&str>, iat: Option<u64>, auth_time: Option<u64>) -> Principal {
+    fn principal(
+        claim: Option<bool>,
+        purpose: &[&str],
+        reason: Option<&str>,
+        iat: Option<UnixSeconds>,
+        auth_time: Option<UnixSeconds>,
+    ) -> Principal {
         Principal {
             break_glass: claim,
             purpose: purpose.iter().map(|p| (*p).to_owned()).collect(),
@@ -172,14 +179,21 @@ mod tests {
         let ok = Ok(Some(BreakGlass { reason: "life-threatening".into() }));
         assert_eq!(bg.evaluate(&principal(None, &["TREAT"], Some("life-threatening"), Some(NOW), None), NOW), Ok(None), "not invoked");
         assert_eq!(bg.evaluate(&principal(Some(false), &[], None, Some(NOW), None), NOW), Ok(None));
-        assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW - 3600), None), NOW), ok);
-        assert_eq!(bg.evaluate(&principal(None, &["ETREAT"], Some("life-threatening"), Some(NOW - 10), Some(NOW - 20)), NOW), ok);
+        assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW.sub_secs(3600)), None), NOW), ok);
+        assert_eq!(
+            bg.evaluate(&principal(None, &["ETREAT"], Some("life-threatening"), Some(NOW.sub_secs(10)), Some(NOW.sub_secs(20))), NOW),
+            ok
+        );
         let invalid = Err(DenyReason::BreakGlassInvalid);
         assert_eq!(bg.evaluate(&principal(Some(true), &[], None, Some(NOW), None), NOW), invalid, "no reason");
         assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("Patient John Smith fell"), Some(NOW), None), NOW), invalid, "free text");
-        assert_eq!(bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW - 3601), None), NOW), invalid, "stale iat");
         assert_eq!(
-            bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW), Some(NOW - 7200)), NOW),
+            bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW.sub_secs(3601)), None), NOW),
+            invalid,
+            "stale iat"
+        );
+        assert_eq!(
+            bg.evaluate(&principal(Some(true), &[], Some("life-threatening"), Some(NOW), Some(NOW.sub_secs(7200))), NOW),
             invalid,
             "stale auth_time"
         );

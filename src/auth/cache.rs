@@ -8,6 +8,7 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 
 use super::principal::Principal;
+use crate::time::UnixSeconds;
 
 /// Bounded verified-token cache.
 #[derive(Debug, Default)]
@@ -32,12 +33,12 @@ impl TokenCache {
     }
 
     /// The cached principal for `token`, if it was verified and is still within its lifetime.
-    pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Principal>> {
+    pub fn get(&mut self, token: &str, now: UnixSeconds) -> Option<Rc<Principal>> {
         self.get_by_key(&Self::key(token), now)
     }
 
     /// [`get`](Self::get) by the token's [`key`](Self::key).
-    pub fn get_by_key(&mut self, key: &[u8; 32], now: u64) -> Option<Rc<Principal>> {
+    pub fn get_by_key(&mut self, key: &[u8; 32], now: UnixSeconds) -> Option<Rc<Principal>> {
         let key = *key;
         match self.entries.get(&key) {
             Some(p) if now < p.valid_until => {
@@ -54,12 +55,12 @@ impl TokenCache {
     }
 
     /// Remember a verified principal, evicting expired entries first and then the oldest.
-    pub fn insert(&mut self, token: &str, principal: Rc<Principal>, now: u64) {
+    pub fn insert(&mut self, token: &str, principal: Rc<Principal>, now: UnixSeconds) {
         self.insert_by_key(Self::key(token), principal, now);
     }
 
     /// [`insert`](Self::insert) by the token's [`key`](Self::key).
-    pub fn insert_by_key(&mut self, key: [u8; 32], principal: Rc<Principal>, now: u64) {
+    pub fn insert_by_key(&mut self, key: [u8; 32], principal: Rc<Principal>, now: UnixSeconds) {
         if self.capacity == 0 || now >= principal.valid_until {
             return;
         }
@@ -104,6 +105,7 @@ mod tests {
     use super::*;
 
     fn principal(valid_until: u64) -> Rc<Principal> {
+        let valid_until = UnixSeconds::new(valid_until);
         Rc::new(Principal {
             issuer: "i".into(),
             subject: None,
@@ -122,20 +124,20 @@ mod tests {
     #[test]
     fn honours_expiry_and_bound() {
         let mut c = TokenCache::new(2);
-        c.insert("a", principal(100), 10);
-        assert!(c.get("a", 99).is_some());
-        assert!(c.get("a", 100).is_none(), "never outlives exp");
+        c.insert("a", principal(100), UnixSeconds::new(10));
+        assert!(c.get("a", UnixSeconds::new(99)).is_some());
+        assert!(c.get("a", UnixSeconds::new(100)).is_none(), "never outlives exp");
         assert!(c.is_empty());
-        c.insert("a", principal(100), 10);
-        c.insert("b", principal(100), 10);
-        c.insert("c", principal(100), 10);
+        c.insert("a", principal(100), UnixSeconds::new(10));
+        c.insert("b", principal(100), UnixSeconds::new(10));
+        c.insert("c", principal(100), UnixSeconds::new(10));
         assert_eq!(c.len(), 2);
-        assert!(c.get("a", 11).is_none(), "oldest evicted");
-        assert!(c.get("c", 11).is_some());
-        c.insert("d", principal(5), 10);
-        assert!(c.get("d", 10).is_none(), "expired tokens are not cached");
+        assert!(c.get("a", UnixSeconds::new(11)).is_none(), "oldest evicted");
+        assert!(c.get("c", UnixSeconds::new(11)).is_some());
+        c.insert("d", principal(5), UnixSeconds::new(10));
+        assert!(c.get("d", UnixSeconds::new(10)).is_none(), "expired tokens are not cached");
         let mut off = TokenCache::new(0);
-        off.insert("a", principal(100), 10);
-        assert!(off.get("a", 11).is_none());
+        off.insert("a", principal(100), UnixSeconds::new(10));
+        assert!(off.get("a", UnixSeconds::new(11)).is_none());
     }
 }

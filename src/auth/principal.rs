@@ -1,6 +1,7 @@
 //! Who a verified token speaks for.
 
 use super::scope::SmartScope;
+use crate::time::UnixSeconds;
 
 /// The verified identity and grants of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -26,18 +27,18 @@ pub struct Principal {
     /// `amr`: the authentication methods used (RFC 8176, e.g. `pwd`, `mfa`, `hwk`).
     pub amr: Vec<String>,
     /// `auth_time`: when the user last actively authenticated (seconds since the epoch).
-    pub auth_time: Option<u64>,
+    pub auth_time: Option<UnixSeconds>,
     /// `iat` (seconds since the epoch).
-    pub issued_at: Option<u64>,
+    pub issued_at: Option<UnixSeconds>,
     /// The policy's break-glass claim (`breakGlass.claim`), when the token carries it.
     pub break_glass: Option<bool>,
     /// The policy's break-glass reason claim (`breakGlass.reasonClaim`), as sent. Not audited
     /// unless it is one of the policy's reason codes (free text could carry PHI).
     pub break_glass_reason: Option<String>,
     /// `exp` (seconds since the epoch).
-    pub expires_at: u64,
-    /// Unix time after which this verification must not be reused (`exp` plus clock skew).
-    pub valid_until: u64,
+    pub expires_at: UnixSeconds,
+    /// When this verification must no longer be reused (`exp` plus clock skew).
+    pub valid_until: UnixSeconds,
 }
 
 impl Principal {

@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use super::keys::{parse_jwk, VerifyKey};
+use crate::time::UnixSeconds;
 use jsonwebtoken::Algorithm;
 
 /// Where and how often to fetch an issuer's JWKS.
@@ -21,9 +22,9 @@ pub struct RemoteJwks {
     pub authority: String,
     /// Keys are refreshed after this many seconds (at 80 %, so before they go stale).
     pub refresh: u64,
-    /// Without a successful fetch for this long, keys are dropped (fail closed).
+    /// Without a successful fetch for this many seconds, keys are dropped (fail closed).
     pub max_staleness: u64,
-    /// Least time between refetches triggered by unknown `kid`s.
+    /// Least time between refetches triggered by unknown `kid`s, in seconds.
     pub refetch_interval: u64,
     /// How long a request may wait for the first keys, in milliseconds.
     pub wait_ms: u64,
@@ -35,8 +36,8 @@ pub struct RemoteJwks {
 #[derive(Debug, Clone, Default)]
 pub struct KeyState {
     keys: Vec<VerifyKey>,
-    /// Unix time of the fetch that produced `keys`.
-    fetched_at: Option<u64>,
+    /// When the fetch that produced `keys` happened.
+    fetched_at: Option<UnixSeconds>,
 }
 
 /// Why a fetched JWKS was not used.
@@ -66,27 +67,27 @@ pub fn parse_remote_jwks(body: &[u8], algorithms: &[Algorithm]) -> Result<Vec<Ve
 
 impl KeyState {
     /// Install freshly fetched keys.
-    pub fn update(&mut self, keys: Vec<VerifyKey>, fetched_at: u64) {
+    pub fn update(&mut self, keys: Vec<VerifyKey>, fetched_at: UnixSeconds) {
         self.keys = keys;
         self.fetched_at = Some(fetched_at);
     }
 
     /// When the keys in use were fetched.
-    pub fn fetched_at(&self) -> Option<u64> {
+    pub fn fetched_at(&self) -> Option<UnixSeconds> {
         self.fetched_at
     }
 
     /// The keys to verify with, or `None` if never loaded or stale past `max_staleness`.
-    pub fn usable(&self, cfg: &RemoteJwks, now: u64) -> Option<&[VerifyKey]> {
+    pub fn usable(&self, cfg: &RemoteJwks, now: UnixSeconds) -> Option<&[VerifyKey]> {
         let at = self.fetched_at?;
-        (now < at.saturating_add(cfg.max_staleness) && !self.keys.is_empty()).then_some(self.keys.as_slice())
+        (now < at.add_secs(cfg.max_staleness) && !self.keys.is_empty()).then_some(self.keys.as_slice())
     }
 
     /// Whether a scheduled refresh is due (never fetched, or 80 % of `refresh` elapsed).
-    pub fn refresh_due(&self, cfg: &RemoteJwks, now: u64) -> bool {
+    pub fn refresh_due(&self, cfg: &RemoteJwks, now: UnixSeconds) -> bool {
         match self.fetched_at {
             None => true,
-            Some(at) => now >= at.saturating_add(cfg.refresh.saturating_mul(4) / 5),
+            Some(at) => now >= at.add_secs(cfg.refresh.saturating_mul(4) / 5),
         }
     }
 }
@@ -128,13 +129,13 @@ mod tests {
     fn lifecycle() {
         let c = cfg();
         let mut s = KeyState::default();
-        assert!(s.usable(&c, 100).is_none());
-        assert!(s.refresh_due(&c, 100));
-        s.update(parse_remote_jwks(&demo(), &[Algorithm::RS256]).unwrap(), 100);
-        assert!(s.usable(&c, 100).is_some());
-        assert!(!s.refresh_due(&c, 339));
-        assert!(s.refresh_due(&c, 340));
-        assert!(s.usable(&c, 3699).is_some());
-        assert!(s.usable(&c, 3700).is_none(), "stale keys are dropped");
+        assert!(s.usable(&c, UnixSeconds::new(100)).is_none());
+        assert!(s.refresh_due(&c, UnixSeconds::new(100)));
+        s.update(parse_remote_jwks(&demo(), &[Algorithm::RS256]).unwrap(), UnixSeconds::new(100));
+        assert!(s.usable(&c, UnixSeconds::new(100)).is_some());
+        assert!(!s.refresh_due(&c, UnixSeconds::new(339)));
+        assert!(s.refresh_due(&c, UnixSeconds::new(340)));
+        assert!(s.usable(&c, UnixSeconds::new(3699)).is_some());
+        assert!(s.usable(&c, UnixSeconds::new(3700)).is_none(), "stale keys are dropped");
     }
 }

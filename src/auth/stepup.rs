@@ -3,6 +3,7 @@
 
 use super::principal::Principal;
 use crate::schema::{AuthenticationDoc, CompileError, Loc};
+use crate::time::UnixSeconds;
 
 /// What a route or profile requires of the user's authentication. Every part that is set must
 /// hold.
@@ -20,7 +21,7 @@ impl AuthRequirement {
     /// Whether the principal's authentication event meets the requirement at `now`. `levels`
     /// are the `acrLevels` of the token's issuer, weakest first. An `acr` outside the levels,
     /// or a level the issuer does not define, fails (closed).
-    pub fn met_by(&self, p: &Principal, levels: &[String], now: u64) -> bool {
+    pub fn met_by(&self, p: &Principal, levels: &[String], now: UnixSeconds) -> bool {
         if let Some(min) = &self.acr_min {
             let rank = |v: &str| levels.iter().position(|l| l == v);
             match (p.acr.as_deref().and_then(rank), rank(min)) {
@@ -34,7 +35,7 @@ impl AuthRequirement {
         match (self.max_auth_age, p.auth_time) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(max), Some(t)) => now.saturating_sub(t) <= max,
+            (Some(max), Some(t)) => now.secs_since(t) <= max,
         }
     }
 
@@ -70,13 +71,13 @@ pub fn compile_authentication(d: &AuthenticationDoc, loc: &Loc<'_>) -> Result<Au
 mod tests {
     use super::*;
 
-    const NOW: u64 = 1_000_000;
+    const NOW: UnixSeconds = UnixSeconds::new(1_000_000);
 
     fn levels() -> Vec<String> {
         ["1", "2", "3"].map(str::to_owned).to_vec()
     }
 
-    fn principal(acr: Option<&str>, amr: &[&str], auth_time: Option<u64>) -> Principal {
+    fn principal(acr: Option<&str>, amr: &[&str], auth_time: Option<UnixSeconds>) -> Principal {
         Principal { acr: acr.map(str::to_owned), amr: amr.iter().map(|m| (*m).to_owned()).collect(), auth_time, ..Principal::default() }
     }
 
@@ -96,11 +97,11 @@ mod tests {
     #[test]
     fn amr_and_age() {
         let r = AuthRequirement { amr: vec!["mfa".into(), "hwk".into()], max_auth_age: Some(300), ..AuthRequirement::default() };
-        assert!(r.met_by(&principal(None, &["pwd", "hwk", "mfa"], Some(NOW - 300)), &[], NOW));
-        assert!(!r.met_by(&principal(None, &["pwd", "mfa"], Some(NOW - 10)), &[], NOW), "hwk missing");
-        assert!(!r.met_by(&principal(None, &["hwk", "mfa"], Some(NOW - 301)), &[], NOW), "stale");
+        assert!(r.met_by(&principal(None, &["pwd", "hwk", "mfa"], Some(NOW.sub_secs(300))), &[], NOW));
+        assert!(!r.met_by(&principal(None, &["pwd", "mfa"], Some(NOW.sub_secs(10))), &[], NOW), "hwk missing");
+        assert!(!r.met_by(&principal(None, &["hwk", "mfa"], Some(NOW.sub_secs(301))), &[], NOW), "stale");
         assert!(!r.met_by(&principal(None, &["hwk", "mfa"], None), &[], NOW), "auth_time required");
-        assert!(r.met_by(&principal(None, &["hwk", "mfa"], Some(NOW + 30)), &[], NOW), "within skew");
+        assert!(r.met_by(&principal(None, &["hwk", "mfa"], Some(NOW.add_secs(30))), &[], NOW), "within skew");
         assert!(AuthRequirement::default().met_by(&Principal::default(), &[], NOW));
     }
 }

@@ -13,6 +13,7 @@ use super::principal::Principal;
 use super::scope;
 use crate::fhir::request::valid_id;
 use crate::reason::DenyReason;
+use crate::time::UnixSeconds;
 
 /// Claim names an issuer uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub struct IssuerConfig {
 const KEY_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
 
 /// Verify a compact JWS access token and extract its principal.
-pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64) -> Result<Principal, DenyReason> {
+pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: UnixSeconds) -> Result<Principal, DenyReason> {
     verify_with(token, issuers, max_bytes, now, true)
 }
 
@@ -72,11 +73,17 @@ pub fn verify(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64)
 /// issuers and keys (the caller holds the proof: an attestation in shared data, MACed and bound
 /// to a fingerprint of the key set, see `runtime::tokens`). Every other step runs again: size,
 /// structure and header rules, algorithm pinning, issuer, lifetime, audience, claims.
-pub fn verify_attested(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64) -> Result<Principal, DenyReason> {
+pub fn verify_attested(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: UnixSeconds) -> Result<Principal, DenyReason> {
     verify_with(token, issuers, max_bytes, now, false)
 }
 
-fn verify_with(token: &str, issuers: &[IssuerConfig], max_bytes: usize, now: u64, signature: bool) -> Result<Principal, DenyReason> {
+fn verify_with(
+    token: &str,
+    issuers: &[IssuerConfig],
+    max_bytes: usize,
+    now: UnixSeconds,
+    signature: bool,
+) -> Result<Principal, DenyReason> {
     use DenyReason::*;
     if token.len() > max_bytes {
         return Err(TokenTooLarge);
@@ -209,7 +216,7 @@ fn pinned_algorithm(jws: &Jws<'_>, algorithms: &[Algorithm]) -> Result<Algorithm
 /// Check already-trusted claims (no signature) exactly as [`verify`] would after the signature:
 /// issuer, lifetime, audience, claim types. For `phi-guard explain --claims`; never on the data
 /// path.
-pub fn check_claims(claims: &Value, issuers: &[IssuerConfig], now: u64) -> Result<Principal, DenyReason> {
+pub fn check_claims(claims: &Value, issuers: &[IssuerConfig], now: UnixSeconds) -> Result<Principal, DenyReason> {
     let claims = claims.as_object().ok_or(DenyReason::MalformedToken)?;
     let iss = claims.get("iss").and_then(Value::as_str).ok_or(DenyReason::UnknownIssuer)?;
     let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or(DenyReason::UnknownIssuer)?;
@@ -239,15 +246,15 @@ fn decode_object(seg: &str) -> Result<Map<String, Value>, DenyReason> {
 }
 
 /// A NumericDate claim: absent, or a non-negative number (fractions truncated).
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, DenyReason> {
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<UnixSeconds>, DenyReason> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => {
             if let Some(u) = n.as_u64() {
-                Ok(Some(u))
+                Ok(Some(UnixSeconds::new(u)))
             } else {
                 match n.as_f64() {
-                    Some(f) if (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
+                    Some(f) if (0.0..1e15).contains(&f) => Ok(Some(UnixSeconds::new(f as u64))),
                     _ => Err(DenyReason::BadClaim),
                 }
             }
@@ -256,30 +263,30 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     }
 }
 
-fn check_times(claims: &Map<String, Value>, issuer: &IssuerConfig, now: u64) -> Result<(), DenyReason> {
+fn check_times(claims: &Map<String, Value>, issuer: &IssuerConfig, now: UnixSeconds) -> Result<(), DenyReason> {
     let skew = issuer.clock_skew;
     let exp = numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
-    if now >= exp.saturating_add(skew) {
+    if now >= exp.add_secs(skew) {
         return Err(DenyReason::Expired);
     }
     if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if nbf > now.saturating_add(skew) {
+        if nbf > now.add_secs(skew) {
             return Err(DenyReason::NotYetValid);
         }
     }
     let iat = numeric_date(claims, "iat")?;
     if let Some(iat) = iat {
-        if iat > now.saturating_add(skew) || iat > exp {
+        if iat > now.add_secs(skew) || iat > exp {
             return Err(DenyReason::BadIssuedAt);
         }
     }
     // A user cannot have authenticated in the future.
-    if numeric_date(claims, "auth_time")?.is_some_and(|t| t > now.saturating_add(skew)) {
+    if numeric_date(claims, "auth_time")?.is_some_and(|t| t > now.add_secs(skew)) {
         return Err(DenyReason::BadIssuedAt);
     }
     if let Some(max) = issuer.max_lifetime {
         let start = iat.unwrap_or(now);
-        if exp.saturating_sub(start) > max.saturating_add(skew) {
+        if exp.secs_since(start) > max.saturating_add(skew) {
             return Err(DenyReason::BadIssuedAt);
         }
     }
@@ -377,7 +384,7 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         break_glass,
         break_glass_reason,
         expires_at: exp,
-        valid_until: exp.saturating_add(issuer.clock_skew),
+        valid_until: exp.add_secs(issuer.clock_skew),
     })
 }
 
@@ -427,7 +434,7 @@ mod tests {
             assert_eq!(p.patient.as_deref(), Some("p1"));
             assert_eq!(p.client_id.as_deref(), Some("app"));
             assert_eq!(p.smart_scopes.len(), 2);
-            assert_eq!(p.valid_until, NOW + 660);
+            assert_eq!(p.valid_until, NOW.add_secs(660));
         }
         // No kid: the issuer's keys of the right type are tried.
         assert!(check(&sign(Algorithm::ES256, None, &claims())).is_ok());
@@ -436,13 +443,13 @@ mod tests {
     #[test]
     fn rejects_bad_claims() {
         let cases: Vec<(Value, DenyReason)> = vec![
-            (json!({"exp": NOW - 61}), DenyReason::Expired),
-            (json!({"exp": NOW - 60}), DenyReason::Expired),
+            (json!({"exp": NOW.sub_secs(61)}), DenyReason::Expired),
+            (json!({"exp": NOW.sub_secs(60)}), DenyReason::Expired),
             (json!({"exp": "soon"}), DenyReason::BadClaim),
             (json!({"exp": null}), DenyReason::BadClaim),
-            (json!({"nbf": NOW + 61}), DenyReason::NotYetValid),
-            (json!({"iat": NOW + 61}), DenyReason::BadIssuedAt),
-            (json!({"exp": NOW + 200_000}), DenyReason::BadIssuedAt),
+            (json!({"nbf": NOW.add_secs(61)}), DenyReason::NotYetValid),
+            (json!({"iat": NOW.add_secs(61)}), DenyReason::BadIssuedAt),
+            (json!({"exp": NOW.add_secs(200_000)}), DenyReason::BadIssuedAt),
             (json!({"iss": "https://evil.test"}), DenyReason::UnknownIssuer),
             (json!({"iss": 5}), DenyReason::UnknownIssuer),
             (json!({"aud": "https://other.test"}), DenyReason::BadAudience),
@@ -503,7 +510,7 @@ mod tests {
             (format!("{}.{}.AAAA", hdr(json!({"alg":"NoNe"})), body), DenyReason::AlgorithmNotAllowed),
             (format!("{}.{}.{}", parts[0], parts[1], ""), DenyReason::MalformedToken),
             (
-                format!("{}.{}.{}", parts[0], b64(&json!({"iss": ISS, "aud": AUD, "exp": NOW + 600, "patient": "p2"})), parts[2]),
+                format!("{}.{}.{}", parts[0], b64(&json!({"iss": ISS, "aud": AUD, "exp": NOW.add_secs(600), "patient": "p2"})), parts[2]),
                 DenyReason::BadSignature,
             ),
             (format!("{}.{}.{}", hdr(json!({"alg":"RS256","kid":"nope"})), parts[1], parts[2]), DenyReason::UnknownKey),
@@ -604,16 +611,16 @@ mod tests {
     fn authentication_claims_are_strictly_typed() {
         let mut c = claims();
         let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
-        assert_eq!((p.acr, p.amr.len(), p.auth_time, p.issued_at, p.break_glass), (None, 0, None, Some(NOW - 10), None));
+        assert_eq!((p.acr, p.amr.len(), p.auth_time, p.issued_at, p.break_glass), (None, 0, None, Some(NOW.sub_secs(10)), None));
         c["acr"] = json!("urn:phi-guard:loa:2");
         c["amr"] = json!(["pwd", "mfa"]);
-        c["auth_time"] = json!(NOW - 100);
+        c["auth_time"] = json!(NOW.sub_secs(100));
         c["break_glass"] = json!(true);
         c["break_glass_reason"] = json!("life-threatening");
         let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
         assert_eq!(p.acr.as_deref(), Some("urn:phi-guard:loa:2"));
         assert_eq!(p.amr, ["pwd", "mfa"]);
-        assert_eq!(p.auth_time, Some(NOW - 100));
+        assert_eq!(p.auth_time, Some(NOW.sub_secs(100)));
         assert_eq!((p.break_glass, p.break_glass_reason.as_deref()), (Some(true), Some("life-threatening")));
         let bad: Vec<(&str, Value, DenyReason)> = vec![
             ("acr", json!(2), DenyReason::BadClaim),
@@ -622,7 +629,7 @@ mod tests {
             ("amr", json!(["mfa", 1]), DenyReason::BadClaim),
             ("amr", json!(vec!["otp"; 17]), DenyReason::BadClaim),
             ("auth_time", json!("yesterday"), DenyReason::BadClaim),
-            ("auth_time", json!(NOW + 61), DenyReason::BadIssuedAt),
+            ("auth_time", json!(NOW.add_secs(61)), DenyReason::BadIssuedAt),
             ("break_glass", json!("true"), DenyReason::BadClaim),
             ("break_glass_reason", json!(["life-threatening"]), DenyReason::BadClaim),
         ];

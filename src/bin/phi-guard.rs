@@ -13,6 +13,7 @@ use phi_guard::decision::{refusal_reply, DenyReason};
 use phi_guard::minimize::{self, ApplyCtx};
 use phi_guard::policy::{compile, Policy};
 use phi_guard::simulate::{simulate, CredentialError, CredentialInput, Exchange, ExchangeOutcome, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -285,8 +286,9 @@ fn audit(command: AuditCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// The wall clock, or `--now` (Unix seconds) when given.
+fn now_or(at: Option<u64>) -> UnixSeconds {
+    UnixSeconds::new(at.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())))
 }
 
 fn load(path: &PathBuf) -> Result<Policy, String> {
@@ -392,7 +394,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         path: &path,
         credential,
         upstream,
-        now: at.unwrap_or_else(now),
+        now: now_or(at),
         hmac_key: hmac.as_deref(),
         audit_key: &audit_key,
         request_id: request_id.as_deref(),
@@ -467,7 +469,7 @@ fn minimize(args: MinimizeArgs) -> Result<ExitCode, String> {
     let Some(profile) = set.select(&scopes, &purpose) else {
         return Ok(refuse(DenyReason::NoMinimizationProfile));
     };
-    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: at.unwrap_or_else(now), pseudonyms: None };
+    let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_or(at), pseudonyms: None };
     let applied = match minimize::apply(&profile, &body, &ctx, p.limits.max_response_bytes) {
         Ok(a) => a,
         Err(reason) => return Ok(refuse(reason)),
@@ -510,7 +512,7 @@ fn token(args: TokenArgs) -> Result<ExitCode, String> {
         _ => return Err(format!("`{alg:?}` is not an asymmetric signature algorithm")),
     };
     let enc = enc.map_err(|e| format!("{}: {e}", key.display()))?;
-    let issued = now();
+    let issued = now_or(None).as_secs();
     let mut body = json!({
         "iss": iss, "aud": aud, "sub": sub, "client_id": client_id, "scope": scope,
         "iat": issued, "exp": issued + ttl, "jti": format!("demo-{issued}-{}", std::process::id()),

@@ -15,6 +15,7 @@ use crate::fhir::{FhirRequest, Interaction};
 use crate::http::{normalize, NormalizedPath};
 use crate::policy::{Access, FhirRoute, Policy, Route};
 use crate::reason::DenyReason;
+use crate::time::UnixSeconds;
 
 /// What the decision needs to know about a request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -199,7 +200,7 @@ impl Ctx<'_> {
 }
 
 /// Decide one request. `cache` is the per-VM verified-token cache belonging to `policy`.
-pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u64) -> Decision {
+pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: UnixSeconds) -> Decision {
     decide_with(policy, req, now, |token| match cache.get(token, now) {
         Some(p) => Ok(p),
         None => {
@@ -211,7 +212,7 @@ pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u
 }
 
 /// [`decide`] with the token-to-principal step supplied by the caller (the CLI's `--claims`).
-/// `now` (seconds) is what step-up and break-glass windows are measured against.
+/// `now` is what step-up and break-glass windows are measured against.
 ///
 /// The stages, in order, each of which may refuse: `route_request` (limits, path, route,
 /// method), `model_fhir`, `authenticate_request` (public routes stop before it), break-glass
@@ -220,7 +221,7 @@ pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: u
 pub fn decide_with(
     policy: &Policy,
     req: &Request<'_>,
-    now: u64,
+    now: UnixSeconds,
     mut authenticate: impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
 ) -> Decision {
     let mut ctx = Ctx { route: None, principal: None, fhir: None, break_glass: None };
@@ -233,7 +234,7 @@ pub fn decide_with(
 fn stages<'p>(
     policy: &'p Policy,
     req: &Request<'_>,
-    now: u64,
+    now: UnixSeconds,
     authenticate: &mut impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
     ctx: &mut Ctx<'p>,
 ) -> Result<Grant, Stop> {
@@ -333,7 +334,7 @@ fn who_and_why(
     policy: &Policy,
     route: &Route,
     principal: Rc<Principal>,
-    now: u64,
+    now: UnixSeconds,
     ctx: &mut Ctx<'_>,
 ) -> Result<(Rc<Principal>, Option<BreakGlass>), Stop> {
     let (principal, break_glass) = match policy.break_glass.as_ref().map(|bg| (bg, bg.evaluate(&principal, now))) {
@@ -397,7 +398,7 @@ fn plan_response(
     fhir: Option<&FhirRequest>,
     break_glass: bool,
     checks: Vec<ResponseCheck>,
-    now: u64,
+    now: UnixSeconds,
 ) -> Result<ResponsePlan, Stop> {
     let levels = policy.acr_levels(&principal.issuer);
     let authenticated = |req: &AuthRequirement| req.met_by(principal, levels, now);
@@ -987,13 +988,13 @@ mod tests {
     #[test]
     fn cache_never_outlives_exp() {
         let p = policy("smart-patient-app");
-        let t = token(json!({"exp": NOW + 10}));
+        let t = token(json!({"exp": NOW.add_secs(10)}));
         let mut cache = TokenCache::new(4);
         let hs = [format!("Bearer {t}")];
         let hs: Vec<&str> = hs.iter().map(String::as_str).collect();
         let req = Request { method: "GET", path: "/fhir/Patient/p1", authorization: &hs, ..Default::default() };
         assert!(decide(&p, &mut cache, &req, NOW).reason().is_none());
-        assert_eq!(decide(&p, &mut cache, &req, NOW + 70).reason(), Some(DenyReason::Expired));
+        assert_eq!(decide(&p, &mut cache, &req, NOW.add_secs(70)).reason(), Some(DenyReason::Expired));
     }
 
     const KERMIT: &str = "1f456f0a-acb1-4728-82af-01ca57083c7b";
@@ -1008,7 +1009,7 @@ mod tests {
         c["purpose_of_use"] = json!("TREAT");
         c["acr"] = json!("urn:phi-guard:loa:2");
         c["amr"] = json!(["pwd", "mfa"]);
-        c["auth_time"] = json!(NOW - 600);
+        c["auth_time"] = json!(NOW.sub_secs(600));
         for (k, v) in patch.as_object().unwrap() {
             if v.is_null() {
                 c.as_object_mut().unwrap().remove(k);
@@ -1040,9 +1041,9 @@ mod tests {
         let g = grant(run(&p, "GET", &path, Some(&clinician(json!({})))));
         assert_eq!(g.response.minimize.as_ref().unwrap().name, "standard");
         // Stronger and fresher: the profile that releases more.
-        let strong = clinician(json!({"acr": "urn:phi-guard:loa:3", "auth_time": NOW - 60}));
+        let strong = clinician(json!({"acr": "urn:phi-guard:loa:3", "auth_time": NOW.sub_secs(60)}));
         assert_eq!(grant(run(&p, "GET", &path, Some(&strong))).response.minimize.unwrap().name, "full-record");
-        let strong_but_old = clinician(json!({"acr": "urn:phi-guard:loa:3", "auth_time": NOW - 901}));
+        let strong_but_old = clinician(json!({"acr": "urn:phi-guard:loa:3", "auth_time": NOW.sub_secs(901)}));
         assert_eq!(grant(run(&p, "GET", &path, Some(&strong_but_old))).response.minimize.unwrap().name, "standard");
         // The route's own requirement: 401 with an RFC 9470 challenge.
         for (patch, what) in [
@@ -1050,7 +1051,7 @@ mod tests {
             (json!({"acr": null}), "no acr"),
             (json!({"acr": "urn:other:gold"}), "unknown acr"),
             (json!({"amr": ["pwd"]}), "no mfa"),
-            (json!({"auth_time": NOW - 43_201}), "stale"),
+            (json!({"auth_time": NOW.sub_secs(43_201)}), "stale"),
             (json!({"auth_time": null}), "no auth_time"),
         ] {
             let r = refusal(run(&p, "GET", &path, Some(&clinician(patch))));
@@ -1096,7 +1097,7 @@ mod tests {
         let p = policy("clinician-api");
         let path = format!("/clinical/fhir/Observation?patient={KERMIT}");
         let bg = |patch: Value| {
-            let mut base = json!({"break_glass": true, "break_glass_reason": "unconscious-patient", "iat": NOW - 60});
+            let mut base = json!({"break_glass": true, "break_glass_reason": "unconscious-patient", "iat": NOW.sub_secs(60)});
             for (k, v) in patch.as_object().unwrap() {
                 base[k] = v.clone();
             }
@@ -1116,8 +1117,8 @@ mod tests {
         for (patch, what) in [
             (json!({"break_glass_reason": "John Smith collapsed"}), "free-text reason"),
             (json!({"break_glass_reason": null}), "no reason"),
-            (json!({"iat": NOW - 3601}), "stale iat"),
-            (json!({"auth_time": NOW - 4000}), "stale auth_time"),
+            (json!({"iat": NOW.sub_secs(3601)}), "stale iat"),
+            (json!({"auth_time": NOW.sub_secs(4000)}), "stale auth_time"),
         ] {
             let mut patch = patch;
             if patch.get("break_glass_reason").is_some_and(Value::is_null) {
@@ -1128,7 +1129,10 @@ mod tests {
         }
         assert_eq!(reason(&p, "GET", &path, Some(&clinician(json!({"purpose_of_use": "ETREAT"})))), Some(DenyReason::BreakGlassInvalid));
         // Never past verification, step-up or a patient-context token's compartment.
-        assert_eq!(reason(&p, "GET", &path, Some(&bg(json!({"exp": NOW - 100, "iat": NOW - 200})))), Some(DenyReason::Expired));
+        assert_eq!(
+            reason(&p, "GET", &path, Some(&bg(json!({"exp": NOW.sub_secs(100), "iat": NOW.sub_secs(200)})))),
+            Some(DenyReason::Expired)
+        );
         assert_eq!(reason(&p, "GET", &path, Some(&bg(json!({"amr": ["pwd"]})))), Some(DenyReason::InsufficientUserAuthentication));
         let mut c = claims();
         c["break_glass"] = json!(true);

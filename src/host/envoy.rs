@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 use super::abi;
-use crate::runtime::{Buffer, HeaderMap, HeaderPair, Host, HostError, Level, MetricKind};
+use crate::runtime::{Buffer, HeaderMap, HeaderPair, Host, HostError, Level, MetricKind, UnixMillis};
 use crate::shared::{SharedStore, StoreError};
 
 /// Envoy, as seen from inside its wasm VM.
@@ -130,11 +130,12 @@ impl Host for Envoy {
         hostcalls::record_metric(id, value).map_err(err)
     }
 
-    fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
+    fn now_ms(&self) -> UnixMillis {
+        let ms = hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        UnixMillis::new(ms)
     }
 
     fn random(&self, out: &mut [u8]) -> Result<(), HostError> {

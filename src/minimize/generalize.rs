@@ -1,6 +1,8 @@
 //! HIPAA Safe Harbor generalizations (45 CFR 164.514(b)(2)(i)): dates to years, ZIP codes to
 //! three digits, ages over 89 to one "90 or older" bucket. Pure string/number functions.
 
+use crate::time::UnixSeconds;
+
 /// Three-digit ZIP prefixes whose areas hold 20,000 people or fewer (HHS Safe Harbor guidance,
 /// 2000 Census); they become `000`.
 pub const RESTRICTED_ZIP3: [&str; 17] =
@@ -52,8 +54,9 @@ fn two_digits_in(d: &[u8], lo: u8, hi: u8) -> bool {
     }
 }
 
-/// The Gregorian year of a Unix time.
-pub fn year_of(unix_secs: u64) -> i64 {
+/// The Gregorian year of an instant.
+pub fn year_of(at: UnixSeconds) -> i64 {
+    let unix_secs = at.as_secs();
     // Howard Hinnant's civil_from_days.
     let days = i64::try_from(unix_secs / 86_400).unwrap_or(i64::MAX / 2) + 719_468;
     let era = days.div_euclid(146_097);
@@ -196,10 +199,10 @@ mod tests {
 
     #[test]
     fn years_and_ages() {
-        assert_eq!(year_of(0), 1970);
-        assert_eq!(year_of(1_800_000_000), 2027);
-        assert_eq!(year_of(951_782_400), 2000); // 2000-02-29
-        assert_eq!(year_of(946_684_799), 1999);
+        assert_eq!(year_of(UnixSeconds::new(0)), 1970);
+        assert_eq!(year_of(UnixSeconds::new(1_800_000_000)), 2027);
+        assert_eq!(year_of(UnixSeconds::new(951_782_400)), 2000); // 2000-02-29
+        assert_eq!(year_of(UnixSeconds::new(946_684_799)), 1999);
         assert!((age_in_years(1200.0, Some("mo")) - 100.0).abs() < 1e-9);
         assert!((age_in_years(93.0, None) - 93.0).abs() < 1e-9);
     }

@@ -49,8 +49,8 @@ pub struct ApplyCtx<'a> {
     /// HMAC key for `hash` transforms (the host reads `PHI_GUARD_HMAC_KEY` from the VM
     /// environment; never from the policy). At least [`MIN_HMAC_KEY_BYTES`] bytes.
     pub hmac_key: Option<&'a [u8]>,
-    /// Unix time in seconds (for birth-year age checks).
-    pub now: u64,
+    /// Now (for birth-year age checks).
+    pub now: crate::time::UnixSeconds,
     /// The audit key, to recognise patients named by pseudonym in the policy's `restrictions`
     /// (the host passes the key it audits with). Without it, a response that restrictions
     /// must check is withheld (`minimization_failed`).
@@ -155,7 +155,11 @@ pub(crate) mod testing {
     /// Minimize `body` with `profile`; returns the output value and the report.
     pub fn run(profile: &Profile, body: Value) -> Result<(Value, Report), DenyReason> {
         let mut body = body;
-        let ctx = ApplyCtx { hmac_key: Some(b"0123456789abcdef0123456789abcdef"), now: 1_800_000_000, pseudonyms: None };
+        let ctx = ApplyCtx {
+            hmac_key: Some(b"0123456789abcdef0123456789abcdef"),
+            now: crate::time::UnixSeconds::new(1_800_000_000),
+            pseudonyms: None,
+        };
         let report = apply_value(profile, &mut body, &ctx)?;
         Ok((body, report))
     }

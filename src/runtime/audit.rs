@@ -12,6 +12,7 @@ use super::host::{random_u32, Host, Level};
 use super::metrics::Metrics;
 use crate::audit::{batch_body, AuditChain, AuditEvent, AuditKey, Sealed};
 use crate::policy::audit::AuditConfig;
+use crate::time::UnixMillis;
 
 /// The VM's audit state.
 pub struct AuditSink {
@@ -23,8 +24,8 @@ pub struct AuditSink {
     attempt: u32,
     /// Consecutive failed deliveries.
     failures: u32,
-    next_try_ms: u64,
-    last_flush_ms: u64,
+    next_try: UnixMillis,
+    last_flush: UnixMillis,
 }
 
 impl AuditSink {
@@ -37,8 +38,8 @@ impl AuditSink {
             in_flight: None,
             attempt: 0,
             failures: 0,
-            next_try_ms: 0,
-            last_flush_ms: 0,
+            next_try: UnixMillis::default(),
+            last_flush: UnixMillis::default(),
         }
     }
 
@@ -78,13 +79,13 @@ impl AuditSink {
     }
 
     /// Ship a batch if one is due and none is in flight.
-    pub fn tick(&mut self, config: &AuditConfig, now_ms: u64, host: &impl Host, metrics: &Metrics) {
+    pub fn tick(&mut self, config: &AuditConfig, now: UnixMillis, host: &impl Host, metrics: &Metrics) {
         let Some(c) = &config.collector else { return };
-        if self.in_flight.is_some() || self.queue.is_empty() || now_ms < self.next_try_ms {
+        if self.in_flight.is_some() || self.queue.is_empty() || now < self.next_try {
             return;
         }
         let full = self.queue.len() >= c.batch_max_events;
-        if !full && now_ms.saturating_sub(self.last_flush_ms) < c.flush_interval_ms && self.attempt == 0 {
+        if !full && now.ms_since(self.last_flush) < c.flush_interval_ms && self.attempt == 0 {
             return;
         }
         let n = self.queue.len().min(c.batch_max_events);
@@ -92,17 +93,17 @@ impl AuditSink {
         let body = batch_body(c, &batch, self.chain.stream());
         let headers =
             vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", c.content_type())];
-        self.last_flush_ms = now_ms;
+        self.last_flush = now;
         match host.dispatch(&c.cluster, &headers, Some(body.as_bytes()), c.timeout_ms) {
             Ok(token) => self.in_flight = Some((token, batch)),
             Err(e) => {
                 host.log(Level::Warn, &format!("phi-guard: audit batch could not be dispatched: {e}"));
-                self.requeue(batch, c.backoff_ms(self.attempt + 1), now_ms, host, metrics);
+                self.requeue(batch, c.backoff_ms(self.attempt + 1), now, host, metrics);
             }
         }
     }
 
-    fn requeue(&mut self, batch: Vec<Sealed>, delay_ms: u64, now_ms: u64, host: &impl Host, metrics: &Metrics) {
+    fn requeue(&mut self, batch: Vec<Sealed>, delay_ms: u64, now: UnixMillis, host: &impl Host, metrics: &Metrics) {
         self.attempt = self.attempt.saturating_add(1);
         self.failures = self.failures.saturating_add(1);
         metrics.audit_retried(host);
@@ -111,7 +112,7 @@ impl AuditSink {
         }
         // ±50 % jitter so workers and proxies do not retry in lockstep.
         let jitter = u64::from(random_u32(host) % 1024);
-        self.next_try_ms = now_ms.saturating_add(delay_ms.saturating_mul(512 + jitter) / 1024);
+        self.next_try = now.add_ms(delay_ms.saturating_mul(512 + jitter) / 1024);
     }
 
     /// A collector response; false if the call was not ours.
@@ -120,7 +121,7 @@ impl AuditSink {
         token: u32,
         status: Option<u16>,
         config: &AuditConfig,
-        now_ms: u64,
+        now: UnixMillis,
         host: &impl Host,
         metrics: &Metrics,
     ) -> bool {
@@ -134,7 +135,7 @@ impl AuditSink {
                 metrics.audit_sent(host, batch.len());
                 self.attempt = 0;
                 self.failures = 0;
-                self.next_try_ms = 0;
+                self.next_try = UnixMillis::default();
             }
             other => {
                 let delay = config.collector.as_ref().map_or(1000, |c| c.backoff_ms(self.attempt + 1));
@@ -146,7 +147,7 @@ impl AuditSink {
                         batch.len()
                     ),
                 );
-                self.requeue(batch, delay, now_ms, host, metrics);
+                self.requeue(batch, delay, now, host, metrics);
             }
         }
         metrics.audit_queued(host, self.queue.len());

@@ -11,6 +11,7 @@
 use std::fmt;
 
 use crate::shared::SharedStore;
+use crate::time::UnixMillis;
 
 /// A header map of the current stream or callout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,9 +123,9 @@ pub trait Host: SharedStore {
     fn increment_metric(&self, id: u32, by: u64) -> Result<(), HostError>;
     /// Set a gauge.
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
-    /// Milliseconds since the Unix epoch (0 if the host cannot tell: every token then looks
-    /// expired, which fails closed).
-    fn now_ms(&self) -> u64;
+    /// Now (the epoch if the host cannot tell: every token then looks expired, which fails
+    /// closed).
+    fn now_ms(&self) -> UnixMillis;
     /// Fill `out` with random bytes.
     fn random(&self, out: &mut [u8]) -> Result<(), HostError>;
     /// A variable of the VM's environment (where secrets come from), if set and text.

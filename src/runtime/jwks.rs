@@ -5,7 +5,8 @@ use super::host::{header, random_u32, Buffer, Host, Level};
 use super::vm::Vm;
 use crate::auth::remote::parse_remote_jwks;
 use crate::policy::source::backoff;
-use crate::shared::{claim_lease, set_u64};
+use crate::shared::{claim_lease, set_time};
+use crate::time::{UnixMillis, UnixSeconds};
 
 /// Fetches in flight on this worker: (call token, issuer index).
 #[derive(Default)]
@@ -24,8 +25,8 @@ fn lease_key(issuer: &str) -> String {
 
 impl Jwks {
     /// Adopt newer shared keys, drop stale ones, start due fetches, and expire waiters.
-    pub fn tick<H: Host>(&mut self, vm: &Vm<H>, now_ms: u64) {
-        let now = now_ms / 1000;
+    pub fn tick<H: Host>(&mut self, vm: &Vm<H>, now_ms: UnixMillis) {
+        let now = now_ms.to_seconds();
         let mut woke = Vec::new();
         let mut fetch = Vec::new();
         {
@@ -39,7 +40,7 @@ impl Jwks {
                 // Keys another worker fetched: 8-byte fetch time, then the JWKS bytes.
                 if let Ok((Some(v), _)) = vm.host.get(&keys_key(&iss)) {
                     let (at, body) = v.split_at(8.min(v.len()));
-                    let at = <[u8; 8]>::try_from(at).map_or(0, u64::from_be_bytes);
+                    let at = <[u8; 8]>::try_from(at).map_or(UnixSeconds::default(), UnixSeconds::from_be_bytes);
                     let newer = active.keys.get(i).is_none_or(|k| k.fetched_at().is_none_or(|f| at > f));
                     if newer {
                         if let Ok(keys) = parse_remote_jwks(body, &algs) {
@@ -106,23 +107,30 @@ impl Jwks {
         vm.wake(None, now_ms);
     }
 
-    fn failed<H: Host>(&mut self, vm: &Vm<H>, i: usize, iss: &str, now: u64, max: u64) {
+    fn failed<H: Host>(&mut self, vm: &Vm<H>, i: usize, iss: &str, now: UnixSeconds, max: u64) {
         let n = self.failures.get(i).copied().unwrap_or(0).saturating_add(1);
         if let Some(f) = self.failures.get_mut(i) {
             *f = n;
         }
         let wait = backoff(n, max.min(60), random_u32(&vm.host));
         // The lease now holds the time of the next attempt: the backoff, for every worker.
-        set_u64(&vm.host, &lease_key(iss), now.saturating_add(wait));
+        set_time(&vm.host, &lease_key(iss), now.add_secs(wait));
         vm.metrics.jwks_fetch_failed(&vm.host);
         vm.host.log(Level::Warn, &format!("phi-guard: JWKS fetch for `{iss}` failed ({n} in a row); retry in {wait} s"));
     }
 
     /// Handle an HTTP call response; false if it was not ours.
-    pub fn on_response<H: Host>(&mut self, vm: &Vm<H>, token: u32, body_size: usize, headers: &[(String, String)], now_ms: u64) -> bool {
+    pub fn on_response<H: Host>(
+        &mut self,
+        vm: &Vm<H>,
+        token: u32,
+        body_size: usize,
+        headers: &[(String, String)],
+        now_ms: UnixMillis,
+    ) -> bool {
         let Some(pos) = self.in_flight.iter().position(|(t, _)| *t == token) else { return false };
         let (_, i) = self.in_flight.swap_remove(pos);
-        let now = now_ms / 1000;
+        let now = now_ms.to_seconds();
         let issuer = vm
             .active
             .borrow()
@@ -211,7 +219,7 @@ mod tests {
         assert_eq!((seen.resumed, seen.reply), (1, None), "decided again and resumed");
         // The keys are shared with the other workers, stamped with the fetch time.
         let (stored, _) = w.host().store.get(KEYS).unwrap();
-        assert_eq!(stored.unwrap().get(..8), Some(&(NOW_MS / 1000).to_be_bytes()[..]));
+        assert_eq!(stored.unwrap().get(..8), Some(&NOW_MS.to_seconds().to_be_bytes()[..]));
         w.respond(&ex, 200, &[("content-type", "application/fhir+json")], br#"{"resourceType":"Patient","id":"p1"}"#);
         assert_eq!(w.host().audit_events()[0]["reason"], "allowed");
         // Later requests do not wait.
@@ -303,7 +311,7 @@ mod tests {
         w.advance(1_000);
         fetch(&mut w, 503, b"");
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue, "last good keys kept");
-        w.host().now_ms.set(NOW_MS + 600_000);
+        w.host().now_ms.set(NOW_MS.add_ms(600_000));
         w.tick();
         assert_eq!(w.host().stat("phi_guard.jwks_keys_dropped_stale"), 1);
         let ex = w.request("GET", "/fhir/Patient/p1", Some(&token(json!({}))));

@@ -21,6 +21,8 @@ mod vm;
 #[cfg(test)]
 pub mod testing;
 
+/// The clock's unit: [`Host::now_ms`] returns it (re-exported for `src/host/`).
+pub use crate::time::UnixMillis;
 pub use audit::AuditSink;
 pub use host::{header, random_u32, Action, Buffer, HeaderMap, HeaderPair, Host, HostError, Level, MetricKind};
 pub use metrics::Metrics;

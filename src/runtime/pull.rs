@@ -6,7 +6,8 @@ use super::root::install;
 use super::vm::{Active, Vm};
 use crate::policy::compile;
 use crate::policy::source::{accept_signed, backoff, PullConfig, SIGNATURE_HEADER};
-use crate::shared::{claim_lease, get_u64, set_u64};
+use crate::shared::{claim_lease, get_time, set_time};
+use crate::time::UnixSeconds;
 
 const SHARED_POLICY: &str = "phi-guard/pull/policy";
 const SHARED_ETAG: &str = "phi-guard/pull/etag";
@@ -42,7 +43,7 @@ impl Pull {
     }
 
     /// Fetch if due and this worker wins the lease.
-    pub fn tick<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
+    pub fn tick<H: Host>(&mut self, vm: &Vm<H>, now: UnixSeconds) {
         if self.in_flight.is_none() && claim_lease(&vm.host, SHARED_LEASE, now, self.config.poll_interval) {
             let etag = vm.host.get(SHARED_ETAG).ok().and_then(|(v, _)| v).and_then(|b| String::from_utf8(b).ok());
             let mut headers =
@@ -58,15 +59,16 @@ impl Pull {
                 }
             }
         }
-        let last = get_u64(&vm.host, SHARED_LAST_OK);
-        vm.metrics.policy_staleness(&vm.host, last.map_or(now, |l| now.saturating_sub(l)));
+        // Never fetched: stale since the epoch.
+        let last = get_time(&vm.host, SHARED_LAST_OK).unwrap_or_default();
+        vm.metrics.policy_staleness(&vm.host, now.secs_since(last));
     }
 
-    fn failed<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
+    fn failed<H: Host>(&mut self, vm: &Vm<H>, now: UnixSeconds) {
         self.failures = self.failures.saturating_add(1);
         let wait = backoff(self.failures, self.config.max_backoff, random_u32(&vm.host));
         // The lease now holds the time of the next attempt: the backoff, for every worker.
-        set_u64(&vm.host, SHARED_LEASE, now.saturating_add(wait));
+        set_time(&vm.host, SHARED_LEASE, now.add_secs(wait));
         vm.metrics.policy_fetch_failed(&vm.host);
         vm.host.log(
             Level::Warn,
@@ -75,7 +77,14 @@ impl Pull {
     }
 
     /// Handle an HTTP call response; false if it was not ours.
-    pub fn on_response<H: Host>(&mut self, vm: &Vm<H>, token: u32, body_size: usize, headers: &[(String, String)], now: u64) -> bool {
+    pub fn on_response<H: Host>(
+        &mut self,
+        vm: &Vm<H>,
+        token: u32,
+        body_size: usize,
+        headers: &[(String, String)],
+        now: UnixSeconds,
+    ) -> bool {
         if self.in_flight != Some(token) {
             return false;
         }
@@ -83,7 +92,7 @@ impl Pull {
         match header(headers, ":status") {
             Some("304") => {
                 self.failures = 0;
-                set_u64(&vm.host, SHARED_LAST_OK, now);
+                set_time(&vm.host, SHARED_LAST_OK, now);
             }
             Some("200") => {
                 let body = vm.host.buffer(Buffer::CallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
@@ -91,7 +100,7 @@ impl Pull {
                     Ok(policy) => {
                         let _ = vm.host.set(SHARED_POLICY, &body, None);
                         let _ = vm.host.set(SHARED_ETAG, header(headers, "etag").unwrap_or("").as_bytes(), None);
-                        set_u64(&vm.host, SHARED_LAST_OK, now);
+                        set_time(&vm.host, SHARED_LAST_OK, now);
                         self.failures = 0;
                         self.revision = Some(policy.revision.clone());
                         install(vm, Active::new(policy), "the policy server");

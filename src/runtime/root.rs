@@ -165,7 +165,7 @@ impl<H: Host> Root<H> {
         let now = self.vm.host.now_ms();
         if let Some(pull) = self.pull.as_mut() {
             pull.adopt_shared(&self.vm);
-            pull.tick(&self.vm, now / 1000);
+            pull.tick(&self.vm, now.to_seconds());
             // A pulled policy may bring remote issuers: the tick keeps running anyway.
         }
         self.jwks.tick(&self.vm, now);
@@ -196,7 +196,7 @@ impl<H: Host> Root<H> {
             }
         }
         if let Some(pull) = self.pull.as_mut() {
-            if pull.on_response(&self.vm, token, body_size, &headers, now / 1000) {
+            if pull.on_response(&self.vm, token, body_size, &headers, now.to_seconds()) {
                 return;
             }
         }

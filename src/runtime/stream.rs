@@ -129,7 +129,7 @@ impl<H: Host> Stream<H> {
                 return self.body_step(step, body_size);
             }
         };
-        let now = self.vm.host.now_ms() / 1000;
+        let now = self.vm.host.now_ms().to_seconds();
         let released = self.step(|phase| {
             let key = self.vm.hmac_key.borrow();
             let audit = self.vm.audit.borrow();

@@ -15,6 +15,7 @@ use super::stream::Stream;
 use crate::audit::LOG_PREFIX;
 use crate::shared::{SharedStore, StoreError};
 use crate::testing::MemoryStore;
+use crate::time::UnixMillis;
 
 /// The status of a call the mock refuses (the ABI's `BadArgument`).
 const REFUSED: HostError = HostError(2);
@@ -106,8 +107,8 @@ pub type Reenter = Box<dyn Fn()>;
 pub struct MockHost {
     /// Shared data; give several hosts the same store to model the workers of one Envoy.
     pub store: Rc<MemoryStore>,
-    /// The clock, in milliseconds since the epoch.
-    pub now_ms: Cell<u64>,
+    /// The clock.
+    pub now_ms: Cell<UnixMillis>,
     /// Every random byte is this one; `None`: the host has no randomness.
     pub random_byte: Cell<Option<u8>>,
     /// The VM's environment.
@@ -143,7 +144,7 @@ impl MockHost {
     pub fn sharing(store: Rc<MemoryStore>) -> Self {
         MockHost {
             store,
-            now_ms: Cell::new(0),
+            now_ms: Cell::new(UnixMillis::default()),
             random_byte: Cell::new(Some(0x80)),
             env: RefCell::new(BTreeMap::new()),
             config: RefCell::new(Vec::new()),
@@ -355,7 +356,7 @@ impl Host for MockHost {
         Ok(())
     }
 
-    fn now_ms(&self) -> u64 {
+    fn now_ms(&self) -> UnixMillis {
         self.now_ms.get()
     }
 
@@ -403,7 +404,7 @@ impl Worker {
     }
 
     /// A worker running `policy` (configured at `now_ms`).
-    pub fn with_policy(policy: &Value, now_ms: u64) -> Self {
+    pub fn with_policy(policy: &Value, now_ms: UnixMillis) -> Self {
         let mut w = Worker::new();
         w.host().now_ms.set(now_ms);
         assert!(w.configure(policy), "the policy is accepted: {:?}", w.host().logs.borrow());
@@ -412,7 +413,7 @@ impl Worker {
 
     /// A worker of the same Envoy as the others on `store`, running `config` (configured at
     /// `now_ms`).
-    pub fn sharing(store: &Rc<MemoryStore>, config: &Value, now_ms: u64) -> Self {
+    pub fn sharing(store: &Rc<MemoryStore>, config: &Value, now_ms: UnixMillis) -> Self {
         let mut w = Worker::on(MockHost::sharing(Rc::clone(store)));
         w.host().now_ms.set(now_ms);
         assert!(w.configure(config), "the configuration is accepted: {:?}", w.host().logs.borrow());
@@ -421,7 +422,7 @@ impl Worker {
 
     /// Move this worker's clock forward.
     pub fn advance(&self, ms: u64) {
-        self.host().now_ms.set(self.host().now_ms.get() + ms);
+        self.host().now_ms.set(self.host().now_ms.get().add_ms(ms));
     }
 
     /// The host.
@@ -525,7 +526,7 @@ impl Default for Worker {
 }
 
 /// The tests' clock: [`crate::testing::NOW`] in milliseconds.
-pub const NOW_MS: u64 = crate::testing::NOW * 1000;
+pub const NOW_MS: UnixMillis = crate::testing::NOW.to_millis();
 
 /// The demo JWKS (`tests/keys/demo-jwks.json`): what the test issuer's tokens verify with.
 pub fn demo_jwks() -> Vec<u8> {

@@ -18,6 +18,7 @@ use crate::decision::{decide_with, Decision, DenyReason, Refusal, Request, Respo
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 use crate::shared::{claim_lease, SharedStore};
+use crate::time::{UnixMillis, UnixSeconds};
 
 /// The policy in force on this VM, its verified-token cache, and remote key state.
 pub struct Active {
@@ -164,7 +165,7 @@ pub struct Waiter {
     /// Issuer index it waits for.
     pub issuer: usize,
     /// Give up (503 `keys_unavailable`, or the current verdict) at this time, ms.
-    pub deadline_ms: u64,
+    pub deadline_ms: UnixMillis,
     /// What to decide again.
     pub request: OwnedRequest,
     /// The stream's state, to arm checks if the request is then allowed.
@@ -222,7 +223,13 @@ impl<H: Host> Vm<H> {
     }
 
     /// Build the event for a decision (request phase).
-    fn event(&self, decision: &Decision, req: &OwnedRequest, policy: Option<&crate::policy::Policy>, now_ms: u64) -> Option<AuditEvent> {
+    fn event(
+        &self,
+        decision: &Decision,
+        req: &OwnedRequest,
+        policy: Option<&crate::policy::Policy>,
+        now_ms: UnixMillis,
+    ) -> Option<AuditEvent> {
         let audit = self.audit.borrow();
         let key = &audit.as_ref()?.key;
         let ctx = match policy {
@@ -253,8 +260,8 @@ impl<H: Host> Vm<H> {
 
     /// Decide a request and act on it. `may_wait` is false when re-deciding a waiter whose
     /// wait is over.
-    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: u64, may_wait: bool) -> Handled {
-        let now_secs = now_ms / 1000;
+    pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: UnixMillis, may_wait: bool) -> Handled {
+        let now_secs = now_ms.to_seconds();
         let auth: Vec<&str> = req.authorization.iter().map(String::as_str).collect();
         let request = Request {
             method: &req.method,
@@ -400,7 +407,7 @@ impl<H: Host> Vm<H> {
 
     /// Decide again every waiter of `issuer` (keys arrived or the fetch failed), or every
     /// waiter past its deadline when `issuer` is `None`.
-    pub fn wake(&self, issuer: Option<usize>, now_ms: u64) {
+    pub fn wake(&self, issuer: Option<usize>, now_ms: UnixMillis) {
         let ready: Vec<Waiter> = {
             let mut waiters = self.waiters.borrow_mut();
             let (ready, keep): (Vec<Waiter>, Vec<Waiter>) =
@@ -422,14 +429,14 @@ impl<H: Host> Vm<H> {
     }
 
     /// Pause a request until the keys of `issuer` arrive, at most the issuer's `waitMs`.
-    pub fn wait(&self, context_id: u32, issuer: usize, request: OwnedRequest, state: Rc<RefCell<StreamState>>, now_ms: u64) {
+    pub fn wait(&self, context_id: u32, issuer: usize, request: OwnedRequest, state: Rc<RefCell<StreamState>>, now_ms: UnixMillis) {
         let wait = self
             .active
             .borrow()
             .as_ref()
             .and_then(|a| a.policy.issuers.get(issuer).and_then(|i| i.remote.as_ref().map(|r| r.wait_ms)))
             .unwrap_or(0);
-        self.waiters.borrow_mut().push(Waiter { context_id, issuer, deadline_ms: now_ms.saturating_add(wait), request, state });
+        self.waiters.borrow_mut().push(Waiter { context_id, issuer, deadline_ms: now_ms.add_ms(wait), request, state });
     }
 
     /// Forget a stream that ended while waiting.
@@ -455,7 +462,13 @@ fn refusal(reason: DenyReason, status: u16) -> Refusal {
 
 /// For a refusal caused by missing or unknown remote keys: the issuer to wait for, if a fetch
 /// will be attempted (first load, or an unknown `kid` within the refetch rate limit).
-fn remote_issuer_to_wait_for(store: &impl SharedStore, active: &mut Active, i: usize, reason: DenyReason, now: u64) -> Option<usize> {
+fn remote_issuer_to_wait_for(
+    store: &impl SharedStore,
+    active: &mut Active,
+    i: usize,
+    reason: DenyReason,
+    now: UnixSeconds,
+) -> Option<usize> {
     let issuer = active.policy.issuers.get(i)?;
     let (iss, remote) = (issuer.issuer.clone(), issuer.remote.clone()?);
     if remote.wait_ms == 0 {
@@ -488,7 +501,7 @@ fn authenticate(
     shared: Option<(&SharedTokens, &AuditKey)>,
     policy: &Policy,
     token: &str,
-    now: u64,
+    now: UnixSeconds,
     counts: &mut (u64, u64),
 ) -> Result<Rc<Principal>, DenyReason> {
     let hash = TokenCache::key(token);
@@ -535,7 +548,7 @@ mod tests {
             |w: &Worker| (w.host().stat("phi_guard.token_signatures_verified"), w.host().stat("phi_guard.token_attestations_used"));
         assert_eq!((counts(&a), counts(&b)), ((1, 0), (0, 1)), "one signature verification for the Envoy");
         // The attestation vouches for the signature only: an expired token is refused on b too.
-        let old = token(json!({"exp": crate::testing::NOW - 120, "jti": "old"}));
+        let old = token(json!({"exp": crate::testing::NOW.sub_secs(120).as_secs(), "jti": "old"}));
         assert_ne!(a.request("GET", "/fhir/Patient/p1", Some(&old)).action, Action::Continue);
         let ex = b.request("GET", "/fhir/Patient/p1", Some(&old));
         assert_eq!((ex.action, b.seen(&ex).reply.map(|r| r.status)), (Action::Pause, Some(401)));
@@ -580,7 +593,7 @@ mod tests {
         let events = w.host().audit_events();
         assert_eq!((events.len(), events[0]["reason"].as_str()), (1, Some("rate_limited")), "only the refusal so far");
         // A second later a token is back; other callers (public routes) never touch a bucket.
-        w.host().now_ms.set(NOW_MS + 1000);
+        w.host().now_ms.set(NOW_MS.add_ms(1000));
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
         assert_eq!(w.request("GET", "/healthz", None).action, Action::Continue);
     }

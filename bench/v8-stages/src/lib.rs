@@ -10,10 +10,11 @@ use phi_guard::auth::keys::parse_jwks;
 use phi_guard::auth::{TokenCache, VerifyKey};
 use phi_guard::decision::{decide, Decision, Request};
 use phi_guard::policy::Policy;
+use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const NOW: u64 = 1_800_000_000;
+const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 const PATH: &str = "/fhir/Patient/d78af07c-9cb9-4f31-9b11-c45a28f2eec8";
 const PATIENT: &str = "d78af07c-9cb9-4f31-9b11-c45a28f2eec8";
 const POLICY: &[u8] = include_bytes!("../../../policies/smart-patient-app.json");
@@ -64,7 +65,7 @@ thread_local! {
 fn sign(alg: Algorithm, kid: &str, key: EncodingKey) -> String {
     let claims = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1",
         "client_id": "bench", "scope": "launch/patient openid fhirUser patient/*.rs", "patient": PATIENT,
-        "iat": NOW - 10, "exp": NOW + 3600, "jti": "5b0f6c8e-2a7d-4c1e-9f3a-6d2e8b7c1a90"});
+        "iat": NOW.sub_secs(10), "exp": NOW.add_secs(3600), "jti": "5b0f6c8e-2a7d-4c1e-9f3a-6d2e8b7c1a90"});
     let mut h = Header::new(alg);
     h.kid = Some(kid.into());
     jsonwebtoken::encode(&h, &claims, &key).unwrap_or_default()
@@ -112,7 +113,7 @@ fn event(policy: &Policy, key: &AuditKey, d: &Decision) -> AuditEvent {
         method: "GET",
         path: PATH,
     };
-    AuditEvent::from_decision(d, &meta, &AuditContext::new(policy, key, NOW * 1000)).with_response(200, Vec::new(), None)
+    AuditEvent::from_decision(d, &meta, &AuditContext::new(policy, key, NOW.to_millis())).with_response(200, Vec::new(), None)
 }
 
 /// Build the fixtures; 0 when ready.

@@ -11,6 +11,7 @@
 use phi_guard::audit::AuditKey;
 use phi_guard::policy::{compile, Access, PathMatcher, Policy};
 use phi_guard::simulate::{simulate, CredentialInput, Exchange, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::time::UnixSeconds;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -162,7 +163,7 @@ pub fn explain_value(input: &str) -> Value {
         path: &input.path,
         credential: prepared.credential(),
         upstream,
-        now: input.now,
+        now: UnixSeconds::new(input.now),
         hmac_key: input.hmac_key.as_deref().map(str::as_bytes),
         audit_key: &audit_key,
         request_id: input.request_id.as_deref(),
@@ -202,7 +203,7 @@ mod tests {
     use super::*;
     use phi_guard::simulate::Credential;
 
-    const NOW: u64 = 1_800_000_000;
+    const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
     const PATIENT_APP: &str = include_str!("../../../policies/smart-patient-app.json");
     const CLINICIAN: &str = include_str!("../../../policies/clinician-api.json");
     const JWKS: &str = include_str!("../../../tests/keys/demo-jwks.json");
@@ -210,7 +211,7 @@ mod tests {
 
     fn claims(scope: &str, patient: &str) -> String {
         json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1", "client_id": "app",
-               "scope": scope, "patient": patient, "iat": NOW - 10, "exp": NOW + 300})
+               "scope": scope, "patient": patient, "iat": NOW.sub_secs(10), "exp": NOW.add_secs(300)})
         .to_string()
     }
 
