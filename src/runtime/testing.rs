@@ -132,9 +132,20 @@ pub struct MockHost {
     current: Cell<u32>,
     next_token: Cell<u32>,
     stats: RefCell<Vec<Stat>>,
+    /// Hostcalls made, by name (shared data as `shared_get`/`shared_set`).
+    pub calls: RefCell<BTreeMap<&'static str, usize>>,
 }
 
 impl MockHost {
+    fn count(&self, name: &'static str) {
+        *self.calls.borrow_mut().entry(name).or_default() += 1;
+    }
+
+    /// Hostcalls made since the last call, by name; the count starts again.
+    pub fn take_calls(&self) -> BTreeMap<&'static str, usize> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+
     /// A host on its own shared data.
     pub fn new() -> Self {
         MockHost::sharing(Rc::new(MemoryStore::default()))
@@ -158,6 +169,7 @@ impl MockHost {
             current: Cell::new(0),
             next_token: Cell::new(1),
             stats: RefCell::new(Vec::new()),
+            calls: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -241,24 +253,29 @@ fn pair(k: &[u8], v: &[u8]) -> (String, String) {
 
 impl SharedStore for MockHost {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        self.count("shared_get");
         self.store.get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        self.count("shared_set");
         self.store.set(key, value, cas)
     }
 }
 
 impl Host for MockHost {
     fn header_pairs(&self, map: HeaderMap) -> Result<Vec<HeaderPair>, HostError> {
+        self.count("header_pairs");
         self.with_map(map, |m| m.clone())
     }
 
     fn header(&self, map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.count("header");
         self.with_map(map, |m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.clone()))
     }
 
     fn set_header(&self, map: HeaderMap, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.count("set_header");
         self.with_map(map, |m| {
             m.retain(|(k, _)| !k.eq_ignore_ascii_case(name.as_bytes()));
             m.push((name.as_bytes().to_vec(), value.to_vec()));
@@ -266,14 +283,17 @@ impl Host for MockHost {
     }
 
     fn remove_header(&self, map: HeaderMap, name: &str) -> Result<(), HostError> {
+        self.count("remove_header");
         self.with_map(map, |m| m.retain(|(k, _)| !k.eq_ignore_ascii_case(name.as_bytes())))
     }
 
     fn buffer(&self, kind: Buffer, start: usize, max: usize) -> Result<Option<Vec<u8>>, HostError> {
+        self.count("buffer");
         Ok(self.with_buffer(kind, |b| Some(b.iter().skip(start).take(max).copied().collect())))
     }
 
     fn set_buffer(&self, kind: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError> {
+        self.count("set_buffer");
         self.with_buffer(kind, |b| {
             let start = start.min(b.len());
             let end = start.saturating_add(size).min(b.len());
@@ -284,10 +304,12 @@ impl Host for MockHost {
     }
 
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        self.count("property");
         Ok(self.stream(self.current.get()).properties.get(&path.join("\0")).cloned())
     }
 
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+        self.count("send_response");
         let reply =
             LocalReply { status, headers: headers.iter().map(|(k, v)| pair(k.as_bytes(), v.as_bytes())).collect(), body: body.to_vec() };
         self.edit(self.current.get(), |s| s.reply = Some(reply));
@@ -296,6 +318,7 @@ impl Host for MockHost {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.count("set_effective_context");
         if !self.streams.borrow().contains_key(&context_id) {
             return Err(REFUSED);
         }
@@ -304,12 +327,14 @@ impl Host for MockHost {
     }
 
     fn resume_request(&self) -> Result<(), HostError> {
+        self.count("resume_request");
         self.edit(self.current.get(), |s| s.resumed += 1);
         self.reenter();
         Ok(())
     }
 
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, HostError> {
+        self.count("dispatch");
         if self.fail_dispatch.get() {
             return Err(REFUSED);
         }
@@ -326,15 +351,18 @@ impl Host for MockHost {
     }
 
     fn set_tick_period(&self, period_ms: u64) -> Result<(), HostError> {
+        self.count("set_tick_period");
         self.tick_period_ms.set(Some(period_ms));
         Ok(())
     }
 
     fn log(&self, level: Level, message: &str) {
+        self.count("log");
         self.logs.borrow_mut().push((level, message.to_owned()));
     }
 
     fn define_metric(&self, _kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.count("define_metric");
         let mut stats = self.stats.borrow_mut();
         if let Some(i) = stats.iter().position(|s| s.name == name) {
             return Ok(u32::try_from(i).unwrap_or(u32::MAX));
@@ -344,6 +372,7 @@ impl Host for MockHost {
     }
 
     fn increment_metric(&self, id: u32, by: u64) -> Result<(), HostError> {
+        self.count("increment_metric");
         let mut stats = self.stats.borrow_mut();
         let stat = stats.get_mut(id as usize).ok_or(REFUSED)?;
         stat.value += by;
@@ -351,22 +380,26 @@ impl Host for MockHost {
     }
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        self.count("record_metric");
         let mut stats = self.stats.borrow_mut();
         stats.get_mut(id as usize).ok_or(REFUSED)?.value = value;
         Ok(())
     }
 
     fn now_ms(&self) -> UnixMillis {
+        self.count("now_ms");
         self.now_ms.get()
     }
 
     fn random(&self, out: &mut [u8]) -> Result<(), HostError> {
+        self.count("random");
         let byte = self.random_byte.get().ok_or(REFUSED)?;
         out.fill(byte);
         Ok(())
     }
 
     fn env_var(&self, name: &str) -> Option<String> {
+        self.count("env_var");
         self.env.borrow().get(name).cloned()
     }
 }
