@@ -22,6 +22,11 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         self.0.on_http_call_response(token_id, body_size);
     }
+
+    fn on_done(&mut self) -> bool {
+        self.0.on_done();
+        true
+    }
 }
 
 impl RootContext for Root {

@@ -26,7 +26,17 @@ pub struct AuditSink {
     failures: u32,
     next_try: UnixMillis,
     last_flush: UnixMillis,
+    /// Sealed lines held for Envoy's log (`audit.envoyLogFlushMs`), newline-separated.
+    log_held: String,
+    log_held_events: usize,
+    /// When the oldest held line was sealed.
+    log_held_since: UnixMillis,
 }
+
+/// Most lines held for Envoy's log before they are written, whatever the flush interval.
+pub const ENVOY_LOG_BATCH_EVENTS: usize = 64;
+/// Most bytes held for Envoy's log before they are written.
+const ENVOY_LOG_BATCH_BYTES: usize = 64 * 1024;
 
 impl AuditSink {
     /// A new stream with a random id.
@@ -40,6 +50,9 @@ impl AuditSink {
             failures: 0,
             next_try: UnixMillis::default(),
             last_flush: UnixMillis::default(),
+            log_held: String::new(),
+            log_held_events: 0,
+            log_held_since: UnixMillis::default(),
         }
     }
 
@@ -48,8 +61,23 @@ impl AuditSink {
         let sealed = self.chain.seal(event, config);
         if config.envoy_log {
             // One line per event with a stable prefix, at info level so default Envoy logging
-            // keeps it.
-            host.log(Level::Info, &sealed.log_line());
+            // keeps it. With a flush interval, lines are held and written together, in order,
+            // one line each (the verifier finds every prefix).
+            if config.envoy_log_flush_ms == 0 {
+                host.log(Level::Info, &sealed.log_line());
+            } else {
+                if self.log_held_events == 0 {
+                    self.log_held_since = event.time_ms;
+                } else {
+                    self.log_held.push('\n');
+                }
+                self.log_held.push_str(crate::audit::LOG_PREFIX);
+                self.log_held.push_str(&sealed.line);
+                self.log_held_events += 1;
+                if self.log_held_events >= ENVOY_LOG_BATCH_EVENTS || self.log_held.len() >= ENVOY_LOG_BATCH_BYTES {
+                    self.flush_log(host);
+                }
+            }
         }
         metrics.audit_emitted(host);
         if let Some(c) = &config.collector {
@@ -78,8 +106,20 @@ impl AuditSink {
         config.audit_required && (self.queue.len() >= c.queue_max_events || self.failures >= config.failure_limit)
     }
 
-    /// Ship a batch if one is due and none is in flight.
+    /// Write the lines held for Envoy's log (a new policy, the end of the VM, or their time).
+    pub fn flush_log(&mut self, host: &impl Host) {
+        if self.log_held_events > 0 {
+            host.log(Level::Info, &self.log_held);
+            self.log_held.clear();
+            self.log_held_events = 0;
+        }
+    }
+
+    /// Write held log lines that are due, and ship a batch if one is due and none is in flight.
     pub fn tick(&mut self, config: &AuditConfig, now: UnixMillis, host: &impl Host, metrics: &Metrics) {
+        if self.log_held_events > 0 && now.ms_since(self.log_held_since) >= config.envoy_log_flush_ms {
+            self.flush_log(host);
+        }
         let Some(c) = &config.collector else { return };
         if self.in_flight.is_some() || self.queue.is_empty() || now < self.next_try {
             return;
@@ -161,6 +201,8 @@ mod tests {
 
     use super::super::testing::{policy, token, Worker, NOW_MS};
     use super::super::{Action, TICK_MS};
+    use super::ENVOY_LOG_BATCH_EVENTS;
+    use crate::audit::LOG_PREFIX;
 
     fn collected(extra: Value) -> Value {
         let mut collector = json!({"cluster": "audit", "path": "/v1/logs", "batchMaxEvents": 2, "flushIntervalMs": 1000,
@@ -234,6 +276,44 @@ mod tests {
         w.tick();
         let last = w.calls_to("audit").pop().unwrap();
         assert_eq!(seqs(last.body.as_deref().unwrap()), [3]);
+    }
+
+    #[test]
+    fn held_log_lines_are_written_together_in_order_when_due_full_or_replaced() {
+        let mut w = Worker::with_policy(&policy(|p| p["audit"] = json!({"format": "jsonl", "envoyLogFlushMs": 500})), NOW_MS);
+        assert_eq!(w.host().tick_period_ms.get(), Some(TICK_MS), "the tick writes held lines");
+        let audit_logs = |w: &Worker| w.host().logs.borrow().iter().filter(|(_, l)| l.starts_with(LOG_PREFIX)).count();
+        for _ in 0..3 {
+            refuse(&w);
+        }
+        assert_eq!((audit_logs(&w), w.host().audit_events().len()), (0, 0), "held");
+        w.advance(400);
+        w.tick();
+        assert_eq!(audit_logs(&w), 0, "not due yet");
+        w.advance(200);
+        w.tick();
+        assert_eq!(audit_logs(&w), 1, "one write for the three lines");
+        let seqs: Vec<u64> = w.host().audit_events().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        // The whole log still verifies as a chain: every line carries the prefix.
+        let log: String = w.host().logs.borrow().iter().map(|(_, l)| format!("[info] wasm log: {l}\n")).collect();
+        let key = crate::audit::AuditKey::from_secret(crate::testing::SECRET).unwrap();
+        let summary = crate::audit::verify_log(log.as_bytes(), &key).unwrap();
+        assert_eq!(summary.events, 3);
+        // A full batch is written at once, without waiting for the tick.
+        for _ in 0..ENVOY_LOG_BATCH_EVENTS {
+            refuse(&w);
+        }
+        assert_eq!((audit_logs(&w), w.host().audit_events().len()), (2, 3 + ENVOY_LOG_BATCH_EVENTS));
+        // A new policy first writes what the old one held.
+        refuse(&w);
+        assert!(w.configure(&policy(|_| {})));
+        assert_eq!(w.host().audit_events().len(), 4 + ENVOY_LOG_BATCH_EVENTS);
+        // So does the end of the plugin.
+        assert!(w.configure(&policy(|p| p["audit"] = json!({"envoyLogFlushMs": 10_000}))));
+        refuse(&w);
+        w.root.on_done();
+        assert_eq!(w.host().audit_events().len(), 5 + ENVOY_LOG_BATCH_EVENTS);
     }
 
     #[test]

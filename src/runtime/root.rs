@@ -25,6 +25,10 @@ pub const TICK_MS: u64 = 200;
 
 /// Make `active` the policy in force on this VM.
 pub fn install<H: Host>(vm: &Vm<H>, active: Active, how: &str) {
+    // Lines held under the old policy's flush interval are written before anything else.
+    if let Some(sink) = vm.audit.borrow_mut().as_mut() {
+        sink.flush_log(&vm.host);
+    }
     let p = &active.policy;
     vm.host.log(
         Level::Info,
@@ -65,12 +69,11 @@ impl<H: Host> Root<H> {
 
     fn needs_ticks(&self) -> bool {
         self.pull.is_some()
-            || self
-                .vm
-                .active
-                .borrow()
-                .as_ref()
-                .is_some_and(|a| a.policy.issuers.iter().any(|i| i.remote.is_some()) || a.policy.audit.collector.is_some())
+            || self.vm.active.borrow().as_ref().is_some_and(|a| {
+                a.policy.issuers.iter().any(|i| i.remote.is_some())
+                    || a.policy.audit.collector.is_some()
+                    || a.policy.audit.envoy_log_flush_ms > 0
+            })
     }
 
     /// Secrets come from the VM environment (Envoy `vm_config.environment_variables`, Istio
@@ -157,6 +160,14 @@ impl<H: Host> Root<H> {
             host.log(Level::Error, "phi-guard: cannot schedule background work (policy polling, key refresh)");
         }
         accepted
+    }
+
+    /// The plugin is going away (Envoy's `on_done` for the root context): write the held audit
+    /// lines.
+    pub fn on_done(&mut self) {
+        if let Some(sink) = self.vm.audit.borrow_mut().as_mut() {
+            sink.flush_log(&self.vm.host);
+        }
     }
 
     /// Background work: adopt and poll policies, refresh keys and expire waiters, ship audit

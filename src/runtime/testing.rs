@@ -198,8 +198,8 @@ impl MockHost {
         self.logs
             .borrow()
             .iter()
-            .filter_map(|(_, l)| l.strip_prefix(LOG_PREFIX))
-            .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+            .flat_map(|(_, l)| l.split('\n').filter_map(|l| l.strip_prefix(LOG_PREFIX)).map(str::to_owned).collect::<Vec<_>>())
+            .map(|l| serde_json::from_str(&l).unwrap_or(Value::Null))
             .collect()
     }
 

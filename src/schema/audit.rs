@@ -19,6 +19,10 @@ pub struct AuditDoc {
     /// Write every event to Envoy's log with the `phi-guard-audit: ` prefix; default `true`.
     #[serde(default)]
     pub envoy_log: Option<bool>,
+    /// Hold sealed lines for Envoy's log at most this long and write them together (0, the
+    /// default: each line as its event is sealed).
+    #[serde(default)]
+    pub envoy_log_flush_ms: Option<u64>,
     /// Also ship batches to a collector cluster.
     #[serde(default)]
     pub collector: Option<CollectorDoc>,

@@ -27,6 +27,9 @@ pub fn compile_audit(doc: Option<&AuditDoc>, loc: &Loc<'_>) -> Result<AuditConfi
         return Err(loc.field("observer").error(format!("`{observer}` must be 1-128 characters of [A-Za-z0-9._:/-]")));
     }
     let envoy_log = doc.envoy_log.unwrap_or(true);
+    // What a crash can lose from Envoy's log: the lines held, at most this long (and at most
+    // `ENVOY_LOG_BATCH_EVENTS` of them).
+    let envoy_log_flush_ms = loc.field("envoyLogFlushMs").bounded(doc.envoy_log_flush_ms, 0, 0..=10_000)?;
     let collector = doc.collector.as_ref().map(|c| compile_collector(c, &loc.field("collector"))).transpose()?;
     let audit_required = doc.audit_required.unwrap_or(false);
     let failure_limit = loc.field("failureLimit").bounded(doc.failure_limit, DEFAULT_FAILURE_LIMIT, 1..=10_000)?;
@@ -36,7 +39,7 @@ pub fn compile_audit(doc: Option<&AuditDoc>, loc: &Loc<'_>) -> Result<AuditConfi
     if audit_required && collector.is_none() {
         return Err(loc.field("auditRequired").error("needs a `collector`: Envoy's log cannot report delivery failures"));
     }
-    Ok(AuditConfig { format, patient_ids, observer, envoy_log, collector, audit_required, failure_limit })
+    Ok(AuditConfig { format, patient_ids, observer, envoy_log, envoy_log_flush_ms, collector, audit_required, failure_limit })
 }
 
 fn compile_collector(c: &CollectorDoc, loc: &Loc<'_>) -> Result<CollectorConfig, CompileError> {

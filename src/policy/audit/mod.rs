@@ -83,6 +83,9 @@ pub struct AuditConfig {
     pub observer: String,
     /// Write events to Envoy's log.
     pub envoy_log: bool,
+    /// Longest a sealed line waits before it is written to Envoy's log, together with the
+    /// others held (`audit.envoyLogFlushMs`; 0: each line at once).
+    pub envoy_log_flush_ms: u64,
     /// Ship batches to a collector.
     pub collector: Option<CollectorConfig>,
     /// Refuse requests when events cannot be delivered.
@@ -99,6 +102,7 @@ impl Default for AuditConfig {
             patient_ids: PatientIds::Pseudonym,
             observer: "phi-guard".to_owned(),
             envoy_log: true,
+            envoy_log_flush_ms: 0,
             collector: None,
             audit_required: false,
             failure_limit: compile::DEFAULT_FAILURE_LIMIT,
