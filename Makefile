@@ -9,7 +9,6 @@ PYTHON      ?= python3
 VENV        := .venv
 VENV_PY     := $(VENV)/bin/python
 VENV_STAMP  := $(VENV)/.installed
-VENV_SUPPORT := $(VENV)/.support-path
 WASM_TARGET := wasm32-wasip1
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
 WASM        := $(TARGET_DIR)/$(WASM_TARGET)/release/phi_guard.wasm
@@ -61,7 +60,7 @@ PORT                 ?= 8090
 BROWSER_STAMP        := $(VENV)/.browser-installed
 
 FUZZ_SECONDS ?=
-.PHONY: clang node fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+.PHONY: clang node venv-support fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
         compose-up compose-down compose-test oci bench bench-opt wrk clean distclean \
         playground-target playground-build playground chromium test-browser
 
@@ -74,12 +73,12 @@ $(VENV_STAMP): tests/requirements.txt
 	@touch $@
 
 # tests/support (harness, Envoy configs, token minting) is importable from anywhere in the venv:
-# the integration suite, the browser test and bench/ import it by module name.
-$(VENV_SUPPORT): $(VENV_STAMP)
-	@$(VENV_PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "phi_guard_support.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)/tests/support"
-	@touch $@
+# the integration suite, the browser test and bench/ import it by module name. Checked on every
+# use, so a venv shared by another checkout (a worktree) points at this one's tests/support.
+venv-support: $(VENV_STAMP)
+	@$(VENV_PY) -c 'import pathlib, sys, sysconfig; p = pathlib.Path(sysconfig.get_paths()["purelib"], "phi_guard_support.pth"); want = sys.argv[1] + "\n"; p.exists() and p.read_text() == want or p.write_text(want)' "$(CURDIR)/tests/support"
 
-venv: $(VENV_STAMP) $(VENV_SUPPORT) ## Python venv with Envoy 1.40, pytest, cryptography (pinned in tests/requirements.txt)
+venv: $(VENV_STAMP) venv-support ## Python venv with Envoy 1.40, pytest, cryptography (pinned in tests/requirements.txt)
 
 target: ## install the wasm32-wasip1 Rust target (rustup, else the rust-std tarball in ../shared)
 	@sysroot="$$(rustc --print sysroot)"; \
@@ -181,11 +180,11 @@ chromium: ## install Debian's chromium and chromium-driver if missing (root or s
 	  echo "chromium or chromedriver is missing and there is no root or sudo to install them: apt-get install chromium chromium-driver" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
-$(BROWSER_STAMP): tests/browser/requirements.txt $(VENV_STAMP) $(VENV_SUPPORT)
+$(BROWSER_STAMP): tests/browser/requirements.txt $(VENV_STAMP)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/browser/requirements.txt -c tests/requirements.txt
 	@touch $@
 
-test-browser: playground-build cli chromium $(BROWSER_STAMP) ## headless Chromium drives the playground; compares it with the CLI on every scenario
+test-browser: playground-build cli chromium venv-support $(BROWSER_STAMP) ## headless Chromium drives the playground; compares it with the CLI on every scenario
 	$(VENV_PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 oci: wasm ## Istio WasmPlugin OCI image of the filter in target/oci/ (OCI_TAG=..., no registry needed)

@@ -77,6 +77,12 @@ def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, 
     auth_policy.write_text(json.dumps(auth, indent=2))
     # The miss variant measures verification itself: no cross-worker attestations either.
     miss = {**auth, "tokenCache": {"maxEntries": MISS_CACHE_ENTRIES, "sharedEntries": 0}}
+    # Audit lines written to Envoy's log in groups (at most 1 s held), as the anchor's access
+    # log is buffered (Envoy flushes it every second).
+    batch = json.loads(json.dumps(auth))
+    batch["audit"] = {**batch.get("audit", {}), "envoyLogFlushMs": 1000}
+    batch_policy = workdir / "policy-auth-batched-log.json"
+    batch_policy.write_text(json.dumps(batch, indent=2))
     miss_policy = workdir / "policy-cache-miss.json"
     miss_policy.write_text(json.dumps(miss, indent=2))
     out = {
@@ -87,6 +93,9 @@ def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, 
                          "file access log of the audit fields (bench/configs.py AUDIT_LOG_FIELDS)"),
         "phi-guard": ("phi-guard", auth_policy,
                       "phi-guard auth + scope (the demo policy without minimization), verified-token cache warm"),
+        "phi-guard-batch": ("phi-guard", batch_policy,
+                            "phi-guard auth + scope, cache warm, audit lines written to Envoy's log in groups "
+                            "(audit.envoyLogFlushMs 1000, as the anchor's access log is buffered)"),
         "phi-guard-miss": ("phi-guard", miss_policy,
                            f"phi-guard auth + scope, cache miss (cache {MISS_CACHE_ENTRIES}, new token each request)"),
     }
@@ -105,7 +114,8 @@ def groups(pipelines: list[str], noop: bool) -> dict[str, list[list[Cell]]]:
     p = fixtures.PATIENT_PATH
     out: dict[str, list[list[Cell]]] = {"patient": []}
     for alg in fixtures.ALGORITHMS:
-        out["patient"].append([Cell("native-cache", p, alg), Cell("native-audit", p, alg), Cell("phi-guard", p, alg)]
+        out["patient"].append([Cell("native-cache", p, alg), Cell("native-audit", p, alg), Cell("phi-guard", p, alg),
+                               Cell("phi-guard-batch", p, alg)]
                               + ([Cell("wasm-noop", p, alg)] if noop and alg == "RS256" else []))
         out["patient"].append([Cell("native", p, alg), Cell("phi-guard-miss", p, alg, pool=True)])
     for size in ("1k", "200k"):
