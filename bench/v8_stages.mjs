@@ -23,6 +23,7 @@ const STAGES = [
   "token cache lookup, hit",
   "response phase, Patient read 3.3 KiB: compartment check + Content-Digest",
   "Content-Digest alone: SHA-256 of the 3.3 KiB body",
+  "JSON parse alone: the 3.3 KiB body into a serde_json Value",
 ];
 const BUDGET_MS = Number(process.env.V8_STAGES_BUDGET_MS || 300);
 

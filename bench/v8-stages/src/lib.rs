@@ -26,7 +26,7 @@ const ED_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-eddsa.key.pem");
 const PATIENT_BODY: &[u8] = include_bytes!("../../../envoy/demo-data/resources/hl7r4_Patient-example.json");
 
 /// Stage names, in export order (bench/v8_stages.mjs prints them).
-pub const STAGES: [&str; 17] = [
+pub const STAGES: [&str; 18] = [
     "cache key: SHA-256 of the token",
     "path normalisation",
     "decide, cache warm (normalise, route, cache lookup, scopes, FHIR model, compartment plan)",
@@ -44,6 +44,7 @@ pub const STAGES: [&str; 17] = [
     "token cache lookup, hit",
     "response phase, Patient read 3.3 KiB: compartment check + Content-Digest",
     "Content-Digest alone: SHA-256 of the 3.3 KiB body",
+    "JSON parse alone: the 3.3 KiB body into a serde_json Value",
 ];
 
 struct State {
@@ -181,6 +182,7 @@ pub extern "C" fn stages_run(stage: u32, n: u32) -> u32 {
                 14 => u32::from(st.cache.get(&st.tokens[0], NOW).is_some()),
                 15 => response_phase(st),
                 16 => u32::from(phi_guard::http::content_digest(&st.patient_body).as_bytes()[9]),
+                17 => phi_guard::minimize::body::parse(&st.patient_body, 1 << 20).map_or(0, |v| v.as_object().map_or(1, |o| o.len() as u32)),
                 _ => 0,
             });
         }
