@@ -209,3 +209,34 @@ def test_audit_required_refuses_when_the_collector_fails():
         assert streak >= 6, "did not recover"
     finally:
         h.stop()
+
+
+def test_held_log_lines_reach_envoys_log_in_order_and_verify(tmp_path):
+    """`audit.envoyLogFlushMs`: sealed lines are held and written together; every event still
+    reaches Envoy's log (one line each, with the prefix), in chain order, and the log verifies."""
+    doc = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
+    doc["name"] = "patient-app-held-log"
+    doc["audit"].update({"envoyLogFlushMs": 700, "format": "jsonl"})
+    h = start("audit-held-log", doc)
+    try:
+        api = Api(h)
+        before = len(audit_lines(h.envoy_log_text()))  # a log left by an earlier run
+        token = cli_token(scope="launch/patient patient/*.rs", patient=ME)
+        n = 10
+        for _ in range(n):
+            assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
+        assert api.get(f"/fhir/Patient/{OTHER}", token=token).status == 403
+        lines = wait_lines(lambda: audit_lines(h.envoy_log_text())[before:], n + 1, timeout=20)
+        assert len(lines) == n + 1, len(lines)
+        # Written together: a record's later lines stand on their own, without Envoy's header.
+        assert any(ln.startswith(PREFIX) for ln in h.envoy_log_text().splitlines()), "no grouped write"
+        ok = verify(lines, tmp_path / "held.log")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        # Per worker's chain, `seq` runs 0, 1, 2, ... with no gap.
+        by_stream: dict[str, list[int]] = {}
+        for ln in lines:
+            rec = json.loads(ln)
+            by_stream.setdefault(rec["stream"], []).append(rec["seq"])
+        assert all(seqs == list(range(len(seqs))) for seqs in by_stream.values()), by_stream
+    finally:
+        h.stop()
