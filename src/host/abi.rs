@@ -46,6 +46,22 @@ extern "C" {
     ) -> u32;
     fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, buffer_data: *const u8, buffer_size: usize) -> u32;
     fn proxy_get_property(path_data: *const u8, path_size: usize, return_value_data: *mut *mut u8, return_value_size: *mut usize) -> u32;
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key_data: *const u8, key_size: usize, value_data: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status_code: u32,
@@ -202,6 +218,89 @@ pub(crate) fn deserialize_pairs(bytes: &[u8]) -> Vec<(Bytes, Bytes)> {
         out.push((key.to_vec(), value.to_vec()));
     }
     out
+}
+
+/// Log levels of `proxy_log` (the ABI's numbering).
+#[derive(Debug, Clone, Copy)]
+pub enum LogLevel {
+    /// 2.
+    Info = 2,
+    /// 3.
+    Warn = 3,
+    /// 4.
+    Error = 4,
+}
+
+/// Write a line to Envoy's log.
+pub fn log(level: LogLevel, message: &str) -> Result<(), HostStatus> {
+    // SAFETY: the message outlives the call.
+    status(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+/// Envoy's clock, nanoseconds since the Unix epoch.
+pub fn now_nanos() -> Result<u64, HostStatus> {
+    let mut t = 0u64;
+    // SAFETY: `t` is a valid place for the host to write the time.
+    status(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
+    Ok(t)
+}
+
+/// Ask for `on_tick` every `period_ms` (0 stops it).
+pub fn set_tick_period(period_ms: u32) -> Result<(), HostStatus> {
+    // SAFETY: plain value.
+    status(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
+}
+
+/// A shared-data value and its version (`NotFound`: none).
+pub fn shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), HostStatus> {
+    let mut data: *mut u8 = null_mut();
+    let mut size = 0usize;
+    let mut cas = 0u32;
+    // SAFETY: the out-pointers are valid; returned memory comes from our allocator (`take`).
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
+        OK => Ok((take(data, size), (cas != 0).then_some(cas))),
+        NOT_FOUND => Ok((None, None)),
+        s => Err(HostStatus(s)),
+    }
+}
+
+/// Write a shared-data value; with `cas`, only if the version still matches (`CasMismatch`
+/// otherwise, status 8).
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostStatus> {
+    // SAFETY: key and value outlive the call.
+    status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+}
+
+/// Resume the current stream's paused request.
+pub fn resume_request() -> Result<(), HostStatus> {
+    // SAFETY: plain value (stream type 0: the HTTP request).
+    status(unsafe { proxy_continue_stream(0) })
+}
+
+/// Make `context_id` the stream later hostcalls act on.
+pub fn set_effective_context(context_id: u32) -> Result<(), HostStatus> {
+    // SAFETY: plain value.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Define a metric (type 0: counter, 1: gauge) and return its id.
+pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostStatus> {
+    let mut id = 0u32;
+    // SAFETY: the name outlives the call; `id` is a valid place to write to.
+    status(unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// Add to a counter.
+pub fn increment_metric(id: u32, by: i64) -> Result<(), HostStatus> {
+    // SAFETY: plain values.
+    status(unsafe { proxy_increment_metric(id, by) })
+}
+
+/// Set a gauge.
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostStatus> {
+    // SAFETY: plain values.
+    status(unsafe { proxy_record_metric(id, value) })
 }
 
 #[cfg(test)]

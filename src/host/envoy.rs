@@ -1,12 +1,13 @@
-//! [`Host`] over the proxy-wasm ABI: headers, buffers, properties and local replies through
-//! [`abi`] (bytes, every host status an `Err`), the rest through `proxy_wasm::hostcalls`, whose
-//! `Result`s are handled. The SDK's string getters and trait helpers `unwrap` (UTF-8, host
-//! errors), and a panic would take the worker's VM down.
+//! [`Host`] over the proxy-wasm ABI through [`abi`]: bytes, and every host status an `Err`.
+//! proxy-wasm 0.2.5's own wrappers `unwrap` UTF-8 and `panic!` on a status they do not expect
+//! (log, clock, tick, shared data, resume, effective context, metrics), and a panic would take
+//! the worker's VM down. Only `dispatch_http_call` goes through the SDK: it registers the
+//! callout's token so the answer reaches the root context.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, MapType, Status};
 
 use super::abi;
 use crate::runtime::{Buffer, HeaderMap, HeaderPair, Host, HostError, Level, MetricKind, UnixMillis};
@@ -41,15 +42,18 @@ fn abi_err(s: abi::HostStatus) -> HostError {
     HostError(s.0)
 }
 
+/// `proxy_set_shared_data`'s answer when the version moved on.
+const CAS_MISMATCH: u32 = Status::CasMismatch as u32;
+
 impl SharedStore for Envoy {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        hostcalls::get_shared_data(key).map_err(|_| StoreError::Failed)
+        abi::shared_data(key).map_err(|_| StoreError::Failed)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(abi::HostStatus(CAS_MISMATCH)) => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Failed),
         }
     }
@@ -89,11 +93,11 @@ impl Host for Envoy {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
-        hostcalls::set_effective_context(context_id).map_err(err)
+        abi::set_effective_context(context_id).map_err(abi_err)
     }
 
     fn resume_request(&self) -> Result<(), HostError> {
-        hostcalls::resume_http_request().map_err(err)
+        abi::resume_request().map_err(abi_err)
     }
 
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, HostError> {
@@ -102,40 +106,37 @@ impl Host for Envoy {
     }
 
     fn set_tick_period(&self, period_ms: u64) -> Result<(), HostError> {
-        hostcalls::set_tick_period(Duration::from_millis(period_ms)).map_err(err)
+        abi::set_tick_period(u32::try_from(period_ms).unwrap_or(u32::MAX)).map_err(abi_err)
     }
 
     fn log(&self, level: Level, message: &str) {
         let level = match level {
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
+            Level::Info => abi::LogLevel::Info,
+            Level::Warn => abi::LogLevel::Warn,
+            Level::Error => abi::LogLevel::Error,
         };
-        let _ = hostcalls::log(level, message);
+        let _ = abi::log(level, message);
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         let kind = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Counter => 0,
+            MetricKind::Gauge => 1,
         };
-        hostcalls::define_metric(kind, name).map_err(err)
+        abi::define_metric(kind, name).map_err(abi_err)
     }
 
     fn increment_metric(&self, id: u32, by: u64) -> Result<(), HostError> {
-        hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)).map_err(err)
+        abi::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)).map_err(abi_err)
     }
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
-        hostcalls::record_metric(id, value).map_err(err)
+        abi::record_metric(id, value).map_err(abi_err)
     }
 
     fn now_ms(&self) -> UnixMillis {
-        let ms = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        UnixMillis::new(ms)
+        // A clock the host cannot read reads as the epoch rather than a panic.
+        UnixMillis::new(abi::now_nanos().map_or(0, |ns| ns / 1_000_000))
     }
 
     fn random(&self, out: &mut [u8]) -> Result<(), HostError> {
