@@ -126,6 +126,12 @@ impl<H: Host> Root<H> {
                 return false;
             }
         };
+        // The audit key first, whatever the configuration holds: a VM whose first policy does
+        // not compile still audits the `no_policy` refusals it answers.
+        if !self.load_secrets(None) {
+            metrics.policy_rejected(host);
+            return false;
+        }
         let accepted = match parse_plugin_config(&bytes) {
             Ok(PluginConfig::Inline(policy)) => {
                 if !self.load_secrets(Some(&policy)) {
@@ -135,10 +141,6 @@ impl<H: Host> Root<H> {
                 self.pull = None;
                 install(&self.vm, Active::new(*policy), "the plugin configuration");
                 true
-            }
-            Ok(PluginConfig::Pull(_)) if !self.load_secrets(None) => {
-                metrics.policy_rejected(host);
-                return false;
             }
             Ok(PluginConfig::Pull(config)) => {
                 host.log(
@@ -272,5 +274,16 @@ mod tests {
         assert_eq!(w.host().stat("phi_guard.policy_rejected"), 2);
         assert_eq!(w.host().stat("phi_guard.policy_loaded"), 1);
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue);
+    }
+
+    #[test]
+    fn a_first_policy_that_does_not_compile_still_audits_its_refusals() {
+        let mut w = Worker::new();
+        w.host().now_ms.set(NOW_MS);
+        assert!(!w.configure(&policy(|p| p["routes"][0]["pubilc"] = json!(true))));
+        assert_eq!(status(&w), Some(503), "no policy in force");
+        let events = w.host().audit_events();
+        assert_eq!(events.len(), 1, "the no_policy refusal is audited");
+        assert_eq!(events[0]["reason"], "no_policy");
     }
 }
