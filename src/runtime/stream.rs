@@ -129,7 +129,7 @@ impl<H: Host> Stream<H> {
                 return self.body_step(step, body_size);
             }
         };
-        let now = self.vm.host.now_ms().to_seconds();
+        let now = self.state.borrow().decided_at.to_seconds();
         let released = self.step(|phase| {
             let key = self.vm.hmac_key.borrow();
             let audit = self.vm.audit.borrow();
@@ -358,7 +358,7 @@ mod tests {
         let expected: &[(&str, usize)] = &[
             ("header_pairs", 2),     // request head, response head (once each)
             ("property", 2),         // source.address, destination.address (audit event)
-            ("now_ms", 2),           // decision, release
+            ("now_ms", 1),           // the decision (the response phase reuses its time)
             ("remove_header", 4),    // accept-encoding; server, etag (allowlist), content-length
             ("set_header", 4),       // cache-control, pragma, x-content-type-options; content-digest trailer
             ("buffer", 1),           // the complete body, once

@@ -81,6 +81,9 @@ pub struct StreamState {
     pub audit: Option<AuditEvent>,
     /// Why the request body was refused after the request was allowed.
     pub failure: Option<DenyReason>,
+    /// When the request was allowed: the response phase's "now" (ages in minimization), so
+    /// the response costs no second clock read.
+    pub decided_at: UnixMillis,
 }
 
 /// A request's decision inputs, owned so a paused request can be decided again later.
@@ -374,6 +377,7 @@ impl<H: Host> Vm<H> {
         {
             let mut st = state.borrow_mut();
             st.audit = event;
+            st.decided_at = now_ms;
             st.security_headers = grant.security_headers;
             st.body = grant.body;
             st.response = Some(ResponsePhase::new(grant.response, grant.fhir_route, shadow));
