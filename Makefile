@@ -206,11 +206,11 @@ fuzz: fuzz-toolchain ## run every cargo-fuzz target briefly (FUZZ_SECONDS=30 eac
 fuzz-smoke: FUZZ_SECONDS := 5
 fuzz-smoke: fuzz ## every fuzz target for 5 seconds (what .ci/run runs)
 
-clang: ## install Debian's clang if missing (root or sudo): ring's C code for the wasm targets
-	@command -v clang >/dev/null && exit 0; \
+clang: ## install Debian's clang and llvm (llvm-ar) if missing (root or sudo): ring's C code for the wasm targets
+	@command -v clang >/dev/null && command -v llvm-ar >/dev/null && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=sudo; else \
-	  echo "clang is missing and there is no root or sudo to install it: apt-get install clang" >&2; exit 1; fi; \
-	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq clang
+	  echo "clang or llvm-ar is missing and there is no root or sudo to install them: apt-get install clang llvm" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq clang llvm
 
 wrk: ## install the wrk load generator (Debian package) if missing; needs root or sudo
 	@command -v wrk >/dev/null && exit 0; \
