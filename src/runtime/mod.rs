@@ -6,7 +6,7 @@
 //! Every hostcall goes through [`Host`]. `src/host/` implements it over the proxy-wasm ABI and
 //! forwards the SDK's callbacks here; [`testing::MockHost`] implements it in memory, so request
 //! handling, rate limits, key waiting, background jobs and the audit sink run in `cargo test`.
-//! Nothing here names `proxy_wasm`.
+//! Nothing here depends on the proxy-wasm SDK.
 
 mod audit;
 mod host;

@@ -111,7 +111,12 @@ impl<H: Host> Stream<H> {
             BodyStep::Hold => Action::Pause,
             BodyStep::Replace(bytes) => {
                 if self.vm.host.set_buffer(Buffer::ResponseBody, 0, body_size, &bytes).is_err() {
-                    self.vm.host.log(Level::Error, "phi-guard: could not replace a response body");
+                    // The buffer still holds the upstream's bytes: never let them go. The headers
+                    // have left, so a local reply now makes Envoy reset the stream.
+                    self.vm.host.log(Level::Error, "phi-guard: could not replace a response body; resetting the stream");
+                    self.state.borrow_mut().replied = true;
+                    let _ = self.vm.host.send_response(502, &[], b"");
+                    return Action::Pause;
                 }
                 Action::Continue
             }
@@ -399,6 +404,21 @@ mod tests {
         assert_eq!(ev["seq"], 0);
         assert_eq!(w.host().stat("phi_guard.requests_allowed"), 1);
         assert_eq!(w.host().stat("phi_guard.responses_minimized"), 1);
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_replaced_is_never_released() {
+        let w = Worker::with_policy(&policy(|_| {}), NOW_MS);
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&token(json!({}))));
+        w.host().fail_set_buffer.set(true);
+        let (_, body) = w.respond(&ex, 200, &[("content-type", "application/fhir+json")], PATIENT);
+        // Neither the minimized body nor the error body could be written: the stream is reset
+        // (a local reply after the headers) and the upstream's bytes are held, not released.
+        assert_eq!(body, Action::Pause);
+        assert_eq!(w.seen(&ex).reply.map(|r| r.status), Some(502));
+        let events = w.host().audit_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["reason"], "minimization_failed", "{}", events[0]);
     }
 
     #[test]

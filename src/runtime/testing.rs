@@ -121,6 +121,8 @@ pub struct MockHost {
     pub dispatched: RefCell<Vec<Dispatched>>,
     /// Refuse every dispatch.
     pub fail_dispatch: Cell<bool>,
+    /// Refuse every `set_buffer`.
+    pub fail_set_buffer: Cell<bool>,
     /// The callout answer being delivered: headers and body.
     pub call_response: RefCell<(Vec<HeaderPair>, Vec<u8>)>,
     /// Log lines, in order.
@@ -162,6 +164,7 @@ impl MockHost {
             streams: RefCell::new(BTreeMap::new()),
             dispatched: RefCell::new(Vec::new()),
             fail_dispatch: Cell::new(false),
+            fail_set_buffer: Cell::new(false),
             call_response: RefCell::new((Vec::new(), Vec::new())),
             logs: RefCell::new(Vec::new()),
             tick_period_ms: Cell::new(None),
@@ -294,6 +297,9 @@ impl Host for MockHost {
 
     fn set_buffer(&self, kind: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError> {
         self.count("set_buffer");
+        if self.fail_set_buffer.get() {
+            return Err(HostError(2));
+        }
         self.with_buffer(kind, |b| {
             let start = start.min(b.len());
             let end = start.saturating_add(size).min(b.len());

@@ -25,7 +25,7 @@ const ED_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-eddsa.key.pem");
 /// The demo patient, as the upstream answers the Patient read (bench/fixtures.py writes the same).
 const PATIENT_BODY: &[u8] = include_bytes!("../../../envoy/demo-data/resources/hl7r4_Patient-example.json");
 
-/// Stage names, in export order (bench/v8_stages.mjs prints them).
+/// Stage names, in export order (bench/v8_stages.mjs reads them through `stages_name_*`).
 pub const STAGES: [&str; 18] = [
     "cache key: SHA-256 of the token",
     "path normalisation",
@@ -128,6 +128,19 @@ pub extern "C" fn stages_setup() -> u32 {
     } else {
         1
     }
+}
+
+/// Where stage `i`'s name starts in linear memory (UTF-8, [`stages_name_len`] bytes); the
+/// harness reads the names from here, so they are written once.
+#[no_mangle]
+pub extern "C" fn stages_name_ptr(i: u32) -> *const u8 {
+    STAGES.get(i as usize).map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// The length of stage `i`'s name in bytes.
+#[no_mangle]
+pub extern "C" fn stages_name_len(i: u32) -> u32 {
+    STAGES.get(i as usize).map_or(0, |s| s.len() as u32)
 }
 
 /// Number of stages.
