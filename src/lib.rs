@@ -17,6 +17,7 @@ pub mod decision;
 pub mod fhir;
 pub mod http;
 pub mod ident;
+pub mod json;
 pub mod minimize;
 pub mod policy;
 pub mod ratelimit;

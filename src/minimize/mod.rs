@@ -25,6 +25,7 @@ pub mod preset;
 pub mod profile;
 pub mod restrict;
 pub mod rules;
+pub mod stream;
 pub mod transform;
 pub mod walk;
 pub mod withheld;
@@ -86,8 +87,9 @@ pub fn hmac_key_ok(key: &[u8]) -> bool {
     key.len() >= MIN_HMAC_KEY_BYTES
 }
 
-/// Minimize a parsed body in place.
-pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> Result<Report, DenyReason> {
+/// The transform inputs for `profile`, or `minimization_failed` when it hashes and no usable
+/// key was supplied.
+fn keys_for(profile: &Profile, ctx: &ApplyCtx<'_>) -> Result<Keys, DenyReason> {
     let hmac = match ctx.hmac_key {
         Some(k) if hmac_key_ok(k) => Hmac::<Sha256>::new_from_slice(k).ok(),
         _ => None,
@@ -95,7 +97,49 @@ pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> 
     if profile.requires_hmac_key() && hmac.is_none() {
         return Err(DenyReason::MinimizationFailed);
     }
-    let keys = Keys { hmac, now_year: generalize::year_of(ctx.now) };
+    Ok(Keys { hmac, now_year: generalize::year_of(ctx.now) })
+}
+
+/// A whole buffered body checked before any pass reads it: within `max_bytes`, then strictly
+/// valid JSON ([`crate::json::validate`]; a leading BOM is ignored). Returns the text to read.
+pub fn checked(body: &[u8], max_bytes: usize) -> Result<&[u8], DenyReason> {
+    if body.len() > max_bytes {
+        return Err(DenyReason::ResponseTooLarge);
+    }
+    let text = crate::json::strip_bom(body);
+    crate::json::validate(text)?;
+    Ok(text)
+}
+
+/// Minimize a whole body: validate it, then one streaming pass ([`stream`]). Unless the
+/// profile is in shadow mode the body is always rewritten, so the client receives exactly what
+/// was inspected (compact, no BOM; duplicate member names are refused as not JSON).
+pub fn apply(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
+    let text = checked(body, max_bytes)?;
+    release_text(profile, text, ctx, &stream::Cuts::default())
+}
+
+/// Minimize a text [`checked`] already accepted, leaving out what `cuts` removes.
+pub fn release_text(profile: &Profile, text: &[u8], ctx: &ApplyCtx<'_>, cuts: &stream::Cuts) -> Result<Applied, DenyReason> {
+    let keys = keys_for(profile, ctx)?;
+    let mut s = stream::Stream::new(text, None, keys, cuts);
+    match &profile.body {
+        BodyRules::Fhir(f) => {
+            s.set_fhir(f);
+            s.fhir_top()?;
+        }
+        BodyRules::Json(rules) => s.json_top(rules)?,
+    }
+    let (out, withheld) = s.into_output();
+    let (withheld, count) = withheld.finish();
+    let body = if profile.shadow { None } else { Some(out) };
+    Ok(Applied { body, withheld, count, shadow: profile.shadow, profile: Some(profile.name.clone()) })
+}
+
+/// Minimize a parsed body in place (the tree walker: the oracle the streaming engine is
+/// tested against).
+pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> Result<Report, DenyReason> {
+    let keys = keys_for(profile, ctx)?;
     let mut walker = Walker { fhir: None, keys, withheld: Withheld::default(), depth: 0 };
     match &profile.body {
         BodyRules::Fhir(f) => {
@@ -122,10 +166,9 @@ pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> 
     Ok(Report { withheld, count })
 }
 
-/// Parse, minimize and re-serialize a whole body. Unless the profile is in shadow mode the
-/// body is always re-serialized from the parsed tree, so the client receives exactly what was
-/// inspected (duplicate keys, odd whitespace and a BOM do not survive).
-pub fn apply(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
+/// Parse, minimize and re-serialize a whole body with the tree walker: the oracle [`apply`]
+/// is tested against (a differential test and a fuzz target).
+pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
     let mut value = body::parse(body, max_bytes)?;
     release(profile, &mut value, ctx)
 }
@@ -152,15 +195,31 @@ pub(crate) mod testing {
         Profile::clone(&set.profiles[0])
     }
 
-    /// Minimize `body` with `profile`; returns the output value and the report.
+    /// Minimize `body` with `profile`; returns the output value and the report. Both engines
+    /// run: the streaming one must release the same JSON (member order included), paths and
+    /// count as the tree walker, or refuse for the same reason.
     pub fn run(profile: &Profile, body: Value) -> Result<(Value, Report), DenyReason> {
+        let bytes = serde_json::to_vec(&body).unwrap();
         let mut body = body;
         let ctx = ApplyCtx {
             hmac_key: Some(b"0123456789abcdef0123456789abcdef"),
             now: crate::time::UnixSeconds::new(1_800_000_000),
             pseudonyms: None,
         };
-        let report = apply_value(profile, &mut body, &ctx)?;
+        let tree = apply_value(profile, &mut body, &ctx);
+        let streamed = apply(profile, &bytes, &ctx, usize::MAX);
+        match (&tree, &streamed) {
+            (Ok(report), Ok(applied)) => {
+                assert_eq!((&applied.withheld, applied.count), (&report.withheld, report.count), "withheld");
+                if let Some(out) = &applied.body {
+                    let out: Value = serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)));
+                    assert_eq!(out.to_string(), body.to_string(), "released JSON");
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b, "refusal"),
+            _ => panic!("tree {tree:?} vs stream {streamed:?}"),
+        }
+        let report = tree?;
         Ok((body, report))
     }
 }

@@ -41,7 +41,7 @@ impl<'r> Cursor<'r> {
     }
 
     /// Whether nothing below can change (plain JSON fast path).
-    fn is_inert(&self) -> bool {
+    pub fn is_inert(&self) -> bool {
         self.keep
             && self.anchored.is_none_or(|n| n.children.is_empty())
             && self.partials.is_empty()

@@ -14,6 +14,15 @@ pub struct Withheld {
     path: String,
     paths: BTreeSet<String>,
     count: usize,
+    /// Paths in the order they were first recorded, so a walk can be undone ([`Withheld::rollback`]).
+    log: Vec<String>,
+}
+
+/// A point to [`Withheld::rollback`] to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    count: usize,
+    log: usize,
 }
 
 impl Withheld {
@@ -46,6 +55,7 @@ impl Withheld {
         self.count += 1;
         if !self.paths.contains(self.path.as_str()) {
             self.paths.insert(self.path.clone());
+            self.log.push(self.path.clone());
         }
     }
 
@@ -54,6 +64,19 @@ impl Withheld {
         let len = self.push(segment);
         self.record();
         self.pop(len);
+    }
+
+    /// The state now, to come back to.
+    pub fn mark(&self) -> Mark {
+        Mark { count: self.count, log: self.log.len() }
+    }
+
+    /// Forget everything recorded since `mark` (a walk that is redone another way).
+    pub fn rollback(&mut self, mark: Mark) {
+        for p in self.log.drain(mark.log..) {
+            self.paths.remove(&p);
+        }
+        self.count = mark.count;
     }
 
     /// Values withheld so far.
