@@ -1,6 +1,7 @@
 //! The access decision: a pure function from (policy, request, now) to [`Decision`], and the
 //! replies and response checks that follow from it.
 
+mod check_scan;
 pub mod engine;
 pub mod phase;
 pub mod reply;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::fhir::compartment::{in_patient_compartment, resource_patients};
 use crate::fhir::resource_type;
 use crate::minimize::restrict::{RestrictPlan, RestrictionHit};
+use crate::minimize::stream::Cuts;
 use crate::minimize::{self, Applied, ApplyCtx, Profile};
 use crate::reason::DenyReason;
 
@@ -280,25 +281,67 @@ impl ResponsePlan {
         }
     }
 
-    /// Release a complete 2xx body: run the checks, then the privacy restrictions, then the
-    /// minimization. See [`Release`]. `ctx.pseudonyms` must carry the audit key when the
-    /// policy names restricted patients by pseudonym.
+    /// Release a complete 2xx body: validate it, run the checks, then the privacy
+    /// restrictions, then the minimization, each a pass over the raw bytes (no tree is built).
+    /// See [`Release`]. `ctx.pseudonyms` must carry the audit key when the policy names
+    /// restricted patients by pseudonym.
     pub fn release(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
         let mut restrictions = Vec::new();
-        let outcome = self.release_into(body, ctx, &mut restrictions).and_then(|applied| {
-            // The released body is bounded like the upstream's: Envoy refuses a buffer over its
-            // limit (and `max_body_bytes` is kept at or below it).
-            match &applied.body {
-                Some(b) if b.len() > self.max_body_bytes => Err(DenyReason::ResponseTooLarge),
-                _ => Ok(applied),
-            }
-        });
-        Release { outcome, restrictions }
+        let outcome = self.release_text(body, ctx, &mut restrictions);
+        Release { outcome: self.capped(outcome), restrictions }
+    }
+
+    /// [`ResponsePlan::release`] by the tree walker (parse into a `serde_json::Value`, check,
+    /// restrict, minimize, serialize): the oracle the streaming passes are tested against.
+    pub fn release_tree(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
+        let mut restrictions = Vec::new();
+        let outcome = self.release_into(body, ctx, &mut restrictions);
+        Release { outcome: self.capped(outcome), restrictions }
+    }
+
+    /// The released body is bounded like the upstream's: Envoy refuses a buffer over its limit
+    /// (and `max_body_bytes` is kept at or below it).
+    fn capped(&self, outcome: Result<Applied, DenyReason>) -> Result<Applied, DenyReason> {
+        outcome.and_then(|applied| match &applied.body {
+            Some(b) if b.len() > self.max_body_bytes => Err(DenyReason::ResponseTooLarge),
+            _ => Ok(applied),
+        })
     }
 
     /// [`ResponsePlan::release`] without the restriction record.
     pub fn apply(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Result<Applied, DenyReason> {
         self.release(body, ctx).outcome
+    }
+
+    fn release_text(&self, body: &[u8], ctx: &ApplyCtx<'_>, hits: &mut Vec<RestrictionHit>) -> Result<Applied, DenyReason> {
+        if !self.inspects_body() {
+            return Ok(Applied::default());
+        }
+        let text = minimize::checked(body, self.max_body_bytes)?;
+        for check in &self.checks {
+            match check {
+                ResponseCheck::Compartment(c) => c.scan(text)?,
+            }
+        }
+        let mut cuts = Cuts::default();
+        let mut restricted = false;
+        if let Some(plan) = &self.restrict {
+            let (result, h) = plan.scan(text, ctx.pseudonyms);
+            *hits = h;
+            (cuts, restricted) = result?;
+        }
+        match &self.minimize {
+            // A shadow profile releases the body as it was before minimization: after the
+            // restrictions, which are never shadowed.
+            Some(profile) if profile.shadow && restricted => {
+                let bytes = minimize::stream::cut(text, &cuts)?;
+                let applied = minimize::release_text(profile, text, ctx, &cuts)?;
+                Ok(Applied { body: Some(bytes), ..applied })
+            }
+            Some(profile) => minimize::release_text(profile, text, ctx, &cuts),
+            None if restricted => Ok(Applied { body: Some(minimize::stream::cut(text, &cuts)?), ..Applied::default() }),
+            None => Ok(Applied::default()),
+        }
     }
 
     fn release_into(&self, body: &[u8], ctx: &ApplyCtx<'_>, hits: &mut Vec<RestrictionHit>) -> Result<Applied, DenyReason> {
@@ -314,8 +357,6 @@ impl ResponsePlan {
             restricted = result?;
         }
         match &self.minimize {
-            // A shadow profile releases the body as it was before minimization: after the
-            // restrictions, which are never shadowed.
             Some(profile) if profile.shadow && restricted => {
                 let bytes = minimize::body::serialize(&value)?;
                 let applied = minimize::release(profile, &mut value, ctx)?;
@@ -350,8 +391,13 @@ mod tests {
         compartment(Expected::Resource { resource_type: t, id: id.into() })
     }
 
+    /// Both the streaming passes and the tree oracle must agree.
     fn released(plan: &ResponsePlan, body: Value) -> Result<(), DenyReason> {
-        plan.apply(&serde_json::to_vec(&body).unwrap(), &ApplyCtx::default()).map(|_| ())
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let tree = plan.release_tree(&bytes, &ApplyCtx::default());
+        let streamed = plan.release(&bytes, &ApplyCtx::default());
+        assert_eq!(streamed, tree, "{body}");
+        streamed.outcome.map(|_| ())
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::json::{Kind, Malformed, Reader};
+
 use super::compartment_table::PATIENT_COMPARTMENT;
 
 fn entry(resource_type: &str) -> Option<&'static (&'static str, &'static [&'static str], &'static [&'static str])> {
@@ -96,6 +98,73 @@ pub fn object_patients(resource: &Map<String, Value>) -> Vec<String> {
     out
 }
 
+/// [`object_patients`] of the resource object a reader stands at (the reader does not move):
+/// the same patients, read from the raw bytes. `rt` is its `resourceType`.
+pub fn raw_patients(r: &Reader<'_>, rt: &str) -> Result<Vec<String>, Malformed> {
+    let mut out = Vec::new();
+    if rt == "Patient" {
+        if let Some(id) = r.find_str("id")? {
+            out.push(id.decode()?.into_owned());
+        }
+        return Ok(out);
+    }
+    let mut m = r.clone();
+    m.open()?;
+    while let Some(key) = m.next_key()? {
+        member_patients(rt, &key.decode()?, &m, &mut out)?;
+        m.skip()?;
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The Patient ids referenced by one member of a resource of type `rt` (`value` stands at the
+/// member's value) along the type's patient-link paths, appended to `out` (unsorted). A walk
+/// over a resource's members that calls this for each finds what [`raw_patients`] finds.
+pub fn member_patients(rt: &str, key: &str, value: &Reader<'_>, out: &mut Vec<String>) -> Result<(), Malformed> {
+    let Some((_, _, paths)) = entry(rt) else {
+        return Ok(());
+    };
+    for p in paths.iter() {
+        let (first, rest) = p.split_once('.').map_or((*p, ""), |(f, r)| (f, r));
+        if first == key {
+            let rest: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('.').collect() };
+            raw_visit(&mut value.clone(), &rest, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`visit_path`] over raw bytes, collecting the Patient ids of the references at the end.
+fn raw_visit(r: &mut Reader<'_>, path: &[&str], out: &mut Vec<String>) -> Result<(), Malformed> {
+    match r.kind()? {
+        Kind::Array => {
+            r.open()?;
+            while r.next_item()? {
+                raw_visit(&mut r.clone(), path, out)?;
+                r.skip()?;
+            }
+        }
+        Kind::Object => match path.split_first() {
+            None => {
+                if let Some(reference) = r.find_str("reference")? {
+                    if let Some(id) = patient_id_of(&reference.decode()?) {
+                        out.push(id.to_owned());
+                    }
+                }
+            }
+            Some((key, rest)) => {
+                if let Some(span) = r.find(key)? {
+                    raw_visit(&mut r.at(span.start), rest, out)?;
+                }
+            }
+        },
+        Kind::String | Kind::Scalar => {}
+    }
+    Ok(())
+}
+
 /// The patient id a reference names, if it names a Patient.
 fn patient_id_of(reference: &str) -> Option<&str> {
     let (prefix, tail) = reference.rsplit_once("Patient/")?;
@@ -178,6 +247,15 @@ mod tests {
         assert!(resource_patients(&json!({"resourceType":"Observation","subject":{"reference":"Group/g"}})).is_empty());
         assert!(resource_patients(&json!({"resourceType":"Medication","id":"m"})).is_empty());
         assert!(resource_patients(&json!({"resourceType":"Observation","subject":{"reference":"XPatient/p1"}})).is_empty());
+        // The same from the raw bytes.
+        for r in [
+            ap,
+            json!({"resourceType":"Patient","id":"p9"}),
+            json!({"resourceType":"Encounter","subject":[{"reference":"Patient/a"},[{"reference":"Patient/b"}]],"participant":[{"individual":{"reference":"Patient/c"}}],"x":{"subject":{"reference":"Patient/d"}}}),
+        ] {
+            let text = serde_json::to_vec(&r).unwrap();
+            assert_eq!(raw_patients(&Reader::new(&text), r["resourceType"].as_str().unwrap()).unwrap(), resource_patients(&r), "{r}");
+        }
     }
 
     #[test]

@@ -202,21 +202,9 @@ impl<'a> Reader<'a> {
             return Err(Malformed);
         }
         let start = self.pos + 1;
-        let mut i = start;
-        let mut escaped = false;
-        loop {
-            match self.b.get(i) {
-                Some(b'"') => break,
-                Some(b'\\') => {
-                    escaped = true;
-                    i += 2;
-                }
-                Some(_) => i += 1,
-                None => return Err(Malformed),
-            }
-        }
-        self.pos = i + 1;
-        let raw = self.b.get(start..i).ok_or(Malformed)?;
+        let (end, escaped) = string_end(self.b, start).ok_or(Malformed)?;
+        self.pos = end + 1;
+        let raw = self.b.get(start..end).ok_or(Malformed)?;
         Ok(Str { raw, escaped })
     }
 
@@ -231,6 +219,13 @@ impl<'a> Reader<'a> {
             Some(b'{' | b'[') => {
                 let mut depth = 0usize;
                 loop {
+                    // Eight bytes at a time past anything that is not a quote or a bracket.
+                    while let Some(w) = word(self.b, self.pos) {
+                        if (has(w, b'"') | has(w | SPREAD * 0x20, b'{') | has(w | SPREAD * 0x20, b'}')) != 0 {
+                            break;
+                        }
+                        self.pos += 8;
+                    }
                     match self.b.get(self.pos) {
                         Some(b'{' | b'[') => {
                             depth += 1;
@@ -244,7 +239,8 @@ impl<'a> Reader<'a> {
                             }
                         }
                         Some(b'"') => {
-                            self.string()?;
+                            let (end, _) = string_end(self.b, self.pos + 1).ok_or(Malformed)?;
+                            self.pos = end + 1;
                         }
                         Some(_) => self.pos += 1,
                         None => return Err(Malformed),
@@ -316,9 +312,75 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `0x01` in every byte of a word.
+pub(crate) const SPREAD: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The eight bytes at `i`, if there are eight.
+#[inline]
+pub(crate) fn word(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// Non-zero when some byte of `w` is zero (exact as a yes/no).
+#[inline]
+fn has_zero(w: u64) -> u64 {
+    w.wrapping_sub(SPREAD) & !w & HIGH
+}
+
+/// Non-zero when some byte of `w` is `b`.
+#[inline]
+pub(crate) fn has(w: u64, b: u8) -> u64 {
+    has_zero(w ^ (SPREAD * u64::from(b)))
+}
+
+/// Non-zero when some byte of `w` is below `n` (`n` ≤ 128) or has its high bit set.
+#[inline]
+pub(crate) fn has_below_or_high(w: u64, n: u8) -> u64 {
+    (w.wrapping_sub(SPREAD * u64::from(n)) | w) & HIGH
+}
+
+/// From just after an opening quote: the offset of the closing quote and whether the string
+/// holds escapes (`None`: it does not end).
+#[inline]
+fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        while let Some(w) = word(b, i) {
+            if (has(w, b'"') | has(w, b'\\')) != 0 {
+                break;
+            }
+            i += 8;
+        }
+        match b.get(i)? {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_tests() {
+        let w = u64::from_le_bytes(*b"abcdefgh");
+        assert_eq!(has(w, b'"'), 0);
+        assert_ne!(has(w, b'h'), 0);
+        assert_ne!(has(u64::from_le_bytes(*b"a\"cdefgh"), b'"'), 0);
+        assert_eq!(has_below_or_high(w, 0x20), 0);
+        assert_ne!(has_below_or_high(u64::from_le_bytes(*b"abc\tefgh"), 0x20), 0);
+        assert_ne!(has_below_or_high(u64::from_le_bytes([b'a', 0xC3, 0xA9, b'd', b'e', b'f', b'g', b'h']), 0x20), 0);
+        assert_ne!(has(u64::from_le_bytes(*b"abcdefg[") | SPREAD * 0x20, b'{'), 0);
+        assert_ne!(has(u64::from_le_bytes(*b"]bcdefgh") | SPREAD * 0x20, b'}'), 0);
+        assert_eq!(has(u64::from_le_bytes(*b"abcdefgh") | SPREAD * 0x20, b'{'), 0);
+    }
 
     #[test]
     fn walks_objects_and_arrays() {

@@ -227,6 +227,13 @@ impl<'a> Validator<'a> {
         let mut escaped = false;
         let mut ascii = true;
         loop {
+            // Eight bytes at a time past plain ASCII text.
+            while let Some(w) = super::word(self.b, self.i) {
+                if (super::has(w, b'"') | super::has(w, b'\\') | super::has_below_or_high(w, 0x20)) != 0 {
+                    break;
+                }
+                self.i += 8;
+            }
             let c = self.need()?;
             match c {
                 b'"' => break,

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::stream::Cuts;
 use super::walk::try_retain_items;
+use crate::json::{Kind, Reader};
 use crate::audit_key::{AuditKey, PatientIds, PSEUDONYM_PREFIX};
 use crate::auth::purpose::is_purpose_of_use;
 use crate::fhir::compartment::object_patients;
@@ -111,6 +113,19 @@ impl RestrictPlan {
     }
 }
 
+impl RestrictPlan {
+    /// [`RestrictPlan::apply`] over a validated text, without a tree: what the restrictions
+    /// remove, for [`super::stream`] to leave out, and whether the body changes.
+    pub fn scan(&self, text: &[u8], key: Option<&AuditKey>) -> (Result<(Cuts, bool), DenyReason>, Vec<RestrictionHit>) {
+        let mut f = Filter { plan: self, key, names: HashMap::new(), hits: Vec::new() };
+        let mut cuts = Cuts::default();
+        let result = f.scan_top(&Reader::new(text), &mut cuts);
+        cuts.entries.sort_unstable();
+        cuts.bundles.sort_unstable();
+        (result.map(|changed| (cuts, changed)), f.hits)
+    }
+}
+
 struct Filter<'a> {
     plan: &'a RestrictPlan,
     key: Option<&'a AuditKey>,
@@ -135,6 +150,118 @@ impl Filter<'_> {
             },
             _ => Err(DenyReason::ResponseUnexpectedShape),
         }
+    }
+
+    fn scan_top(&mut self, r: &Reader<'_>, cuts: &mut Cuts) -> Result<bool, DenyReason> {
+        let mut r = r.clone();
+        if r.kind()? != Kind::Object {
+            return Err(DenyReason::ResponseUnexpectedShape);
+        }
+        match r.find_kind("resourceType")? {
+            Some(Kind::String) => {}
+            _ => return Err(DenyReason::ResponseUnexpectedShape),
+        }
+        let rt = r.find_str("resourceType")?.map(|s| s.decode().map(|t| t.into_owned())).transpose()?;
+        if rt.as_deref() == Some("Bundle") {
+            return self.scan_bundle(&r, cuts);
+        }
+        let labels = raw_labels(&r)?;
+        if !self.labels_match(&labels) {
+            return Ok(false);
+        }
+        let patients = self.raw_patients_of(&r, rt.as_deref())?;
+        match self.withholding_by(&labels, &patients) {
+            Some(i) => {
+                self.hit(i);
+                Err(DenyReason::Restricted)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A Bundle at `r` (standing at its `{`).
+    fn scan_bundle(&mut self, r: &Reader<'_>, cuts: &mut Cuts) -> Result<bool, DenyReason> {
+        let at = r.pos;
+        let mut changed = false;
+        let mut concerns = self.context_is_restricted()?;
+        let mut envelope = false;
+        let mut m = r.clone();
+        m.open()?;
+        while let Some(k) = m.next_key()? {
+            if k.is("total") || k.is("signature") {
+                envelope = true;
+            }
+            if !k.is("entry") || m.kind()? != Kind::Array {
+                m.skip()?;
+                continue;
+            }
+            let mut items = m.clone();
+            items.open()?;
+            while items.next_item()? {
+                if items.kind()? != Kind::Object {
+                    items.skip()?;
+                    continue;
+                }
+                let entry_at = items.pos;
+                let resource = match items.find("resource")? {
+                    Some(span) => items.at(span.start),
+                    None => {
+                        items.skip()?;
+                        continue;
+                    }
+                };
+                let mut resource = resource;
+                if resource.kind()? != Kind::Object {
+                    items.skip()?;
+                    continue;
+                }
+                let rt = resource.find_str("resourceType")?;
+                if rt.is_some_and(|t| t.is("Bundle")) {
+                    changed |= self.scan_bundle(&resource, cuts)?;
+                } else {
+                    let rt = rt.map(|t| t.decode().map(|t| t.into_owned())).transpose()?;
+                    let patients = self.raw_patients_of(&resource, rt.as_deref())?;
+                    let about = self.plan.binding.iter().any(|r| patients.contains(&r.patient));
+                    concerns |= about;
+                    if about {
+                        let labels = raw_labels(&resource)?;
+                        if let Some(i) = self.withholding_by(&labels, &patients) {
+                            self.hit(i);
+                            changed = true;
+                            cuts.entries.push(entry_at);
+                        }
+                    }
+                }
+                items.skip()?;
+            }
+            m.skip()?;
+        }
+        if concerns {
+            cuts.bundles.push(at);
+            changed |= envelope;
+        }
+        Ok(changed)
+    }
+
+    /// The patients a raw resource concerns, named as restrictions name them (with the
+    /// context patient).
+    fn raw_patients_of(&mut self, r: &Reader<'_>, rt: Option<&str>) -> Result<Vec<String>, DenyReason> {
+        let mut ids = match rt {
+            Some(rt) => crate::fhir::compartment::raw_patients(r, rt)?,
+            None => Vec::new(),
+        };
+        ids.extend(self.plan.context_patient.iter().cloned());
+        ids.iter().map(|id| self.name(id)).collect()
+    }
+
+    fn labels_match(&self, labels: &[(String, String)]) -> bool {
+        self.plan.binding.iter().any(|r| r.labels.iter().any(|l| labels.iter().any(|(s, c)| *s == l.system && *c == l.code)))
+    }
+
+    fn withholding_by(&self, labels: &[(String, String)], patients: &[String]) -> Option<usize> {
+        self.plan.binding.iter().position(|r| {
+            patients.contains(&r.patient) && r.labels.iter().any(|l| labels.iter().any(|(s, c)| *s == l.system && *c == l.code))
+        })
     }
 
     fn bundle(&mut self, map: &mut Map<String, Value>) -> Result<bool, DenyReason> {
@@ -258,6 +385,54 @@ fn labels_of(resource: &Map<String, Value>) -> Result<Vec<(&str, &str)>, DenyRea
         }
     }
     Ok(out)
+}
+
+/// [`labels_of`] over a raw resource object.
+fn raw_labels(r: &Reader<'_>) -> Result<Vec<(String, String)>, DenyReason> {
+    let mut out = Vec::new();
+    raw_own_labels(r, &mut out)?;
+    if let Some(span) = r.find("contained")? {
+        let mut c = r.at(span.start);
+        if c.kind()? == Kind::Array {
+            c.open()?;
+            while c.next_item()? {
+                if c.kind()? == Kind::Object {
+                    raw_own_labels(&c, &mut out)?;
+                }
+                c.skip()?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn raw_own_labels(r: &Reader<'_>, out: &mut Vec<(String, String)>) -> Result<(), DenyReason> {
+    let Some(meta) = r.find("meta")? else {
+        return Ok(());
+    };
+    let meta = r.at(meta.start);
+    let mut probe = meta.clone();
+    if probe.kind()? != Kind::Object {
+        return Err(DenyReason::MinimizationFailed);
+    }
+    let Some(security) = meta.find("security")? else {
+        return Ok(());
+    };
+    let mut s = meta.at(security.start);
+    if s.kind()? != Kind::Array {
+        return Err(DenyReason::MinimizationFailed);
+    }
+    s.open()?;
+    while s.next_item()? {
+        if s.kind()? != Kind::Object {
+            return Err(DenyReason::MinimizationFailed);
+        }
+        if let (Some(system), Some(code)) = (s.find_str("system")?, s.find_str("code")?) {
+            out.push((system.decode()?.into_owned(), code.decode()?.into_owned()));
+        }
+        s.skip()?;
+    }
+    Ok(())
 }
 
 fn own_labels<'v>(resource: &'v Map<String, Value>, out: &mut Vec<(&'v str, &'v str)>) -> Result<(), DenyReason> {

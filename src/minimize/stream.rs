@@ -62,6 +62,65 @@ impl Cuts {
     }
 }
 
+/// The whole text, compact, without what `cuts` removes (restrictions with no minimization,
+/// or under a shadow profile).
+pub fn cut(text: &[u8], cuts: &Cuts) -> Result<Vec<u8>, DenyReason> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut r = Reader::new(text);
+    copy_cut(&mut r, &mut out, cuts, 0)?;
+    Ok(out)
+}
+
+fn copy_cut(r: &mut Reader<'_>, out: &mut Vec<u8>, cuts: &Cuts, depth: usize) -> Result<(), DenyReason> {
+    if depth > MAX_DEPTH {
+        return Err(DenyReason::MinimizationFailed);
+    }
+    match r.kind()? {
+        Kind::Object => {
+            let bundle = cuts.bundles.binary_search(&r.pos).is_ok();
+            r.open()?;
+            out.push(b'{');
+            let content = out.len();
+            while let Some(key) = r.next_key()? {
+                if bundle && (key.is("total") || key.is("signature")) {
+                    r.skip()?;
+                    continue;
+                }
+                if out.len() > content {
+                    out.push(b',');
+                }
+                out.push(b'"');
+                out.extend_from_slice(key.raw);
+                out.extend_from_slice(b"\":");
+                copy_cut(r, out, cuts, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        Kind::Array => {
+            r.open()?;
+            out.push(b'[');
+            let content = out.len();
+            while r.next_item()? {
+                r.kind()?;
+                if cuts.entries.binary_search(&r.pos).is_ok() {
+                    r.skip()?;
+                    continue;
+                }
+                if out.len() > content {
+                    out.push(b',');
+                }
+                copy_cut(r, out, cuts, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        Kind::String | Kind::Scalar => {
+            let span = r.skip()?;
+            out.extend_from_slice(r.slice(span));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a resource stands alone (labelled) or is contained in another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Nest {
