@@ -13,14 +13,14 @@ case "$secs" in
 esac
 cd "$(dirname "$0")/../fuzz"
 
-targets=(policy_compile token_verify path_scope decide minimize)
+targets=(policy_compile token_verify path_scope decide minimize minimize_stream)
 cargo +nightly fuzz build
 
 for t in "${targets[@]}"; do
   case "$t" in
     policy_compile) dict=(-dict=dict/policy.dict) ;;
     path_scope | decide) dict=(-dict=dict/request.dict) ;;
-    minimize) dict=(-dict=dict/fhir.dict) ;;
+    minimize | minimize_stream) dict=(-dict=dict/fhir.dict) ;;
     *) dict=() ;;
   esac
   work="target/corpus/$t"

@@ -173,6 +173,15 @@ pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes:
     release(profile, &mut value, ctx)
 }
 
+/// The tree engine behind [`apply`]: parse the whole body into a [`Value`], minimize it, and
+/// re-serialize it. Kept as the oracle the streaming engine is tested against
+/// (`tests/minimize_differential.rs`, the `minimize_stream` fuzz target); same contract as
+/// [`apply`].
+pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
+    let mut value = body::parse(body, max_bytes)?;
+    release(profile, &mut value, ctx)
+}
+
 /// Minimize an already parsed body and build the [`Applied`] result.
 pub fn release(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> Result<Applied, DenyReason> {
     let report = apply_value(profile, value, ctx)?;
