@@ -308,19 +308,6 @@ impl ResponsePlan {
         })
     }
 
-    /// The tree engine behind [`ResponsePlan::release`] (the whole body parsed into a [`Value`]
-    /// once for the checks, the restrictions and the minimization, in `release_into`). Kept as
-    /// the oracle the streaming engine is tested against (`tests/minimize_differential.rs`, the
-    /// `minimize_stream` fuzz target); same contract as [`ResponsePlan::release`].
-    pub fn release_tree(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
-        let mut restrictions = Vec::new();
-        let outcome = self.release_into(body, ctx, &mut restrictions).and_then(|applied| match &applied.body {
-            Some(b) if b.len() > self.max_body_bytes => Err(DenyReason::ResponseTooLarge),
-            _ => Ok(applied),
-        });
-        Release { outcome, restrictions }
-    }
-
     /// [`ResponsePlan::release`] without the restriction record.
     pub fn apply(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Result<Applied, DenyReason> {
         self.release(body, ctx).outcome

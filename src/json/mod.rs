@@ -393,16 +393,25 @@ mod tests {
         assert!(k.is("a"));
         r.open().unwrap();
         assert!(r.next_item().unwrap());
-        { let s = r.skip().unwrap(); assert_eq!(r.slice(s), b"1"); }
+        {
+            let s = r.skip().unwrap();
+            assert_eq!(r.slice(s), b"1");
+        }
         assert!(r.next_item().unwrap());
         let s = r.string().unwrap();
         assert_eq!(s.decode().unwrap(), "x\"y");
         assert!(r.next_item().unwrap());
-        { let s = r.skip().unwrap(); assert_eq!(r.slice(s), br#"{"b": null}"#); }
+        {
+            let s = r.skip().unwrap();
+            assert_eq!(r.slice(s), br#"{"b": null}"#);
+        }
         assert!(!r.next_item().unwrap());
         let k = r.next_key().unwrap().unwrap();
         assert!(k.escaped && k.is("cA"));
-        { let s = r.skip().unwrap(); assert_eq!(r.slice(s), b"true"); }
+        {
+            let s = r.skip().unwrap();
+            assert_eq!(r.slice(s), b"true");
+        }
         assert_eq!(r.next_key(), Ok(None));
         assert!(r.at_end());
         let r = Reader::new(br#"{"x": {"resourceType": 1}, "resourceType": "Patient"}"#);

@@ -29,7 +29,10 @@ pub enum Invalid {
 enum Frame<'a> {
     Array,
     /// An object: its member names start at `keys[start]`; past [`LINEAR_KEYS`] they are in `set`.
-    Object { start: usize, set: Option<HashSet<Cow<'a, [u8]>>> },
+    Object {
+        start: usize,
+        set: Option<HashSet<Cow<'a, [u8]>>>,
+    },
 }
 
 struct Validator<'a> {

@@ -166,17 +166,8 @@ pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> 
     Ok(Report { withheld, count })
 }
 
-/// Parse, minimize and re-serialize a whole body with the tree walker: the oracle [`apply`]
-/// is tested against (a differential test and a fuzz target).
-pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
-    let mut value = body::parse(body, max_bytes)?;
-    release(profile, &mut value, ctx)
-}
-
-/// The tree engine behind [`apply`]: parse the whole body into a [`Value`], minimize it, and
-/// re-serialize it. Kept as the oracle the streaming engine is tested against
-/// (`tests/minimize_differential.rs`, the `minimize_stream` fuzz target); same contract as
-/// [`apply`].
+/// Parse, minimize and re-serialize a whole body with the tree walker: the oracle [`apply`] is
+/// tested against (`tests/minimize_differential.rs`, the `minimize_stream` fuzz target).
 pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
     let mut value = body::parse(body, max_bytes)?;
     release(profile, &mut value, ctx)

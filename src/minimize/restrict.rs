@@ -20,11 +20,11 @@ use serde_json::{Map, Value};
 
 use super::stream::Cuts;
 use super::walk::try_retain_items;
-use crate::json::{Kind, Reader};
 use crate::audit_key::{AuditKey, PatientIds, PSEUDONYM_PREFIX};
 use crate::auth::purpose::is_purpose_of_use;
 use crate::fhir::compartment::object_patients;
 use crate::fhir::request::valid_id;
+use crate::json::{Kind, Reader};
 use crate::reason::DenyReason;
 use crate::schema::{CompileError, Loc, RestrictionDoc, RouteKind, Routes};
 

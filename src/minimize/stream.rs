@@ -41,8 +41,7 @@ const BUNDLE_KEYS: [&str; 6] = ["resourceType", "id", "type", "total", "implicit
 const BUNDLE_WALKED: [&str; 3] = ["link", "signature", "timestamp"];
 
 /// The `REDACTED` label as released.
-const LABEL: &[u8] =
-    br#"{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"REDACTED","display":"redacted"}"#;
+const LABEL: &[u8] = br#"{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"REDACTED","display":"redacted"}"#;
 
 /// What privacy restrictions remove from a body, by input offset (see
 /// [`super::restrict::RestrictPlan::scan`]): Bundle entries, and Bundles that lose `total` and
@@ -444,7 +443,8 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         let tail = self.out.len();
         // (insertion point, order, range of its bytes at the tail, key)
         let mut pieces: Vec<(usize, usize, Range<usize>, Str<'a>)> = Vec::new();
-        for (order, d) in items.iter().enumerate().filter(|(_, d)| !d.key.raw.starts_with(b"_")) {
+        let sibling: Vec<bool> = items.iter().map(|d| d.key.decode().map(|k| k.starts_with('_'))).collect::<Result<_, _>>()?;
+        for (order, d) in items.iter().enumerate().filter(|(i, _)| !sibling.get(*i).copied().unwrap_or(true)) {
             // `display` under `referenceDisplay: remove`.
             if reference {
                 self.withheld.record_at("display");
@@ -464,7 +464,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                 self.changed.push(d.key);
             }
         }
-        for (order, d) in items.iter().enumerate().filter(|(_, d)| d.key.raw.starts_with(b"_")) {
+        for (order, d) in items.iter().enumerate().filter(|(i, _)| sibling.get(*i).copied().unwrap_or(false)) {
             let k = d.key.decode()?;
             let base = k.get(1..).unwrap_or_default();
             if reference && base == "display" {
@@ -844,7 +844,14 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         if self.r.kind()? != Kind::Object {
             return self.copy().map(|()| Verdict::Keep);
         }
-        let cur = Cursor { rules, anchored: rules.root.matching("meta", None).next(), keep: true, partials: Vec::new(), anywhere: false, values: true };
+        let cur = Cursor {
+            rules,
+            anchored: rules.root.matching("meta", None).next(),
+            keep: true,
+            partials: Vec::new(),
+            anywhere: false,
+            values: true,
+        };
         let len = self.withheld.push("meta");
         let walked = self.object_with(&cur, None, false);
         self.withheld.pop(len);
@@ -1202,7 +1209,12 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
             self.insert_member(pos, root.content, &member);
             return Ok(());
         };
-        let value = meta.start + b"\"meta\":".len();
+        // The value starts after the name as written (it may hold escapes) and its colon.
+        let value = {
+            let mut r = Reader::new(self.out.get(meta.clone()).unwrap_or_default());
+            r.string()?;
+            meta.start + r.pos + 1
+        };
         let text = self.out.get(value..meta.end).unwrap_or_default();
         let mut r = Reader::new(text);
         if r.kind()? != Kind::Object {
