@@ -284,6 +284,12 @@ impl ResponsePlan {
     /// minimization. See [`Release`]. `ctx.pseudonyms` must carry the audit key when the
     /// policy names restricted patients by pseudonym.
     pub fn release(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
+        self.release_tree(body, ctx)
+    }
+
+    /// [`ResponsePlan::release`] through a parsed `serde_json::Value` tree (the body is parsed
+    /// once, checked, restricted and minimized in place, then re-serialized).
+    pub fn release_tree(&self, body: &[u8], ctx: &ApplyCtx<'_>) -> Release {
         let mut restrictions = Vec::new();
         let outcome = self.release_into(body, ctx, &mut restrictions).and_then(|applied| {
             // The released body is bounded like the upstream's: Envoy refuses a buffer over its

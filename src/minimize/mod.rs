@@ -11,9 +11,12 @@
 //! - [`body`]: parsing and serialization; [`withheld`]: the withheld-path record.
 //! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient) and
 //!   the compiler of the policy's `restrictions`.
+//! - [`scan`]: strict validation of a body without building a tree.
 //!
 //! The host calls [`crate::decision::ResponsePlan::apply`], which runs the response checks and
-//! then [`apply_value`]; the CLI calls [`apply`].
+//! then [`apply_value`]; the CLI calls [`apply`]. [`apply_tree`] is the tree-based engine
+//! (parse into a `serde_json::Value`, walk, re-serialize), kept by name so the benchmarks can
+//! compare it with whatever [`apply`] runs.
 
 pub mod body;
 pub mod compile;
@@ -25,6 +28,7 @@ pub mod preset;
 pub mod profile;
 pub mod restrict;
 pub mod rules;
+pub mod scan;
 pub mod transform;
 pub mod walk;
 pub mod withheld;
@@ -126,6 +130,11 @@ pub fn apply_value(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> 
 /// body is always re-serialized from the parsed tree, so the client receives exactly what was
 /// inspected (duplicate keys, odd whitespace and a BOM do not survive).
 pub fn apply(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
+    apply_tree(profile, body, ctx, max_bytes)
+}
+
+/// [`apply`] through a parsed `serde_json::Value` tree: parse, minimize in place, serialize.
+pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usize) -> Result<Applied, DenyReason> {
     let mut value = body::parse(body, max_bytes)?;
     release(profile, &mut value, ctx)
 }
