@@ -61,7 +61,7 @@ BROWSER_STAMP        := $(VENV)/.browser-installed
 
 FUZZ_SECONDS ?=
 .PHONY: clang node venv-support fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
-        compose-up compose-down compose-test oci bench bench-opt wrk clean distclean \
+        compose-up compose-down compose-test oci bench bench-opt v8-stages wrk clean distclean \
         playground-target playground-build playground chromium test-browser
 
 help: ## list the targets
@@ -226,10 +226,16 @@ node: ## install Node.js (Debian package) if missing; needs root or sudo: bench/
 
 NOOP_WASM   := $(TARGET_DIR)/bench-noop/$(WASM_TARGET)/release/noop_filter.wasm
 V8_STAGES_WASM := $(TARGET_DIR)/bench-v8-stages/$(WASM_TARGET)/release/v8_stages.wasm
+# The sweep's ~200 KB Observation, written by bench/fixtures.py and included by bench/v8-stages.
+V8_STAGES_FIXTURES := $(abspath $(TARGET_DIR)/bench-v8-stages/fixtures)
 
-bench: wasm cli venv wrk node ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
+v8-stages: target clang venv ## build bench/v8-stages (the core's stages as wasm, timed by node bench/v8_stages.mjs)
+	$(VENV_PY) bench/fixtures.py $(V8_STAGES_FIXTURES) 200k
+	V8_STAGES_OBS_200K=$(V8_STAGES_FIXTURES)/observation-200k.json \
+	  cargo build --release --target $(WASM_TARGET) --manifest-path bench/v8-stages/Cargo.toml --target-dir $(TARGET_DIR)/bench-v8-stages
+
+bench: wasm cli venv wrk node v8-stages ## benchmarks vs no filter and native jwt_authn+rbac -> bench/RESULTS.md (BENCH_QUICK=1: ~2 min)
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir $(TARGET_DIR)/bench-noop
-	cargo build --release --target $(WASM_TARGET) --manifest-path bench/v8-stages/Cargo.toml --target-dir $(TARGET_DIR)/bench-v8-stages
 	$(VENV_PY) bench/run.py --noop-wasm $(NOOP_WASM) --v8-stages-wasm $(V8_STAGES_WASM) $(BENCH_ARGS)
 
 bench-opt: venv wrk ## wasm size and in-Envoy verify cost at opt-level 3, s and z -> bench/OPT_LEVEL.md

@@ -14,10 +14,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import envoy_config
 from envoy_config import DEFAULT_WASM, q, render, wasm_filter
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+# The listeners' per_connection_buffer_limit_bytes in every proxy under test (Envoy's stream
+# buffer): the size sweep's largest body (4 MiB) must fit in the pipeline's buffer with room for
+# one more upstream read, so the pipelines' policies state the same `limits.envoyBufferLimitBytes`
+# (run.py). The same limit on every variant keeps the baseline's configuration equal to the
+# pipeline's but for the filter. The upstream cluster's limit stays the shipped 32 KiB: it bounds
+# one upstream read, which must stay under the policy's 64 KiB headroom.
+BUFFER_LIMIT_BYTES = 8 * 1024 * 1024
+LISTENER_BUFFER_LIMIT = f"    per_connection_buffer_limit_bytes: {envoy_config.BUFFER_LIMIT_BYTES}\n"
 
 
 ISSUER = "https://idp.phi-guard.test"
@@ -121,11 +131,11 @@ def proxy(kind: str, *, listen_port: int, admin_port: int, upstream_port: int,
     empty policy). `native-audit` is native-cache plus a JSON access log of the audit fields
     (`access_log`, a file): the native setup that does what phi-guard's warm path does."""
     if kind == "phi-guard":
-        return render(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
-                      policy=policy or REPO / "policies" / "smart-patient-app.json", wasm=wasm,
-                      filter="phi-guard")
-    base = render(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
-                  filter="none")
+        return _buffer_limit(render(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
+                                    policy=policy or REPO / "policies" / "smart-patient-app.json", wasm=wasm,
+                                    filter="phi-guard"))
+    base = _buffer_limit(render(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
+                                filter="none"))
     if kind == "none":
         return base
     if kind == "wasm-noop":
@@ -144,6 +154,13 @@ def proxy(kind: str, *, listen_port: int, admin_port: int, upstream_port: int,
             raise RuntimeError("tests/support/envoy_config.py changed shape: no single route_config")
         out = out.replace(ROUTE_CONFIG_MARKER, audit_access_log(access_log) + ROUTE_CONFIG_MARKER)
     return out
+
+
+def _buffer_limit(config: str) -> str:
+    """The listener's buffer limit raised to BUFFER_LIMIT_BYTES."""
+    if config.count(LISTENER_BUFFER_LIMIT) != 1:
+        raise RuntimeError("tests/support/envoy_config.py changed shape: no single listener buffer limit")
+    return config.replace(LISTENER_BUFFER_LIMIT, f"    per_connection_buffer_limit_bytes: {BUFFER_LIMIT_BYTES}\n")
 
 
 def upstream(*, listen_port: int, admin_port: int, bodies: dict[str, Path]) -> str:

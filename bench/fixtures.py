@@ -4,6 +4,7 @@ and tokens signed with the test keys (tests/keys/, test-only).
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import uuid
@@ -82,12 +83,16 @@ def observation(size: str, target_bytes: int | None, record: list[dict]) -> dict
 
 
 # Bodies for the body-size sweep: name -> target size (None: the bare Observation, ~1 KB).
+# 1m and 4m are over phi-guard's default `limits.maxResponseBytes` and Envoy's default 1 MiB
+# stream buffer: the bench raises both for the pipelines (run.py, configs.py).
 SIZES: dict[str, int | None] = {"1k": None, "16k": 16 * 1024, "64k": 64 * 1024,
-                                "200k": 200 * 1024, "400k": 400 * 1024}
+                                "200k": 200 * 1024, "400k": 400 * 1024,
+                                "1m": 1024 * 1024, "4m": 4 * 1024 * 1024}
 
 
-def write_bodies(out: Path) -> dict[str, Path]:
-    """path -> file: the demo patient, and the Observation of each sweep size."""
+def write_bodies(out: Path, sizes: list[str] | None = None) -> dict[str, Path]:
+    """path -> file: the demo patient, and the Observation of each sweep size (`sizes`: those
+    of SIZES only)."""
     out.mkdir(parents=True, exist_ok=True)
     record = _resources(PATIENT_BUNDLE)
     bodies: dict[str, Path] = {}
@@ -96,8 +101,13 @@ def write_bodies(out: Path) -> dict[str, Path]:
     f.write_bytes(_dump(patient))
     bodies[PATIENT_PATH] = f
     for name, target in SIZES.items():
+        if sizes is not None and name not in sizes:
+            continue
         f = out / f"observation-{name}.json"
-        f.write_bytes(_dump(observation(name, target, record)))
+        body = _dump(observation(name, target, record))
+        # Rewrite only what changed, so a build that includes the file is not redone for nothing.
+        if not f.exists() or f.read_bytes() != body:
+            f.write_bytes(body)
         bodies[obs_path(name)] = f
     return bodies
 
@@ -124,3 +134,21 @@ def write_tokens(out: Path, pool: int, ttl: int = 3 * 3600) -> tuple[dict[str, s
         f.write_text("\n".join(mint(alg, minter, key, now, ttl) for _ in range(pool)) + "\n")
         pools[alg] = f
     return single, pools
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fixtures.py OUT_DIR [SIZE ...]`: write the bodies the upstream serves (bench/v8-stages
+    includes observation-200k.json from here; `make v8-stages` writes it)."""
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("sizes", nargs="*", metavar="SIZE", help=f"of {', '.join(SIZES)} (default all)")
+    a = p.parse_args(argv)
+    if unknown := [x for x in a.sizes if x not in SIZES]:
+        p.error(f"unknown size(s) {', '.join(unknown)}: known {', '.join(SIZES)}")
+    for path, f in write_bodies(a.out, a.sizes or None).items():
+        print(f"{f.stat().st_size:9d}  {f}  ({path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

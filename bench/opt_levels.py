@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{path} missing: run without --no-build")
         wasm[lvl] = path
 
-    bodies = fixtures.write_bodies(workdir / "bodies")
+    bodies = fixtures.write_bodies(workdir / "bodies", ["200k"])  # the Patient and the ~200 KB Observation
     tokens, pools = fixtures.write_tokens(workdir / "tokens", a.pool)
     miss = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
     miss["tokenCache"] = {"maxEntries": MISS_CACHE_ENTRIES}

@@ -4,6 +4,7 @@
 
     bench/run.py [--quick] [--out FILE] [--pipeline NAME[=POLICY] ...] [--wasm FILE]
                  [--seconds N] [--rounds N] [--conns 1,2,32] [--soak N]
+                 [--sizes 1k,200k,4m] [--sweep-only]
 
 One Envoy per variant (2 workers each), all behind the same fixed-response upstream (an Envoy
 answering from files). Each measurement is one wrk run; runs alternate with the no-filter
@@ -50,6 +51,24 @@ PIPELINES: dict[str, tuple[Path, str]] = {
 }
 CLI = Path(os.environ.get("PHI_GUARD_CLI") or REPO / "target" / "release" / "phi-guard")
 MISS_CACHE_ENTRIES = 16  # phi-guard-miss: a cache far smaller than the token pool
+# The Observation sizes of the throughput matrix (besides the Patient read).
+MATRIX_SIZES = ("1k", "200k")
+# The room a policy keeps above `maxResponseBytes` for one upstream read (src/policy/compile.rs
+# ENVOY_READ_HEADROOM_BYTES).
+READ_HEADROOM_BYTES = 64 * 1024
+
+
+def pipeline_policy(policy: Path, out: Path) -> Path:
+    """A pipeline's policy with the buffer limits the size sweep needs: Envoy's stream buffer as
+    the bench configures it (configs.BUFFER_LIMIT_BYTES) and `maxResponseBytes` at the most that
+    leaves room for one upstream read (policies/README.md, Limits), so the largest body is
+    buffered and checked rather than refused as `response_too_large`."""
+    doc = json.loads(policy.read_text(encoding="utf-8"))
+    limits = doc.setdefault("limits", {})
+    limits["envoyBufferLimitBytes"] = configs.BUFFER_LIMIT_BYTES
+    limits["maxResponseBytes"] = configs.BUFFER_LIMIT_BYTES - READ_HEADROOM_BYTES
+    out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return out
 
 
 @dataclass(frozen=True)
@@ -66,8 +85,10 @@ class Cell:
         return f"{self.proxy}|{self.alg}|{self.path}"
 
 
-def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, tuple[str, Path | None, str]]:
-    """name -> (configs.proxy kind, policy, description)."""
+def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool,
+            sweep_only: bool = False) -> dict[str, tuple[str, Path | None, str]]:
+    """name -> (configs.proxy kind, policy, description). `sweep_only`: the no-filter proxy and
+    the pipelines only."""
     # Auth + scope alone: the demo policy without its minimization profiles, so a Patient read
     # streams its body through (the body work is what the pipelines measure).
     auth = json.loads((REPO / "policies" / "smart-patient-app.json").read_text())
@@ -102,10 +123,18 @@ def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool) -> dict[str, 
     if noop:
         out["wasm-noop"] = ("wasm-noop", None, "a Rust proxy-wasm filter that does nothing (bench/noop-filter): "
                             "the floor of any wasm filter")
+    if sweep_only:
+        out = {"none": out["none"]}
     for name, policy in pipelines.items():
-        out[f"pipeline-{name}"] = ("phi-guard", policy, f"phi-guard full pipeline `{name}`: "
-                                   + (PIPELINES[name][1] if name in PIPELINES else str(policy)))
+        bench_policy = pipeline_policy(policy, workdir / f"policy-pipeline-{name}.json")
+        out[f"pipeline-{name}"] = ("phi-guard", bench_policy, f"phi-guard full pipeline `{name}`: "
+                                   + (PIPELINES[name][1] if name in PIPELINES else str(policy))
+                                   + f" (`limits.maxResponseBytes` {bench_policy_limit()})")
     return out
+
+
+def bench_policy_limit() -> str:
+    return f"{(configs.BUFFER_LIMIT_BYTES - READ_HEADROOM_BYTES) // 1024} KiB, Envoy buffer {configs.BUFFER_LIMIT_BYTES // (1 << 20)} MiB"
 
 
 def groups(pipelines: list[str], noop: bool) -> dict[str, list[list[Cell]]]:
@@ -118,7 +147,7 @@ def groups(pipelines: list[str], noop: bool) -> dict[str, list[list[Cell]]]:
                                Cell("phi-guard-batch", p, alg)]
                               + ([Cell("wasm-noop", p, alg)] if noop and alg == "RS256" else []))
         out["patient"].append([Cell("native", p, alg), Cell("phi-guard-miss", p, alg, pool=True)])
-    for size in ("1k", "200k"):
+    for size in MATRIX_SIZES:
         path = fixtures.obs_path(size)
         cells = [Cell("native-cache", path)] + [Cell(f"pipeline-{n}", path) for n in pipelines]
         out[f"obs-{size}"] = [cells[i:i + 2] for i in range(0, len(cells), 2)]
@@ -161,11 +190,13 @@ class Bench:
         self.upstream = Envoy("upstream", self.workdir)
         self.upstream.start(lambda lp, ap: configs.upstream(listen_port=lp, admin_port=ap, bodies=self.bodies),
                             concurrency=a.upstream_workers)
-        self.proxy_defs = proxies(self.pipelines, self.workdir, self.noop)
+        self.proxy_defs = proxies(self.pipelines, self.workdir, self.noop, a.sweep_only)
         self.first: dict[str, list[dict]] = {}
         for name in self.proxy_defs:
             self.envoys[name] = self._start_proxy(name, name)
         for name in ("none", "phi-guard") + tuple(f"pipeline-{n}" for n in self.pipelines):
+            if name not in self.proxy_defs:
+                continue
             for i in range(1, a.first_repeats):
                 e = self._start_proxy(name, f"{name}-restart{i}")
                 e.stop()
@@ -228,7 +259,7 @@ class Bench:
         body `explain` says the filter releases), and refusals are refusals: a benchmark of a proxy
         answering 401 fast would be worthless."""
         cells = {c.id: c for chunks in self.groups.values() for chunk in chunks for c in chunk}
-        for size in fixtures.SIZES:
+        for size in self.args.sizes:
             for name in ["none"] + [f"pipeline-{n}" for n in self.pipelines]:
                 c = Cell(name, fixtures.obs_path(size))
                 cells[c.id] = c
@@ -301,6 +332,8 @@ class Bench:
 
     def run_matrix(self) -> None:
         a = self.args
+        if not self.groups:
+            return
         total = sum(len(sequence(ch, Cell("none", "/"), False)) for ch in self.groups.values())
         self.log(f"matrix: {total} runs x {len(a.conns)} connection counts x {a.rounds} rounds, {a.seconds} s each")
         for rnd in range(a.rounds):
@@ -317,15 +350,30 @@ class Bench:
         for name in self.pipelines:
             for rnd in range(a.rounds):
                 seq = []
-                for size in fixtures.SIZES:
+                for size in a.sizes:
                     path = fixtures.obs_path(size)
                     seq += [Cell("none", path), Cell(f"pipeline-{name}", path)]
                 if rnd % 2 == 1:
                     seq.reverse()
                 for pos, cell in enumerate(seq):
-                    size = next(s for s in fixtures.SIZES if fixtures.obs_path(s) == cell.path)
+                    size = next(s for s in a.sizes if fixtures.obs_path(s) == cell.path)
                     self.measure(cell, a.sweep_conns, a.seconds, kind="sweep", round=rnd, pipeline=name,
                                  size=size, body_bytes=self.bodies[cell.path].stat().st_size, pos=pos)
+
+    def sweep_memory(self) -> dict:
+        """Each wasm proxy's linear memories right after the sweep (a wasm memory never shrinks:
+        the pipelines' have grown to hold the largest body), and that body's size."""
+        out = {}
+        for name, env in self.envoys.items():
+            mems = memory.wasm_memories(env.pid)
+            if mems:
+                out[name] = {"wasm": mems}
+                self.log(f"  after the sweep: {name:<18} wasm {memory.summary(mems)}")
+        largest = max((self.bodies[fixtures.obs_path(s)].stat().st_size for s in self.args.sizes), default=0)
+        for name in self.pipelines:
+            if f"pipeline-{name}" in out:
+                out[f"pipeline-{name}"]["largest_body"] = largest
+        return out
 
     def run_soak(self) -> dict:
         """Every proxy under load at once for `--soak` seconds; then RSS and linear memory."""
@@ -363,7 +411,7 @@ class Bench:
         self.noop = a.noop_wasm is not None and a.noop_wasm.exists()
         if a.noop_wasm is not None and not self.noop:
             print(f"bench: {a.noop_wasm} does not exist: no wasm-noop variant", file=sys.stderr)
-        self.groups = groups(list(self.pipelines), self.noop)
+        self.groups = groups(list(self.pipelines), self.noop) if not a.sweep_only else {}
         self.meta = machine_facts(a)
         self.log(f"phi-guard benchmark ({'quick' if a.quick else 'full'}), logs in {self.workdir}")
         try:
@@ -374,7 +422,8 @@ class Bench:
             token_stats = {name: self.envoys[name].stats("phi_guard.token_") for name in ("phi-guard", "phi-guard-miss")
                            if name in self.envoys}
             self.run_sweep()
-            soak = self.run_soak()
+            after_sweep = self.sweep_memory()
+            soak = self.run_soak() if not a.sweep_only else {}
             idle = {name: {"status": e.status()} for name, e in self.envoys.items()}
         finally:
             for e in list(self.envoys.values()) + ([self.upstream] if self.upstream else []):
@@ -384,7 +433,7 @@ class Bench:
         results = {"v8_stages": stages, "token_stats": token_stats, "distinct_warm_tokens": len(fixtures.ALGORITHMS) + 1, "meta": self.meta, "proxies": {k: v[2] for k, v in self.proxy_defs.items()},
                    "pipelines": {k: str(v) for k, v in self.pipelines.items()},
                    "bodies": {p: f.stat().st_size for p, f in self.bodies.items()},
-                   "first": self.first, "records": self.records, "soak": soak, "idle": idle}
+                   "first": self.first, "records": self.records, "soak": soak, "after_sweep": after_sweep, "idle": idle}
         raw = self.workdir / "results.json"
         raw.write_text(json.dumps(results, indent=1))
         out = Path(a.out)
@@ -425,6 +474,7 @@ def machine_facts(a: argparse.Namespace) -> dict:
         "wasm_sha256": hashlib.sha256(wasm.read_bytes()).hexdigest()[:16],
         "commit": commit + ("+dirty" if dirty else ""),
         "seconds": a.seconds, "rounds": a.rounds, "conns": a.conns, "soak_s": a.soak,
+        "sizes": a.sizes, "sweep_only": a.sweep_only, "buffer_limit_bytes": configs.BUFFER_LIMIT_BYTES,
         "soak_conns": a.soak_conns, "sweep_conns": a.sweep_conns, "pool": a.pool,
         "upstream_workers": a.upstream_workers, "workers": 2,
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
@@ -453,7 +503,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=1024, help="distinct tokens per algorithm for the cache-miss runs")
     p.add_argument("--first-repeats", type=int, help="fresh starts for first-request latency (full 3, quick 1)")
     p.add_argument("--upstream-workers", type=int, default=1)
+    p.add_argument("--sizes", help=f"body sizes of the size sweep, comma-separated (default all: {','.join(fixtures.SIZES)})")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="only the body-size sweep: start the no-filter proxy and the pipelines, skip the throughput "
+                   "matrix and the soak (the V8 stages still run when --v8-stages-wasm is given)")
     a = p.parse_args(argv)
+    a.sizes = [x.strip() for x in (a.sizes or ",".join(fixtures.SIZES)).split(",") if x.strip()]
+    if unknown := [x for x in a.sizes if x not in fixtures.SIZES]:
+        p.error(f"--sizes: unknown {', '.join(unknown)} (known: {', '.join(fixtures.SIZES)})")
     a.seconds = a.seconds or (1 if a.quick else 3)
     a.rounds = a.rounds or (1 if a.quick else 2)
     a.soak = a.soak or (5 if a.quick else 60)

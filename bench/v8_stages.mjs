@@ -20,7 +20,7 @@ const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1:
 wasi.initialize(instance);
 const x = instance.exports;
 if (x.stages_setup() !== 0) {
-  console.error("v8-stages: setup failed (policy, keys or the demo token)");
+  console.error("v8-stages: setup failed (policy, keys, the demo token, or the ~200 KB Observation's plan or release)");
   process.exit(1);
 }
 // The stage names, written once in the wasm (bench/v8-stages/src/lib.rs `STAGES`).
@@ -61,10 +61,15 @@ for (let i = 0; i < STAGES.length; i++) {
     total += cpuUs() - t0;
     calls += n;
   }
-  results.push({ stage: STAGES[i], us: total / calls, calls });
+  // The body a stage works on (bytes; 0: none), for a cost per KiB.
+  const bytes = x.stages_bytes ? x.stages_bytes(i) : 0;
+  results.push({ stage: STAGES[i], us: total / calls, calls, bytes });
 }
 if (flags.includes("--json")) {
   console.log(JSON.stringify({ node: process.version, results }, null, 1));
 } else {
-  for (const r of results) console.log(`${r.us.toFixed(2).padStart(10)} µs  ${r.stage}`);
+  for (const r of results) {
+    const perKib = r.bytes ? `  ${(r.us / (r.bytes / 1024)).toFixed(3).padStart(8)} µs/KiB` : "";
+    console.log(`${r.us.toFixed(2).padStart(10)} µs${perKib}  ${r.stage}`);
+  }
 }

@@ -11,9 +11,12 @@
 //! - [`body`]: parsing and serialization; [`withheld`]: the withheld-path record.
 //! - [`restrict`]: patients' privacy restrictions (sensitivity labels withheld per patient) and
 //!   the compiler of the policy's `restrictions`.
+//! - [`scan`]: strict validation of a body without building a tree.
 //!
 //! The host calls [`crate::decision::ResponsePlan::apply`], which runs the response checks and
-//! then [`apply_value`]; the CLI calls [`apply`].
+//! then [`apply_value`]; the CLI calls [`apply`]. [`apply_tree`] is the tree-based engine
+//! (parse into a `serde_json::Value`, walk, re-serialize), kept by name so the benchmarks can
+//! compare it with whatever [`apply`] runs.
 
 pub mod body;
 pub mod compile;

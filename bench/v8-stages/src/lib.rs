@@ -1,18 +1,24 @@
 //! The stages of a cache-warm request, and signature verification per algorithm, as exports that
 //! bench/v8_stages.mjs calls in a loop under Node.js's V8. Each `run` returns a value derived from
 //! the work so the optimiser cannot drop it. Stage numbers are the order of `STAGES`.
+//!
+//! The stages named `200 KB read, …` take apart the response pipeline of a patient read of the
+//! ~200 KB Observation the body-size sweep serves (`observation-200k.json`, written by
+//! bench/fixtures.py: `make v8-stages` writes it and passes its path in `V8_STAGES_OBS_200K`).
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::audit::{AuditChain, AuditContext, AuditEvent, AuditKey, RequestMeta};
 use phi_guard::auth::keys::parse_jwks;
 use phi_guard::auth::{TokenCache, VerifyKey};
-use phi_guard::decision::{decide, Decision, Request};
+use phi_guard::decision::{decide, CompartmentCheck, Decision, Request, ResponseCheck, ResponsePlan};
+use phi_guard::minimize::{ApplyCtx, Profile};
 use phi_guard::policy::Policy;
 use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 const NOW: UnixSeconds = UnixSeconds::new(1_800_000_000);
 const PATH: &str = "/fhir/Patient/d78af07c-9cb9-4f31-9b11-c45a28f2eec8";
@@ -24,9 +30,17 @@ const ES_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-es256.key.pem");
 const ED_KEY: &[u8] = include_bytes!("../../../tests/keys/demo-eddsa.key.pem");
 /// The demo patient, as the upstream answers the Patient read (bench/fixtures.py writes the same).
 const PATIENT_BODY: &[u8] = include_bytes!("../../../envoy/demo-data/resources/hl7r4_Patient-example.json");
+/// The sweep's ~200 KB Observation of the demo patient, the bytes the bench upstream serves.
+const OBS_200K: &[u8] = include_bytes!(env!(
+    "V8_STAGES_OBS_200K",
+    "V8_STAGES_OBS_200K: the absolute path of observation-200k.json from `bench/fixtures.py DIR 200k`; `make v8-stages` sets it"
+));
+const OBS_200K_PATH: &str = "/fhir/Observation/bench-200k";
+/// The first stage on the ~200 KB Observation; [`stages_bytes`] gives their body size.
+const FIRST_200K: u32 = 18;
 
 /// Stage names, in export order (bench/v8_stages.mjs reads them through `stages_name_*`).
-pub const STAGES: [&str; 18] = [
+pub const STAGES: [&str; 31] = [
     "cache key: SHA-256 of the token",
     "path normalisation",
     "decide, cache warm (normalise, route, cache lookup, scopes, FHIR model, compartment plan)",
@@ -45,6 +59,19 @@ pub const STAGES: [&str; 18] = [
     "response phase, Patient read 3.3 KiB: compartment check + Content-Digest",
     "Content-Digest alone: SHA-256 of the 3.3 KiB body",
     "JSON parse alone: the 3.3 KiB body into a serde_json Value",
+    "200 KB read, copy in: allocate a Vec and copy the body (as get_buffer_bytes)",
+    "200 KB read, tree: parse into a serde_json Value (and free it)",
+    "200 KB read, tree: compartment check on the Value",
+    "200 KB read, tree: minimize walk (apply_value, patient-app)",
+    "200 KB read, tree: serialize the Value",
+    "200 KB read, tree: ResponsePlan::release_tree, whole",
+    "200 KB read, new: validate (json::validate, strict, no tree)",
+    "200 KB read, new: ResponsePlan::release, whole",
+    "200 KB read, digest: SHA-256 of the output",
+    "200 KB read, digest: SHA-512 of the output",
+    "200 KB read, audit: event build + chain seal",
+    "200 KB read, new: compartment check over the raw bytes (CompartmentCheck::scan)",
+    "200 KB read, new: minimize stream (minimize::release_text, patient-app)",
 ];
 
 struct State {
@@ -57,6 +84,20 @@ struct State {
     event: AuditEvent,
     grant: Option<phi_guard::decision::Grant>,
     patient_body: Vec<u8>,
+    obs: Obs,
+}
+
+/// The ~200 KB Observation read: its decision, its body parsed, and what it releases.
+struct Obs {
+    decision: Decision,
+    plan: ResponsePlan,
+    check: CompartmentCheck,
+    profile: Arc<Profile>,
+    body: Vec<u8>,
+    tree: Value,
+    released: Vec<u8>,
+    withheld: Vec<String>,
+    digest: String,
 }
 
 thread_local! {
@@ -97,24 +138,55 @@ fn setup_state() -> Option<State> {
     let mut patient: Value = serde_json::from_slice(PATIENT_BODY).ok()?;
     patient["id"] = json!(PATIENT);
     let patient_body = serde_json::to_vec(&patient).ok()?;
-    Some(State { policy, tokens, keys, cache, audit_key, chain, event, grant, patient_body })
+    let obs = setup_obs(&policy, &mut cache, &tokens[0], &audit_key)?;
+    Some(State { policy, tokens, keys, cache, audit_key, chain, event, grant, patient_body, obs })
+}
+
+/// The plan `decide` makes for a patient read of the ~200 KB Observation with the demo token;
+/// `None` unless it checks the compartment and minimizes with `patient-app`, and the body
+/// passes. The profile withholds nothing from this body, so walking the parsed tree again
+/// repeats the same work (checked here).
+fn setup_obs(policy: &Policy, cache: &mut TokenCache, token: &str, key: &AuditKey) -> Option<Obs> {
+    let decision = decide_path(policy, cache, token, OBS_200K_PATH);
+    let Decision::Allow(grant) = &decision else { return None };
+    let plan = grant.response.clone();
+    let ResponseCheck::Compartment(check) = plan.checks.first()?.clone();
+    let profile = plan.minimize.clone().filter(|p| p.name == "patient-app")?;
+    let ctx = ApplyCtx { hmac_key: None, now: NOW, pseudonyms: Some(key) };
+    let applied = plan.release_tree(OBS_200K, &ctx).outcome.ok()?;
+    let released = applied.body.unwrap_or_else(|| OBS_200K.to_vec());
+    let mut tree = phi_guard::minimize::body::parse(OBS_200K, usize::MAX).ok()?;
+    check.check(&tree).ok()?;
+    let report = phi_guard::minimize::apply_value(&profile, &mut tree, &ctx).ok()?;
+    if report.count != 0 {
+        return None;
+    }
+    let digest = phi_guard::http::content_digest(&released);
+    Some(Obs { decision, plan, check, profile, body: OBS_200K.to_vec(), tree, released, withheld: applied.withheld, digest })
 }
 
 fn decide_once(policy: &Policy, cache: &mut TokenCache, token: &str) -> Decision {
-    let header = format!("Bearer {token}");
-    let auth = [header.as_str()];
-    decide(policy, cache, &Request { method: "GET", path: PATH, authorization: &auth, header_count: 8, ..Default::default() }, NOW)
+    decide_path(policy, cache, token, PATH)
 }
 
-fn event(policy: &Policy, key: &AuditKey, d: &Decision) -> AuditEvent {
-    let meta = RequestMeta {
+fn decide_path(policy: &Policy, cache: &mut TokenCache, token: &str, path: &str) -> Decision {
+    let header = format!("Bearer {token}");
+    let auth = [header.as_str()];
+    decide(policy, cache, &Request { method: "GET", path, authorization: &auth, header_count: 8, ..Default::default() }, NOW)
+}
+
+fn meta(path: &str) -> RequestMeta<'_> {
+    RequestMeta {
         request_id: Some("0f3c2a9e-1b7d-4c55-9a0e-3c2f1b7d4c55"),
         source: Some("127.0.0.1:40000"),
         destination: Some("127.0.0.1:10000"),
         method: "GET",
-        path: PATH,
-    };
-    AuditEvent::from_decision(d, &meta, &AuditContext::new(policy, key, NOW.to_millis())).with_response(200, Vec::new(), None)
+        path,
+    }
+}
+
+fn event(policy: &Policy, key: &AuditKey, d: &Decision) -> AuditEvent {
+    AuditEvent::from_decision(d, &meta(PATH), &AuditContext::new(policy, key, NOW.to_millis())).with_response(200, Vec::new(), None)
 }
 
 /// Build the fixtures; 0 when ready.
@@ -141,6 +213,16 @@ pub extern "C" fn stages_name_ptr(i: u32) -> *const u8 {
 #[no_mangle]
 pub extern "C" fn stages_name_len(i: u32) -> u32 {
     STAGES.get(i as usize).map_or(0, |s| s.len() as u32)
+}
+
+/// The size of the body stage `i` works on, in bytes (0: a stage without one).
+#[no_mangle]
+pub extern "C" fn stages_bytes(i: u32) -> u32 {
+    if (FIRST_200K..STAGES.len() as u32).contains(&i) {
+        OBS_200K.len() as u32
+    } else {
+        0
+    }
 }
 
 /// Number of stages.
@@ -195,8 +277,10 @@ pub extern "C" fn stages_run(stage: u32, n: u32) -> u32 {
                 14 => u32::from(st.cache.get(&st.tokens[0], NOW).is_some()),
                 15 => response_phase(st),
                 16 => u32::from(phi_guard::http::content_digest(&st.patient_body).as_bytes()[9]),
-                17 => phi_guard::minimize::body::parse(&st.patient_body, 1 << 20).map_or(0, |v| v.as_object().map_or(1, |o| o.len() as u32)),
-                _ => 0,
+                17 => {
+                    phi_guard::minimize::body::parse(&st.patient_body, 1 << 20).map_or(0, |v| v.as_object().map_or(1, |o| o.len() as u32))
+                }
+                _ => obs_stage(st, stage.wrapping_sub(FIRST_200K)),
             });
         }
         acc
@@ -223,5 +307,49 @@ fn response_phase(st: &State) -> u32 {
             Released::Unchanged => u32::from(phase.content_digest().is_some()) + 1,
         },
         _ => 0,
+    }
+}
+
+/// The stages on the ~200 KB Observation, from [`FIRST_200K`].
+fn obs_stage(st: &mut State, i: u32) -> u32 {
+    use std::hint::black_box;
+    let ctx = ApplyCtx { hmac_key: None, now: NOW, pseudonyms: Some(&st.audit_key) };
+    let o = &mut st.obs;
+    match i {
+        0 => {
+            let copy = black_box(o.body.as_slice()).to_vec();
+            u32::from(black_box(copy)[7])
+        }
+        1 => phi_guard::minimize::body::parse(&o.body, usize::MAX).map_or(0, |v| v.as_object().map_or(1, |m| m.len() as u32)),
+        2 => u32::from(o.check.check(black_box(&o.tree)).is_ok()),
+        3 => phi_guard::minimize::apply_value(&o.profile, black_box(&mut o.tree), &ctx).map_or(0, |r| r.count as u32 + 1),
+        4 => phi_guard::minimize::body::serialize(black_box(&o.tree)).map_or(0, |b| b.len() as u32),
+        5 => released_len(&o.plan.release_tree(black_box(&o.body), &ctx)),
+        6 => u32::from(phi_guard::minimize::checked(black_box(&o.body), usize::MAX).is_ok()),
+        7 => released_len(&o.plan.release(black_box(&o.body), &ctx)),
+        8 => u32::from(Sha256::digest(black_box(&o.released))[0]),
+        9 => u32::from(Sha512::digest(black_box(&o.released))[0]),
+        10 => {
+            // The digest is computed by the digest stages; the event records its text.
+            let e = AuditEvent::from_decision(
+                &o.decision,
+                &meta(OBS_200K_PATH),
+                &AuditContext::new(&st.policy, &st.audit_key, NOW.to_millis()),
+            )
+            .with_response(200, o.withheld.clone(), None)
+            .with_content_digest(o.digest.clone());
+            st.chain.seal(&e, &st.policy.audit).line.len() as u32
+        }
+        11 => u32::from(o.check.scan(black_box(&o.body)).is_ok()),
+        12 => phi_guard::minimize::release_text(&o.profile, black_box(&o.body), &ctx, &Default::default())
+            .map_or(0, |a| a.body.map_or(1, |b| b.len() as u32)),
+        _ => 0,
+    }
+}
+
+fn released_len(r: &phi_guard::decision::Release) -> u32 {
+    match &r.outcome {
+        Ok(a) => a.body.as_ref().map_or(1, |b| b.len() as u32),
+        Err(_) => 0,
     }
 }
