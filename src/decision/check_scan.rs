@@ -7,7 +7,7 @@
 //! turns up, then checked again as a resource.
 
 use super::response::{CompartmentCheck, Expected};
-use crate::fhir::compartment::{in_patient_compartment, member_patients};
+use crate::fhir::compartment::{in_patient_compartment, member_patients, patient_paths};
 use crate::fhir::resource_type;
 use crate::json::{Kind, Reader};
 use crate::reason::DenyReason;
@@ -33,7 +33,7 @@ impl CompartmentCheck {
                 if rt.as_deref() != Some(*resource_type) || str_of("id")?.as_deref() != Some(id.as_str()) {
                     return VIOLATION;
                 }
-                self.raw_resource(&r, false).map_err(|_| DenyReason::PatientMismatch)
+                self.raw_resource(&r, false).map(|_| ()).map_err(|_| DenyReason::PatientMismatch)
             }
             Expected::Searchset | Expected::History { .. } => {
                 let want = if matches!(self.expect, Expected::Searchset) { "searchset" } else { "history" };
@@ -89,11 +89,10 @@ impl CompartmentCheck {
             }
             let outcome = rt.as_deref() == Some("OperationOutcome") && self.search_mode_is_outcome(r)?;
             if outcome {
-                self.raw_members(&mut e.clone())?;
+                self.raw_members(&mut e)?;
             } else {
-                self.raw_resource(&e, false)?;
+                e.pos = self.raw_resource(&e, false)?;
             }
-            e.skip()?;
         }
         Ok(())
     }
@@ -112,20 +111,21 @@ impl CompartmentCheck {
 
     /// A released resource (the reader stands at it; it does not move) and every resource
     /// nested anywhere inside it.
-    fn raw_resource(&self, r: &Reader<'_>, nested: bool) -> Res {
+    fn raw_resource(&self, r: &Reader<'_>, nested: bool) -> Result<usize, DenyReason> {
         let mut probe = r.clone();
         if probe.kind()? != Kind::Object {
-            return VIOLATION;
+            return Err(DenyReason::CompartmentViolation);
         }
         let rt = match r.find_str("resourceType")? {
             Some(s) => resource_type(&s.decode()?),
             None => None,
         };
         let Some(rt) = rt else {
-            return VIOLATION;
+            return Err(DenyReason::CompartmentViolation);
         };
         // One walk over the members: the patient links are read on the way.
         let compartment = in_patient_compartment(rt);
+        let paths = patient_paths(rt);
         let mut patients = Vec::new();
         let mut own_id = false;
         let mut m = r.clone();
@@ -140,7 +140,7 @@ impl CompartmentCheck {
                     own_id = m.clone().string()?.is(&self.patient);
                 }
             } else if compartment {
-                member_patients(rt, &k.decode()?, &m, &mut patients)?;
+                member_patients(paths, &k, &m, &mut patients)?;
             }
             self.raw_nested(&mut m)?;
         }
@@ -152,9 +152,9 @@ impl CompartmentCheck {
             nested || self.shared.binary_search(&rt).is_ok()
         };
         if ok {
-            Ok(())
+            Ok(m.pos)
         } else {
-            VIOLATION
+            Err(DenyReason::CompartmentViolation)
         }
     }
 
@@ -190,31 +190,46 @@ impl CompartmentCheck {
     /// Any value (the reader ends after it): an object with a `resourceType` is a nested
     /// resource; anything else is searched for them.
     fn raw_nested(&self, r: &mut Reader<'_>) -> Res {
-        if r.kind()? != Kind::Object {
+        let kind = r.kind()?;
+        if matches!(kind, Kind::String | Kind::Scalar) {
+            r.skip()?;
+            return Ok(());
+        }
+        // Most values hold no resource at all: no string in them names `resourceType` (a name
+        // hidden behind an escape is looked for the slow way). An array is walked item by item.
+        if kind == Kind::Object && !first_key_is(r, "resourceType")? {
+            let mut probe = r.clone();
+            let (span, hits) = probe.skip_plain(&[b"resourceType"])?;
+            if hits == Some(0) {
+                r.pos = span.end;
+                return Ok(());
+            }
+        }
+        if kind != Kind::Object {
             return self.raw_members(r);
         }
         let start = r.clone();
-        let first = {
-            let mut peek = r.clone();
-            peek.open()?;
-            peek.next_key()?.is_some_and(|k| k.is("resourceType"))
-        };
+        let first = first_key_is(r, "resourceType")?;
         if first {
-            self.raw_resource(&start, true)?;
-            r.skip()?;
+            r.pos = self.raw_resource(&start, true)?;
             return Ok(());
         }
         // Walk it as data; a `resourceType` further on makes it a resource after all.
         r.open()?;
         while let Some(k) = r.next_key()? {
             if k.is("resourceType") {
-                self.raw_resource(&start, true)?;
-                *r = start;
-                r.skip()?;
+                r.pos = self.raw_resource(&start, true)?;
                 return Ok(());
             }
             self.raw_nested(r)?;
         }
         Ok(())
     }
+}
+
+/// Whether the object at `r` starts with member `name` (the reader does not move).
+fn first_key_is(r: &Reader<'_>, name: &str) -> Result<bool, DenyReason> {
+    let mut peek = r.clone();
+    peek.open()?;
+    Ok(peek.next_key()?.is_some_and(|k| k.is(name)))
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::json::{Kind, Malformed, Reader};
+use crate::json::{Kind, Malformed, Reader, Str};
 
 use super::compartment_table::PATIENT_COMPARTMENT;
 
@@ -108,10 +108,11 @@ pub fn raw_patients(r: &Reader<'_>, rt: &str) -> Result<Vec<String>, Malformed> 
         }
         return Ok(out);
     }
+    let paths = patient_paths(rt);
     let mut m = r.clone();
     m.open()?;
     while let Some(key) = m.next_key()? {
-        member_patients(rt, &key.decode()?, &m, &mut out)?;
+        member_patients(paths, &key, &m, &mut out)?;
         m.skip()?;
     }
     out.sort_unstable();
@@ -119,25 +120,27 @@ pub fn raw_patients(r: &Reader<'_>, rt: &str) -> Result<Vec<String>, Malformed> 
     Ok(out)
 }
 
-/// The Patient ids referenced by one member of a resource of type `rt` (`value` stands at the
-/// member's value) along the type's patient-link paths, appended to `out` (unsorted). A walk
-/// over a resource's members that calls this for each finds what [`raw_patients`] finds.
-pub fn member_patients(rt: &str, key: &str, value: &Reader<'_>, out: &mut Vec<String>) -> Result<(), Malformed> {
-    let Some((_, _, paths)) = entry(rt) else {
-        return Ok(());
-    };
-    for p in paths.iter() {
-        let (first, rest) = p.split_once('.').map_or((*p, ""), |(f, r)| (f, r));
-        if first == key {
-            let rest: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('.').collect() };
-            raw_visit(&mut value.clone(), &rest, out)?;
+/// The patient-link paths of a resource type (`subject`, `participant.individual`, ...).
+pub fn patient_paths(rt: &str) -> &'static [&'static str] {
+    entry(rt).map(|e| e.2).unwrap_or(&[])
+}
+
+/// The Patient ids referenced by one member `key` of a resource whose patient-link paths are
+/// `paths` ([`patient_paths`]; `value` stands at the member's value), appended to `out`
+/// (unsorted). A walk over a resource's members that calls this for each finds what
+/// [`raw_patients`] finds.
+pub fn member_patients(paths: &[&str], key: &Str<'_>, value: &Reader<'_>, out: &mut Vec<String>) -> Result<(), Malformed> {
+    for p in paths {
+        let (first, rest) = p.split_once('.').unwrap_or((p, ""));
+        if key.is(first) {
+            raw_visit(&mut value.clone(), rest, out)?;
         }
     }
     Ok(())
 }
 
 /// [`visit_path`] over raw bytes, collecting the Patient ids of the references at the end.
-fn raw_visit(r: &mut Reader<'_>, path: &[&str], out: &mut Vec<String>) -> Result<(), Malformed> {
+fn raw_visit(r: &mut Reader<'_>, path: &str, out: &mut Vec<String>) -> Result<(), Malformed> {
     match r.kind()? {
         Kind::Array => {
             r.open()?;
@@ -146,7 +149,7 @@ fn raw_visit(r: &mut Reader<'_>, path: &[&str], out: &mut Vec<String>) -> Result
                 r.skip()?;
             }
         }
-        Kind::Object => match path.split_first() {
+        Kind::Object => match (!path.is_empty()).then(|| path.split_once('.').unwrap_or((path, ""))) {
             None => {
                 if let Some(reference) = r.find_str("reference")? {
                     if let Some(id) = patient_id_of(&reference.decode()?) {

@@ -263,6 +263,59 @@ impl<'a> Reader<'a> {
         Ok(start..self.pos)
     }
 
+    /// Skip the value here like [`Reader::skip`], and count the strings in it (member names and
+    /// values) that start with one of `names`, after one leading `_`; `None` when some string holds an escape (a name
+    /// could hide behind it).
+    pub fn skip_plain(&mut self, names: &[&[u8]]) -> Result<(Range<usize>, Option<usize>), Malformed> {
+        self.ws();
+        let start = self.pos;
+        let mut hits = Some(0usize);
+        let mut depth = 0usize;
+        loop {
+            while let Some(w) = word(self.b, self.pos) {
+                if (has(w, b'"') | has(w | SPREAD * 0x20, b'{') | has(w | SPREAD * 0x20, b'}')) != 0 {
+                    break;
+                }
+                self.pos += 8;
+            }
+            match self.b.get(self.pos) {
+                Some(b'{' | b'[') => {
+                    depth += 1;
+                    self.pos += 1;
+                }
+                Some(b'}' | b']') => {
+                    self.pos += 1;
+                    depth = depth.checked_sub(1).ok_or(Malformed)?;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Some(b'"') => {
+                    let from = self.pos + 1;
+                    let (end, escaped) = string_end(self.b, from).ok_or(Malformed)?;
+                    if let Some(n) = hits {
+                        // `_x` (a FHIR primitive's extensions) counts as `x`.
+                        let text = self.b.get(from..end).unwrap_or_default();
+                        let text = text.strip_prefix(b"_").unwrap_or(text);
+                        hits = if escaped { None } else { Some(n + usize::from(names.iter().any(|m| text.starts_with(m)))) };
+                    }
+                    self.pos = end + 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Some(_) if depth == 0 => {
+                    // A number or literal at the top.
+                    let span = self.skip()?;
+                    return Ok((span, hits));
+                }
+                Some(_) => self.pos += 1,
+                None => return Err(Malformed),
+            }
+        }
+        Ok((start..self.pos, hits))
+    }
+
     /// The raw bytes of `span`.
     pub fn slice(&self, span: Range<usize>) -> &'a [u8] {
         self.b.get(span).unwrap_or_default()

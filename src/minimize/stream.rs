@@ -535,9 +535,43 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                     self.copy()?;
                     return Ok(Verdict::Keep);
                 }
+                if let Some(span) = self.quiet(&c, 0)? {
+                    self.copy_span(span);
+                    return Ok(Verdict::Keep);
+                }
                 self.value(key, &c)
             }
         }
+    }
+
+    /// The span of the object or array here if it would be released exactly as written, so it
+    /// can be copied without a walk: unmatched members are kept, no profile-wide value policy
+    /// applies, and its bytes name no member an active rule could match (nor `resourceType`,
+    /// which would start a nested resource with rules of its own; `own`: the one the resource
+    /// here names itself) and hold no escape (a name could hide behind one). Conservative: any
+    /// doubt walks it.
+    fn quiet(&self, cur: &Cursor<'p>, own: usize) -> Res<Option<Range<usize>>> {
+        if !cur.keep || self.fhir.is_some_and(|f| f.dates_to_year || f.remove_reference_display) {
+            return Ok(None);
+        }
+        if !matches!(self.r.clone().kind()?, Kind::Object | Kind::Array) {
+            return Ok(None);
+        }
+        let mut names: Vec<&[u8]> = Vec::with_capacity(4);
+        if self.fhir.is_some() {
+            names.push(b"resourceType");
+        }
+        let anywhere = cur.anywhere.then_some(&cur.rules.anywhere);
+        let roots = cur.anchored.into_iter().chain(anywhere).chain(cur.partials.iter().copied());
+        names.extend(roots.flat_map(|n| n.children.iter()).map(|e| e.segment.name.as_bytes()));
+        let (span, hits) = self.r.clone().skip_plain(&names)?;
+        Ok((hits == Some(own)).then_some(span))
+    }
+
+    /// Copy `span` (where the reader stands) as written.
+    fn copy_span(&mut self, span: Range<usize>) {
+        self.out.extend_from_slice(self.r.slice(span.clone()));
+        self.r.pos = span.end;
     }
 
     /// A transform: the value is decoded, rewritten and written.
@@ -772,6 +806,16 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
             let Some(t) = known else {
                 return Err(DenyReason::ResponseUnknownResource);
             };
+            let rules = match (fhir.rules_for(t), fhir.other) {
+                (Some(rules), _) => Some(rules),
+                (None, OtherResources::Allow) => Some(&fhir.pass),
+                _ => None,
+            };
+            // A resource none of whose members the rules touch is copied as written.
+            if let Some(span) = rules.map(|r| self.quiet(&Cursor::root(r), 1)).transpose()?.flatten() {
+                self.copy_span(span);
+                return Ok(());
+            }
             match (fhir.rules_for(t), fhir.other) {
                 (Some(rules), _) => self.resource_with(rules)?,
                 (None, OtherResources::Allow) => self.resource_with(&fhir.pass)?,
