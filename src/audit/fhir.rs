@@ -641,7 +641,7 @@ mod tests {
         let ev = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({"purpose_of_use": ["ETREAT"]}))))
             .with_response(200, vec![], None)
             .with_restrictions(vec![crate::minimize::restrict::RestrictionHit { id: "r1".into(), count: 3 }])
-            .with_content_digest("sha-256=:AAAA:".into());
+            .with_content_digest("sha-512=:AAAA:".into());
         let r = render(&ev, "s1", 9, "phi-guard");
         assert_balp_core(&r);
         assert_eq!(r["purposeOfEvent"], json!([{"coding": [{"system": ACT_REASON, "code": "ETREAT", "display": "Emergency Treatment"}]}]));
@@ -651,7 +651,7 @@ mod tests {
             ext("restriction").unwrap()["extension"],
             json!([{"url": "id", "valueString": "r1"}, {"url": "count", "valueUnsignedInt": 3}])
         );
-        assert_eq!(ext("content-digest").unwrap()["valueString"], "sha-256=:AAAA:");
+        assert_eq!(ext("content-digest").unwrap()["valueString"], "sha-512=:AAAA:");
         assert!(ext("break-glass").is_none());
         // Break-glass without an emergency purpose still claims emergency treatment.
         let mut bg = ev.clone();

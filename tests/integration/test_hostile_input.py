@@ -255,7 +255,7 @@ def test_head_on_a_checked_route_releases_nothing(patient_app):
 
 
 def _digest(body: bytes) -> bytes:
-    return b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
+    return b"sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()) + b":"
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

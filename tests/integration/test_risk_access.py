@@ -121,7 +121,7 @@ def test_content_digest_matches_body_and_audit(patient_app):
     token = cli_token(scope="patient/Patient.rs", patient=ME)
     status, body, trailers = raw_get_with_trailers(patient_app, f"/fhir/Patient/{ME}", token)
     assert status == 200
-    expected = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    expected = "sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()).decode() + ":"
     if "content-digest" in trailers:
         assert trailers["content-digest"] == expected, (trailers, expected)
     h = patient_app.harness
