@@ -813,10 +813,15 @@ mod tests {
         let ev = event(&p, "GET", "/fhir/Observation?patient=p1", Some(&token(json!({}))))
             .with_response(200, vec![], None)
             .with_restrictions(vec![RestrictionHit { id: "r-17".into(), count: 2 }])
-            .with_content_digest("sha-512=:z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==:".into());
+            .with_content_digest(
+                "sha-512=:z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==:".into(),
+            );
         let v = json_of(&ev);
         assert_eq!(v["restrictions"], json!([{"id": "r-17", "count": 2}]));
-        assert_eq!(v["contentDigest"], "sha-512=:z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==:");
+        assert_eq!(
+            v["contentDigest"],
+            "sha-512=:z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==:"
+        );
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(&keys[keys.len() - 2..], ["restrictions", "contentDigest"], "new fields come last");
         let refused = event(&p, "GET", "/fhir/Observation/o1", Some(&token(json!({}))))

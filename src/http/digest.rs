@@ -26,7 +26,13 @@ mod tests {
     fn rfc_9530_examples() {
         // RFC 9530 §2 and appendix B.1: the response body `{"hello": "world"}` (the RFC's
         // sha-512 example value).
-        assert_eq!(content_digest(b"{\"hello\": \"world\"}"), "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==:");
-        assert_eq!(content_digest(b""), "sha-512=:z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==:");
+        assert_eq!(
+            content_digest(b"{\"hello\": \"world\"}"),
+            "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==:"
+        );
+        assert_eq!(
+            content_digest(b""),
+            "sha-512=:z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==:"
+        );
     }
 }

@@ -551,6 +551,11 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
     /// here names itself) and hold no escape (a name could hide behind one). Conservative: any
     /// doubt walks it.
     fn quiet(&self, cur: &Cursor<'p>, own: usize) -> Res<Option<Range<usize>>> {
+        self.quiet_but(cur, own, &[])
+    }
+
+    /// [`Stream::quiet`], and no member named `extra` either.
+    fn quiet_but(&self, cur: &Cursor<'p>, own: usize, extra: &[&'static [u8]]) -> Res<Option<Range<usize>>> {
         if !cur.keep || self.fhir.is_some_and(|f| f.dates_to_year || f.remove_reference_display) {
             return Ok(None);
         }
@@ -561,6 +566,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         if self.fhir.is_some() {
             names.push(b"resourceType");
         }
+        names.extend_from_slice(extra);
         let anywhere = cur.anywhere.then_some(&cur.rules.anywhere);
         let roots = cur.anchored.into_iter().chain(anywhere).chain(cur.partials.iter().copied());
         names.extend(roots.flat_map(|n| n.children.iter()).map(|e| e.segment.name.as_bytes()));
@@ -811,8 +817,9 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                 (None, OtherResources::Allow) => Some(&fhir.pass),
                 _ => None,
             };
-            // A resource none of whose members the rules touch is copied as written.
-            if let Some(span) = rules.map(|r| self.quiet(&Cursor::root(r), 1)).transpose()?.flatten() {
+            // A resource none of whose members the rules touch is copied as written (not one
+            // with `contained`, whose items that are not resources are withheld).
+            if let Some(span) = rules.map(|r| self.quiet_but(&Cursor::root(r), 1, &[b"contained"])).transpose()?.flatten() {
                 self.copy_span(span);
                 return Ok(());
             }
@@ -1333,4 +1340,52 @@ fn selects_by_url(cur: &Cursor<'_>, key: &str) -> bool {
         && (cur.anchored.is_some_and(|n| n.has_url_edges(key))
             || (cur.anywhere && cur.rules.anywhere.has_url_edges(key))
             || cur.partials.iter().any(|n| n.has_url_edges(key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::minimize::testing::{profile, run};
+    use serde_json::json;
+
+    /// Each case runs through both engines (`testing::run` requires the same result).
+    #[test]
+    fn what_the_quiet_copy_must_not_skip() {
+        let p = profile(
+            json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": ["**.extension[url=http://x/geo]"]}, "Patient": {"deny": ["birthDate"]}}}),
+            true,
+        );
+        // Found by the minimize_stream fuzz target: a contained item that is not a resource
+        // (its type member misspelt) is withheld, so its container is not copied as written.
+        let (out, r) = run(
+            &p,
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Condition",
+                "contained": [{"resourceTYpe": "Practitioner", "id": "p1"}]}}]}),
+        )
+        .unwrap();
+        assert_eq!(r.withheld, ["Bundle.entry.resource(Condition).contained"]);
+        assert!(out["entry"][0]["resource"].get("contained").is_none());
+        // A `_x` sibling follows its element's rule even when the element is absent.
+        let (out, r) = run(&p, json!({"resourceType": "Patient", "_birthDate": {"id": "b"}})).unwrap();
+        assert!(out.get("_birthDate").is_none());
+        assert_eq!(r.withheld, ["Patient.birthDate"]);
+        // A rule's member name written with an escape is still found.
+        let (out, _) =
+            run(&p, json!({"resourceType": "Observation", "status": "final", "code": {"\u{65}xtension": [{"url": "http://x/geo"}]}}))
+                .unwrap();
+        assert!(out["code"].get("extension").is_none());
+        let escaped = br#"{"resourceType":"Observation","code":{"\u0065xtension":[{"url":"http://x/geo"}],"text":"t"}}"#;
+        let ctx = crate::minimize::ApplyCtx::default();
+        let a = crate::minimize::apply(&p, escaped, &ctx, 1 << 20).unwrap();
+        let t = crate::minimize::apply_tree(&p, escaped, &ctx, 1 << 20).unwrap();
+        assert_eq!((a.withheld.clone(), a.count), (t.withheld, t.count));
+        assert_eq!(a.withheld, ["Observation.code.extension(http://x/geo)"]);
+        // A nested resource inside a value: its own rules apply.
+        let (out, r) = run(
+            &p,
+            json!({"resourceType": "Observation", "status": "final", "focus": {"x": {"resourceType": "Patient", "birthDate": "2000"}}}),
+        )
+        .unwrap();
+        assert!(out["focus"]["x"].get("birthDate").is_none());
+        assert_eq!(r.withheld, ["Observation.focus.x(Patient).birthDate"]);
+    }
 }
