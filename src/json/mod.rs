@@ -221,7 +221,7 @@ impl<'a> Reader<'a> {
                 loop {
                     // Eight bytes at a time past anything that is not a quote or a bracket.
                     while let Some(w) = word(self.b, self.pos) {
-                        if (has(w, b'"') | has(w | SPREAD * 0x20, b'{') | has(w | SPREAD * 0x20, b'}')) != 0 {
+                        if structural(w) != 0 {
                             break;
                         }
                         self.pos += 8;
@@ -273,7 +273,7 @@ impl<'a> Reader<'a> {
         let mut depth = 0usize;
         loop {
             while let Some(w) = word(self.b, self.pos) {
-                if (has(w, b'"') | has(w | SPREAD * 0x20, b'{') | has(w | SPREAD * 0x20, b'}')) != 0 {
+                if structural(w) != 0 {
                     break;
                 }
                 self.pos += 8;
@@ -388,6 +388,14 @@ pub(crate) fn has(w: u64, b: u8) -> u64 {
     has_zero(w ^ (SPREAD * u64::from(b)))
 }
 
+/// Non-zero when some byte of `w` is a quote or a bracket (`[` and `{` differ only in bit
+/// 0x20, as do `]` and `}`).
+#[inline]
+fn structural(w: u64) -> u64 {
+    let folded = w | (SPREAD * 0x20);
+    has(w, b'"') | has(folded, b'{') | has(folded, b'}')
+}
+
 /// Non-zero when some byte of `w` is below `n` (`n` ≤ 128) or has its high bit set.
 #[inline]
 pub(crate) fn has_below_or_high(w: u64, n: u8) -> u64 {
@@ -430,9 +438,11 @@ mod tests {
         assert_eq!(has_below_or_high(w, 0x20), 0);
         assert_ne!(has_below_or_high(u64::from_le_bytes(*b"abc\tefgh"), 0x20), 0);
         assert_ne!(has_below_or_high(u64::from_le_bytes([b'a', 0xC3, 0xA9, b'd', b'e', b'f', b'g', b'h']), 0x20), 0);
-        assert_ne!(has(u64::from_le_bytes(*b"abcdefg[") | SPREAD * 0x20, b'{'), 0);
-        assert_ne!(has(u64::from_le_bytes(*b"]bcdefgh") | SPREAD * 0x20, b'}'), 0);
-        assert_eq!(has(u64::from_le_bytes(*b"abcdefgh") | SPREAD * 0x20, b'{'), 0);
+        for text in [b"abcdefg[", b"]bcdefgh", b"abc{efgh", b"abcd}fgh", b"a\"cdefgh"] {
+            assert_ne!(structural(u64::from_le_bytes(*text)), 0);
+        }
+        assert_eq!(structural(u64::from_le_bytes(*b"abcdefgh")), 0);
+        assert_eq!(structural(u64::from_le_bytes(*b"ab;d=f\\h")), 0);
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl<'a> Validator<'a> {
             }
             None => {
                 let names = self.keys.get(*first..).unwrap_or_default();
-                if names.iter().any(|k| *k == name) {
+                if names.contains(&name) {
                     return Err(Invalid::Syntax);
                 }
                 if names.len() >= LINEAR_KEYS {

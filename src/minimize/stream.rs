@@ -764,7 +764,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         // Date-shaped strings start with four digits; anything else is copied untouched.
         let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
         let escaped = inner.contains(&b'\\');
-        if !escaped && !(inner.len() >= 4 && inner.iter().take(4).all(u8::is_ascii_digit)) {
+        if !escaped && (inner.len() < 4 || !inner.iter().take(4).all(u8::is_ascii_digit)) {
             self.out.extend_from_slice(raw);
             return Ok(Verdict::Keep);
         }
