@@ -199,8 +199,7 @@ impl CompartmentCheck {
         // hidden behind an escape is looked for the slow way). An array is walked item by item.
         if kind == Kind::Object && !first_key_is(r, "resourceType")? {
             let mut probe = r.clone();
-            let (span, hits) = probe.skip_plain(&[b"resourceType"])?;
-            if hits == Some(0) {
+            if let Some(span) = probe.skip_plain(&[b"resourceType"], 0)? {
                 r.pos = span.end;
                 return Ok(());
             }

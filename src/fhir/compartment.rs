@@ -131,6 +131,10 @@ pub fn patient_paths(rt: &str) -> &'static [&'static str] {
 /// [`raw_patients`] finds.
 pub fn member_patients(paths: &[&str], key: &Str<'_>, value: &Reader<'_>, out: &mut Vec<String>) -> Result<(), Malformed> {
     for p in paths {
+        // Most members are on no path: compare the name with the path's start first.
+        if !key.escaped && !p.as_bytes().starts_with(key.raw) {
+            continue;
+        }
         let (first, rest) = p.split_once('.').unwrap_or((p, ""));
         if key.is(first) {
             raw_visit(&mut value.clone(), rest, out)?;

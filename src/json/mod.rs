@@ -263,13 +263,23 @@ impl<'a> Reader<'a> {
         Ok(start..self.pos)
     }
 
-    /// Skip the value here like [`Reader::skip`], and count the strings in it (member names and
-    /// values) that start with one of `names`, after one leading `_`; `None` when some string holds an escape (a name
-    /// could hide behind it).
-    pub fn skip_plain(&mut self, names: &[&[u8]]) -> Result<(Range<usize>, Option<usize>), Malformed> {
+    /// Skip the value here like [`Reader::skip`] if it is plain: no string in it (member name
+    /// or value) holds an escape (a name could hide behind it), and exactly `expected` of them
+    /// start with one of `names` (after one leading `_`). Returns its span, or `None` as soon
+    /// as it is not plain (the reader is then somewhere inside it).
+    pub fn skip_plain(&mut self, names: &[&[u8]], expected: usize) -> Result<Option<Range<usize>>, Malformed> {
         self.ws();
         let start = self.pos;
-        let mut hits = Some(0usize);
+        let mut hits = 0usize;
+        // First bytes of the names: most strings are dismissed by their first byte.
+        let mut first = [0u64; 4];
+        for n in names {
+            if let Some(&b) = n.first() {
+                if let Some(bits) = first.get_mut(usize::from(b >> 6)) {
+                    *bits |= 1 << (b & 63);
+                }
+            }
+        }
         let mut depth = 0usize;
         loop {
             while let Some(w) = word(self.b, self.pos) {
@@ -293,11 +303,19 @@ impl<'a> Reader<'a> {
                 Some(b'"') => {
                     let from = self.pos + 1;
                     let (end, escaped) = string_end(self.b, from).ok_or(Malformed)?;
-                    if let Some(n) = hits {
-                        // `_x` (a FHIR primitive's extensions) counts as `x`.
-                        let text = self.b.get(from..end).unwrap_or_default();
-                        let text = text.strip_prefix(b"_").unwrap_or(text);
-                        hits = if escaped { None } else { Some(n + usize::from(names.iter().any(|m| text.starts_with(m)))) };
+                    if escaped {
+                        return Ok(None);
+                    }
+                    // `_x` (a FHIR primitive's extensions) counts as `x`.
+                    let text = self.b.get(from..end).unwrap_or_default();
+                    let text = text.strip_prefix(b"_").unwrap_or(text);
+                    let candidate =
+                        text.first().is_some_and(|&b| first.get(usize::from(b >> 6)).is_some_and(|bits| bits & (1 << (b & 63)) != 0));
+                    if candidate && names.iter().any(|m| text.starts_with(m)) {
+                        hits += 1;
+                        if hits > expected {
+                            return Ok(None);
+                        }
                     }
                     self.pos = end + 1;
                     if depth == 0 {
@@ -307,13 +325,13 @@ impl<'a> Reader<'a> {
                 Some(_) if depth == 0 => {
                     // A number or literal at the top.
                     let span = self.skip()?;
-                    return Ok((span, hits));
+                    return Ok((hits == expected).then_some(span));
                 }
                 Some(_) => self.pos += 1,
                 None => return Err(Malformed),
             }
         }
-        Ok((start..self.pos, hits))
+        Ok((hits == expected).then_some(start..self.pos))
     }
 
     /// The raw bytes of `span`.
@@ -494,5 +512,20 @@ mod tests {
                 let _ = r.next_item();
             }
         }
+    }
+}
+#[cfg(test)]
+mod skip_plain_tests {
+    use super::*;
+    #[test]
+    fn counts() {
+        let t = br#"{"resourceType":"X","contained":[{"resourceType":"Y"}],"_contained":"a\"b"}"#;
+        assert_eq!(Reader::new(t).skip_plain(&[b"resourceType", b"contained"], 4), Ok(None), "an escape");
+        let t = br#"{"resourceType":"X","contained":[{"resourceType":"Y"}],"_contained":"ab"}"#;
+        let names: [&[u8]; 2] = [b"resourceType", b"contained"];
+        assert_eq!(Reader::new(t).skip_plain(&names, 4), Ok(Some(0..t.len())));
+        assert_eq!(Reader::new(t).skip_plain(&names, 3), Ok(None));
+        assert_eq!(Reader::new(t).skip_plain(&names, 5), Ok(None));
+        assert_eq!(Reader::new(b" 12 ").skip_plain(&names, 0), Ok(Some(1..3)));
     }
 }

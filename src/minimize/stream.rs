@@ -570,8 +570,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         let anywhere = cur.anywhere.then_some(&cur.rules.anywhere);
         let roots = cur.anchored.into_iter().chain(anywhere).chain(cur.partials.iter().copied());
         names.extend(roots.flat_map(|n| n.children.iter()).map(|e| e.segment.name.as_bytes()));
-        let (span, hits) = self.r.clone().skip_plain(&names)?;
-        Ok((hits == Some(own)).then_some(span))
+        Ok(self.r.clone().skip_plain(&names, own)?)
     }
 
     /// Copy `span` (where the reader stands) as written.
