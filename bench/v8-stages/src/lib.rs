@@ -57,8 +57,8 @@ pub const STAGES: [&str; 31] = [
     "first-sight EdDSA token: decide with an empty cache",
     "token cache lookup, hit",
     "response phase, Patient read 3.3 KiB: compartment check + Content-Digest",
-    "Content-Digest alone: SHA-256 of the 3.3 KiB body",
-    "JSON parse alone: the 3.3 KiB body into a serde_json Value",
+    "Content-Digest alone: SHA-512 of the 3.3 KiB body",
+    "JSON validation alone: the 3.3 KiB body (json::validate, strict, no tree)",
     "200 KB read, copy in: allocate a Vec and copy the body (as get_buffer_bytes)",
     "200 KB read, tree: parse into a serde_json Value (and free it)",
     "200 KB read, tree: compartment check on the Value",
@@ -278,7 +278,7 @@ pub extern "C" fn stages_run(stage: u32, n: u32) -> u32 {
                 15 => response_phase(st),
                 16 => u32::from(phi_guard::http::content_digest(&st.patient_body).as_bytes()[9]),
                 17 => {
-                    phi_guard::minimize::body::parse(&st.patient_body, 1 << 20).map_or(0, |v| v.as_object().map_or(1, |o| o.len() as u32))
+                    u32::from(phi_guard::minimize::checked(&st.patient_body, 1 << 20).is_ok())
                 }
                 _ => obs_stage(st, stage.wrapping_sub(FIRST_200K)),
             });
