@@ -645,15 +645,15 @@ def body_stages_section(stages: list[dict], measured: dict[str, float | None]) -
          f"A patient read of `observation-200k.json` ({fmt(kib, '.1f')} KiB, the body the sweep and the throughput tables "
          "serve) with the demo token: the `ResponsePlan` `decide` makes for it (compartment check of a read, the "
          "`patient-app` profile), in V8 as above. `tree` is the engine that parses the body into a `serde_json::Value` "
-         "(`ResponsePlan::release_tree`); `new` is what `ResponsePlan::release` and `minimize::checked` (validation), `CompartmentCheck::scan`, `minimize::release_text` run "
-         "in this build. The profile withholds nothing from this body, so the walk is timed on one parsed tree.", "",
+         "(`ResponsePlan::release_tree`, kept as the test oracle); `new` is what the filter runs: `ResponsePlan::release`, and its "
+         "passes alone (`minimize::checked`: validation; `CompartmentCheck::scan`; `minimize::release_text`: the minimization). The profile withholds nothing from this body, so the walk is timed on one parsed tree.", "",
          "| stage | V8 µs | µs per KiB |", "|---|---:|---:|"]
     for r in rows:
         L.append(f"| {r['stage'][len(STAGES_200K):]} | {fmt(r['us'], '.1f')} | {per_kib(r['us'])} |")
-    parts = [find("copy in"), find("new: ResponsePlan::release"), find("digest: SHA-256"), find("audit")]
+    parts = [find("copy in"), find("new: ResponsePlan::release"), find("digest: SHA-512"), find("audit")]
     if None not in parts:
         core = sum(parts)
-        L.append(f"| **core total** (copy in + `ResponsePlan::release` + SHA-256 + audit) | **{core:.0f}** | **{per_kib(core)}** |")
+        L.append(f"| **core total** (copy in + `ResponsePlan::release` + SHA-512, the Content-Digest + audit) | **{core:.0f}** | **{per_kib(core)}** |")
         for p, v in measured.items():
             if v is not None:
                 L.append(f"| `{p}`'s added Envoy CPU per request on this body in this run | {v:.0f} | {per_kib(v)} |")
