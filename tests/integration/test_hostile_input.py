@@ -219,6 +219,20 @@ def test_latin1_upstream_content_type_is_not_json(upstream):
     assert ME.encode() not in r.body
 
 
+@pytest.mark.parametrize("second", [b'"subject"', b'"\\u0073ubject"'])
+def test_a_member_named_twice_is_never_released(upstream, second):
+    """A JSON object that names a member twice can be read two ways: the filter must not check
+    one value while the client's parser takes the other. Such a body is not JSON to the filter:
+    withheld whole, the other patient's reference included (also when the second name is
+    written with an escape)."""
+    body = (b'{"resourceType":"Observation","id":"o1","status":"final",'
+            b'"subject":{"reference":"Patient/someone-else"},' + second + b':{"reference":"Patient/' + ME.encode() + b'"}}')
+    upstream.upstream_respond(200, body, headers=OTHER_HEADERS)
+    r = get(upstream.base_url, b"/fhir/Observation/o1", [bearer(patient_token())])
+    assert r.reasons() == {"response_not_json"}, r
+    assert b"someone-else" not in r.body
+
+
 def test_withheld_and_released_bodies_carry_no_upstream_headers(upstream):
     """Envoy cannot hold the headers while the body is checked: on checked routes only the
     allowlisted headers reach the client, whether the body is then released or withheld."""
