@@ -318,19 +318,17 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         cut
     }
 
-    /// Insert a member's bytes at `at` in the object whose members start at `content`.
-    /// Returns the number of bytes inserted and where the member itself starts.
-    fn insert_member(&mut self, at: usize, content: usize, member: &[u8]) -> (usize, usize) {
-        let (bytes, start) = if at > content {
-            ([&b","[..], member].concat(), at + 1)
+    /// Insert a member's bytes at `at` in the closed object whose members start at `content`,
+    /// with the comma that separates it.
+    fn insert_member(&mut self, at: usize, content: usize, member: &[u8]) {
+        let bytes = if at > content {
+            [&b","[..], member].concat()
         } else if self.out.get(at) != Some(&b'}') {
-            ([member, &b","[..]].concat(), at)
+            [member, &b","[..]].concat()
         } else {
-            (member.to_vec(), at)
+            member.to_vec()
         };
-        let n = bytes.len();
         self.out.splice(at..at, bytes);
-        (n, start)
     }
 
     fn enter(&mut self) -> Res<()> {
@@ -804,8 +802,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         };
         let known = crate::fhir::resource_type(ty);
         let start = self.withheld.count();
-        let at = self.out.len();
-        let mut root = if known == Some("Bundle") {
+        let root = if known == Some("Bundle") {
             self.bundle(fhir)?
         } else {
             let Some(t) = known else {
@@ -822,15 +819,14 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                 self.copy_span(span);
                 return Ok(());
             }
-            match (fhir.rules_for(t), fhir.other) {
+            match (rules, fhir.other) {
                 (Some(rules), _) => self.resource_with(rules)?,
-                (None, OtherResources::Allow) => self.resource_with(&fhir.pass)?,
                 (None, OtherResources::Remove) => self.stub(fhir)?,
-                (None, OtherResources::Deny) => return Err(DenyReason::ResponseUnknownResource),
+                (None, _) => return Err(DenyReason::ResponseUnknownResource),
             }
         };
         if nest == Nest::Standalone && self.withheld.count() > start {
-            self.add_label(&mut root, at)?;
+            self.add_label(&root)?;
         }
         Ok(())
     }
@@ -1252,7 +1248,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
 
     /// Add the `REDACTED` label to the resource written from `at` (creating `meta` after `id`,
     /// or after `resourceType`, when absent). A malformed `meta` cannot be labelled: fail closed.
-    fn add_label(&mut self, root: &mut Root, _at: usize) -> Res<()> {
+    fn add_label(&mut self, root: &Root) -> Res<()> {
         let Some(meta) = root.meta.clone() else {
             let pos = root.id.as_ref().or(root.resource_type.as_ref()).map_or(root.content, |r| r.end);
             let member = [&br#""meta":{"security":["#[..], LABEL, b"]}"].concat();
@@ -1280,7 +1276,6 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                 return Err(DenyReason::MinimizationFailed);
             }
             r.open()?;
-            let first = r.pos;
             let mut empty = true;
             while r.next_item()? {
                 empty = false;
@@ -1294,7 +1289,6 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                 r.skip()?;
             }
             let close = value + r.pos - 1;
-            let _ = first;
             let bytes = if empty { LABEL.to_vec() } else { [&b","[..], LABEL].concat() };
             self.out.splice(close..close, bytes);
             return Ok(());
