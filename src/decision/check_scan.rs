@@ -52,8 +52,7 @@ impl CompartmentCheck {
                     }
                     m.open()?;
                     while m.next_item()? {
-                        self.raw_entry(&m)?;
-                        m.skip()?;
+                        m.pos = self.raw_entry(&m)?;
                     }
                 }
                 Ok(())
@@ -61,11 +60,11 @@ impl CompartmentCheck {
         }
     }
 
-    /// One Bundle entry (the reader stands at it).
-    fn raw_entry(&self, r: &Reader<'_>) -> Res {
+    /// One Bundle entry (the reader stands at it; it does not move): returns where it ends.
+    fn raw_entry(&self, r: &Reader<'_>) -> Result<usize, DenyReason> {
         let mut e = r.clone();
         if e.kind()? != Kind::Object {
-            return VIOLATION;
+            return Err(DenyReason::CompartmentViolation);
         }
         e.open()?;
         while let Some(k) = e.next_key()? {
@@ -84,7 +83,7 @@ impl CompartmentCheck {
             let rt = field("resourceType")?;
             if let Expected::History { resource_type, id } = &self.expect {
                 if rt.as_deref() != Some(*resource_type) || field("id")?.as_deref() != Some(id.as_str()) {
-                    return VIOLATION;
+                    return Err(DenyReason::CompartmentViolation);
                 }
             }
             let outcome = rt.as_deref() == Some("OperationOutcome") && self.search_mode_is_outcome(r)?;
@@ -94,7 +93,7 @@ impl CompartmentCheck {
                 e.pos = self.raw_resource(&e, false)?;
             }
         }
-        Ok(())
+        Ok(e.pos)
     }
 
     /// Whether the entry at `r` has `search.mode` `outcome`.
