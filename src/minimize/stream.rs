@@ -186,8 +186,8 @@ struct Deferred<'a> {
 /// A Bundle's parts rewritten when anything in it was withheld.
 #[derive(Debug, Default)]
 struct BundleParts {
-    /// Output ranges of `link` values: the Bundle's (`None`) and each entry's (`Some(entry)`).
-    links: Vec<(Option<usize>, Range<usize>)>,
+    /// Output ranges of `link` values, and whether each is an entry's (not the Bundle's).
+    links: Vec<(bool, Range<usize>)>,
     /// Output ranges of each entry's `request` value.
     requests: Vec<Range<usize>>,
     /// Output ranges (member ranges, with the entry's content start) of entries' `link` members.
@@ -976,7 +976,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
                     let from = self.out.len();
                     let v = self.value(k, &pass)?;
                     if k == "link" && v == Verdict::Keep {
-                        parts.links.push((None, from..self.out.len()));
+                        parts.links.push((false, from..self.out.len()));
                     }
                     v
                 }
@@ -1064,7 +1064,7 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
             }
             match &*k {
                 "link" => {
-                    parts.links.push((Some(content), from..self.out.len()));
+                    parts.links.push((true, from..self.out.len()));
                     parts.link_members.push((begin..self.out.len(), content));
                 }
                 "request" => parts.requests.push(from..self.out.len()),
@@ -1088,17 +1088,17 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
             BundleLinks::Drop => {
                 for (range, content) in &parts.link_members {
                     edits.push(Edit::Member(range.clone(), *content));
-                    let entry = *content != root.content;
-                    let len = if entry { self.withheld.push("entry") } else { usize::MAX };
+                    // An entry's link is recorded under `entry`.
+                    let len = (*content != root.content).then(|| self.withheld.push("entry"));
                     self.withheld.record_at("link");
-                    if entry {
+                    if let Some(len) = len {
                         self.withheld.pop(len);
                     }
                 }
             }
             BundleLinks::PagingOnly | BundleLinks::DropQuery => {
-                for (entry, range) in &parts.links {
-                    let len = if entry.is_some() { Some(self.withheld.push("entry")) } else { None };
+                for &(entry, ref range) in &parts.links {
+                    let len = entry.then(|| self.withheld.push("entry"));
                     self.link_urls(range.clone(), policy, &mut edits)?;
                     if let Some(len) = len {
                         self.withheld.pop(len);
