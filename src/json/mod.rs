@@ -217,35 +217,7 @@ impl<'a> Reader<'a> {
                 self.string()?;
             }
             Some(b'{' | b'[') => {
-                let mut depth = 0usize;
-                loop {
-                    // Eight bytes at a time past anything that is not a quote or a bracket.
-                    while let Some(w) = word(self.b, self.pos) {
-                        if structural(w) != 0 {
-                            break;
-                        }
-                        self.pos += 8;
-                    }
-                    match self.b.get(self.pos) {
-                        Some(b'{' | b'[') => {
-                            depth += 1;
-                            self.pos += 1;
-                        }
-                        Some(b'}' | b']') => {
-                            self.pos += 1;
-                            depth = depth.checked_sub(1).ok_or(Malformed)?;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        Some(b'"') => {
-                            let (end, _) = string_end(self.b, self.pos + 1).ok_or(Malformed)?;
-                            self.pos = end + 1;
-                        }
-                        Some(_) => self.pos += 1,
-                        None => return Err(Malformed),
-                    }
-                }
+                self.skip_container(|_, _| true)?;
             }
             Some(_) => {
                 while let Some(c) = self.b.get(self.pos) {
@@ -280,8 +252,37 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+        let mut plain = true;
+        let mut check = |text: &[u8], escaped: bool| {
+            // `_x` (a FHIR primitive's extensions) counts as `x`.
+            let text = text.strip_prefix(b"_").unwrap_or(text);
+            let candidate = text.first().is_some_and(|&b| first.get(usize::from(b >> 6)).is_some_and(|bits| bits & (1 << (b & 63)) != 0));
+            if candidate && names.iter().any(|m| text.starts_with(m)) {
+                hits += 1;
+            }
+            plain = !escaped && hits <= expected;
+            plain
+        };
+        match self.b.get(self.pos) {
+            Some(b'{' | b'[') => self.skip_container(&mut check)?,
+            Some(b'"') => {
+                let s = self.string()?;
+                check(s.raw, s.escaped);
+            }
+            _ => {
+                self.skip()?;
+            }
+        }
+        Ok((plain && hits == expected).then_some(start..self.pos))
+    }
+
+    /// Skip the object or array here, calling `string` with the raw bytes of every string in it
+    /// (and whether they hold an escape); stops early, leaving the reader inside, when `string`
+    /// returns `false`.
+    fn skip_container(&mut self, mut string: impl FnMut(&[u8], bool) -> bool) -> Result<(), Malformed> {
         let mut depth = 0usize;
         loop {
+            // Eight bytes at a time past anything that is not a quote or a bracket.
             while let Some(w) = word(self.b, self.pos) {
                 if structural(w) != 0 {
                     break;
@@ -297,41 +298,21 @@ impl<'a> Reader<'a> {
                     self.pos += 1;
                     depth = depth.checked_sub(1).ok_or(Malformed)?;
                     if depth == 0 {
-                        break;
+                        return Ok(());
                     }
                 }
                 Some(b'"') => {
                     let from = self.pos + 1;
                     let (end, escaped) = string_end(self.b, from).ok_or(Malformed)?;
-                    if escaped {
-                        return Ok(None);
-                    }
-                    // `_x` (a FHIR primitive's extensions) counts as `x`.
-                    let text = self.b.get(from..end).unwrap_or_default();
-                    let text = text.strip_prefix(b"_").unwrap_or(text);
-                    let candidate =
-                        text.first().is_some_and(|&b| first.get(usize::from(b >> 6)).is_some_and(|bits| bits & (1 << (b & 63)) != 0));
-                    if candidate && names.iter().any(|m| text.starts_with(m)) {
-                        hits += 1;
-                        if hits > expected {
-                            return Ok(None);
-                        }
-                    }
                     self.pos = end + 1;
-                    if depth == 0 {
-                        break;
+                    if !string(self.b.get(from..end).unwrap_or_default(), escaped) {
+                        return Ok(());
                     }
-                }
-                Some(_) if depth == 0 => {
-                    // A number or literal at the top.
-                    let span = self.skip()?;
-                    return Ok((hits == expected).then_some(span));
                 }
                 Some(_) => self.pos += 1,
                 None => return Err(Malformed),
             }
         }
-        Ok((hits == expected).then_some(start..self.pos))
     }
 
     /// The raw bytes of `span`.
