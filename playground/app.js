@@ -345,6 +345,8 @@ async function loadPreset(id) {
   $(p.claims ? "cred-claims" : "cred-none").checked = true;
   $("claims").value = p.claims ? JSON.stringify(resolveTimes(p.claims, now), null, 2) : "";
   showCredential();
+  // Presets whose profile pseudonymizes or hashes carry the demo key, as the demo Envoy does.
+  $("hmac-key").value = p.hmacKey ?? "";
   if (p.body) await loadBody(p.body);
   $("upstream-status").value = "200";
 }

@@ -97,12 +97,14 @@ fn entries<'a>(bundle: &'a Value, ty: &'a str) -> impl Iterator<Item = &'a Value
 // --- the shipped policies through the decision engine --------------------------------------
 
 #[test]
-fn shipped_policies_compile_and_need_no_hmac_key() {
+fn shipped_policies_compile() {
     for entry in std::fs::read_dir(format!("{}/policies", env!("CARGO_MANIFEST_DIR"))).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "json") {
             let p = compile(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(!p.requires_hmac_key(), "{}", path.display());
+            // A safe-harbor profile pseudonymizes record keys under the HMAC key.
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(p.requires_hmac_key(), text.contains("\"preset\": \"safe-harbor\""), "{}", path.display());
         }
     }
 }
@@ -620,6 +622,7 @@ fn cli_minimize() {
     let run = |args: &[&str], stdin: &[u8]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_phi-guard"))
             .args(args)
+            .env("TEST_HMAC_KEY", std::str::from_utf8(KEY).unwrap())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -631,8 +634,12 @@ fn cli_minimize() {
         (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
     let body = fixture_bytes("synthea/Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json");
-    let (code, stdout, stderr) =
-        run(&["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH", "--now", "1800000000"], &body);
+    let research = ["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH", "--now", "1800000000"];
+    // The safe-harbor preset pseudonymizes record keys: no key, no output.
+    let (code, stdout, stderr) = run(&research, &body);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty() && stderr.contains("--hmac-key-env"), "{stderr}");
+    let (code, stdout, stderr) = run(&[&research[..], &["--hmac-key-env", "TEST_HMAC_KEY"]].concat(), &body);
     assert_eq!(code, Some(0), "{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(out["resourceType"], "Bundle");
@@ -643,8 +650,10 @@ fn cli_minimize() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("no_minimization_profile"));
     assert!(stdout.contains("OperationOutcome") && !stdout.contains("999-48-8934"));
-    let (code, stdout, _) =
-        run(&["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH"], b"{\"resourceType\":");
+    let (code, stdout, _) = run(
+        &["minimize", "policies/clinician-api.json", "--route", "research-fhir", "--purpose", "HRESCH", "--hmac-key-env", "TEST_HMAC_KEY"],
+        b"{\"resourceType\":",
+    );
     assert_eq!(code, Some(2));
     assert!(stdout.contains("response_truncated"));
     let (code, _, stderr) = run(&["minimize", "policies/clinician-api.json", "--route", "health"], b"{}");

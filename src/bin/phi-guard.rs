@@ -469,6 +469,13 @@ fn minimize(args: MinimizeArgs) -> Result<ExitCode, String> {
     let Some(profile) = set.select(&scopes, &purpose) else {
         return Ok(refuse(DenyReason::NoMinimizationProfile));
     };
+    if profile.requires_hmac_key() && !key.as_deref().is_some_and(minimize::hmac_key_ok) {
+        return Err(format!(
+            "profile `{}` hashes or pseudonymizes values: pass --hmac-key-env with a variable holding a key of at least {} bytes",
+            profile.name,
+            minimize::MIN_HMAC_KEY_BYTES
+        ));
+    }
     let ctx = ApplyCtx { hmac_key: key.as_deref(), now: now_or(at), pseudonyms: None };
     let applied = match minimize::apply(&profile, &body, &ctx, p.limits.max_response_bytes) {
         Ok(a) => a,

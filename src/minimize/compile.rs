@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::deid::{Deid, FreeText};
 use super::path::{parse, Dialect};
 use super::preset;
 use super::profile::{BodyRules, BundleLinks, Condition, FhirRules, OtherResources, Profile, ProfileSet};
@@ -13,8 +14,8 @@ use super::transform::Transform;
 use crate::auth::stepup::compile_authentication;
 use crate::fhir::resource_type;
 use crate::schema::{
-    BundleLinksDoc, CompileError, DatesDoc, GeneralizeDoc, KeepRemoveDoc, Loc, MinimizeDoc, ModeDoc, OtherResourcesDoc, PresetName,
-    ProfileDoc, RulesDoc, TransformKindDoc,
+    BundleLinksDoc, CompileError, DatesDoc, DeidentifyDoc, FreeTextDoc, GeneralizeDoc, KeepRemoveDoc, Loc, MinimizeDoc, ModeDoc,
+    OtherResourcesDoc, PresetName, ProfileDoc, RulesDoc, TransformKindDoc,
 };
 
 /// Longest `keepLast` for `mask`.
@@ -116,7 +117,26 @@ fn compile_profile(p: &ProfileDoc, loc: &Loc<'_>, fhir: bool) -> Result<Profile,
             }
             match preset {
                 PresetName::SafeHarbor => {
-                    let doc = preset::safe_harbor().map_err(|e| loc.field("preset").error(format!("built-in preset is invalid: {e}")))?;
+                    let mut doc =
+                        preset::safe_harbor().map_err(|e| loc.field("preset").error(format!("built-in preset is invalid: {e}")))?;
+                    if let Some(own) = &p.deidentify {
+                        let dloc = loc.field("deidentify");
+                        if own.free_text == Some(FreeTextDoc::Keep) {
+                            return Err(dloc.field("freeText").error("Safe Harbor needs free text scanned: `scrub` or `withhold`"));
+                        }
+                        if own.date_shift_days.is_some() {
+                            return Err(dloc.field("dateShiftDays").error(
+                                "the safe-harbor preset keeps only the year of dates; date shifting is for Expert Determination profiles",
+                            ));
+                        }
+                        let preset_deid = doc.deidentify.get_or_insert_with(Default::default);
+                        if own.free_text.is_some() {
+                            preset_deid.free_text = own.free_text;
+                        }
+                        if own.pseudonymize_ids.is_some() {
+                            preset_deid.pseudonymize_ids = own.pseudonymize_ids;
+                        }
+                    }
                     compile_rules(&doc, &loc.field("preset(safe-harbor)"), true)?
                 }
             }
@@ -139,6 +159,7 @@ pub fn compile_rules(p: &ProfileDoc, loc: &Loc<'_>, fhir: bool) -> Result<BodyRu
             ("referenceDisplay", p.reference_display.is_some()),
             ("dates", p.dates.is_some()),
             ("bundleLinks", p.bundle_links.is_some()),
+            ("deidentify", p.deidentify.is_some()),
         ] {
             if set {
                 return Err(loc.field(field).error("FHIR settings need a `fhir` route; plain JSON routes use `fields`"));
@@ -181,6 +202,17 @@ pub fn compile_rules(p: &ProfileDoc, loc: &Loc<'_>, fhir: bool) -> Result<BodyRu
         }
         types.insert(ty, r);
     }
+    let dates_to_year = p.dates == Some(DatesDoc::Year);
+    let links = match p.bundle_links.unwrap_or(BundleLinksDoc::PagingOnly) {
+        BundleLinksDoc::PagingOnly => BundleLinks::PagingOnly,
+        BundleLinksDoc::DropQuery => BundleLinks::DropQuery,
+        BundleLinksDoc::Drop => BundleLinks::Drop,
+        BundleLinksDoc::Keep => BundleLinks::Keep,
+    };
+    let deid = match &p.deidentify {
+        Some(d) => compile_deid(d, &loc.field("deidentify"), dates_to_year, links)?,
+        None => None,
+    };
     Ok(BodyRules::Fhir(FhirRules {
         types,
         star,
@@ -190,15 +222,42 @@ pub fn compile_rules(p: &ProfileDoc, loc: &Loc<'_>, fhir: bool) -> Result<BodyRu
             OtherResourcesDoc::Deny => OtherResources::Deny,
         },
         remove_reference_display: p.reference_display == Some(KeepRemoveDoc::Remove),
-        dates_to_year: p.dates == Some(DatesDoc::Year),
-        links: match p.bundle_links.unwrap_or(BundleLinksDoc::PagingOnly) {
-            BundleLinksDoc::PagingOnly => BundleLinks::PagingOnly,
-            BundleLinksDoc::DropQuery => BundleLinks::DropQuery,
-            BundleLinksDoc::Drop => BundleLinks::Drop,
-            BundleLinksDoc::Keep => BundleLinks::Keep,
-        },
+        dates_to_year,
+        links,
         pass: FhirRules::pass_rules(),
+        deid,
     }))
+}
+
+/// The longest date shift a profile may ask for (ten years).
+const MAX_SHIFT_DAYS: u32 = 3650;
+
+/// A profile's `deidentify` settings (`None` when they turn nothing on).
+fn compile_deid(d: &DeidentifyDoc, loc: &Loc<'_>, dates_to_year: bool, links: BundleLinks) -> Result<Option<Deid>, CompileError> {
+    let free_text = match d.free_text.unwrap_or(FreeTextDoc::Keep) {
+        FreeTextDoc::Keep => FreeText::Keep,
+        FreeTextDoc::Scrub => FreeText::Scrub,
+        FreeTextDoc::Withhold => FreeText::Withhold,
+    };
+    let pseudonyms = d.pseudonymize_ids.unwrap_or(false);
+    if let Some(days) = d.date_shift_days {
+        if !(1..=MAX_SHIFT_DAYS).contains(&days) {
+            return Err(loc.field("dateShiftDays").error(format!("must be 1..={MAX_SHIFT_DAYS} days, not {days}")));
+        }
+        if dates_to_year {
+            return Err(loc.field("dateShiftDays").error("dates are already cut to the year (`\"dates\": \"year\"`): choose one"));
+        }
+    }
+    if pseudonyms && links == BundleLinks::Keep {
+        return Err(loc.field("pseudonymizeIds").error(
+            "`\"bundleLinks\": \"keep\"` would release ids and search values in link queries: use `paging-only`, `drop-query` or `drop`",
+        ));
+    }
+    if free_text == FreeText::Keep && !pseudonyms && d.date_shift_days.is_none() {
+        return Ok(None);
+    }
+    let recognisers = super::deid::recognisers().map_err(|e| loc.error(format!("built-in recognisers are invalid: {e}")))?;
+    Ok(Some(Deid { free_text, pseudonyms, shift_days: d.date_shift_days, recognisers }))
 }
 
 fn add_rules(r: &mut RuleSet, d: &RulesDoc, loc: &Loc<'_>, dialect: Dialect, merge: Merge) -> Result<(), CompileError> {
@@ -310,7 +369,8 @@ mod tests {
         assert_eq!(set.select(&s(&["patient/*.rs"]), &[]).unwrap().name, "app");
         assert_eq!(set.select(&s(&["patient/*.rs"]), &s(&["HRESCH"])).unwrap().name, "research");
         assert_eq!(set.select(&[], &[]).unwrap().name, "default");
-        assert!(!set.requires_hmac_key());
+        // The safe-harbor preset pseudonymizes record keys under the HMAC key.
+        assert!(set.requires_hmac_key());
         let BodyRules::Fhir(f) = &set.profiles[1].body else { panic!() };
         // `*` merged into Patient.
         assert!(f.types["Patient"].root.matching("status", None).next().is_some());

@@ -481,7 +481,8 @@ mod tests {
     /// instant and display escaped `dates` and `referenceDisplay`.
     #[test]
     fn bundle_envelope_parts_are_walked() {
-        let sh = profile(json!({"preset": "safe-harbor"}), true);
+        // Record keys kept, so the entry is released as it was.
+        let sh = profile(json!({"preset": "safe-harbor", "deidentify": {"pseudonymizeIds": false}}), true);
         let smuggled = json!({"resourceType": "Patient", "identifier": [{"value": "999-48-8934"}], "telecom": [{"value": "555-1234"}], "gender": "male"});
         let bundle = json!({"resourceType": "Bundle", "type": "searchset",
             "link": [{"relation": "self", "url": "https://h/fhir/Observation?_count=1", "x": smuggled.clone()}],

@@ -20,6 +20,7 @@
 
 pub mod body;
 pub mod compile;
+pub mod deid;
 pub mod fhir;
 pub mod generalize;
 pub mod links;
@@ -125,7 +126,8 @@ pub fn apply(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes: usiz
 /// Minimize a text [`checked`] already accepted, leaving out what `cuts` removes.
 pub fn release_text(profile: &Profile, text: &[u8], ctx: &ApplyCtx<'_>, cuts: &stream::Cuts) -> Result<Applied, DenyReason> {
     let keys = keys_for(profile, ctx)?;
-    let mut s = stream::Stream::new(text, None, keys, cuts);
+    let people = people_of(profile, text)?;
+    let mut s = stream::Stream::new(text, None, keys.clone(), cuts);
     match &profile.body {
         BodyRules::Fhir(f) => {
             s.set_fhir(f);
@@ -133,10 +135,31 @@ pub fn release_text(profile: &Profile, text: &[u8], ctx: &ApplyCtx<'_>, cuts: &s
         }
         BodyRules::Json(rules) => s.json_top(rules)?,
     }
-    let (out, withheld) = s.into_output();
+    let (out, mut withheld) = s.into_output();
+    let out = deidentify(profile, out, &people, &keys, &mut withheld)?;
     let (withheld, count) = withheld.finish();
     let body = if profile.shadow { None } else { Some(out) };
     Ok(Applied { body, withheld, count, shadow: profile.shadow, profile: Some(profile.name.clone()) })
+}
+
+/// The persons of an upstream body, when the profile's de-identification needs them (read
+/// before minimization removes their names).
+fn people_of(profile: &Profile, text: &[u8]) -> Result<deid::People, DenyReason> {
+    match &profile.body {
+        BodyRules::Fhir(f) if f.deid.as_ref().is_some_and(deid::Deid::needs_people) => Ok(deid::People::collect(text)?),
+        _ => Ok(deid::People::default()),
+    }
+}
+
+/// The profile's de-identification pass over the minimized body (a no-op without one).
+fn deidentify(profile: &Profile, out: Vec<u8>, people: &deid::People, keys: &Keys, withheld: &mut Withheld) -> Result<Vec<u8>, DenyReason> {
+    match &profile.body {
+        BodyRules::Fhir(f) => match &f.deid {
+            Some(d) => deid::apply(&out, d, people, keys, withheld),
+            None => Ok(out),
+        },
+        BodyRules::Json(_) => Ok(out),
+    }
 }
 
 /// Minimize a parsed body in place (the tree walker: the oracle the streaming engine is
@@ -178,8 +201,22 @@ pub fn apply_tree(profile: &Profile, body: &[u8], ctx: &ApplyCtx<'_>, max_bytes:
 
 /// Minimize an already parsed body and build the [`Applied`] result.
 pub fn release(profile: &Profile, value: &mut Value, ctx: &ApplyCtx<'_>) -> Result<Applied, DenyReason> {
-    let report = apply_value(profile, value, ctx)?;
-    let body = if profile.shadow { None } else { Some(body::serialize(value)?) };
+    let people = match &profile.body {
+        BodyRules::Fhir(f) if f.deid.is_some() => people_of(profile, &body::serialize(value)?)?,
+        _ => deid::People::default(),
+    };
+    let mut report = apply_value(profile, value, ctx)?;
+    let mut out = body::serialize(value)?;
+    if matches!(&profile.body, BodyRules::Fhir(f) if f.deid.is_some()) {
+        let mut more = Withheld::default();
+        out = deidentify(profile, out, &people, &keys_for(profile, ctx)?, &mut more)?;
+        let (paths, count) = more.finish();
+        report.withheld.extend(paths);
+        report.withheld.sort_unstable();
+        report.withheld.dedup();
+        report.count += count;
+    }
+    let body = if profile.shadow { None } else { Some(out) };
     Ok(Applied { body, withheld: report.withheld, count: report.count, shadow: profile.shadow, profile: Some(profile.name.clone()) })
 }
 
@@ -209,20 +246,25 @@ pub(crate) mod testing {
             now: crate::time::UnixSeconds::new(1_800_000_000),
             pseudonyms: None,
         };
-        let tree = apply_value(profile, &mut body, &ctx);
+        let tree = release(profile, &mut body, &ctx);
         let streamed = apply(profile, &bytes, &ctx, usize::MAX);
         match (&tree, &streamed) {
-            (Ok(report), Ok(applied)) => {
-                assert_eq!((&applied.withheld, applied.count), (&report.withheld, report.count), "withheld");
-                if let Some(out) = &applied.body {
-                    let out: Value = serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)));
-                    assert_eq!(out.to_string(), body.to_string(), "released JSON");
-                }
+            (Ok(t), Ok(applied)) => {
+                assert_eq!((&applied.withheld, applied.count), (&t.withheld, t.count), "withheld");
+                let parse = |b: &Option<Vec<u8>>| {
+                    b.as_ref().map(|b| {
+                        serde_json::from_slice::<Value>(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b))).to_string()
+                    })
+                };
+                assert_eq!(parse(&applied.body), parse(&t.body), "released JSON");
             }
             (Err(a), Err(b)) => assert_eq!(a, b, "refusal"),
             _ => panic!("tree {tree:?} vs stream {streamed:?}"),
         }
-        let report = tree?;
-        Ok((body, report))
+        let t = tree?;
+        if let Some(out) = &t.body {
+            body = serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)));
+        }
+        Ok((body, Report { withheld: t.withheld, count: t.count }))
     }
 }

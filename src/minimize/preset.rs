@@ -15,11 +15,9 @@
 //! | N–O | URLs, IP addresses | `**.telecom` (url contact points), Endpoint.address, AuditEvent.agent.network, attachment URLs (below) |
 //! | P–Q | biometric identifiers, full-face photographs | `**.photo`, attachments (`presentedForm`, `valueAttachment`, DocumentReference/Media content, Binary.data) |
 //! | R | any other unique identifying code; free text | narrative (always, as something is withheld), `Reference.display` (`referenceDisplay: remove`), `**.note`, `**.comment`, `**.patientInstruction`, Communication(Request).payload, mothersMaidenName extension |
+//! | all | in free text; record keys | `deidentify.freeText: scrub` (every free-text value scanned for the response's persons and the Safe Harbor patterns), `pseudonymizeIds` (ids, `fullUrl`s, references as keyed pseudonyms) |
 //!
-//! Kept: resource ids and references (server-assigned surrogate keys; hash them with an
-//! explicit profile if yours are derived from identifiers), codes, values, states and
-//! countries, organization and location names. Free-text *values* such as `valueString` or
-//! `description` are not scanned.
+//! Kept: codes, values, states and countries, organization and location names.
 
 use crate::schema::ProfileDoc;
 
@@ -30,6 +28,7 @@ const SAFE_HARBOR: &str = r#"{
   "referenceDisplay": "remove",
   "dates": "year",
   "bundleLinks": "paging-only",
+  "deidentify": {"freeText": "scrub", "pseudonymizeIds": true},
   "resources": {
     "*": {
       "deny": [

@@ -103,7 +103,9 @@ impl Profile {
     pub fn requires_hmac_key(&self) -> bool {
         match &self.body {
             BodyRules::Json(r) => r.needs_key,
-            BodyRules::Fhir(f) => f.types.values().chain(f.star.iter()).any(|r| r.needs_key),
+            BodyRules::Fhir(f) => {
+                f.types.values().chain(f.star.iter()).any(|r| r.needs_key) || f.deid.as_ref().is_some_and(|d| d.needs_key())
+            }
         }
     }
 
@@ -163,6 +165,8 @@ pub struct FhirRules {
     pub links: BundleLinks,
     /// An empty deny-mode rule set: for `otherResources: allow` and envelope parts.
     pub pass: RuleSet,
+    /// De-identification applied after the rules (`None`: off).
+    pub deid: Option<super::deid::Deid>,
 }
 
 impl FhirRules {

@@ -318,19 +318,6 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         cut
     }
 
-    /// Insert a member's bytes at `at` in the closed object whose members start at `content`,
-    /// with the comma that separates it.
-    fn insert_member(&mut self, at: usize, content: usize, member: &[u8]) {
-        let bytes = if at > content {
-            [&b","[..], member].concat()
-        } else if self.out.get(at) != Some(&b'}') {
-            [member, &b","[..]].concat()
-        } else {
-            member.to_vec()
-        };
-        self.out.splice(at..at, bytes);
-    }
-
     fn enter(&mut self) -> Res<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -1246,61 +1233,91 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
         Ok(())
     }
 
-    /// Add the `REDACTED` label to the resource written from `at` (creating `meta` after `id`,
-    /// or after `resourceType`, when absent). A malformed `meta` cannot be labelled: fail closed.
+    /// Add the `REDACTED` label to the resource written from `root.content`.
     fn add_label(&mut self, root: &Root) -> Res<()> {
-        let Some(meta) = root.meta.clone() else {
-            let pos = root.id.as_ref().or(root.resource_type.as_ref()).map_or(root.content, |r| r.end);
-            let member = [&br#""meta":{"security":["#[..], LABEL, b"]}"].concat();
-            self.insert_member(pos, root.content, &member);
-            return Ok(());
-        };
-        // The value starts after the name as written (it may hold escapes) and its colon.
-        let value = {
-            let mut r = Reader::new(self.out.get(meta.clone()).unwrap_or_default());
-            r.string()?;
-            meta.start + r.pos + 1
-        };
-        let text = self.out.get(value..meta.end).unwrap_or_default();
-        let mut r = Reader::new(text);
-        if r.kind()? != Kind::Object {
+        let spots =
+            LabelSpots { content: root.content, id: root.id.clone(), resource_type: root.resource_type.clone(), meta: root.meta.clone() };
+        add_label(&mut self.out, &spots)
+    }
+}
+
+/// Output ranges (member name to end of value) of a written resource that labelling needs.
+#[derive(Debug, Default, Clone)]
+pub(super) struct LabelSpots {
+    /// Offset of the first member (just after `{`).
+    pub content: usize,
+    pub id: Option<Range<usize>>,
+    pub resource_type: Option<Range<usize>>,
+    pub meta: Option<Range<usize>>,
+}
+
+/// Insert a member's bytes at `at` in the closed object whose members start at `content`,
+/// with the comma that separates it.
+pub(super) fn insert_member(out: &mut Vec<u8>, at: usize, content: usize, member: &[u8]) {
+    let bytes = if at > content {
+        [&b","[..], member].concat()
+    } else if out.get(at) != Some(&b'}') {
+        [member, &b","[..]].concat()
+    } else {
+        member.to_vec()
+    };
+    out.splice(at..at, bytes);
+}
+
+/// Add the `REDACTED` label to the resource written at `root` (creating `meta` after `id`, or
+/// after `resourceType`, when absent). A malformed `meta` cannot be labelled: fail closed.
+pub(super) fn add_label(out: &mut Vec<u8>, root: &LabelSpots) -> Res<()> {
+    let Some(meta) = root.meta.clone() else {
+        let pos = root.id.as_ref().or(root.resource_type.as_ref()).map_or(root.content, |r| r.end);
+        let member = [&br#""meta":{"security":["#[..], LABEL, b"]}"].concat();
+        insert_member(out, pos, root.content, &member);
+        return Ok(());
+    };
+    // The value starts after the name as written (it may hold escapes) and its colon.
+    let value = {
+        let mut r = Reader::new(out.get(meta.clone()).unwrap_or_default());
+        r.string()?;
+        meta.start + r.pos + 1
+    };
+    let text = out.get(value..meta.end).unwrap_or_default();
+    let mut r = Reader::new(text);
+    if r.kind()? != Kind::Object {
+        return Err(DenyReason::MinimizationFailed);
+    }
+    r.open()?;
+    while let Some(k) = r.next_key()? {
+        if !k.is("security") {
+            r.skip()?;
+            continue;
+        }
+        if r.kind()? != Kind::Array {
             return Err(DenyReason::MinimizationFailed);
         }
         r.open()?;
-        while let Some(k) = r.next_key()? {
-            if !k.is("security") {
-                r.skip()?;
-                continue;
-            }
-            if r.kind()? != Kind::Array {
-                return Err(DenyReason::MinimizationFailed);
-            }
-            r.open()?;
-            let mut empty = true;
-            while r.next_item()? {
-                empty = false;
-                if r.kind()? == Kind::Object {
-                    let system = r.find_str("system")?;
-                    let code = r.find_str("code")?;
-                    if system.is_some_and(|s| s.is(LABEL_SYSTEM)) && code.is_some_and(|c| c.is("REDACTED")) {
-                        return Ok(());
-                    }
+        let mut empty = true;
+        while r.next_item()? {
+            empty = false;
+            if r.kind()? == Kind::Object {
+                let system = r.find_str("system")?;
+                let code = r.find_str("code")?;
+                if system.is_some_and(|s| s.is(LABEL_SYSTEM)) && code.is_some_and(|c| c.is("REDACTED")) {
+                    return Ok(());
                 }
-                r.skip()?;
             }
-            let close = value + r.pos - 1;
-            let bytes = if empty { LABEL.to_vec() } else { [&b","[..], LABEL].concat() };
-            self.out.splice(close..close, bytes);
-            return Ok(());
+            r.skip()?;
         }
-        // No `security`: appended to `meta`.
-        let close = meta.end - 1;
-        let empty = self.out.get(value + 1) == Some(&b'}');
-        let member = [&br#""security":["#[..], LABEL, b"]"].concat();
-        let bytes = if empty { member } else { [&b","[..], &member].concat() };
-        self.out.splice(close..close, bytes);
-        Ok(())
+        let close = value + r.pos - 1;
+        let bytes = if empty { LABEL.to_vec() } else { [&b","[..], LABEL].concat() };
+        out.splice(close..close, bytes);
+        return Ok(());
     }
+    // No `security`: appended to `meta`.
+    let close = meta.end - 1;
+    let empty = out.get(value + 1) == Some(&b'}');
+    let member = [&br#""security":["#[..], LABEL, b"]"].concat();
+    let bytes = if empty { member } else { [&b","[..], &member].concat() };
+    out.splice(close..close, bytes);
+    Ok(())
 }
 
 /// Which members a possible Reference has (for `referenceDisplay: remove`).

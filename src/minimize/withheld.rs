@@ -45,6 +45,16 @@ impl Withheld {
         len
     }
 
+    /// Append `(detail)` to the last segment (a nested resource's type); returns the length to
+    /// [`Withheld::pop`] back to.
+    pub fn qualify(&mut self, detail: &str) -> usize {
+        let len = self.path.len();
+        self.path.push('(');
+        self.path.push_str(detail);
+        self.path.push(')');
+        len
+    }
+
     /// Restore the path to an earlier length.
     pub fn pop(&mut self, len: usize) {
         self.path.truncate(len);

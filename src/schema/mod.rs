@@ -309,6 +309,43 @@ pub struct ProfileDoc {
     /// rewritten (default `paging-only`).
     #[serde(default)]
     pub bundle_links: Option<BundleLinksDoc>,
+    /// FHIR routes: de-identification beyond the field rules (free-text scrubbing, pseudonymous
+    /// record keys, date shifting). On a `safe-harbor` profile it adjusts the preset's own
+    /// (`freeText: scrub`, `pseudonymizeIds: true`).
+    #[serde(default)]
+    pub deidentify: Option<DeidentifyDoc>,
+}
+
+/// De-identification settings of a profile.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeidentifyDoc {
+    /// Free-text strings: `keep` (default; not scanned), `scrub` (each identifier of a person in
+    /// the response, and each Safe Harbor pattern, is replaced by `[REDACTED]`) or `withhold`
+    /// (a string holding one is withheld as a whole).
+    #[serde(default)]
+    pub free_text: Option<FreeTextDoc>,
+    /// Replace resource ids, `fullUrl`s and every reference to them with keyed pseudonyms
+    /// (HMAC under `PHI_GUARD_HMAC_KEY`; default `false`).
+    #[serde(default)]
+    pub pseudonymize_ids: Option<bool>,
+    /// Shift every date of a patient by a keyed per-patient offset of 1 to this many days,
+    /// either way (1..=3650). An Expert Determination tool, not Safe Harbor; exclusive with
+    /// `"dates": "year"`.
+    #[serde(default)]
+    pub date_shift_days: Option<u32>,
+}
+
+/// Free-text handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FreeTextDoc {
+    /// Not scanned.
+    Keep,
+    /// Identifiers replaced by `[REDACTED]`.
+    Scrub,
+    /// A string holding an identifier is withheld.
+    Withhold,
 }
 
 /// Built-in profiles.

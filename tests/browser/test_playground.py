@@ -175,10 +175,13 @@ def test_run_minimizes_a_real_fhir_resource(page, artifacts):
     assert (shown(page, "decision"), shown(page, "status")) == ("ALLOW", "200")
     assert shown(page, "profile") == "research-deidentified"
     withheld = [li.text for li in page.find_elements(By.CSS_SELECTOR, "#withheld li")]
-    for path in ("Patient.name", "Patient.telecom", "Patient.identifier", "Patient.birthDate", "Patient.address.city"):
+    for path in ("Patient.name", "Patient.telecom", "Patient.identifier", "Patient.birthDate", "Patient.address.city", "Patient.id"):
         assert path in withheld
+    # The preset carries the demo HMAC key: the record key is a pseudonym.
+    assert by_id(page, "hmac-key").get_attribute("value") != ""
     released = by_id(page, "body").get_attribute("textContent")
     assert "Chalmers" not in released and '"birthDate": "1974"' in released
+    assert '"id": "example"' not in released
     assert "REDACTED" in released
     # The diff shows the withheld value as removed, and the generalized one as added.
     deleted = "\n".join(e.get_attribute("textContent") for e in page.find_elements(By.CSS_SELECTOR, "#diff .del"))

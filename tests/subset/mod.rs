@@ -12,6 +12,10 @@
 //!   digits, a link without its query); `000` (a restricted ZIP prefix) or `90+`; a mask (`*`
 //!   then the end of an input string or number); a 64-digit hex HMAC; a URL whose base starts an
 //!   input string and whose every query pair occurs in one (`paging-only` links);
+//!   de-identification's additions: the `[REDACTED]` placeholder of scrubbed free text (and the
+//!   placeholder narrative of a withheld one) and keyed pseudonyms (version-8 UUIDs, and the
+//!   `identifier=urn:phi-guard:pseudonym|` search of a conditional reference), with every other
+//!   piece of the string a piece of an input string;
 //! - numbers: an input number (same text), or the `90` of a rewritten Age.
 //!
 //! The label and the rewritten Age parts are recognised by their exact shape and set aside
@@ -63,6 +67,43 @@ pub fn key_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
         }
         _ => {}
     }
+}
+
+/// What de-identification writes for an identifier in free text.
+const PLACEHOLDER: &str = "[REDACTED]";
+
+/// The search a pseudonymized conditional reference (or `ifNoneExist`) makes.
+const CONDITIONAL: &str = "identifier=urn:phi-guard:pseudonym|";
+
+/// The parts of the narrative that replaces one with an identifier when free text is withheld.
+const WITHHELD_DIV_PARTS: [&str; 2] = [r#"<div xmlns="http://www.w3.org/1999/xhtml">"#, "</div>"];
+
+/// Whether `s` is a pseudonym: an RFC 9562 version-8 UUID in lowercase hex.
+fn is_pseudonym(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { matches!(c, b'0'..=b'9' | b'a'..=b'f') })
+        && b[14] == b'8'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
+/// `s` split around the pseudonyms in it.
+fn split_pseudonyms(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut at, mut i) = (0, 0);
+    while i + 36 <= s.len() {
+        if s.is_char_boundary(i) && s.is_char_boundary(i + 36) && is_pseudonym(&s[i..i + 36]) {
+            out.push(s[at..i].to_owned());
+            i += 36;
+            at = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(s[at..].to_owned());
+    out
 }
 
 /// Whether `v` is the REDACTED label the minimizer adds.
@@ -156,6 +197,23 @@ impl Input {
             || (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
             || s.split_once('?')
                 .is_some_and(|(base, q)| self.starts_one(base) && q.split('&').all(|pair| self.strings.iter().any(|i| i.contains(pair))))
+            || self.pieces_within(s)
+    }
+
+    /// Whether `s` holds de-identification markers (placeholders, pseudonyms) and every piece
+    /// between them is part of an input string.
+    fn pieces_within(&self, s: &str) -> bool {
+        let mut pieces = vec![s.to_owned()];
+        for marker in [PLACEHOLDER, CONDITIONAL] {
+            pieces = pieces.iter().flat_map(|p| p.split(marker).map(str::to_owned).collect::<Vec<_>>()).collect();
+        }
+        pieces = pieces.iter().flat_map(|p| split_pseudonyms(p)).collect();
+        let marked = pieces.len() > 1 || s.contains(PLACEHOLDER) || is_pseudonym(s);
+        marked
+            && pieces
+                .iter()
+                .filter(|p| !p.is_empty())
+                .all(|p| self.strings.iter().any(|i| i.contains(p.as_str())) || WITHHELD_DIV_PARTS.contains(&p.as_str()))
     }
 
     /// `Ok` when `output` is within this input by the rules above; otherwise the first
