@@ -48,7 +48,23 @@ PIPELINES: dict[str, tuple[Path, str]] = {
     "full": (REPO / "policies" / "smart-patient-app.json",
              "auth + scope + compartment, then the body: patient binding, the `patient-app` "
              "minimization profile, Content-Digest, audit event"),
+    "safe-harbor": (REPO / "policies" / "smart-patient-app.json",
+                    "the `full` pipeline with the route's profiles replaced by the `safe-harbor` preset: its field "
+                    "rules, then de-identification (every free-text value scrubbed, record keys pseudonymized)"),
 }
+# Pipelines measured when none is named.
+DEFAULT_PIPELINES = ("full", "safe-harbor")
+
+
+def safe_harbor_profiles(doc: dict) -> None:
+    """Every minimizing route of `doc` serves the `safe-harbor` preset."""
+    for route in doc["routes"]:
+        if "minimize" in route:
+            route["minimize"] = {"profiles": [{"name": "safe-harbor", "preset": "safe-harbor"}]}
+
+
+# Edits a known pipeline makes to its policy file.
+PIPELINE_EDITS = {"safe-harbor": safe_harbor_profiles}
 CLI = Path(os.environ.get("PHI_GUARD_CLI") or REPO / "target" / "release" / "phi-guard")
 MISS_CACHE_ENTRIES = 16  # phi-guard-miss: a cache far smaller than the token pool
 # The Observation sizes of the throughput matrix (besides the Patient read).
@@ -58,12 +74,14 @@ MATRIX_SIZES = ("1k", "200k")
 READ_HEADROOM_BYTES = 64 * 1024
 
 
-def pipeline_policy(policy: Path, out: Path) -> Path:
+def pipeline_policy(policy: Path, out: Path, name: str = "") -> Path:
     """A pipeline's policy with the buffer limits the size sweep needs: Envoy's stream buffer as
     the bench configures it (configs.BUFFER_LIMIT_BYTES) and `maxResponseBytes` at the most that
     leaves room for one upstream read (policies/README.md, Limits), so the largest body is
     buffered and checked rather than refused as `response_too_large`."""
     doc = json.loads(policy.read_text(encoding="utf-8"))
+    if name in PIPELINE_EDITS:
+        PIPELINE_EDITS[name](doc)
     limits = doc.setdefault("limits", {})
     limits["envoyBufferLimitBytes"] = configs.BUFFER_LIMIT_BYTES
     limits["maxResponseBytes"] = configs.BUFFER_LIMIT_BYTES - READ_HEADROOM_BYTES
@@ -126,7 +144,7 @@ def proxies(pipelines: dict[str, Path], workdir: Path, noop: bool,
     if sweep_only:
         out = {"none": out["none"]}
     for name, policy in pipelines.items():
-        bench_policy = pipeline_policy(policy, workdir / f"policy-pipeline-{name}.json")
+        bench_policy = pipeline_policy(policy, workdir / f"policy-pipeline-{name}.json", name)
         out[f"pipeline-{name}"] = ("phi-guard", bench_policy, f"phi-guard full pipeline `{name}`: "
                                    + (PIPELINES[name][1] if name in PIPELINES else str(policy))
                                    + f" (`limits.maxResponseBytes` {bench_policy_limit()})")
@@ -519,7 +537,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.out = a.out or str(REPO / (".run/bench/RESULTS.quick.md" if a.quick else "bench/RESULTS.md"))
     env_pipes = os.environ.get("BENCH_PIPELINES", "").split()
     chosen = []
-    for item in (a.pipeline or env_pipes or ["full"]):
+    for item in (a.pipeline or env_pipes or list(DEFAULT_PIPELINES)):
         name, _, policy = item.partition("=")
         if policy:
             chosen.append((name, Path(policy).resolve()))

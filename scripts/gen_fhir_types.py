@@ -155,11 +155,12 @@ out = [
     "Regenerate with `scripts/gen_fhir_types.py`.",
     "use super::types::Member::{self, *};",
     "",
-    "/// Every FHIR R4 type (sorted by name) and its members (sorted by JSON name).",
+    "/// Every FHIR R4 type (sorted by name) and its members (sorted by the length of their JSON",
+    "/// name, then by name: a lookup compares lengths before bytes).",
     "pub const TYPES: &[(&str, &[(&str, Member)])] = &[",
 ]
 for n in names:
-    ms = ", ".join(f'("{m}", {member_kind(n, m, t)})' for m, t in sorted(types[n].items()))
+    ms = ", ".join(f'("{m}", {member_kind(n, m, t)})' for m, t in sorted(types[n].items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
     out.append(f'    ("{n}", &[{ms}]),')
 out += [
     "];",

@@ -63,6 +63,11 @@ impl Withheld {
     /// Record one withheld value at the current path.
     pub fn record(&mut self) {
         self.count += 1;
+        // The same path recorded again (items of one array, one member in many resources) is
+        // the common case: one comparison instead of a set lookup.
+        if self.log.last().is_some_and(|l| *l == self.path) {
+            return;
+        }
         if !self.paths.contains(self.path.as_str()) {
             self.paths.insert(self.path.clone());
             self.log.push(self.path.clone());

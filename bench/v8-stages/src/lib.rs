@@ -40,7 +40,7 @@ const OBS_200K_PATH: &str = "/fhir/Observation/bench-200k";
 const FIRST_200K: u32 = 18;
 
 /// Stage names, in export order (bench/v8_stages.mjs reads them through `stages_name_*`).
-pub const STAGES: [&str; 31] = [
+pub const STAGES: [&str; 35] = [
     "cache key: SHA-256 of the token",
     "path normalisation",
     "decide, cache warm (normalise, route, cache lookup, scopes, FHIR model, compartment plan)",
@@ -72,6 +72,10 @@ pub const STAGES: [&str; 31] = [
     "200 KB read, audit: event build + chain seal",
     "200 KB read, new: compartment check over the raw bytes (CompartmentCheck::scan)",
     "200 KB read, new: minimize stream (minimize::release_text, patient-app)",
+    "200 KB read, safe-harbor field rules only (release_text, preset without deidentify)",
+    "200 KB read, safe-harbor preset: field rules + free-text scrubbing + pseudonyms (release_text)",
+    "200 KB read, de-identification: persons collected from the body (People::collect)",
+    "200 KB read, de-identification: the deid pass alone over the field rules' output",
 ];
 
 struct State {
@@ -89,6 +93,7 @@ struct State {
 
 /// The ~200 KB Observation read: its decision, its body parsed, and what it releases.
 struct Obs {
+    deid: Deid,
     decision: Decision,
     plan: ResponsePlan,
     check: CompartmentCheck,
@@ -162,7 +167,43 @@ fn setup_obs(policy: &Policy, cache: &mut TokenCache, token: &str, key: &AuditKe
         return None;
     }
     let digest = phi_guard::http::content_digest(&released);
-    Some(Obs { decision, plan, check, profile, body: OBS_200K.to_vec(), tree, released, withheld: applied.withheld, digest })
+    let deid = setup_deid()?;
+    Some(Obs { deid, decision, plan, check, profile, body: OBS_200K.to_vec(), tree, released, withheld: applied.withheld, digest })
+}
+
+/// The key the de-identification stages pseudonymize under (as the demo Envoy's).
+const HMAC_KEY: &[u8] = b"phi-guard-demo-hmac-key-not-a-secret";
+
+/// The safe-harbor preset with and without its `deidentify` settings, and what the
+/// de-identification pass alone reads: the persons of the body and the field rules' output.
+struct Deid {
+    plain: Profile,
+    full: Profile,
+    rules: phi_guard::minimize::deid::Deid,
+    people: phi_guard::minimize::deid::People,
+    minimized: Vec<u8>,
+}
+
+fn setup_deid() -> Option<Deid> {
+    use phi_guard::minimize::compile::compile_rules;
+    use phi_guard::minimize::profile::BodyRules;
+    let loc = phi_guard::schema::ROOT.field("bench");
+    let mut doc = phi_guard::minimize::preset::safe_harbor().ok()?;
+    let with = compile_rules(&doc, &loc, true).ok()?;
+    doc.deidentify = None;
+    let without = compile_rules(&doc, &loc, true).ok()?;
+    let profile = |name: &str, body| Profile { name: name.into(), when: Default::default(), shadow: false, safe_harbor: true, body };
+    let rules = match &with {
+        BodyRules::Fhir(f) => f.deid.clone()?,
+        BodyRules::Json(_) => return None,
+    };
+    let (plain, full) = (profile("plain", without), profile("safe-harbor", with));
+    let ctx = ApplyCtx { hmac_key: Some(HMAC_KEY), now: NOW, pseudonyms: None };
+    let minimized = phi_guard::minimize::release_text(&plain, OBS_200K, &ctx, &Default::default()).ok()?.body?;
+    let people = phi_guard::minimize::deid::People::collect(OBS_200K).ok()?;
+    // The preset changes something in this body (ids at least), or the stage measures nothing.
+    let out = phi_guard::minimize::release_text(&full, OBS_200K, &ctx, &Default::default()).ok()?.body?;
+    (out != minimized).then_some(Deid { plain, full, rules, people, minimized })
 }
 
 fn decide_once(policy: &Policy, cache: &mut TokenCache, token: &str) -> Decision {
@@ -343,6 +384,18 @@ fn obs_stage(st: &mut State, i: u32) -> u32 {
         11 => u32::from(o.check.scan(black_box(&o.body)).is_ok()),
         12 => phi_guard::minimize::release_text(&o.profile, black_box(&o.body), &ctx, &Default::default())
             .map_or(0, |a| a.body.map_or(1, |b| b.len() as u32)),
+        13 | 14 => {
+            let ctx = ApplyCtx { hmac_key: Some(HMAC_KEY), now: NOW, pseudonyms: None };
+            let p = if i == 13 { &o.deid.plain } else { &o.deid.full };
+            phi_guard::minimize::release_text(p, black_box(&o.body), &ctx, &Default::default()).map_or(0, |a| a.body.map_or(1, |b| b.len() as u32))
+        }
+        15 => phi_guard::minimize::deid::People::collect(black_box(&o.body)).map_or(0, |p| p.words.len() as u32 + 1),
+        16 => {
+            use hmac::Mac;
+            let keys = phi_guard::minimize::transform::Keys { hmac: hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC_KEY).ok(), now_year: 2027 };
+            let mut w = phi_guard::minimize::withheld::Withheld::default();
+            phi_guard::minimize::deid::apply(black_box(&o.deid.minimized), &o.deid.rules, &o.deid.people, &keys, &mut w).map_or(0, |b| b.len() as u32)
+        }
         _ => 0,
     }
 }

@@ -5,6 +5,8 @@
 //! across responses) and nobody without the key can reverse or recompute them. The labels keep
 //! the two uses, and the `hash` transform, independent of each other.
 
+use std::collections::HashMap;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -40,6 +42,38 @@ pub fn pseudonym(mac: &Hmac<Sha256>, key: &str) -> String {
 
 const HEX: [u8; 16] = *b"0123456789abcdef";
 
+/// The pseudonyms of one response, remembered: a Bundle names the same few records (its
+/// patient, encounters) hundreds of times, and each pseudonym is two SHA-256 compressions.
+pub struct Pseudonyms {
+    mac: Hmac<Sha256>,
+    memo: HashMap<String, String>,
+    /// Whole references already rewritten (a Bundle repeats `Patient/x` in every entry).
+    refs: HashMap<String, Option<String>>,
+}
+
+impl Pseudonyms {
+    /// Pseudonyms under `mac`.
+    pub fn new(mac: Hmac<Sha256>) -> Self {
+        Pseudonyms { mac, memo: HashMap::new(), refs: HashMap::new() }
+    }
+
+    /// [`pseudonym`] of `key`.
+    pub fn of(&mut self, key: &str) -> String {
+        if let Some(p) = self.memo.get(key) {
+            return p.clone();
+        }
+        let p = pseudonym(&self.mac, key);
+        self.memo.insert(key.to_owned(), p.clone());
+        p
+    }
+
+    /// A record key's pseudonym when `s` is a valid FHIR id; `None` otherwise (the caller
+    /// withholds).
+    pub fn id(&mut self, s: &str) -> Option<String> {
+        crate::fhir::request::valid_id(s).then(|| self.of(s))
+    }
+}
+
 /// A record key's pseudonym when `s` is a valid FHIR id; `None` otherwise (the caller withholds).
 pub fn pseudonym_id(mac: &Hmac<Sha256>, s: &str) -> Option<String> {
     crate::fhir::request::valid_id(s).then(|| pseudonym(mac, s))
@@ -50,70 +84,98 @@ pub fn pseudonym_id(mac: &Hmac<Sha256>, s: &str) -> Option<String> {
 /// contained resource) and the query of a conditional reference (`Type?identifier=...`).
 /// `None` when it has no shape this knows: the caller withholds it.
 pub fn reference(mac: &Hmac<Sha256>, s: &str) -> Option<String> {
-    if let Some(local) = s.strip_prefix('#') {
-        return Some(format!("#{}", pseudonym_id(mac, local)?));
-    }
-    if let Some(uuid) = s.strip_prefix("urn:uuid:") {
-        return Some(format!("urn:uuid:{}", pseudonym(mac, uuid)));
-    }
-    if s.starts_with("urn:") {
-        // `urn:oid:` and other URNs: the whole name is the key, written as a UUID.
-        return Some(format!("urn:uuid:{}", pseudonym(mac, s)));
-    }
-    let (path, query) = match s.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (s, None),
-    };
-    let mut out = path_ids(mac, path)?;
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(&conditional(mac, q));
-    }
-    Some(out)
+    Pseudonyms::new(mac.clone()).reference(s)
 }
 
-/// Rewrite a Bundle link URL: the ids in its path (`.../Patient/123`); the query is kept (a
-/// profile that pseudonymizes keeps only paging parameters in links, see `bundleLinks`).
+/// [`Pseudonyms::link`] with a fresh memo.
 pub fn link(mac: &Hmac<Sha256>, s: &str) -> Option<String> {
-    let (path, query) = match s.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (s, None),
-    };
-    let mut out = path_ids(mac, path)?;
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    Some(out)
+    Pseudonyms::new(mac.clone()).link(s)
 }
 
-/// A path with the segment after each resource type name replaced by its pseudonym.
-fn path_ids(mac: &Hmac<Sha256>, path: &str) -> Option<String> {
-    let mut out = String::with_capacity(path.len() + 40);
-    let mut prev = "";
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        if is_type(prev) && !seg.is_empty() && !seg.starts_with('_') && !seg.starts_with('$') {
-            out.push_str(&pseudonym_id(mac, seg)?);
-        } else {
-            out.push_str(seg);
-        }
-        prev = seg;
-    }
-    Some(out)
-}
-
-/// A conditional reference's (or `ifNoneExist`'s) query, replaced by a search on the query's
-/// pseudonym, so a conditional reference still matches its target entry's `ifNoneExist`.
+/// [`Pseudonyms::conditional`] with a fresh memo.
 pub fn conditional(mac: &Hmac<Sha256>, query: &str) -> String {
-    format!("identifier={PSEUDONYM_SYSTEM}|{}", pseudonym(mac, query))
+    Pseudonyms::new(mac.clone()).conditional(query)
 }
 
-/// Whether a path segment names a FHIR R4 resource type (so the next segment is an id).
+impl Pseudonyms {
+    /// [`reference`], remembering pseudonyms and whole references.
+    pub fn reference(&mut self, s: &str) -> Option<String> {
+        if let Some(r) = self.refs.get(s) {
+            return r.clone();
+        }
+        let r = self.reference_uncached(s);
+        self.refs.insert(s.to_owned(), r.clone());
+        r
+    }
+
+    fn reference_uncached(&mut self, s: &str) -> Option<String> {
+        if let Some(local) = s.strip_prefix('#') {
+            return Some(format!("#{}", self.id(local)?));
+        }
+        if let Some(uuid) = s.strip_prefix("urn:uuid:") {
+            return Some(format!("urn:uuid:{}", self.of(uuid)));
+        }
+        if s.starts_with("urn:") {
+            // `urn:oid:` and other URNs: the whole name is the key, written as a UUID.
+            return Some(format!("urn:uuid:{}", self.of(s)));
+        }
+        let (path, query) = match s.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (s, None),
+        };
+        let mut out = self.path_ids(path)?;
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(&self.conditional(q));
+        }
+        Some(out)
+    }
+
+    /// Rewrite a Bundle link URL: the ids in its path (`.../Patient/123`); the query is kept (a
+    /// profile that pseudonymizes keeps only paging parameters in links, see `bundleLinks`).
+    pub fn link(&mut self, s: &str) -> Option<String> {
+        let (path, query) = match s.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (s, None),
+        };
+        let mut out = self.path_ids(path)?;
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+
+    /// A path with the segment after each resource type name replaced by its pseudonym.
+    fn path_ids(&mut self, path: &str) -> Option<String> {
+        let mut out = String::with_capacity(path.len() + 40);
+        let mut prev = "";
+        for (i, seg) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            if is_type(prev) && !seg.is_empty() && !seg.starts_with('_') && !seg.starts_with('$') {
+                out.push_str(&self.id(seg)?);
+            } else {
+                out.push_str(seg);
+            }
+            prev = seg;
+        }
+        Some(out)
+    }
+
+    /// A conditional reference's (or `ifNoneExist`'s) query, replaced by a search on the
+    /// query's pseudonym, so a conditional reference still matches its target entry's
+    /// `ifNoneExist`.
+    pub fn conditional(&mut self, query: &str) -> String {
+        format!("identifier={PSEUDONYM_SYSTEM}|{}", self.of(query))
+    }
+}
+
+/// Whether a path segment names a FHIR R4 resource type (so the next segment is an id). Type
+/// names start with a capital: most segments (ids, bases) are dismissed by their first byte.
 fn is_type(seg: &str) -> bool {
-    crate::fhir::resource_type(seg).is_some()
+    seg.as_bytes().first().is_some_and(u8::is_ascii_uppercase) && crate::fhir::resource_type(seg).is_some()
 }
 
 /// A patient's date offset in days, in `-max..=max`, never 0 (an offset of 0 would release the

@@ -37,6 +37,9 @@ impl People {
     /// Collect from a whole (validated) body.
     pub fn collect(text: &[u8]) -> Result<People, Malformed> {
         let mut people = People::default();
+        if !may_hold_a_person(text) {
+            return Ok(people);
+        }
         let mut r = Reader::new(text);
         let mut found = Found::default();
         walk(&mut r, "", "", &mut found, &mut people, 0)?;
@@ -112,50 +115,66 @@ impl People {
     }
 }
 
+/// Whether a body can name a person resource: a `resourceType` of Patient, RelatedPerson or
+/// Person is written as that quoted word, unless escaped, and only a `\u` escape can spell
+/// those letters. Most responses (an Observation search, a read) hold none, and skip the walk.
+fn may_hold_a_person(text: &[u8]) -> bool {
+    [&b"\"Patient\""[..], b"\"RelatedPerson\"", b"\"Person\"", b"\\u"].iter().any(|needle| memchr::memmem::find(text, needle).is_some())
+}
+
 /// Lowercase ASCII, whitespace collapsed to one space.
 fn normalize(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase()
 }
 
-/// Strings of one object, kept until it is known whether they belong to a person.
+/// Strings of one object (as written, decoded only when they belong to a person), kept until
+/// it is known whether they do.
 #[derive(Debug, Default)]
-struct Found {
-    words: Vec<String>,
-    phrases: Vec<String>,
-    values: Vec<String>,
-    dates: Vec<String>,
+struct Found<'a> {
+    words: Vec<Str<'a>>,
+    phrases: Vec<Str<'a>>,
+    values: Vec<Str<'a>>,
+    dates: Vec<Str<'a>>,
     /// A `valueString` of this object (kept if its `url` is the maiden-name extension).
-    value_string: Option<String>,
-    url: Option<String>,
+    value_string: Option<Str<'a>>,
+    url: Option<Str<'a>>,
 }
 
-impl Found {
-    fn absorb(&mut self, other: Found) {
+impl<'a> Found<'a> {
+    fn absorb(&mut self, other: Found<'a>) {
         self.words.extend(other.words);
         self.phrases.extend(other.phrases);
         self.values.extend(other.values);
         self.dates.extend(other.dates);
     }
 
-    fn commit(self, people: &mut People) {
+    fn commit(self, people: &mut People) -> Result<(), Malformed> {
         for w in &self.words {
-            people.add_words(w);
+            people.add_words(&w.decode()?);
         }
         for p in &self.phrases {
-            people.add_phrase(p);
+            people.add_phrase(&p.decode()?);
         }
         for v in &self.values {
-            people.add_value(v);
+            people.add_value(&v.decode()?);
         }
         for d in &self.dates {
-            people.add_date(d);
+            people.add_date(&d.decode()?);
         }
+        Ok(())
     }
 }
 
 /// Walk a value; `parent` and `key` name where it is (the member holding it and that member's
 /// own name). Strings are filed in `found`; a person resource commits its findings.
-fn walk(r: &mut Reader<'_>, parent: &str, key: &str, found: &mut Found, people: &mut People, depth: usize) -> Result<(), Malformed> {
+fn walk<'a>(
+    r: &mut Reader<'a>,
+    parent: &str,
+    key: &str,
+    found: &mut Found<'a>,
+    people: &mut People,
+    depth: usize,
+) -> Result<(), Malformed> {
     if depth > crate::json::MAX_DEPTH {
         return Err(Malformed);
     }
@@ -168,18 +187,18 @@ fn walk(r: &mut Reader<'_>, parent: &str, key: &str, found: &mut Found, people: 
         }
         Kind::Object => {
             let mut own = Found::default();
-            let mut rt: Option<String> = None;
-            let mut id: Option<String> = None;
+            let mut rt: Option<Str<'a>> = None;
+            let mut id: Option<Str<'a>> = None;
             r.open()?;
             while let Some(k) = r.next_key()? {
                 let name = k.decode()?;
                 match (name.as_ref(), r.kind()?) {
-                    ("resourceType", Kind::String) => rt = Some(r.string()?.decode()?.into_owned()),
-                    ("id", Kind::String) => id = Some(r.string()?.decode()?.into_owned()),
-                    ("url", Kind::String) => own.url = Some(r.string()?.decode()?.into_owned()),
+                    ("resourceType", Kind::String) => rt = Some(r.string()?),
+                    ("id", Kind::String) => id = Some(r.string()?),
+                    ("url", Kind::String) => own.url = Some(r.string()?),
                     (n, Kind::String) => {
                         let s = r.string()?;
-                        file(key, n, &s, &mut own)?;
+                        file(key, n, s, &mut own);
                     }
                     (n, _) => {
                         // `_x` siblings hold extensions only; they are walked under `x`.
@@ -188,19 +207,19 @@ fn walk(r: &mut Reader<'_>, parent: &str, key: &str, found: &mut Found, people: 
                     }
                 }
             }
-            if own.url.as_deref().is_some_and(|u| u.ends_with("/patient-mothersMaidenName")) {
+            if own.url.map(|u| u.decode()).transpose()?.is_some_and(|u| u.ends_with("/patient-mothersMaidenName")) {
                 if let Some(v) = own.value_string.take() {
                     own.words.push(v);
                 }
             }
             match rt {
-                Some(t) if PERSON_TYPES.contains(&t.as_str()) => {
-                    if t == "Patient" {
+                Some(t) if PERSON_TYPES.iter().any(|p| t.is(p)) => {
+                    if t.is("Patient") {
                         if let Some(id) = id {
-                            people.patients.push(id);
+                            people.patients.push(id.decode()?.into_owned());
                         }
                     }
-                    own.commit(people);
+                    own.commit(people)?;
                 }
                 // Another resource: its strings are not a person's.
                 Some(_) => {}
@@ -209,30 +228,25 @@ fn walk(r: &mut Reader<'_>, parent: &str, key: &str, found: &mut Found, people: 
         }
         Kind::String => {
             let s = r.string()?;
-            file(parent, key, &s, found)?;
+            file(parent, key, s, found);
         }
         Kind::Scalar => {
             r.skip()?;
         }
     }
-    let _ = parent;
     Ok(())
 }
 
 /// File one string by where it is: `parent.key`.
-fn file(parent: &str, key: &str, s: &Str<'_>, found: &mut Found) -> Result<(), Malformed> {
-    let v = || s.decode().map(|d| d.into_owned());
+fn file<'a>(parent: &str, key: &str, s: Str<'a>, found: &mut Found<'a>) {
     match (parent, key) {
-        ("name", "family" | "given" | "text" | "prefix" | "suffix") => found.words.push(v()?),
-        ("address" | "valueAddress", "line" | "text") => found.phrases.push(v()?),
-        ("address" | "valueAddress", "city" | "district") => found.phrases.push(v()?),
-        ("address" | "valueAddress", "postalCode") => found.values.push(v()?),
-        ("identifier" | "telecom", "value") => found.values.push(v()?),
-        (_, "birthDate") => found.dates.push(v()?),
-        (_, "valueString") => found.value_string = Some(v()?),
+        ("name", "family" | "given" | "text" | "prefix" | "suffix") => found.words.push(s),
+        ("address" | "valueAddress", "line" | "text" | "city" | "district") => found.phrases.push(s),
+        ("address" | "valueAddress", "postalCode") | ("identifier" | "telecom", "value") => found.values.push(s),
+        (_, "birthDate") => found.dates.push(s),
+        (_, "valueString") => found.value_string = Some(s),
         _ => {}
     }
-    Ok(())
 }
 
 /// Finds a response's persons in text.
@@ -362,6 +376,16 @@ mod tests {
         assert!(!p.words.iter().any(|x| x == "white" || x == "kept"));
         assert_eq!(p.digits, ["5551234567", "999123456"]);
         assert_eq!(p.patients, ["p1"]);
+    }
+
+    #[test]
+    fn a_person_written_with_escapes_is_still_collected() {
+        // The quick check for person resources must not be fooled by a `\u` escape.
+        let body = br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Pati\u0065nt","id":"p9","name":[{"family":"Escap\u0065d"}]}}]}"#;
+        let p = People::collect(body).unwrap();
+        assert_eq!((p.words.as_slice(), p.patients.as_slice()), (&["escaped".to_owned()][..], &["p9".to_owned()][..]));
+        assert!(People::collect(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p9"}}"#).unwrap().words.is_empty());
+        assert!(may_hold_a_person(br#"{"resourceType": "Person"}"#) && !may_hold_a_person(br#"{"resourceType":"Observation"}"#));
     }
 
     #[test]

@@ -48,9 +48,87 @@ pub fn type_named(name: &str) -> Option<TypeId> {
 /// What the member `name` of `ty` holds; `None` if `ty` has no such member (unknown to FHIR R4).
 pub fn member(ty: TypeId, name: &str) -> Option<Member> {
     let (_, members) = TYPES.get(usize::from(ty.0))?;
-    // Each type's members are sorted by JSON name (generated so, and checked by a test).
-    let i = members.binary_search_by(|(n, _)| (*n).cmp(name)).ok()?;
+    // Each type's members are sorted by name length, then name (generated so, and checked by
+    // a test): most comparisons are then an integer's, not a string's.
+    let i =
+        members.binary_search_by(|(n, _)| n.len().cmp(&name.len()).then_with(|| same_length_cmp(n.as_bytes(), name.as_bytes()))).ok()?;
     members.get(i).map(|&(_, m)| m)
+}
+
+/// [`reach`]: some element below can be free text.
+pub const REACH_TEXT: u8 = 1;
+/// [`reach`]: some element below is a record key (a Reference, a Bundle's URLs).
+pub const REACH_KEY: u8 = 2;
+/// [`reach`]: some element below holds a resource.
+pub const REACH_RESOURCE: u8 = 4;
+
+/// What the elements below a value of type `ty` can be, `extension` and `modifierExtension`
+/// aside (an extension can hold anything: the caller checks for those by name): a pass that
+/// needs none of these copies the value as written.
+pub fn reach(ty: TypeId) -> u8 {
+    static FLAGS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let flags = FLAGS.get_or_init(|| {
+        let own = |name: &str, members: &[(&str, Member)]| {
+            let mut f = if name.starts_with("Bundle") { REACH_KEY } else { 0 };
+            for (m, kind) in members {
+                if matches!(*m, "extension" | "modifierExtension") {
+                    continue;
+                }
+                f |= match kind {
+                    Member::Text => REACH_TEXT,
+                    Member::Resource => REACH_RESOURCE,
+                    Member::Other if *m == "reference" => REACH_KEY,
+                    _ => 0,
+                };
+            }
+            f
+        };
+        let mut flags: Vec<u8> = TYPES.iter().map(|(n, m)| own(n, m)).collect();
+        // Children's flags up to their parents until nothing changes (types nest and recurse).
+        loop {
+            let mut changed = false;
+            for (i, (_, members)) in TYPES.iter().enumerate() {
+                let mut f = flags.get(i).copied().unwrap_or(0);
+                for (m, kind) in members.iter() {
+                    if let (false, Member::Type(c)) = (matches!(*m, "extension" | "modifierExtension"), kind) {
+                        f |= flags.get(usize::from(*c)).copied().unwrap_or(u8::MAX);
+                    }
+                }
+                if let Some(slot) = flags.get_mut(i) {
+                    changed |= *slot != f;
+                    *slot = f;
+                }
+            }
+            if !changed {
+                break flags;
+            }
+        }
+    });
+    flags.get(usize::from(ty.0)).copied().unwrap_or(u8::MAX)
+}
+
+/// The order of a type's members in the table.
+#[cfg(test)]
+fn by_length(s: &str) -> (usize, &[u8]) {
+    (s.len(), s.as_bytes())
+}
+
+/// Byte order of two names of the same length, eight bytes at a time: member names are short,
+/// and a library `memcmp` call per probe cost more than the comparison itself.
+fn same_length_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (mut x, mut y) = (a.chunks(8), b.chunks(8));
+    loop {
+        match (x.next(), y.next()) {
+            (Some(p), Some(q)) => {
+                let word = |c: &[u8]| c.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)) << (8 * (8 - c.len() as u32));
+                let o = word(p).cmp(&word(q));
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            _ => return a.len().cmp(&b.len()),
+        }
+    }
 }
 
 /// The FHIR name of `ty` (its model name for backbone elements, e.g. `BundleEntry`).
@@ -131,6 +209,20 @@ mod tests {
     }
 
     #[test]
+    fn reach_follows_nesting() {
+        let r = |n| reach(ty(n));
+        assert_eq!(r("Coding"), 0, "system, code, display (vocabulary): nothing to visit");
+        assert_eq!(r("Quantity"), 0);
+        assert_eq!(r("Period"), 0);
+        assert_eq!(r("CodeableConcept") & REACH_TEXT, REACH_TEXT);
+        assert_eq!(r("Reference"), REACH_TEXT | REACH_KEY, "display and reference");
+        assert_eq!(r("Identifier") & REACH_KEY, REACH_KEY, "its assigner is a Reference");
+        assert_eq!(r("BundleEntry"), REACH_TEXT | REACH_KEY | REACH_RESOURCE);
+        assert_eq!(r("Narrative"), REACH_TEXT);
+        assert_eq!(r("Extension") & REACH_TEXT, REACH_TEXT);
+    }
+
+    #[test]
     fn sorted() {
         // Binary search needs strictly increasing names, in `str::cmp` (byte) order.
         for w in TYPES.windows(2) {
@@ -138,7 +230,7 @@ mod tests {
         }
         for (t, members) in TYPES {
             for w in members.windows(2) {
-                assert!(w[0].0 < w[1].0, "{t}: {} !< {}", w[0].0, w[1].0);
+                assert!(by_length(w[0].0) < by_length(w[1].0), "{t}: {} !< {}", w[0].0, w[1].0);
             }
         }
     }
