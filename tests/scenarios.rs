@@ -136,8 +136,10 @@ fn run(path: &Path) -> Result<(), String> {
     check_audit(expect, &out.audit)
 }
 
-/// `expect.profile`, `expect.entries` (the released Bundle's `Type/id`s, in order) and
-/// `expect.absent` (top-level members the released body must not have).
+/// `expect.profile`, `expect.entries` (the released Bundle's `Type/id`s, in order),
+/// `expect.absent` (top-level members the released body must not have), `expect.notInBody` /
+/// `expect.inBody` (text the released JSON must not / must hold) and `expect.resolves` (every
+/// reference in the released Bundle names one of its entries).
 fn check_body(expect: &Value, sent: &Value, profile: Option<&str>) -> Result<(), String> {
     if let Some(p) = expect.get("profile") {
         if profile != p.as_str() {
@@ -162,7 +164,47 @@ fn check_body(expect: &Value, sent: &Value, profile: Option<&str>) -> Result<(),
             return Err(format!("released body still has `{k}`"));
         }
     }
+    let text = sent.to_string();
+    for s in expect["notInBody"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if text.contains(s) {
+            return Err(format!("released body contains `{s}`"));
+        }
+    }
+    for s in expect["inBody"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if !text.contains(s) {
+            return Err(format!("released body lacks `{s}`"));
+        }
+    }
+    if expect["resolves"] == json!(true) {
+        let entries = sent["entry"].as_array().cloned().unwrap_or_default();
+        let full: Vec<&str> = entries.iter().filter_map(|e| e["fullUrl"].as_str()).collect();
+        for e in &entries {
+            let mut refs = Vec::new();
+            references(&e["resource"], &mut refs);
+            for r in refs {
+                if !full.iter().any(|f| f.ends_with(&format!("/{r}")) || *f == r) {
+                    return Err(format!("reference `{r}` resolves to no entry"));
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// Every `reference` string in a JSON tree.
+fn references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("reference", Value::String(s)) => out.push(s.clone()),
+                    _ => references(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| references(x, out)),
+        _ => {}
+    }
 }
 
 /// `expect.audit`: members the audit event (JSON lines form) must have, compared exactly.

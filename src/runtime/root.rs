@@ -106,7 +106,7 @@ impl<H: Host> Root<H> {
         if policy.is_some_and(Policy::requires_hmac_key) && hmac.is_none() {
             host.log(
                 Level::Error,
-                &format!("phi-guard: the policy hashes fields but {HMAC_KEY_ENV} is missing or too short; configuration refused"),
+                &format!("phi-guard: the policy hashes or pseudonymizes values but {HMAC_KEY_ENV} is missing or too short; configuration refused"),
             );
             return false;
         }
@@ -258,7 +258,7 @@ mod tests {
         let mut w = Worker::new();
         w.host().now_ms.set(NOW_MS);
         assert!(!w.configure(&hashing));
-        assert!(w.host().logged("the policy hashes fields but PHI_GUARD_HMAC_KEY is missing or too short"));
+        assert!(w.host().logged("the policy hashes or pseudonymizes values but PHI_GUARD_HMAC_KEY is missing or too short"));
         w.host().env.borrow_mut().insert(HMAC_KEY_ENV.into(), "hmac-key-0123456789abcdef0123456789".into());
         assert!(w.configure(&hashing));
         assert_eq!(status(&w), None);

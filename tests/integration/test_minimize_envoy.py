@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,14 @@ def test_synthea_transaction_bundle_safe_harbor(clinician):
         assert v not in r.text, f"{v!r} released"
     pat = next(e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient")
     assert pat.get("birthDate", "")[:4] in ("", original["birthDate"][:4]) and len(pat.get("birthDate", "")) <= 4
+    # Record keys are keyed pseudonyms (the demo HMAC key), and references still resolve.
+    source = json.loads(CLEMENTE.read_text())
+    for e in source["entry"]:
+        assert e["resource"]["id"] not in r.text, "a record key was released"
+    full = {e["fullUrl"] for e in doc["entry"]}
+    refs = re.findall(r'"reference":"(urn:uuid:[^"]+)"', r.text)
+    assert refs and all(ref in full for ref in refs), "a reference no longer resolves"
+    assert all(e["resource"]["id"] == e["fullUrl"].removeprefix("urn:uuid:") for e in doc["entry"])
 
 
 def test_research_without_purpose_gets_no_profile(clinician):

@@ -316,6 +316,12 @@ def assert_meets_expectations(r: Replay, expect: dict) -> None:
             assert released_entries(released) == expect["entries"]
         for member in expect.get("absent", []):
             assert member not in released, f"released body still has {member!r}"
+    if "notInBody" in expect or "inBody" in expect:
+        text = resp.body.decode()
+        for s in expect.get("notInBody", []):
+            assert s not in text, f"released body contains {s!r}"
+        for s in expect.get("inBody", []):
+            assert s in text, f"released body lacks {s!r}"
     for member, value in (expect.get("audit") or {}).items():
         assert cli["audit"].get(member) == value, f"audit {member}: {cli['audit'].get(member)!r}, expected {value!r}"
 

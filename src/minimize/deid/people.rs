@@ -115,11 +115,19 @@ impl People {
     }
 }
 
-/// Whether a body can name a person resource: a `resourceType` of Patient, RelatedPerson or
-/// Person is written as that quoted word, unless escaped, and only a `\u` escape can spell
-/// those letters. Most responses (an Observation search, a read) hold none, and skip the walk.
+/// Whether a body can name a person resource: some `"resourceType"` member whose value is
+/// `"Patient"`, `"RelatedPerson"` or `"Person"` as written, or a `\u` escape anywhere (only an
+/// escape can spell those names, or the member's, otherwise). Most responses (an Observation
+/// search, a read) hold none and skip the walk; two substring searches cost far less than it.
 fn may_hold_a_person(text: &[u8]) -> bool {
-    [&b"\"Patient\""[..], b"\"RelatedPerson\"", b"\"Person\"", b"\\u"].iter().any(|needle| memchr::memmem::find(text, needle).is_some())
+    if memchr::memmem::find(text, b"\\u").is_some() {
+        return true;
+    }
+    memchr::memmem::find_iter(text, b"\"resourceType\"").any(|at| {
+        let rest = text.get(at + 14..).unwrap_or_default();
+        let rest = rest.trim_ascii_start().strip_prefix(b":").unwrap_or_default().trim_ascii_start();
+        [&b"\"Patient\""[..], b"\"RelatedPerson\"", b"\"Person\""].iter().any(|p| rest.starts_with(p))
+    })
 }
 
 /// Lowercase ASCII, whitespace collapsed to one space.
@@ -386,6 +394,9 @@ mod tests {
         assert_eq!((p.words.as_slice(), p.patients.as_slice()), (&["escaped".to_owned()][..], &["p9".to_owned()][..]));
         assert!(People::collect(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p9"}}"#).unwrap().words.is_empty());
         assert!(may_hold_a_person(br#"{"resourceType": "Person"}"#) && !may_hold_a_person(br#"{"resourceType":"Observation"}"#));
+        assert!(may_hold_a_person(b"{\"resourceType\" :\n \"RelatedPerson\"}"));
+        assert!(!may_hold_a_person(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p9","type":"Patient"}}"#));
+        assert!(may_hold_a_person(br#"{"resource\u0054ype":"Patient"}"#));
     }
 
     #[test]
