@@ -257,7 +257,7 @@ fn compile_deid(d: &DeidentifyDoc, loc: &Loc<'_>, dates_to_year: bool, links: Bu
         return Ok(None);
     }
     let recognisers = super::deid::recognisers().map_err(|e| loc.error(format!("built-in recognisers are invalid: {e}")))?;
-    Ok(Some(Deid { free_text, pseudonyms, shift_days: d.date_shift_days, recognisers }))
+    Ok(Some(Deid { free_text, pseudonyms, shift_days: d.date_shift_days, recognisers, links }))
 }
 
 fn add_rules(r: &mut RuleSet, d: &RulesDoc, loc: &Loc<'_>, dialect: Dialect, merge: Merge) -> Result<(), CompileError> {

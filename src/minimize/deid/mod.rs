@@ -68,6 +68,10 @@ pub struct Deid {
     pub shift_days: Option<u32>,
     /// The Safe Harbor pattern recognisers (compiled once per policy).
     pub recognisers: Arc<Recognisers>,
+    /// The profile's `bundleLinks`: a pseudonymizing pass applies it to every link itself (the
+    /// field rules rewrite links only in Bundles they withheld something from, and a link's
+    /// query can name the very ids that were pseudonymized: `Observation?patient=123`).
+    pub links: super::profile::BundleLinks,
 }
 
 impl Deid {
@@ -463,7 +467,18 @@ impl<'a> Pass<'a, '_> {
                 keyed::Pseudonyms::reference
             }
             ("BundleEntryRequest", "ifNoneExist") => |p, q| Some(p.conditional(q)),
-            ("BundleLink", "url") => keyed::Pseudonyms::link,
+            ("BundleLink", "url") => {
+                let v = s.decode()?;
+                let filtered = match self.deid.links {
+                    super::profile::BundleLinks::Drop => return Ok(Some(Fate::Withhold)),
+                    policy => super::links::rewrite(&v, policy),
+                };
+                return Ok(Some(match p.link(filtered.as_deref().unwrap_or(&v)) {
+                    Some(l) if l == v => Fate::Copy,
+                    Some(l) => Fate::Write(l),
+                    None => Fate::Withhold,
+                }));
+            }
             _ => return Ok(None),
         };
         let v = s.decode()?;
@@ -638,6 +653,12 @@ mod tests {
         assert!(labelled(o) && labelled(&out));
         assert!(r.withheld.contains(&"Bundle.entry.resource(Observation).subject.reference".to_owned()), "{:?}", r.withheld);
         assert!(r.withheld.contains(&"Bundle.entry.fullUrl".to_owned()));
+        // A Bundle the field rules withheld nothing from: its link query would name the raw id.
+        let search = json!({"resourceType": "Bundle", "type": "searchset",
+            "link": [{"relation": "self", "url": "https://ehr.example/fhir/Observation?patient=p1&_count=10"}],
+            "entry": [{"fullUrl": "https://ehr.example/fhir/Observation/o9", "resource": {"resourceType": "Observation", "id": "o9", "status": "final", "code": {"text": "x"}}}]});
+        let (out, _) = run(&p, search).unwrap();
+        assert_eq!(out["link"][0]["url"], "https://ehr.example/fhir/Observation?_count=10");
         // The same input gives the same pseudonyms in another response.
         let (again, _) = run(&p, json!({"resourceType": "Patient", "id": "p1"})).unwrap();
         assert_eq!(again["id"], pid);
@@ -725,7 +746,13 @@ mod timing {
             ("scrub", FreeText::Scrub, false),
             ("both", FreeText::Scrub, true),
         ] {
-            let d = Deid { free_text, pseudonyms, shift_days: None, recognisers: rec.clone() };
+            let d = Deid {
+                free_text,
+                pseudonyms,
+                shift_days: None,
+                recognisers: rec.clone(),
+                links: crate::minimize::profile::BundleLinks::PagingOnly,
+            };
             let n = 50;
             let t = std::time::Instant::now();
             for _ in 0..n {
