@@ -7,6 +7,7 @@
 //! postal codes and birth dates. A digit-bearing identifier or telecom value (phone, SSN, MRN)
 //! is matched by its digits whatever the punctuation and spacing between them.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -62,7 +63,10 @@ impl People {
         if words.is_none() && self.digits.is_empty() {
             return None;
         }
-        Some(Matcher { words, digits: self.digits.clone() })
+        let mut lengths: Vec<usize> = self.digits.iter().map(String::len).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        Some(Matcher { words, digits: self.digits.iter().cloned().collect(), lengths })
     }
 
     fn add_words(&mut self, s: &str) {
@@ -261,7 +265,11 @@ fn file<'a>(parent: &str, key: &str, s: Str<'a>, found: &mut Found<'a>) {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     words: Option<AhoCorasick>,
-    digits: Vec<String>,
+    /// The persons' digit sequences, and their distinct lengths: a digit run is checked by
+    /// looking up each of its substrings of those lengths, so a response with thousands of
+    /// persons costs no more per run than one with a single person.
+    digits: HashSet<String>,
+    lengths: Vec<usize>,
 }
 
 impl Matcher {
@@ -293,12 +301,21 @@ impl Matcher {
                     start -= 1;
                 }
                 let (end, digits) = digit_run(b, i);
-                if self.digits.iter().any(|d| digits.contains(d.as_str())) {
+                if self.holds_a_person(&digits) {
                     out.push(start..end);
                 }
                 i = end.max(i + 1);
             }
         }
+    }
+}
+
+impl Matcher {
+    /// Whether a run's digits hold one of the persons' digit sequences.
+    fn holds_a_person(&self, digits: &str) -> bool {
+        self.lengths
+            .iter()
+            .any(|&l| (0..=digits.len().saturating_sub(l)).any(|s| digits.get(s..s + l).is_some_and(|d| self.digits.contains(d))))
     }
 }
 
