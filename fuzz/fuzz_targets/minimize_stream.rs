@@ -28,10 +28,14 @@ use phi_guard::minimize::restrict::{Label, Restriction, Restrictions};
 use phi_guard::minimize::{self, ApplyCtx, Profile};
 use profiles::{HMAC_KEY, MAX_BODY, NOW};
 
-/// Every profile of the `minimize` target, shipped ones first.
+/// Every profile of the `minimize` target, shipped ones first, and date shifting.
 fn profiles() -> &'static [Arc<Profile>] {
     static PROFILES: OnceLock<Vec<Arc<Profile>>> = OnceLock::new();
-    PROFILES.get_or_init(|| profiles::all(common::example_policies()))
+    PROFILES.get_or_init(|| {
+        let mut all = profiles::all(common::example_policies());
+        all.extend(profiles::compile_doc(profiles::DEID_SHIFT, true));
+        all
+    })
 }
 
 fn named(name: &str) -> Arc<Profile> {

@@ -102,6 +102,16 @@ pub const JSON_PROFILE: &str = r#"{"profiles": [{"name": "fuzz-json", "mode": "d
 /// The `safe-harbor` preset on its own.
 pub const PRESET: &str = r#"{"profiles": [{"name": "safe-harbor", "preset": "safe-harbor"}]}"#;
 
+/// De-identification beyond the preset's: free text withheld whole, pseudonyms with the
+/// links dropped, over an allow-everything rule set (so the pass sees every element).
+pub const DEID_WITHHOLD: &str = r#"{"profiles": [{"name": "deid-withhold", "mode": "deny", "otherResources": "allow",
+    "resources": {"*": {"deny": []}}, "bundleLinks": "drop",
+    "deidentify": {"freeText": "withhold", "pseudonymizeIds": true}}]}"#;
+
+/// Date shifting (its output is not within the input: the `minimize_stream` target only).
+pub const DEID_SHIFT: &str = r#"{"profiles": [{"name": "deid-shift", "mode": "deny", "otherResources": "allow",
+    "resources": {"*": {"deny": []}}, "deidentify": {"freeText": "scrub", "dateShiftDays": 365}}]}"#;
+
 /// Compile one profile document (`fhir`: for a FHIR route).
 pub fn compile_doc(text: &str, fhir: bool) -> Vec<Arc<Profile>> {
     let doc: MinimizeDoc = serde_json::from_str(text).unwrap_or_else(|e| panic!("fuzz profile does not parse: {e}"));
@@ -124,6 +134,7 @@ pub fn shipped<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<Arc<Pr
 /// and the plain JSON one.
 pub fn extra() -> Vec<Arc<Profile>> {
     let mut all = compile_doc(PRESET, true);
+    all.extend(compile_doc(DEID_WITHHOLD, true));
     for doc in FHIR_PROFILES {
         all.extend(compile_doc(doc, true));
     }

@@ -343,10 +343,6 @@ impl<'a> Pass<'a, '_> {
                 }
                 Some(t @ Member::Type(_)) => {
                     let t = t.type_id();
-                    if let Some(span) = self.quiet(t)? {
-                        self.out.extend_from_slice(self.r.slice(span));
-                        return Ok(true);
-                    }
                     self.object(t, t.map_or("", types::name))
                 }
                 // Unknown: it may still be a resource.
@@ -382,31 +378,6 @@ impl<'a> Pass<'a, '_> {
             _ => {
                 self.copy()?;
                 Ok(true)
-            }
-        }
-    }
-
-    /// The span of the object here when nothing in it can change: its type reaches nothing the
-    /// pass rewrites, no member is an extension, no string is escaped, and dates are not
-    /// shifted. `None` leaves the reader where it was.
-    fn quiet(&mut self, ty: Option<TypeId>) -> Res<Option<Range<usize>>> {
-        let Some(ty) = ty else { return Ok(None) };
-        let mut needs = types::REACH_RESOURCE;
-        if self.deid.free_text != FreeText::Keep {
-            needs |= types::REACH_TEXT;
-        }
-        if self.pseudonyms.is_some() {
-            needs |= types::REACH_KEY;
-        }
-        if self.shift.is_some() || types::reach(ty) & needs != 0 {
-            return Ok(None);
-        }
-        let at = self.r.pos;
-        match self.r.skip_plain(&[b"extension", b"modifierExtension"], 0)? {
-            Some(span) => Ok(Some(span)),
-            None => {
-                self.r = self.r.at(at);
-                Ok(None)
             }
         }
     }
@@ -697,6 +668,24 @@ mod tests {
     }
 
     use hmac::Mac;
+
+    /// Regression (fuzzing): a Coding, or an Element under `_x`, was copied as written when its
+    /// type reaches no free text, but a member FHIR R4 does not define is read as free text: the
+    /// copy released it unscanned, unless an escape in it made the walk read it.
+    #[test]
+    fn members_outside_r4_are_scanned_inside_any_element() {
+        let p = profile(json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": []}}, "deidentify": {"freeText": "scrub"}}), true);
+        for url in ["http://example.org/x", "http:\\/\\/example.org\\/x"] {
+            let obs = format!(
+                r#"{{"resourceType":"Observation","id":"o1","status":"final",
+                   "code":{{"coding":[{{"system":"http://loinc.org","code":"1","remark":"call 555-123-4567"}}]}},
+                   "_effectiveDateTime":{{"e2tension":[{{"url":"{url}"}}]}},"effectiveDateTime":"2020-01-02"}}"#
+            );
+            let (out, _) = run(&p, serde_json::from_str(&obs).unwrap()).unwrap();
+            assert_eq!(out["code"]["coding"][0]["remark"], "call [REDACTED]", "{out}");
+            assert_eq!(out["_effectiveDateTime"]["e2tension"][0]["url"], "[REDACTED]", "{out}");
+        }
+    }
 
     #[test]
     fn settings_are_checked_where_they_are() {

@@ -55,58 +55,6 @@ pub fn member(ty: TypeId, name: &str) -> Option<Member> {
     members.get(i).map(|&(_, m)| m)
 }
 
-/// [`reach`]: some element below can be free text.
-pub const REACH_TEXT: u8 = 1;
-/// [`reach`]: some element below is a record key (a Reference, a Bundle's URLs).
-pub const REACH_KEY: u8 = 2;
-/// [`reach`]: some element below holds a resource.
-pub const REACH_RESOURCE: u8 = 4;
-
-/// What the elements below a value of type `ty` can be, `extension` and `modifierExtension`
-/// aside (an extension can hold anything: the caller checks for those by name): a pass that
-/// needs none of these copies the value as written.
-pub fn reach(ty: TypeId) -> u8 {
-    static FLAGS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let flags = FLAGS.get_or_init(|| {
-        let own = |name: &str, members: &[(&str, Member)]| {
-            let mut f = if name.starts_with("Bundle") { REACH_KEY } else { 0 };
-            for (m, kind) in members {
-                if matches!(*m, "extension" | "modifierExtension") {
-                    continue;
-                }
-                f |= match kind {
-                    Member::Text => REACH_TEXT,
-                    Member::Resource => REACH_RESOURCE,
-                    Member::Other if *m == "reference" => REACH_KEY,
-                    _ => 0,
-                };
-            }
-            f
-        };
-        let mut flags: Vec<u8> = TYPES.iter().map(|(n, m)| own(n, m)).collect();
-        // Children's flags up to their parents until nothing changes (types nest and recurse).
-        loop {
-            let mut changed = false;
-            for (i, (_, members)) in TYPES.iter().enumerate() {
-                let mut f = flags.get(i).copied().unwrap_or(0);
-                for (m, kind) in members.iter() {
-                    if let (false, Member::Type(c)) = (matches!(*m, "extension" | "modifierExtension"), kind) {
-                        f |= flags.get(usize::from(*c)).copied().unwrap_or(u8::MAX);
-                    }
-                }
-                if let Some(slot) = flags.get_mut(i) {
-                    changed |= *slot != f;
-                    *slot = f;
-                }
-            }
-            if !changed {
-                break flags;
-            }
-        }
-    });
-    flags.get(usize::from(ty.0)).copied().unwrap_or(u8::MAX)
-}
-
 /// The order of a type's members in the table.
 #[cfg(test)]
 fn by_length(s: &str) -> (usize, &[u8]) {
@@ -206,20 +154,6 @@ mod tests {
         let entry = member(ty("Bundle"), "entry").and_then(Member::type_id);
         assert_eq!(entry.map(name), Some("BundleEntry"));
         assert_eq!(name(ty("Encounter")), "Encounter");
-    }
-
-    #[test]
-    fn reach_follows_nesting() {
-        let r = |n| reach(ty(n));
-        assert_eq!(r("Coding"), 0, "system, code, display (vocabulary): nothing to visit");
-        assert_eq!(r("Quantity"), 0);
-        assert_eq!(r("Period"), 0);
-        assert_eq!(r("CodeableConcept") & REACH_TEXT, REACH_TEXT);
-        assert_eq!(r("Reference"), REACH_TEXT | REACH_KEY, "display and reference");
-        assert_eq!(r("Identifier") & REACH_KEY, REACH_KEY, "its assigner is a Reference");
-        assert_eq!(r("BundleEntry"), REACH_TEXT | REACH_KEY | REACH_RESOURCE);
-        assert_eq!(r("Narrative"), REACH_TEXT);
-        assert_eq!(r("Extension") & REACH_TEXT, REACH_TEXT);
     }
 
     #[test]
