@@ -209,11 +209,14 @@ impl Input {
         }
         pieces = pieces.iter().flat_map(|p| split_pseudonyms(p)).collect();
         let marked = pieces.len() > 1 || s.contains(PLACEHOLDER) || is_pseudonym(s);
+        let within = |p: &str| self.strings.iter().any(|i| i.contains(p));
         marked
-            && pieces
-                .iter()
-                .filter(|p| !p.is_empty())
-                .all(|p| self.strings.iter().any(|i| i.contains(p.as_str())) || WITHHELD_DIV_PARTS.contains(&p.as_str()))
+            && pieces.iter().filter(|p| !p.is_empty()).all(|p| {
+                within(p)
+                    || WITHHELD_DIV_PARTS.contains(&p.as_str())
+                    // A link's path after a pseudonym, with its query cut to paging parameters.
+                    || p.split_once('?').is_some_and(|(path, q)| (path.is_empty() || within(path)) && q.split('&').all(within))
+            })
     }
 
     /// `Ok` when `output` is within this input by the rules above; otherwise the first

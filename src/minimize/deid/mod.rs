@@ -375,7 +375,9 @@ impl<'a> Pass<'a, '_> {
                     }
                 }
             }
-            _ => {
+            // An array in an array is not FHIR, but its strings are read all the same.
+            Kind::Array => self.value(m, owner, key),
+            Kind::Scalar => {
                 self.copy()?;
                 Ok(true)
             }
@@ -423,7 +425,8 @@ impl<'a> Pass<'a, '_> {
             },
             // A string where the definitions expect an element: read as free text.
             Some(Member::Type(_)) => self.free_text(key, s),
-            Some(Member::Resource) => Ok(Fate::Copy),
+            // A string where a resource belongs is not FHIR either: read as free text.
+            Some(Member::Resource) => self.free_text(key, s),
         }
     }
 
@@ -674,7 +677,10 @@ mod tests {
     /// copy released it unscanned, unless an escape in it made the walk read it.
     #[test]
     fn members_outside_r4_are_scanned_inside_any_element() {
-        let p = profile(json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": []}}, "deidentify": {"freeText": "scrub"}}), true);
+        let p = profile(
+            json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": []}}, "deidentify": {"freeText": "scrub"}}),
+            true,
+        );
         for url in ["http://example.org/x", "http:\\/\\/example.org\\/x"] {
             let obs = format!(
                 r#"{{"resourceType":"Observation","id":"o1","status":"final",
@@ -685,6 +691,20 @@ mod tests {
             assert_eq!(out["code"]["coding"][0]["remark"], "call [REDACTED]", "{out}");
             assert_eq!(out["_effectiveDateTime"]["e2tension"][0]["url"], "[REDACTED]", "{out}");
         }
+    }
+
+    /// Shapes FHIR does not have still have their strings read: a string where a resource
+    /// belongs, an array in an array.
+    #[test]
+    fn odd_shapes_are_scanned_too() {
+        let p = profile(
+            json!({"mode": "deny", "otherResources": "allow", "resources": {"*": {"deny": []}}, "deidentify": {"freeText": "scrub"}}),
+            true,
+        );
+        let params = json!({"resourceType": "Parameters", "parameter": [{"name": "a", "resource": "call 555-123-4567"}],
+                            "extension": [{"url": "x", "valueString": [["call 555-123-4567"]]}]});
+        let (out, _) = run(&p, params).unwrap();
+        assert!(!out.to_string().contains("4567"), "{out}");
     }
 
     #[test]
