@@ -1246,8 +1246,11 @@ impl<'p, 'a, 'c> Stream<'p, 'a, 'c> {
 pub(super) struct LabelSpots {
     /// Offset of the first member (just after `{`).
     pub content: usize,
+    /// `id`, after which a new `meta` goes.
     pub id: Option<Range<usize>>,
+    /// `resourceType`, after which a new `meta` goes when there is no `id`.
     pub resource_type: Option<Range<usize>>,
+    /// `meta`, whose `security` gets the label.
     pub meta: Option<Range<usize>>,
 }
 
