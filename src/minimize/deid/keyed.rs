@@ -124,6 +124,12 @@ impl Pseudonyms {
             None => (s, None),
         };
         let mut out = self.path_ids(path)?;
+        // A path in which no id was found is a bare type (`Observation`, a create's request URL)
+        // or a shape this does not know (`123`, an id with no type): that one could be a raw
+        // id, so it is withheld.
+        if out == path && query.is_none() && !is_type(path) {
+            return None;
+        }
         if let Some(q) = query {
             out.push('?');
             out.push_str(&self.conditional(q));
@@ -300,6 +306,9 @@ mod tests {
             format!("https://ehr.example/fhir/Patient/{}?_getpages=x", p("7"))
         );
         assert!(reference(&m, "Patient/not an id").is_none());
+        // No type before it: it could be a raw id.
+        assert!(reference(&m, "123").is_none());
+        assert!(reference(&m, "https://ehr.example/fhir/metadata").is_none());
         assert!(reference(&m, "#").is_none());
     }
 
