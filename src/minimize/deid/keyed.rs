@@ -19,14 +19,8 @@ pub const PSEUDONYM_SYSTEM: &str = "urn:phi-guard:pseudonym";
 /// The pseudonym of a record key: the first 128 bits of the keyed hash, written as an RFC 9562
 /// version-8 (vendor-specific) UUID, which is a valid FHIR `id` and a valid `urn:uuid:`.
 pub fn pseudonym(mac: &Hmac<Sha256>, key: &str) -> String {
-    let mut m = mac.clone();
-    m.update(PSEUDONYM_LABEL);
-    m.update(key.as_bytes());
-    let d = m.finalize().into_bytes();
     let mut b = [0u8; 16];
-    for (o, i) in b.iter_mut().zip(d.iter()) {
-        *o = *i;
-    }
+    b.copy_from_slice(keyed(mac, PSEUDONYM_LABEL, key).get(..16).unwrap_or(&[0; 16]));
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = String::with_capacity(36);
@@ -41,6 +35,14 @@ pub fn pseudonym(mac: &Hmac<Sha256>, key: &str) -> String {
 }
 
 const HEX: [u8; 16] = *b"0123456789abcdef";
+
+/// HMAC-SHA256 of `data` under `mac`, for the use `label` names.
+fn keyed(mac: &Hmac<Sha256>, label: &[u8], data: &str) -> [u8; 32] {
+    let mut m = mac.clone();
+    m.update(label);
+    m.update(data.as_bytes());
+    m.finalize().into_bytes().into()
+}
 
 /// The pseudonyms of one response, remembered: a Bundle names the same few records (its
 /// patient, encounters) hundreds of times, and each pseudonym is two SHA-256 compressions.
@@ -72,11 +74,6 @@ impl Pseudonyms {
     pub fn id(&mut self, s: &str) -> Option<String> {
         crate::fhir::request::valid_id(s).then(|| self.of(s))
     }
-}
-
-/// A record key's pseudonym when `s` is a valid FHIR id; `None` otherwise (the caller withholds).
-pub fn pseudonym_id(mac: &Hmac<Sha256>, s: &str) -> Option<String> {
-    crate::fhir::request::valid_id(s).then(|| pseudonym(mac, s))
 }
 
 /// Rewrite a reference (`Reference.reference`, `Bundle.entry.fullUrl`, `response.location`,
@@ -187,14 +184,8 @@ fn is_type(seg: &str) -> bool {
 /// A patient's date offset in days, in `-max..=max`, never 0 (an offset of 0 would release the
 /// true dates of one patient in every `2 * max + 1`).
 pub fn shift_days(mac: &Hmac<Sha256>, patient: &str, max: u32) -> i64 {
-    let mut m = mac.clone();
-    m.update(SHIFT_LABEL);
-    m.update(patient.as_bytes());
-    let d = m.finalize().into_bytes();
     let mut x = [0u8; 8];
-    for (o, i) in x.iter_mut().zip(d.iter()) {
-        *o = *i;
-    }
+    x.copy_from_slice(keyed(mac, SHIFT_LABEL, patient).get(..8).unwrap_or(&[0; 8]));
     let max = i64::from(max.max(1));
     // 2 * max values: -max..=-1 and 1..=max.
     let r = i64::try_from(u64::from_be_bytes(x) % (2 * max as u64)).unwrap_or(0);

@@ -468,7 +468,8 @@ impl<'a> Pass<'a, '_> {
         let Some(shift) = self.shift else {
             return Ok(Fate::Copy);
         };
-        if s.escaped || matches!(key, "id" | "reference" | "system" | "url" | "code" | "version") {
+        // Decoded, so an escape cannot hide a date from the shift.
+        if matches!(key, "id" | "reference" | "system" | "url" | "code" | "version") {
             return Ok(Fate::Copy);
         }
         let v = s.decode()?;
@@ -668,6 +669,16 @@ mod tests {
             json!({"resourceType": "Observation", "id": "o3", "status": "final", "code": {"text": "x"}, "effectiveDateTime": "1970-01-12"});
         let (out, _) = run(&p, bundle(vec![patient(), second, orphan])).unwrap();
         assert!(out["entry"][2]["resource"].get("effectiveDateTime").is_none());
+        // An escape in the text cannot hide a date from the shift (the streaming engine reads
+        // the bytes as the upstream wrote them).
+        let raw = br#"{"resourceType":"Patient","id":"p1","birthDate":"1970\u002d01-02"}"#;
+        let ctx = crate::minimize::ApplyCtx {
+            hmac_key: Some(b"0123456789abcdef0123456789abcdef"),
+            now: crate::time::UnixSeconds::new(1_800_000_000),
+            pseudonyms: None,
+        };
+        let out: Value = serde_json::from_slice(&crate::minimize::apply(&p, raw, &ctx, usize::MAX).unwrap().body.unwrap()).unwrap();
+        assert_eq!(out["birthDate"], keyed::shift_date("1970-01-02", d).unwrap());
     }
 
     use hmac::Mac;
