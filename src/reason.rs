@@ -115,6 +115,26 @@ pub enum DenyReason {
     BreakGlassInvalid,
     /// The resource is withheld by a patient's privacy restriction.
     Restricted,
+    /// A DPoP proof is missing, malformed, stale, signed badly, or names another request or token (RFC 9449 §4.3).
+    InvalidDpopProof,
+    /// A DPoP proof's `jti` was already used (every worker shares the record).
+    DpopProofReplayed,
+    /// The DPoP proof is signed by another key than the one the token is bound to (`cnf.jkt`), or the token is not bound to a key.
+    DpopKeyMismatch,
+    /// A DPoP-bound token sent as a bearer token, or a bearer token where the issuer requires DPoP.
+    DpopRequired,
+    /// The DPoP scheme is used for an issuer that does not accept it.
+    DpopNotAccepted,
+    /// A certificate-bound token (`cnf.x5t#S256`, RFC 8705) on a connection without that client certificate.
+    CertificateMismatch,
+    /// The route requires a sender-constrained token (DPoP or certificate-bound) and got a bearer token.
+    SenderConstraintRequired,
+    /// The DPoP replay record could not be read or written (shared data failing or full): refused, never skipped.
+    ReplayCheckUnavailable,
+    /// Token introspection (RFC 7662) answered `active: false`: revoked, expired or unknown.
+    TokenInactive,
+    /// The issuer's introspection endpoint did not answer in time, or answered with an error.
+    IntrospectionUnavailable,
 }
 
 impl DenyReason {
@@ -122,7 +142,7 @@ impl DenyReason {
     pub fn status(self) -> u16 {
         use DenyReason::*;
         match self {
-            NoPolicy | KeysUnavailable | AuditUnavailable => 503,
+            NoPolicy | KeysUnavailable | AuditUnavailable | ReplayCheckUnavailable | IntrospectionUnavailable => 503,
             InvalidPath | InvalidHeader | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
             HeadersTooLarge => 431,
             RequestTooLarge => 413,
@@ -146,7 +166,15 @@ impl DenyReason {
             | BadIssuedAt
             | BadAudience
             | BadClaim
-            | TokenInQuery => 401,
+            | TokenInQuery
+            | InvalidDpopProof
+            | DpopProofReplayed
+            | DpopKeyMismatch
+            | DpopRequired
+            | DpopNotAccepted
+            | CertificateMismatch
+            | SenderConstraintRequired
+            | TokenInactive => 401,
             InsufficientScope
             | InteractionNotAllowed
             | PatientMismatch
@@ -225,6 +253,16 @@ impl DenyReason {
             PurposeNotAllowed => "purpose_not_allowed",
             BreakGlassInvalid => "break_glass_invalid",
             Restricted => "restricted",
+            InvalidDpopProof => "invalid_dpop_proof",
+            DpopProofReplayed => "dpop_proof_replayed",
+            DpopKeyMismatch => "dpop_key_mismatch",
+            DpopRequired => "dpop_required",
+            DpopNotAccepted => "dpop_not_accepted",
+            CertificateMismatch => "certificate_mismatch",
+            SenderConstraintRequired => "sender_constraint_required",
+            ReplayCheckUnavailable => "replay_check_unavailable",
+            TokenInactive => "token_inactive",
+            IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 
@@ -242,9 +280,9 @@ impl DenyReason {
             RateLimited => "too many requests; retry later",
             NoRoute => "no route matches this request",
             MethodNotAllowed => "this method is not allowed on this route",
-            MissingToken => "a bearer token is required",
+            MissingToken => "an access token is required",
             AmbiguousCredentials => "credentials must be sent once, in the Authorization header",
-            UnsupportedAuthScheme => "only the Bearer authorization scheme is accepted",
+            UnsupportedAuthScheme => "only the Bearer and DPoP authorization schemes are accepted",
             TokenTooLarge => "the token is too large",
             MalformedToken => "the token is malformed",
             AlgorithmNotAllowed => "the token's signature algorithm is not allowed",
@@ -285,6 +323,16 @@ impl DenyReason {
             PurposeNotAllowed => "the stated purpose of use is not allowed for this request",
             BreakGlassInvalid => "emergency access requires a valid reason code within its time window",
             Restricted => "the requested data is restricted",
+            InvalidDpopProof => "the DPoP proof is invalid",
+            DpopProofReplayed => "the DPoP proof was already used",
+            DpopKeyMismatch => "the DPoP proof key does not match the token's binding",
+            DpopRequired => "this token must be sent with a DPoP proof",
+            DpopNotAccepted => "DPoP is not accepted for this token's issuer",
+            CertificateMismatch => "the token is bound to another client certificate",
+            SenderConstraintRequired => "this route requires a sender-constrained token",
+            ReplayCheckUnavailable => "the DPoP proof cannot be checked right now; try again later",
+            TokenInactive => "the token is not active",
+            IntrospectionUnavailable => "the token cannot be checked right now; try again later",
         }
     }
 
@@ -293,10 +341,23 @@ impl DenyReason {
         match self.status() {
             401 if self == DenyReason::MissingToken => None,
             401 if self == DenyReason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
+            401 if self.dpop_proof_error() => Some("invalid_dpop_proof"),
             401 => Some("invalid_token"),
             403 if self == DenyReason::InsufficientScope => Some("insufficient_scope"),
             _ => None,
         }
+    }
+
+    /// Whether the refusal is about the DPoP proof itself (RFC 9449 `invalid_dpop_proof`), so
+    /// its challenge is the `DPoP` one.
+    pub fn dpop_proof_error(self) -> bool {
+        matches!(self, DenyReason::InvalidDpopProof | DenyReason::DpopProofReplayed | DenyReason::DpopKeyMismatch)
+    }
+
+    /// Whether the refusal concerns how the token was presented under DPoP, so the `DPoP`
+    /// challenge carries the error (RFC 9449 §7.1).
+    pub fn dpop_challenge(self) -> bool {
+        self.dpop_proof_error() || matches!(self, DenyReason::DpopRequired)
     }
 
     /// The FHIR `OperationOutcome.issue.code` for this refusal.
@@ -315,7 +376,7 @@ impl DenyReason {
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 53] = {
+    pub const ALL: [DenyReason; 63] = {
         use DenyReason::*;
         [
             NoPolicy,
@@ -371,6 +432,16 @@ impl DenyReason {
             PurposeNotAllowed,
             BreakGlassInvalid,
             Restricted,
+            InvalidDpopProof,
+            DpopProofReplayed,
+            DpopKeyMismatch,
+            DpopRequired,
+            DpopNotAccepted,
+            CertificateMismatch,
+            SenderConstraintRequired,
+            ReplayCheckUnavailable,
+            TokenInactive,
+            IntrospectionUnavailable,
         ]
     };
 }

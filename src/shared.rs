@@ -42,6 +42,65 @@ pub fn take_from_bucket(store: &impl SharedStore, limit: &RateLimit, key: &str, 
     Err(1)
 }
 
+/// Whether a one-time value (a DPoP proof) was seen before, as [`remember_once`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstUse {
+    /// Not seen before; now remembered.
+    First,
+    /// Already remembered and not yet expired: a replay.
+    Seen,
+    /// The record could not be read or written, or its slot is full of live entries: the
+    /// caller must refuse (a replay cannot be ruled out).
+    Unknown,
+}
+
+/// Live entries one replay slot holds.
+pub const REPLAY_SLOT_ENTRIES: usize = 8;
+/// One entry: the first 16 bytes of the key, then the expiry (big-endian Unix seconds).
+const REPLAY_ENTRY_BYTES: usize = 24;
+/// The `cas` used to create a slot that was absent: Envoy creates a missing key whatever the
+/// `cas`, but compares it with a key another worker created in the meantime, which then fails
+/// (its version is never this value in practice) and the slot is read again.
+const CREATE_ONLY: u32 = u32::MAX;
+
+/// Remember `key` until `until` in the replay record under `prefix` (`slots` slots of
+/// [`REPLAY_SLOT_ENTRIES`] entries, the slot chosen by the key), atomically across workers:
+/// exactly one caller gets [`FirstUse::First`] for a key however many race for it. Expired
+/// entries are dropped as the slot is rewritten, so the record never grows past its slots.
+pub fn remember_once(store: &impl SharedStore, prefix: &str, slots: u64, key: &[u8; 32], until: UnixSeconds, now: UnixSeconds) -> FirstUse {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(key.get(..8).unwrap_or(&[0; 8]));
+    let slot = format!("{prefix}{}", u64::from_be_bytes(first) % slots.max(1));
+    let id = key.get(..16).unwrap_or(&[]);
+    for _ in 0..CAS_ATTEMPTS {
+        let Ok((value, cas)) = store.get(&slot) else { return FirstUse::Unknown };
+        let value = value.unwrap_or_default();
+        let mut next = Vec::with_capacity(value.len() + REPLAY_ENTRY_BYTES);
+        for entry in value.chunks_exact(REPLAY_ENTRY_BYTES) {
+            let (entry_id, expiry) = entry.split_at(16);
+            let expiry = expiry.try_into().map(UnixSeconds::from_be_bytes).unwrap_or_default();
+            if expiry <= now {
+                continue;
+            }
+            if entry_id == id {
+                return FirstUse::Seen;
+            }
+            next.extend_from_slice(entry);
+        }
+        if next.len() >= REPLAY_SLOT_ENTRIES * REPLAY_ENTRY_BYTES {
+            return FirstUse::Unknown;
+        }
+        next.extend_from_slice(id);
+        next.extend_from_slice(&until.to_be_bytes());
+        match store.set(&slot, &next, Some(cas.unwrap_or(CREATE_ONLY))) {
+            Ok(()) => return FirstUse::First,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => return FirstUse::Unknown,
+        }
+    }
+    FirstUse::Unknown
+}
+
 /// The instant stored under `key` (big-endian Unix seconds).
 pub fn get_time(store: &impl SharedStore, key: &str) -> Option<UnixSeconds> {
     store.get(key).ok().and_then(|(v, _)| v).and_then(|b| b.try_into().ok()).map(UnixSeconds::from_be_bytes)
@@ -96,6 +155,52 @@ mod tests {
         assert_eq!(take_from_bucket(&store, &l, "k", UnixMillis::new(1_000)), Err(1));
         store.fail.set(true);
         assert_eq!(take_from_bucket(&store, &l, "k", UnixMillis::new(1_000)), Err(1));
+    }
+
+    #[test]
+    fn a_one_time_value_is_first_used_once_across_workers() {
+        let store = MemoryStore::default();
+        let (now, until) = (UnixSeconds::new(1_000), UnixSeconds::new(1_066));
+        let key = |n: u8| {
+            let mut k = [n; 32];
+            k[..8].copy_from_slice(&[0; 8]); // every key in slot 0
+            k
+        };
+        assert_eq!(remember_once(&store, "r.", 4, &key(1), until, now), FirstUse::First);
+        assert_eq!(remember_once(&store, "r.", 4, &key(1), until, now), FirstUse::Seen);
+        assert_eq!(remember_once(&store, "r.", 4, &key(1), until, UnixSeconds::new(1_065)), FirstUse::Seen);
+        // Expired: forgotten (the proof itself is stale by then).
+        assert_eq!(remember_once(&store, "r.", 4, &key(1), UnixSeconds::new(2_000), until), FirstUse::First);
+        // A slot full of live entries refuses rather than forgetting one.
+        for n in 2..=8 {
+            assert_eq!(remember_once(&store, "r.", 4, &key(n), until, now), FirstUse::First, "{n}");
+        }
+        assert_eq!(remember_once(&store, "r.", 4, &key(9), until, now), FirstUse::Unknown);
+        // ... until its entries expire.
+        assert_eq!(remember_once(&store, "r.", 4, &key(9), UnixSeconds::new(3_000), UnixSeconds::new(2_500)), FirstUse::First);
+        assert_eq!(store.keys(), ["r.0"]);
+        // Lost races are retried and see the winner's entry; failures are "unknown".
+        store.lose_races.set(2);
+        assert_eq!(remember_once(&store, "r.", 4, &key(10), UnixSeconds::new(3_000), UnixSeconds::new(2_500)), FirstUse::First);
+        store.lose_races.set(CAS_ATTEMPTS);
+        assert_eq!(remember_once(&store, "r.", 4, &key(11), UnixSeconds::new(3_000), UnixSeconds::new(2_500)), FirstUse::Unknown);
+        store.fail.set(true);
+        assert_eq!(remember_once(&store, "r.", 4, &key(12), UnixSeconds::new(3_000), UnixSeconds::new(2_500)), FirstUse::Unknown);
+    }
+
+    #[test]
+    fn a_slot_created_by_another_worker_meanwhile_is_read_again() {
+        let store = MemoryStore::default();
+        let key = [7u8; 32];
+        let (now, until) = (UnixSeconds::new(1_000), UnixSeconds::new(1_066));
+        // Another worker created the slot with this very key after our read: our create-only
+        // write must fail and the retry must see it.
+        assert_eq!(remember_once(&store, "r.", 1, &key, until, now), FirstUse::First);
+        let (v, _) = store.get("r.0").unwrap();
+        store.data.borrow_mut().clear();
+        store.data.borrow_mut().insert("r.0".into(), (v.unwrap(), 41));
+        assert_eq!(remember_once(&store, "r.", 1, &key, until, now), FirstUse::Seen);
+        assert!(store.set("r.0", b"", Some(CREATE_ONLY)).is_err(), "an existing slot is not overwritten by a create");
     }
 
     #[test]

@@ -72,6 +72,28 @@ pub struct Exchange<'a> {
     pub audit_key: &'a AuditKey,
     /// `x-request-id`, recorded in the audit event.
     pub request_id: Option<&'a str>,
+    /// What a sender-constrained token is presented with: a DPoP proof, the URL it names, the
+    /// client certificate of a mutual-TLS connection.
+    pub sender: Sender<'a>,
+}
+
+/// How the caller proves it holds what its token is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    /// A DPoP proof: the token is then sent as `Authorization: DPoP <token>`.
+    pub dpop: Option<&'a str>,
+    /// `:scheme` of the request (default `https`).
+    pub scheme: &'a str,
+    /// `:authority` of the request (default `fhir.phi-guard.test`).
+    pub authority: &'a str,
+    /// SHA-256 (hex) of the client certificate verified on the connection.
+    pub client_certificate_sha256: Option<&'a str>,
+}
+
+impl Default for Sender<'_> {
+    fn default() -> Self {
+        Sender { dpop: None, scheme: "https", authority: "fhir.phi-guard.test", client_certificate_sha256: None }
+    }
 }
 
 /// The FHIR interaction as modelled.
@@ -323,15 +345,26 @@ fn fhir_record(policy: &Policy, event: &AuditEvent) -> Option<Value> {
 fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     let header = match x.credential {
         Credential::None => None,
+        Credential::Token(t) if x.sender.dpop.is_some() => Some(format!("DPoP {t}")),
         Credential::Token(t) => Some(format!("Bearer {t}")),
         Credential::Header(h) => Some(h.to_owned()),
         // Any bearer value: the claims stand in for its verification.
         Credential::Claims(_) => Some("Bearer claims".to_owned()),
     };
     let auth: Vec<&str> = header.iter().map(String::as_str).collect();
-    let req = crate::decision::Request { method: x.method, path: x.path, authorization: &auth, ..Default::default() };
+    let proofs: Vec<&str> = x.sender.dpop.into_iter().collect();
+    let req = crate::decision::Request {
+        method: x.method,
+        path: x.path,
+        authorization: &auth,
+        scheme: x.sender.scheme,
+        authority: x.sender.authority,
+        dpop: &proofs,
+        peer_certificate_sha256: x.sender.client_certificate_sha256,
+        ..Default::default()
+    };
     let decision = match x.credential {
-        Credential::Claims(c) => decide_with(policy, &req, x.now, |_| check_claims(c, &policy.issuers, x.now).map(Rc::new)),
+        Credential::Claims(c) => decide_with(policy, &req, x.now, |_| check_claims(c, &policy.issuers, x.now).map(Rc::new), |_| Ok(())),
         _ => decide(policy, &mut TokenCache::new(0), &req, x.now),
     };
     let meta = RequestMeta { request_id: x.request_id, source: None, destination: None, method: x.method, path: x.path };
@@ -340,7 +373,8 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     match decision {
         Decision::Deny(r) => {
             let reply = r.reply();
-            let www = reply.headers.iter().find(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.clone());
+            let challenges: Vec<&str> = reply.headers.iter().filter(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
+            let www = (!challenges.is_empty()).then(|| challenges.join(", "));
             let c = &r.challenge;
             let needs = (c.scope.is_some() || c.acr_values.is_some() || c.max_age.is_some()).then(|| Needs {
                 scope: c.scope.clone(),
@@ -488,6 +522,7 @@ mod tests {
             hmac_key: None,
             audit_key: key,
             request_id: Some("t"),
+            sender: Sender::default(),
         }
     }
 

@@ -66,6 +66,8 @@ pub fn issuer() -> IssuerConfig {
             break_glass_reason: Some("break_glass_reason".into()),
         },
         acr_levels: vec!["urn:phi-guard:loa:1".into(), "urn:phi-guard:loa:2".into(), "urn:phi-guard:loa:3".into()],
+        dpop: crate::auth::sender::DpopMode::Allowed,
+        introspection: None,
     }
 }
 
@@ -145,7 +147,8 @@ pub fn event_with_id(p: &Policy, method: &str, path: &str, token: Option<&str>, 
 /// version, as that write would); `fail` makes every call fail.
 #[derive(Default)]
 pub struct MemoryStore {
-    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// Key, value and version.
+    pub data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     /// Conditional writes still to lose.
     pub lose_races: Cell<usize>,
     /// Every call fails.
@@ -175,7 +178,8 @@ impl SharedStore for MemoryStore {
             data.insert(key.to_owned(), (v, current + 1));
             return Err(StoreError::CasMismatch);
         }
-        if cas.is_some_and(|c| c != current) {
+        // Envoy compares `cas` only with a key that exists: a missing key is created.
+        if data.contains_key(key) && cas.is_some_and(|c| c != current) {
             return Err(StoreError::CasMismatch);
         }
         data.insert(key.to_owned(), (value.to_vec(), current + 1));
@@ -187,5 +191,92 @@ impl MemoryStore {
     /// Every key written so far.
     pub fn keys(&self) -> Vec<String> {
         self.data.borrow().keys().cloned().collect()
+    }
+}
+
+/// DPoP client keys (`tests/keys/dpop-client-*`) and proofs signed with them.
+pub mod dpop {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    use super::key_path;
+
+    /// A client's proof-of-possession key.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ProofKey {
+        /// P-256.
+        Es256,
+        /// Ed25519.
+        EdDsa,
+    }
+
+    fn jwks() -> Value {
+        serde_json::from_str(&std::fs::read_to_string(key_path("dpop-client-jwks.json")).unwrap()).unwrap()
+    }
+
+    impl ProofKey {
+        /// The public JWK (no `kid`).
+        pub fn public_jwk(self) -> Value {
+            let i = match self {
+                ProofKey::Es256 => 0,
+                ProofKey::EdDsa => 1,
+            };
+            let mut k = jwks()["keys"][i].clone();
+            k.as_object_mut().unwrap().remove("kid");
+            k
+        }
+
+        /// The JWK with its private part: what a careless client might send.
+        pub fn private_jwk(self) -> Value {
+            let mut k = ProofKey::Es256.public_jwk();
+            k["d"] = jwks()["es256_private_d"].clone();
+            k
+        }
+
+        /// RFC 7638 thumbprint: a token's `cnf.jkt` for this key.
+        pub fn thumbprint(self) -> String {
+            crate::auth::dpop::thumbprint(&self.public_jwk()).unwrap()
+        }
+
+        fn alg(self) -> Algorithm {
+            match self {
+                ProofKey::Es256 => Algorithm::ES256,
+                ProofKey::EdDsa => Algorithm::EdDSA,
+            }
+        }
+
+        fn encoding_key(self) -> EncodingKey {
+            match self {
+                ProofKey::Es256 => EncodingKey::from_ec_pem(&std::fs::read(key_path("dpop-client-es256.key.pem")).unwrap()).unwrap(),
+                ProofKey::EdDsa => EncodingKey::from_ed_pem(&std::fs::read(key_path("dpop-client-eddsa.key.pem")).unwrap()).unwrap(),
+            }
+        }
+    }
+
+    /// A proof signed by `key` with header `{"typ": "dpop+jwt", "alg", "jwk"}` patched by
+    /// `header` (a `null` member removes it) and these claims.
+    pub fn proof(key: ProofKey, header: &Value, claims: &Value) -> String {
+        let mut h = json!({"typ": "dpop+jwt", "alg": format!("{:?}", key.alg()), "jwk": key.public_jwk()});
+        for (k, v) in header.as_object().unwrap() {
+            if v.is_null() {
+                h.as_object_mut().unwrap().remove(k);
+            } else {
+                h[k] = v.clone();
+            }
+        }
+        let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        let input = format!("{}.{}", b64(&h), b64(claims));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding_key(), key.alg()).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    /// A good proof for `method` on `https://fhir.phi-guard.test<path>` with `token`, `iat` `now`.
+    pub fn proof_for(key: ProofKey, method: &str, path: &str, token: &str, jti: &str, now: crate::time::UnixSeconds) -> String {
+        let htu = format!("https://fhir.phi-guard.test{}", path.split('?').next().unwrap());
+        let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
+        proof(key, &json!({}), &json!({"jti": jti, "htm": method, "htu": htu, "iat": now.as_secs(), "ath": ath}))
     }
 }

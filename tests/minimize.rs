@@ -74,9 +74,13 @@ fn release(p: &Profile, input: &Value) -> (Value, Applied) {
 
 fn decide_claims(p: &Policy, method: &str, path: &str, claims: Value) -> Decision {
     let auth = ["Bearer claims"];
-    decide_with(p, &Request { method, path, authorization: &auth, ..Default::default() }, NOW, |_| {
-        check_claims(&claims, &p.issuers, NOW).map(Rc::new)
-    })
+    decide_with(
+        p,
+        &Request { method, path, authorization: &auth, ..Default::default() },
+        NOW,
+        |_| check_claims(&claims, &p.issuers, NOW).map(Rc::new),
+        |_| Ok(()),
+    )
 }
 
 fn patient_app_claims(patient: &str) -> Value {

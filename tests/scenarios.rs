@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phi_guard::audit::{AuditEvent, AuditKey, Verdict};
 use phi_guard::policy::compile;
-use phi_guard::simulate::{simulate, CredentialInput, Exchange, Phase, Upstream};
+use phi_guard::simulate::{simulate, CredentialInput, Exchange, Phase, Sender, Upstream};
 use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
@@ -95,6 +95,7 @@ fn run(path: &Path) -> Result<(), String> {
             hmac_key: Some(HMAC_KEY),
             audit_key: &key,
             request_id: Some("scenario"),
+            sender: Sender::default(),
         },
     );
     // An allowed request without an upstream answer stands for the upstream's 200.

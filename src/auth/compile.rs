@@ -7,10 +7,13 @@ use std::str::FromStr;
 
 use jsonwebtoken::Algorithm;
 
+use super::dpop::{normalize_origin, DpopSettings};
+use super::introspect::Introspection;
 use super::keys::parse_jwks;
 use super::remote::RemoteJwks;
+use super::sender::DpopMode;
 use super::{ClaimNames, IssuerConfig};
-use crate::schema::{CompileError, IssuerDoc, JwksUriDoc, Loc};
+use crate::schema::{CompileError, DpopDoc, DpopModeDoc, IntrospectionDoc, IssuerDoc, JwksUriDoc, Loc};
 
 /// Compile `issuers` (at `loc`); issuers without their own `acrLevels` get `default_levels`.
 pub fn compile_issuers(docs: &[IssuerDoc], loc: &Loc<'_>, default_levels: &[String]) -> Result<Vec<IssuerConfig>, CompileError> {
@@ -20,6 +23,14 @@ pub fn compile_issuers(docs: &[IssuerDoc], loc: &Loc<'_>, default_levels: &[Stri
         if !seen.insert(iss.issuer.as_str()) {
             return Err(loc.index(i).field("issuer").error(format!("duplicate issuer `{}`", iss.issuer)));
         }
+    }
+    // An opaque token names no issuer: with two introspecting issuers it could not be told
+    // which to ask (asking both would send a token to a server that did not issue it).
+    if let Some(second) = issuers.iter().enumerate().filter(|(_, i)| i.introspection.is_some()).nth(1).map(|(i, _)| i) {
+        return Err(loc
+            .index(second)
+            .field("introspection")
+            .error("only one issuer may introspect: an opaque token does not say whose it is"));
     }
     Ok(issuers)
 }
@@ -48,7 +59,8 @@ fn compile_issuer(d: &IssuerDoc, loc: &Loc<'_>, default_levels: &[String]) -> Re
     if d.audiences.is_empty() || d.audiences.iter().any(|a| a.is_empty()) {
         return Err(loc.field("audiences").error("must list at least one non-empty audience"));
     }
-    if d.algorithms.is_empty() {
+    let opaque_only = d.jwks.is_none() && d.jwks_uri.is_none() && d.introspection.is_some();
+    if d.algorithms.is_empty() && !opaque_only {
         return Err(loc.field("algorithms").error("must pin at least one algorithm"));
     }
     let mut algorithms = Vec::new();
@@ -76,8 +88,11 @@ fn compile_issuer(d: &IssuerDoc, loc: &Loc<'_>, default_levels: &[String]) -> Re
             (keys, None)
         }
         (None, Some(u)) => (Vec::new(), Some(compile_jwks_uri(u, &loc.field("jwksUri"))?)),
-        _ => return Err(loc.error("exactly one of `jwks` (inline) or `jwksUri` is required")),
+        // Opaque tokens only: every token of this issuer is introspected.
+        (None, None) if d.introspection.is_some() => (Vec::new(), None),
+        _ => return Err(loc.error("exactly one of `jwks` (inline) or `jwksUri` is required (or only `introspection`, for opaque tokens)")),
     };
+    let introspection = d.introspection.as_ref().map(|i| compile_introspection(i, &loc.field("introspection"))).transpose()?;
     let scope = d.scope_claim.clone().unwrap_or_else(|| "scope".into());
     if scope != "scope" && scope != "scp" {
         return Err(loc.field("scopeClaim").error(format!("`{scope}` must be `scope` or `scp`")));
@@ -116,6 +131,82 @@ fn compile_issuer(d: &IssuerDoc, loc: &Loc<'_>, default_levels: &[String]) -> Re
             Some(l) => compile_acr_levels(l, &loc.field("acrLevels"))?,
             None => default_levels.to_vec(),
         },
+        dpop: match d.dpop {
+            None | Some(DpopModeDoc::Allowed) => DpopMode::Allowed,
+            Some(DpopModeDoc::Required) => DpopMode::Required,
+            Some(DpopModeDoc::Disabled) => DpopMode::Disabled,
+        },
+        introspection,
+    })
+}
+
+/// The policy's `dpop` section (defaults without one).
+pub fn compile_dpop(doc: Option<&DpopDoc>, loc: &Loc<'_>) -> Result<DpopSettings, CompileError> {
+    let default = DpopSettings::default();
+    let Some(d) = doc else { return Ok(default) };
+    let algorithms = match &d.algorithms {
+        None => default.algorithms,
+        Some(list) if list.is_empty() => return Err(loc.field("algorithms").error("must list at least one algorithm")),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let aloc = loc.field("algorithms");
+                let aloc = aloc.index(i);
+                match Algorithm::from_str(a) {
+                    Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
+                        Err(aloc.error(format!("`{a}` is not supported: a DPoP proof is signed with the client's private key")))
+                    }
+                    Ok(alg) => Ok(alg),
+                    Err(_) => Err(aloc.error(format!("unknown algorithm `{a}`"))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let origins = match &d.origins {
+        None => Vec::new(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                normalize_origin(o).ok_or_else(|| {
+                    loc.field("origins").index(i).error(format!("`{o}` must be an http(s) origin such as `https://fhir.example.org`"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(DpopSettings {
+        algorithms,
+        proof_lifetime: loc.field("proofLifetimeSeconds").bounded(d.proof_lifetime_seconds, default.proof_lifetime, 5..=300)?,
+        clock_skew: loc.field("clockSkewSeconds").bounded(d.clock_skew_seconds, default.clock_skew, 0..=60)?,
+        origins,
+        replay_slots: loc.field("replayCacheSlots").bounded(d.replay_cache_slots, default.replay_slots, 64..=1 << 20)?,
+    })
+}
+
+fn compile_introspection(d: &IntrospectionDoc, loc: &Loc<'_>) -> Result<Introspection, CompileError> {
+    if d.cluster.is_empty() {
+        return Err(loc.field("cluster").error("must not be empty"));
+    }
+    if !d.path.starts_with('/') {
+        return Err(loc.field("path").error(format!("`{}` must start with `/`", d.path)));
+    }
+    if d.client_id.is_empty() {
+        return Err(loc.field("clientId").error("must not be empty"));
+    }
+    if d.client_secret_env.is_empty() || !d.client_secret_env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(loc.field("clientSecretEnv").error("must name an environment variable (`[A-Za-z0-9_]+`)"));
+    }
+    Ok(Introspection {
+        cluster: d.cluster.clone(),
+        path: d.path.clone(),
+        authority: d.authority.clone().unwrap_or_else(|| d.cluster.clone()),
+        client_id: d.client_id.clone(),
+        client_secret_env: d.client_secret_env.clone(),
+        cache_seconds: loc.field("cacheSeconds").bounded(d.cache_seconds, 60, 0..=3600)?,
+        negative_cache_seconds: loc.field("negativeCacheSeconds").bounded(d.negative_cache_seconds, 10, 0..=300)?,
+        timeout_ms: loc.field("timeoutMs").bounded(d.timeout_ms, 1000, 100..=10_000)?,
+        require_audience: d.require_audience.unwrap_or(true),
     })
 }
 

@@ -7,11 +7,14 @@ pub mod breakglass;
 pub mod cache;
 pub mod compile;
 pub mod crypto;
+pub mod dpop;
+pub mod introspect;
 pub mod keys;
 pub mod principal;
 pub mod purpose;
 pub mod remote;
 pub mod scope;
+pub mod sender;
 pub mod stepup;
 pub mod verify;
 

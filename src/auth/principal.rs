@@ -39,6 +39,25 @@ pub struct Principal {
     pub expires_at: UnixSeconds,
     /// When this verification must no longer be reused (`exp` plus clock skew).
     pub valid_until: UnixSeconds,
+    /// What the token is bound to (`cnf`, RFC 7800): the sender must prove it holds it.
+    pub confirmation: Confirmation,
+}
+
+/// A sender-constrained token's confirmation (`cnf`): each member present must be proven on
+/// every request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Confirmation {
+    /// `jkt` (RFC 9449): SHA-256 thumbprint of the DPoP key, base64url.
+    pub jkt: Option<String>,
+    /// `x5t#S256` (RFC 8705): SHA-256 of the client certificate (DER), base64url.
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// Whether the token is bound to anything.
+    pub fn bound(&self) -> bool {
+        self.jkt.is_some() || self.x5t_s256.is_some()
+    }
 }
 
 impl Principal {

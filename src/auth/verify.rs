@@ -59,6 +59,10 @@ pub struct IssuerConfig {
     /// Known `acr` values, weakest first: a step-up requirement `acrMin` is met by its own
     /// level or any later one. Empty when the policy defines none.
     pub acr_levels: Vec<String>,
+    /// How its tokens may be presented: DPoP required, allowed (default) or not accepted.
+    pub dpop: super::sender::DpopMode,
+    /// Its introspection endpoint (RFC 7662), for opaque tokens.
+    pub introspection: Option<super::introspect::Introspection>,
 }
 
 /// Header parameters we understand; anything in `crit` is therefore unsupported.
@@ -385,7 +389,32 @@ fn principal(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<Princ
         break_glass_reason,
         expires_at: exp,
         valid_until: exp.add_secs(issuer.clock_skew),
+        confirmation: confirmation(claims)?,
     })
+}
+
+/// `cnf` (RFC 7800): `jkt` (RFC 9449) and `x5t#S256` (RFC 8705), each the base64url of a
+/// SHA-256. Any other confirmation method (`jwk`, `kid`, `jku`, ...) is one phi-guard cannot
+/// check, so the token is refused rather than treated as a bearer token.
+fn confirmation(claims: &Map<String, Value>) -> Result<super::principal::Confirmation, DenyReason> {
+    let mut c = super::principal::Confirmation::default();
+    let cnf = match claims.get("cnf") {
+        None | Some(Value::Null) => return Ok(c),
+        Some(Value::Object(m)) if !m.is_empty() => m,
+        Some(_) => return Err(DenyReason::BadClaim),
+    };
+    let sha256 = |v: &Value| match v.as_str() {
+        Some(s) if s.len() == 43 && URL_SAFE_NO_PAD.decode(s).is_ok_and(|b| b.len() == 32) => Ok(s.to_owned()),
+        _ => Err(DenyReason::BadClaim),
+    };
+    for (k, v) in cnf {
+        match k.as_str() {
+            "jkt" => c.jkt = Some(sha256(v)?),
+            "x5t#S256" => c.x5t_s256 = Some(sha256(v)?),
+            _ => return Err(DenyReason::BadClaim),
+        }
+    }
+    Ok(c)
 }
 
 /// Most `amr` entries accepted.
@@ -575,6 +604,31 @@ mod tests {
         let empty = format!("{input}.{}", jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::RS256).unwrap());
         assert_eq!(verify_signature(&empty, &keys, &[Algorithm::RS256]).unwrap().payload, b"");
         assert_eq!(check(&empty).err(), Some(DenyReason::MalformedToken));
+    }
+
+    #[test]
+    fn confirmation_claims_bind_or_refuse() {
+        let sha = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let mut c = claims();
+        assert!(!check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap().confirmation.bound());
+        c["cnf"] = json!({"jkt": sha, "x5t#S256": sha});
+        let p = check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).unwrap();
+        assert_eq!((p.confirmation.jkt.as_deref(), p.confirmation.x5t_s256.as_deref()), (Some(sha.as_str()), Some(sha.as_str())));
+        // A confirmation method phi-guard cannot check, or a malformed one: refused, never
+        // treated as an unbound bearer token.
+        for cnf in [
+            json!({"jwk": {"kty": "EC"}}),
+            json!({"kid": "k1"}),
+            json!({"jkt": sha, "jku": "https://x"}),
+            json!({}),
+            json!("jkt"),
+            json!({"jkt": "short"}),
+            json!({"jkt": URL_SAFE_NO_PAD.encode([7u8; 31])}),
+            json!({"x5t#S256": 5}),
+        ] {
+            c["cnf"] = cnf.clone();
+            assert_eq!(check(&sign(Algorithm::RS256, Some("demo-rs256"), &c)).err(), Some(DenyReason::BadClaim), "{cnf}");
+        }
     }
 
     #[test]

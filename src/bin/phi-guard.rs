@@ -12,7 +12,7 @@ use phi_guard::audit::{verify_log, AuditKey, KEY_ENV};
 use phi_guard::decision::{refusal_reply, DenyReason};
 use phi_guard::minimize::{self, ApplyCtx};
 use phi_guard::policy::{compile, Policy};
-use phi_guard::simulate::{simulate, CredentialError, CredentialInput, Exchange, ExchangeOutcome, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::simulate::{simulate, CredentialError, CredentialInput, Exchange, ExchangeOutcome, Sender, Upstream, DEMO_AUDIT_KEY};
 use phi_guard::time::UnixSeconds;
 use serde_json::{json, Value};
 
@@ -107,6 +107,16 @@ struct ExplainArgs {
     /// Print the outcome as JSON (the playground's format).
     #[arg(long)]
     json: bool,
+    /// A DPoP proof (RFC 9449): the token is sent as `Authorization: DPoP <token>` with it.
+    #[arg(long, requires = "token")]
+    dpop: Option<String>,
+    /// The request's origin, for the DPoP proof's `htu`.
+    #[arg(long, default_value = "https://fhir.phi-guard.test")]
+    origin: String,
+    /// SHA-256 (hex) of the client certificate of a mutual-TLS connection, for a
+    /// certificate-bound token (`cnf.x5t#S256`).
+    #[arg(long)]
+    client_cert_sha256: Option<String>,
 }
 
 /// Arguments of `phi-guard sign`.
@@ -356,7 +366,11 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         request_id,
         now: at,
         json,
+        dpop,
+        origin,
+        client_cert_sha256,
     } = args;
+    let (scheme, authority) = origin.split_once("://").ok_or_else(|| format!("--origin: `{origin}` is not `scheme://host`"))?;
     let mut p = load(&policy)?;
     let jwks_text = jwks.as_ref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
     let input = CredentialInput {
@@ -398,6 +412,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         hmac_key: hmac.as_deref(),
         audit_key: &audit_key,
         request_id: request_id.as_deref(),
+        sender: Sender { dpop: dpop.as_deref(), scheme, authority, client_certificate_sha256: client_cert_sha256.as_deref() },
     };
     let out = simulate(&p, &x);
     if json {

@@ -2,9 +2,11 @@
 
 use std::rc::Rc;
 
-use super::reply::{challenge_reply, Challenge, Reply};
+use super::reply::{challenge_reply, Challenge, DpopChallenge, Reply};
 use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
+use crate::auth::dpop::{ProofTarget, VerifiedProof};
 use crate::auth::scope::Context;
+use crate::auth::sender::{self, DpopMode, Presentation, Scheme};
 use crate::auth::BreakGlass;
 use crate::auth::{self, AuthRequirement, Principal, TokenCache};
 use crate::fhir::compartment::{in_patient_compartment, param_refers_to};
@@ -32,6 +34,14 @@ pub struct Request<'a> {
     pub header_bytes: usize,
     /// `content-length`, if sent.
     pub content_length: Option<u64>,
+    /// `:scheme` (`http` or `https`), for a DPoP proof's `htu`.
+    pub scheme: &'a str,
+    /// `:authority`, for a DPoP proof's `htu`.
+    pub authority: &'a str,
+    /// Every `DPoP` header value (RFC 9449 proofs).
+    pub dpop: &'a [&'a str],
+    /// SHA-256 (hex) of the client certificate Envoy verified on this connection, if any.
+    pub peer_certificate_sha256: Option<&'a str>,
 }
 
 /// What a request body must satisfy before it is released upstream.
@@ -157,6 +167,8 @@ impl Decision {
 /// What the decision has established so far: a refusal carries it (for the audit event).
 struct Ctx<'p> {
     route: Option<&'p Route>,
+    /// The `Authorization` scheme, once read.
+    scheme: Option<Scheme>,
     principal: Option<Rc<Principal>>,
     fhir: Option<FhirRequest>,
     break_glass: Option<BreakGlass>,
@@ -183,8 +195,13 @@ impl Stop {
 }
 
 impl Ctx<'_> {
-    fn refuse(self, stop: Stop, unmatched_status: u16) -> Decision {
-        let status = if stop.reason == DenyReason::NoRoute { unmatched_status } else { stop.reason.status() };
+    fn refuse(self, mut stop: Stop, policy: &Policy) -> Decision {
+        let status = if stop.reason == DenyReason::NoRoute { policy.unmatched_status } else { stop.reason.status() };
+        if status == 401 && policy.accepts_dpop() {
+            // RFC 9449 §7.1: offer DPoP beside Bearer; the error goes with the scheme it is about.
+            let error_here = stop.reason.dpop_challenge() || self.scheme == Some(Scheme::Dpop);
+            stop.challenge.dpop = Some(DpopChallenge { algs: policy.dpop.algs(), error: error_here });
+        }
         Decision::Deny(Refusal {
             reason: stop.reason,
             status,
@@ -199,16 +216,19 @@ impl Ctx<'_> {
     }
 }
 
-/// Decide one request. `cache` is the per-VM verified-token cache belonging to `policy`.
+/// Decide one request. `cache` is the per-VM verified-token cache belonging to `policy`. DPoP
+/// proofs are checked but not remembered: only [`decide_with`] with a replay record refuses a
+/// proof used twice.
 pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: UnixSeconds) -> Decision {
-    decide_with(policy, req, now, |token| match cache.get(token, now) {
+    let verify = |token: &str| match cache.get(token, now) {
         Some(p) => Ok(p),
         None => {
             let p = Rc::new(auth::verify(token, &policy.issuers, policy.limits.max_token_bytes, now)?);
             cache.insert(token, Rc::clone(&p), now);
             Ok(p)
         }
-    })
+    };
+    decide_with(policy, req, now, verify, |_| Ok(()))
 }
 
 /// [`decide`] with the token-to-principal step supplied by the caller (the CLI's `--claims`).
@@ -218,16 +238,20 @@ pub fn decide(policy: &Policy, cache: &mut TokenCache, req: &Request<'_>, now: U
 /// method), `model_fhir`, `authenticate_request` (public routes stop before it), break-glass
 /// and purpose (`who_and_why`), `authorize` (scopes, compartment), step-up and the data view
 /// (`plan_response`), and `HEAD` where the answer would be checked.
+///
+/// `first_use` records a verified DPoP proof and refuses one seen before
+/// (`dpop_proof_replayed`), or one it cannot check (`replay_check_unavailable`).
 pub fn decide_with(
     policy: &Policy,
     req: &Request<'_>,
     now: UnixSeconds,
     mut authenticate: impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
+    mut first_use: impl FnMut(&VerifiedProof) -> Result<(), DenyReason>,
 ) -> Decision {
-    let mut ctx = Ctx { route: None, principal: None, fhir: None, break_glass: None };
-    match stages(policy, req, now, &mut authenticate, &mut ctx) {
+    let mut ctx = Ctx { route: None, scheme: None, principal: None, fhir: None, break_glass: None };
+    match stages(policy, req, now, &mut authenticate, &mut first_use, &mut ctx) {
         Ok(grant) => Decision::Allow(grant),
-        Err(stop) => ctx.refuse(stop, policy.unmatched_status),
+        Err(stop) => ctx.refuse(stop, policy),
     }
 }
 
@@ -236,6 +260,7 @@ fn stages<'p>(
     req: &Request<'_>,
     now: UnixSeconds,
     authenticate: &mut impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
+    first_use: &mut impl FnMut(&VerifiedProof) -> Result<(), DenyReason>,
     ctx: &mut Ctx<'p>,
 ) -> Result<Grant, Stop> {
     let (path, route, consumed) = route_request(policy, req, ctx)?;
@@ -256,8 +281,11 @@ fn stages<'p>(
             break_glass: None,
         });
     }
-    let principal = authenticate_request(policy, req, authenticate)?;
+    let (scheme, token) = credentials(req.authorization)?;
+    ctx.scheme = Some(scheme);
+    let principal = authenticate_request(policy, token, authenticate)?;
     ctx.principal = Some(Rc::clone(&principal));
+    sender_constraint(policy, route, req, scheme, token, &principal, now, first_use)?;
     let (principal, break_glass) = who_and_why(policy, route, principal, now, ctx)?;
     let checks = authorize(route, &principal, ctx.fhir.as_ref(), &path, req.method, body.as_mut())?;
     let response = plan_response(policy, route, &principal, ctx.fhir.as_ref(), break_glass.is_some(), checks, now)?;
@@ -316,16 +344,42 @@ fn model_fhir(route: &Route, method: &str, path: &NormalizedPath, consumed: usiz
 /// issuer the token claims, so the host can fetch its keys and decide again.
 fn authenticate_request(
     policy: &Policy,
-    req: &Request<'_>,
+    token: &str,
     authenticate: &mut impl FnMut(&str) -> Result<Rc<Principal>, DenyReason>,
 ) -> Result<Rc<Principal>, Stop> {
-    let token = bearer(req.authorization)?;
     authenticate(token).map_err(|reason| {
         let awaiting_issuer = matches!(reason, DenyReason::KeysUnavailable | DenyReason::UnknownKey)
             .then(|| auth::verify::unverified_issuer(token).and_then(|iss| policy.issuers.iter().position(|i| i.issuer == iss)))
             .flatten();
         Stop { awaiting_issuer, ..reason.into() }
     })
+}
+
+/// Proof that the sender holds what the token is bound to (DPoP key, client certificate), the
+/// issuer's and route's rules on bound tokens, and a DPoP proof's first use.
+#[allow(clippy::too_many_arguments)]
+fn sender_constraint(
+    policy: &Policy,
+    route: &Route,
+    req: &Request<'_>,
+    scheme: Scheme,
+    token: &str,
+    principal: &Principal,
+    now: UnixSeconds,
+    first_use: &mut impl FnMut(&VerifiedProof) -> Result<(), DenyReason>,
+) -> Result<(), Stop> {
+    let mode = policy.issuers.iter().find(|i| i.issuer == principal.issuer).map_or(DpopMode::Disabled, |i| i.dpop);
+    let presented = Presentation {
+        scheme,
+        token,
+        proofs: req.dpop,
+        target: ProofTarget { method: req.method, scheme: req.scheme, authority: req.authority, path: req.path },
+        peer_certificate_sha256: req.peer_certificate_sha256,
+    };
+    if let Some(proof) = sender::check(principal, mode, route.sender_constrained, &presented, &policy.dpop, now)? {
+        first_use(&proof)?;
+    }
+    Ok(())
 }
 
 /// Break-glass first (it decides which principal, scopes and purposes, the rest runs with),
@@ -404,7 +458,7 @@ fn plan_response(
     let authenticated = |req: &AuthRequirement| req.met_by(principal, levels, now);
     if let Some(req) = &route.authentication {
         if !authenticated(req) {
-            let challenge = Challenge { scope: None, acr_values: req.acr_values(levels), max_age: req.max_auth_age };
+            let challenge = Challenge { scope: None, acr_values: req.acr_values(levels), max_age: req.max_auth_age, dpop: None };
             return Err(Stop { reason: DenyReason::InsufficientUserAuthentication, challenge, awaiting_issuer: None });
         }
     }
@@ -432,8 +486,9 @@ fn returns_resources(i: Interaction) -> bool {
     matches!(i, Read | Vread | SearchType | SearchSystem | HistoryInstance | HistoryType | HistorySystem)
 }
 
-/// The bearer token from exactly one `Authorization` header (scheme case-insensitive).
-fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
+/// The scheme and token from exactly one `Authorization` header (`Bearer` or `DPoP`, scheme
+/// case-insensitive).
+fn credentials<'a>(headers: &[&'a str]) -> Result<(Scheme, &'a str), DenyReason> {
     let value = match headers {
         [] => return Err(DenyReason::MissingToken),
         [one] => one.trim(),
@@ -446,9 +501,13 @@ fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
     }
     let (scheme, token) =
         value.split_once(' ').ok_or(if value.is_empty() { DenyReason::MissingToken } else { DenyReason::UnsupportedAuthScheme })?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(DenyReason::UnsupportedAuthScheme);
-    }
+    };
     let token = token.trim_start_matches(' ');
     if token.is_empty() {
         return Err(DenyReason::MissingToken);
@@ -456,7 +515,7 @@ fn bearer<'a>(headers: &[&'a str]) -> Result<&'a str, DenyReason> {
     if token.contains(char::is_whitespace) {
         return Err(DenyReason::MalformedToken);
     }
-    Ok(token)
+    Ok((scheme, token))
 }
 
 type FhirDenial = (DenyReason, Option<String>);

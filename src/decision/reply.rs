@@ -29,6 +29,18 @@ pub struct Challenge {
     /// `max_age` (RFC 9470), on `insufficient_user_authentication`: the longest acceptable time
     /// in seconds since the user last authenticated.
     pub max_age: Option<u64>,
+    /// A `DPoP` challenge beside the `Bearer` one (RFC 9449 §7.1), when the policy accepts DPoP.
+    pub dpop: Option<DpopChallenge>,
+}
+
+/// The `DPoP` challenge of a 401.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DpopChallenge {
+    /// `algs`: the proof algorithms accepted, space-separated.
+    pub algs: String,
+    /// The `error` goes on this challenge rather than on the `Bearer` one: the refusal is
+    /// about the proof, or the token came with the DPoP scheme.
+    pub error: bool,
 }
 
 impl Challenge {
@@ -55,9 +67,10 @@ pub fn challenge_reply(reason: DenyReason, status: u16, fhir: bool, challenge: &
         ("cache-control", "no-store".to_owned()),
         ("x-content-type-options", "nosniff".to_owned()),
     ];
+    let dpop_error = challenge.dpop.as_ref().is_some_and(|d| d.error);
     if reason.status() == 401 || reason.bearer_error().is_some() {
         let mut v = String::from("Bearer realm=\"phi-guard\"");
-        if let Some(e) = reason.bearer_error() {
+        if let Some(e) = reason.bearer_error().filter(|_| !dpop_error) {
             v.push_str(&format!(", error=\"{e}\", error_description=\"{}\"", reason.message()));
         }
         match reason {
@@ -75,6 +88,16 @@ pub fn challenge_reply(reason: DenyReason, status: u16, fhir: bool, challenge: &
                 }
             }
             _ => {}
+        }
+        // A DPoP proof error is not a Bearer error.
+        if !(reason.dpop_proof_error() && challenge.dpop.is_none()) {
+            headers.push(("www-authenticate", v));
+        }
+    }
+    if let Some(d) = &challenge.dpop {
+        let mut v = format!("DPoP realm=\"phi-guard\", algs=\"{}\"", quoted(&d.algs));
+        if let Some(e) = reason.bearer_error().filter(|_| d.error) {
+            v.push_str(&format!(", error=\"{e}\", error_description=\"{}\"", reason.message()));
         }
         headers.push(("www-authenticate", v));
     }
@@ -132,7 +155,8 @@ mod tests {
 
     #[test]
     fn step_up_challenge() {
-        let c = Challenge { scope: Some("ignored".into()), acr_values: Some("urn:x:loa-2 urn:x:loa-3".into()), max_age: Some(300) };
+        let c =
+            Challenge { scope: Some("ignored".into()), acr_values: Some("urn:x:loa-2 urn:x:loa-3".into()), max_age: Some(300), dpop: None };
         let r = challenge_reply(DenyReason::InsufficientUserAuthentication, 401, true, &c);
         assert_eq!(r.status, 401);
         assert_eq!(
@@ -151,7 +175,7 @@ mod tests {
             DenyReason::InsufficientScope,
             403,
             false,
-            &Challenge { scope: Some("a\"b".into()), acr_values: Some("x".into()), max_age: Some(1) },
+            &Challenge { scope: Some("a\"b".into()), acr_values: Some("x".into()), max_age: Some(1), dpop: None },
         );
         assert!(header(&r, "www-authenticate").unwrap().ends_with("scope=\"ab\""));
         let r = challenge_reply(DenyReason::PurposeRequired, 403, false, &c);

@@ -152,6 +152,7 @@ fn compile_doc(doc: PolicyDoc, revision: String) -> Result<Policy, CompileError>
         audit,
         break_glass,
         restrictions,
+        dpop: crate::auth::compile::compile_dpop(doc.dpop.as_ref(), &ROOT.field("dpop"))?,
     })
 }
 
@@ -363,7 +364,20 @@ fn compile_route(r: &RouteDoc, loc: &Loc<'_>) -> Result<Route, CompileError> {
     let authentication = r.authentication.as_ref().map(|a| compile_authentication(a, &loc.field("authentication"))).transpose()?;
     let purpose = r.purpose.as_ref().map(|p| compile_purpose(p, &loc.field("purpose"))).transpose()?;
     let security_headers = r.security_headers.unwrap_or(!public);
-    Ok(Route { id: r.id.clone(), matcher, methods, access, minimize, security_headers, authentication, purpose })
+    if public && r.sender_constrained {
+        return Err(loc.field("senderConstrained").error("a `public` route has no token"));
+    }
+    Ok(Route {
+        id: r.id.clone(),
+        matcher,
+        methods,
+        access,
+        minimize,
+        security_headers,
+        authentication,
+        purpose,
+        sender_constrained: r.sender_constrained,
+    })
 }
 
 /// `fhir.patientSearch`: the patient parameter's form and per-type parameter allowlists.

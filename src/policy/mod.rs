@@ -51,6 +51,8 @@ pub struct Policy {
     pub break_glass: Option<BreakGlassPolicy>,
     /// Patients' privacy restrictions, if any.
     pub restrictions: Option<Restrictions>,
+    /// DPoP proof settings.
+    pub dpop: crate::auth::dpop::DpopSettings,
 }
 
 impl FhirRoute {
@@ -67,6 +69,11 @@ impl Policy {
     /// `PHI_GUARD_AUDIT_KEY` (responses would otherwise be withheld, fail closed).
     pub fn requires_audit_key(&self) -> bool {
         self.restrictions.as_ref().is_some_and(|r| r.patient_ids == audit::PatientIds::Pseudonym)
+    }
+
+    /// Whether some issuer accepts DPoP: 401 replies then offer the `DPoP` challenge too.
+    pub fn accepts_dpop(&self) -> bool {
+        self.issuers.iter().any(|i| i.dpop != crate::auth::sender::DpopMode::Disabled)
     }
 
     /// The `acrLevels` that apply to tokens of `issuer` (empty when none are defined).
@@ -119,6 +126,8 @@ pub struct Route {
     pub authentication: Option<AuthRequirement>,
     /// Purpose-of-use requirement.
     pub purpose: Option<PurposeRule>,
+    /// Only sender-constrained tokens (DPoP or certificate-bound) are accepted.
+    pub sender_constrained: bool,
 }
 
 /// What a route requires of a request.

@@ -17,7 +17,10 @@ use crate::decision::reply::{challenge_reply, Challenge};
 use crate::decision::{decide_with, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
-use crate::shared::{claim_lease, SharedStore};
+use crate::shared::{claim_lease, remember_once, FirstUse, SharedStore};
+
+/// Shared-data key prefix of the DPoP replay record's slots.
+const DPOP_REPLAY_PREFIX: &str = "phi-guard.dpop.";
 use crate::time::{UnixMillis, UnixSeconds};
 
 /// The policy in force on this VM, its verified-token cache, and remote key state.
@@ -107,6 +110,15 @@ pub struct OwnedRequest {
     pub source: Option<String>,
     /// Listener address (`destination.address`).
     pub destination: Option<String>,
+    /// `:scheme`.
+    pub scheme: String,
+    /// `:authority`.
+    pub authority: String,
+    /// Every `DPoP` value.
+    pub dpop: Vec<String>,
+    /// SHA-256 (hex) of the client certificate verified on this connection
+    /// (`connection.sha256_peer_certificate_digest`).
+    pub peer_certificate_sha256: Option<String>,
     /// A header the decision reads (or a header name) is not UTF-8, or the headers could not
     /// be read: refused as `invalid_header` (the fields above then hold a lossy reading, for
     /// the audit event only).
@@ -128,7 +140,10 @@ impl OwnedRequest {
             if !name.starts_with(':') {
                 req.header_count += 1;
             }
-            let read = matches!(name, ":method" | ":path" | "authorization" | "x-request-id" | "content-length");
+            let read = matches!(
+                name,
+                ":method" | ":path" | ":scheme" | ":authority" | "authorization" | "dpop" | "x-request-id" | "content-length"
+            );
             if !read {
                 continue;
             }
@@ -143,6 +158,9 @@ impl OwnedRequest {
                 ":method" => req.method = text,
                 ":path" => req.path = text,
                 "authorization" => req.authorization.push(text),
+                ":scheme" => req.scheme = text,
+                ":authority" => req.authority = text,
+                "dpop" => req.dpop.push(text),
                 "x-request-id" => req.request_id = Some(text),
                 _ => req.content_length = text.trim().parse().ok(),
             }
@@ -266,6 +284,7 @@ impl<H: Host> Vm<H> {
     pub fn handle(&self, req: &OwnedRequest, state: &RefCell<StreamState>, now_ms: UnixMillis, may_wait: bool) -> Handled {
         let now_secs = now_ms.to_seconds();
         let auth: Vec<&str> = req.authorization.iter().map(String::as_str).collect();
+        let dpop: Vec<&str> = req.dpop.iter().map(String::as_str).collect();
         let request = Request {
             method: &req.method,
             path: &req.path,
@@ -273,6 +292,10 @@ impl<H: Host> Vm<H> {
             header_count: req.header_count,
             header_bytes: req.header_bytes,
             content_length: req.content_length,
+            scheme: &req.scheme,
+            authority: &req.authority,
+            dpop: &dpop,
+            peer_certificate_sha256: req.peer_certificate_sha256.as_deref(),
         };
         let (decision, policy, wait_for) = {
             let mut guard = self.active.borrow_mut();
@@ -294,9 +317,43 @@ impl<H: Host> Vm<H> {
                 let audit = self.audit.borrow();
                 let key = audit.as_ref().map(|a| &a.key);
                 let (cache, shared) = (&mut active.cache, active.shared.as_ref());
-                decide_with(&policy, &request, now_secs, |token| {
-                    authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified)
-                })
+                let replay_slots = policy.dpop.replay_slots;
+                let mut run = |request: &Request<'_>| {
+                    decide_with(
+                        &policy,
+                        request,
+                        now_secs,
+                        |token| authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified),
+                        |proof| match remember_once(
+                            &self.host,
+                            DPOP_REPLAY_PREFIX,
+                            replay_slots,
+                            &proof.replay_key,
+                            proof.remember_until,
+                            now_secs,
+                        ) {
+                            FirstUse::First => Ok(()),
+                            FirstUse::Seen => Err(DenyReason::DpopProofReplayed),
+                            FirstUse::Unknown => Err(DenyReason::ReplayCheckUnavailable),
+                        },
+                    )
+                };
+                let d = run(&request);
+                // The client certificate is read only for a certificate-bound token (one hostcall
+                // fewer on every other request); the binding is checked before any DPoP proof is
+                // remembered, so deciding again replays nothing.
+                match (&d, request.peer_certificate_sha256) {
+                    (Decision::Deny(r), None) if r.reason == DenyReason::CertificateMismatch => {
+                        match self.host.property(&["connection", "sha256_peer_certificate_digest"]).ok().flatten() {
+                            Some(cert) => {
+                                let cert = String::from_utf8_lossy(&cert);
+                                run(&Request { peer_certificate_sha256: Some(&cert), ..request })
+                            }
+                            None => d,
+                        }
+                    }
+                    _ => d,
+                }
             };
             let after = active.cache.stats();
             self.metrics.cache(&self.host, after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
@@ -538,6 +595,73 @@ mod tests {
 
     use super::super::testing::{policy, token, Worker, NOW_MS};
     use super::super::Action;
+
+    fn headers(method: &str, path: &str, auth: &str, dpop: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut h = vec![
+            (b":method".to_vec(), method.as_bytes().to_vec()),
+            (b":path".to_vec(), path.as_bytes().to_vec()),
+            (b":scheme".to_vec(), b"https".to_vec()),
+            (b":authority".to_vec(), b"fhir.phi-guard.test".to_vec()),
+            (b"authorization".to_vec(), auth.as_bytes().to_vec()),
+        ];
+        if let Some(p) = dpop {
+            h.push((b"dpop".to_vec(), p.as_bytes().to_vec()));
+        }
+        h
+    }
+
+    #[test]
+    fn a_dpop_proof_is_accepted_once_across_every_worker() {
+        use crate::testing::dpop::{proof_for, ProofKey};
+        let store = std::rc::Rc::new(crate::testing::MemoryStore::default());
+        let a = Worker::sharing(&store, &policy(|_| {}), NOW_MS);
+        let b = Worker::sharing(&store, &policy(|_| {}), NOW_MS);
+        let t = token(json!({"cnf": {"jkt": ProofKey::Es256.thumbprint()}}));
+        let auth = format!("DPoP {t}");
+        let now = NOW_MS.to_seconds();
+        let p1 = proof_for(ProofKey::Es256, "GET", "/fhir/Patient/p1", &t, "jti-1", now);
+        assert_eq!(a.send(Some(headers("GET", "/fhir/Patient/p1", &auth, Some(&p1)))).action, Action::Continue);
+        // The same proof again, on this worker or another: refused as a replay.
+        for w in [&a, &b] {
+            let ex = w.send(Some(headers("GET", "/fhir/Patient/p1", &auth, Some(&p1))));
+            let reply = w.seen(&ex).reply.unwrap();
+            assert_eq!((reply.status, reply.reason().as_deref()), (401, Some("dpop_proof_replayed")));
+            let dpop_challenge = reply.headers.iter().find(|(k, v)| k == "www-authenticate" && v.starts_with("DPoP")).unwrap();
+            assert!(dpop_challenge.1.contains("error=\"invalid_dpop_proof\""), "{dpop_challenge:?}");
+        }
+        // A fresh proof is fine on the other worker; the bound token as a bearer token is not.
+        let p2 = proof_for(ProofKey::Es256, "GET", "/fhir/Patient/p1", &t, "jti-2", now);
+        assert_eq!(b.send(Some(headers("GET", "/fhir/Patient/p1", &auth, Some(&p2)))).action, Action::Continue);
+        let ex = b.send(Some(headers("GET", "/fhir/Patient/p1", &format!("Bearer {t}"), None)));
+        assert_eq!(b.seen(&ex).reply.unwrap().reason().as_deref(), Some("dpop_required"));
+        // The replay record failing: refused, never skipped.
+        store.fail.set(true);
+        let p3 = proof_for(ProofKey::Es256, "GET", "/fhir/Patient/p1", &t, "jti-3", now);
+        let ex = a.send(Some(headers("GET", "/fhir/Patient/p1", &auth, Some(&p3))));
+        assert_eq!(a.seen(&ex).reply.unwrap().status, 503);
+    }
+
+    #[test]
+    fn a_certificate_bound_token_needs_the_connections_certificate() {
+        use crate::auth::sender::certificate_thumbprint;
+        let cert = "3ab1f1e0d4c7b6a5f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7";
+        let w = Worker::with_policy(&policy(|_| {}), NOW_MS);
+        let t = token(json!({"cnf": {"x5t#S256": certificate_thumbprint(cert).unwrap()}}));
+        let auth = format!("Bearer {t}");
+        // No client certificate on the connection.
+        let ex = w.send(Some(headers("GET", "/fhir/Patient/p1", &auth, None)));
+        assert_eq!(w.seen(&ex).reply.unwrap().reason().as_deref(), Some("certificate_mismatch"));
+        // With it (Envoy's connection attribute); another certificate is refused.
+        for (digest, allowed) in [(cert.to_owned(), true), (cert.replace('3', "4"), false)] {
+            let (id, stream) = w.open(Some(headers("GET", "/fhir/Patient/p1", &auth, None)));
+            w.host().edit(id, |s| {
+                s.properties.insert("connection\0sha256_peer_certificate_digest".into(), digest.clone().into_bytes());
+            });
+            w.host().enter(id);
+            let action = stream.on_request_headers();
+            assert_eq!(action == Action::Continue, allowed, "{digest}");
+        }
+    }
 
     #[test]
     fn a_token_verified_by_one_worker_is_not_verified_again_by_the_others() {

@@ -59,6 +59,9 @@ pub struct PolicyDoc {
     /// Patients' privacy restrictions: sensitivity labels withheld per patient.
     #[serde(default)]
     pub restrictions: Vec<RestrictionDoc>,
+    /// DPoP proof settings (RFC 9449), for issuers that accept DPoP.
+    #[serde(default)]
+    pub dpop: Option<DpopDoc>,
 }
 
 /// Step-up authentication required by a route or a minimization profile (RFC 9470).
@@ -168,7 +171,9 @@ pub struct IssuerDoc {
     pub issuer: String,
     /// Accepted `aud` values; the token must name at least one.
     pub audiences: Vec<String>,
-    /// Pinned signature algorithms (`RS256`, `ES256`, `EdDSA`, ...).
+    /// Pinned signature algorithms (`RS256`, `ES256`, `EdDSA`, ...); required unless the issuer
+    /// only introspects.
+    #[serde(default)]
     pub algorithms: Vec<String>,
     /// Inline JSON Web Key Set.
     #[serde(default)]
@@ -203,6 +208,79 @@ pub struct IssuerDoc {
     /// Known `acr` values of this issuer, weakest first; default the policy's `acrLevels`.
     #[serde(default)]
     pub acr_levels: Option<Vec<String>>,
+    /// DPoP (RFC 9449) for this issuer's tokens: `required` (bearer tokens are refused),
+    /// `allowed` (default: bearer tokens, and DPoP-bound tokens with a proof) or `disabled`.
+    /// A DPoP-bound token (`cnf.jkt`) is never accepted as a bearer token.
+    #[serde(default)]
+    pub dpop: Option<DpopModeDoc>,
+    /// Token introspection (RFC 7662) for this issuer's opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionDoc>,
+}
+
+/// An issuer's introspection endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IntrospectionDoc {
+    /// Envoy cluster of the endpoint.
+    pub cluster: String,
+    /// Request path.
+    pub path: String,
+    /// `:authority` sent; default the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// phi-guard's client id at the authorization server.
+    pub client_id: String,
+    /// VM environment variable holding the client secret (`client_secret_basic`).
+    pub client_secret_env: String,
+    /// Reuse an active answer this long, never past `exp` (default 60, 0..=3600).
+    #[serde(default)]
+    pub cache_seconds: Option<u64>,
+    /// Reuse an inactive answer this long (default 10, 0..=300).
+    #[serde(default)]
+    pub negative_cache_seconds: Option<u64>,
+    /// Deadline of one call (default 1000, 100..=10000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Refuse answers without `aud` (default true).
+    #[serde(default)]
+    pub require_audience: Option<bool>,
+}
+
+/// How an issuer's tokens may be presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DpopModeDoc {
+    /// Only DPoP-bound tokens with a proof.
+    Required,
+    /// Bearer tokens and DPoP-bound tokens.
+    Allowed,
+    /// The DPoP scheme is refused.
+    Disabled,
+}
+
+/// Policy-wide DPoP proof settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DpopDoc {
+    /// Algorithms a proof may use (asymmetric only); default ES256, ES384, EdDSA, PS256, RS256.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// How old a proof's `iat` may be, in seconds (default 60, 5..=300).
+    #[serde(default)]
+    pub proof_lifetime_seconds: Option<u64>,
+    /// Tolerance for a proof's `iat` ahead of the proxy's clock (default 5, 0..=60).
+    #[serde(default)]
+    pub clock_skew_seconds: Option<u64>,
+    /// The public origins clients address (`https://fhir.example.org`), when Envoy sees
+    /// another scheme or host (TLS ended by a load balancer); default: the request's own
+    /// `:scheme` and `:authority`.
+    #[serde(default)]
+    pub origins: Option<Vec<String>>,
+    /// Slots of the replay record shared by every worker, each holding 8 proof ids (default
+    /// 16384, 64..=1048576).
+    #[serde(default)]
+    pub replay_cache_slots: Option<u64>,
 }
 
 /// A route: which requests it matches and what they need.
@@ -239,6 +317,10 @@ pub struct RouteDoc {
     /// Purpose of use required or allowed on the route.
     #[serde(default)]
     pub purpose: Option<PurposeDoc>,
+    /// Only sender-constrained tokens (DPoP-bound, or bound to the client certificate of a
+    /// mutual-TLS connection) are accepted; default false.
+    #[serde(default)]
+    pub sender_constrained: bool,
 }
 
 /// Path matcher: exactly one of `path` (template) or `prefix`.

@@ -39,6 +39,16 @@ class Response:
                 f"body={self.text[:400]!r}")
 
 
+def header_dict(pairs) -> dict[str, str]:
+    """Response headers by lowercase name; a repeated header's values joined with ", " (as
+    RFC 9110 combines them: e.g. a `Bearer` and a `DPoP` challenge)."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
 class Api:
     """Raw HTTP/1.1 against one harness: paths are sent byte-for-byte (no client normalization)."""
 
@@ -66,8 +76,7 @@ class Api:
             conn.endheaders(body)
             resp = conn.getresponse()
             data = resp.read()
-            hdrs = {k.lower(): v for k, v in resp.getheaders()}
-            return Response(resp.status, hdrs, data, path, sent)
+            return Response(resp.status, header_dict(resp.getheaders()), data, path, sent)
         finally:
             conn.close()
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import envoy_config
 import pytest
 import yaml
-from helpers import INVALID_TOKEN, ME, Api, Response, assert_denied, assert_forwarded
+from helpers import INVALID_TOKEN, ME, Api, Response, assert_denied, assert_forwarded, header_dict
 
 # What Envoy may pick for TLS 1.2 with the test certificate (ECDSA P-256).
 STRONG_TLS12 = {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -65,7 +65,7 @@ def https(api: Api, method: str, path: str, *, token: str | None = None,
         conn.request(method, path, headers=sent)
         resp = conn.getresponse()
         data = resp.read()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, path,
+        return Response(resp.status, header_dict(resp.getheaders()), data, path,
                         sent)
     finally:
         conn.close()

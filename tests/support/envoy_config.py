@@ -80,6 +80,7 @@ COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, COMPOSE_ADMIN_PORT = 10000, 10443, 9901
 COMPOSE_WASM = "/etc/phi-guard/phi_guard.wasm"
 COMPOSE_TLS_CERT = "/etc/phi-guard/tls/server.crt"
 COMPOSE_TLS_KEY = "/etc/phi-guard/tls/server.key"
+COMPOSE_TLS_CA = "/etc/phi-guard/tls/ca.crt"
 COMPOSE_SERVICE_PORT = 8080  # every helper service listens here inside its container
 # Clusters of the compose deployment: Envoy cluster name -> compose service.
 COMPOSE_CLUSTERS = {"upstream": "fhir", "idp": "idp", "policy": "policy", "audit": "audit"}
@@ -193,15 +194,25 @@ def _hcm(stat_prefix: str, path_hardening: str, access_logs: str, http_filters: 
 {http_filters}"""
 
 
-def _tls_transport_socket(cert: str, key: str) -> str:
+def _tls_transport_socket(cert: str, key: str, client_ca: str | None = None) -> str:
     ciphers = "".join(f"                - {q(c)}\n" for c in TLS12_CIPHER_SUITES)
     curves = ", ".join(q(c) for c in ECDH_CURVES)
+    # Mutual TLS: a client certificate is asked for and, when sent, must chain to `client_ca`
+    # (else the handshake fails). phi-guard compares a certificate-bound token's `cnf.x5t#S256`
+    # with the certificate verified here (RFC 8705); clients without one still connect, and
+    # only bound tokens need it. Set `require_client_certificate: true` for a listener that
+    # admits certificate holders only.
+    validation = "" if client_ca is None else f"""\
+            validation_context:
+              trusted_ca: {{filename: {q(client_ca)}}}
+"""
+    require = "" if client_ca is None else "          require_client_certificate: false\n"
     return f"""\
       transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
+{require}          common_tls_context:
             tls_params:
               tls_minimum_protocol_version: {TLS_MIN_VERSION}
               tls_maximum_protocol_version: {TLS_MAX_VERSION}
@@ -211,7 +222,7 @@ def _tls_transport_socket(cert: str, key: str) -> str:
             tls_certificates:
             - certificate_chain: {{filename: {q(cert)}}}
               private_key: {{filename: {q(key)}}}
-            alpn_protocols: ["h2", "http/1.1"]
+{validation}            alpn_protocols: ["h2", "http/1.1"]
 """
 
 
@@ -249,6 +260,7 @@ def render(
     https_port: int | None = None,
     tls_cert: Path | str | None = None,
     tls_key: Path | str | None = None,
+    tls_client_ca: Path | str | None = None,
     https_address: str | None = None,
     resolve_wasm: bool = True,
     ecds: Path | None = None,
@@ -259,7 +271,8 @@ def render(
     by port only. `upstream_port` and the values of `extra_clusters` (more cluster names, for the
     filter's own callouts, e.g. a remote JWKS on cluster `idp`) are a port on `address` or a
     `"host:port"` (a DNS name gives a STRICT_DNS cluster). `https_port` adds the TLS listener
-    (needs `tls_cert` and `tls_key`) on `https_address` (default `address`). `hmac_key=None` takes the filter's secrets from Envoy's
+    (needs `tls_cert` and `tls_key`) on `https_address` (default `address`); with `tls_client_ca`
+    it asks clients for a certificate signed by that CA (mutual TLS). `hmac_key=None` takes the filter's secrets from Envoy's
     environment (SECRET_ENV_KEYS). `resolve_wasm=False` writes `wasm` as given (a path inside a
     container)."""
     if filter not in FILTERS:
@@ -322,7 +335,7 @@ def render(
     per_connection_buffer_limit_bytes: {BUFFER_LIMIT_BYTES}
     filter_chains:
     - filters:
-{_hcm("ingress_https", path_hardening, access_logs, http_filters, hsts)}{_tls_transport_socket(str(tls_cert), str(tls_key))}"""
+{_hcm("ingress_https", path_hardening, access_logs, http_filters, hsts)}{_tls_transport_socket(str(tls_cert), str(tls_key), tls_client_ca and str(tls_client_ca))}"""
     clusters = ""
     for name, target in {"upstream": upstream_port, **(extra_clusters or {})}.items():
         clusters += _cluster(name, *_split_endpoint(target, address))
@@ -351,7 +364,8 @@ def render_compose(*, policy: Path = DEFAULT_POLICY, filter: str = "phi-guard", 
                   upstream_port=upstream, policy=policy, wasm=COMPOSE_WASM, resolve_wasm=False,
                   filter=filter, normalize=normalize, access_log="/dev/stdout", hmac_key=None,
                   address="0.0.0.0", extra_clusters=clusters,  # noqa: S104 (inside the container)
-                  https_port=COMPOSE_HTTPS_PORT, tls_cert=COMPOSE_TLS_CERT, tls_key=COMPOSE_TLS_KEY)
+                  https_port=COMPOSE_HTTPS_PORT, tls_cert=COMPOSE_TLS_CERT, tls_key=COMPOSE_TLS_KEY,
+                  tls_client_ca=COMPOSE_TLS_CA)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--https-port", type=int, help="add the HTTPS listener on this port")
     p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path,
+                   help="ask HTTPS clients for a certificate signed by this CA (mutual TLS)")
     p.add_argument("--https-address", default=None,
                    help="where the HTTPS listener binds (default 127.0.0.1, like plain HTTP "
                         "and admin, which always stay on loopback)")
@@ -410,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                             extra_clusters=extra, https_port=a.https_port,
                             tls_cert=a.tls_cert and a.tls_cert.resolve(),
                             tls_key=a.tls_key and a.tls_key.resolve(),
+                            tls_client_ca=a.tls_client_ca and a.tls_client_ca.resolve(),
                             https_address=a.https_address,
                             hmac_key=None if a.secrets_from_env else DEMO_HMAC_KEY))
     return 0

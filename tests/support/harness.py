@@ -371,7 +371,8 @@ class LocalHarness(Harness):
                               extra_clusters={**{c: self.upstream_port for c in self.extra_clusters},
                                               "audit": self.collector_port, **self.cluster_ports},
                               ecds=self.ecds_file if self.ecds else None,
-                              https_port=https, tls_cert=tls.cert, tls_key=tls.key))
+                              https_port=https, tls_cert=tls.cert, tls_key=tls.key,
+                              tls_client_ca=tls.ca))
         self.https_url = f"https://127.0.0.1:{https}"
         self.tls_ca = tls.ca
         self.envoy_log = self.workdir / "envoy.log"

@@ -26,7 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / ".run" / "tls"
 # Bump when the names or the profile below change, so old files are replaced.
-PROFILE = "phi-guard-test-pki v1"
+PROFILE = "phi-guard-test-pki v2"
+# Client certificates for the mutual-TLS tests (certificate-bound tokens, RFC 8705).
+CLIENTS = ("client", "client2")
 SERVER_NAMES = ("DNS:localhost", "DNS:envoy", "DNS:fhir.phi-guard.test", "IP:127.0.0.1", "IP:::1")
 CA_DAYS, SERVER_DAYS = 3650, 397
 MIN_REMAINING_SECONDS = 7 * 24 * 3600
@@ -44,6 +46,12 @@ def files(directory: Path = DEFAULT_DIR) -> TlsFiles:
     return TlsFiles(ca=d / "ca.crt", cert=d / "server.crt", key=d / "server.key")
 
 
+def client_files(name: str, directory: Path = DEFAULT_DIR) -> tuple[Path, Path]:
+    """(certificate, key) of a test client (`client` or `client2`), signed by the test CA."""
+    d = Path(directory)
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     try:
         subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, text=True)
@@ -55,7 +63,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _usable(directory: Path) -> bool:
     d = Path(directory)
-    names = ("ca.crt", "ca.key", "server.crt", "server.key", "PROFILE")
+    names = ("ca.crt", "ca.key", "server.crt", "server.key", "PROFILE",
+             *(f"{c}.{ext}" for c in CLIENTS for ext in ("crt", "key")))
     if not all((d / n).is_file() for n in names):
         return False
     if (d / "PROFILE").read_text().strip() != PROFILE:
@@ -91,6 +100,19 @@ def ensure(directory: Path = DEFAULT_DIR) -> TlsFiles:
         _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                  "-CAcreateserial", "-sha256", "-days", str(SERVER_DAYS),
                  "-extfile", "server.ext", "-out", "server.only.crt", cwd=work)
+        (work / "client.ext").write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=clientAuth\n")
+        for client in CLIENTS:
+            _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                     "-keyout", f"{client}.key", "-out", f"{client}.csr",
+                     "-subj", f"/O=phi-guard/CN=phi-guard test {client}", cwd=work)
+            _openssl("x509", "-req", "-in", f"{client}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                     "-CAcreateserial", "-sha256", "-days", str(SERVER_DAYS),
+                     "-extfile", "client.ext", "-out", f"{client}.crt", cwd=work)
+            os.chmod(work / f"{client}.key", 0o600)
+            os.chmod(work / f"{client}.crt", 0o644)
         # Envoy sends the whole chain; clients trust ca.crt.
         (work / "server.crt").write_bytes((work / "server.only.crt").read_bytes()
                                           + (work / "ca.crt").read_bytes())
@@ -101,7 +123,8 @@ def ensure(directory: Path = DEFAULT_DIR) -> TlsFiles:
         (work / "PROFILE").write_text(PROFILE + "\n")
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)
-        for name in ("ca.key", "ca.crt", "server.key", "server.crt", "PROFILE"):
+        for name in ("ca.key", "ca.crt", "server.key", "server.crt", "PROFILE",
+                     *(f"{c}.{ext}" for c in CLIENTS for ext in ("crt", "key"))):
             os.replace(work / name, directory / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -188,3 +188,48 @@ class PyMinter:
         claims = json.loads(b64url_decode(payload))
         claims.update(changes)
         return f"{header}.{b64url_json(claims)}.{sig}"
+
+
+# ---- sender-constrained tokens: DPoP proofs (RFC 9449) and certificate thumbprints (RFC 8705)
+DPOP_KEYS = {"ES256": "dpop-client-es256.key.pem", "EdDSA": "dpop-client-eddsa.key.pem"}
+
+
+def jwk_thumbprint(jwk: dict) -> str:
+    """RFC 7638 SHA-256 thumbprint: a token's `cnf.jkt` for this key."""
+    required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+    canonical = {k: jwk[k] for k in required[jwk["kty"]]}
+    text = json.dumps(canonical, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(text.encode()).digest())
+
+
+def dpop_jkt(alg: str = "ES256") -> str:
+    return jwk_thumbprint(public_jwk(DPOP_KEYS[alg]))
+
+
+def dpop_proof(method: str, url: str, token: str | None, *, alg: str = "ES256",
+               sign_with: str | None = None, jti: str | None = None, iat: int | None = None,
+               header: dict | None = None, claims: dict | None = None) -> str:
+    """A DPoP proof for `method` `url` (query and fragment dropped), bound to `token` by `ath`.
+    `sign_with` (a key file in tests/keys) signs with another key than the one in the `jwk` header; `header` and
+    `claims` patch the proof (a None value removes a member)."""
+    hdr = {"typ": "dpop+jwt", "alg": alg, "jwk": public_jwk(DPOP_KEYS[alg])}
+    body = {"jti": jti or str(uuid.uuid4()), "htm": method, "htu": url.split("?")[0].split("#")[0],
+            "iat": int(time.time()) if iat is None else iat}
+    if token is not None:
+        body["ath"] = b64url(hashlib.sha256(token.encode()).digest())
+    for target, patch in ((hdr, header), (body, claims)):
+        for k, v in (patch or {}).items():
+            if v is None:
+                target.pop(k, None)
+            else:
+                target[k] = v
+    key = load_private_key(sign_with or DPOP_KEYS[alg])
+    return encode(hdr, body, alg, key)
+
+
+def certificate_thumbprint(pem_file: Path) -> str:
+    """RFC 8705 `x5t#S256`: the SHA-256 of the certificate's DER, base64url."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(Path(pem_file).read_bytes())
+    return b64url(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())

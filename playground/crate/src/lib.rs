@@ -10,7 +10,7 @@
 
 use phi_guard::audit::AuditKey;
 use phi_guard::policy::{compile, Access, PathMatcher, Policy};
-use phi_guard::simulate::{simulate, CredentialInput, Exchange, Upstream, DEMO_AUDIT_KEY};
+use phi_guard::simulate::{simulate, CredentialInput, Exchange, Sender, Upstream, DEMO_AUDIT_KEY};
 use phi_guard::time::UnixSeconds;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -56,6 +56,16 @@ pub struct ExplainInput {
     /// The HMAC key of `hash` transforms (`--hmac-key-env`'s value); absent: none.
     #[serde(default)]
     pub hmac_key: Option<String>,
+    /// `--dpop`: a DPoP proof; the token is then sent with the `DPoP` scheme.
+    #[serde(default)]
+    pub dpop: Option<String>,
+    /// `--origin`: the request's `scheme://host`, which a DPoP proof's `htu` names (default
+    /// `https://fhir.phi-guard.test`).
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// `--client-cert-sha256`: the mutual-TLS client certificate's SHA-256 (hex).
+    #[serde(default)]
+    pub client_cert_sha256: Option<String>,
 }
 
 /// The upstream's answer, as `--upstream-body`, `--upstream-status`, `--upstream-content-type`.
@@ -158,6 +168,10 @@ pub fn explain_value(input: &str) -> Value {
         content_encoding: None,
         body: u.body.as_bytes(),
     });
+    let origin = input.origin.as_deref().unwrap_or("https://fhir.phi-guard.test");
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return failure("origin", format!("`{origin}` is not `scheme://host`"));
+    };
     let x = Exchange {
         method: &input.method,
         path: &input.path,
@@ -167,6 +181,7 @@ pub fn explain_value(input: &str) -> Value {
         hmac_key: input.hmac_key.as_deref().map(str::as_bytes),
         audit_key: &audit_key,
         request_id: input.request_id.as_deref(),
+        sender: Sender { dpop: input.dpop.as_deref(), scheme, authority, client_certificate_sha256: input.client_cert_sha256.as_deref() },
     };
     match serde_json::to_value(simulate(&policy, &x)) {
         Ok(outcome) => json!({"ok": true, "outcome": outcome}),
@@ -231,6 +246,7 @@ mod tests {
             hmac_key: None,
             audit_key: &key,
             request_id: Some("r1"),
+            sender: Sender::default(),
         };
         serde_json::to_value(simulate(&p, &x)).unwrap()
     }
