@@ -71,6 +71,21 @@ impl Policy {
         self.restrictions.as_ref().is_some_and(|r| r.patient_ids == audit::PatientIds::Pseudonym)
     }
 
+    /// The issuer to introspect `token` at (RFC 7662), if any: the policy's introspecting
+    /// issuer, unless the token is a compact JWS whose `iss` names an issuer with keys (then it
+    /// is verified locally).
+    pub fn introspecting_issuer(&self, token: &str) -> Option<usize> {
+        let i = self.issuers.iter().position(|x| x.introspection.is_some())?;
+        if crate::auth::introspect::looks_like_jws(token) {
+            let iss = crate::auth::verify::unverified_issuer(token);
+            let local = self.issuers.iter().any(|x| Some(&x.issuer) == iss.as_ref() && (!x.keys.is_empty() || x.remote.is_some()));
+            if local {
+                return None;
+            }
+        }
+        Some(i)
+    }
+
     /// Whether some issuer accepts DPoP: 401 replies then offer the `DPoP` challenge too.
     pub fn accepts_dpop(&self) -> bool {
         self.issuers.iter().any(|i| i.dpop != crate::auth::sender::DpopMode::Disabled)

@@ -21,6 +21,8 @@ pub struct Metrics {
     jwks_fetches: Option<u32>,
     jwks_fetch_failures: Option<u32>,
     keys_dropped: Option<u32>,
+    introspections: Option<u32>,
+    introspection_failures: Option<u32>,
     audit_emitted: Option<u32>,
     audit_sent: Option<u32>,
     audit_retried: Option<u32>,
@@ -76,6 +78,8 @@ impl Metrics {
             jwks_fetches: counter(host, "phi_guard.jwks_fetches"),
             jwks_fetch_failures: counter(host, "phi_guard.jwks_fetch_failures"),
             keys_dropped: counter(host, "phi_guard.jwks_keys_dropped_stale"),
+            introspections: counter(host, "phi_guard.introspection_calls"),
+            introspection_failures: counter(host, "phi_guard.introspection_failures"),
             audit_emitted: counter(host, "phi_guard.audit_events"),
             audit_sent: counter(host, "phi_guard.audit_sent"),
             audit_retried: counter(host, "phi_guard.audit_retried"),
@@ -149,6 +153,16 @@ impl Metrics {
     /// A JWKS fetch that failed or returned no usable key.
     pub fn jwks_fetch_failed(&self, host: &impl Host) {
         bump(host, self.jwks_fetch_failures, 1);
+    }
+
+    /// A token introspection call dispatched.
+    pub fn introspection(&self, host: &impl Host) {
+        bump(host, self.introspections, 1);
+    }
+
+    /// A token introspection call that could not be made, timed out or failed.
+    pub fn introspection_failed(&self, host: &impl Host) {
+        bump(host, self.introspection_failures, 1);
     }
 
     /// An issuer's keys dropped for staleness.

@@ -10,6 +10,7 @@
 
 mod audit;
 mod host;
+mod introspection;
 mod jwks;
 mod metrics;
 mod pull;

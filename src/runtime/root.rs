@@ -42,6 +42,8 @@ pub fn install<H: Host>(vm: &Vm<H>, active: Active, how: &str) {
     );
     vm.metrics.policy_loaded(&vm.host, p.revision_number());
     *vm.active.borrow_mut() = Some(active);
+    // Refusals learned under the old policy's issuers and claim rules do not carry over.
+    vm.introspections.borrow_mut().clear();
 }
 
 /// Root context of the plugin.
@@ -70,7 +72,7 @@ impl<H: Host> Root<H> {
     fn needs_ticks(&self) -> bool {
         self.pull.is_some()
             || self.vm.active.borrow().as_ref().is_some_and(|a| {
-                a.policy.issuers.iter().any(|i| i.remote.is_some())
+                a.policy.issuers.iter().any(|i| i.remote.is_some() || i.introspection.is_some())
                     || a.policy.audit.collector.is_some()
                     || a.policy.audit.envoy_log_flush_ms > 0
             })
@@ -111,6 +113,22 @@ impl<H: Host> Root<H> {
             return false;
         }
         *self.vm.hmac_key.borrow_mut() = hmac;
+        // Checked here so a policy whose opaque tokens could never be introspected is refused
+        // loudly, not answered with 503 on every request.
+        for issuer in policy.map_or(&[][..], |p| p.issuers.as_slice()) {
+            if let Some(i) = &issuer.introspection {
+                if host.env_var(&i.client_secret_env).is_none_or(|s| s.is_empty()) {
+                    host.log(
+                        Level::Error,
+                        &format!(
+                            "phi-guard: {} (the introspection client secret of `{}`) is not set; configuration refused",
+                            i.client_secret_env, issuer.issuer
+                        ),
+                    );
+                    return false;
+                }
+            }
+        }
         true
     }
 
@@ -181,6 +199,10 @@ impl<H: Host> Root<H> {
             pull.tick(&self.vm, now.to_seconds());
             // A pulled policy may bring remote issuers: the tick keeps running anyway.
         }
+        self.vm.dispatch_introspections(now);
+        if self.vm.introspections.borrow().idle() && self.vm.host.set_tick_period(TICK_MS).is_err() {
+            self.vm.host.log(Level::Error, "phi-guard: cannot schedule background work");
+        }
         self.jwks.tick(&self.vm, now);
         let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone());
         if let (Some(config), Some(sink)) = (config, self.vm.audit.borrow_mut().as_mut()) {
@@ -212,6 +234,14 @@ impl<H: Host> Root<H> {
             if pull.on_response(&self.vm, token, body_size, &headers, now.to_seconds()) {
                 return;
             }
+        }
+        if self.vm.introspections.borrow().in_flight_call(token) {
+            let max = crate::auth::introspect::MAX_RESPONSE_BYTES + 1;
+            let body = host.buffer(Buffer::CallResponseBody, 0, body_size.min(max)).ok().flatten().unwrap_or_default();
+            // A body larger than read is never taken for a complete answer.
+            let status = if body_size > max { Some(0) } else { status };
+            self.vm.introspection_answer(token, status, &body, now);
+            return;
         }
         self.jwks.on_response(&self.vm, token, body_size, &headers, now);
     }

@@ -198,7 +198,11 @@ impl<H: Host> Stream<H> {
             Handled::Forwarded => Action::Continue,
             Handled::Replied => Action::Pause,
             Handled::Wait(issuer) => {
-                self.vm.wait(self.context_id, issuer, request, Rc::clone(&self.state), now);
+                self.vm.wait(self.context_id, issuer, None, request, Rc::clone(&self.state), now);
+                Action::Pause
+            }
+            Handled::Introspecting(issuer, hash) => {
+                self.vm.wait(self.context_id, issuer, Some(hash), request, Rc::clone(&self.state), now);
                 Action::Pause
             }
         }

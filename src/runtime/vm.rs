@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::audit::AuditSink;
 use super::host::{HeaderMap, Host, Level};
+use super::introspection::{failure_seconds, log_failure, read_answer, Answer, Introspections, SharedAnswers};
 use super::metrics::Metrics;
 use super::tokens::{key_set_fingerprint, SharedTokens};
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
@@ -17,6 +18,11 @@ use crate::decision::reply::{challenge_reply, Challenge};
 use crate::decision::{decide_with, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
+
+/// How much longer than an introspection call's own deadline a request waits for it.
+const INTROSPECTION_GRACE_MS: u64 = 250;
+/// The root's tick period while introspection calls are queued.
+const INTROSPECTION_TICK_MS: u64 = 5;
 use crate::shared::{claim_lease, remember_once, FirstUse, SharedStore};
 
 /// Shared-data key prefix of the DPoP replay record's slots.
@@ -179,12 +185,14 @@ impl OwnedRequest {
     }
 }
 
-/// A request paused until an issuer's keys arrive.
+/// A request paused until an issuer's keys arrive, or its token's introspection answers.
 pub struct Waiter {
     /// The stream's context id.
     pub context_id: u32,
     /// Issuer index it waits for.
     pub issuer: usize,
+    /// The SHA-256 of the token whose introspection it waits for (`None`: it waits for keys).
+    pub token: Option<[u8; 32]>,
     /// Give up (503 `keys_unavailable`, or the current verdict) at this time, ms.
     pub deadline_ms: UnixMillis,
     /// What to decide again.
@@ -207,6 +215,8 @@ pub struct Vm<H> {
     pub audit: RefCell<Option<AuditSink>>,
     /// Key for minimization `hash` transforms, from `PHI_GUARD_HMAC_KEY`.
     pub hmac_key: RefCell<Option<Vec<u8>>>,
+    /// Token introspection: calls in flight, remembered refusals.
+    pub introspections: RefCell<Introspections>,
 }
 
 /// How a request phase ended.
@@ -218,6 +228,8 @@ pub enum Handled {
     Replied,
     /// Paused until the issuer's keys arrive.
     Wait(usize),
+    /// Paused until the introspection of this token (its SHA-256) at this issuer answers.
+    Introspecting(usize, [u8; 32]),
 }
 
 impl<H: Host> Vm<H> {
@@ -230,6 +242,7 @@ impl<H: Host> Vm<H> {
             waiters: RefCell::new(Vec::new()),
             audit: RefCell::new(None),
             hmac_key: RefCell::new(None),
+            introspections: RefCell::new(Introspections::default()),
         }
     }
 
@@ -297,6 +310,8 @@ impl<H: Host> Vm<H> {
             dpop: &dpop,
             peer_certificate_sha256: req.peer_certificate_sha256.as_deref(),
         };
+        // An opaque token no worker knows yet: (issuer, its hash, the token) to introspect.
+        let mut introspect: Option<(usize, [u8; 32], String)> = None;
         let (decision, policy, wait_for) = {
             let mut guard = self.active.borrow_mut();
             let Some(active) = guard.as_mut() else {
@@ -317,13 +332,32 @@ impl<H: Host> Vm<H> {
                 let audit = self.audit.borrow();
                 let key = audit.as_ref().map(|a| &a.key);
                 let (cache, shared) = (&mut active.cache, active.shared.as_ref());
+                let mut introspections = self.introspections.borrow_mut();
                 let replay_slots = policy.dpop.replay_slots;
                 let mut run = |request: &Request<'_>| {
                     decide_with(
                         &policy,
                         request,
                         now_secs,
-                        |token| authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified),
+                        |token| {
+                            let hash = TokenCache::key(token);
+                            if let Some(p) = cache.get_by_key(&hash, now_secs) {
+                                return Ok(p);
+                            }
+                            match (policy.introspecting_issuer(token), key) {
+                                (Some(i), Some(key)) => {
+                                    let known = introspected(&self.host, cache, &mut introspections, key, &policy, i, &hash, now_secs);
+                                    if known.is_none() {
+                                        introspect = Some((i, hash, token.to_owned()));
+                                    }
+                                    known.unwrap_or(Err(DenyReason::IntrospectionUnavailable))
+                                }
+                                (Some(_), None) => Err(DenyReason::IntrospectionUnavailable),
+                                (None, _) => {
+                                    authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified)
+                                }
+                            }
+                        },
                         |proof| match remember_once(
                             &self.host,
                             DPOP_REPLAY_PREFIX,
@@ -368,6 +402,13 @@ impl<H: Host> Vm<H> {
         };
         if let Some(i) = wait_for {
             return Handled::Wait(i);
+        }
+        // An opaque token this worker knows nothing of yet: ask its issuer, and decide again
+        // when the answer (or the deadline) comes.
+        if let (Some((i, hash, token)), Decision::Deny(r), true) = (introspect, &decision, may_wait) {
+            if r.reason == DenyReason::IntrospectionUnavailable && self.start_introspection(i, hash, &token) {
+                return Handled::Introspecting(i, hash);
+            }
         }
         // With `auditRequired`, a request whose event cannot be delivered is not served.
         let audit_down = self.audit.borrow().as_ref().is_none_or(|a| a.unavailable(&policy.audit));
@@ -466,13 +507,21 @@ impl<H: Host> Vm<H> {
         self.metrics.denied(&self.host, reason);
     }
 
-    /// Decide again every waiter of `issuer` (keys arrived or the fetch failed), or every
+    /// Decide again every waiter of `issuer`'s keys (keys arrived or the fetch failed), or every
     /// waiter past its deadline when `issuer` is `None`.
     pub fn wake(&self, issuer: Option<usize>, now_ms: UnixMillis) {
+        self.wake_where(now_ms, |w| issuer.map_or(now_ms >= w.deadline_ms, |i| w.token.is_none() && w.issuer == i));
+    }
+
+    /// Decide again every waiter of this token's introspection (it answered or failed).
+    pub fn wake_token(&self, hash: &[u8; 32], now_ms: UnixMillis) {
+        self.wake_where(now_ms, |w| w.token.as_ref() == Some(hash));
+    }
+
+    fn wake_where(&self, now_ms: UnixMillis, ready: impl Fn(&Waiter) -> bool) {
         let ready: Vec<Waiter> = {
             let mut waiters = self.waiters.borrow_mut();
-            let (ready, keep): (Vec<Waiter>, Vec<Waiter>) =
-                waiters.drain(..).partition(|w| issuer.map_or(now_ms >= w.deadline_ms, |i| w.issuer == i));
+            let (ready, keep): (Vec<Waiter>, Vec<Waiter>) = waiters.drain(..).partition(|w| ready(w));
             *waiters = keep;
             ready
         };
@@ -484,20 +533,128 @@ impl<H: Host> Vm<H> {
                 Handled::Forwarded => {
                     let _ = self.host.resume_request();
                 }
-                Handled::Replied | Handled::Wait(_) => {}
+                Handled::Replied | Handled::Wait(_) | Handled::Introspecting(..) => {}
             }
         }
     }
 
-    /// Pause a request until the keys of `issuer` arrive, at most the issuer's `waitMs`.
-    pub fn wait(&self, context_id: u32, issuer: usize, request: OwnedRequest, state: Rc<RefCell<StreamState>>, now_ms: UnixMillis) {
+    /// Pause a request until the keys of `issuer` arrive, at most the issuer's `waitMs`; or, with
+    /// `token`, until that token's introspection answers, at most its `timeoutMs` (and a little
+    /// more, so Envoy's own timeout of the call comes first).
+    pub fn wait(
+        &self,
+        context_id: u32,
+        issuer: usize,
+        token: Option<[u8; 32]>,
+        request: OwnedRequest,
+        state: Rc<RefCell<StreamState>>,
+        now_ms: UnixMillis,
+    ) {
         let wait = self
             .active
             .borrow()
             .as_ref()
-            .and_then(|a| a.policy.issuers.get(issuer).and_then(|i| i.remote.as_ref().map(|r| r.wait_ms)))
+            .and_then(|a| {
+                let i = a.policy.issuers.get(issuer)?;
+                match token {
+                    Some(_) => i.introspection.as_ref().map(|x| x.timeout_ms + INTROSPECTION_GRACE_MS),
+                    None => i.remote.as_ref().map(|r| r.wait_ms),
+                }
+            })
             .unwrap_or(0);
-        self.waiters.borrow_mut().push(Waiter { context_id, issuer, deadline_ms: now_ms.add_ms(wait), request, state });
+        self.waiters.borrow_mut().push(Waiter { context_id, issuer, token, deadline_ms: now_ms.add_ms(wait), request, state });
+    }
+
+    /// Ask issuer `i` about `token` unless a call for it is already queued or in flight on this
+    /// worker. The root dispatches it on its next tick, which is made immediate (a few ms) while
+    /// calls are queued.
+    fn start_introspection(&self, i: usize, hash: [u8; 32], token: &str) -> bool {
+        let mut introspections = self.introspections.borrow_mut();
+        if !introspections.in_flight(&hash) {
+            introspections.queue(i, hash, token.to_owned());
+            drop(introspections);
+            if self.host.set_tick_period(INTROSPECTION_TICK_MS).is_err() {
+                self.host.log(Level::Error, "phi-guard: cannot schedule a token introspection");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Dispatch the queued introspection calls (from the root context, so their answers come
+    /// back to it). A call that cannot be made answers its waiters now, with 503.
+    pub fn dispatch_introspections(&self, now_ms: UnixMillis) {
+        let queued = self.introspections.borrow_mut().take_queued();
+        let policy = self.active.borrow().as_ref().map(|a| Rc::clone(&a.policy));
+        let now = now_ms.to_seconds();
+        for (i, hash, token) in queued {
+            let endpoint = policy.as_ref().and_then(|p| p.issuers.get(i)).and_then(|x| x.introspection.as_ref());
+            let dispatched = endpoint.is_some_and(|endpoint| {
+                let Some(secret) = self.host.env_var(&endpoint.client_secret_env) else {
+                    self.host.log(
+                        Level::Error,
+                        &format!(
+                            "phi-guard: {} is not set in the VM environment: tokens cannot be introspected",
+                            endpoint.client_secret_env
+                        ),
+                    );
+                    return false;
+                };
+                let (headers, body) = endpoint.request(&token, &secret);
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                match self.host.dispatch(&endpoint.cluster, &headers, Some(&body), endpoint.timeout_ms) {
+                    Ok(callout) => {
+                        self.metrics.introspection(&self.host);
+                        self.introspections.borrow_mut().started(callout, hash, i);
+                        true
+                    }
+                    Err(e) => {
+                        self.host.log(Level::Warn, &format!("phi-guard: token introspection could not be dispatched: {e}"));
+                        false
+                    }
+                }
+            });
+            if !dispatched {
+                self.metrics.introspection_failed(&self.host);
+                self.introspections.borrow_mut().refuse(hash, DenyReason::IntrospectionUnavailable, now, failure_seconds());
+                self.wake_token(&hash, now_ms);
+            }
+        }
+    }
+
+    /// A callout answer, if it is an introspection call's: adopt the answer (this worker's
+    /// cache and shared data) or remember the failure, then decide again every request waiting
+    /// for it. `false`: not an introspection call.
+    pub fn introspection_answer(&self, callout: u32, status: Option<u16>, body: &[u8], now_ms: UnixMillis) -> bool {
+        let Some((hash, i)) = self.introspections.borrow_mut().finished(callout) else { return false };
+        let now = now_ms.to_seconds();
+        {
+            let mut guard = self.active.borrow_mut();
+            let audit = self.audit.borrow();
+            if let (Some(active), Some(sink)) = (guard.as_mut(), audit.as_ref()) {
+                let policy = Rc::clone(&active.policy);
+                // The policy may have changed while the call ran: the issuer must still be the
+                // one that was asked.
+                if let Some(endpoint) = policy.issuers.get(i).and_then(|x| x.introspection.as_ref().map(|e| (x, e))) {
+                    let (issuer, endpoint) = endpoint;
+                    let mut introspections = self.introspections.borrow_mut();
+                    match read_answer(status, body, &issuer.issuer, endpoint.cache_seconds, endpoint.negative_cache_seconds, now) {
+                        Some(answer) => {
+                            let shared = SharedAnswers { slots: policy.token_cache_shared, key: &sink.key, issuer: &issuer.issuer };
+                            shared.put(&self.host, &hash, &answer);
+                            let _ = adopt(&mut active.cache, &mut introspections, &policy, i, &hash, &answer, now);
+                        }
+                        None => {
+                            log_failure(&self.host, &issuer.issuer, status);
+                            self.metrics.introspection_failed(&self.host);
+                            introspections.refuse(hash, DenyReason::IntrospectionUnavailable, now, failure_seconds());
+                        }
+                    }
+                }
+            }
+        }
+        self.wake_token(&hash, now_ms);
+        true
     }
 
     /// Forget a stream that ended while waiting.
@@ -553,7 +710,70 @@ fn remote_issuer_to_wait_for(
     }
 }
 
-/// The principal of a bearer token: from this worker's cache; else, if another worker
+/// What this worker or another already learned of an opaque token by introspection: a refusal
+/// it remembers, or an answer in shared data (adopted into the token cache). `None`: nothing
+/// yet, a call is needed.
+#[allow(clippy::too_many_arguments)]
+fn introspected(
+    store: &impl SharedStore,
+    cache: &mut TokenCache,
+    introspections: &mut Introspections,
+    key: &AuditKey,
+    policy: &Policy,
+    i: usize,
+    hash: &[u8; 32],
+    now: UnixSeconds,
+) -> Option<Result<Rc<Principal>, DenyReason>> {
+    if let Some(reason) = introspections.refused(hash, now) {
+        return Some(Err(reason));
+    }
+    let issuer = policy.issuers.get(i)?;
+    let shared = SharedAnswers { slots: policy.token_cache_shared, key, issuer: &issuer.issuer };
+    let answer = shared.get(store, hash, now)?;
+    Some(adopt(cache, introspections, policy, i, hash, &answer, now))
+}
+
+/// Turn an introspection answer into the token's principal (cached until the answer expires)
+/// or a refusal (remembered as long).
+pub fn adopt(
+    cache: &mut TokenCache,
+    introspections: &mut Introspections,
+    policy: &Policy,
+    i: usize,
+    hash: &[u8; 32],
+    answer: &Answer,
+    now: UnixSeconds,
+) -> Result<Rc<Principal>, DenyReason> {
+    let Some(issuer) = policy.issuers.get(i) else { return Err(DenyReason::IntrospectionUnavailable) };
+    // A refusal is remembered at least as long as the requests waiting for this answer need to
+    // find it when they are decided again.
+    let keep = |until: &UnixSeconds| until.secs_since(now).max(failure_seconds());
+    match answer {
+        Answer::Inactive(until) => {
+            introspections.refuse(*hash, DenyReason::TokenInactive, now, keep(until));
+            Err(DenyReason::TokenInactive)
+        }
+        Answer::Active(claims, until) => match crate::auth::introspect::principal(claims, issuer, now) {
+            // The answer holds no longer than the token's own `exp`, skew or not.
+            Ok(_) if *until <= now => {
+                introspections.refuse(*hash, DenyReason::Expired, now, failure_seconds());
+                Err(DenyReason::Expired)
+            }
+            Ok(mut p) => {
+                p.valid_until = p.valid_until.min(*until);
+                let p = Rc::new(p);
+                cache.insert_by_key(*hash, Rc::clone(&p), now);
+                Ok(p)
+            }
+            Err(reason) => {
+                introspections.refuse(*hash, reason, now, keep(until));
+                Err(reason)
+            }
+        },
+    }
+}
+
+/// The principal of a JWT the worker has not cached: if another worker
 /// attested its signature under this key set, every check but the signature; else verified in
 /// full (and attested for the others). `counts` gets (signatures verified, attestations used).
 fn authenticate(
@@ -565,10 +785,8 @@ fn authenticate(
     now: UnixSeconds,
     counts: &mut (u64, u64),
 ) -> Result<Rc<Principal>, DenyReason> {
+    // (The caller looked in this worker's cache already.)
     let hash = TokenCache::key(token);
-    if let Some(p) = cache.get_by_key(&hash, now) {
-        return Ok(p);
-    }
     let max = policy.limits.max_token_bytes;
     let principal = match shared {
         Some((s, key)) if s.attested(store, key, &hash) => {

@@ -31,6 +31,8 @@ HARNESSES = {
     # Envoy's path normalization off: the filter alone must refuse path tricks.
     "patient-app-raw": {"policy": POLICIES / "smart-patient-app.json", "normalize": False},
     "clinician": {"policy": POLICIES / "clinician-api.json"},
+    # Opaque tokens introspected at the harness's introspection server (RFC 7662).
+    "introspected": {"policy": POLICIES / "introspected-tokens.json"},
 }
 
 
@@ -89,6 +91,11 @@ def patient_app_raw(harnesses) -> Api:
 @pytest.fixture(scope="session")
 def clinician(harnesses) -> Api:
     return Api(harnesses.get("clinician"))
+
+
+@pytest.fixture(scope="session")
+def introspected(harnesses) -> Api:
+    return Api(harnesses.get("introspected"))
 
 
 class Tokens:

@@ -48,6 +48,40 @@ STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "turtle.py", "ensurep
 DYNLOAD_SKIP = re.compile(r"^(_tkinter|_test|xxlimited|xxsubtype|_xxtestfuzz|_ctypes_test)")
 
 
+# Pure-Python packages the helper services import beyond the standard library, mounted into the
+# introspection service at /app/pydeps (the image stays standard-library only).
+PYDEPS = ("authlib",)
+PYDEPS_DIR = REPO / ".run" / "compose" / "pydeps"
+
+
+def vendor_pydeps(directory: Path = PYDEPS_DIR) -> Path:
+    """Copy PYDEPS from this interpreter (the venv, tests/requirements.txt) into `directory`,
+    once per version, and return it."""
+    import importlib.metadata
+    import importlib.util
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in PYDEPS:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"`{name}` is not installed in {sys.executable}: run `make venv`")
+        version = importlib.metadata.version(name)
+        stamp = directory / f".{name}-{version}"
+        if stamp.exists():
+            continue
+        target = directory / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(Path(next(iter(spec.submodule_search_locations))), target,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for old in directory.glob(f".{name}-*"):
+            old.unlink()
+        stamp.write_text("")
+    # The containers run as an unprivileged uid: everything must be world-readable.
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return directory
+
+
 def log(msg: str) -> None:
     print(f"compose-images: {msg}", file=sys.stderr, flush=True)
 

@@ -41,10 +41,12 @@ DEFAULT_WASM = Path(os.environ.get("PHI_GUARD_WASM")
 DEMO_HMAC_KEY = "phi-guard-demo-hmac-key-not-a-secret"
 # Test/demo value only: keys the audit chain MACs and patient pseudonyms (>= 32 bytes).
 DEMO_AUDIT_KEY = "phi-guard-demo-audit-key-not-a-secret"
+# Test/demo value only: phi-guard's client secret at the demo introspection server.
+DEMO_INTROSPECTION_SECRET = "phi-guard-introspection-secret"
 FILTERS = ("phi-guard", "none")
 # Secrets the filter reads from its VM environment. With `env_from_host` they are passed through
 # from Envoy's own process environment (`host_env_keys`), so they never appear in the config.
-SECRET_ENV_KEYS = ("PHI_GUARD_HMAC_KEY", "PHI_GUARD_AUDIT_KEY")
+SECRET_ENV_KEYS = ("PHI_GUARD_HMAC_KEY", "PHI_GUARD_AUDIT_KEY", "PHI_GUARD_INTROSPECTION_SECRET")
 
 # TLS for the HTTPS listener (NIST SP 800-52r2, section 3.3): TLS 1.2 minimum; for TLS 1.2 only
 # ephemeral ECDHE key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305); TLS 1.3 keeps
@@ -83,7 +85,8 @@ COMPOSE_TLS_KEY = "/etc/phi-guard/tls/server.key"
 COMPOSE_TLS_CA = "/etc/phi-guard/tls/ca.crt"
 COMPOSE_SERVICE_PORT = 8080  # every helper service listens here inside its container
 # Clusters of the compose deployment: Envoy cluster name -> compose service.
-COMPOSE_CLUSTERS = {"upstream": "fhir", "idp": "idp", "policy": "policy", "audit": "audit"}
+COMPOSE_CLUSTERS = {"upstream": "fhir", "idp": "idp", "policy": "policy", "audit": "audit",
+                    "introspection": "introspection"}
 
 
 def q(value) -> str:
@@ -101,6 +104,7 @@ def wasm_filter(policy_text: str, wasm_path: Path | str, hmac_key: str | None) -
                     key_values:
                       PHI_GUARD_HMAC_KEY: {q(hmac_key)}
                       PHI_GUARD_AUDIT_KEY: {q(DEMO_AUDIT_KEY)}
+                      PHI_GUARD_INTROSPECTION_SECRET: {q(DEMO_INTROSPECTION_SECRET)}
 """
     return f"""\
           - name: envoy.filters.http.wasm

@@ -44,6 +44,7 @@ from envoy_config import (
     COMPOSE_SERVICE_PORT,
     DEFAULT_WASM,
     DEMO_HMAC_KEY,
+    DEMO_INTROSPECTION_SECRET,
     render,
     render_compose,
 )
@@ -54,7 +55,8 @@ REPO = HERE.parents[1]
 
 
 # Test-only VM secrets, passed to Envoy's environment for ECDS configs (`host_env_keys`).
-VM_ENV = {"PHI_GUARD_HMAC_KEY": DEMO_HMAC_KEY, "PHI_GUARD_AUDIT_KEY": "phi-guard-demo-audit-key-not-a-secret"}
+VM_ENV = {"PHI_GUARD_HMAC_KEY": DEMO_HMAC_KEY, "PHI_GUARD_AUDIT_KEY": "phi-guard-demo-audit-key-not-a-secret",
+          "PHI_GUARD_INTROSPECTION_SECRET": DEMO_INTROSPECTION_SECRET}
 
 CONCURRENCY = 2  # two workers, two VMs: per-worker caches must not change outcomes
 
@@ -134,6 +136,28 @@ class Harness:
     tls_ca: Path | None = None  # the CA that signed the HTTPS listener's certificate
 
     upstream_url: str = ""  # the demo upstream, directly (its test hooks live here)
+    introspection_url: str = ""  # the introspection server (tests/support/introspection_server.py)
+
+    def introspection(self, method: str, path: str, body: dict | None = None,
+                      auth: tuple[str, str] | None = None, form: dict | None = None) -> dict:
+        """Call the harness's introspection server (`/__issue`, `/__mode`, `/__count`, `/revoke`)."""
+        import urllib.parse
+        import urllib.request
+
+        headers = {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["content-type"] = "application/x-www-form-urlencoded"
+        if auth is not None:
+            headers["authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req = urllib.request.Request(f"{self.introspection_url}{path}", data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback test server)
+            text = resp.read()
+        return json.loads(text) if text else {}
 
     def upstream_requests(self) -> list[dict]:
         """What reached the demo upstream, in order."""
@@ -302,6 +326,7 @@ class LocalHarness(Harness):
         try:
             self._start_upstream()
             self._start_collector()
+            self._start_introspection()
             last_error: Exception | None = None
             for _attempt in range(3):  # a picked port can be taken before Envoy binds it
                 try:
@@ -339,6 +364,17 @@ class LocalHarness(Harness):
         import threading
         threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
 
+    def _start_introspection(self) -> None:
+        """The introspection server (cluster `introspection`): opaque tokens, RFC 7662."""
+        proc = self._spawn([sys.executable, str(HERE / "introspection_server.py"), "0"], "introspection.log",
+                           stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "INTROSPECTION_CLIENT_SECRET": DEMO_INTROSPECTION_SECRET})
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("LISTENING "):
+            raise HarnessError(f"introspection server did not start ({line!r})")
+        self.introspection_port = int(line.split()[1])
+        self.introspection_url = f"http://127.0.0.1:{self.introspection_port}"
+
     def _start_upstream(self) -> None:
         # Sensitivity-labelled copies of some Conditions, for the privacy-restriction tests.
         proc = self._spawn([sys.executable, str(HERE / "demo_upstream.py"), "0", "--extra-data",
@@ -369,7 +405,8 @@ class LocalHarness(Harness):
                               filter=self.filter, normalize=self.normalize,
                               access_log=str(self.workdir / "access.log"),
                               extra_clusters={**{c: self.upstream_port for c in self.extra_clusters},
-                                              "audit": self.collector_port, **self.cluster_ports},
+                                              "audit": self.collector_port,
+                                              "introspection": self.introspection_port, **self.cluster_ports},
                               ecds=self.ecds_file if self.ecds else None,
                               https_port=https, tls_cert=tls.cert, tls_key=tls.key,
                               tls_client_ca=tls.ca))
@@ -489,6 +526,7 @@ COMPOSE_PORTS = {
     "IDP_PORT": ("idp", COMPOSE_SERVICE_PORT),
     "POLICY_PORT": ("policy", COMPOSE_SERVICE_PORT),
     "AUDIT_PORT": ("audit", COMPOSE_SERVICE_PORT),
+    "INTROSPECTION_PORT": ("introspection", COMPOSE_SERVICE_PORT),
 }
 # The services that run from the helper image (`build:` in the compose file); one is enough to
 # build it.
@@ -594,6 +632,7 @@ class ComposeHarness(Harness):
             "PHI_GUARD_WASM": str(self.wasm.resolve()),
             "PHI_GUARD_POLICIES": str(self.policy.resolve().parent),
             "PHI_GUARD_TLS_DIR": str(tls.ca.parent.resolve()),
+            "PHI_GUARD_PYDEPS": str(compose_images.vendor_pydeps()),
         })
         for var in COMPOSE_PORTS:
             env[var] = str(self.fixed_ports.get(var, ""))
@@ -623,6 +662,7 @@ class ComposeHarness(Harness):
             self.admin_url = f"http://127.0.0.1:{self.ports['ADMIN_PORT']}"
             self.upstream_url = f"http://127.0.0.1:{self.ports['FHIR_PORT']}"
             self.collector_url = f"http://127.0.0.1:{self.ports['AUDIT_PORT']}"
+            self.introspection_url = f"http://127.0.0.1:{self.ports['INTROSPECTION_PORT']}"
             self._wait_ready()
             self.guard_start()
             return self
