@@ -7,13 +7,14 @@ use std::str::FromStr;
 
 use jsonwebtoken::Algorithm;
 
+use super::discovery::document_path;
 use super::dpop::{normalize_origin, DpopSettings};
 use super::introspect::Introspection;
 use super::keys::parse_jwks;
 use super::remote::RemoteJwks;
 use super::sender::DpopMode;
 use super::{ClaimNames, IssuerConfig};
-use crate::schema::{CompileError, DpopDoc, DpopModeDoc, IntrospectionDoc, IssuerDoc, JwksUriDoc, Loc};
+use crate::schema::{CompileError, DiscoveryDoc, DpopDoc, DpopModeDoc, IntrospectionDoc, IssuerDoc, JwksUriDoc, Loc};
 
 /// Compile `issuers` (at `loc`); issuers without their own `acrLevels` get `default_levels`.
 pub fn compile_issuers(docs: &[IssuerDoc], loc: &Loc<'_>, default_levels: &[String]) -> Result<Vec<IssuerConfig>, CompileError> {
@@ -59,7 +60,7 @@ fn compile_issuer(d: &IssuerDoc, loc: &Loc<'_>, default_levels: &[String]) -> Re
     if d.audiences.is_empty() || d.audiences.iter().any(|a| a.is_empty()) {
         return Err(loc.field("audiences").error("must list at least one non-empty audience"));
     }
-    let opaque_only = d.jwks.is_none() && d.jwks_uri.is_none() && d.introspection.is_some();
+    let opaque_only = d.jwks.is_none() && d.jwks_uri.is_none() && d.discovery.is_none() && d.introspection.is_some();
     if d.algorithms.is_empty() && !opaque_only {
         return Err(loc.field("algorithms").error("must pin at least one algorithm"));
     }
@@ -74,6 +75,10 @@ fn compile_issuer(d: &IssuerDoc, loc: &Loc<'_>, default_levels: &[String]) -> Re
         algorithms.push(alg);
     }
     let (keys, remote) = match (&d.jwks, &d.jwks_uri) {
+        (None, None) if d.discovery.is_some() => {
+            (Vec::new(), d.discovery.as_ref().map(|x| compile_discovery(x, &d.issuer, &loc.field("discovery"))).transpose()?)
+        }
+        _ if d.discovery.is_some() => return Err(loc.field("discovery").error("give one of `jwks`, `jwksUri` or `discovery`")),
         (Some(jwks), None) => {
             let jloc = loc.field("jwks");
             let keys = parse_jwks(jwks).map_err(|e| jloc.error(e.to_string()))?;
@@ -90,7 +95,11 @@ fn compile_issuer(d: &IssuerDoc, loc: &Loc<'_>, default_levels: &[String]) -> Re
         (None, Some(u)) => (Vec::new(), Some(compile_jwks_uri(u, &loc.field("jwksUri"))?)),
         // Opaque tokens only: every token of this issuer is introspected.
         (None, None) if d.introspection.is_some() => (Vec::new(), None),
-        _ => return Err(loc.error("exactly one of `jwks` (inline) or `jwksUri` is required (or only `introspection`, for opaque tokens)")),
+        _ => {
+            return Err(loc.error(
+                "exactly one of `jwks` (inline), `jwksUri` or `discovery` is required (or only `introspection`, for opaque tokens)",
+            ))
+        }
     };
     let introspection = d.introspection.as_ref().map(|i| compile_introspection(i, &loc.field("introspection"))).transpose()?;
     let scope = d.scope_claim.clone().unwrap_or_else(|| "scope".into());
@@ -210,6 +219,22 @@ fn compile_introspection(d: &IntrospectionDoc, loc: &Loc<'_>) -> Result<Introspe
     })
 }
 
+fn compile_discovery(d: &DiscoveryDoc, issuer: &str, loc: &Loc<'_>) -> Result<RemoteJwks, CompileError> {
+    let document = document_path(issuer).ok_or_else(|| loc.error(format!("`{issuer}` is not a URL discovery can start from")))?;
+    let host = issuer.split("://").nth(1).and_then(|r| r.split(['/', '?', '#']).next()).unwrap_or_default();
+    let uri = JwksUriDoc {
+        cluster: d.cluster.clone(),
+        path: document.clone(),
+        authority: Some(d.authority.clone().unwrap_or_else(|| host.to_owned())),
+        refresh_seconds: d.refresh_seconds,
+        max_staleness_seconds: d.max_staleness_seconds,
+        unknown_kid_refetch_seconds: d.unknown_kid_refetch_seconds,
+        wait_ms: d.wait_ms,
+        timeout_ms: d.timeout_ms,
+    };
+    Ok(RemoteJwks { discovery: Some(document), ..compile_jwks_uri(&uri, loc)? })
+}
+
 fn compile_jwks_uri(u: &JwksUriDoc, loc: &Loc<'_>) -> Result<RemoteJwks, CompileError> {
     if u.cluster.is_empty() {
         return Err(loc.field("cluster").error("must not be empty"));
@@ -228,5 +253,6 @@ fn compile_jwks_uri(u: &JwksUriDoc, loc: &Loc<'_>) -> Result<RemoteJwks, Compile
         refetch_interval: loc.field("unknownKidRefetchSeconds").bounded(u.unknown_kid_refetch_seconds, 30, 1..=3600)?,
         wait_ms: loc.field("waitMs").bounded(u.wait_ms, 3000, 0..=30_000)?,
         timeout_ms: loc.field("timeoutMs").bounded(u.timeout_ms, 2000, 100..=30_000)?,
+        discovery: None,
     })
 }

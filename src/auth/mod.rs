@@ -7,6 +7,7 @@ pub mod breakglass;
 pub mod cache;
 pub mod compile;
 pub mod crypto;
+pub mod discovery;
 pub mod dpop;
 pub mod introspect;
 pub mod keys;

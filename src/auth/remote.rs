@@ -30,6 +30,9 @@ pub struct RemoteJwks {
     pub wait_ms: u64,
     /// Deadline of one fetch, in milliseconds.
     pub timeout_ms: u64,
+    /// With OpenID discovery: the path of the discovery document, read before each JWKS fetch
+    /// for the JWKS path (`path` is then unused).
+    pub discovery: Option<String>,
 }
 
 /// Keys of one remote issuer on one worker.
@@ -106,6 +109,7 @@ mod tests {
             refetch_interval: 30,
             wait_ms: 2000,
             timeout_ms: 2000,
+            discovery: None,
         }
     }
 

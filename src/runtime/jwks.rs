@@ -3,15 +3,25 @@
 
 use super::host::{header, random_u32, Buffer, Host, Level};
 use super::vm::Vm;
-use crate::auth::remote::parse_remote_jwks;
+use crate::auth::discovery::jwks_path;
+use crate::auth::remote::{parse_remote_jwks, RemoteJwks};
 use crate::policy::source::backoff;
 use crate::shared::{claim_lease, set_time};
 use crate::time::{UnixMillis, UnixSeconds};
 
-/// Fetches in flight on this worker: (call token, issuer index).
+/// What a fetch in flight brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The issuer's OpenID discovery document (then its keys).
+    Document,
+    /// The keys.
+    Keys,
+}
+
+/// Fetches in flight on this worker: (call token, issuer index, step).
 #[derive(Default)]
 pub struct Jwks {
-    in_flight: Vec<(u32, usize)>,
+    in_flight: Vec<(u32, usize, Step)>,
     failures: Vec<u32>,
 }
 
@@ -69,7 +79,7 @@ impl Jwks {
                 }
                 let wanted = active.refetch_wanted.get(i).copied().unwrap_or(false);
                 let due = refresh_due || wanted;
-                let busy = self.in_flight.iter().any(|(_, x)| *x == i);
+                let busy = self.in_flight.iter().any(|(_, x, _)| *x == i);
                 if due && !busy {
                     if let Some(w) = active.refetch_wanted.get_mut(i) {
                         *w = false;
@@ -83,28 +93,48 @@ impl Jwks {
             }
         }
         for (i, iss, remote) in fetch {
-            let headers = [
-                (":method", "GET"),
-                (":path", remote.path.as_str()),
-                (":authority", remote.authority.as_str()),
-                ("accept", "application/json"),
-            ];
-            match vm.host.dispatch(&remote.cluster, &headers, None, remote.timeout_ms) {
-                Ok(token) => {
-                    vm.metrics.jwks_fetch(&vm.host);
-                    self.in_flight.push((token, i));
-                }
-                Err(e) => {
-                    vm.host.log(Level::Warn, &format!("phi-guard: JWKS fetch for `{iss}` could not be dispatched: {e}"));
-                    self.failed(vm, i, &iss, now, remote.refresh);
-                    woke.push(i);
-                }
+            // With discovery, every refresh reads the document first: a moved `jwks_uri` is
+            // followed like a rotated key.
+            let (path, step) = match &remote.discovery {
+                Some(document) => (document.as_str(), Step::Document),
+                None => (remote.path.as_str(), Step::Keys),
+            };
+            if !self.dispatch(vm, i, &iss, &remote, path, step, now) {
+                woke.push(i);
             }
         }
         for i in woke {
             vm.wake(Some(i), now_ms);
         }
         vm.wake(None, now_ms);
+    }
+
+    /// Fetch `path` on the issuer's cluster; `false` (and a recorded failure) if it cannot be
+    /// dispatched.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch<H: Host>(
+        &mut self,
+        vm: &Vm<H>,
+        i: usize,
+        iss: &str,
+        remote: &RemoteJwks,
+        path: &str,
+        step: Step,
+        now: UnixSeconds,
+    ) -> bool {
+        let headers = [(":method", "GET"), (":path", path), (":authority", remote.authority.as_str()), ("accept", "application/json")];
+        match vm.host.dispatch(&remote.cluster, &headers, None, remote.timeout_ms) {
+            Ok(token) => {
+                vm.metrics.jwks_fetch(&vm.host);
+                self.in_flight.push((token, i, step));
+                true
+            }
+            Err(e) => {
+                vm.host.log(Level::Warn, &format!("phi-guard: JWKS fetch for `{iss}` could not be dispatched: {e}"));
+                self.failed(vm, i, iss, now, remote.refresh);
+                false
+            }
+        }
     }
 
     fn failed<H: Host>(&mut self, vm: &Vm<H>, i: usize, iss: &str, now: UnixSeconds, max: u64) {
@@ -128,8 +158,8 @@ impl Jwks {
         headers: &[(String, String)],
         now_ms: UnixMillis,
     ) -> bool {
-        let Some(pos) = self.in_flight.iter().position(|(t, _)| *t == token) else { return false };
-        let (_, i) = self.in_flight.swap_remove(pos);
+        let Some(pos) = self.in_flight.iter().position(|(t, _, _)| *t == token) else { return false };
+        let (_, i, step) = self.in_flight.swap_remove(pos);
         let now = now_ms.to_seconds();
         let issuer = vm
             .active
@@ -138,6 +168,26 @@ impl Jwks {
             .and_then(|a| a.policy.issuers.get(i).map(|x| (x.issuer.clone(), x.algorithms.clone(), x.remote.clone())));
         let Some((iss, algs, Some(remote))) = issuer else { return true };
         let body = vm.host.buffer(Buffer::CallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        if step == Step::Document {
+            let found = match header(headers, ":status") {
+                Some("200") => jwks_path(&body, &iss).map_err(|e| e.to_string()),
+                other => Err(format!("status {}", other.unwrap_or("none (timeout or reset)"))),
+            };
+            match found {
+                Ok(path) => {
+                    if self.dispatch(vm, i, &iss, &remote, &path, Step::Keys, now) {
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    vm.host
+                        .log(Level::Warn, &format!("phi-guard: OpenID discovery of `{iss}` not usable: {e}; keeping the last good keys"));
+                    self.failed(vm, i, &iss, now, remote.refresh);
+                }
+            }
+            vm.wake(Some(i), now_ms);
+            return true;
+        }
         let parsed = match header(headers, ":status") {
             Some("200") => parse_remote_jwks(&body, &algs).map_err(|e| e.to_string()),
             other => Err(format!("status {}", other.unwrap_or("none (timeout or reset)"))),
@@ -224,6 +274,50 @@ mod tests {
         assert_eq!(w.host().audit_events()[0]["reason"], "allowed");
         // Later requests do not wait.
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue);
+    }
+
+    fn discovering() -> Value {
+        super::super::testing::policy(|p| {
+            if let Some(issuer) = p["issuers"][0].as_object_mut() {
+                issuer.remove("jwks");
+                issuer.insert("discovery".into(), json!({"cluster": "idp", "waitMs": 1000}));
+            }
+        })
+    }
+
+    #[test]
+    fn openid_discovery_finds_the_keys_and_is_trusted_only_for_its_issuer() {
+        let doc = |issuer: &str, jwks_uri: &str| serde_json::to_vec(&json!({"issuer": issuer, "jwks_uri": jwks_uri})).unwrap();
+        let mut w = Worker::with_policy(&discovering(), NOW_MS);
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&token(json!({}))));
+        w.tick();
+        let call = w.calls_to("idp").pop().unwrap();
+        assert_eq!(
+            (call.header(":path"), call.header(":authority")),
+            (Some("/.well-known/openid-configuration"), Some("idp.phi-guard.test"))
+        );
+        w.answer(call.token, 200, &[], &doc("https://idp.phi-guard.test", "https://idp.phi-guard.test/keys?v=1"));
+        assert_eq!(w.seen(&ex).resumed, 0, "still waiting for the keys");
+        let call = w.calls_to("idp").pop().unwrap();
+        assert_eq!(call.header(":path"), Some("/keys?v=1"));
+        w.answer(call.token, 200, &[], &demo_jwks());
+        assert_eq!(w.seen(&ex).resumed, 1);
+
+        // A document for another issuer, or pointing the keys at another host: not followed,
+        // and the request is not served on a guess (503, keys_unavailable).
+        for (issuer, uri) in
+            [("https://evil.example", "https://idp.phi-guard.test/keys"), ("https://idp.phi-guard.test", "https://evil.example/keys")]
+        {
+            let mut w = Worker::with_policy(&discovering(), NOW_MS);
+            let ex = w.request("GET", "/fhir/Patient/p1", Some(&token(json!({}))));
+            w.tick();
+            let call = w.calls_to("idp").pop().unwrap();
+            w.answer(call.token, 200, &[], &doc(issuer, uri));
+            assert_eq!(w.calls_to("idp").len(), 1, "no keys fetched for {issuer} {uri}");
+            let reply = w.seen(&ex).reply.unwrap();
+            assert_eq!((reply.status, reply.reason().as_deref()), (503, Some("keys_unavailable")));
+            assert!(w.host().logged("OpenID discovery of `https://idp.phi-guard.test` not usable"));
+        }
     }
 
     #[test]

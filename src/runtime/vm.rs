@@ -353,9 +353,7 @@ impl<H: Host> Vm<H> {
                                     known.unwrap_or(Err(DenyReason::IntrospectionUnavailable))
                                 }
                                 (Some(_), None) => Err(DenyReason::IntrospectionUnavailable),
-                                (None, _) => {
-                                    authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified)
-                                }
+                                (None, _) => authenticate(&self.host, cache, shared.zip(key), &policy, token, now_secs, &mut verified),
                             }
                         },
                         |proof| match remember_once(

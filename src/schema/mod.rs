@@ -213,6 +213,10 @@ pub struct IssuerDoc {
     /// A DPoP-bound token (`cnf.jkt`) is never accepted as a bearer token.
     #[serde(default)]
     pub dpop: Option<DpopModeDoc>,
+    /// OpenID discovery: the JWKS location is read from the issuer's
+    /// `/.well-known/openid-configuration` on this cluster.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryDoc>,
     /// Token introspection (RFC 7662) for this issuer's opaque tokens.
     #[serde(default)]
     pub introspection: Option<IntrospectionDoc>,
@@ -645,6 +649,32 @@ pub struct TokenCacheDoc {
     /// 4096); 0: every worker verifies each token itself.
     #[serde(default)]
     pub shared_entries: Option<usize>,
+}
+
+/// OpenID discovery of an issuer's JWKS, and its refresh rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DiscoveryDoc {
+    /// Envoy cluster serving the issuer's host.
+    pub cluster: String,
+    /// `:authority` to send; default the issuer's host.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Refresh period in seconds (document and keys).
+    #[serde(default)]
+    pub refresh_seconds: Option<u64>,
+    /// Longest time without a successful fetch before keys are dropped.
+    #[serde(default)]
+    pub max_staleness_seconds: Option<u64>,
+    /// Least seconds between refetches triggered by unknown `kid`s.
+    #[serde(default)]
+    pub unknown_kid_refetch_seconds: Option<u64>,
+    /// How long a request waits for the first keys, in milliseconds.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Deadline of one fetch, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Remote JWKS location and refresh rules.

@@ -292,3 +292,32 @@ def test_unknown_kid_burst_is_rate_limited(workdir, keyserver):
         assert fetched <= 1, f"{fetched} JWKS fetches for 40 forged kids"
     finally:
         h.stop()
+
+
+def test_openid_discovery_finds_the_keys_and_trusts_only_its_issuers_document(workdir, keyserver):
+    iss = POLICY["issuers"][0]["issuer"]
+
+    def discovery(jwks_path: str, issuer: str = iss) -> str:
+        return json.dumps({"issuer": issuer, "jwks_uri": f"{issuer}{jwks_path}"})
+
+    keyserver.set("discovery", body=discovery("/jwks.json"), status=200)
+    keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-rs256"]]}), status=200)
+    doc = copy.deepcopy(POLICY)
+    del doc["issuers"][0]["jwks"]
+    doc["issuers"][0]["discovery"] = {"cluster": "idp", "refreshSeconds": 10}
+    h = start(workdir, doc, cluster_ports={"idp": keyserver.port})
+    try:
+        rs = cli_token(scope=SCOPE, patient=ME)
+        assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", rs)[0] == 200, timeout=10)
+        counts = keyserver.count()
+        assert counts["discovery"] >= 1 and counts["jwks"] >= 1, counts
+        # A document that names another issuer is not trusted: the keys it points at are never
+        # fetched, and the last good keys stay until they are stale.
+        keyserver.set("discovery", body=discovery("/jwks.json", issuer="https://evil.example"))
+        keyserver.set("jwks", body=json.dumps({"keys": [KEY["demo-es256"]]}))
+        time.sleep(9)  # past a refresh at 80 % of 10 s
+        assert get(h, f"/fhir/Patient/{ME}", rs)[0] == 200, "last good keys dropped on a bad document"
+        es = cli_token(scope=SCOPE, patient=ME, alg="ES256")
+        assert get(h, f"/fhir/Patient/{ME}", es)[0] == 401
+    finally:
+        h.stop()

@@ -3,9 +3,10 @@
 
     keyserver.py [PORT]      prints `LISTENING <port>` once ready
 
-GET /jwks.json, GET /policy.json   serve what was last set (policy: ETag + If-None-Match -> 304,
+GET /jwks.json, GET /policy.json,  serve what was last set
+GET /.well-known/openid-configuration (policy: ETag + If-None-Match -> 304,
                                    detached signature in `x-phi-guard-signature`)
-POST /__set/<jwks|policy>          JSON {"body": str, "status": int, "signature": str, "delay": s}
+POST /__set/<jwks|policy|discovery> JSON {"body": str, "status": int, "signature": str, "delay": s}
 GET /__count, DELETE /__count      requests served per resource
 """
 
@@ -20,9 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATE = {
     "jwks": {"body": '{"keys": []}', "status": 200, "signature": None, "delay": 0},
+    "discovery": {"body": "{}", "status": 404, "signature": None, "delay": 0},
     "policy": {"body": "{}", "status": 404, "signature": None, "delay": 0},
 }
-COUNT = {"jwks": 0, "policy": 0}
+COUNT = {"jwks": 0, "policy": 0, "discovery": 0}
 LOCK = threading.Lock()
 
 
@@ -41,7 +43,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):  # noqa: N802
-        name = {"/jwks.json": "jwks", "/policy.json": "policy"}.get(self.path.split("?")[0])
+        name = {"/jwks.json": "jwks", "/policy.json": "policy",
+                "/.well-known/openid-configuration": "discovery"}.get(self.path.split("?")[0])
         if self.path == "/__count":
             with LOCK:
                 return self._send(200, json.dumps(COUNT).encode(), {"content-type": "application/json"})
