@@ -135,6 +135,12 @@ pub enum DenyReason {
     TokenInactive,
     /// The issuer's introspection endpoint did not answer in time, or answered with an error.
     IntrospectionUnavailable,
+    /// The pre-flight read of a patient-context write got no answer in time, or an upstream error.
+    WriteCheckUnavailable,
+    /// The pre-flight read of a patient-context write did not return the resource the path names with a version (missing, gone, another resource, unversioned).
+    WriteNotVerified,
+    /// The client's `If-Match` names another version than the one the pre-flight read checked.
+    PreconditionFailed,
 }
 
 impl DenyReason {
@@ -142,7 +148,11 @@ impl DenyReason {
     pub fn status(self) -> u16 {
         use DenyReason::*;
         match self {
-            NoPolicy | KeysUnavailable | AuditUnavailable | ReplayCheckUnavailable | IntrospectionUnavailable => 503,
+            NoPolicy | KeysUnavailable | AuditUnavailable | ReplayCheckUnavailable | IntrospectionUnavailable | WriteCheckUnavailable => {
+                503
+            }
+            PreconditionFailed => 412,
+            WriteNotVerified => 403,
             InvalidPath | InvalidHeader | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
             HeadersTooLarge => 431,
             RequestTooLarge => 413,
@@ -263,6 +273,9 @@ impl DenyReason {
             ReplayCheckUnavailable => "replay_check_unavailable",
             TokenInactive => "token_inactive",
             IntrospectionUnavailable => "introspection_unavailable",
+            WriteCheckUnavailable => "write_check_unavailable",
+            WriteNotVerified => "write_not_verified",
+            PreconditionFailed => "precondition_failed",
         }
     }
 
@@ -333,6 +346,9 @@ impl DenyReason {
             ReplayCheckUnavailable => "the DPoP proof cannot be checked right now; try again later",
             TokenInactive => "the token is not active",
             IntrospectionUnavailable => "the token cannot be checked right now; try again later",
+            WriteCheckUnavailable => "the resource to change cannot be checked right now; try again later",
+            WriteNotVerified => "the resource to change could not be verified",
+            PreconditionFailed => "the resource has changed",
         }
     }
 
@@ -370,13 +386,14 @@ impl DenyReason {
             403 => "forbidden",
             404 => "not-found",
             400 | 405 | 413 | 431 => "invalid",
+            412 => "conflict",
             429 => "throttled",
             _ => "exception",
         }
     }
 
     /// Every reason, for metric definition and tests.
-    pub const ALL: [DenyReason; 63] = {
+    pub const ALL: [DenyReason; 66] = {
         use DenyReason::*;
         [
             NoPolicy,
@@ -442,6 +459,9 @@ impl DenyReason {
             ReplayCheckUnavailable,
             TokenInactive,
             IntrospectionUnavailable,
+            WriteCheckUnavailable,
+            WriteNotVerified,
+            PreconditionFailed,
         ]
     };
 }

@@ -2,6 +2,7 @@
 
 use std::rc::Rc;
 
+use super::preflight::Preflight;
 use super::reply::{challenge_reply, Challenge, DpopChallenge, Reply};
 use super::response::{CompartmentCheck, Expected, ResponseCheck, ResponsePlan};
 use crate::auth::dpop::{ProofTarget, VerifiedProof};
@@ -55,12 +56,15 @@ pub struct BodyCheck {
     pub id: Option<String>,
     /// Patient-context write: the resource must belong to this patient's compartment.
     pub patient: Option<String>,
+    /// Patient-context `PATCH` of this type: the body must be a JSON Patch that leaves the
+    /// patient links, identity and contained resources alone.
+    pub patch: Option<&'static str>,
 }
 
 impl BodyCheck {
     /// Whether the whole body must be buffered and inspected (not just counted).
     pub fn inspects(&self) -> bool {
-        self.resource_type.is_some() || self.patient.is_some()
+        self.resource_type.is_some() || self.patient.is_some() || self.patch.is_some()
     }
 
     /// Check a complete request body.
@@ -70,6 +74,9 @@ impl BodyCheck {
         }
         if !self.inspects() {
             return Ok(());
+        }
+        if let Some(ty) = self.patch {
+            return super::preflight::check_json_patch(ty, body);
         }
         let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| DenyReason::InvalidRequestBody)?;
         if let Some(t) = self.resource_type {
@@ -110,6 +117,9 @@ pub struct Grant {
     pub security_headers: bool,
     /// Break-glass in force for this request (audit it at high severity with its reason).
     pub break_glass: Option<BreakGlass>,
+    /// A patient-context update, patch or delete: the read that must confirm the stored
+    /// resource is the patient's before the write goes upstream.
+    pub preflight: Option<Box<Preflight>>,
 }
 
 /// A refused request, with as much context as was established before the refusal.
@@ -267,8 +277,13 @@ fn stages<'p>(
     // Model the FHIR request before authenticating so refusals carry it for audit.
     ctx.fhir = model_fhir(route, req.method, &path, consumed)?;
     let carries_body = matches!(req.method, "POST" | "PUT" | "PATCH");
-    let mut body =
-        carries_body.then_some(BodyCheck { max: policy.limits.max_request_body_bytes, resource_type: None, id: None, patient: None });
+    let mut body = carries_body.then_some(BodyCheck {
+        max: policy.limits.max_request_body_bytes,
+        resource_type: None,
+        id: None,
+        patient: None,
+        patch: None,
+    });
     if let Access::Public = route.access {
         return Ok(Grant {
             route_id: route.id.clone(),
@@ -279,6 +294,7 @@ fn stages<'p>(
             body,
             security_headers: route.security_headers,
             break_glass: None,
+            preflight: None,
         });
     }
     let (scheme, token) = credentials(req.authorization)?;
@@ -287,7 +303,7 @@ fn stages<'p>(
     ctx.principal = Some(Rc::clone(&principal));
     sender_constraint(policy, route, req, scheme, token, &principal, now, first_use)?;
     let (principal, break_glass) = who_and_why(policy, route, principal, now, ctx)?;
-    let checks = authorize(route, &principal, ctx.fhir.as_ref(), &path, req.method, body.as_mut())?;
+    let (checks, preflight) = authorize(route, &principal, ctx.fhir.as_ref(), &path, req.method, body.as_mut())?;
     let response = plan_response(policy, route, &principal, ctx.fhir.as_ref(), break_glass.is_some(), checks, now)?;
     if req.method == "HEAD" && response.inspects_body() {
         // No body comes back to check: the status and headers alone would answer what the
@@ -303,6 +319,7 @@ fn stages<'p>(
         body,
         security_headers: route.security_headers,
         break_glass,
+        preflight,
     })
 }
 
@@ -413,13 +430,13 @@ fn authorize(
     path: &NormalizedPath,
     method: &str,
     body: Option<&mut BodyCheck>,
-) -> Result<Vec<ResponseCheck>, Stop> {
+) -> Result<(Vec<ResponseCheck>, Option<Box<Preflight>>), Stop> {
     match &route.access {
-        Access::Public => Ok(Vec::new()),
+        Access::Public => Ok((Vec::new(), None)),
         Access::Scopes { all_of, any_of } => {
             let ok = all_of.iter().all(|s| principal.has_scope(s)) && (any_of.is_empty() || any_of.iter().any(|s| principal.has_scope(s)));
             if ok {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             let mut need = all_of.clone();
             if !any_of.is_empty() {
@@ -429,14 +446,18 @@ fn authorize(
         }
         Access::Fhir(fhir_route) => {
             let fhir = fhir.ok_or(DenyReason::UnsupportedFhirRequest)?;
-            let FhirGrant { checks, body_patient } =
+            let FhirGrant { checks, body_patient, preflight } =
                 authorize_fhir(fhir_route, principal, fhir, path, method).map_err(|(reason, need)| Stop::needing_scope(reason, need))?;
-            if let (Some(b), Interaction::Create | Interaction::Update) = (body, fhir.interaction) {
-                b.resource_type = fhir.resource_type;
-                b.id = fhir.id.clone();
-                b.patient = body_patient;
+            match (body, fhir.interaction) {
+                (Some(b), Interaction::Create | Interaction::Update) => {
+                    b.resource_type = fhir.resource_type;
+                    b.id = fhir.id.clone();
+                    b.patient = body_patient;
+                }
+                (Some(b), Interaction::Patch) if preflight.is_some() => b.patch = fhir.resource_type,
+                _ => {}
             }
-            Ok(checks)
+            Ok((checks, preflight.map(Box::new)))
         }
     }
 }
@@ -526,6 +547,7 @@ type FhirDenial = (DenyReason, Option<String>);
 struct FhirGrant {
     checks: Vec<ResponseCheck>,
     body_patient: Option<String>,
+    preflight: Option<Preflight>,
 }
 
 /// SMART scope and patient-compartment enforcement for a modelled FHIR request.
@@ -577,9 +599,37 @@ fn authorize_fhir(
     }
     if req.interaction == Create && in_patient_compartment(req.resource_type.unwrap_or("")) && req.resource_type != Some("Patient") {
         // Allowed if the body proves the new resource belongs to the patient.
-        return Ok(FhirGrant { checks: Vec::new(), body_patient: Some(patient.to_owned()) });
+        return Ok(FhirGrant { checks: Vec::new(), body_patient: Some(patient.to_owned()), preflight: None });
     }
-    patient_compartment(route, req, path, patient).map(|checks| FhirGrant { checks, body_patient: None })
+    if let Some(preflight) = patient_write(route, req, path, patient)? {
+        let body_patient = (req.interaction == Update).then(|| patient.to_owned());
+        return Ok(FhirGrant { checks: Vec::new(), body_patient, preflight: Some(preflight) });
+    }
+    patient_compartment(route, req, path, patient).map(|checks| FhirGrant { checks, body_patient: None, preflight: None })
+}
+
+/// A patient-context update, patch or delete of a compartment resource other than the
+/// patient's own `Patient`: allowed only on routes with `patientWrites`, after a pre-flight
+/// read (`None`: not such a write).
+fn patient_write(route: &FhirRoute, req: &FhirRequest, path: &NormalizedPath, patient: &str) -> Result<Option<Preflight>, FhirDenial> {
+    use Interaction::*;
+    let (Update | Patch | Delete, Some(ty), Some(id)) = (req.interaction, req.resource_type, &req.id) else { return Ok(None) };
+    if ty == "Patient" || !in_patient_compartment(ty) {
+        return Ok(None);
+    }
+    let Some(settings) = &route.patient_writes else { return Err((DenyReason::CompartmentEscape, None)) };
+    // A conditional write (`PUT Observation?identifier=...`) or one with parameters is not
+    // the one resource the read checks.
+    if !path.query.is_empty() {
+        return Err((DenyReason::CompartmentEscape, None));
+    }
+    Ok(Some(Preflight {
+        path: format!("/{}", path.segments.join("/")),
+        resource_type: ty,
+        id: id.clone(),
+        patient: patient.to_owned(),
+        settings: settings.clone(),
+    }))
 }
 
 /// A patient-context token may reach only its patient's compartment. The request is checked
@@ -1042,6 +1092,31 @@ mod tests {
         assert_eq!(reason(&p, "PUT", "/fhir/Observation/o1", Some(&t)), Some(DenyReason::CompartmentEscape));
         assert_eq!(reason(&p, "DELETE", "/fhir/Observation/o1", Some(&t)), Some(DenyReason::CompartmentEscape));
         assert_eq!(reason(&p, "POST", "/fhir/Observation/_search", Some(&t)), Some(DenyReason::CompartmentEscape));
+
+        // With `patientWrites`, the write is allowed pending its pre-flight read.
+        let mut doc = policy_doc("clinician-api");
+        doc["routes"][2]["fhir"]["patientWrites"] = json!({"cluster": "upstream"});
+        let p = crate::policy::compile(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        for method in ["PUT", "PATCH", "DELETE"] {
+            let Decision::Allow(g) = run(&p, method, "/fhir/Observation/o1", Some(&t)) else { panic!("{method}") };
+            let pf = g.preflight.expect("a pre-flight read");
+            assert_eq!(
+                (pf.path.as_str(), pf.resource_type, pf.id.as_str(), pf.patient.as_str()),
+                ("/fhir/Observation/o1", "Observation", "o1", "p1")
+            );
+            match method {
+                "PUT" => {
+                    let body = g.body.unwrap();
+                    assert_eq!((body.patient.as_deref(), body.id.as_deref()), (Some("p1"), Some("o1")));
+                }
+                "PATCH" => assert_eq!(g.body.unwrap().patch, Some("Observation")),
+                _ => assert!(g.body.is_none()),
+            }
+        }
+        // A conditional write, or one on the patient's own record, takes no pre-flight read.
+        assert_eq!(reason(&p, "PUT", "/fhir/Observation/o1?identifier=x", Some(&t)), Some(DenyReason::CompartmentEscape));
+        let Decision::Allow(g) = run(&p, "GET", "/fhir/Observation/o1", Some(&t)) else { panic!() };
+        assert!(g.preflight.is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod check_scan;
 pub mod engine;
 pub mod phase;
+pub mod preflight;
 pub mod reply;
 pub mod response;
 

@@ -11,7 +11,9 @@ use std::collections::HashSet;
 
 use sha2::{Digest, Sha256};
 
-use super::{Access, FhirRoute, Limits, PathMatcher, PatientReferenceForm, PatientSearch, Policy, Route};
+use super::{
+    Access, FhirRoute, Limits, PathMatcher, PatientReferenceForm, PatientSearch, PatientWrites, Policy, PreflightCredential, Route,
+};
 use crate::auth::breakglass::compile_break_glass;
 use crate::auth::compile::{compile_acr_levels, compile_issuers};
 use crate::auth::purpose::compile_purpose;
@@ -340,7 +342,9 @@ fn compile_route(r: &RouteDoc, loc: &Loc<'_>) -> Result<Route, CompileError> {
             };
             shared.sort_unstable();
             shared.dedup();
-            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared.into(), scope_contexts, patient_search })
+            let patient_writes =
+                f.patient_writes.as_ref().map(|w| compile_patient_writes(w, &loc.field("fhir").field("patientWrites"))).transpose()?;
+            Access::Fhir(FhirRoute { interactions, patient_shared_types: shared.into(), scope_contexts, patient_search, patient_writes })
         }
         (true, _, _) => return Err(loc.error("a `public` route cannot also require `scopes` or `fhir`")),
         (false, None, None) => return Err(loc.error("route needs one of `public`, `scopes` or `fhir`")),
@@ -377,6 +381,26 @@ fn compile_route(r: &RouteDoc, loc: &Loc<'_>) -> Result<Route, CompileError> {
         authentication,
         purpose,
         sender_constrained: r.sender_constrained,
+    })
+}
+
+/// `fhir.patientWrites`: where and how the pre-flight read goes.
+fn compile_patient_writes(d: &crate::schema::PatientWritesDoc, loc: &Loc<'_>) -> Result<PatientWrites, CompileError> {
+    if d.cluster.is_empty() {
+        return Err(loc.field("cluster").error("must not be empty"));
+    }
+    let credential = match &d.service_token_env {
+        None => PreflightCredential::Caller,
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            PreflightCredential::ServiceToken(v.clone())
+        }
+        Some(_) => return Err(loc.field("serviceTokenEnv").error("must name an environment variable (`[A-Za-z0-9_]+`)")),
+    };
+    Ok(PatientWrites {
+        cluster: d.cluster.clone(),
+        authority: d.authority.clone(),
+        timeout_ms: loc.field("timeoutMs").bounded(d.timeout_ms, 2000, 100..=10_000)?,
+        credential,
     })
 }
 

@@ -173,6 +173,31 @@ pub struct FhirRoute {
     pub scope_contexts: HashSet<crate::auth::scope::Context>,
     /// How patient-context searches must be written.
     pub patient_search: PatientSearch,
+    /// Patient-context updates, patches and deletes, confined by a pre-flight read (`None`:
+    /// refused).
+    pub patient_writes: Option<PatientWrites>,
+}
+
+/// How the pre-flight read is authorized at the upstream (`fhir.patientWrites`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreflightCredential {
+    /// The caller's own `Authorization` header, as sent.
+    Caller,
+    /// `Bearer <token>` with a service token from this VM environment variable.
+    ServiceToken(String),
+}
+
+/// The route's pre-flight settings (`fhir.patientWrites`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientWrites {
+    /// Envoy cluster of the FHIR upstream.
+    pub cluster: String,
+    /// `:authority` of the read; `None`: the request's own.
+    pub authority: Option<String>,
+    /// Deadline of the read, ms.
+    pub timeout_ms: u64,
+    /// Its credential.
+    pub credential: PreflightCredential,
 }
 
 /// How patient-context searches must be written (`fhir.patientSearch`).

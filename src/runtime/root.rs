@@ -200,7 +200,9 @@ impl<H: Host> Root<H> {
             // A pulled policy may bring remote issuers: the tick keeps running anyway.
         }
         self.vm.dispatch_introspections(now);
-        if self.vm.introspections.borrow().idle() && self.vm.host.set_tick_period(TICK_MS).is_err() {
+        self.vm.dispatch_writes(now);
+        let idle = self.vm.introspections.borrow().idle() && self.vm.writes.borrow().idle();
+        if idle && self.vm.host.set_tick_period(TICK_MS).is_err() {
             self.vm.host.log(Level::Error, "phi-guard: cannot schedule background work");
         }
         self.jwks.tick(&self.vm, now);
@@ -234,6 +236,18 @@ impl<H: Host> Root<H> {
             if pull.on_response(&self.vm, token, body_size, &headers, now.to_seconds()) {
                 return;
             }
+        }
+        if self.vm.writes.borrow().calls.iter().any(|(c, _)| *c == token) {
+            let max = self.vm.active.borrow().as_ref().map_or(0, |a| a.policy.limits.max_response_bytes);
+            let body = if body_size > max {
+                Vec::new()
+            } else {
+                host.buffer(Buffer::CallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+            };
+            // An answer too large to check is not a resource the write may change.
+            let status = if body_size > max { Some(0) } else { status };
+            self.vm.write_checked(token, status, header(&headers, "etag"), &body);
+            return;
         }
         if self.vm.introspections.borrow().in_flight_call(token) {
             let max = crate::auth::introspect::MAX_RESPONSE_BYTES + 1;

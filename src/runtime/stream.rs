@@ -168,12 +168,13 @@ impl<H: Host> Stream<H> {
     }
 
     fn refuse_request_body(&self, reason: DenyReason) -> Action {
-        {
+        let fhir = {
             let mut st = self.state.borrow_mut();
             st.body = None;
             st.failure = Some(reason);
-        }
-        self.vm.reply(&self.state, reason.status(), reason, false, &Challenge::default(), &[]);
+            st.fhir_route
+        };
+        self.vm.reply(&self.state, reason.status(), reason, fhir, &Challenge::default(), &[]);
         Action::Pause
     }
 
@@ -199,6 +200,10 @@ impl<H: Host> Stream<H> {
             Handled::Replied => Action::Pause,
             Handled::Wait(issuer) => {
                 self.vm.wait(self.context_id, issuer, None, request, Rc::clone(&self.state), now);
+                Action::Pause
+            }
+            Handled::Preflight(p) => {
+                self.vm.queue_write(self.context_id, *p, &request, Rc::clone(&self.state), now);
                 Action::Pause
             }
             Handled::Introspecting(issuer, hash) => {

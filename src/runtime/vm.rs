@@ -8,16 +8,19 @@ use super::audit::AuditSink;
 use super::host::{HeaderMap, Host, Level};
 use super::introspection::{failure_seconds, log_failure, read_answer, Answer, Introspections, SharedAnswers};
 use super::metrics::Metrics;
+use super::preflight::{PendingWrite, PendingWrites};
 use super::tokens::{key_set_fingerprint, SharedTokens};
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
 use crate::audit_key::AuditKey;
 use crate::auth::remote::KeyState;
 use crate::auth::{Principal, TokenCache};
 use crate::decision::engine::BodyCheck;
+use crate::decision::preflight::Preflight;
 use crate::decision::reply::{challenge_reply, Challenge};
 use crate::decision::{decide_with, Decision, DenyReason, Refusal, Request, ResponsePhase};
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
+use crate::policy::PreflightCredential;
 
 /// How much longer than an introspection call's own deadline a request waits for it.
 const INTROSPECTION_GRACE_MS: u64 = 250;
@@ -93,6 +96,9 @@ pub struct StreamState {
     /// When the request was allowed: the response phase's "now" (ages in minimization), so
     /// the response costs no second clock read.
     pub decided_at: UnixMillis,
+    /// The allowed request's route is a FHIR base (refusals after the decision answer with an
+    /// `OperationOutcome`).
+    pub fhir_route: bool,
 }
 
 /// A request's decision inputs, owned so a paused request can be decided again later.
@@ -112,6 +118,8 @@ pub struct OwnedRequest {
     pub content_length: Option<u64>,
     /// `x-request-id`.
     pub request_id: Option<String>,
+    /// `if-match`.
+    pub if_match: Option<String>,
     /// Client address (`source.address`).
     pub source: Option<String>,
     /// Listener address (`destination.address`).
@@ -148,7 +156,7 @@ impl OwnedRequest {
             }
             let read = matches!(
                 name,
-                ":method" | ":path" | ":scheme" | ":authority" | "authorization" | "dpop" | "x-request-id" | "content-length"
+                ":method" | ":path" | ":scheme" | ":authority" | "authorization" | "dpop" | "x-request-id" | "content-length" | "if-match"
             );
             if !read {
                 continue;
@@ -167,6 +175,7 @@ impl OwnedRequest {
                 ":scheme" => req.scheme = text,
                 ":authority" => req.authority = text,
                 "dpop" => req.dpop.push(text),
+                "if-match" => req.if_match = Some(text),
                 "x-request-id" => req.request_id = Some(text),
                 _ => req.content_length = text.trim().parse().ok(),
             }
@@ -217,10 +226,12 @@ pub struct Vm<H> {
     pub hmac_key: RefCell<Option<Vec<u8>>>,
     /// Token introspection: calls in flight, remembered refusals.
     pub introspections: RefCell<Introspections>,
+    /// Patient-context writes waiting for their pre-flight reads.
+    pub writes: RefCell<PendingWrites>,
 }
 
 /// How a request phase ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
     /// Forwarded upstream.
     Forwarded,
@@ -230,6 +241,8 @@ pub enum Handled {
     Wait(usize),
     /// Paused until the introspection of this token (its SHA-256) at this issuer answers.
     Introspecting(usize, [u8; 32]),
+    /// Allowed, to be paused until the pre-flight read of its write answers.
+    Preflight(Box<Preflight>),
 }
 
 impl<H: Host> Vm<H> {
@@ -243,6 +256,7 @@ impl<H: Host> Vm<H> {
             audit: RefCell::new(None),
             hmac_key: RefCell::new(None),
             introspections: RefCell::new(Introspections::default()),
+            writes: RefCell::new(PendingWrites::default()),
         }
     }
 
@@ -470,10 +484,12 @@ impl<H: Host> Vm<H> {
         }
         self.metrics.allowed(&self.host);
         let inspects = grant.response.inspects_body();
+        let preflight = grant.preflight;
         {
             let mut st = state.borrow_mut();
             st.audit = event;
             st.decided_at = now_ms;
+            st.fhir_route = grant.fhir_route;
             st.security_headers = grant.security_headers;
             st.body = grant.body;
             st.response = Some(ResponsePhase::new(grant.response, grant.fhir_route, shadow));
@@ -482,7 +498,117 @@ impl<H: Host> Vm<H> {
             // The upstream must answer in a form we can read: identity encoding.
             let _ = self.host.remove_header(HeaderMap::RequestHeaders, "accept-encoding");
         }
-        Handled::Forwarded
+        match preflight {
+            // Shadow mode changes nothing on the data path: the write goes as it came.
+            Some(preflight) if !shadow => Handled::Preflight(preflight),
+            _ => Handled::Forwarded,
+        }
+    }
+
+    /// Queue the pre-flight read of an allowed write; the root dispatches it on its next tick
+    /// (made immediate) and the write waits for the answer. `false`: answered now (no
+    /// credential for the read, no tick).
+    pub fn queue_write(
+        &self,
+        context_id: u32,
+        preflight: Preflight,
+        req: &OwnedRequest,
+        state: Rc<RefCell<StreamState>>,
+        now_ms: UnixMillis,
+    ) -> bool {
+        let authorization = match &preflight.settings.credential {
+            PreflightCredential::Caller => req.authorization.first().cloned(),
+            PreflightCredential::ServiceToken(env) => self.host.env_var(env).filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}")),
+        };
+        let Some(authorization) = authorization else {
+            self.host.log(Level::Error, "phi-guard: no credential for a pre-flight read (service token variable not set)");
+            self.refuse_write(&state, DenyReason::WriteCheckUnavailable);
+            return false;
+        };
+        if self.host.set_tick_period(INTROSPECTION_TICK_MS).is_err() {
+            self.refuse_write(&state, DenyReason::WriteCheckUnavailable);
+            return false;
+        }
+        let deadline_ms = now_ms.add_ms(preflight.settings.timeout_ms + INTROSPECTION_GRACE_MS);
+        let authority = preflight.settings.authority.clone().unwrap_or_else(|| req.authority.clone());
+        let client_if_match = req.if_match.clone();
+        self.writes.borrow_mut().queued.push(PendingWrite {
+            context_id,
+            preflight,
+            authorization,
+            authority,
+            client_if_match,
+            state,
+            deadline_ms,
+        });
+        true
+    }
+
+    /// Refuse an allowed write after the decision (its event records the failure).
+    fn refuse_write(&self, state: &RefCell<StreamState>, reason: DenyReason) {
+        let fhir = {
+            let mut st = state.borrow_mut();
+            st.failure = Some(reason);
+            st.fhir_route
+        };
+        self.reply(state, reason.status(), reason, fhir, &Challenge::default(), &[]);
+    }
+
+    /// Dispatch the queued pre-flight reads (root context), and answer the writes whose read
+    /// is past its deadline.
+    pub fn dispatch_writes(&self, now_ms: UnixMillis) {
+        let queued = std::mem::take(&mut self.writes.borrow_mut().queued);
+        for w in queued {
+            let p = &w.preflight;
+            let headers = [
+                (":method", "GET"),
+                (":path", p.path.as_str()),
+                (":authority", w.authority.as_str()),
+                ("accept", "application/fhir+json"),
+                ("authorization", w.authorization.as_str()),
+            ];
+            match self.host.dispatch(&p.settings.cluster, &headers, None, p.settings.timeout_ms) {
+                Ok(callout) => self.writes.borrow_mut().calls.push((callout, w)),
+                Err(e) => {
+                    self.host.log(Level::Warn, &format!("phi-guard: pre-flight read could not be dispatched: {e}"));
+                    self.conclude_write(w, Err(DenyReason::WriteCheckUnavailable));
+                }
+            }
+        }
+        let expired = self.writes.borrow_mut().expired(now_ms);
+        for w in expired {
+            self.conclude_write(w, Err(DenyReason::WriteCheckUnavailable));
+        }
+    }
+
+    /// A callout answer, if it is a pre-flight read's: judge it and let the write go (pinned
+    /// with `If-Match`) or refuse it. `false`: not a pre-flight read.
+    pub fn write_checked(&self, callout: u32, status: Option<u16>, etag: Option<&str>, body: &[u8]) -> bool {
+        let Some(w) = self.writes.borrow_mut().finished(callout) else { return false };
+        let verdict = w.preflight.judge(status, etag, body, w.client_if_match.as_deref());
+        self.conclude_write(w, verdict);
+        true
+    }
+
+    fn conclude_write(&self, w: PendingWrite, verdict: Result<String, DenyReason>) {
+        // Answered meanwhile (its body refused, say): nothing more to do.
+        if w.state.borrow().replied || self.host.set_effective_context(w.context_id).is_err() {
+            return;
+        }
+        match verdict {
+            Ok(if_match) => {
+                if self.host.set_header(HeaderMap::RequestHeaders, "if-match", if_match.as_bytes()).is_err() {
+                    self.refuse_write(&w.state, DenyReason::WriteCheckUnavailable);
+                    return;
+                }
+                let _ = self.host.resume_request();
+            }
+            Err(reason) => {
+                self.host
+                    .log(Level::Warn, &format!("phi-guard: patient-context write refused after its pre-flight read: {}", reason.code()));
+                self.refuse_write(&w.state, reason);
+            }
+        }
     }
 
     /// Answer the current stream locally.
@@ -530,6 +656,9 @@ impl<H: Host> Vm<H> {
             match self.handle(&w.request, &w.state, now_ms, false) {
                 Handled::Forwarded => {
                     let _ = self.host.resume_request();
+                }
+                Handled::Preflight(p) => {
+                    self.queue_write(w.context_id, *p, &w.request, Rc::clone(&w.state), now_ms);
                 }
                 Handled::Replied | Handled::Wait(_) | Handled::Introspecting(..) => {}
             }
@@ -657,6 +786,7 @@ impl<H: Host> Vm<H> {
 
     /// Forget a stream that ended while waiting.
     pub fn forget(&self, context_id: u32) {
+        self.writes.borrow_mut().forget(context_id);
         self.waiters.borrow_mut().retain(|w| w.context_id != context_id);
     }
 }

@@ -585,6 +585,27 @@ pub struct FhirDoc {
     /// How patient-context searches must be written.
     #[serde(default)]
     pub patient_search: Option<PatientSearchDoc>,
+    /// Patient-context updates, patches and deletes, confined by a pre-flight read.
+    #[serde(default)]
+    pub patient_writes: Option<PatientWritesDoc>,
+}
+
+/// The pre-flight read of patient-context writes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatientWritesDoc {
+    /// Envoy cluster of the FHIR upstream.
+    pub cluster: String,
+    /// `:authority` of the read; default the request's.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Deadline of the read in ms (default 2000, 100..=10000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// VM environment variable with a service token for the read; default the caller's own
+    /// `Authorization`.
+    #[serde(default)]
+    pub service_token_env: Option<String>,
 }
 
 /// How patient-context searches must be written.

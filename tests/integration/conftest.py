@@ -24,6 +24,22 @@ POLICIES = REPO / "policies"
 RUN_DIR = REPO / ".run" / "tests"
 HARNESS_KIND = os.environ.get("HARNESS", "local")
 
+def patient_writes_policy() -> Path:
+    """smart-patient-app with patient-context writes confined by a pre-flight read
+    (`fhir.patientWrites` on cluster `upstream`, the demo FHIR server)."""
+    import json
+
+    doc = json.loads((POLICIES / "smart-patient-app.json").read_text())
+    doc["name"] = "smart-patient-app-writes"
+    fhir = next(r for r in doc["routes"] if r["id"] == "fhir")
+    fhir["methods"] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    fhir["fhir"]["patientWrites"] = {"cluster": "upstream", "timeoutMs": 1000}
+    path = RUN_DIR / "policies" / "patient-writes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
 HARNESSES = {
     # name: options
     "no-filter": {"policy": None, "filter": "none"},
@@ -31,6 +47,8 @@ HARNESSES = {
     # Envoy's path normalization off: the filter alone must refuse path tricks.
     "patient-app-raw": {"policy": POLICIES / "smart-patient-app.json", "normalize": False},
     "clinician": {"policy": POLICIES / "clinician-api.json"},
+    # Patient apps that change their own data: writes confined by a pre-flight read.
+    "patient-writes": {"policy": patient_writes_policy()},
     # Opaque tokens introspected at the harness's introspection server (RFC 7662).
     "introspected": {"policy": POLICIES / "introspected-tokens.json"},
 }
@@ -91,6 +109,11 @@ def patient_app_raw(harnesses) -> Api:
 @pytest.fixture(scope="session")
 def clinician(harnesses) -> Api:
     return Api(harnesses.get("clinician"))
+
+
+@pytest.fixture(scope="session")
+def patient_writes(harnesses) -> Api:
+    return Api(harnesses.get("patient-writes"))
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def test_key_location_in_header_is_never_fetched(api, keyserver, member):
     resp = api.get(PATH, token=token)
     assert_denied(api, resp, 401, token=token, www_authenticate=INVALID_TOKEN, reason="embedded_key")
     count = json.loads(urllib.request.urlopen(f"{keyserver}/__count", timeout=5).read())  # noqa: S310
-    assert count == {"jwks": 0, "policy": 0}, f"the filter contacted {member}: {count}"
+    assert not any(count.values()), f"the filter contacted {member}: {count}"
 
 
 def test_duplicate_authorization_headers(api):

@@ -14,6 +14,9 @@ Serves (``application/fhir+json`` under /fhir):
   GET|HEAD /fhir/{Type}?patient=X|subject=Patient/X|_id=X[,Y]   searchset Bundle
   GET|HEAD /fhir/Patient/{id}/{Type}          compartment search
   POST     /fhir/{Type}                       echo as "created" (nothing is stored)
+  PUT|PATCH|DELETE /fhir/{Type}/{id}          accepted if it exists and `If-Match`, when sent,
+                                              names its version (else 412); nothing is stored
+  Reads carry `ETag: W/"<meta.versionId or 1>"`.
   GET /healthz, GET /.well-known/smart-configuration, GET /jwks.json (the demo keys' JWKS)
   GET /admin/reports/{id}, GET|POST /admin/export[...]   small plain JSON
 Anything else: 404 OperationOutcome.
@@ -155,6 +158,12 @@ def _patient_refs(resource: dict) -> set[str]:
                 if ref.startswith("Patient/"):
                     out.add(ref[len("Patient/"):])
     return out
+
+
+def version_etag(resource: dict) -> str:
+    """The weak ETag of a resource's version (`meta.versionId`, else 1)."""
+    version = (resource.get("meta") or {}).get("versionId") or "1"
+    return f'W/"{version}"'
 
 
 def _ref_id(value: str) -> str:
@@ -434,20 +443,25 @@ class Handler(BaseHTTPRequestHandler):
             resource = dict(resource, resourceType=segments[0], id=str(uuid.uuid4()))
             return self._send(201, resource, extra={
                 "Location": f"{self._base()}/{segments[0]}/{resource['id']}/_history/1"})
-        if method in ("PUT", "PATCH") and len(segments) == 2:
+        if method in ("PUT", "PATCH", "DELETE") and len(segments) == 2:
             current = self.store.get(segments[0], segments[1])
             if current is None:
                 return self._not_found(f"{segments[0]}/{segments[1]} not found")
-            return self._send(200, current)
-        if method == "DELETE" and len(segments) == 2:
-            return self._send(204, b"")
+            # Versioned writes (FHIR "version aware" updates): If-Match must name the current
+            # version. Nothing is stored: the demo data stays as it is.
+            sent = self.headers.get("if-match")
+            if sent is not None and sent.strip() != version_etag(current):
+                return self._send(412, operation_outcome("conflict", "version conflict"))
+            if method == "DELETE":
+                return self._send(204, b"")
+            return self._send(200, current, extra={"ETag": version_etag(current)})
         return self._send(405, operation_outcome("not-supported", f"{method} not supported"))
 
     def _read(self, rtype: str, rid: str) -> None:
         resource = self.store.get(rtype, rid)
         if resource is None:
             return self._not_found(f"{rtype}/{rid} not found")
-        return self._send(200, resource)
+        return self._send(200, resource, extra={"ETag": version_etag(resource)})
 
     def _search(self, rtype: str, params, query: str, compartment: str | None = None) -> None:
         if not rtype[:1].isupper():
