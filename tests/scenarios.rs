@@ -59,6 +59,41 @@ fn mint(token: &Value) -> String {
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
+/// The origin DPoP scenarios address: the Envoy runner's plain listener, as its proofs name it.
+const DPOP_ORIGIN: (&str, &str) = ("http", "fhir.phi-guard.test");
+
+/// A scenario's DPoP proof (`dpop`: client key `ES256`/`EdDSA`; `htm`, `htu`, `iat`, `jti`
+/// override the proof's claims) for its request and token.
+fn dpop_proof(d: &Value, method: &str, path: &str, token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let (alg, file, x) = match d["key"].as_str().unwrap_or("ES256") {
+        "EdDSA" => (Algorithm::EdDSA, "dpop-client-eddsa.key.pem", 1),
+        _ => (Algorithm::ES256, "dpop-client-es256.key.pem", 0),
+    };
+    let jwks: Value = serde_json::from_slice(&std::fs::read(root().join("tests/keys/dpop-client-jwks.json")).unwrap()).unwrap();
+    let mut jwk = jwks["keys"][x].clone();
+    jwk.as_object_mut().unwrap().remove("kid");
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": format!("{alg:?}"), "jwk": jwk});
+    let (scheme, host) = DPOP_ORIGIN;
+    let mut claims = serde_json::json!({
+        "jti": "scenario-proof", "htm": method, "htu": format!("{scheme}://{host}{}", path.split('?').next().unwrap()),
+        "iat": "now-0", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())),
+    });
+    for k in ["htm", "htu", "iat", "jti"] {
+        if let Some(v) = d.get(k) {
+            claims[k] = v.clone();
+        }
+    }
+    resolve_times(&mut claims);
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    let input = format!("{}.{}", b64(&header), b64(&claims));
+    let ctor = if alg == Algorithm::EdDSA { EncodingKey::from_ed_pem } else { EncodingKey::from_ec_pem };
+    let key = ctor(&std::fs::read(root().join("tests/keys").join(file)).unwrap()).unwrap();
+    format!("{input}.{}", jsonwebtoken::crypto::sign(input.as_bytes(), &key, alg).unwrap())
+}
+
 fn run(path: &Path) -> Result<(), String> {
     let s: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).map_err(|e| e.to_string())?;
     let mut policy = compile(&std::fs::read(root().join(s["policy"].as_str().unwrap())).unwrap()).map_err(|e| e.to_string())?;
@@ -78,6 +113,10 @@ fn run(path: &Path) -> Result<(), String> {
         (None, None) => None,
     };
     let upstream_status = s.pointer("/upstream/status").and_then(Value::as_u64).unwrap_or(200) as u16;
+    let proof = match (&s["dpop"], &token) {
+        (Value::Null, _) | (_, None) => None,
+        (d, Some(t)) => Some(dpop_proof(d, req["method"].as_str().unwrap(), req["path"].as_str().unwrap(), t)),
+    };
     let key = AuditKey::from_secret(AUDIT_KEY).unwrap();
     let out = simulate(
         &policy,
@@ -95,7 +134,12 @@ fn run(path: &Path) -> Result<(), String> {
             hmac_key: Some(HMAC_KEY),
             audit_key: &key,
             request_id: Some("scenario"),
-            sender: Sender::default(),
+            sender: Sender {
+                dpop: proof.as_deref(),
+                scheme: if proof.is_some() { DPOP_ORIGIN.0 } else { "https" },
+                authority: DPOP_ORIGIN.1,
+                client_certificate_sha256: None,
+            },
         },
     );
     // An allowed request without an upstream answer stands for the upstream's 200.

@@ -107,8 +107,9 @@ struct ExplainArgs {
     /// Print the outcome as JSON (the playground's format).
     #[arg(long)]
     json: bool,
-    /// A DPoP proof (RFC 9449): the token is sent as `Authorization: DPoP <token>` with it.
-    #[arg(long, requires = "token")]
+    /// A DPoP proof (RFC 9449): sent as the `DPoP` header; a `--token` is then sent as
+    /// `Authorization: DPoP <token>`.
+    #[arg(long)]
     dpop: Option<String>,
     /// The request's origin, for the DPoP proof's `htu`.
     #[arg(long, default_value = "https://fhir.phi-guard.test")]

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY
 from helpers import Api, Response, reason_codes
-from tokens import CLI, PyMinter
+from tokens import CLI, PyMinter, dpop_proof
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,9 @@ HARNESSES = {
     "policies/clinician-api.json": ("clinician", None),
 }
 AUDIT_PREFIX = "phi-guard-audit: "
+# The origin of the plain listener as the filter sees it (`:scheme`, the Host sent), which DPoP
+# proofs name (tests/scenarios.rs uses the same).
+DPOP_ORIGIN = "http://fhir.phi-guard.test"
 AUDIT_EXT = "urn:phi-guard:audit:"
 FHIR_JSON = "application/fhir+json"
 # The keys the filter's VM has (envoy_config.py, the compose file's defaults). The scenario
@@ -104,6 +107,7 @@ class Exchange:
     upstream_body: bytes
     now: int
     request_id: str
+    dpop: str | None = None  # a DPoP proof (the `DPoP` header)
 
 
 @dataclass
@@ -121,9 +125,18 @@ def exchange_of(scenario: dict, path: str) -> Exchange:
     now = int(time.time())
     token = scenario.get("token")
     header = (scenario["request"].get("headers") or {}).get("authorization")
+    proof = None
     if header is None and token is not None:
         claims = resolve_times(token["claims"], now)
-        header = "Bearer " + PyMinter().token(claims, alg=token["alg"], kid=token.get("kid"))
+        minted = PyMinter().token(claims, alg=token["alg"], kid=token.get("kid"))
+        header = "Bearer " + minted
+        if scenario.get("dpop") is not None:
+            # The plain listener: Envoy sees `:scheme` http and the Host the client sent.
+            d = scenario["dpop"]
+            overrides = resolve_times({k: d[k] for k in ("htm", "htu", "iat", "jti") if k in d}, now)
+            header = "DPoP " + minted
+            proof = dpop_proof(scenario["request"]["method"], f"{DPOP_ORIGIN}{scenario['request']['path']}", minted,
+                               alg=d.get("key", "ES256"), claims=overrides)
     upstream = scenario.get("upstream")
     if upstream is None:
         # The scenario decides the request only (tests/scenarios.rs releases nothing): the
@@ -137,7 +150,7 @@ def exchange_of(scenario: dict, path: str) -> Exchange:
             body = json.dumps(upstream["body"], ensure_ascii=False, separators=(",", ":")).encode()
         else:
             body = (REPO / upstream["bodyFile"]).read_bytes()
-    return Exchange(scenario["request"]["method"], path, header, status, body, now, str(uuid.uuid4()))
+    return Exchange(scenario["request"]["method"], path, header, status, body, now, str(uuid.uuid4()), proof)
 
 
 def explain(policy: str, x: Exchange, tmp: Path) -> dict:
@@ -150,6 +163,8 @@ def explain(policy: str, x: Exchange, tmp: Path) -> dict:
             "--now", str(x.now), "--json"]
     if x.authorization is not None:
         argv += ["--authorization", x.authorization]
+    if x.dpop is not None:
+        argv += ["--dpop", x.dpop, "--origin", DPOP_ORIGIN]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                           env={**os.environ, **KEY_ENV}, cwd=REPO)
     # Exit 2: the request or the response is refused (the outcome is printed all the same).
@@ -180,6 +195,8 @@ def through_proxy(api: Api, x: Exchange) -> tuple[Response, list[dict]]:
         headers = {"x-request-id": x.request_id}
         if x.authorization is not None:
             headers["Authorization"] = x.authorization
+        if x.dpop is not None:
+            headers["DPoP"] = x.dpop
         resp = api.request(x.method, x.path, headers=headers)
         return resp, api.upstream_requests()
     finally:
