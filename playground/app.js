@@ -173,6 +173,9 @@ function readInput(withUpstream) {
     input.token = $("token").value.trim();
     if (input.token === "") throw Object.assign(new Error("token: paste a compact JWS, or choose another credential"), { field: "token" });
     if ($("jwks").value.trim()) input.jwks = $("jwks").value;
+    if ($("dpop").value.trim()) input.dpop = $("dpop").value.trim();
+    if ($("origin").value.trim()) input.origin = $("origin").value.trim();
+    if ($("client-cert").value.trim()) input.clientCertSha256 = $("client-cert").value.trim();
   }
   if (mode === "header") input.authorization = $("authorization").value;
   if ($("audit-key").value !== "") input.auditKey = $("audit-key").value;

@@ -288,6 +288,30 @@ mod tests {
     }
 
     #[test]
+    fn sender_constrained_tokens_show_their_refusals() {
+        // Claims of a DPoP-bound token: without a proof (claims go as a bearer token) it is
+        // refused as the filter refuses it, and the page shows the DPoP challenge.
+        let with_cnf = |cnf: Value| {
+            let mut c: Value = serde_json::from_str(&claims("patient/Patient.rs", "example")).unwrap();
+            c["cnf"] = cnf;
+            c.to_string()
+        };
+        let c = with_cnf(json!({"jkt": "jLqUvX7EcceLqHOKEHsZZsYvrsTgSZgSPHEbGgh25hY"}));
+        let input = json!({"policy": PATIENT_APP, "path": "/fhir/Patient/example", "claims": c, "now": NOW});
+        let got = explain_value(&input.to_string());
+        assert_eq!(got["outcome"]["reason"], "dpop_required", "{got}");
+        assert!(got["outcome"]["wwwAuthenticate"].as_str().unwrap().contains("DPoP realm=\"phi-guard\""), "{got}");
+        // Bound to a client certificate: refused without it, allowed with it.
+        let cert = "3ab1f1e0d4c7b6a5f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7";
+        let c = with_cnf(json!({"x5t#S256": phi_guard::auth::sender::certificate_thumbprint(cert).unwrap()}));
+        let input = json!({"policy": PATIENT_APP, "path": "/fhir/Patient/example", "claims": c, "now": NOW});
+        assert_eq!(explain_value(&input.to_string())["outcome"]["reason"], "certificate_mismatch");
+        let mut with_cert = input.clone();
+        with_cert["clientCertSha256"] = json!(cert);
+        assert_eq!(explain_value(&with_cert.to_string())["outcome"]["decision"], "allow");
+    }
+
+    #[test]
     fn explain_reports_which_input_is_wrong() {
         let base = json!({"policy": CLINICIAN, "path": "/fhir/Patient/1", "now": NOW});
         let with = |k: &str, v: Value| {
@@ -298,6 +322,7 @@ mod tests {
         assert_eq!(with("policy", json!("{}"))["field"], "policy");
         assert_eq!(with("claims", json!("{not json"))["field"], "claims");
         assert_eq!(with("jwks", json!(JWKS))["field"], "jwks", "a JWKS without a token");
+        assert_eq!(with("origin", json!("fhir.example.org"))["field"], "origin", "an origin without a scheme");
         assert_eq!(with("auditKey", json!("short"))["field"], "auditKey");
         assert_eq!(with("surprise", json!(1))["field"], "input");
         assert_eq!(explain_value("{\"policy\": \"\"}")["field"], "input", "path and now are required");
