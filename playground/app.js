@@ -176,6 +176,7 @@ function readInput(withUpstream) {
     if ($("dpop").value.trim()) input.dpop = $("dpop").value.trim();
     if ($("origin").value.trim()) input.origin = $("origin").value.trim();
     if ($("client-cert").value.trim()) input.clientCertSha256 = $("client-cert").value.trim();
+    if ($("introspection").value.trim()) input.introspection = $("introspection").value;
   }
   if (mode === "header") input.authorization = $("authorization").value;
   if ($("audit-key").value !== "") input.auditKey = $("audit-key").value;
@@ -196,7 +197,7 @@ function readInput(withUpstream) {
 
 // ---- results ------------------------------------------------------------------------------
 
-const EDITORS = { policy: "policy", claims: "claims", token: "token", jwks: "jwks", auditKey: "audit-key", now: "now", upstreamStatus: "upstream-status" };
+const EDITORS = { policy: "policy", claims: "claims", token: "token", jwks: "jwks", introspection: "introspection", origin: "origin", auditKey: "audit-key", now: "now", upstreamStatus: "upstream-status" };
 
 function showError(field, message) {
   for (const id of Object.values(EDITORS)) $(id).classList.remove("invalid");

@@ -17,7 +17,7 @@ use crate::audit::{AuditContext, AuditEvent, AuditKey, RequestMeta, Verdict};
 use crate::auth::keys::parse_jwks;
 use crate::auth::verify::unverified_issuer;
 use crate::auth::{check_claims, TokenCache};
-use crate::decision::{decide, decide_with, BodyStep, Decision, Released, ResponsePhase, UpstreamHead};
+use crate::decision::{decide, decide_with, BodyStep, Decision, DenyReason, Released, ResponsePhase, UpstreamHead};
 use crate::minimize::ApplyCtx;
 use crate::policy::audit::AuditFormat;
 use crate::policy::Policy;
@@ -38,6 +38,8 @@ pub enum Credential<'a> {
     Header(&'a str),
     /// Token claims trusted without a signature, to try a policy before keys exist.
     Claims(&'a Value),
+    /// An opaque token and its issuer's introspection answer (RFC 7662).
+    Introspected(&'a str, &'a Value),
 }
 
 /// The upstream's answer to an allowed request.
@@ -237,6 +239,9 @@ pub struct CredentialInput<'a> {
     pub authorization: Option<&'a str>,
     /// JWKS JSON text installed as the keys of the token's issuer.
     pub jwks: Option<&'a str>,
+    /// An RFC 7662 introspection answer (JSON text) for an opaque `token`: what its issuer's
+    /// endpoint would say.
+    pub introspection: Option<&'a str>,
 }
 
 /// Why a [`CredentialInput`] cannot be used.
@@ -254,6 +259,9 @@ pub enum CredentialError {
     /// The JWKS does not parse, holds no usable key, or the token's issuer is unknown.
     #[error("{0}")]
     Jwks(String),
+    /// The introspection answer is not JSON, or comes without a token.
+    #[error("introspection: {0}")]
+    Introspection(String),
 }
 
 impl CredentialError {
@@ -263,6 +271,7 @@ impl CredentialError {
             CredentialError::Conflict => "input",
             CredentialError::Claims(_) => "claims",
             CredentialError::JwksWithoutToken | CredentialError::Jwks(_) => "jwks",
+            CredentialError::Introspection(_) => "introspection",
         }
     }
 }
@@ -272,6 +281,7 @@ impl CredentialError {
 pub struct PreparedCredential<'a> {
     input: CredentialInput<'a>,
     claims: Option<Value>,
+    answer: Option<Value>,
 }
 
 impl<'a> CredentialInput<'a> {
@@ -299,7 +309,12 @@ impl<'a> CredentialInput<'a> {
             (Some(_), None) => return Err(CredentialError::JwksWithoutToken),
             (None, _) => {}
         }
-        Ok(PreparedCredential { input: self, claims })
+        let answer = match (self.introspection, self.token) {
+            (Some(text), Some(_)) => Some(serde_json::from_str::<Value>(text).map_err(|e| CredentialError::Introspection(e.to_string()))?),
+            (Some(_), None) => return Err(CredentialError::Introspection("an answer needs the token it is about".into())),
+            (None, _) => None,
+        };
+        Ok(PreparedCredential { input: self, claims, answer })
     }
 }
 
@@ -307,7 +322,10 @@ impl PreparedCredential<'_> {
     /// The credential of an [`Exchange`].
     pub fn credential(&self) -> Credential<'_> {
         match (self.input.token, &self.claims, self.input.authorization) {
-            (Some(t), _, _) => Credential::Token(t),
+            (Some(t), _, _) => match &self.answer {
+                Some(a) => Credential::Introspected(t, a),
+                None => Credential::Token(t),
+            },
             (None, Some(c), _) => Credential::Claims(c),
             (None, None, Some(h)) => Credential::Header(h),
             (None, None, None) => Credential::None,
@@ -345,8 +363,8 @@ fn fhir_record(policy: &Policy, event: &AuditEvent) -> Option<Value> {
 fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     let header = match x.credential {
         Credential::None => None,
-        Credential::Token(t) if x.sender.dpop.is_some() => Some(format!("DPoP {t}")),
-        Credential::Token(t) => Some(format!("Bearer {t}")),
+        Credential::Token(t) | Credential::Introspected(t, _) if x.sender.dpop.is_some() => Some(format!("DPoP {t}")),
+        Credential::Token(t) | Credential::Introspected(t, _) => Some(format!("Bearer {t}")),
         Credential::Header(h) => Some(h.to_owned()),
         // Any bearer value: the claims stand in for its verification.
         Credential::Claims(_) => Some("Bearer claims".to_owned()),
@@ -365,6 +383,9 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     };
     let decision = match x.credential {
         Credential::Claims(c) => decide_with(policy, &req, x.now, |_| check_claims(c, &policy.issuers, x.now).map(Rc::new), |_| Ok(())),
+        Credential::Introspected(_, answer) => {
+            decide_with(policy, &req, x.now, |token| introspected(policy, token, answer, x.now), |_| Ok(()))
+        }
         _ => decide(policy, &mut TokenCache::new(0), &req, x.now),
     };
     let meta = RequestMeta { request_id: x.request_id, source: None, destination: None, method: x.method, path: x.path };
@@ -480,6 +501,19 @@ fn exchange(policy: &Policy, x: &Exchange<'_>) -> ExchangeOutcome {
     }
 }
 
+/// The principal the filter would take from this introspection answer for `token`, as if its
+/// issuer's endpoint had just given it (HTTP 200).
+fn introspected(policy: &Policy, token: &str, answer: &Value, now: UnixSeconds) -> Result<Rc<crate::auth::Principal>, DenyReason> {
+    use crate::auth::introspect::{parse_response, principal, Introspected};
+    let issuer = policy.introspecting_issuer(token).and_then(|i| policy.issuers.get(i)).ok_or(DenyReason::UnknownIssuer)?;
+    let bytes = serde_json::to_vec(answer).map_err(|_| DenyReason::IntrospectionUnavailable)?;
+    match parse_response(200, &bytes, &issuer.issuer) {
+        Some(Introspected::Active(claims)) => principal(&claims, issuer, now).map(Rc::new),
+        Some(Introspected::Inactive) => Err(DenyReason::TokenInactive),
+        None => Err(DenyReason::IntrospectionUnavailable),
+    }
+}
+
 fn caller(p: &crate::auth::Principal) -> Caller {
     Caller {
         issuer: p.issuer.clone(),
@@ -524,6 +558,39 @@ mod tests {
             request_id: Some("t"),
             sender: Sender::default(),
         }
+    }
+
+    #[test]
+    fn an_opaque_token_is_explained_with_its_introspection_answer() {
+        let mut p = compile(&std::fs::read(crate::testing::repo_path("policies/introspected-tokens.json")).unwrap()).unwrap();
+        let key = crate::testing::audit_key();
+        let answer = json!({"active": true, "iss": "https://introspect.phi-guard.test", "aud": "https://fhir.phi-guard.test",
+                            "sub": "u1", "scope": "patient/Patient.rs", "patient": "p1", "exp": NOW.add_secs(300).as_secs()})
+        .to_string();
+        let run = |p: &mut Policy, answer: &str, path: &str| {
+            let input = CredentialInput { token: Some("2YotnFZFEjr1zCsicMWpAA"), introspection: Some(answer), ..Default::default() };
+            let prepared = input.prepare(p).unwrap();
+            let x = Exchange {
+                method: "GET",
+                path,
+                credential: prepared.credential(),
+                upstream: None,
+                now: NOW,
+                hmac_key: None,
+                audit_key: &key,
+                request_id: None,
+                sender: Sender::default(),
+            };
+            simulate(p, &x)
+        };
+        let out = run(&mut p, &answer, "/fhir/Patient/p1");
+        assert_eq!(out.reason, None, "{out:?}");
+        assert_eq!(out.caller.as_ref().and_then(|c| c.patient.as_deref()), Some("p1"));
+        assert_eq!(run(&mut p, &answer, "/fhir/Patient/p2").reason, Some("patient_mismatch"));
+        assert_eq!(run(&mut p, r#"{"active": false}"#, "/fhir/Patient/p1").reason, Some("token_inactive"));
+        assert_eq!(run(&mut p, r#"{"error": "server_error"}"#, "/fhir/Patient/p1").reason, Some("introspection_unavailable"));
+        let bad = CredentialInput { introspection: Some("{}"), ..Default::default() };
+        assert_eq!(bad.prepare(&mut p).unwrap_err().field(), "introspection");
     }
 
     #[test]

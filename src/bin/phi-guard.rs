@@ -79,6 +79,10 @@ struct ExplainArgs {
     /// malformed bearer).
     #[arg(long)]
     authorization: Option<String>,
+    /// An RFC 7662 introspection answer (JSON file) for an opaque `--token`: what its issuer's
+    /// introspection endpoint would say.
+    #[arg(long, requires = "token")]
+    introspection_result: Option<PathBuf>,
     /// JWKS file: the keys of the token's issuer (what a remote-JWKS issuer would fetch).
     #[arg(long, requires = "token")]
     jwks: Option<PathBuf>,
@@ -370,7 +374,10 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         dpop,
         origin,
         client_cert_sha256,
+        introspection_result,
     } = args;
+    let introspection_text =
+        introspection_result.as_ref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
     let (scheme, authority) = origin.split_once("://").ok_or_else(|| format!("--origin: `{origin}` is not `scheme://host`"))?;
     let mut p = load(&policy)?;
     let jwks_text = jwks.as_ref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))).transpose()?;
@@ -379,6 +386,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         claims: claims.as_deref(),
         authorization: authorization.as_deref(),
         jwks: jwks_text.as_deref(),
+        introspection: introspection_text.as_deref(),
     };
     let prepared = input.prepare(&mut p).map_err(|e| match (&e, &jwks) {
         (CredentialError::Jwks(_), Some(f)) => format!("{}: {e}", f.display()),

@@ -359,6 +359,8 @@ impl<H: Host> Vm<H> {
                                 return Ok(p);
                             }
                             match (policy.introspecting_issuer(token), key) {
+                                // An opaque token is bounded like a JWT before it is sent anywhere.
+                                (Some(_), _) if token.len() > policy.limits.max_token_bytes => Err(DenyReason::TokenTooLarge),
                                 (Some(i), Some(key)) => {
                                     let known = introspected(&self.host, cache, &mut introspections, key, &policy, i, &hash, now_secs);
                                     if known.is_none() {

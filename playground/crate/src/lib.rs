@@ -56,6 +56,9 @@ pub struct ExplainInput {
     /// The HMAC key of `hash` transforms (`--hmac-key-env`'s value); absent: none.
     #[serde(default)]
     pub hmac_key: Option<String>,
+    /// `--introspection-result`: an RFC 7662 answer (JSON text) for an opaque `token`.
+    #[serde(default)]
+    pub introspection: Option<String>,
     /// `--dpop`: a DPoP proof; the token is then sent with the `DPoP` scheme.
     #[serde(default)]
     pub dpop: Option<String>,
@@ -153,6 +156,7 @@ pub fn explain_value(input: &str) -> Value {
         claims: input.claims.as_deref(),
         authorization: input.authorization.as_deref(),
         jwks: input.jwks.as_deref(),
+        introspection: input.introspection.as_deref(),
     };
     let prepared = match input_credential.prepare(&mut policy) {
         Ok(p) => p,
