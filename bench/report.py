@@ -621,6 +621,24 @@ def v8_stages_section(stages: list[dict], m_extra, noop_extra, node: str) -> str
     for alg in ALGS:
         L.append(f"| {alg} | {fmt(find(f'verify {alg} signature: ring'), '.0f')} | "
                  f"{fmt(find(f'verify {alg} signature: RustCrypto'), '.0f')} |")
+    warm, cold = find("decide, cache warm"), find("first-sight RS256 token")
+    dpop_warm, dpop_cold = find("DPoP: decide, bound token cache warm"), find("DPoP: decide, first-sight")
+    answer = find("introspection: an active")
+    if None not in (dpop_warm, dpop_cold, answer):
+        L += ["", "### DPoP and introspected tokens beside JWTs", "",
+              "The decision of a Patient read (V8 µs). *Warm*: the token's verification is cached (this worker's "
+              "cache, or another worker's record in shared data); *first sight*: verified now. A DPoP request "
+              "verifies a new proof every time (each proof is for one request), so its warm cost is the proof; "
+              "the replay record (one shared-data read and compare-and-swap write) is a host cost, not in these "
+              "figures. An introspected token's warm path is the JWT's (the same cache); its first sight costs "
+              "reading the answer here plus one round trip to the authorization server, which depends on that "
+              "server and its network, not on phi-guard.", "",
+              "| request | warm | first sight |", "|---|---:|---:|",
+              f"| JWT (RS256), bearer | {fmt(warm, '.1f')} | {fmt(cold, '.0f')} |",
+              f"| DPoP-bound JWT (RS256) with an ES256 proof | {fmt(dpop_warm, '.0f')} | {fmt(dpop_cold, '.0f')} |",
+              f"| the proof alone: ES256 / EdDSA | {fmt(find('DPoP: verify an ES256 proof'), '.0f')} / "
+              f"{fmt(find('DPoP: verify an EdDSA proof'), '.0f')} | — |",
+              f"| opaque token, introspected | {fmt(warm, '.1f')} | {fmt(answer, '.1f')} + the call |"]
     return "\n".join(L)
 
 

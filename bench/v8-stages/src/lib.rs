@@ -40,7 +40,7 @@ const OBS_200K_PATH: &str = "/fhir/Observation/bench-200k";
 const FIRST_200K: u32 = 18;
 
 /// Stage names, in export order (bench/v8_stages.mjs reads them through `stages_name_*`).
-pub const STAGES: [&str; 35] = [
+pub const STAGES: [&str; 40] = [
     "cache key: SHA-256 of the token",
     "path normalisation",
     "decide, cache warm (normalise, route, cache lookup, scopes, FHIR model, compartment plan)",
@@ -76,9 +76,29 @@ pub const STAGES: [&str; 35] = [
     "200 KB read, safe-harbor preset: field rules + free-text scrubbing + pseudonyms (release_text)",
     "200 KB read, de-identification: persons collected from the body (People::collect)",
     "200 KB read, de-identification: the deid pass alone over the field rules' output",
+    "DPoP: verify an ES256 proof (structure, jwk, signature, htm/htu/iat/ath, RFC 7638 thumbprint)",
+    "DPoP: decide, bound token cache warm, with its proof (replay record not included)",
+    "DPoP: decide, first-sight bound RS256 token, with its proof",
+    "introspection: an active RFC 7662 answer read into a principal (parse, claim rules)",
+    "DPoP: verify an EdDSA proof (as the ES256 one)",
 ];
+/// The first stage after the ~200 KB Observation's.
+const FIRST_AFTER_200K: u32 = 35;
+const DPOP_KEY: &[u8] = include_bytes!("../../../tests/keys/dpop-client-es256.key.pem");
+const DPOP_ED_KEY: &[u8] = include_bytes!("../../../tests/keys/dpop-client-eddsa.key.pem");
+const DPOP_JWKS: &str = include_str!("../../../tests/keys/dpop-client-jwks.json");
+
+/// A DPoP-bound token and a proof for the Patient read.
+struct Dpop {
+    token: String,
+    proof: String,
+    /// The same request's proof by the EdDSA client key (for a token bound to that key).
+    ed_proof: String,
+    answer: Vec<u8>,
+}
 
 struct State {
+    dpop: Dpop,
     policy: Policy,
     tokens: [String; 3],
     keys: Vec<VerifyKey>,
@@ -144,7 +164,69 @@ fn setup_state() -> Option<State> {
     patient["id"] = json!(PATIENT);
     let patient_body = serde_json::to_vec(&patient).ok()?;
     let obs = setup_obs(&policy, &mut cache, &tokens[0], &audit_key)?;
-    Some(State { policy, tokens, keys, cache, audit_key, chain, event, grant, patient_body, obs })
+    let dpop = setup_dpop(&policy, &mut cache)?;
+    Some(State { dpop, policy, tokens, keys, cache, audit_key, chain, event, grant, patient_body, obs })
+}
+
+/// A token bound to the ES256 client key, a proof for the Patient read, and an introspection
+/// answer with the demo token's claims; `None` unless the bound request is allowed.
+fn setup_dpop(policy: &Policy, cache: &mut TokenCache) -> Option<Dpop> {
+    let jwks: Value = serde_json::from_str(DPOP_JWKS).ok()?;
+    let mut jwk = jwks["keys"][0].clone();
+    jwk.as_object_mut()?.remove("kid");
+    let jkt = phi_guard::auth::dpop::thumbprint(&jwk)?;
+    let claims = json!({"iss": "https://idp.phi-guard.test", "aud": "https://fhir.phi-guard.test", "sub": "u1",
+        "client_id": "bench", "scope": "launch/patient openid fhirUser patient/*.rs", "patient": PATIENT,
+        "iat": NOW.sub_secs(10), "exp": NOW.add_secs(3600), "jti": "dpop-bench", "cnf": {"jkt": jkt}});
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("demo-rs256".into());
+    let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_rsa_pem(RS_KEY).ok()?).ok()?;
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap_or_default())
+    };
+    let ath = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+    };
+    let body = json!({"jti": "proof-1", "htm": "GET", "htu": format!("https://fhir.phi-guard.test{PATH}"), "iat": NOW.as_secs(), "ath": ath});
+    let make = |alg: Algorithm, jwk: &Value, key: EncodingKey| -> Option<String> {
+        let header = json!({"typ": "dpop+jwt", "alg": format!("{alg:?}"), "jwk": jwk});
+        let input = format!("{}.{}", b64(&header), b64(&body));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, alg).ok()?;
+        Some(format!("{input}.{sig}"))
+    };
+    let proof = make(Algorithm::ES256, &jwk, EncodingKey::from_ec_pem(DPOP_KEY).ok()?)?;
+    let mut ed_jwk = jwks["keys"][1].clone();
+    ed_jwk.as_object_mut()?.remove("kid");
+    let ed_proof = make(Algorithm::EdDSA, &ed_jwk, EncodingKey::from_ed_pem(DPOP_ED_KEY).ok()?)?;
+    let mut answer = claims.clone();
+    answer["active"] = json!(true);
+    answer.as_object_mut()?.remove("cnf");
+    let d = Dpop { token, proof, ed_proof, answer: serde_json::to_vec(&answer).ok()? };
+    let issuer = policy.issuers.first()?;
+    let introspected = match phi_guard::auth::introspect::parse_response(200, &d.answer, &issuer.issuer)? {
+        phi_guard::auth::introspect::Introspected::Active(c) => phi_guard::auth::introspect::principal(&c, issuer, NOW).is_ok(),
+        phi_guard::auth::introspect::Introspected::Inactive => false,
+    };
+    (introspected && matches!(decide_dpop(policy, cache, &d), Decision::Allow(_))).then_some(d)
+}
+
+fn decide_dpop(policy: &Policy, cache: &mut TokenCache, d: &Dpop) -> Decision {
+    let header = format!("DPoP {}", d.token);
+    let auth = [header.as_str()];
+    let proofs = [d.proof.as_str()];
+    let req = Request {
+        method: "GET",
+        path: PATH,
+        authorization: &auth,
+        header_count: 9,
+        scheme: "https",
+        authority: "fhir.phi-guard.test",
+        dpop: &proofs,
+        ..Default::default()
+    };
+    decide(policy, cache, &req, NOW)
 }
 
 /// The plan `decide` makes for a patient read of the ~200 KB Observation with the demo token;
@@ -259,7 +341,7 @@ pub extern "C" fn stages_name_len(i: u32) -> u32 {
 /// The size of the body stage `i` works on, in bytes (0: a stage without one).
 #[no_mangle]
 pub extern "C" fn stages_bytes(i: u32) -> u32 {
-    if (FIRST_200K..STAGES.len() as u32).contains(&i) {
+    if (FIRST_200K..FIRST_AFTER_200K).contains(&i) {
         OBS_200K.len() as u32
     } else {
         0
@@ -320,6 +402,30 @@ pub extern "C" fn stages_run(stage: u32, n: u32) -> u32 {
                 16 => u32::from(phi_guard::http::content_digest(&st.patient_body).as_bytes()[9]),
                 17 => {
                     u32::from(phi_guard::minimize::checked(&st.patient_body, 1 << 20).is_ok())
+                }
+                35 => {
+                    let target = phi_guard::auth::dpop::ProofTarget { method: "GET", scheme: "https", authority: "fhir.phi-guard.test", path: PATH };
+                    let settings = &st.policy.dpop;
+                    phi_guard::auth::dpop::verify_proof(&st.dpop.proof, &target, &st.dpop.token, settings, NOW).map_or(0, |v| v.jkt.len() as u32)
+                }
+                36 => u32::from(matches!(decide_dpop(&st.policy, &mut st.cache, &st.dpop), Decision::Allow(_))),
+                39 => {
+                    let target = phi_guard::auth::dpop::ProofTarget { method: "GET", scheme: "https", authority: "fhir.phi-guard.test", path: PATH };
+                    phi_guard::auth::dpop::verify_proof(&st.dpop.ed_proof, &target, &st.dpop.token, &st.policy.dpop, NOW).map_or(0, |v| v.jkt.len() as u32)
+                }
+                37 => {
+                    let mut cold = TokenCache::new(4);
+                    u32::from(matches!(decide_dpop(&st.policy, &mut cold, &st.dpop), Decision::Allow(_)))
+                }
+                38 => {
+                    let issuer = st.policy.issuers.first();
+                    let read = phi_guard::auth::introspect::parse_response(200, &st.dpop.answer, "https://idp.phi-guard.test");
+                    match (read, issuer) {
+                        (Some(phi_guard::auth::introspect::Introspected::Active(c)), Some(i)) => {
+                            phi_guard::auth::introspect::principal(&c, i, NOW).map_or(0, |p| p.scopes.len() as u32)
+                        }
+                        _ => 0,
+                    }
                 }
                 _ => obs_stage(st, stage.wrapping_sub(FIRST_200K)),
             });
