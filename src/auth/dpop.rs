@@ -249,10 +249,15 @@ fn names_target(htu: &str, target: &ProofTarget<'_>, origins: &[String]) -> bool
 }
 
 /// A normalized origin from policy text (`https://fhir.example.org`), for [`DpopSettings::origins`].
+/// `None` for anything with a path, query or fragment.
 pub fn normalize_origin(text: &str) -> Option<String> {
+    if text.contains(['?', '#']) {
+        return None;
+    }
     let n = normalize_uri(text)?;
     let o = n.strip_suffix('/')?;
-    (text.trim_end_matches('/').len() + 1 >= n.len() || !text.contains('?')).then(|| o.to_owned())
+    // `scheme://authority` only: the two slashes of the scheme and none after.
+    (o.matches('/').count() == 2).then(|| o.to_owned())
 }
 
 fn is_b64url(b: u8) -> bool {
@@ -396,6 +401,10 @@ mod tests {
             assert_eq!(n(bad), None, "{bad}");
         }
         assert_eq!(normalize_origin("https://Example.com:443").as_deref(), Some("https://example.com"));
+        assert_eq!(normalize_origin("https://example.com/").as_deref(), Some("https://example.com"));
+        for bad in ["https://example.com/fhir", "https://example.com?x", "https://example.com#f", "example.com"] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -67,7 +67,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use crate::runtime::testing::{policy, token, Worker, NOW_MS};
-    use crate::runtime::{Action, TICK_MS};
+    use crate::runtime::Action;
 
     fn writes_policy() -> Value {
         policy(|p| {
@@ -105,8 +105,9 @@ mod tests {
         w.answer(call.token, 200, &[("etag", "W/\"4\"")], &stored("p1"));
         assert_eq!(w.seen(&ex).resumed, 1);
         assert_eq!(header(&w, &ex, "if-match").as_deref(), Some("W/\"4\""));
+        assert_eq!(w.host().tick_period_ms.get(), Some(5), "the read is dispatched on a tick soon");
         w.tick();
-        assert_eq!(w.host().tick_period_ms.get(), Some(TICK_MS));
+        assert_eq!(w.host().tick_period_ms.get(), Some(0), "this policy has no background work: the tick stops again");
     }
 
     #[test]

@@ -202,8 +202,13 @@ impl<H: Host> Root<H> {
         self.vm.dispatch_introspections(now);
         self.vm.dispatch_writes(now);
         let idle = self.vm.introspections.borrow().idle() && self.vm.writes.borrow().idle();
-        if idle && self.vm.host.set_tick_period(TICK_MS).is_err() {
-            self.vm.host.log(Level::Error, "phi-guard: cannot schedule background work");
+        if idle && self.vm.fast_tick.get() {
+            // Back to the usual period, or none if nothing else runs in the background.
+            let period = if self.needs_ticks() { TICK_MS } else { 0 };
+            if self.vm.host.set_tick_period(period).is_err() {
+                self.vm.host.log(Level::Error, "phi-guard: cannot schedule background work");
+            }
+            self.vm.fast_tick.set(false);
         }
         self.jwks.tick(&self.vm, now);
         let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone());

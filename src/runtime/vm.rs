@@ -21,16 +21,16 @@ use crate::decision::{decide_with, Decision, DenyReason, Refusal, Request, Respo
 use crate::policy::audit::AuditConfig;
 use crate::policy::Policy;
 use crate::policy::PreflightCredential;
-
-/// How much longer than an introspection call's own deadline a request waits for it.
-const INTROSPECTION_GRACE_MS: u64 = 250;
-/// The root's tick period while introspection calls are queued.
-const INTROSPECTION_TICK_MS: u64 = 5;
 use crate::shared::{claim_lease, remember_once, FirstUse, SharedStore};
+use crate::time::{UnixMillis, UnixSeconds};
 
+/// How much longer than a call's own deadline (introspection, pre-flight read) a request waits
+/// for it: Envoy's timeout of the call comes first.
+const INTROSPECTION_GRACE_MS: u64 = 250;
+/// The root's tick period while introspection calls or pre-flight reads are queued.
+const INTROSPECTION_TICK_MS: u64 = 5;
 /// Shared-data key prefix of the DPoP replay record's slots.
 const DPOP_REPLAY_PREFIX: &str = "phi-guard.dpop.";
-use crate::time::{UnixMillis, UnixSeconds};
 
 /// The policy in force on this VM, its verified-token cache, and remote key state.
 pub struct Active {
@@ -228,6 +228,8 @@ pub struct Vm<H> {
     pub introspections: RefCell<Introspections>,
     /// Patient-context writes waiting for their pre-flight reads.
     pub writes: RefCell<PendingWrites>,
+    /// The root's tick runs at the short period while calls are queued or in flight.
+    pub fast_tick: std::cell::Cell<bool>,
 }
 
 /// How a request phase ended.
@@ -257,6 +259,7 @@ impl<H: Host> Vm<H> {
             hmac_key: RefCell::new(None),
             introspections: RefCell::new(Introspections::default()),
             writes: RefCell::new(PendingWrites::default()),
+            fast_tick: std::cell::Cell::new(false),
         }
     }
 
@@ -527,7 +530,7 @@ impl<H: Host> Vm<H> {
             self.refuse_write(&state, DenyReason::WriteCheckUnavailable);
             return false;
         };
-        if self.host.set_tick_period(INTROSPECTION_TICK_MS).is_err() {
+        if !self.tick_soon() {
             self.refuse_write(&state, DenyReason::WriteCheckUnavailable);
             return false;
         }
@@ -544,6 +547,16 @@ impl<H: Host> Vm<H> {
             deadline_ms,
         });
         true
+    }
+
+    /// Run the root's tick at the short period (the calls it dispatches are waited for).
+    fn tick_soon(&self) -> bool {
+        if self.fast_tick.get() {
+            return true;
+        }
+        let ok = self.host.set_tick_period(INTROSPECTION_TICK_MS).is_ok();
+        self.fast_tick.set(ok);
+        ok
     }
 
     /// Refuse an allowed write after the decision (its event records the failure).
@@ -702,7 +715,7 @@ impl<H: Host> Vm<H> {
         if !introspections.in_flight(&hash) {
             introspections.queue(i, hash, token.to_owned());
             drop(introspections);
-            if self.host.set_tick_period(INTROSPECTION_TICK_MS).is_err() {
+            if !self.tick_soon() {
                 self.host.log(Level::Error, "phi-guard: cannot schedule a token introspection");
                 return false;
             }
