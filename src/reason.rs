@@ -12,8 +12,9 @@ pub enum DenyReason {
     PathTooLong,
     /// Too many request headers, or too large in total.
     HeadersTooLarge,
-    /// A request header the decision reads (`:method`, `:path`, `authorization`,
-    /// `x-request-id`, `content-length`) is not valid UTF-8, or a header name is not.
+    /// A request header the decision reads (`:method`, `:path`, `:scheme`, `:authority`,
+    /// `authorization`, `dpop`, `if-match`, `x-request-id`, `content-length`) is not valid UTF-8,
+    /// or a header name is not.
     InvalidHeader,
     /// The request body is larger than the policy allows.
     RequestTooLarge,

@@ -476,6 +476,18 @@ mod tests {
         ];
         headers.push((b"x-note".to_vec(), b"caf\xe9".to_vec()));
         assert_eq!(w.send(Some(headers)).action, Action::Continue);
+        // The headers DPoP and pre-flight writes read are decided on too: a Latin-1 byte in any
+        // of them is refused, never a panic.
+        for name in [&b"dpop"[..], b"if-match", b":authority", b":scheme"] {
+            let headers = vec![
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b":path".to_vec(), b"/fhir/Patient/p1".to_vec()),
+                (b"authorization".to_vec(), format!("DPoP {t}").into_bytes()),
+                (name.to_vec(), b"caf\xe9".to_vec()),
+            ];
+            let ex = w.send(Some(headers));
+            assert_eq!(w.seen(&ex).reply.map(|r| r.status), Some(400), "{}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]

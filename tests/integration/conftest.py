@@ -40,6 +40,22 @@ def patient_writes_policy() -> Path:
     return path
 
 
+def discovery_policy() -> Path:
+    """smart-patient-app whose issuer gives no keys: they are found by OpenID discovery on
+    cluster `idp` (the demo upstream serves the demo identity provider's document and JWKS)."""
+    import json
+
+    doc = json.loads((POLICIES / "smart-patient-app.json").read_text())
+    doc["name"] = "smart-patient-app-discovery"
+    issuer = doc["issuers"][0]
+    del issuer["jwks"]
+    issuer["discovery"] = {"cluster": "idp", "waitMs": 3000}
+    path = RUN_DIR / "policies" / "discovery.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
 HARNESSES = {
     # name: options
     "no-filter": {"policy": None, "filter": "none"},
@@ -49,6 +65,8 @@ HARNESSES = {
     "clinician": {"policy": POLICIES / "clinician-api.json"},
     # Patient apps that change their own data: writes confined by a pre-flight read.
     "patient-writes": {"policy": patient_writes_policy()},
+    # Keys located by OpenID discovery.
+    "discovery": {"policy": discovery_policy(), "extra_clusters": ("idp",)},
     # Opaque tokens introspected at the harness's introspection server (RFC 7662).
     "introspected": {"policy": POLICIES / "introspected-tokens.json"},
 }
@@ -114,6 +132,11 @@ def clinician(harnesses) -> Api:
 @pytest.fixture(scope="session")
 def patient_writes(harnesses) -> Api:
     return Api(harnesses.get("patient-writes"))
+
+
+@pytest.fixture(scope="session")
+def discovery(harnesses) -> Api:
+    return Api(harnesses.get("discovery"))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ Serves (``application/fhir+json`` under /fhir):
   PUT|PATCH|DELETE /fhir/{Type}/{id}          accepted if it exists and `If-Match`, when sent,
                                               names its version (else 412); nothing is stored
   Reads carry `ETag: W/"<meta.versionId or 1>"`.
-  GET /healthz, GET /.well-known/smart-configuration, GET /jwks.json (the demo keys' JWKS)
+  GET /healthz, GET /.well-known/smart-configuration, GET /jwks.json (the demo keys' JWKS),
+  GET /.well-known/openid-configuration (the demo identity provider's, naming /jwks.json)
   GET /admin/reports/{id}, GET|POST /admin/export[...]   small plain JSON
 Anything else: 404 OperationOutcome.
 
@@ -59,6 +60,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "envoy" / "demo-data"
 DEMO_JWKS = Path(__file__).resolve().parents[2] / "tests" / "keys" / "demo-jwks.json"
 # Reference fields that put a resource in a patient's compartment (enough for the demo data).
 PATIENT_FIELDS = ("subject", "patient", "beneficiary")
+# The demo identity provider (tests/keys), whose discovery document this server also serves.
+DEMO_ISSUER = "https://idp.phi-guard.test"
 MAX_RECORDED = 10_000
 
 
@@ -353,6 +356,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"status": "ok"}, PLAIN_JSON)
         if raw_path == "/.well-known/smart-configuration" and method in ("GET", "HEAD"):
             return self._send(200, SMART_CONFIGURATION, PLAIN_JSON)
+        if raw_path == "/.well-known/openid-configuration" and method in ("GET", "HEAD"):
+            # The demo identity provider's OpenID discovery document (for discovery policies).
+            return self._send(200, {"issuer": DEMO_ISSUER, "jwks_uri": f"{DEMO_ISSUER}/jwks.json",
+                                    "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"]}, PLAIN_JSON)
         if raw_path == "/jwks.json" and method in ("GET", "HEAD"):
             return self._send(200, DEMO_JWKS.read_bytes(), "application/jwk-set+json")
         if raw_path.startswith("/admin/"):
