@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from tokens import PyMinter  # the Envoy scenario replay mints with it too
+from tokens import PyMinter, dpop_proof  # the Envoy scenario replay mints with them too
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -261,6 +261,22 @@ def mint(token: dict) -> str:
     return PyMinter().token(resolve_times(token["claims"]), alg=token["alg"], kid=token.get("kid"))
 
 
+# The origin DPoP scenarios' proofs name (tests/scenarios.rs and the Envoy runner use the same).
+DPOP_ORIGIN = "http://fhir.phi-guard.test"
+
+
+def proof_of(s: dict, token: str | None) -> str | None:
+    """A scenario's DPoP proof for its request and token, made at NOW."""
+    d = s.get("dpop")
+    if d is None or token is None:
+        return None
+    overrides = resolve_times({k: d[k] for k in ("htm", "htu", "iat", "jti") if k in d})
+    overrides.setdefault("iat", NOW)
+    overrides.setdefault("jti", "scenario-proof")
+    return dpop_proof(s["request"]["method"], DPOP_ORIGIN + s["request"]["path"], token, alg=d.get("key", "ES256"),
+                      claims=overrides)
+
+
 def cli_explain(tmp: Path, s: dict, token: str | None, header: str | None, jwks: bool, body: str | None) -> subprocess.CompletedProcess:
     req = s["request"]
     args = [str(CLI), "explain", s["policy"], "--method", req["method"], "--path", req["path"], "--now", str(NOW),
@@ -271,6 +287,9 @@ def cli_explain(tmp: Path, s: dict, token: str | None, header: str | None, jwks:
         args += ["--authorization", header]
     if jwks:
         args += ["--jwks", "tests/keys/demo-jwks.json"]
+    proof = proof_of(s, token)
+    if proof is not None:
+        args += ["--dpop", proof, "--origin", DPOP_ORIGIN]
     if body is not None:
         (tmp / "body.json").write_text(body, encoding="utf-8")
         args += ["--upstream-body", str(tmp / "body.json"), "--upstream-status", str(s.get("upstream", {}).get("status", 200))]
@@ -290,6 +309,9 @@ def page_explain(page, s: dict, token: str | None, header: str | None, jwks: boo
         inp["authorization"] = header
     if jwks:
         inp["jwks"] = (ROOT / "tests/keys/demo-jwks.json").read_text(encoding="utf-8")
+    proof = proof_of(s, token)
+    if proof is not None:
+        inp["dpop"], inp["origin"] = proof, DPOP_ORIGIN
     if body is not None:
         inp["upstream"] = {"status": s.get("upstream", {}).get("status", 200), "body": body}
     # The function the page's buttons call, on the JSON text the CLI would get as files.
