@@ -11,10 +11,11 @@ use std::str::FromStr;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::keys::parse_jwk;
+use super::verify::{decode_object, is_b64url};
 use crate::reason::DenyReason;
 use crate::time::UnixSeconds;
 
@@ -108,8 +109,9 @@ pub fn verify_proof(
     if [h64, p64, s64].iter().any(|p| p.is_empty() || !p.bytes().all(is_b64url)) {
         return Err(bad);
     }
-    let header = decode_object(h64)?;
-    let claims = decode_object(p64)?;
+    // The JWT parser's segment decoding; its errors are proof errors here.
+    let header = decode_object(h64).map_err(|_| bad)?;
+    let claims = decode_object(p64).map_err(|_| bad)?;
 
     // Header: typ, alg, jwk; nothing that points at keys elsewhere; no critical extensions.
     if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
@@ -258,18 +260,6 @@ pub fn normalize_origin(text: &str) -> Option<String> {
     let o = n.strip_suffix('/')?;
     // `scheme://authority` only: the two slashes of the scheme and none after.
     (o.matches('/').count() == 2).then(|| o.to_owned())
-}
-
-fn is_b64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
-
-fn decode_object(seg: &str) -> Result<Map<String, Value>, DenyReason> {
-    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| DenyReason::InvalidDpopProof)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(DenyReason::InvalidDpopProof),
-    }
 }
 
 #[cfg(test)]

@@ -237,11 +237,11 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     claims.get("iss").and_then(Value::as_str).map(str::to_owned)
 }
 
-fn is_b64url(b: u8) -> bool {
+pub(super) fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-fn decode_object(seg: &str) -> Result<Map<String, Value>, DenyReason> {
+pub(super) fn decode_object(seg: &str) -> Result<Map<String, Value>, DenyReason> {
     let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| DenyReason::MalformedToken)?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(m)) => Ok(m),

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::host::{Host, Level};
+use super::tokens::constant_time_eq;
 use crate::audit_key::AuditKey;
 use crate::auth::introspect::{parse_response, Introspected};
 use crate::decision::DenyReason;
@@ -224,10 +225,6 @@ pub fn log_failure(host: &impl Host, issuer: &str, status: Option<u16>) {
 /// How long a failed call's 503 is reused.
 pub const fn failure_seconds() -> u64 {
     FAILURE_SECONDS
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
