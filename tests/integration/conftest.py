@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 POLICIES = REPO / "policies"
-RUN_DIR = REPO / ".run" / "tests"
+# PHI_GUARD_TEST_RUN_DIR lets two suites run side by side from one checkout (ports are chosen at
+# run time; only the working directories would collide).
+RUN_DIR = Path(os.environ.get("PHI_GUARD_TEST_RUN_DIR") or REPO / ".run" / "tests")
 HARNESS_KIND = os.environ.get("HARNESS", "local")
 
 def patient_writes_policy() -> Path:
