@@ -11,8 +11,12 @@ Accepts audit events from the filter (cluster `audit`) and keeps them in memory:
   GET /__events         every event kept so far, oldest first
   GET /__lines          the sealed lines as received (for `phi-guard audit verify`)
   DELETE /__events      forget them
+  GET /__bodies         every POST body as received, with its content-type (for tests that
+                        parse the batches with the OTLP protobuf definitions)
   POST /__status        {"status": 503}: answer every POST with that status and keep nothing
-                        (an outage, for tests); {"status": 202} restores
+                        (an outage, for tests); {"status": 202} restores. "retryAfter": "5"
+                        adds a Retry-After header to those answers
+  GET /__attempts       how many POSTs were answered with a test status
   GET /healthz          200
 
 OTLP/HTTP JSON log batches (`resourceLogs`) are unpacked: each log record's body is one sealed
@@ -44,6 +48,9 @@ class Collector:
         self.lines: list[str] = []
         self.max_events = max_events
         self.status = 202
+        self.retry_after: str | None = None
+        self.attempts = 0
+        self.bodies: list[dict] = []
         self.lock = threading.Lock()
 
     @staticmethod
@@ -84,10 +91,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # noqa: N802 (stdlib name)
         sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
 
-    def _json(self, status: int, obj) -> None:
+    def _json(self, status: int, obj, headers: dict | None = None) -> None:
         body = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -100,11 +109,20 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__lines" and self.command == "GET":
             with self.collector.lock:
                 return self._json(200, list(self.collector.lines))
+        if path == "/__bodies" and self.command == "GET":
+            with self.collector.lock:
+                return self._json(200, list(self.collector.bodies))
+        if path == "/__attempts" and self.command == "GET":
+            with self.collector.lock:
+                return self._json(200, {"attempts": self.collector.attempts})
         if path == "/__status" and self.command == "POST":
             length = int(self.headers.get("Content-Length") or 0)
-            status = int(json.loads(self.rfile.read(length) or b"{}").get("status", 202))
+            ask = json.loads(self.rfile.read(length) or b"{}")
+            status = int(ask.get("status", 202))
             with self.collector.lock:
                 self.collector.status = status
+                self.collector.retry_after = ask.get("retryAfter")
+                self.collector.attempts = 0
             return self._json(200, {"status": status})
         if path == "/__events":
             if self.command == "GET":
@@ -114,20 +132,29 @@ class Handler(BaseHTTPRequestHandler):
                 with self.collector.lock:
                     self.collector.events.clear()
                     self.collector.lines.clear()
+                    self.collector.bodies.clear()
                 return self._json(200, {"cleared": True})
         if self.command == "POST":
             with self.collector.lock:
-                outage = self.collector.status
+                outage, retry_after = self.collector.status, self.collector.retry_after
+                if outage >= 300:
+                    self.collector.attempts += 1
             if outage >= 300:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                return self._json(outage, {"error": "collector unavailable (test outage)"})
+                extra = {"Retry-After": retry_after} if retry_after else None
+                return self._json(outage, {"error": "collector unavailable (test outage)"}, extra)
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
                 return self._json(413, {"error": "body too large"})
+            raw = self.rfile.read(length)
             try:
-                events = self.collector.parse(self.rfile.read(length))
+                events = self.collector.parse(raw)
             except (UnicodeDecodeError, ValueError):
                 return self._json(400, {"error": "body is not JSON or NDJSON"})
+            with self.collector.lock:
+                if len(self.collector.bodies) < self.collector.max_events:
+                    self.collector.bodies.append({"contentType": self.headers.get("Content-Type", ""),
+                                                  "body": raw.decode("utf-8")})
             return self._json(202, {"accepted": self.collector.accept(events)})
         return self._json(405, {"error": "method not allowed"})
 

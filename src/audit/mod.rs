@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod chain;
+pub mod delivery;
 pub mod event;
 pub mod fhir;
 mod names;

@@ -166,7 +166,7 @@ fn events_carry_no_phi_values() {
             bytes.push_str(&s.line);
             bytes.push('\n');
         }
-        let otlp = otlp_logs(&sealed, c.stream(), "phi-guard");
+        let otlp = otlp_logs(&sealed, c.stream(), "phi-guard", crate::time::UnixMillis::new(0));
         assert!(!otlp.chars().any(char::is_control));
         assert_no_control(&serde_json::from_str(&otlp).unwrap(), "otlp");
         bytes.push_str(&otlp);

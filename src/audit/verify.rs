@@ -385,9 +385,15 @@ mod tests {
     fn otlp_exports_verify() {
         let s = sealed(5, 5, AuditFormat::Jsonl);
         let stream = "05".repeat(16);
-        let export = [otlp_logs(&s[..2], &stream, "phi-guard"), otlp_logs(&s[2..], &stream, "phi-guard")];
+        let export = [
+            otlp_logs(&s[..2], &stream, "phi-guard", crate::time::UnixMillis::new(0)),
+            otlp_logs(&s[2..], &stream, "phi-guard", crate::time::UnixMillis::new(0)),
+        ];
         assert_eq!(verify(export.iter().map(|l| l.as_bytes()), &key()).unwrap().events, 5);
-        let broken = [otlp_logs(&s[..2], &stream, "phi-guard"), otlp_logs(&s[3..], &stream, "phi-guard")];
+        let broken = [
+            otlp_logs(&s[..2], &stream, "phi-guard", crate::time::UnixMillis::new(0)),
+            otlp_logs(&s[3..], &stream, "phi-guard", crate::time::UnixMillis::new(0)),
+        ];
         let e = verify(broken.iter().map(|l| l.as_bytes()), &key()).unwrap_err();
         assert!(matches!((e.line_no, e.reason), (2, Failure::Gap { expected: 2, found: 3, .. })));
     }

@@ -1,17 +1,25 @@
 //! Audit sinks of one VM: every event is sealed into this VM's chain (one stream per worker, so
 //! the data path never waits on another worker), written to Envoy's log, and queued for the
 //! collector. Shipping never blocks a request: batches go out from the root context's tick with
-//! [`Host::dispatch`], are retried with capped exponential backoff and jitter, and stay queued
-//! until delivered. An event is only ever dropped when the bounded queue is full, and every drop
-//! is counted and logged. With `auditRequired`, a full queue or a collector failing past the
-//! limit refuses new requests (503 `audit_unavailable`) instead of serving them unaudited.
+//! [`Host::dispatch`], one at a time and in order.
+//!
+//! A collector's answer is read as OTLP/HTTP defines it ([`crate::audit::delivery`]): a
+//! transient failure (429, 502, 503, 504, no answer) is retried with capped exponential backoff
+//! and jitter, or after the collector's `Retry-After`, and the batch stays at the front of the
+//! queue; anything else is a refusal for good and the queue moves on. An event leaves the queue
+//! undelivered only when the queue is full, when the collector refuses it for good, or when its
+//! batch has used `maxRetries`; each such event is counted, logged with its chain position
+//! (stream and `seq`), and written to Envoy's log if that sink did not already hold it. With
+//! `auditRequired`, a full queue or a collector failing past the limit refuses new requests (503
+//! `audit_unavailable`) instead of serving them unaudited.
 
 use std::collections::VecDeque;
 
-use super::host::{random_u32, Host, Level};
+use super::host::{random_u32, Buffer, Host, Level};
 use super::metrics::Metrics;
+use crate::audit::delivery::{self, Outcome};
 use crate::audit::{batch_body, AuditChain, AuditEvent, AuditKey, Sealed};
-use crate::policy::audit::AuditConfig;
+use crate::policy::audit::{AuditConfig, CollectorFormat};
 use crate::time::UnixMillis;
 
 /// The VM's audit state.
@@ -82,7 +90,7 @@ impl AuditSink {
         metrics.audit_emitted(host);
         if let Some(c) = &config.collector {
             if self.queue.len() >= c.queue_max_events {
-                metrics.audit_dropped(host);
+                metrics.audit_dropped(host, 1);
                 host.log(
                     Level::Error,
                     &format!(
@@ -90,9 +98,12 @@ impl AuditSink {
                         c.queue_max_events,
                         sealed.seq,
                         self.chain.stream(),
-                        if config.envoy_log { " (it is in Envoy's log)" } else { "" }
+                        if config.envoy_log { " (it is in Envoy's log)" } else { "; written to Envoy's log instead" }
                     ),
                 );
+                if !config.envoy_log {
+                    host.log(Level::Info, &sealed.log_line());
+                }
             } else {
                 self.queue.push_back(sealed);
                 metrics.audit_queued(host, self.queue.len());
@@ -130,36 +141,79 @@ impl AuditSink {
         }
         let n = self.queue.len().min(c.batch_max_events);
         let batch: Vec<Sealed> = self.queue.drain(..n).collect();
-        let body = batch_body(c, &batch, self.chain.stream());
+        let body = batch_body(c, &batch, self.chain.stream(), now);
         let headers =
             vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", c.content_type())];
         self.last_flush = now;
         match host.dispatch(&c.cluster, &headers, Some(body.as_bytes()), c.timeout_ms) {
             Ok(token) => self.in_flight = Some((token, batch)),
             Err(e) => {
+                // No connection to make: transient, like a connection failure.
                 host.log(Level::Warn, &format!("phi-guard: audit batch could not be dispatched: {e}"));
-                self.requeue(batch, c.backoff_ms(self.attempt + 1), now, host, metrics);
+                self.retry(batch, None, config, now, host, metrics);
             }
         }
     }
 
-    fn requeue(&mut self, batch: Vec<Sealed>, delay_ms: u64, now: UnixMillis, host: &impl Host, metrics: &Metrics) {
-        self.attempt = self.attempt.saturating_add(1);
+    /// A transient failure: the batch goes back to the front of the queue for another attempt,
+    /// unless it has used `maxRetries`.
+    fn retry(
+        &mut self,
+        batch: Vec<Sealed>,
+        retry_after_ms: Option<u64>,
+        config: &AuditConfig,
+        now: UnixMillis,
+        host: &impl Host,
+        metrics: &Metrics,
+    ) {
         self.failures = self.failures.saturating_add(1);
+        let Some(c) = &config.collector else { return };
+        if c.max_retries.is_some_and(|max| self.attempt >= max) {
+            self.attempt = 0;
+            metrics.audit_abandoned(host, batch.len());
+            self.give_up(&batch, &format!("given up after {} retries", c.max_retries.unwrap_or_default()), config, host);
+            return;
+        }
+        self.attempt = self.attempt.saturating_add(1);
         metrics.audit_retried(host);
         for s in batch.into_iter().rev() {
             self.queue.push_front(s);
         }
-        // ±50 % jitter so workers and proxies do not retry in lockstep.
+        // ±50 % jitter so workers and proxies do not retry in lockstep; a collector's
+        // `Retry-After` is a floor.
         let jitter = u64::from(random_u32(host) % 1024);
-        self.next_try = now.add_ms(delay_ms.saturating_mul(512 + jitter) / 1024);
+        let backoff = c.backoff_ms(self.attempt).saturating_mul(512 + jitter) / 1024;
+        self.next_try = now.add_ms(backoff.max(retry_after_ms.unwrap_or(0)));
+    }
+
+    /// Events that will not reach the collector: logged with their chain positions, and
+    /// written to Envoy's log when that sink did not already take them.
+    fn give_up(&self, batch: &[Sealed], why: &str, config: &AuditConfig, host: &impl Host) {
+        host.log(
+            Level::Error,
+            &format!(
+                "phi-guard: audit collector did not take {} events ({why}): seq {} of stream {} NOT delivered to the collector{}",
+                batch.len(),
+                seq_ranges(batch),
+                self.chain.stream(),
+                if config.envoy_log { " (they are in Envoy's log)" } else { "; written to Envoy's log instead" }
+            ),
+        );
+        if !config.envoy_log {
+            for s in batch {
+                host.log(Level::Info, &s.log_line());
+            }
+        }
     }
 
     /// A collector response; false if the call was not ours.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_response(
         &mut self,
         token: u32,
         status: Option<u16>,
+        retry_after: Option<&str>,
+        body_size: usize,
         config: &AuditConfig,
         now: UnixMillis,
         host: &impl Host,
@@ -170,29 +224,76 @@ impl AuditSink {
             return false;
         }
         let Some((_, batch)) = self.in_flight.take() else { return true };
-        match status {
-            Some(s) if (200..300).contains(&s) => {
-                metrics.audit_sent(host, batch.len());
+        // Only a 2xx OTLP answer has a body worth reading (a partial success).
+        let otlp = config.collector.as_ref().is_some_and(|c| c.format == CollectorFormat::Otlp);
+        let body = match status {
+            Some(200..=299) if otlp && body_size > 0 && body_size <= delivery::ANSWER_READ_MAX => {
+                host.buffer(Buffer::CallResponseBody, 0, body_size).ok().flatten()
+            }
+            _ => None,
+        };
+        match delivery::classify(status, retry_after, body.as_deref(), now) {
+            Outcome::Delivered { rejected, message } => {
                 self.attempt = 0;
                 self.failures = 0;
                 self.next_try = UnixMillis::default();
+                // OTLP does not say which records it rejected: the whole batch is named.
+                let rejected = usize::try_from(rejected).unwrap_or(usize::MAX).min(batch.len());
+                metrics.audit_sent(host, batch.len() - rejected);
+                if rejected > 0 {
+                    metrics.audit_refused(host, rejected);
+                    self.give_up(&batch, &format!("partial success: {rejected} of them rejected: {message}"), config, host);
+                }
             }
-            other => {
-                let delay = config.collector.as_ref().map_or(1000, |c| c.backoff_ms(self.attempt + 1));
+            Outcome::Retry { after_ms } => {
                 host.log(
                     Level::Warn,
                     &format!(
-                        "phi-guard: audit collector answered {}; {} events kept for retry",
-                        other.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string()),
-                        batch.len()
+                        "phi-guard: audit collector answered {}; {} events kept for retry{}",
+                        status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string()),
+                        batch.len(),
+                        after_ms.map_or(String::new(), |ms| format!(" (Retry-After: {ms} ms)"))
                     ),
                 );
-                self.requeue(batch, delay, now, host, metrics);
+                self.retry(batch, after_ms, config, now, host, metrics);
+            }
+            Outcome::Refused => {
+                // Sending the same bytes again cannot succeed, and would hold every later batch.
+                // It still counts as a failed delivery for `auditRequired`.
+                self.attempt = 0;
+                self.failures = self.failures.saturating_add(1);
+                self.next_try = UnixMillis::default();
+                metrics.audit_refused(host, batch.len());
+                self.give_up(&batch, &format!("refused for good with {}", status.unwrap_or_default()), config, host);
             }
         }
         metrics.audit_queued(host, self.queue.len());
         true
     }
+}
+
+/// The `seq` numbers of a batch as ranges (`3-7,9`); a batch is in order, with gaps where
+/// events were dropped.
+fn seq_ranges(batch: &[Sealed]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(first) = batch.get(i) {
+        let mut last = first.seq;
+        i += 1;
+        while batch.get(i).is_some_and(|s| s.seq == last.wrapping_add(1)) {
+            last += 1;
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&first.seq.to_string());
+        if last != first.seq {
+            out.push('-');
+            out.push_str(&last.to_string());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -276,6 +377,129 @@ mod tests {
         w.tick();
         let last = w.calls_to("audit").pop().unwrap();
         assert_eq!(seqs(last.body.as_deref().unwrap()), [3]);
+    }
+
+    fn logged_lines(w: &Worker) -> Vec<u64> {
+        w.host().audit_events().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    }
+
+    /// The worker's chain stream id, read from its first logged event.
+    fn stream_of(w: &Worker) -> String {
+        w.host().audit_events()[0]["stream"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_batch_refused_for_good_is_not_retried_and_does_not_hold_the_queue() {
+        let mut p = collected(json!({"format": "otlp"}));
+        p["audit"]["envoyLog"] = json!(false);
+        p["audit"]["auditRequired"] = json!(true);
+        p["audit"]["failureLimit"] = json!(2);
+        let mut w = Worker::with_policy(&p, NOW_MS);
+        for _ in 0..3 {
+            refuse(&w);
+        }
+        w.tick();
+        let first = w.calls_to("audit").pop().unwrap();
+        assert_eq!(first.header("content-type"), Some("application/json"));
+        w.answer(first.token, 400, &[("retry-after", "1")], br#"{"code":3,"message":"bad"}"#);
+        assert_eq!((w.host().stat("phi_guard.audit_refused"), w.host().stat("phi_guard.audit_retried")), (2, 0));
+        assert!(w.host().logged(&format!(
+            "audit collector did not take 2 events (refused for good with 400): seq 0-1 of stream {} NOT delivered to the collector; written to Envoy's log instead",
+            stream_of(&w)
+        )));
+        assert_eq!(logged_lines(&w), [0, 1], "the refused events are kept in Envoy's log, sealed as they were");
+        // The queue moves on: the next batch holds the next event, not the refused ones, with no
+        // backoff (only the flush interval, as one event does not fill a batch).
+        w.advance(1_000);
+        w.tick();
+        let next = w.calls_to("audit").pop().unwrap();
+        assert_ne!(next.token, first.token);
+        let body: Value = serde_json::from_slice(next.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["attributes"][0]["value"]["intValue"], "2");
+        // A refusal is still a failed delivery: with auditRequired, the second in a row closes.
+        w.answer(next.token, 401, &[], b"");
+        let t = token(json!({}));
+        let ex = w.request("GET", "/fhir/Patient/p1", Some(&t));
+        assert_eq!(w.seen(&ex).reply.map(|r| r.status), Some(503));
+        assert_eq!(w.host().stat("phi_guard.audit_refused"), 3);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_under_the_backoff() {
+        let mut w = Worker::with_policy(&collected(json!({})), NOW_MS);
+        refuse(&w);
+        w.tick();
+        let call = w.calls_to("audit").pop().unwrap();
+        w.answer(call.token, 429, &[("retry-after", "5")], b"");
+        assert!(w.host().logged("audit collector answered 429; 1 events kept for retry (Retry-After: 5000 ms)"));
+        w.advance(4_999);
+        w.tick();
+        assert_eq!(w.calls_to("audit").len(), 1, "not before the collector's Retry-After");
+        w.advance(1);
+        w.tick();
+        let retry = w.calls_to("audit").pop().unwrap();
+        assert_eq!(seqs(retry.body.as_deref().unwrap()), [0]);
+        // A date in the past, or a value that is not one, leaves the backoff alone.
+        w.answer(retry.token, 503, &[("retry-after", "tomorrow")], b"");
+        w.advance(1_000);
+        w.tick();
+        assert_eq!(w.calls_to("audit").len(), 3);
+    }
+
+    #[test]
+    fn max_retries_gives_a_batch_up_counted_and_logged_with_its_chain_positions() {
+        let mut w = Worker::with_policy(&collected(json!({"maxRetries": 1})), NOW_MS);
+        refuse(&w);
+        refuse(&w);
+        w.tick();
+        let first = w.calls_to("audit").pop().unwrap();
+        w.answer(first.token, 503, &[], b"");
+        w.advance(1_000);
+        w.tick();
+        let retry = w.calls_to("audit").pop().unwrap();
+        assert_eq!(seqs(retry.body.as_deref().unwrap()), [0, 1]);
+        w.answer(retry.token, 0, &[], b"");
+        assert_eq!((w.host().stat("phi_guard.audit_abandoned"), w.host().stat("phi_guard.audit_retried")), (2, 1));
+        assert!(w.host().logged(&format!(
+            "audit collector did not take 2 events (given up after 1 retries): seq 0-1 of stream {} NOT delivered to the collector (they are in Envoy's log)",
+            stream_of(&w)
+        )));
+        assert_eq!(logged_lines(&w), [0, 1], "written once: Envoy's log already had them");
+        // The next batch starts with a fresh count.
+        refuse(&w);
+        w.advance(1_000);
+        w.tick();
+        let next = w.calls_to("audit").pop().unwrap();
+        assert_eq!(seqs(next.body.as_deref().unwrap()), [2]);
+        w.answer(next.token, 503, &[], b"");
+        assert_eq!(w.host().stat("phi_guard.audit_retried"), 2, "retried, not given up");
+    }
+
+    #[test]
+    fn an_otlp_partial_success_counts_the_rejected_records() {
+        let mut w = Worker::with_policy(&collected(json!({"format": "otlp"})), NOW_MS);
+        refuse(&w);
+        refuse(&w);
+        w.tick();
+        let call = w.calls_to("audit").pop().unwrap();
+        w.answer(call.token, 200, &[], br#"{"partialSuccess":{"rejectedLogRecords":"1","errorMessage":"record too old"}}"#);
+        assert_eq!((w.host().stat("phi_guard.audit_sent"), w.host().stat("phi_guard.audit_refused")), (1, 1));
+        assert!(w.host().logged("did not take 2 events (partial success: 1 of them rejected: record too old): seq 0-1"));
+        assert_eq!(w.host().stat("phi_guard.audit_retried"), 0, "rejected records are never retried");
+    }
+
+    #[test]
+    fn seq_ranges_name_gaps() {
+        use super::seq_ranges;
+        let sealed = |seq| crate::audit::Sealed {
+            line: String::new(),
+            seq,
+            time_ms: crate::time::UnixMillis::new(0),
+            severity: crate::audit::Severity::Info,
+        };
+        let batch: Vec<_> = [3, 4, 5, 7, 9, 10].into_iter().map(sealed).collect();
+        assert_eq!(seq_ranges(&batch), "3-5,7,9-10");
+        assert_eq!(seq_ranges(&[]), "");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Metrics {
     audit_sent: Option<u32>,
     audit_retried: Option<u32>,
     audit_dropped: Option<u32>,
+    audit_refused: Option<u32>,
+    audit_abandoned: Option<u32>,
     audit_queued: Option<u32>,
     responses_minimized: Option<u32>,
     fields_withheld: Option<u32>,
@@ -84,6 +86,8 @@ impl Metrics {
             audit_sent: counter(host, "phi_guard.audit_sent"),
             audit_retried: counter(host, "phi_guard.audit_retried"),
             audit_dropped: counter(host, "phi_guard.audit_dropped"),
+            audit_refused: counter(host, "phi_guard.audit_refused"),
+            audit_abandoned: counter(host, "phi_guard.audit_abandoned"),
             audit_queued: gauge(host, "phi_guard.audit_queued"),
             responses_minimized: counter(host, "phi_guard.responses_minimized"),
             fields_withheld: counter(host, "phi_guard.fields_withheld"),
@@ -191,9 +195,20 @@ impl Metrics {
         bump(host, self.audit_retried, 1);
     }
 
-    /// An event not queued because the queue was full.
-    pub fn audit_dropped(&self, host: &impl Host) {
-        bump(host, self.audit_dropped, 1);
+    /// Events not queued because the queue was full.
+    pub fn audit_dropped(&self, host: &impl Host, n: usize) {
+        bump(host, self.audit_dropped, n as u64);
+    }
+
+    /// Events the collector refused for good (a non-retryable status, or rejected in an OTLP
+    /// partial success).
+    pub fn audit_refused(&self, host: &impl Host, n: usize) {
+        bump(host, self.audit_refused, n as u64);
+    }
+
+    /// Events whose batch used `maxRetries` without being delivered.
+    pub fn audit_abandoned(&self, host: &impl Host, n: usize) {
+        bump(host, self.audit_abandoned, n as u64);
     }
 
     /// Events waiting for the collector (this worker).

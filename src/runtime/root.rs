@@ -233,7 +233,8 @@ impl<H: Host> Root<H> {
         let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
         let config = self.vm.active.borrow().as_ref().map(|a| a.policy.audit.clone()).unwrap_or_default();
         if let Some(sink) = self.vm.audit.borrow_mut().as_mut() {
-            if sink.on_response(token, status, &config, now, host, &self.vm.metrics) {
+            let retry_after = header(&headers, "retry-after");
+            if sink.on_response(token, status, retry_after, body_size, &config, now, host, &self.vm.metrics) {
                 return;
             }
         }

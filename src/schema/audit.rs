@@ -57,7 +57,8 @@ pub struct CollectorDoc {
     /// Most events held per worker while the collector is slow or down.
     #[serde(default)]
     pub queue_max_events: Option<usize>,
-    /// Retries of one batch before its events are counted as dropped.
+    /// Retries of one batch after transient failures (429, 502, 503, 504, no answer) before
+    /// its events are given up, counted and logged; absent: retried until delivered.
     #[serde(default)]
     pub max_retries: Option<u32>,
     /// Deadline of one callout.

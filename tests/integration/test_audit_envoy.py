@@ -7,12 +7,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import RUN_DIR
 from envoy_config import DEMO_AUDIT_KEY
 from harness import make_harness
 from helpers import ME, OTHER, Api
@@ -22,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 PREFIX = "phi-guard-audit: "
+CARGO_VERSION = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
 CLINICIAN = json.loads((REPO / "policies" / "clinician-api.json").read_text())
 SYNTHEA = REPO / "envoy" / "demo-data" / "synthea" / "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json"
 
@@ -115,7 +118,7 @@ def collector_policy(**collector) -> dict:
 
 
 def start(name: str, doc: dict):
-    workdir = REPO / ".run" / "tests" / name
+    workdir = RUN_DIR / name
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "policy.json").write_text(json.dumps(doc))
     return make_harness("local", name, workdir=workdir, policy=workdir / "policy.json")
@@ -207,6 +210,114 @@ def test_audit_required_refuses_when_the_collector_fails():
             streak = streak + 1 if api.get(f"/fhir/Patient/{ME}", token=token).status == 200 else 0
             time.sleep(0.2)
         assert streak >= 6, "did not recover"
+    finally:
+        h.stop()
+
+
+def test_otlp_batches_parse_strictly_as_export_logs_service_requests():
+    """Every batch the collector received is an OTLP/JSON `ExportLogsServiceRequest` as the
+    OpenTelemetry protobuf definitions read it (unknown fields refused), with the resource and
+    record fields the specification and its semantic conventions name."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    doc = collector_policy(queueMaxEvents=1000)
+    assert doc["audit"]["collector"]["format"] == "otlp"
+    h = start("audit-otlp", doc)
+    try:
+        api = Api(h)
+        token = clinician_token()
+        for _ in range(4):
+            assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
+        assert api.get(f"/fhir/Patient/{ME}").status == 401
+        wait_lines(h.audit_lines, 5)
+        bodies = h.collector_bodies()
+        assert bodies
+        seen = 0
+        for b in bodies:
+            assert b["contentType"] == "application/json"
+            msg = json_format.Parse(b["body"], ExportLogsServiceRequest(), ignore_unknown_fields=False)
+            for rl in msg.resource_logs:
+                attrs = {a.key: a.value.string_value for a in rl.resource.attributes}
+                assert attrs["service.name"] == "phi-guard"
+                assert attrs["service.version"] == CARGO_VERSION
+                assert len(attrs["service.instance.id"]) == 32
+                for sl in rl.scope_logs:
+                    assert sl.scope.name == "phi-guard.audit"
+                    for rec in sl.log_records:
+                        seen += 1
+                        assert rec.event_name == "phi_guard.audit.decision"
+                        assert rec.time_unix_nano > 1_700_000_000 * 10**9
+                        assert rec.observed_time_unix_nano >= rec.time_unix_nano
+                        assert rec.severity_number in (9, 13, 17)  # INFO, WARN, ERROR
+                        assert json.loads(rec.body.string_value)["stream"] == attrs["service.instance.id"]
+        assert seen >= 5
+    finally:
+        h.stop()
+
+
+def test_a_batch_refused_for_good_is_counted_logged_and_does_not_block_the_queue():
+    """A 400 is not retried (OTLP/HTTP): the refused events are counted and logged with their
+    chain positions, and the events after them are delivered once the collector accepts."""
+    h = start("audit-refused", collector_policy(queueMaxEvents=1000))
+    try:
+        api = Api(h)
+        token = clinician_token()
+        h.collector_status(400)
+        for _ in range(6):
+            assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
+        deadline = time.monotonic() + 15
+        while stat(h, "phi_guard_audit_refused") < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stat(h, "phi_guard_audit_refused") == 6
+        assert stat(h, "phi_guard_audit_retried") == 0, "a refusal for good is never retried"
+        attempts = h.collector_attempts()
+        h.collector_status(202)
+        for _ in range(4):
+            assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
+        lines = wait_lines(h.audit_lines, 4, timeout=15)
+        assert len(lines) == 4, "the refused batches do not hold the later ones"
+        assert attempts <= 6
+        # Every chain position the refusals name is in Envoy's log, sealed (Envoy writes its log
+        # file in the background: wait for it).
+        deadline = time.monotonic() + 15
+        while True:
+            log = h.envoy_log_text()
+            logged = {(e["stream"], e["seq"]) for e in
+                      (json.loads(line.split("phi-guard-audit: ", 1)[1]) for line in log.splitlines()
+                       if "phi-guard-audit: " in line)}
+            named = set()
+            for seqs, stream in re.findall(r"refused for good with 400\): seq ([\d,-]+) of stream (\w+) NOT "
+                                           r"delivered to the collector \(they are in Envoy's log\)", log):
+                for part in seqs.split(","):
+                    lo, _, hi = part.partition("-")
+                    named.update((stream, n) for n in range(int(lo), int(hi or lo) + 1))
+            if len(named) >= 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(named) == 6, (named, log[-2000:])
+        assert named <= logged
+    finally:
+        h.stop()
+
+
+def test_retry_after_holds_retries_back():
+    """429 with `Retry-After: 3`: each worker waits for it instead of its 100 ms backoff."""
+    h = start("audit-retry-after", collector_policy(queueMaxEvents=1000))
+    try:
+        api = Api(h)
+        token = clinician_token()
+        h.collector_status(429, retry_after="3")
+        for _ in range(6):
+            assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
+        time.sleep(2.5)
+        # At most one attempt per worker in 2.5 s (with the 100-500 ms backoff alone, each
+        # would have tried about five times).
+        assert 1 <= h.collector_attempts() <= 2, h.collector_attempts()
+        h.collector_status(202)
+        lines = wait_lines(h.audit_lines, 6, timeout=15)
+        assert len(lines) == 6, "retried after the wait, nothing lost"
+        assert stat(h, "phi_guard_audit_refused") == 0
     finally:
         h.stop()
 

@@ -202,11 +202,27 @@ class Harness:
             raise HarnessError(f"GET /__lines answered {status}")
         return json.loads(body)
 
-    def collector_status(self, status: int) -> None:
-        """Make the collector answer every POST with `status` (>= 300: an outage)."""
+    def collector_status(self, status: int, retry_after: str | None = None) -> None:
+        """Make the collector answer every POST with `status` (>= 300: an outage), with a
+        `Retry-After` header if given; resets the count of such answers."""
+        ask = {"status": status, **({"retryAfter": retry_after} if retry_after else {})}
         req = urllib.request.Request(f"{self.collector_url}/__status", method="POST",
-                                     data=json.dumps({"status": status}).encode())
+                                     data=json.dumps(ask).encode())
         urllib.request.urlopen(req, timeout=5).read()  # noqa: S310 (loopback only)
+
+    def collector_attempts(self) -> int:
+        """POSTs the collector answered with its test status since `collector_status`."""
+        status, body = http_get(f"{self.collector_url}/__attempts")
+        if status != 200:
+            raise HarnessError(f"GET /__attempts answered {status}")
+        return json.loads(body)["attempts"]
+
+    def collector_bodies(self) -> list[dict]:
+        """Every batch the collector accepted: `{"contentType", "body"}` as received."""
+        status, body = http_get(f"{self.collector_url}/__bodies")
+        if status != 200:
+            raise HarnessError(f"GET /__bodies answered {status}")
+        return json.loads(body)
 
     def envoy_log_text(self) -> str:
         """Envoy's log, where every audit event is also written (prefix `phi-guard-audit: `)."""

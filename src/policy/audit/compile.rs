@@ -66,7 +66,7 @@ fn compile_collector(c: &CollectorDoc, loc: &Loc<'_>) -> Result<CollectorConfig,
             .field("queueMaxEvents")
             .error(format!("`{queue_max_events}` must be at least `batchMaxEvents` ({batch_max_events})")));
     }
-    let max_retries = loc.field("maxRetries").bounded(c.max_retries, 5, 0..=100)?;
+    let max_retries = c.max_retries.map(|_| loc.field("maxRetries").bounded(c.max_retries, 0, 0..=1_000)).transpose()?;
     let timeout_ms = loc.field("timeoutMs").bounded(c.timeout_ms, 5_000, 100..=60_000)?;
     let backoff_initial_ms = loc.field("backoffInitialMs").bounded(c.backoff_initial_ms, 250, 10..=60_000)?;
     let backoff_max_ms = loc.field("backoffMaxMs").bounded(c.backoff_max_ms, 30_000, 10..=600_000)?;
@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(a, AuditConfig::default());
         let a = with_audit(json!({"collector": {"cluster": "otel", "path": "/v1/logs", "format": "otlp"}})).unwrap();
         let c = a.collector.unwrap();
-        assert_eq!((c.authority.as_str(), c.batch_max_events, c.queue_max_events, c.max_retries), ("otel", 100, 10_000, 5));
+        assert_eq!((c.authority.as_str(), c.batch_max_events, c.queue_max_events, c.max_retries), ("otel", 100, 10_000, None));
         assert_eq!(c.content_type(), "application/json");
         assert_eq!((c.backoff_ms(1), c.backoff_ms(2), c.backoff_ms(3), c.backoff_ms(40), c.backoff_ms(0)), (250, 500, 1000, 30_000, 250));
     }

@@ -43,8 +43,9 @@ pub struct CollectorConfig {
     pub flush_interval_ms: u64,
     /// Queue bound per worker; events beyond it are dropped (and counted).
     pub queue_max_events: usize,
-    /// Retries per batch.
-    pub max_retries: u32,
+    /// Retries of one batch after transient failures before its events are given up; `None`:
+    /// retried until delivered (the queue bound then decides what is lost).
+    pub max_retries: Option<u32>,
     /// Callout deadline in milliseconds.
     pub timeout_ms: u64,
     /// First retry delay in milliseconds.
