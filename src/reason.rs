@@ -154,7 +154,7 @@ impl DenyReason {
             }
             PreconditionFailed => 412,
             WriteNotVerified => 403,
-            InvalidPath | InvalidHeader | PathTooLong | AmbiguousCredentials | UnsupportedFhirRequest | InvalidRequestBody => 400,
+            InvalidPath | InvalidHeader | PathTooLong | AmbiguousCredentials | TokenInQuery | UnsupportedFhirRequest | InvalidRequestBody => 400,
             HeadersTooLarge => 431,
             RequestTooLarge => 413,
             RateLimited => 429,
@@ -177,7 +177,6 @@ impl DenyReason {
             | BadIssuedAt
             | BadAudience
             | BadClaim
-            | TokenInQuery
             | InvalidDpopProof
             | DpopProofReplayed
             | DpopKeyMismatch
@@ -353,10 +352,13 @@ impl DenyReason {
         }
     }
 
-    /// The RFC 6750 `error` value for `WWW-Authenticate`, if the status calls for one.
+    /// The RFC 6750 `error` value for `WWW-Authenticate`, if the status calls for one. A request
+    /// without bearer credentials (none, or another scheme) gets a challenge without an error
+    /// (§3.1); credentials sent twice or in the query are `invalid_request` (400).
     pub fn bearer_error(self) -> Option<&'static str> {
         match self.status() {
-            401 if self == DenyReason::MissingToken => None,
+            401 if matches!(self, DenyReason::MissingToken | DenyReason::UnsupportedAuthScheme) => None,
+            400 if matches!(self, DenyReason::AmbiguousCredentials | DenyReason::TokenInQuery) => Some("invalid_request"),
             401 if self == DenyReason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             401 if self.dpop_proof_error() => Some("invalid_dpop_proof"),
             401 => Some("invalid_token"),
@@ -481,6 +483,12 @@ mod tests {
             assert!(r.code().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
         assert_eq!(DenyReason::MissingToken.bearer_error(), None);
+        // RFC 6750 §3.1: no error for a request without bearer credentials; invalid_request
+        // (400) for credentials sent twice or in the query.
+        assert_eq!((DenyReason::UnsupportedAuthScheme.status(), DenyReason::UnsupportedAuthScheme.bearer_error()), (401, None));
+        for r in [DenyReason::AmbiguousCredentials, DenyReason::TokenInQuery] {
+            assert_eq!((r.status(), r.bearer_error()), (400, Some("invalid_request")));
+        }
         assert_eq!(DenyReason::Expired.bearer_error(), Some("invalid_token"));
         assert_eq!(DenyReason::InsufficientScope.bearer_error(), Some("insufficient_scope"));
         assert_eq!(DenyReason::InsufficientUserAuthentication.bearer_error(), Some("insufficient_user_authentication"));

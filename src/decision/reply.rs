@@ -151,6 +151,11 @@ mod tests {
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate").unwrap().contains("error=\"insufficient_scope\", error_description=\"the token lacks a scope this request requires\", scope=\"patient/Observation.r\""));
         assert!(header(&refusal_reply(DenyReason::NoRoute, DenyReason::NoRoute.status(), false, None), "www-authenticate").is_none());
+        // Another scheme: a challenge, no error; two credentials: invalid_request.
+        let other = refusal_reply(DenyReason::UnsupportedAuthScheme, 401, false, None);
+        assert_eq!(header(&other, "www-authenticate"), Some("Bearer realm=\"phi-guard\""));
+        let twice = refusal_reply(DenyReason::AmbiguousCredentials, 400, true, None);
+        assert!(header(&twice, "www-authenticate").unwrap().starts_with("Bearer realm=\"phi-guard\", error=\"invalid_request\""));
     }
 
     #[test]

@@ -71,8 +71,8 @@ mod tests {
 
     fn writes_policy() -> Value {
         policy(|p| {
-            p["routes"][3]["methods"] = json!(["GET", "HEAD", "PUT", "PATCH", "DELETE"]);
-            p["routes"][3]["fhir"]["patientWrites"] = json!({"cluster": "upstream", "timeoutMs": 500});
+            p["routes"][4]["methods"] = json!(["GET", "HEAD", "PUT", "PATCH", "DELETE"]);
+            p["routes"][4]["fhir"]["patientWrites"] = json!({"cluster": "upstream", "timeoutMs": 500});
         })
     }
 
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn without_patient_writes_the_route_refuses_as_before() {
         let mut p = writes_policy();
-        p["routes"][3]["fhir"].as_object_mut().unwrap().remove("patientWrites");
+        p["routes"][4]["fhir"].as_object_mut().unwrap().remove("patientWrites");
         let w = Worker::with_policy(&p, NOW_MS);
         let ex = w.request("DELETE", "/fhir/Observation/o1", Some(&writer()));
         assert_eq!(w.seen(&ex).reply.unwrap().reason().as_deref(), Some("compartment_escape"));

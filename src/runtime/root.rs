@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn a_policy_that_hashes_needs_the_hmac_key() {
         let hashing = policy(|p| {
-            p["routes"][3]["minimize"]["profiles"][0]["resources"]["Patient"]["transform"][0] =
+            p["routes"][4]["minimize"]["profiles"][0]["resources"]["Patient"]["transform"][0] =
                 json!({"path": "identifier[*].value", "transform": "hash"});
         });
         let mut w = Worker::new();

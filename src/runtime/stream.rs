@@ -551,8 +551,8 @@ mod tests {
     #[test]
     fn request_bodies_are_held_until_checked() {
         let p = policy(|p| {
-            p["routes"][3]["methods"] = json!(["GET", "POST"]);
-            p["routes"][3]["fhir"]["scopeContexts"] = json!(["patient"]);
+            p["routes"][4]["methods"] = json!(["GET", "POST"]);
+            p["routes"][4]["fhir"]["scopeContexts"] = json!(["patient"]);
             p["limits"]["maxRequestBodyBytes"] = json!(64);
         });
         let w = Worker::with_policy(&p, NOW_MS);

@@ -13,6 +13,7 @@ ME = "d78af07c-9cb9-4f31-9b11-c45a28f2eec8"  # Clemente Kreiger: the token's pat
 OTHER = "1f456f0a-acb1-4728-82af-01ca57083c7b"  # Kermit Trantow: somebody else
 
 INVALID_TOKEN = re.compile(r'^Bearer\b.*\berror="invalid_token"', re.IGNORECASE)
+INVALID_REQUEST = re.compile(r'^Bearer\b.*\berror="invalid_request"', re.IGNORECASE)
 INSUFFICIENT_SCOPE = re.compile(r'^Bearer\b.*\berror="insufficient_scope"', re.IGNORECASE)
 
 

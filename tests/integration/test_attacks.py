@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import INVALID_TOKEN, ME, Api, assert_denied
+from helpers import INVALID_REQUEST, INVALID_TOKEN, ME, Api, assert_denied
 from tokens import PyMinter, b64url, b64url_json, encode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,4 +127,4 @@ def test_duplicate_authorization_headers(api):
 
 def test_token_only_in_query_string(api):
     resp = api.get(f"{PATH}?access_token={good()}")
-    assert_denied(api, resp, 401, www_authenticate=INVALID_TOKEN, reason="token_in_query")
+    assert_denied(api, resp, 400, www_authenticate=INVALID_REQUEST, reason="token_in_query")

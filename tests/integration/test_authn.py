@@ -7,7 +7,7 @@ one thing (test_python_minted_baseline_is_accepted proves the Python-minted base
 import time
 
 import pytest
-from helpers import INVALID_TOKEN, ME, OTHER, assert_allowed, assert_denied, assert_no_token_echo
+from helpers import INVALID_REQUEST, INVALID_TOKEN, ME, OTHER, assert_allowed, assert_denied, assert_no_token_echo
 
 READ_ME = f"/fhir/Patient/{ME}"
 SCOPE = "patient/*.rs"
@@ -52,10 +52,21 @@ def test_missing_token(patient_app):
     assert "error=" not in challenge or INVALID_TOKEN.search(challenge), challenge
 
 
+def test_another_scheme_gets_a_challenge_without_an_error(patient_app):
+    """RFC 6750 §3.1: a request without bearer credentials (here HTTP Basic) is told how to
+    authenticate, not that a token was invalid."""
+    resp = patient_app.get(READ_ME, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert_denied(patient_app, resp, 401, reason="unsupported_auth_scheme")
+    challenges = [c.strip() for c in (resp.header("www-authenticate") or "").split(",") if c.strip()]
+    assert challenges and challenges[0] == 'Bearer realm="phi-guard"', resp.header("www-authenticate")
+    assert "error=" not in (resp.header("www-authenticate") or ""), resp.header("www-authenticate")
+
+
 def test_token_in_query_string_only(patient_app, tokens):
     token = tokens.cli(scope=SCOPE, patient=ME)
     resp = patient_app.get(f"{READ_ME}?access_token={token}")
-    assert_denied(patient_app, resp, 401, token=token, www_authenticate=INVALID_TOKEN,
+    # RFC 6750 §3.1: a token in the query is an invalid_request (400), not an invalid token.
+    assert_denied(patient_app, resp, 400, token=token, www_authenticate=INVALID_REQUEST,
                   reason="token_in_query")
 
 

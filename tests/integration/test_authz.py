@@ -12,10 +12,24 @@ def my_token(tokens):
 
 
 # ------------------------------------------------------------------------------ public routes
-@pytest.mark.parametrize("path", ["/healthz", "/fhir/metadata", "/.well-known/smart-configuration"])
+@pytest.mark.parametrize("path", ["/healthz", "/fhir/metadata", "/.well-known/smart-configuration",
+                                  "/fhir/.well-known/smart-configuration"])
 def test_public_route_without_token(patient_app, path):
     resp = patient_app.get(path)
     assert_allowed(patient_app, resp)
+
+
+def test_smart_discovery_is_served_under_the_fhir_base(patient_app):
+    """SMART App Launch 2.x: clients GET `[base]/.well-known/smart-configuration`, no token."""
+    resp = patient_app.get("/fhir/.well-known/smart-configuration")
+    doc = assert_allowed(patient_app, resp)
+    for member in ("authorization_endpoint", "token_endpoint", "capabilities"):
+        assert doc[member], member
+    assert "permission-v2" in doc["capabilities"]
+    # Only that document: the rest of `.well-known` under the base, and other methods, are not
+    # public.
+    assert patient_app.get("/fhir/.well-known/openid-configuration").status in (400, 401)
+    assert patient_app.request("POST", "/fhir/.well-known/smart-configuration", body=b"{}").status == 405
 
 
 # ------------------------------------------------------------------------------ scopes

@@ -193,6 +193,8 @@ def test_two_authorization_headers_are_ambiguous(patient_app):
     token = patient_token()
     r = get(patient_app.harness.base_url, f"/fhir/Patient/{ME}".encode(), [bearer(token), bearer(token)])
     assert (r.status, r.reasons()) == (400, {"ambiguous_credentials"}), r
+    # RFC 6750 §3.1: more than one method of sending a token is an invalid_request.
+    assert re.search(rb'^Bearer realm="phi-guard", error="invalid_request"', r.header("www-authenticate") or b""), r
 
 
 def test_oversized_and_numerous_headers(patient_app):

@@ -17,7 +17,8 @@ Serves (``application/fhir+json`` under /fhir):
   PUT|PATCH|DELETE /fhir/{Type}/{id}          accepted if it exists and `If-Match`, when sent,
                                               names its version (else 412); nothing is stored
   Reads carry `ETag: W/"<meta.versionId or 1>"`.
-  GET /healthz, GET /.well-known/smart-configuration, GET /jwks.json (the demo keys' JWKS),
+  GET /healthz, GET [/fhir]/.well-known/smart-configuration (SMART App Launch discovery, at the
+  root and under the FHIR base), GET /jwks.json (the demo keys' JWKS),
   GET /.well-known/openid-configuration (the demo identity provider's, naming /jwks.json)
   GET /admin/reports/{id}, GET|POST /admin/export[...]   small plain JSON
 Anything else: 404 OperationOutcome.
@@ -354,7 +355,8 @@ class Handler(BaseHTTPRequestHandler):
         method = self.command
         if raw_path == "/healthz" and method in ("GET", "HEAD"):
             return self._send(200, {"status": "ok"}, PLAIN_JSON)
-        if raw_path == "/.well-known/smart-configuration" and method in ("GET", "HEAD"):
+        if raw_path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration") \
+                and method in ("GET", "HEAD"):
             return self._send(200, SMART_CONFIGURATION, PLAIN_JSON)
         if raw_path == "/.well-known/openid-configuration" and method in ("GET", "HEAD"):
             # The demo identity provider's OpenID discovery document (for discovery policies).
