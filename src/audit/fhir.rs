@@ -216,6 +216,8 @@ struct Resource<'a> {
     purpose_of_event: Vec<Concept<'a>>,
     agent: Vec<Agent<'a>>,
     source: Source<'a>,
+    /// Absent rather than `[]` (FHIR JSON has no empty arrays) for a request with nothing to name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     entity: Vec<Entity<'a>>,
     /// Always last: the chain appends its `mac` extension here.
     extension: Vec<Extension<'a>>,
@@ -834,6 +836,23 @@ mod tests {
         let tail: Vec<Value> = ext.drain(ext.len() - 2..).collect();
         assert_eq!(tail.iter().map(|x| x["url"].as_str().unwrap()).collect::<Vec<_>>(), [format!("{EXT}stream"), format!("{EXT}seq")]);
         assert_eq!(chained, unchained);
+    }
+
+    #[test]
+    fn no_empty_arrays() {
+        let p = policy("smart-patient-app");
+        let meta = crate::audit::event::RequestMeta { method: "GET", path: "/nowhere", ..Default::default() };
+        let d = crate::decision::decide(
+            &p,
+            &mut crate::auth::TokenCache::new(1),
+            &crate::decision::Request { method: "GET", path: "/nowhere", ..Default::default() },
+            crate::time::UnixSeconds::default(),
+        );
+        let k = key();
+        let ev = AuditEvent::from_decision(&d, &meta, &crate::audit::event::AuditContext::new(&p, &k, Default::default()));
+        let line = super::render_unchained(&ev, "o").unwrap();
+        assert!(!line.contains(":[]"), "{line}");
+        assert!(serde_json::from_str::<Value>(&line).unwrap().get("entity").is_none());
     }
 
     #[test]
