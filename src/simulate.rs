@@ -650,9 +650,9 @@ mod tests {
         let record = out.audit_fhir.expect("smart-patient-app logs FHIR AuditEvents");
         assert_eq!(record["resourceType"], "AuditEvent");
         let ext = record["extension"].as_array().unwrap();
-        let reason = ext.iter().find(|e| e["url"] == "urn:phi-guard:audit:reason").unwrap();
+        let reason = ext.iter().find(|e| e["url"] == format!("{}reason", crate::audit::fhir::EXT)).unwrap();
         assert_eq!(reason["valueCode"], "patient_mismatch");
-        assert!(ext.iter().all(|e| e["url"] != "urn:phi-guard:audit:seq"), "no chain members outside a chain");
+        assert!(ext.iter().all(|e| e["url"] != format!("{}seq", crate::audit::fhir::EXT)), "no chain members outside a chain");
         let mut jsonl = p.clone();
         jsonl.audit.format = AuditFormat::Jsonl;
         assert!(simulate(&jsonl, &exchange("/fhir/Patient/p2", &c, &k, None)).audit_fhir.is_none());

@@ -14,7 +14,9 @@
 //! - JSON lines: `C` = `{"v":1,"stream":S,"seq":N,...event fields in struct order...}`; the line
 //!   ends `,"mac":"<64 hex>"}`.
 //! - FHIR: `C` = the AuditEvent with `extension` as its last member; the line ends
-//!   `,{"url":"urn:phi-guard:audit:mac","valueString":"<64 hex>"}]}`.
+//!   `,{"url":"https://phi-guard.dev/fhir/StructureDefinition/audit-mac","valueString":"<64 hex>"}]}`
+//!   (lines of earlier releases end with the extension URL `urn:phi-guard:audit:mac`; the
+//!   verifier reads both).
 //!
 //! Editing any byte breaks that line's MAC; deleting, reordering or duplicating lines breaks
 //! the `seq` order; forging a line needs the key.
@@ -35,7 +37,9 @@ pub const LOG_PREFIX: &str = "phi-guard-audit: ";
 
 const JSONL_MAC_OPEN: &str = ",\"mac\":\"";
 const JSONL_MAC_CLOSE: &str = "\"}";
-const FHIR_MAC_OPEN: &str = ",{\"url\":\"urn:phi-guard:audit:mac\",\"valueString\":\"";
+const FHIR_MAC_OPEN: &str = ",{\"url\":\"https://phi-guard.dev/fhir/StructureDefinition/audit-mac\",\"valueString\":\"";
+/// The `mac` extension of earlier releases, whose lines still verify.
+const LEGACY_FHIR_MAC_OPEN: &str = ",{\"url\":\"urn:phi-guard:audit:mac\",\"valueString\":\"";
 const FHIR_MAC_CLOSE: &str = "\"}]}";
 
 /// A sealed event, ready for every sink.
@@ -150,7 +154,9 @@ fn frame(mut canonical: String, mac: &[u8; 32], layout: AuditFormat) -> String {
 /// Split a sealed record into its canonical bytes and MAC; `None` if it carries no MAC in
 /// either layout.
 pub(crate) fn unframe(record: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
-    for (open, close, restore) in [(JSONL_MAC_OPEN, JSONL_MAC_CLOSE, "}"), (FHIR_MAC_OPEN, FHIR_MAC_CLOSE, "]}")] {
+    for (open, close, restore) in
+        [(JSONL_MAC_OPEN, JSONL_MAC_CLOSE, "}"), (FHIR_MAC_OPEN, FHIR_MAC_CLOSE, "]}"), (LEGACY_FHIR_MAC_OPEN, FHIR_MAC_CLOSE, "]}")]
+    {
         let suffix = open.len() + 64 + close.len();
         let Some(start) = record.len().checked_sub(suffix) else {
             continue;
@@ -214,9 +220,9 @@ mod tests {
         assert_eq!(v["resourceType"], "AuditEvent");
         let ext = v["extension"].as_array().unwrap();
         let last = ext.last().unwrap();
-        assert_eq!(last["url"], "urn:phi-guard:audit:mac");
+        assert_eq!(last["url"], "https://phi-guard.dev/fhir/StructureDefinition/audit-mac");
         assert_eq!(last["valueString"].as_str().unwrap().len(), 64);
-        assert!(ext.iter().any(|e| e["url"] == "urn:phi-guard:audit:stream" && e["valueString"] == c.stream()));
+        assert!(ext.iter().any(|e| e["url"] == format!("{}stream", fhir::EXT) && e["valueString"] == c.stream()));
         let (canonical, mac) = unframe(s.line.as_bytes()).unwrap();
         assert!(key().chain_mac_matches(&[0; 32], &canonical, &mac));
         assert!(serde_json::from_slice::<Value>(&canonical).is_ok());

@@ -2,9 +2,15 @@
 //! for allowed requests (claiming `IHE.BasicAudit.[Patient]Read` / `[Patient]Query` when they
 //! succeed) and the security-alert pattern (DICOM 110113) for refusals.
 //!
-//! phi-guard's own fields ride in `extension` (URLs `urn:phi-guard:audit:*`), which is always
-//! the last member so that the chain can append its `mac` extension to the exact bytes it
-//! sealed (see [`super::chain`]).
+//! phi-guard's own fields ride in `extension` (URLs [`EXT`]`<name>`, each published as a
+//! StructureDefinition in `docs/fhir/`), which is always the last member so that the chain can
+//! append its `mac` extension to the exact bytes it sealed (see [`super::chain`]).
+//!
+//! BALP conformance: the `Patient*` profiles are claimed only when the event names exactly one
+//! patient (a search for `patient=a,b` claims plain `Query`); withheld paths ride in an
+//! extension on the data or query entity (BALP's query entity allows no `detail`); a purpose of
+//! use is written in `v3-ActReason` only when it is a `v3-PurposeOfUse` code, else in
+//! [`PURPOSE_SYSTEM`].
 
 use std::borrow::Cow;
 
@@ -15,7 +21,7 @@ use serde::{Serialize, Serializer};
 
 use super::event::{AuditEvent, EventOutcome, Verdict};
 use crate::audit_key::PatientIds;
-use crate::auth::purpose::is_emergency;
+use crate::auth::purpose::{is_emergency, is_purpose_of_use};
 use crate::fhir::Interaction;
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -40,8 +46,15 @@ pub const RESOURCE_PSEUDONYM_SYSTEM: &str = "urn:phi-guard:resource-pseudonym";
 pub const SUBJECT_PSEUDONYM_SYSTEM: &str = "urn:phi-guard:subject-pseudonym";
 /// Prefix of token `jti` pseudonyms (an OAuth `jti` URN names the raw value).
 pub const JTI_PSEUDONYM_PREFIX: &str = "urn:phi-guard:jti-pseudonym:";
-/// Prefix of every phi-guard extension URL.
-pub const EXT: &str = "urn:phi-guard:audit:";
+/// Canonical base of phi-guard's FHIR conformance artifacts (StructureDefinitions in `docs/fhir/`).
+pub const CANONICAL: &str = "https://phi-guard.dev/fhir/StructureDefinition/";
+/// Prefix of every phi-guard extension URL: [`CANONICAL`] + `audit-` + the extension's name.
+pub const EXT: &str = "https://phi-guard.dev/fhir/StructureDefinition/audit-";
+/// Prefix of the extension URLs of earlier releases, which the verifier still reads.
+pub const LEGACY_EXT: &str = "urn:phi-guard:audit:";
+/// Code system of a stated purpose of use that is not a `v3-PurposeOfUse` code (the event
+/// records it as `invalid`), so that it is never written as a `v3-ActReason` code.
+pub const PURPOSE_SYSTEM: &str = "urn:phi-guard:purpose-of-use";
 /// Code system of phi-guard reason codes (as in refusal bodies).
 pub const REASON_SYSTEM: &str = "urn:phi-guard:reason";
 
@@ -118,16 +131,11 @@ struct Source<'a> {
 }
 
 #[derive(Serialize)]
-struct Detail<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(rename = "valueString")]
-    value: &'a str,
-}
-
-#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Entity<'a> {
+    /// Withheld paths (`withheld-path`): BALP's query entity allows no `detail`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extension: Vec<Extension<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     what: Option<Reference<'a>>,
     #[serde(rename = "type")]
@@ -142,8 +150,6 @@ struct Entity<'a> {
     query: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     security_label: Vec<Coding<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    detail: Vec<Detail<'a>>,
 }
 
 /// A simple extension: `{"url": EXT + name, "value[x]": ...}`.
@@ -210,6 +216,8 @@ struct Resource<'a> {
     purpose_of_event: Vec<Concept<'a>>,
     agent: Vec<Agent<'a>>,
     source: Source<'a>,
+    /// Absent rather than `[]` (FHIR JSON has no empty arrays) for a request with nothing to name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     entity: Vec<Entity<'a>>,
     /// Always last: the chain appends its `mac` extension here.
     extension: Vec<Extension<'a>>,
@@ -285,11 +293,14 @@ pub fn render_unchained(ev: &AuditEvent, observer: &str) -> Result<String, serde
 fn render_with(ev: &AuditEvent, chain: Option<(&str, u64)>, observer: &str) -> Result<String, serde_json::Error> {
     let denied = ev.decision == Verdict::Deny;
     let action = if denied { "E" } else { action(ev) };
-    let profile = match (ev.outcome, ev.interaction, ev.patients.is_empty() && ev.context_patient.is_none()) {
-        (EventOutcome::Success, Some(Interaction::Read | Interaction::Vread), false) => Some("PatientRead"),
-        (EventOutcome::Success, Some(Interaction::Read | Interaction::Vread), true) => Some("Read"),
-        (EventOutcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), false) => Some("PatientQuery"),
-        (EventOutcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), true) => Some("Query"),
+    // BALP's Patient* profiles allow exactly one patient entity: with none or several, the plain
+    // profile (whose open entity slicing admits the patient entities) is claimed instead.
+    let one_patient = patients(ev).count() == 1;
+    let profile = match (ev.outcome, ev.interaction, one_patient) {
+        (EventOutcome::Success, Some(Interaction::Read | Interaction::Vread), true) => Some("PatientRead"),
+        (EventOutcome::Success, Some(Interaction::Read | Interaction::Vread), false) => Some("Read"),
+        (EventOutcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), true) => Some("PatientQuery"),
+        (EventOutcome::Success, Some(Interaction::SearchType | Interaction::SearchSystem), false) => Some("Query"),
         _ => None,
     };
     let interaction = ev.interaction.map(|i| coding(RESTFUL, i.name(), i.name()));
@@ -345,6 +356,20 @@ fn purpose_of_event(ev: &AuditEvent) -> Vec<Concept<'_>> {
     out
 }
 
+/// A stated purpose of use: a `v3-PurposeOfUse` code in `v3-ActReason`, anything else (the event
+/// writes `invalid`) in [`PURPOSE_SYSTEM`], never mislabelled as an HL7 code.
+fn purpose_coding(code: &str) -> Coding<'_> {
+    let system = if is_purpose_of_use(code) { ACT_REASON } else { PURPOSE_SYSTEM };
+    Coding { system, code, display: None }
+}
+
+/// The patients the event names: those requested, then the token's context patient when it is
+/// not one of them. One patient entity each.
+fn patients(ev: &AuditEvent) -> impl Iterator<Item = &String> {
+    let context_only = ev.context_patient.as_ref().filter(|cp| !ev.patients.contains(cp));
+    ev.patients.iter().chain(context_only)
+}
+
 fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str) -> Vec<Agent<'a>> {
     // DICOM/BALP name the party the data flows *to* the destination: the client on reads, the
     // server on queries and writes.
@@ -356,8 +381,7 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
         (coding(DCM, "110153", "Source Role ID"), coding(DCM, "110152", "Destination Role ID"))
     };
     let has_user = ev.subject.is_some();
-    let purpose =
-        || ev.purpose_of_use.iter().map(|p| Concept { coding: [Coding { system: ACT_REASON, code: p, display: None }] }).collect();
+    let purpose = || ev.purpose_of_use.iter().map(|p| Concept { coding: [purpose_coding(p)] }).collect();
     let policy = || ev.token_id.iter().map(|j| jti_urn(ev, j)).collect();
     let client = Agent {
         kind: Concept { coding: [client_role] },
@@ -411,6 +435,7 @@ fn agents<'a>(ev: &'a AuditEvent, denied: bool, action: &str, observer: &'a str)
 
 fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
     let entity = |what, kind, role| Entity {
+        extension: Vec::new(),
         what,
         kind,
         role,
@@ -418,7 +443,6 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
         description: None,
         query: None,
         security_label: Vec::new(),
-        detail: Vec::new(),
     };
     let mut out = Vec::new();
     if let Some(id) = &ev.request_id {
@@ -461,7 +485,7 @@ fn entities(ev: &AuditEvent) -> Vec<Entity<'_>> {
     if let Some(mut e) = data {
         if !ev.withheld.is_empty() {
             e.security_label = vec![coding(OBSERVATION_VALUE, "REDACTED", "redacted")];
-            e.detail = ev.withheld.iter().map(|p| Detail { kind: "withheld", value: p }).collect();
+            e.extension = ev.withheld.iter().map(|p| Extension { name: "withheld-path", value: ExtValue::String(p) }).collect();
         }
         out.push(e);
     }
@@ -553,7 +577,7 @@ mod tests {
         assert_eq!(patient["what"]["identifier"]["system"], PSEUDONYM_SYSTEM);
         let tx = r["entity"].as_array().unwrap().iter().find(|e| e["type"]["code"] == "XrequestId").expect("transaction");
         assert!(tx["what"]["identifier"]["value"].is_string());
-        assert_eq!(r["extension"].as_array().unwrap().last().unwrap()["url"], "urn:phi-guard:audit:seq", "extension last, seq last");
+        assert_eq!(r["extension"].as_array().unwrap().last().unwrap()["url"], format!("{EXT}seq"), "extension last, seq last");
     }
 
     #[test]
@@ -607,10 +631,143 @@ mod tests {
         let text = format!("Observation?patient={}&code=*", key().pseudonym("p1"));
         assert_eq!(q["query"].as_str().unwrap(), STANDARD.encode(&text));
         assert_eq!(q["description"], text);
-        assert_eq!(
-            (q["securityLabel"][0]["code"].as_str(), q["detail"][0]["valueString"].as_str()),
-            (Some("REDACTED"), Some("Observation.note"))
+        assert_eq!(q["securityLabel"][0]["code"], "REDACTED");
+        assert!(q.get("detail").is_none(), "BALP: query entity has no `detail`");
+        assert_eq!(q["extension"], json!([{"url": format!("{EXT}withheld-path"), "valueString": "Observation.note"}]));
+    }
+
+    /// BALP's Patient* profiles allow exactly one patient: a search naming several claims `Query`.
+    #[test]
+    fn several_patients_claim_the_plain_profiles() {
+        let p = policy("clinician-api");
+        let t = token(json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "purpose_of_use": ["TREAT", "JohnSmith"]}));
+        let ev = event(&p, "GET", "/fhir/Observation?patient=p1,p2", Some(&t)).with_response(200, vec!["Observation.note".into()], None);
+        let r = render(&ev, "s1", 0, "phi-guard");
+        assert_eq!(r["meta"]["profile"][0], format!("{BALP_PROFILE}Query"));
+        let patients: Vec<&Value> = r["entity"].as_array().unwrap().iter().filter(|e| e["role"]["code"] == "1").collect();
+        assert_eq!(patients.len(), 2);
+        assert_eq!(entity(&r, "24").unwrap()["extension"][0]["valueString"], "Observation.note");
+        let one = event(&p, "GET", "/fhir/Observation?patient=p1", Some(&t)).with_response(200, vec![], None);
+        assert_eq!(render(&one, "s1", 1, "o")["meta"]["profile"][0], format!("{BALP_PROFILE}PatientQuery"));
+        let none = event(&p, "GET", "/fhir/Observation?code=1", Some(&t)).with_response(200, vec![], None);
+        assert_eq!(render(&none, "s1", 2, "o")["meta"]["profile"][0], format!("{BALP_PROFILE}Query"));
+        let read = event(&p, "GET", "/fhir/Observation/o1", Some(&t)).with_response(200, vec!["Observation.note".into()], None);
+        let r = render(&read, "s1", 3, "o");
+        assert_eq!(r["meta"]["profile"][0], format!("{BALP_PROFILE}Read"));
+        assert_eq!(entity(&r, "4").unwrap()["extension"][0]["url"], format!("{EXT}withheld-path"));
+    }
+
+    /// Purposes of use: `v3-PurposeOfUse` codes in `v3-ActReason`, anything else never so.
+    #[test]
+    fn unknown_purposes_are_not_hl7_codes() {
+        let p = policy("clinician-api");
+        let t = token(
+            json!({"patient": null, "scp": ["user/Observation.rs"], "scope": null, "purpose_of_use": ["TREAT", "JohnSmith", "treat"]}),
         );
+        let r = render(&event(&p, "GET", "/fhir/Observation/o1", Some(&t)).with_response(200, vec![], None), "s", 0, "o");
+        let purposes: Vec<(&str, &str)> = agent(&r, "IRCP").unwrap()["purposeOfUse"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["coding"][0]["system"].as_str().unwrap(), c["coding"][0]["code"].as_str().unwrap()))
+            .collect();
+        assert_eq!(purposes, [(ACT_REASON, "TREAT"), (PURPOSE_SYSTEM, "invalid"), (PURPOSE_SYSTEM, "invalid")]);
+        for code in crate::auth::purpose::PURPOSE_OF_USE {
+            assert_eq!(purpose_coding(code).system, ACT_REASON);
+        }
+        assert_eq!(purpose_coding("PurposeOfUse").system, PURPOSE_SYSTEM, "the value set's abstract root");
+    }
+
+    /// Every extension URL the renderer and the chain can write (with the value type written) has
+    /// its StructureDefinition in `docs/fhir/`, and every file there is one of them.
+    #[test]
+    fn extensions_are_published() {
+        use crate::audit::chain::AuditChain;
+        use std::collections::BTreeMap;
+
+        assert!(EXT.starts_with(CANONICAL) && EXT.starts_with("https://"));
+        let mut p = policy("smart-patient-app");
+        p.audit.format = crate::policy::audit::AuditFormat::Fhir;
+        let t = token(json!({"purpose_of_use": ["ETREAT"]}));
+        let mut full = event(&p, "GET", "/fhir/Observation?patient=p1", Some(&t))
+            .with_response(200, vec!["Observation.note".into()], None)
+            .with_restrictions(vec![crate::minimize::restrict::RestrictionHit { id: "r1".into(), count: 2 }])
+            .with_content_digest("sha-256=:AAAA:".into());
+        full.policy_revision = Some("rev".into());
+        full.route = Some("fhir".into());
+        full.upstream_status = Some(200);
+        full.break_glass = Some("life-threatening".into());
+        let mut chain = AuditChain::new([1; 16], key());
+        let mut emitted: BTreeMap<String, String> = BTreeMap::new();
+        for ev in [full, event(&p, "GET", "/fhir/Patient/p2", Some(&t)), event(&p, "GET", "/fhir/Patient/p1", None)] {
+            let line: Value = serde_json::from_str(&chain.seal(&ev, &p.audit).line).unwrap();
+            let mut exts: Vec<&Value> = line["extension"].as_array().unwrap().iter().collect();
+            exts.extend(line["entity"].as_array().unwrap().iter().flat_map(|e| e["extension"].as_array().into_iter().flatten()));
+            for x in exts {
+                let url = x["url"].as_str().unwrap().to_owned();
+                let kind = x.as_object().unwrap().keys().find_map(|k| k.strip_prefix("value")).unwrap_or("complex").to_owned();
+                let parts: Vec<String> = x["extension"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        let k = s.as_object().unwrap().keys().find_map(|k| k.strip_prefix("value")).unwrap();
+                        format!("{}:{}", s["url"].as_str().unwrap(), k)
+                    })
+                    .collect();
+                let kind = if parts.is_empty() { kind } else { format!("{kind}({})", parts.join(",")) };
+                assert_eq!(emitted.insert(url.clone(), kind.clone()).unwrap_or_else(|| kind.clone()), kind, "{url}: one value type");
+            }
+        }
+        assert_eq!(emitted.len(), 16, "every extension is exercised: {emitted:?}");
+        // FHIR type codes are the `value[x]` suffixes with a lower-case first letter.
+        let type_code = |k: &str| {
+            let mut c = k.chars();
+            c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap()
+        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fhir");
+        let mut published = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.starts_with("StructureDefinition-") {
+                published.push(name);
+            }
+        }
+        published.sort();
+        let mut expected: Vec<String> =
+            emitted.keys().map(|u| format!("StructureDefinition-{}.json", u.strip_prefix(CANONICAL).unwrap())).collect();
+        expected.sort();
+        assert_eq!(published, expected, "one StructureDefinition per emitted extension, none stale");
+        for (url, kind) in &emitted {
+            let id = url.strip_prefix(CANONICAL).unwrap();
+            let sd: Value = serde_json::from_slice(&std::fs::read(dir.join(format!("StructureDefinition-{id}.json"))).unwrap()).unwrap();
+            assert_eq!(
+                (sd["resourceType"].as_str(), sd["id"].as_str(), sd["url"].as_str()),
+                (Some("StructureDefinition"), Some(id), Some(url.as_str()))
+            );
+            assert_eq!(
+                (sd["kind"].as_str(), sd["type"].as_str(), sd["derivation"].as_str(), sd["fhirVersion"].as_str()),
+                (Some("complex-type"), Some("Extension"), Some("constraint"), Some("4.0.1"))
+            );
+            assert_eq!(sd["baseDefinition"], "http://hl7.org/fhir/StructureDefinition/Extension");
+            let context = if id == "audit-withheld-path" { "AuditEvent.entity" } else { "AuditEvent" };
+            assert_eq!(sd["context"], json!([{"type": "element", "expression": context}]), "{id}");
+            let elements = sd["differential"]["element"].as_array().unwrap();
+            let element = |eid: &str| elements.iter().find(|e| e["id"] == eid).unwrap_or_else(|| panic!("{id}: no {eid}"));
+            assert_eq!(element("Extension.url")["fixedUri"], url.as_str());
+            match kind.split_once('(') {
+                None => assert_eq!(element("Extension.value[x]")["type"], json!([{"code": type_code(kind)}]), "{id}"),
+                Some((_, parts)) => {
+                    assert_eq!(element("Extension.value[x]")["max"], "0", "{id}: complex");
+                    for part in parts.trim_end_matches(')').split(',') {
+                        let (sub, k) = part.split_once(':').unwrap();
+                        assert_eq!(element(&format!("Extension.extension:{sub}.url"))["fixedUri"], sub);
+                        let v = element(&format!("Extension.extension:{sub}.value[x]"));
+                        assert_eq!(v["type"], json!([{"code": type_code(k)}]), "{id}: {sub}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -646,6 +803,7 @@ mod tests {
         assert_balp_core(&r);
         assert_eq!(r["purposeOfEvent"], json!([{"coding": [{"system": ACT_REASON, "code": "ETREAT", "display": "Emergency Treatment"}]}]));
         let ext = |name: &str| r["extension"].as_array().unwrap().iter().find(|x| x["url"] == format!("{EXT}{name}")).cloned();
+        assert_eq!(r["agent"][2]["purposeOfUse"][0]["coding"][0]["system"], ACT_REASON);
         assert_eq!(ext("severity").unwrap()["valueCode"], "high");
         assert_eq!(
             ext("restriction").unwrap()["extension"],
@@ -678,6 +836,23 @@ mod tests {
         let tail: Vec<Value> = ext.drain(ext.len() - 2..).collect();
         assert_eq!(tail.iter().map(|x| x["url"].as_str().unwrap()).collect::<Vec<_>>(), [format!("{EXT}stream"), format!("{EXT}seq")]);
         assert_eq!(chained, unchained);
+    }
+
+    #[test]
+    fn no_empty_arrays() {
+        let p = policy("smart-patient-app");
+        let meta = crate::audit::event::RequestMeta { method: "GET", path: "/nowhere", ..Default::default() };
+        let d = crate::decision::decide(
+            &p,
+            &mut crate::auth::TokenCache::new(1),
+            &crate::decision::Request { method: "GET", path: "/nowhere", ..Default::default() },
+            crate::time::UnixSeconds::default(),
+        );
+        let k = key();
+        let ev = AuditEvent::from_decision(&d, &meta, &crate::audit::event::AuditContext::new(&p, &k, Default::default()));
+        let line = super::render_unchained(&ev, "o").unwrap();
+        assert!(!line.contains(":[]"), "{line}");
+        assert!(serde_json::from_str::<Value>(&line).unwrap().get("entity").is_none());
     }
 
     #[test]

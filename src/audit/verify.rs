@@ -19,7 +19,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::chain::{unframe, LOG_PREFIX};
-use super::fhir::EXT;
+use super::fhir::{EXT, LEGACY_EXT};
 use crate::audit_key::{push_hex, AuditKey};
 
 /// One stream seen in a verified log.
@@ -134,7 +134,10 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a [u8]>, key: &AuditKey) -> 
             Some(at) => line.get(at + LOG_PREFIX.len()..).unwrap_or_default(),
             None if line.trim_ascii().is_empty() => continue,
             None if !envoy_log => line.trim_ascii(),
-            None if find(line, b"\"mac\":\"").is_some() || find(line, b"urn:phi-guard:audit:mac").is_some() => {
+            None if find(line, b"\"mac\":\"").is_some()
+                || find(line, b"audit-mac\"").is_some()
+                || find(line, b"urn:phi-guard:audit:mac").is_some() =>
+            {
                 return Err(fail(Failure::Unparseable(format!("sealed record without the `{}` prefix", LOG_PREFIX.trim_end()))));
             }
             None => {
@@ -209,7 +212,10 @@ fn position(v: &Value) -> Option<(&str, u64)> {
         let ext = v.get("extension")?.as_array()?;
         let find = |name: &str, kind: &str| {
             ext.iter()
-                .find(|e| e.get("url").and_then(Value::as_str).and_then(|u| u.strip_prefix(EXT)) == Some(name))
+                .find(|e| {
+                    let url = e.get("url").and_then(Value::as_str);
+                    url.and_then(|u| u.strip_prefix(EXT).or_else(|| u.strip_prefix(LEGACY_EXT))) == Some(name)
+                })
                 .and_then(|e| e.get(kind))
         };
         Some((find("stream", "valueString")?.as_str()?, find("seq", "valueDecimal")?.as_u64()?))
@@ -293,6 +299,30 @@ mod tests {
             assert_eq!((s.events, s.streams.len(), s.streams[0].events, s.skipped_lines), (6, 1, 6, 0));
         }
         assert_eq!(run(&[]).unwrap(), Summary::default());
+    }
+
+    /// Lines of earlier releases (extension URLs `urn:phi-guard:audit:*`) still verify.
+    #[test]
+    fn legacy_fhir_lines_verify() {
+        let k = key();
+        let mut prev = [0u8; 32];
+        let legacy: Vec<String> = lines(1, 4, AuditFormat::Fhir)
+            .iter()
+            .map(|l| {
+                let (canonical, _) = unframe(l.as_bytes()).unwrap();
+                let old = String::from_utf8(canonical).unwrap().replace(EXT, LEGACY_EXT);
+                assert!(!old.contains("phi-guard.dev"));
+                let mac = k.chain_mac(&prev, old.as_bytes());
+                prev = mac;
+                let mut hex = String::new();
+                push_hex(&mut hex, &mac);
+                format!("{},{{\"url\":\"urn:phi-guard:audit:mac\",\"valueString\":\"{hex}\"}}]}}", &old[..old.len() - 2])
+            })
+            .collect();
+        assert_eq!(run(&legacy).unwrap().events, 4);
+        let mut edited = legacy.clone();
+        edited[2] = edited[2].replacen("\"action\":\"", "\"action\":\"X", 1);
+        assert!(matches!(bad_line(&edited), (3, Failure::BadMac { .. })));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-"""Audit through a real Envoy: an event for every decision, no PHI in any of them, the chain
-verifies (and an edit or a deletion is reported), and the collector outage behaviour: nothing
-lost within the queue bound, counted drops beyond it, `auditRequired` refusals."""
+"""Audit through a real Envoy: an event for every decision, no PHI in any of them, every FHIR
+AuditEvent passes the FHIR R4 models and the BALP checks (`fhir_audit`), the chain verifies (and
+an edit or a deletion is reported), and the collector outage behaviour: nothing lost within the
+queue bound, counted drops beyond it, `auditRequired` refusals."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import RUN_DIR
 from envoy_config import DEMO_AUDIT_KEY
+from fhir_audit import check_audit_lines
 from harness import make_harness
 from helpers import ME, OTHER, Api
 from tokens import CLI, cli_token
@@ -80,6 +82,8 @@ def test_every_decision_is_audited_without_phi(patient_app, tmp_path):
     lines = wait_lines(lambda: [ln for ln in audit_lines(h.envoy_log_text())[before:] if rid in ln], len(calls), timeout=30)
     mine = [json.loads(ln) for ln in lines]
     assert len(mine) == len(calls), f"{len(mine)} events for {len(calls)} requests"
+    # The patient app logs FHIR AuditEvents: each conforms (R4 models, BALP, published extensions).
+    assert len(check_audit_lines(lines)) == len(calls)
     text = "\n".join(lines)
     # No PHI: nothing from the upstream record, the token, or the search values.
     patient = next(x["resource"] for x in json.loads(SYNTHEA.read_text())["entry"] if x["resource"]["resourceType"] == "Patient")

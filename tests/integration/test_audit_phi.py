@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from envoy_config import DEMO_AUDIT_KEY
+from fhir_audit import check_audit_lines
 from helpers import ME, Api
 from tokens import cli_token
 
@@ -74,6 +75,7 @@ def events_for(api: Api, calls: list[tuple], timeout: float = 30) -> list[str]:
 
 
 def assert_phi_free(lines: list[str]) -> None:
+    check_audit_lines(lines)  # the FHIR AuditEvents among them conform (R4 models, BALP)
     for ln in lines:
         assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in ln), ln
         for s in strings(json.loads(ln)):

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import envoy_config
 import pytest
+from fhir_audit import ext
 from harness import http_call, make_harness
 from helpers import ME, Api
 from tokens import cli_token
@@ -131,7 +132,7 @@ def audit_reasons(harness, request_id: str, timeout: float = 10) -> list[str]:
     out = []
     for line in found:
         ev = json.loads(line)
-        out += [e["valueCode"] for e in ev.get("extension", []) if e.get("url") == "urn:phi-guard:audit:reason"]
+        out += [e["valueCode"] for e in ev.get("extension", []) if e.get("url") == ext("reason")]
     return out
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 from envoy_config import DEMO_AUDIT_KEY, DEMO_HMAC_KEY
+from fhir_audit import check_audit_event
+from fhir_audit import ext as ext_url
 from helpers import Api, Response, reason_codes
 from tokens import CLI, PyMinter, dpop_proof
 
@@ -48,7 +50,7 @@ AUDIT_PREFIX = "phi-guard-audit: "
 # The origin of the plain listener as the filter sees it (`:scheme`, the Host sent), which DPoP
 # proofs name (tests/scenarios.rs uses the same).
 DPOP_ORIGIN = "http://fhir.phi-guard.test"
-AUDIT_EXT = "urn:phi-guard:audit:"
+AUDIT_EXT = ext_url("")
 FHIR_JSON = "application/fhir+json"
 # The keys the filter's VM has (envoy_config.py, the compose file's defaults). The scenario
 # runner's audit key is the same demo key: the shipped policies name restricted patients by
@@ -235,8 +237,8 @@ def record_route(record: dict) -> str | None:
 
 def record_withheld(record: dict) -> list[str]:
     if is_fhir(record):
-        return [d["valueString"] for e in record.get("entity", []) for d in e.get("detail", [])
-                if d.get("type") == "withheld"]
+        return [x["valueString"] for e in record.get("entity", []) for x in e.get("extension", [])
+                if x.get("url") == AUDIT_EXT + "withheld-path"]
     return record.get("withheld", [])
 
 
@@ -285,8 +287,11 @@ def assert_filter_matches_cli(r: Replay) -> None:
         assert r.forwarded == [], f"{where}: refused request reached the upstream: {r.forwarded}"
     else:
         assert [f["method"] for f in r.forwarded] == [x.method], f"{where}: upstream saw {r.forwarded}"
-    # Withheld paths, then the whole audit record (restrictions, break-glass, patients, digest...).
+    # Withheld paths, then the whole audit record (restrictions, break-glass, patients, digest...);
+    # a FHIR record passes the FHIR R4 models and the BALP checks.
     assert record_withheld(r.record) == cli["withheld"], where
+    if is_fhir(r.record):
+        check_audit_event(r.record)
     want = comparable(cli_record(cli))
     got = comparable(r.record)
     assert got == want, f"{where}: audit records differ:\nfilter:  {json.dumps(got)}\nexplain: {json.dumps(want)}"
