@@ -69,7 +69,7 @@ def test_compile_shows_the_policy_or_its_located_error(page):
     assert shown(page, "policy-name") == "smart-patient-app"
     assert shown(page, "policy-revision").startswith("sha256:")
     routes = [r.text.split()[0] for r in page.find_elements(By.CSS_SELECTOR, "#policy-routes tbody tr")]
-    assert routes == ["health", "smart-config", "capabilities", "fhir"]
+    assert routes == ["health", "smart-config", "smart-config-fhir", "capabilities", "fhir"]
 
     # An invalid example: the error and its location, as `phi-guard validate` reports it.
     want = (ROOT / "tests/invalid-policies/unknown-interaction.error").read_text().strip()

@@ -267,8 +267,8 @@ mod tests {
         let err = compile_value(&bad);
         assert_eq!(err["ok"], false);
         assert_eq!(err["field"], "policy");
-        assert_eq!(err["location"], "routes[3].fhir.interactions[1]");
-        assert_eq!(err["error"], "routes[3].fhir.interactions[1]: unknown interaction `serach`");
+        assert_eq!(err["location"], "routes[4].fhir.interactions[1]");
+        assert_eq!(err["error"], "routes[4].fhir.interactions[1]: unknown interaction `serach`");
         let syntax = compile_value("{\"version\": 1,\n \"name\": }");
         assert!(syntax["error"].as_str().unwrap().contains("line 2"), "{syntax}");
     }
