@@ -246,7 +246,7 @@ mod tests {
         // The collector fails: the batch is kept, and retried after the backoff (100 ms with
         // this host's jitter: 62 ms), not before, and only one batch is in flight at a time.
         w.answer(batch.token, 503, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_retried"), 1);
+        assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 1);
         assert!(w.host().logged("audit collector answered 503; 2 events kept for retry"));
         w.advance(61);
         w.tick();
@@ -261,13 +261,13 @@ mod tests {
         assert_eq!(w.calls_to("audit").len(), 3, "one batch in flight at a time");
         // A callout that never comes back (timeout: no status) is a failure like any other.
         w.answer(retry.token, 0, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_retried"), 2);
+        assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 2);
         w.advance(1_000);
         w.tick();
         let again = w.calls_to("audit").pop().unwrap();
         assert_eq!(seqs(again.body.as_deref().unwrap()), [1, 2]);
         w.answer(again.token, 200, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_sent"), 3);
+        assert_eq!(w.host().stat("phi_guard.audit_sent_total"), 3);
         assert_eq!(w.host().stat("phi_guard.audit_queued"), 1);
         // Delivered: the rest goes at the next flush, with no backoff left.
         w.tick();
@@ -322,7 +322,7 @@ mod tests {
         for _ in 0..4 {
             refuse(&w);
         }
-        assert_eq!(w.host().stat("phi_guard.audit_dropped"), 1);
+        assert_eq!(w.host().stat("phi_guard.audit_dropped_total"), 1);
         assert_eq!(w.host().stat("phi_guard.audit_queued"), 3);
         assert!(w.host().logged("audit queue full (3 events): event seq 3"));
         assert_eq!(w.host().audit_events().len(), 4, "every event is in Envoy's log");

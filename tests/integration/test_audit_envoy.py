@@ -148,9 +148,9 @@ def test_short_collector_outage_loses_nothing_and_chain_verifies(tmp_path):
         h.collector_status(202)
         lines = wait_lines(h.audit_lines, 25, timeout=20)
         assert len(lines) == 25, len(lines)  # one event per request, none lost to the outage
-        assert stat(h, "envoy_phi_guard_audit_events") + stat(h, "phi_guard_audit_events") == 25
-        assert stat(h, "envoy_phi_guard_audit_dropped") + stat(h, "phi_guard_audit_dropped") == 0
-        assert stat(h, "phi_guard_audit_retried") + stat(h, "envoy_phi_guard_audit_retried") > 0
+        assert stat(h, "phi_guard_audit_events_total") == 25
+        assert stat(h, "phi_guard_audit_dropped_total") == 0
+        assert stat(h, "phi_guard_audit_retried_total") > 0
         ok = verify(lines, tmp_path / "collected.log")
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "2 stream" in ok.stdout or "streams" in ok.stdout, ok.stdout  # one chain per worker
@@ -167,7 +167,7 @@ def test_beyond_the_queue_bound_drops_are_counted(tmp_path):
         for _ in range(30):
             assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
         time.sleep(1)
-        dropped = stat(h, "phi_guard_audit_dropped") + stat(h, "envoy_phi_guard_audit_dropped")
+        dropped = stat(h, "phi_guard_audit_dropped_total")
         assert dropped >= 30 - 2 * (5 + 5), dropped  # per worker: five queued plus one batch in flight
         h.collector_status(202)
         lines = wait_lines(h.audit_lines, 30 - dropped, timeout=15)
