@@ -4,9 +4,9 @@
 //! Names are chosen for Prometheus: Envoy adds no `_total`, so every counter's name ends in it and
 //! no gauge's does. A refusal reason or a rate-limit id rides in the stat name as a
 //! `.reason.<code>` / `.limit.<id>` suffix, which the `stats_tags` of the shipped Envoy
-//! configurations (tests/support/envoy_config.py `STATS_TAGS`) turn into a label: `/stats/prometheus` shows
-//! `phi_guard_requests_denied_total{reason="missing_token"}`, `/stats` keeps the readable dotted
-//! name. Envoy matches those regexes against the full stat name, which carries the `wasmcustom.`
+//! configurations (`STATS_TAGS` in tests/support/envoy_config.py) turn into a label:
+//! `/stats/prometheus` shows `phi_guard_requests_denied_total{reason="missing_token"}`, `/stats`
+//! keeps the readable dotted name. Envoy matches those regexes against the full stat name, which carries the `wasmcustom.`
 //! namespace it gives Wasm metrics (and strips for Prometheus). See docs/METRICS.md.
 
 use super::host::{Host, MetricKind};
