@@ -356,8 +356,8 @@ def render(res: dict) -> str:
               + ("**met**" if ok else f"**missed** by {v_ms - TARGET_VERIFY_MS:.3f} ms ({v_ms / TARGET_VERIFY_MS:.1f}× the target)") + " |")
         ts = res.get("token_stats", {}).get("phi-guard", {})
         if ts:
-            ver = sum(v for k, v in ts.items() if k.endswith("token_signatures_verified"))
-            att = sum(v for k, v in ts.items() if k.endswith("token_attestations_used"))
+            ver = sum(v for k, v in ts.items() if k.endswith(("token_signatures_verified", "token_signatures_verified_total")))
+            att = sum(v for k, v in ts.items() if k.endswith(("token_attestations_used", "token_attestations_used_total")))
             distinct = res.get("distinct_warm_tokens", 0)
             w(f"| at most one signature verification per token per Envoy (`phi-guard`, 2 workers) | {ver} verifications, "
               f"{att} tokens taken on another worker's attestation, for {distinct} distinct tokens | "

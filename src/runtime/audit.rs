@@ -347,7 +347,7 @@ mod tests {
         // The collector fails: the batch is kept, and retried after the backoff (100 ms with
         // this host's jitter: 62 ms), not before, and only one batch is in flight at a time.
         w.answer(batch.token, 503, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_retried"), 1);
+        assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 1);
         assert!(w.host().logged("audit collector answered 503; 2 events kept for retry"));
         w.advance(61);
         w.tick();
@@ -362,13 +362,13 @@ mod tests {
         assert_eq!(w.calls_to("audit").len(), 3, "one batch in flight at a time");
         // A callout that never comes back (timeout: no status) is a failure like any other.
         w.answer(retry.token, 0, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_retried"), 2);
+        assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 2);
         w.advance(1_000);
         w.tick();
         let again = w.calls_to("audit").pop().unwrap();
         assert_eq!(seqs(again.body.as_deref().unwrap()), [1, 2]);
         w.answer(again.token, 200, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_sent"), 3);
+        assert_eq!(w.host().stat("phi_guard.audit_sent_total"), 3);
         assert_eq!(w.host().stat("phi_guard.audit_queued"), 1);
         // Delivered: the rest goes at the next flush, with no backoff left.
         w.tick();
@@ -402,7 +402,7 @@ mod tests {
         let first = w.calls_to("audit").pop().unwrap();
         assert_eq!(first.header("content-type"), Some("application/json"));
         w.answer(first.token, 400, &[("retry-after", "1")], br#"{"code":3,"message":"bad"}"#);
-        assert_eq!((w.host().stat("phi_guard.audit_refused"), w.host().stat("phi_guard.audit_retried")), (2, 0));
+        assert_eq!((w.host().stat("phi_guard.audit_refused_total"), w.host().stat("phi_guard.audit_retried_total")), (2, 0));
         assert!(w.host().logged(&format!(
             "audit collector did not take 2 events (refused for good with 400): seq 0-1 of stream {} NOT delivered to the collector; written to Envoy's log instead",
             stream_of(&w)
@@ -421,7 +421,7 @@ mod tests {
         let t = token(json!({}));
         let ex = w.request("GET", "/fhir/Patient/p1", Some(&t));
         assert_eq!(w.seen(&ex).reply.map(|r| r.status), Some(503));
-        assert_eq!(w.host().stat("phi_guard.audit_refused"), 3);
+        assert_eq!(w.host().stat("phi_guard.audit_refused_total"), 3);
     }
 
     #[test]
@@ -459,7 +459,7 @@ mod tests {
         let retry = w.calls_to("audit").pop().unwrap();
         assert_eq!(seqs(retry.body.as_deref().unwrap()), [0, 1]);
         w.answer(retry.token, 0, &[], b"");
-        assert_eq!((w.host().stat("phi_guard.audit_abandoned"), w.host().stat("phi_guard.audit_retried")), (2, 1));
+        assert_eq!((w.host().stat("phi_guard.audit_abandoned_total"), w.host().stat("phi_guard.audit_retried_total")), (2, 1));
         assert!(w.host().logged(&format!(
             "audit collector did not take 2 events (given up after 1 retries): seq 0-1 of stream {} NOT delivered to the collector (they are in Envoy's log)",
             stream_of(&w)
@@ -472,7 +472,7 @@ mod tests {
         let next = w.calls_to("audit").pop().unwrap();
         assert_eq!(seqs(next.body.as_deref().unwrap()), [2]);
         w.answer(next.token, 503, &[], b"");
-        assert_eq!(w.host().stat("phi_guard.audit_retried"), 2, "retried, not given up");
+        assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 2, "retried, not given up");
     }
 
     #[test]
@@ -483,9 +483,9 @@ mod tests {
         w.tick();
         let call = w.calls_to("audit").pop().unwrap();
         w.answer(call.token, 200, &[], br#"{"partialSuccess":{"rejectedLogRecords":"1","errorMessage":"record too old"}}"#);
-        assert_eq!((w.host().stat("phi_guard.audit_sent"), w.host().stat("phi_guard.audit_refused")), (1, 1));
+        assert_eq!((w.host().stat("phi_guard.audit_sent_total"), w.host().stat("phi_guard.audit_refused_total")), (1, 1));
         assert!(w.host().logged("did not take 2 events (partial success: 1 of them rejected: record too old): seq 0-1"));
-        assert_eq!(w.host().stat("phi_guard.audit_retried"), 0, "rejected records are never retried");
+        assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 0, "rejected records are never retried");
     }
 
     #[test]
@@ -546,7 +546,7 @@ mod tests {
         for _ in 0..4 {
             refuse(&w);
         }
-        assert_eq!(w.host().stat("phi_guard.audit_dropped"), 1);
+        assert_eq!(w.host().stat("phi_guard.audit_dropped_total"), 1);
         assert_eq!(w.host().stat("phi_guard.audit_queued"), 3);
         assert!(w.host().logged("audit queue full (3 events): event seq 3"));
         assert_eq!(w.host().audit_events().len(), 4, "every event is in Envoy's log");

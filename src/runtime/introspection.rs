@@ -303,7 +303,7 @@ mod tests {
             let b = worker(&store, 60);
             assert_eq!(b.request("GET", "/fhir/Patient/p1", Some(OPAQUE)).action, Action::Continue);
             assert_eq!(a.calls_to("as").len() + b.calls_to("as").len(), 1);
-            assert_eq!(a.host().stat("phi_guard.introspection_calls"), 1);
+            assert_eq!(a.host().stat("phi_guard.introspection_calls_total"), 1);
             // The answer's claims bind as a JWT's would: another patient is refused.
             let ex = b.request("GET", "/fhir/Patient/p2", Some(OPAQUE));
             assert_eq!(b.seen(&ex).reply.unwrap().reason().as_deref(), Some("patient_mismatch"));
@@ -338,7 +338,7 @@ mod tests {
             w.advance(800);
             w.tick();
             assert_eq!(w.seen(&ex).reply.unwrap().status, 503);
-            assert!(w.host().stat("phi_guard.introspection_failures") >= 2);
+            assert!(w.host().stat("phi_guard.introspection_failures_total") >= 2);
         }
 
         #[test]

@@ -263,7 +263,7 @@ mod tests {
         let call = w.calls_to("idp").pop().unwrap();
         assert_eq!((call.header(":method"), call.header(":path"), call.header(":authority")), (Some("GET"), Some("/jwks"), Some("idp")));
         assert_eq!(call.timeout_ms, 2000);
-        assert_eq!(w.host().stat("phi_guard.jwks_fetches"), 1);
+        assert_eq!(w.host().stat("phi_guard.jwks_fetches_total"), 1);
         w.answer(call.token, 200, &[], &demo_jwks());
         let seen = w.seen(&ex);
         assert_eq!((seen.resumed, seen.reply), (1, None), "decided again and resumed");
@@ -358,7 +358,7 @@ mod tests {
         // The fetch fails: the waiter is answered now, and every worker waits out the backoff.
         a.answer(calls_a[0].token, 500, &[], b"");
         assert_eq!(status(&a, &waiting), Some(503));
-        assert_eq!(a.host().stat("phi_guard.jwks_fetch_failures"), 1);
+        assert_eq!(a.host().stat("phi_guard.jwks_fetch_failures_total"), 1);
         assert!(a.host().logged("JWKS of `https://idp.phi-guard.test` not usable: status 500"));
         a.tick();
         b.tick();
@@ -390,7 +390,7 @@ mod tests {
         fetch(&mut w, 200, &demo_jwks());
         let reply = w.seen(&first).reply.unwrap();
         assert_eq!((reply.status, reply.reason().as_deref()), (401, Some("unknown_key")), "still unknown after the refetch");
-        assert_eq!(w.host().stat("phi_guard.jwks_fetches"), 2);
+        assert_eq!(w.host().stat("phi_guard.jwks_fetches_total"), 2);
     }
 
     #[test]
@@ -407,7 +407,7 @@ mod tests {
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue, "last good keys kept");
         w.host().now_ms.set(NOW_MS.add_ms(600_000));
         w.tick();
-        assert_eq!(w.host().stat("phi_guard.jwks_keys_dropped_stale"), 1);
+        assert_eq!(w.host().stat("phi_guard.jwks_keys_dropped_stale_total"), 1);
         let ex = w.request("GET", "/fhir/Patient/p1", Some(&token(json!({}))));
         assert_eq!(status(&w, &ex), Some(503), "fail closed, without waiting (waitMs 0)");
     }

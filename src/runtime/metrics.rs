@@ -1,8 +1,31 @@
 //! The filter's stats, defined through [`Host::define_metric`]; in Envoy they appear in `/stats`
 //! and `/stats/prometheus`.
+//!
+//! Names are chosen for Prometheus: Envoy adds no `_total`, so every counter's name ends in it and
+//! no gauge's does. A refusal reason or a rate-limit id rides in the stat name as a
+//! `.reason.<code>` / `.limit.<id>` suffix, which the `stats_tags` of the shipped Envoy
+//! configurations (`STATS_TAGS` in tests/support/envoy_config.py) turn into a label:
+//! `/stats/prometheus` shows `phi_guard_requests_denied_total{reason="missing_token"}`, `/stats`
+//! keeps the readable dotted name. Envoy matches those regexes against the full stat name, which carries the `wasmcustom.`
+//! namespace it gives Wasm metrics (and strips for Prometheus). See docs/METRICS.md.
 
 use super::host::{Host, MetricKind};
 use crate::decision::DenyReason;
+
+/// Counter of refused requests; one stat per reason: `<DENIED>.reason.<code>`.
+const DENIED: &str = "phi_guard.requests_denied_total";
+/// Counter of requests refused by a rate limit; one stat per limit: `<RATE_LIMITED>.limit.<id>`.
+const RATE_LIMITED: &str = "phi_guard.rate_limited_total";
+
+/// The stat name of the refusal counter for `reason`.
+fn denied_stat(reason: DenyReason) -> String {
+    format!("{DENIED}.reason.{}", reason.code())
+}
+
+/// The stat name of the counter of limit `id`.
+fn rate_limited_stat(id: &str) -> String {
+    format!("{RATE_LIMITED}.limit.{id}")
+}
 
 /// Counter ids for this VM. A counter that failed to define is `None` and silently skipped:
 /// stats must never fail a request.
@@ -64,33 +87,33 @@ impl Metrics {
     /// Define every counter.
     pub fn define(host: &impl Host) -> Self {
         Metrics {
-            allowed: counter(host, "phi_guard.requests_allowed"),
-            denied: DenyReason::ALL.iter().map(|r| (*r, counter(host, &format!("phi_guard.requests_denied.{}", r.code())))).collect(),
-            cache_hits: counter(host, "phi_guard.token_cache_hits"),
-            cache_misses: counter(host, "phi_guard.token_cache_misses"),
-            signatures_verified: counter(host, "phi_guard.token_signatures_verified"),
-            attestations_used: counter(host, "phi_guard.token_attestations_used"),
-            policy_loaded: counter(host, "phi_guard.policy_loaded"),
-            policy_rejected: counter(host, "phi_guard.policy_rejected"),
+            allowed: counter(host, "phi_guard.requests_allowed_total"),
+            denied: DenyReason::ALL.iter().map(|r| (*r, counter(host, &denied_stat(*r)))).collect(),
+            cache_hits: counter(host, "phi_guard.token_cache_hits_total"),
+            cache_misses: counter(host, "phi_guard.token_cache_misses_total"),
+            signatures_verified: counter(host, "phi_guard.token_signatures_verified_total"),
+            attestations_used: counter(host, "phi_guard.token_attestations_used_total"),
+            policy_loaded: counter(host, "phi_guard.policy_loaded_total"),
+            policy_rejected: counter(host, "phi_guard.policy_rejected_total"),
             policy_revision: gauge(host, "phi_guard.policy_revision"),
-            policy_fetch_failures: counter(host, "phi_guard.policy_fetch_failures"),
+            policy_fetch_failures: counter(host, "phi_guard.policy_fetch_failures_total"),
             policy_staleness: gauge(host, "phi_guard.policy_staleness_seconds"),
-            response_blocked: counter(host, "phi_guard.responses_blocked"),
-            shadow_denied: counter(host, "phi_guard.shadow_denied"),
-            jwks_fetches: counter(host, "phi_guard.jwks_fetches"),
-            jwks_fetch_failures: counter(host, "phi_guard.jwks_fetch_failures"),
-            keys_dropped: counter(host, "phi_guard.jwks_keys_dropped_stale"),
-            introspections: counter(host, "phi_guard.introspection_calls"),
-            introspection_failures: counter(host, "phi_guard.introspection_failures"),
-            audit_emitted: counter(host, "phi_guard.audit_events"),
-            audit_sent: counter(host, "phi_guard.audit_sent"),
-            audit_retried: counter(host, "phi_guard.audit_retried"),
-            audit_dropped: counter(host, "phi_guard.audit_dropped"),
-            audit_refused: counter(host, "phi_guard.audit_refused"),
-            audit_abandoned: counter(host, "phi_guard.audit_abandoned"),
+            response_blocked: counter(host, "phi_guard.responses_blocked_total"),
+            shadow_denied: counter(host, "phi_guard.shadow_denied_total"),
+            jwks_fetches: counter(host, "phi_guard.jwks_fetches_total"),
+            jwks_fetch_failures: counter(host, "phi_guard.jwks_fetch_failures_total"),
+            keys_dropped: counter(host, "phi_guard.jwks_keys_dropped_stale_total"),
+            introspections: counter(host, "phi_guard.introspection_calls_total"),
+            introspection_failures: counter(host, "phi_guard.introspection_failures_total"),
+            audit_emitted: counter(host, "phi_guard.audit_events_total"),
+            audit_sent: counter(host, "phi_guard.audit_sent_total"),
+            audit_retried: counter(host, "phi_guard.audit_retried_total"),
+            audit_dropped: counter(host, "phi_guard.audit_dropped_total"),
+            audit_refused: counter(host, "phi_guard.audit_refused_total"),
+            audit_abandoned: counter(host, "phi_guard.audit_abandoned_total"),
             audit_queued: gauge(host, "phi_guard.audit_queued"),
-            responses_minimized: counter(host, "phi_guard.responses_minimized"),
-            fields_withheld: counter(host, "phi_guard.fields_withheld"),
+            responses_minimized: counter(host, "phi_guard.responses_minimized_total"),
+            fields_withheld: counter(host, "phi_guard.fields_withheld_total"),
         }
     }
 
@@ -177,7 +200,7 @@ impl Metrics {
     /// A request refused by the rate limit `id` (limits come with policies, so the counter is
     /// defined on use; Envoy returns the same id for the same name).
     pub fn rate_limited(&self, host: &impl Host, id: &str) {
-        bump(host, counter(host, &format!("phi_guard.rate_limited.{id}")), 1);
+        bump(host, counter(host, &rate_limited_stat(id)), 1);
     }
 
     /// An audit event sealed.
@@ -220,5 +243,67 @@ impl Metrics {
     pub fn minimized(&self, host: &impl Host, withheld: usize) {
         bump(host, self.responses_minimized, 1);
         bump(host, self.fields_withheld, withheld as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testing::MockHost;
+
+    const GAUGES: [&str; 3] = ["phi_guard.policy_revision", "phi_guard.policy_staleness_seconds", "phi_guard.audit_queued"];
+
+    fn defined() -> Vec<(String, MetricKind)> {
+        let host = MockHost::new();
+        let m = Metrics::define(&host);
+        m.rate_limited(&host, "per-subject");
+        host.defined_stats()
+    }
+
+    /// The Prometheus family of a stat once the shipped `stats_tags` cut its label suffix.
+    fn family(name: &str) -> String {
+        let base = [".reason.", ".limit."].iter().find_map(|t| name.split_once(t).map(|(b, _)| b)).unwrap_or(name);
+        base.replace('.', "_")
+    }
+
+    #[test]
+    fn counters_end_in_total_and_gauges_do_not() {
+        for (name, kind) in defined() {
+            let family = family(&name);
+            assert!(family.starts_with("phi_guard_"), "{name}");
+            assert!(family.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{name}");
+            match kind {
+                MetricKind::Counter => assert!(family.ends_with("_total"), "{name}"),
+                MetricKind::Gauge => {
+                    assert!(!family.ends_with("_total"), "{name}");
+                    assert!(GAUGES.contains(&name.as_str()), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reason_is_only_ever_a_label() {
+        let stats = defined();
+        let families: std::collections::BTreeSet<_> = stats.iter().map(|(n, _)| family(n)).collect();
+        for r in DenyReason::ALL {
+            let want = format!("phi_guard.requests_denied_total.reason.{}", r.code());
+            assert!(stats.iter().any(|(n, _)| *n == want), "{want}");
+            // `rate_limited` is both a reason and the name of the per-limit counter.
+            for f in families.iter().filter(|f| *f != "phi_guard_rate_limited_total") {
+                assert!(!f.contains(r.code()), "{f} names the reason {}", r.code());
+            }
+        }
+        // One family per metric, whatever the number of reasons: cardinality stays in labels.
+        assert_eq!(families.len(), stats.len() - DenyReason::ALL.len() + 1);
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/METRICS.md");
+        for (name, _) in defined() {
+            let family = family(&name);
+            assert!(doc.contains(&format!("`{family}`")), "docs/METRICS.md does not list `{family}`");
+        }
     }
 }

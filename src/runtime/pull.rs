@@ -173,7 +173,7 @@ mod tests {
             (Some("/policy.json"), Some("policy_server"), None)
         );
         assert!(a.host().logged("loaded from the policy server"));
-        assert_eq!(a.host().stat("phi_guard.policy_loaded"), 1);
+        assert_eq!(a.host().stat("phi_guard.policy_loaded_total"), 1);
         assert_eq!(a.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue);
         // The other worker did not fetch (the lease), but runs the same revision after a tick.
         b.tick();
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(next.header("if-none-match"), Some("\"r1\""));
         b.answer(next.token, 304, &[], b"");
         assert_eq!(refused(&b), Some(401));
-        assert_eq!(b.host().stat("phi_guard.policy_fetch_failures"), 0);
+        assert_eq!(b.host().stat("phi_guard.policy_fetch_failures_total"), 0);
     }
 
     #[test]
@@ -199,7 +199,7 @@ mod tests {
         w.advance(30_000);
         poll(&mut w, 200, &[(SIGNATURE_HEADER, &sign(&good))], &forged);
         assert!(w.host().logged("pulled policy rejected: the policy signature does not verify"));
-        assert_eq!(w.host().stat("phi_guard.policy_rejected"), 1);
+        assert_eq!(w.host().stat("phi_guard.policy_rejected_total"), 1);
         assert_eq!(refused(&w), Some(401), "still enforcing the last good policy");
         // Retried after the backoff (1 s after one failure, with this host's jitter), not before.
         w.tick();
@@ -207,7 +207,7 @@ mod tests {
         w.advance(1_000);
         poll(&mut w, 200, &[], &forged);
         assert!(w.host().logged("carries no `x-phi-guard-signature`"));
-        assert_eq!(w.host().stat("phi_guard.policy_fetch_failures"), 2);
+        assert_eq!(w.host().stat("phi_guard.policy_fetch_failures_total"), 2);
         // Whatever is in shared data is the verified policy.
         let fresh = Worker::sharing(&w.host().store, &pull_config(), NOW_MS);
         assert_eq!(refused(&fresh), Some(401));

@@ -290,7 +290,7 @@ mod tests {
         assert!(w.host().logged("PHI_GUARD_AUDIT_KEY is not set in the VM environment; configuration refused"));
         w.host().env.borrow_mut().insert(crate::audit::KEY_ENV.into(), "short".into());
         assert!(!w.configure(&policy(|_| {})));
-        assert_eq!(w.host().stat("phi_guard.policy_rejected"), 2);
+        assert_eq!(w.host().stat("phi_guard.policy_rejected_total"), 2);
         assert_eq!(status(&w), Some(503), "no policy in force");
         // No randomness for the audit stream id: refused too.
         let mut w = Worker::new();
@@ -321,8 +321,8 @@ mod tests {
         assert!(!w.configure(&policy(|p| p["routes"][0]["pubilc"] = json!(true))));
         assert!(w.host().logged("policy rejected: routes[0].pubilc: unknown field"));
         assert!(!w.configure(&json!("not a policy")));
-        assert_eq!(w.host().stat("phi_guard.policy_rejected"), 2);
-        assert_eq!(w.host().stat("phi_guard.policy_loaded"), 1);
+        assert_eq!(w.host().stat("phi_guard.policy_rejected_total"), 2);
+        assert_eq!(w.host().stat("phi_guard.policy_loaded_total"), 1);
         assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue);
     }
 

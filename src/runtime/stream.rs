@@ -411,8 +411,8 @@ mod tests {
         assert_eq!((ev["decision"].as_str(), ev["reason"].as_str(), ev["status"].as_u64()), (Some("allow"), Some("allowed"), Some(200)));
         assert_eq!(ev["contentDigest"].as_str(), Some(digest.as_str()));
         assert_eq!(ev["seq"], 0);
-        assert_eq!(w.host().stat("phi_guard.requests_allowed"), 1);
-        assert_eq!(w.host().stat("phi_guard.responses_minimized"), 1);
+        assert_eq!(w.host().stat("phi_guard.requests_allowed_total"), 1);
+        assert_eq!(w.host().stat("phi_guard.responses_minimized_total"), 1);
     }
 
     #[test]
@@ -441,7 +441,7 @@ mod tests {
         let events = w.host().audit_events();
         assert_eq!(events.len(), 1, "audited at request time");
         assert_eq!((events[0]["decision"].as_str(), events[0]["reason"].as_str()), (Some("deny"), Some("missing_token")));
-        assert_eq!(w.host().stat("phi_guard.requests_denied.missing_token"), 1);
+        assert_eq!(w.host().stat("phi_guard.requests_denied_total.reason.missing_token"), 1);
         // The local reply passes back through the response callbacks untouched, and the stream
         // end adds no second event.
         let (head, _) = w.respond(&ex, 401, &[("x-custom", "kept")], b"{}");
@@ -466,7 +466,7 @@ mod tests {
         assert_eq!(w.seen(&ex).reply.map(|r| (r.status, r.reason())), Some((400, Some("invalid_header".into()))));
         let reasons: Vec<Value> = w.host().audit_events().iter().map(|e| e["reason"].clone()).collect();
         assert_eq!(reasons, [json!("invalid_header"), json!("invalid_header")], "every refusal is audited");
-        assert_eq!(w.host().stat("phi_guard.requests_denied.invalid_header"), 2);
+        assert_eq!(w.host().stat("phi_guard.requests_denied_total.reason.invalid_header"), 2);
         // The same byte in a header the decision does not read changes nothing.
         let t = token(json!({}));
         let mut headers = vec![
@@ -495,7 +495,7 @@ mod tests {
         let w = Worker::new();
         let ex = w.request("GET", "/healthz", None);
         assert_eq!((ex.action, w.seen(&ex).reply.map(|r| r.status)), (Action::Pause, Some(503)));
-        assert_eq!(w.host().stat("phi_guard.requests_denied.no_policy"), 1);
+        assert_eq!(w.host().stat("phi_guard.requests_denied_total.reason.no_policy"), 1);
     }
 
     #[test]
@@ -503,7 +503,7 @@ mod tests {
         let w = Worker::with_policy(&policy(|p| p["mode"] = json!("shadow")), NOW_MS);
         let ex = w.request("GET", "/fhir/Patient/p1", None);
         assert_eq!((ex.action, w.seen(&ex).reply), (Action::Continue, None));
-        assert_eq!(w.host().stat("phi_guard.shadow_denied"), 1);
+        assert_eq!(w.host().stat("phi_guard.shadow_denied_total"), 1);
         assert!(w.host().logs.borrow().iter().any(|(l, m)| *l == Level::Warn && m.contains("would refuse 401 missing_token")));
         assert_eq!(w.host().audit_events()[0]["reason"], "missing_token");
     }
@@ -517,7 +517,7 @@ mod tests {
         w.respond(&ex, 200, &[("content-type", "application/fhir+json")], other);
         let body = String::from_utf8(w.seen(&ex).response_body).unwrap();
         assert!(!body.contains("p2"), "{body}");
-        assert_eq!(w.host().stat("phi_guard.responses_blocked"), 1);
+        assert_eq!(w.host().stat("phi_guard.responses_blocked_total"), 1);
         let ev = &w.host().audit_events()[0];
         assert_eq!((ev["decision"].as_str(), ev["upstreamStatus"].as_u64()), (Some("deny"), Some(200)));
     }

@@ -97,6 +97,7 @@ impl Dispatched {
 #[derive(Debug, Clone)]
 struct Stat {
     name: String,
+    kind: MetricKind,
     value: u64,
 }
 
@@ -194,6 +195,11 @@ impl MockHost {
     /// The value of the stat `name` (0 if never defined or touched).
     pub fn stat(&self, name: &str) -> u64 {
         self.stats.borrow().iter().find(|s| s.name == name).map_or(0, |s| s.value)
+    }
+
+    /// Every stat defined so far, with its kind, in order of definition.
+    pub fn defined_stats(&self) -> Vec<(String, MetricKind)> {
+        self.stats.borrow().iter().map(|s| (s.name.clone(), s.kind)).collect()
     }
 
     /// The audit lines written to the log, parsed.
@@ -367,13 +373,13 @@ impl Host for MockHost {
         self.logs.borrow_mut().push((level, message.to_owned()));
     }
 
-    fn define_metric(&self, _kind: MetricKind, name: &str) -> Result<u32, HostError> {
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         self.count("define_metric");
         let mut stats = self.stats.borrow_mut();
         if let Some(i) = stats.iter().position(|s| s.name == name) {
             return Ok(u32::try_from(i).unwrap_or(u32::MAX));
         }
-        stats.push(Stat { name: name.to_owned(), value: 0 });
+        stats.push(Stat { name: name.to_owned(), kind, value: 0 });
         Ok(u32::try_from(stats.len() - 1).unwrap_or(u32::MAX))
     }
 

@@ -1033,8 +1033,9 @@ mod tests {
         for w in [&a, &a, &b, &b] {
             assert_eq!(w.request("GET", "/fhir/Patient/p1", Some(&t)).action, Action::Continue);
         }
-        let counts =
-            |w: &Worker| (w.host().stat("phi_guard.token_signatures_verified"), w.host().stat("phi_guard.token_attestations_used"));
+        let counts = |w: &Worker| {
+            (w.host().stat("phi_guard.token_signatures_verified_total"), w.host().stat("phi_guard.token_attestations_used_total"))
+        };
         assert_eq!((counts(&a), counts(&b)), ((1, 0), (0, 1)), "one signature verification for the Envoy");
         // The attestation vouches for the signature only: an expired token is refused on b too.
         let old = token(json!({"exp": crate::testing::NOW.sub_secs(120).as_secs(), "jti": "old"}));
@@ -1077,8 +1078,8 @@ mod tests {
         let ex = w.request("GET", "/fhir/Patient/p1", Some(&t));
         let reply = w.seen(&ex).reply.unwrap();
         assert_eq!((ex.action, reply.status, reply.header("retry-after")), (Action::Pause, 429, Some("1")));
-        assert_eq!(w.host().stat("phi_guard.rate_limited.per-subject"), 1);
-        assert_eq!(w.host().stat("phi_guard.requests_denied.rate_limited"), 1);
+        assert_eq!(w.host().stat("phi_guard.rate_limited_total.limit.per-subject"), 1);
+        assert_eq!(w.host().stat("phi_guard.requests_denied_total.reason.rate_limited"), 1);
         let events = w.host().audit_events();
         assert_eq!((events.len(), events[0]["reason"].as_str()), (1, Some("rate_limited")), "only the refusal so far");
         // A second later a token is back; other callers (public routes) never touch a bucket.

@@ -155,9 +155,9 @@ def test_short_collector_outage_loses_nothing_and_chain_verifies(tmp_path):
         h.collector_status(202)
         lines = wait_lines(h.audit_lines, 25, timeout=20)
         assert len(lines) == 25, len(lines)  # one event per request, none lost to the outage
-        assert stat(h, "envoy_phi_guard_audit_events") + stat(h, "phi_guard_audit_events") == 25
-        assert stat(h, "envoy_phi_guard_audit_dropped") + stat(h, "phi_guard_audit_dropped") == 0
-        assert stat(h, "phi_guard_audit_retried") + stat(h, "envoy_phi_guard_audit_retried") > 0
+        assert stat(h, "phi_guard_audit_events_total") == 25
+        assert stat(h, "phi_guard_audit_dropped_total") == 0
+        assert stat(h, "phi_guard_audit_retried_total") > 0
         ok = verify(lines, tmp_path / "collected.log")
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "2 stream" in ok.stdout or "streams" in ok.stdout, ok.stdout  # one chain per worker
@@ -174,7 +174,7 @@ def test_beyond_the_queue_bound_drops_are_counted(tmp_path):
         for _ in range(30):
             assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
         time.sleep(1)
-        dropped = stat(h, "phi_guard_audit_dropped") + stat(h, "envoy_phi_guard_audit_dropped")
+        dropped = stat(h, "phi_guard_audit_dropped_total")
         assert dropped >= 30 - 2 * (5 + 5), dropped  # per worker: five queued plus one batch in flight
         h.collector_status(202)
         lines = wait_lines(h.audit_lines, 30 - dropped, timeout=15)
@@ -271,10 +271,10 @@ def test_a_batch_refused_for_good_is_counted_logged_and_does_not_block_the_queue
         for _ in range(6):
             assert api.get(f"/fhir/Patient/{ME}", token=token).status == 200
         deadline = time.monotonic() + 15
-        while stat(h, "phi_guard_audit_refused") < 6 and time.monotonic() < deadline:
+        while stat(h, "phi_guard_audit_refused_total") < 6 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert stat(h, "phi_guard_audit_refused") == 6
-        assert stat(h, "phi_guard_audit_retried") == 0, "a refusal for good is never retried"
+        assert stat(h, "phi_guard_audit_refused_total") == 6
+        assert stat(h, "phi_guard_audit_retried_total") == 0, "a refusal for good is never retried"
         attempts = h.collector_attempts()
         h.collector_status(202)
         for _ in range(4):
@@ -321,7 +321,7 @@ def test_retry_after_holds_retries_back():
         h.collector_status(202)
         lines = wait_lines(h.audit_lines, 6, timeout=15)
         assert len(lines) == 6, "retried after the wait, nothing lost"
-        assert stat(h, "phi_guard_audit_refused") == 0
+        assert stat(h, "phi_guard_audit_refused_total") == 0
     finally:
         h.stop()
 

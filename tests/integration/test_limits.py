@@ -69,7 +69,7 @@ def test_rate_limit_is_shared_across_workers(api):
         assert len([w for w, n in workers.items() if n > 0]) == 2, f"one worker took every connection: {workers}"
     # Another subject has its own bucket.
     assert api.get("/admin/reports/1", token=scp_token("admin.reports.read", sub=f"other-{uuid.uuid4()}")).status == 200
-    assert "phi_guard_rate_limited_per_subject" in api.harness.stats_prometheus()
+    assert 'phi_guard_rate_limited_total{limit="per-subject"}' in api.harness.stats_prometheus()
 
 
 def test_too_many_headers(api):

@@ -138,7 +138,7 @@ def test_ecds_edit_applies_on_an_open_keepalive_connection(workdir):
         elapsed = time.monotonic() - t0
         assert conn.sock is sock, "the keep-alive connection was replaced"
         assert elapsed < 5, f"edit took {elapsed:.1f}s"
-        assert stat(h, "phi_guard_policy_loaded") >= 2
+        assert stat(h, "phi_guard_policy_loaded_total") >= 2
     finally:
         h.stop()
 
@@ -148,13 +148,13 @@ def test_invalid_policy_edit_is_rejected_and_old_policy_stays(workdir):
     try:
         token = cli_token(scope=SCOPE, patient=ME)
         assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
-        before = stat(h, "phi_guard_policy_rejected")
+        before = stat(h, "phi_guard_policy_rejected_total")
         broken = copy.deepcopy(POLICY)
         broken["routes"][0]["pubilc"] = True  # typo: unknown field
         broken["routes"] = [r for r in broken["routes"] if r["id"] != "fhir"]  # would open nothing, but...
         (workdir / "policy.json").write_text(json.dumps(broken))
         h.write_ecds(workdir / "policy.json")
-        assert wait_for(lambda: stat(h, "phi_guard_policy_rejected") > before, timeout=10), "not rejected"
+        assert wait_for(lambda: stat(h, "phi_guard_policy_rejected_total") > before, timeout=10), "not rejected"
         # Old policy still enforced: own record allowed, no token refused, health still public.
         assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
         status, body = get(h, f"/fhir/Patient/{ME}")
@@ -188,14 +188,14 @@ def test_pull_mode_signed_policy_bad_signature_and_server_down(workdir, keyserve
         token = cli_token(scope=SCOPE, patient=ME)
         assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
         # B with a signature over A's bytes: refused, A stays.
-        rejected = stat(h, "phi_guard_policy_rejected")
+        rejected = stat(h, "phi_guard_policy_rejected_total")
         keyserver.set("policy", body=(workdir / "b.json").read_text(), signature=sign(workdir / "a.json"))
-        assert wait_for(lambda: stat(h, "phi_guard_policy_rejected") > rejected, timeout=10)
+        assert wait_for(lambda: stat(h, "phi_guard_policy_rejected_total") > rejected, timeout=10)
         assert get(h, "/healthz")[0] == 200
         # Policy server down: A stays, failures counted, staleness grows.
         keyserver.set("policy", status=503)
-        failures = stat(h, "phi_guard_policy_fetch_failures")
-        assert wait_for(lambda: stat(h, "phi_guard_policy_fetch_failures") > failures, timeout=10)
+        failures = stat(h, "phi_guard_policy_fetch_failures_total")
+        assert wait_for(lambda: stat(h, "phi_guard_policy_fetch_failures_total") > failures, timeout=10)
         assert get(h, "/healthz")[0] == 200
         assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
         # B properly signed: applied by every worker.

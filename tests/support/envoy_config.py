@@ -77,6 +77,21 @@ BUFFER_LIMIT_BYTES = 1024 * 1024
 # 64 KiB headroom the policy keeps (a read may overshoot by one 16 KiB slice).
 UPSTREAM_READ_LIMIT_BYTES = 32 * 1024
 
+# Envoy `stats_tags` that turn the suffixes of phi-guard's stat names into Prometheus labels
+# (docs/METRICS.md): `wasmcustom.phi_guard.requests_denied_total.reason.missing_token` is shown as
+# `phi_guard_requests_denied_total{reason="missing_token"}`. Envoy matches each regex against the
+# full stat name, where Wasm metrics carry the `wasmcustom.` namespace (stripped only by
+# /stats/prometheus); the first group is cut from the name, the second is the label's value.
+# `wasm_plugin` does the same for Envoy's own per-plugin VM reload counters
+# (`wasm.<plugin>.vm_reload*`), whose plugin name Istio prefixes with the namespace.
+# deploy/istio/stats-bootstrap.yaml carries the same list for Istio sidecars (a test keeps the two
+# equal).
+STATS_TAGS = (
+    ("reason", r"^wasmcustom\.phi_guard\.requests_denied_total(\.reason\.([a-z_]+))$"),
+    ("limit", r"^wasmcustom\.phi_guard\.rate_limited_total(\.limit\.([A-Za-z0-9_-]+))$"),
+    ("wasm_plugin", r"^wasm\.((.+)\.)vm_reload(?:_backoff|_failure|_success)?$"),
+)
+
 # Fixed ports and paths inside the compose Envoy container (envoy/docker-compose.yaml).
 COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, COMPOSE_ADMIN_PORT = 10000, 10443, 9901
 COMPOSE_WASM = "/etc/phi-guard/phi_guard.wasm"
@@ -92,6 +107,11 @@ COMPOSE_CLUSTERS = {"upstream": "fhir", "idp": "idp", "policy": "policy", "audit
 def q(value) -> str:
     """A YAML scalar: JSON string/number syntax is valid YAML flow syntax."""
     return json.dumps(value)
+
+
+def stats_config(tags=STATS_TAGS) -> dict:
+    """The bootstrap's `stats_config`: the STATS_TAGS as `stats_tags` entries."""
+    return {"stats_tags": [{"tag_name": name, "regex": regex} for name, regex in tags]}
 
 
 def wasm_filter(policy_text: str, wasm_path: Path | str, hmac_key: str | None) -> str:
@@ -268,6 +288,7 @@ def render(
     https_address: str | None = None,
     resolve_wasm: bool = True,
     ecds: Path | None = None,
+    stats: dict | None = None,
 ) -> str:
     """The bootstrap YAML.
 
@@ -278,7 +299,7 @@ def render(
     (needs `tls_cert` and `tls_key`) on `https_address` (default `address`); with `tls_client_ca`
     it asks clients for a certificate signed by that CA (mutual TLS). `hmac_key=None` takes the filter's secrets from Envoy's
     environment (SECRET_ENV_KEYS). `resolve_wasm=False` writes `wasm` as given (a path inside a
-    container)."""
+    container). `stats` replaces the bootstrap's `stats_config` (default: `stats_config()`)."""
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, not {filter!r}")
     if https_port is not None and not (tls_cert and tls_key):
@@ -351,6 +372,7 @@ node:
 admin:
   address:
     socket_address: {{address: {q(address)}, port_value: {admin_port}}}
+stats_config: {json.dumps(stats_config() if stats is None else stats)}
 static_resources:
   listeners:
 {listeners}  clusters:

@@ -120,7 +120,7 @@ STOPPED_PROBLEMS: list[str] = []
 CRASH_LINE = re.compile(r"panicked at|Caught |Function: proxy_\w+ failed|Uncaught RuntimeError|"
                         r"wasm_vm\.cc.*failed")
 # Stats that only move when a wasm VM is restarted after a crash (`failure_policy: FAIL_RELOAD`):
-# wasm.<vm_id>.vm_reload, vm_reload_success, vm_reload_failure, vm_reload_backoff.
+# wasm.<plugin name>.vm_reload, vm_reload_success, vm_reload_failure, vm_reload_backoff.
 # (`wasm.envoy.wasm.runtime.v8.created` also counts VMs made for a new configuration, e.g. an
 # ECDS update, so it is not a crash signal.)
 VM_RESTART_STAT = re.compile(r"^wasm\.[^:]*\.vm_reload\w*$")
@@ -314,7 +314,8 @@ class LocalHarness(Harness):
     def __init__(self, name: str, *, policy: Path | None, filter: str = "phi-guard",  # noqa: A002
                  normalize: bool = True, wasm: Path = DEFAULT_WASM, workdir: Path,
                  ready_timeout: float = 30.0, extra_clusters: tuple[str, ...] = (),
-                 cluster_ports: dict[str, int] | None = None, ecds: bool = False) -> None:
+                 cluster_ports: dict[str, int] | None = None, ecds: bool = False,
+                 stats: dict | None = None) -> None:
         self.name = name
         self.policy = policy
         self.filter = filter
@@ -328,6 +329,7 @@ class LocalHarness(Harness):
         # Deliver the policy by ECDS from a watched file (`phi-guard ecds`), as `make run` does.
         self.ecds = ecds
         self.ecds_file = self.workdir / "ecds" / "phi-guard.json"
+        self.stats = stats  # the bootstrap's stats_config, when not envoy_config's default
         self.procs: list[subprocess.Popen] = []
         self._log_files: list = []
         self.upstream_url = ""
@@ -423,7 +425,7 @@ class LocalHarness(Harness):
                               extra_clusters={**{c: self.upstream_port for c in self.extra_clusters},
                                               "audit": self.collector_port,
                                               "introspection": self.introspection_port, **self.cluster_ports},
-                              ecds=self.ecds_file if self.ecds else None,
+                              ecds=self.ecds_file if self.ecds else None, stats=self.stats,
                               https_port=https, tls_cert=tls.cert, tls_key=tls.key,
                               tls_client_ca=tls.ca))
         self.https_url = f"https://127.0.0.1:{https}"
