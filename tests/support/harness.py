@@ -117,6 +117,46 @@ class HarnessError(RuntimeError):
 LIVE: list[Harness] = []
 STOPPED_PROBLEMS: list[str] = []
 # A panic or trap in the filter, or Envoy itself crashing.
+# Envoy's line for a wasm log call: `[...][wasm] [...context.cc:N] wasm log <plugin> <root> <vm>: `
+# then the message. phi-guard writes two kinds: sealed audit lines (AUDIT_PREFIX) and operational
+# lines, one JSON object each (`{"level":..,"logger":"phi-guard","msg":.., fields}`).
+WASM_LOG_LINE = re.compile(r"\bwasm log\b[^:]*: (.*)$")
+AUDIT_PREFIX = "phi-guard-audit: "
+
+
+def phi_guard_messages(text: str) -> list[str]:
+    """Every operational message phi-guard wrote in an Envoy log text, as written (audit lines
+    and Envoy's own lines left out)."""
+    out = []
+    for line in text.splitlines():
+        found = WASM_LOG_LINE.search(line)
+        if found and not found.group(1).startswith(AUDIT_PREFIX):
+            out.append(found.group(1))
+    return out
+
+
+def phi_guard_log_entries(text: str) -> list[dict]:
+    """The operational lines of an Envoy log text, parsed (a line that is not a JSON object
+    raises: see `phi_guard_messages` to check them)."""
+    return [json.loads(m) for m in phi_guard_messages(text)]
+
+
+def malformed_log_lines(text: str) -> list[str]:
+    """phi-guard operational lines that are not one JSON object with a level, the phi-guard
+    logger and a message."""
+    bad = []
+    for message in phi_guard_messages(text):
+        try:
+            entry = json.loads(message)
+        except ValueError:
+            bad.append(message)
+            continue
+        if not (isinstance(entry, dict) and entry.get("level") in ("info", "warn", "error")
+                and entry.get("logger") == "phi-guard" and isinstance(entry.get("msg"), str) and entry["msg"]):
+            bad.append(message)
+    return bad
+
+
 CRASH_LINE = re.compile(r"panicked at|Caught |Function: proxy_\w+ failed|Uncaught RuntimeError|"
                         r"wasm_vm\.cc.*failed")
 # Stats that only move when a wasm VM is restarted after a crash (`failure_policy: FAIL_RELOAD`):
