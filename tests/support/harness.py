@@ -318,7 +318,8 @@ class Harness:
 
     def health_problems(self, mark: dict | None = None) -> list[str]:
         """What went wrong since `mark` (default: the guard's last look): not ready, a VM
-        restarted, a panic/trap/crash line in Envoy's log. Moves the guard's mark forward."""
+        restarted, a panic/trap/crash line in Envoy's log, a phi-guard operational line that is
+        not one JSON object. Moves the guard's mark forward."""
         mark = mark or self._guard_mark or {}
         problems = []
         try:
@@ -333,8 +334,12 @@ class Harness:
             if value > mark.get("stats", {}).get(name, 0):
                 problems.append(f"wasm VM restarted: {name} {mark.get('stats', {}).get(name, 0)} -> {value}")
         log_mark = self._log_mark()
-        crash = [ln for ln in self._log_since(mark.get("log")).splitlines() if CRASH_LINE.search(ln)]
+        text = self._log_since(mark.get("log"))
+        crash = [ln for ln in text.splitlines() if CRASH_LINE.search(ln)]
         problems += [f"Envoy log: {ln[:300]}" for ln in crash[:5]]
+        # Complete lines only: Envoy may be writing the last one.
+        complete = text[:text.rfind("\n") + 1]
+        problems += [f"not a JSON log line: {ln[:300]}" for ln in malformed_log_lines(complete)[:5]]
         self._guard_mark = {"log": log_mark, "stats": stats}
         return problems
 
