@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 
 use super::host::{random_u32, Buffer, Host, Level};
 use super::metrics::Metrics;
+use super::oplog;
 use crate::audit::delivery::{self, Outcome};
 use crate::audit::{batch_body, AuditChain, AuditEvent, AuditKey, Sealed};
 use crate::policy::audit::{AuditConfig, CollectorFormat};
@@ -45,6 +46,9 @@ pub struct AuditSink {
 pub const ENVOY_LOG_BATCH_EVENTS: usize = 64;
 /// Most bytes held for Envoy's log before they are written.
 const ENVOY_LOG_BATCH_BYTES: usize = 64 * 1024;
+
+/// The operational line for events the collector will not get (with a `cause`).
+const NOT_DELIVERED: &str = "audit batch not delivered";
 
 impl AuditSink {
     /// A new stream with a random id.
@@ -91,16 +95,12 @@ impl AuditSink {
         if let Some(c) = &config.collector {
             if self.queue.len() >= c.queue_max_events {
                 metrics.audit_dropped(host, 1);
-                host.log(
-                    Level::Error,
-                    &format!(
-                        "phi-guard: audit queue full ({} events): event seq {} of stream {} NOT queued for the collector{}",
-                        c.queue_max_events,
-                        sealed.seq,
-                        self.chain.stream(),
-                        if config.envoy_log { " (it is in Envoy's log)" } else { "; written to Envoy's log instead" }
-                    ),
-                );
+                oplog::error("audit queue full; event not queued for the collector")
+                    .field("queueMaxEvents", c.queue_max_events)
+                    .field("stream", self.chain.stream())
+                    .field("seq", sealed.seq)
+                    .field("loggedInstead", !config.envoy_log)
+                    .emit(host);
                 if !config.envoy_log {
                     host.log(Level::Info, &sealed.log_line());
                 }
@@ -149,7 +149,7 @@ impl AuditSink {
             Ok(token) => self.in_flight = Some((token, batch)),
             Err(e) => {
                 // No connection to make: transient, like a connection failure.
-                host.log(Level::Warn, &format!("phi-guard: audit batch could not be dispatched: {e}"));
+                oplog::warn("audit batch not dispatched").field("cluster", &c.cluster).field("error", e.to_string()).emit(host);
                 self.retry(batch, None, config, now, host, metrics);
             }
         }
@@ -171,7 +171,8 @@ impl AuditSink {
         if c.max_retries.is_some_and(|max| self.attempt >= max) {
             self.attempt = 0;
             metrics.audit_abandoned(host, batch.len());
-            self.give_up(&batch, &format!("given up after {} retries", c.max_retries.unwrap_or_default()), config, host);
+            let line = oplog::error(NOT_DELIVERED).field("cause", "retries_exhausted").field("retries", c.max_retries.unwrap_or_default());
+            self.give_up(&batch, line, config, host);
             return;
         }
         self.attempt = self.attempt.saturating_add(1);
@@ -186,19 +187,14 @@ impl AuditSink {
         self.next_try = now.add_ms(backoff.max(retry_after_ms.unwrap_or(0)));
     }
 
-    /// Events that will not reach the collector: logged with their chain positions, and
-    /// written to Envoy's log when that sink did not already take them.
-    fn give_up(&self, batch: &[Sealed], why: &str, config: &AuditConfig, host: &impl Host) {
-        host.log(
-            Level::Error,
-            &format!(
-                "phi-guard: audit collector did not take {} events ({why}): seq {} of stream {} NOT delivered to the collector{}",
-                batch.len(),
-                seq_ranges(batch),
-                self.chain.stream(),
-                if config.envoy_log { " (they are in Envoy's log)" } else { "; written to Envoy's log instead" }
-            ),
-        );
+    /// Events that will not reach the collector: logged (`line`, with its cause) with their
+    /// chain positions, and written to Envoy's log when that sink did not already take them.
+    fn give_up(&self, batch: &[Sealed], line: oplog::Line, config: &AuditConfig, host: &impl Host) {
+        line.field("events", batch.len())
+            .field("stream", self.chain.stream())
+            .field("seq", seq_ranges(batch))
+            .field("loggedInstead", !config.envoy_log)
+            .emit(host);
         if !config.envoy_log {
             for s in batch {
                 host.log(Level::Info, &s.log_line());
@@ -242,19 +238,20 @@ impl AuditSink {
                 metrics.audit_sent(host, batch.len() - rejected);
                 if rejected > 0 {
                     metrics.audit_refused(host, rejected);
-                    self.give_up(&batch, &format!("partial success: {rejected} of them rejected: {message}"), config, host);
+                    let line = oplog::error(NOT_DELIVERED)
+                        .field("cause", "partial_success")
+                        .field("rejected", rejected)
+                        .field("error", message.as_str());
+                    self.give_up(&batch, line, config, host);
                 }
             }
             Outcome::Retry { after_ms } => {
-                host.log(
-                    Level::Warn,
-                    &format!(
-                        "phi-guard: audit collector answered {}; {} events kept for retry{}",
-                        status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string()),
-                        batch.len(),
-                        after_ms.map_or(String::new(), |ms| format!(" (Retry-After: {ms} ms)"))
-                    ),
-                );
+                oplog::warn("audit batch kept for retry")
+                    .field_opt("status", status)
+                    .field_opt("error", status.is_none().then_some("no answer (timeout or reset)"))
+                    .field("events", batch.len())
+                    .field_opt("retryAfterMs", after_ms)
+                    .emit(host);
                 self.retry(batch, after_ms, config, now, host, metrics);
             }
             Outcome::Refused => {
@@ -264,7 +261,8 @@ impl AuditSink {
                 self.failures = self.failures.saturating_add(1);
                 self.next_try = UnixMillis::default();
                 metrics.audit_refused(host, batch.len());
-                self.give_up(&batch, &format!("refused for good with {}", status.unwrap_or_default()), config, host);
+                let line = oplog::error(NOT_DELIVERED).field("cause", "refused").field("status", status.unwrap_or_default());
+                self.give_up(&batch, line, config, host);
             }
         }
         metrics.audit_queued(host, self.queue.len());
@@ -348,7 +346,7 @@ mod tests {
         // this host's jitter: 62 ms), not before, and only one batch is in flight at a time.
         w.answer(batch.token, 503, &[], b"");
         assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 1);
-        assert!(w.host().logged("audit collector answered 503; 2 events kept for retry"));
+        w.host().assert_log("warn", "audit batch kept for retry", json!({"status": 503, "events": 2}));
         w.advance(61);
         w.tick();
         assert_eq!(w.calls_to("audit").len(), 2);
@@ -403,10 +401,11 @@ mod tests {
         assert_eq!(first.header("content-type"), Some("application/json"));
         w.answer(first.token, 400, &[("retry-after", "1")], br#"{"code":3,"message":"bad"}"#);
         assert_eq!((w.host().stat("phi_guard.audit_refused_total"), w.host().stat("phi_guard.audit_retried_total")), (2, 0));
-        assert!(w.host().logged(&format!(
-            "audit collector did not take 2 events (refused for good with 400): seq 0-1 of stream {} NOT delivered to the collector; written to Envoy's log instead",
-            stream_of(&w)
-        )));
+        w.host().assert_log(
+            "error",
+            "audit batch not delivered",
+            json!({"cause": "refused", "status": 400, "events": 2, "stream": stream_of(&w), "seq": "0-1", "loggedInstead": true}),
+        );
         assert_eq!(logged_lines(&w), [0, 1], "the refused events are kept in Envoy's log, sealed as they were");
         // The queue moves on: the next batch holds the next event, not the refused ones, with no
         // backoff (only the flush interval, as one event does not fill a batch).
@@ -431,7 +430,7 @@ mod tests {
         w.tick();
         let call = w.calls_to("audit").pop().unwrap();
         w.answer(call.token, 429, &[("retry-after", "5")], b"");
-        assert!(w.host().logged("audit collector answered 429; 1 events kept for retry (Retry-After: 5000 ms)"));
+        w.host().assert_log("warn", "audit batch kept for retry", json!({"status": 429, "events": 1, "retryAfterMs": 5000}));
         w.advance(4_999);
         w.tick();
         assert_eq!(w.calls_to("audit").len(), 1, "not before the collector's Retry-After");
@@ -460,10 +459,11 @@ mod tests {
         assert_eq!(seqs(retry.body.as_deref().unwrap()), [0, 1]);
         w.answer(retry.token, 0, &[], b"");
         assert_eq!((w.host().stat("phi_guard.audit_abandoned_total"), w.host().stat("phi_guard.audit_retried_total")), (2, 1));
-        assert!(w.host().logged(&format!(
-            "audit collector did not take 2 events (given up after 1 retries): seq 0-1 of stream {} NOT delivered to the collector (they are in Envoy's log)",
-            stream_of(&w)
-        )));
+        w.host().assert_log(
+            "error",
+            "audit batch not delivered",
+            json!({"cause": "retries_exhausted", "retries": 1, "events": 2, "stream": stream_of(&w), "seq": "0-1", "loggedInstead": false}),
+        );
         assert_eq!(logged_lines(&w), [0, 1], "written once: Envoy's log already had them");
         // The next batch starts with a fresh count.
         refuse(&w);
@@ -484,7 +484,11 @@ mod tests {
         let call = w.calls_to("audit").pop().unwrap();
         w.answer(call.token, 200, &[], br#"{"partialSuccess":{"rejectedLogRecords":"1","errorMessage":"record too old"}}"#);
         assert_eq!((w.host().stat("phi_guard.audit_sent_total"), w.host().stat("phi_guard.audit_refused_total")), (1, 1));
-        assert!(w.host().logged("did not take 2 events (partial success: 1 of them rejected: record too old): seq 0-1"));
+        w.host().assert_log(
+            "error",
+            "audit batch not delivered",
+            json!({"cause": "partial_success", "rejected": 1, "error": "record too old", "events": 2, "seq": "0-1"}),
+        );
         assert_eq!(w.host().stat("phi_guard.audit_retried_total"), 0, "rejected records are never retried");
     }
 
@@ -548,7 +552,7 @@ mod tests {
         }
         assert_eq!(w.host().stat("phi_guard.audit_dropped_total"), 1);
         assert_eq!(w.host().stat("phi_guard.audit_queued"), 3);
-        assert!(w.host().logged("audit queue full (3 events): event seq 3"));
+        w.host().assert_log("error", "audit queue full; event not queued for the collector", json!({"queueMaxEvents": 3, "seq": 3}));
         assert_eq!(w.host().audit_events().len(), 4, "every event is in Envoy's log");
     }
 

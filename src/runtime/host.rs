@@ -115,7 +115,8 @@ pub trait Host: SharedStore {
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, HostError>;
     /// Ask for the root's tick every `period_ms`.
     fn set_tick_period(&self, period_ms: u64) -> Result<(), HostError>;
-    /// Write a line to the proxy's log.
+    /// Write a line to the proxy's log: a sealed audit line, or an operational line built by
+    /// [`super::oplog`] (one JSON object); nothing else calls it.
     fn log(&self, level: Level, message: &str);
     /// Define a stat (the proxy returns the same id for the same name).
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::host::{Host, Level};
+use super::host::Host;
+use super::oplog;
 use super::tokens::constant_time_eq;
 use crate::audit_key::AuditKey;
 use crate::auth::introspect::{parse_response, Introspected};
@@ -218,8 +219,11 @@ pub fn read_answer(
 
 /// Log a failed call (never the token).
 pub fn log_failure(host: &impl Host, issuer: &str, status: Option<u16>) {
-    let what = status.map_or_else(|| "no answer (timeout or connection failure)".to_owned(), |s| format!("HTTP {s} or an unreadable body"));
-    host.log(Level::Warn, &format!("phi-guard: token introspection at `{issuer}` failed: {what}; refusing with 503"));
+    oplog::warn("token introspection failed; refusing with 503")
+        .field("issuer", issuer)
+        .field_opt("status", status)
+        .field("error", if status.is_some() { "unexpected status or unreadable body" } else { "no answer (timeout or connection failure)" })
+        .emit(host);
 }
 
 /// How long a failed call's 503 is reused.
@@ -376,7 +380,11 @@ mod tests {
             host.now_ms.set(NOW_MS);
             let mut w = Worker::on(host);
             assert!(!w.configure(&config(60)));
-            assert!(w.host().logged("PHI_GUARD_INTROSPECTION_SECRET (the introspection client secret of `https://as.example`) is not set"));
+            w.host().assert_log(
+                "error",
+                "introspection client secret not set; configuration refused",
+                json!({"variable": "PHI_GUARD_INTROSPECTION_SECRET", "issuer": "https://as.example"}),
+            );
         }
     }
 

@@ -1,7 +1,8 @@
 //! Remote JWKS fetching: one fetch per issuer across all workers (lease in shared data), keys
 //! shared through shared data, refresh before expiry, unknown-kid refetch, staleness limit.
 
-use super::host::{header, random_u32, Buffer, Host, Level};
+use super::host::{header, random_u32, Buffer, Host};
+use super::oplog;
 use super::vm::Vm;
 use crate::auth::discovery::jwks_path;
 use crate::auth::remote::{parse_remote_jwks, RemoteJwks};
@@ -67,13 +68,10 @@ impl Jwks {
                 let refresh_due = state.refresh_due(&remote, now);
                 let has_keys = active.policy.issuers.get(i).is_some_and(|x| !x.keys.is_empty());
                 if has_keys && !usable {
-                    vm.host.log(
-                        Level::Error,
-                        &format!(
-                            "phi-guard: keys of `{iss}` are stale past {} s without a successful fetch; refusing its tokens",
-                            remote.max_staleness
-                        ),
-                    );
+                    oplog::error("issuer keys stale; refusing its tokens")
+                        .field("issuer", &iss)
+                        .field("maxStalenessS", remote.max_staleness)
+                        .emit(&vm.host);
                     active.set_keys(i, Vec::new());
                     vm.metrics.keys_dropped(&vm.host);
                 }
@@ -130,7 +128,7 @@ impl Jwks {
                 true
             }
             Err(e) => {
-                vm.host.log(Level::Warn, &format!("phi-guard: JWKS fetch for `{iss}` could not be dispatched: {e}"));
+                oplog::warn("JWKS fetch not dispatched").field("issuer", iss).field("error", e.to_string()).emit(&vm.host);
                 self.failed(vm, i, iss, now, remote.refresh);
                 false
             }
@@ -146,7 +144,7 @@ impl Jwks {
         // The lease now holds the time of the next attempt: the backoff, for every worker.
         set_time(&vm.host, &lease_key(iss), now.add_secs(wait));
         vm.metrics.jwks_fetch_failed(&vm.host);
-        vm.host.log(Level::Warn, &format!("phi-guard: JWKS fetch for `{iss}` failed ({n} in a row); retry in {wait} s"));
+        oplog::warn("JWKS fetch failed").field("issuer", iss).field("failures", n).field("retryInS", wait).emit(&vm.host);
     }
 
     /// Handle an HTTP call response; false if it was not ours.
@@ -180,8 +178,10 @@ impl Jwks {
                     }
                 }
                 Err(e) => {
-                    vm.host
-                        .log(Level::Warn, &format!("phi-guard: OpenID discovery of `{iss}` not usable: {e}; keeping the last good keys"));
+                    oplog::warn("OpenID discovery not usable; keeping the last good keys")
+                        .field("issuer", &iss)
+                        .field("error", e)
+                        .emit(&vm.host);
                     self.failed(vm, i, &iss, now, remote.refresh);
                 }
             }
@@ -206,10 +206,10 @@ impl Jwks {
                     }
                     active.set_keys(i, keys);
                 }
-                vm.host.log(Level::Info, &format!("phi-guard: JWKS of `{iss}` loaded"));
+                oplog::info("JWKS loaded").field("issuer", &iss).emit(&vm.host);
             }
             Err(e) => {
-                vm.host.log(Level::Warn, &format!("phi-guard: JWKS of `{iss}` not usable: {e}; keeping the last good keys"));
+                oplog::warn("JWKS not usable; keeping the last good keys").field("issuer", &iss).field("error", e).emit(&vm.host);
                 self.failed(vm, i, &iss, now, remote.refresh);
             }
         }
@@ -316,7 +316,11 @@ mod tests {
             assert_eq!(w.calls_to("idp").len(), 1, "no keys fetched for {issuer} {uri}");
             let reply = w.seen(&ex).reply.unwrap();
             assert_eq!((reply.status, reply.reason().as_deref()), (503, Some("keys_unavailable")));
-            assert!(w.host().logged("OpenID discovery of `https://idp.phi-guard.test` not usable"));
+            w.host().assert_log(
+                "warn",
+                "OpenID discovery not usable; keeping the last good keys",
+                json!({"issuer": "https://idp.phi-guard.test"}),
+            );
         }
     }
 
@@ -359,7 +363,11 @@ mod tests {
         a.answer(calls_a[0].token, 500, &[], b"");
         assert_eq!(status(&a, &waiting), Some(503));
         assert_eq!(a.host().stat("phi_guard.jwks_fetch_failures_total"), 1);
-        assert!(a.host().logged("JWKS of `https://idp.phi-guard.test` not usable: status 500"));
+        a.host().assert_log(
+            "warn",
+            "JWKS not usable; keeping the last good keys",
+            json!({"issuer": "https://idp.phi-guard.test", "error": "status 500"}),
+        );
         a.tick();
         b.tick();
         assert_eq!((a.calls_to("idp").len(), b.calls_to("idp").len()), (1, 0), "backing off");

@@ -13,6 +13,7 @@ mod host;
 mod introspection;
 mod jwks;
 mod metrics;
+pub mod oplog;
 mod preflight;
 mod pull;
 mod root;

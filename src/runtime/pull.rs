@@ -1,7 +1,8 @@
 //! Pull mode: poll a policy server for signed policies; converge every worker on one revision
 //! through shared data.
 
-use super::host::{header, random_u32, Buffer, Host, Level};
+use super::host::{header, random_u32, Buffer, Host};
+use super::oplog;
 use super::root::install;
 use super::vm::{Active, Vm};
 use crate::policy::compile;
@@ -35,10 +36,10 @@ impl Pull {
         match compile(&bytes) {
             Ok(policy) if self.revision.as_deref() != Some(policy.revision.as_str()) => {
                 self.revision = Some(policy.revision.clone());
-                install(vm, Active::new(policy), "the policy server");
+                install(vm, Active::new(policy), "policy server");
             }
             Ok(_) => {}
-            Err(e) => vm.host.log(Level::Error, &format!("phi-guard: shared policy does not compile: {e}")),
+            Err(e) => oplog::error("shared policy does not compile").field("error", e.to_string()).emit(&vm.host),
         }
     }
 
@@ -54,7 +55,10 @@ impl Pull {
             match vm.host.dispatch(&self.config.cluster, &headers, None, self.config.timeout_ms) {
                 Ok(token) => self.in_flight = Some(token),
                 Err(e) => {
-                    vm.host.log(Level::Warn, &format!("phi-guard: policy fetch could not be dispatched: {e}"));
+                    oplog::warn("policy fetch not dispatched")
+                        .field("cluster", &self.config.cluster)
+                        .field("error", e.to_string())
+                        .emit(&vm.host);
                     self.failed(vm, now);
                 }
             }
@@ -70,10 +74,10 @@ impl Pull {
         // The lease now holds the time of the next attempt: the backoff, for every worker.
         set_time(&vm.host, SHARED_LEASE, now.add_secs(wait));
         vm.metrics.policy_fetch_failed(&vm.host);
-        vm.host.log(
-            Level::Warn,
-            &format!("phi-guard: policy fetch failed ({} in a row); keeping the last good policy, retry in {wait} s", self.failures),
-        );
+        oplog::warn("policy fetch failed; keeping the last good policy")
+            .field("failures", self.failures)
+            .field("retryInS", wait)
+            .emit(&vm.host);
     }
 
     /// Handle an HTTP call response; false if it was not ours.
@@ -103,17 +107,22 @@ impl Pull {
                         set_time(&vm.host, SHARED_LAST_OK, now);
                         self.failures = 0;
                         self.revision = Some(policy.revision.clone());
-                        install(vm, Active::new(policy), "the policy server");
+                        install(vm, Active::new(policy), "policy server");
                     }
                     Err(e) => {
-                        vm.host.log(Level::Error, &format!("phi-guard: pulled policy rejected: {e}; the last good policy stays in force"));
+                        oplog::error("pulled policy rejected; the last good policy stays in force")
+                            .field("error", e.to_string())
+                            .emit(&vm.host);
                         vm.metrics.policy_rejected(&vm.host);
                         self.failed(vm, now);
                     }
                 }
             }
             other => {
-                vm.host.log(Level::Warn, &format!("phi-guard: policy server answered {}", other.unwrap_or("nothing (timeout or reset)")));
+                oplog::warn("policy server answer not usable")
+                    .field_opt("status", other.and_then(|s| s.parse::<u16>().ok()))
+                    .field_opt("error", other.is_none().then_some("no answer (timeout or reset)"))
+                    .emit(&vm.host);
                 self.failed(vm, now);
             }
         }
@@ -172,7 +181,7 @@ mod tests {
             (call.header(":path"), call.header(":authority"), call.header("if-none-match")),
             (Some("/policy.json"), Some("policy_server"), None)
         );
-        assert!(a.host().logged("loaded from the policy server"));
+        a.host().assert_log("info", "policy loaded", json!({"source": "policy server"}));
         assert_eq!(a.host().stat("phi_guard.policy_loaded_total"), 1);
         assert_eq!(a.request("GET", "/fhir/Patient/p1", Some(&token(json!({})))).action, Action::Continue);
         // The other worker did not fetch (the lease), but runs the same revision after a tick.
@@ -198,7 +207,8 @@ mod tests {
         let forged = serde_json::to_vec(&policy(|p| p["mode"] = json!("shadow"))).unwrap();
         w.advance(30_000);
         poll(&mut w, 200, &[(SIGNATURE_HEADER, &sign(&good))], &forged);
-        assert!(w.host().logged("pulled policy rejected: the policy signature does not verify"));
+        let rejected = w.host().log_entry("pulled policy rejected; the last good policy stays in force").unwrap();
+        assert!(rejected["error"].as_str().unwrap().contains("the policy signature does not verify"), "{rejected}");
         assert_eq!(w.host().stat("phi_guard.policy_rejected_total"), 1);
         assert_eq!(refused(&w), Some(401), "still enforcing the last good policy");
         // Retried after the backoff (1 s after one failure, with this host's jitter), not before.
@@ -206,7 +216,8 @@ mod tests {
         assert_eq!(w.calls_to("policy_server").len(), 2);
         w.advance(1_000);
         poll(&mut w, 200, &[], &forged);
-        assert!(w.host().logged("carries no `x-phi-guard-signature`"));
+        let rejected = w.host().log_entry("pulled policy rejected; the last good policy stays in force").unwrap();
+        assert!(rejected["error"].as_str().unwrap().contains("carries no `x-phi-guard-signature`"), "{rejected}");
         assert_eq!(w.host().stat("phi_guard.policy_fetch_failures_total"), 2);
         // Whatever is in shared data is the verified policy.
         let fresh = Worker::sharing(&w.host().store, &pull_config(), NOW_MS);

@@ -5,8 +5,9 @@
 use std::rc::Rc;
 
 use super::audit::AuditSink;
-use super::host::{header, Buffer, HeaderMap, Host, Level};
+use super::host::{header, Buffer, HeaderMap, Host};
 use super::jwks::Jwks;
+use super::oplog;
 use super::pull::Pull;
 use super::stream::Stream;
 use super::vm::{Active, Vm};
@@ -24,22 +25,19 @@ pub const HMAC_KEY_ENV: &str = "PHI_GUARD_HMAC_KEY";
 pub const TICK_MS: u64 = 200;
 
 /// Make `active` the policy in force on this VM.
-pub fn install<H: Host>(vm: &Vm<H>, active: Active, how: &str) {
+pub fn install<H: Host>(vm: &Vm<H>, active: Active, source: &str) {
     // Lines held under the old policy's flush interval are written before anything else.
     if let Some(sink) = vm.audit.borrow_mut().as_mut() {
         sink.flush_log(&vm.host);
     }
     let p = &active.policy;
-    vm.host.log(
-        Level::Info,
-        &format!(
-            "phi-guard: policy `{}` revision {} loaded from {how} ({} routes{})",
-            p.name,
-            p.revision,
-            p.routes.len(),
-            if p.shadow { ", SHADOW mode: not enforced" } else { "" }
-        ),
-    );
+    oplog::info("policy loaded")
+        .field("policy", &p.name)
+        .field("revision", &p.revision)
+        .field("source", source)
+        .field("routes", p.routes.len())
+        .field("shadow", p.shadow)
+        .emit(&vm.host);
     vm.metrics.policy_loaded(&vm.host, p.revision_number());
     *vm.active.borrow_mut() = Some(active);
     // Refusals learned under the old policy's issuers and claim rules do not carry over.
@@ -89,27 +87,27 @@ impl<H: Host> Root<H> {
                 Some(Ok(key)) => {
                     let mut id = [0u8; 16];
                     if host.random(&mut id).is_err() {
-                        host.log(Level::Error, "phi-guard: no randomness for the audit stream id; configuration refused");
+                        oplog::error("no randomness for the audit stream id; configuration refused").emit(host);
                         return false;
                     }
                     *self.vm.audit.borrow_mut() = Some(AuditSink::new(key, id));
                 }
                 Some(Err(e)) => {
-                    host.log(Level::Error, &format!("phi-guard: {AUDIT_KEY_ENV} is not usable ({e}); configuration refused"));
+                    oplog::error("audit key not usable; configuration refused")
+                        .field("variable", AUDIT_KEY_ENV)
+                        .field("error", e.to_string())
+                        .emit(host);
                     return false;
                 }
                 None => {
-                    host.log(Level::Error, &format!("phi-guard: {AUDIT_KEY_ENV} is not set in the VM environment; configuration refused"));
+                    oplog::error("audit key not set; configuration refused").field("variable", AUDIT_KEY_ENV).emit(host);
                     return false;
                 }
             }
         }
         let hmac = host.env_var(HMAC_KEY_ENV).map(String::into_bytes).filter(|k| crate::minimize::hmac_key_ok(k));
         if policy.is_some_and(Policy::requires_hmac_key) && hmac.is_none() {
-            host.log(
-                Level::Error,
-                &format!("phi-guard: the policy hashes or pseudonymizes values but {HMAC_KEY_ENV} is missing or too short; configuration refused"),
-            );
+            oplog::error("HMAC key missing or too short; configuration refused").field("variable", HMAC_KEY_ENV).emit(host);
             return false;
         }
         *self.vm.hmac_key.borrow_mut() = hmac;
@@ -118,13 +116,10 @@ impl<H: Host> Root<H> {
         for issuer in policy.map_or(&[][..], |p| p.issuers.as_slice()) {
             if let Some(i) = &issuer.introspection {
                 if host.env_var(&i.client_secret_env).is_none_or(|s| s.is_empty()) {
-                    host.log(
-                        Level::Error,
-                        &format!(
-                            "phi-guard: {} (the introspection client secret of `{}`) is not set; configuration refused",
-                            i.client_secret_env, issuer.issuer
-                        ),
-                    );
+                    oplog::error("introspection client secret not set; configuration refused")
+                        .field("variable", &i.client_secret_env)
+                        .field("issuer", &issuer.issuer)
+                        .emit(host);
                     return false;
                 }
             }
@@ -139,7 +134,7 @@ impl<H: Host> Root<H> {
         let bytes = match host.buffer(Buffer::PluginConfiguration, 0, size) {
             Ok(Some(b)) => b,
             _ => {
-                host.log(Level::Error, "phi-guard: no plugin configuration; the previous policy (if any) stays in force");
+                oplog::error("no plugin configuration; the previous policy stays in force").emit(host);
                 metrics.policy_rejected(host);
                 return false;
             }
@@ -157,27 +152,24 @@ impl<H: Host> Root<H> {
                     return false;
                 }
                 self.pull = None;
-                install(&self.vm, Active::new(*policy), "the plugin configuration");
+                install(&self.vm, Active::new(*policy), "plugin configuration");
                 true
             }
             Ok(PluginConfig::Pull(config)) => {
-                host.log(
-                    Level::Info,
-                    &format!("phi-guard: pulling signed policies from cluster `{}` path `{}`", config.cluster, config.path),
-                );
+                oplog::info("pulling signed policies").field("cluster", &config.cluster).field("path", &config.path).emit(host);
                 let mut pull = Pull::new(config);
                 pull.adopt_shared(&self.vm);
                 self.pull = Some(pull);
                 true
             }
             Err(e) => {
-                host.log(Level::Error, &format!("phi-guard: policy rejected: {e}; the previous policy (if any) stays in force"));
+                oplog::error("policy rejected; the previous policy stays in force").field("error", e.to_string()).emit(host);
                 metrics.policy_rejected(host);
                 false
             }
         };
         if accepted && self.needs_ticks() && host.set_tick_period(TICK_MS).is_err() {
-            host.log(Level::Error, "phi-guard: cannot schedule background work (policy polling, key refresh)");
+            oplog::error("cannot schedule background work").emit(host);
         }
         accepted
     }
@@ -206,7 +198,7 @@ impl<H: Host> Root<H> {
             // Back to the usual period, or none if nothing else runs in the background.
             let period = if self.needs_ticks() { TICK_MS } else { 0 };
             if self.vm.host.set_tick_period(period).is_err() {
-                self.vm.host.log(Level::Error, "phi-guard: cannot schedule background work");
+                oplog::error("cannot schedule background work").emit(&self.vm.host);
             }
             self.vm.fast_tick.set(false);
         }
@@ -287,7 +279,7 @@ mod tests {
         let mut w = Worker::on(host);
         w.host().env.borrow_mut().clear();
         assert!(!w.configure(&policy(|_| {})));
-        assert!(w.host().logged("PHI_GUARD_AUDIT_KEY is not set in the VM environment; configuration refused"));
+        w.host().assert_log("error", "audit key not set; configuration refused", json!({"variable": "PHI_GUARD_AUDIT_KEY"}));
         w.host().env.borrow_mut().insert(crate::audit::KEY_ENV.into(), "short".into());
         assert!(!w.configure(&policy(|_| {})));
         assert_eq!(w.host().stat("phi_guard.policy_rejected_total"), 2);
@@ -296,7 +288,7 @@ mod tests {
         let mut w = Worker::new();
         w.host().random_byte.set(None);
         assert!(!w.configure(&policy(|_| {})));
-        assert!(w.host().logged("no randomness for the audit stream id"));
+        w.host().assert_log("error", "no randomness for the audit stream id; configuration refused", json!({}));
     }
 
     #[test]
@@ -308,7 +300,7 @@ mod tests {
         let mut w = Worker::new();
         w.host().now_ms.set(NOW_MS);
         assert!(!w.configure(&hashing));
-        assert!(w.host().logged("the policy hashes or pseudonymizes values but PHI_GUARD_HMAC_KEY is missing or too short"));
+        w.host().assert_log("error", "HMAC key missing or too short; configuration refused", json!({"variable": "PHI_GUARD_HMAC_KEY"}));
         w.host().env.borrow_mut().insert(HMAC_KEY_ENV.into(), "hmac-key-0123456789abcdef0123456789".into());
         assert!(w.configure(&hashing));
         assert_eq!(status(&w), None);
@@ -319,7 +311,9 @@ mod tests {
         let mut w = Worker::with_policy(&policy(|_| {}), NOW_MS);
         assert_eq!(w.host().tick_period_ms.get(), None, "nothing to do in the background");
         assert!(!w.configure(&policy(|p| p["routes"][0]["pubilc"] = json!(true))));
-        assert!(w.host().logged("policy rejected: routes[0].pubilc: unknown field"));
+        let rejected = w.host().log_entry("policy rejected; the previous policy stays in force").unwrap();
+        assert_eq!(rejected["level"], "error");
+        assert!(rejected["error"].as_str().unwrap().contains("routes[0].pubilc: unknown field"), "{rejected}");
         assert!(!w.configure(&json!("not a policy")));
         assert_eq!(w.host().stat("phi_guard.policy_rejected_total"), 2);
         assert_eq!(w.host().stat("phi_guard.policy_loaded_total"), 1);

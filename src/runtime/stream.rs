@@ -5,7 +5,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::host::{Action, Buffer, HeaderMap, Host, Level};
+use super::host::{Action, Buffer, HeaderMap, Host};
+use super::oplog;
 use super::vm::{Handled, OwnedRequest, StreamState, Vm};
 use crate::decision::reply::Challenge;
 use crate::decision::{BodyStep, DenyReason, Released, ResponsePhase, UpstreamHead, CHECKED_RESPONSE_HEADERS};
@@ -60,7 +61,7 @@ impl ResponseHead {
 
 fn remove_response_header(host: &impl Host, name: &str) {
     if host.remove_header(HeaderMap::ResponseHeaders, name).is_err() {
-        host.log(Level::Error, "phi-guard: could not remove a response header");
+        oplog::error("could not remove a response header").field("header", name).emit(host);
     }
 }
 
@@ -92,11 +93,11 @@ impl<H: Host> Stream<H> {
         };
         match refused {
             Some((reason, true)) => {
-                self.vm.host.log(Level::Warn, &format!("phi-guard: response withheld: {}", reason.code()));
+                oplog::warn("response withheld").field("reason", reason.code()).emit(&self.vm.host);
                 self.vm.metrics.response_blocked(&self.vm.host, reason);
             }
             Some((reason, false)) => {
-                self.vm.host.log(Level::Warn, &format!("phi-guard: shadow mode: response would be withheld: {}", reason.code()));
+                oplog::warn("shadow mode: response would be withheld").field("reason", reason.code()).emit(&self.vm.host);
                 self.vm.metrics.shadow_denied(&self.vm.host, reason);
             }
             None => {}
@@ -113,7 +114,7 @@ impl<H: Host> Stream<H> {
                 if self.vm.host.set_buffer(Buffer::ResponseBody, 0, body_size, &bytes).is_err() {
                     // The buffer still holds the upstream's bytes: never let them go. The headers
                     // have left, so a local reply now makes Envoy reset the stream.
-                    self.vm.host.log(Level::Error, "phi-guard: could not replace a response body; resetting the stream");
+                    oplog::error("could not replace a response body; resetting the stream").emit(&self.vm.host);
                     self.state.borrow_mut().replied = true;
                     let _ = self.vm.host.send_response(502, &[], b"");
                     return Action::Pause;
@@ -161,7 +162,7 @@ impl<H: Host> Stream<H> {
         // trailer (the headers are gone) and in the audit event.
         if let Some(digest) = digest {
             if self.vm.host.set_header(HeaderMap::ResponseTrailers, CONTENT_DIGEST, digest.as_bytes()).is_err() {
-                self.vm.host.log(Level::Warn, "phi-guard: the content-digest trailer could not be added");
+                oplog::warn("could not add the content-digest trailer").emit(&self.vm.host);
             }
         }
         Action::Continue
@@ -296,7 +297,7 @@ impl<H: Host> Stream<H> {
             let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             self.state.borrow_mut().replied = true;
             if host.send_response(reply.status, &headers, reply.body.as_bytes()).is_err() {
-                host.log(Level::Error, "phi-guard: could not replace an empty response");
+                oplog::error("could not replace an empty response").field("status", reply.status).emit(host);
             }
         }
         Action::Continue
@@ -347,7 +348,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::super::testing::{policy, token, Worker, NOW_MS};
-    use super::super::{Action, Level};
+    use super::super::Action;
 
     const PATIENT: &[u8] = br#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:mrn","value":"123456789"}]}"#;
 
@@ -504,7 +505,7 @@ mod tests {
         let ex = w.request("GET", "/fhir/Patient/p1", None);
         assert_eq!((ex.action, w.seen(&ex).reply), (Action::Continue, None));
         assert_eq!(w.host().stat("phi_guard.shadow_denied_total"), 1);
-        assert!(w.host().logs.borrow().iter().any(|(l, m)| *l == Level::Warn && m.contains("would refuse 401 missing_token")));
+        w.host().assert_log("warn", "shadow mode: would refuse", json!({"status": 401, "reason": "missing_token"}));
         assert_eq!(w.host().audit_events()[0]["reason"], "missing_token");
     }
 
@@ -531,7 +532,11 @@ mod tests {
         let stream = Rc::clone(&ex.stream);
         *w.host().reenter.borrow_mut() = Some(Box::new(move || stream.on_log()));
         w.respond(&ex, 200, &[("content-type", "application/fhir+json")], PATIENT);
-        assert!(!w.host().logged("busy"), "{:?}", w.host().logs.borrow());
+        assert!(
+            w.host().log_entry("stream state busy at the end of the stream; audit deferred to on_done").is_none(),
+            "{:?}",
+            w.host().logs.borrow()
+        );
         let events = w.host().audit_events();
         assert_eq!(events.len(), 1);
         assert!(events[0]["contentDigest"].is_string(), "the re-entrant on_log saw the released body");

@@ -212,9 +212,32 @@ impl MockHost {
             .collect()
     }
 
-    /// Whether a log line contains `text`.
-    pub fn logged(&self, text: &str) -> bool {
-        self.logs.borrow().iter().any(|(_, l)| l.contains(text))
+    /// The operational log lines (all but the audit lines), parsed.
+    pub fn log_entries(&self) -> Vec<Value> {
+        self.logs
+            .borrow()
+            .iter()
+            .filter(|(_, l)| !l.starts_with(LOG_PREFIX))
+            .map(|(_, l)| serde_json::from_str(l).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// The last operational line whose `msg` is `msg`, parsed.
+    pub fn log_entry(&self, msg: &str) -> Option<Value> {
+        self.log_entries().into_iter().rev().find(|e| e["msg"] == msg)
+    }
+
+    /// Assert that an operational line with `msg` and `level` was written, carrying (at least)
+    /// the members of `fields`, equal.
+    #[track_caller]
+    pub fn assert_log(&self, level: &str, msg: &str, fields: Value) {
+        let found = self
+            .log_entries()
+            .into_iter()
+            .rev()
+            .filter(|e| e["msg"] == msg && e["level"] == level)
+            .any(|e| fields.as_object().is_some_and(|f| f.iter().all(|(k, v)| e.get(k) == Some(v))));
+        assert!(found, "no {level} line {msg:?} with {fields}; operational lines: {:#?}", self.log_entries());
     }
 
     fn reenter(&self) {
@@ -370,6 +393,15 @@ impl Host for MockHost {
 
     fn log(&self, level: Level, message: &str) {
         self.count("log");
+        // Every operational line is one JSON object with its level, as `oplog` writes it; only
+        // audit lines (sealed, verified as written) are not.
+        if !message.starts_with(LOG_PREFIX) {
+            let entry: Value = serde_json::from_str(message).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {message:?}"));
+            assert!(!message.contains('\n'), "one line: {message:?}");
+            assert_eq!(entry["level"], super::oplog::level_name(level), "{message}");
+            assert_eq!(entry["logger"], super::oplog::LOGGER, "{message}");
+            assert!(entry["msg"].as_str().is_some_and(|m| !m.is_empty()), "{message}");
+        }
         self.logs.borrow_mut().push((level, message.to_owned()));
     }
 

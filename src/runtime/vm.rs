@@ -5,9 +5,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::audit::AuditSink;
-use super::host::{HeaderMap, Host, Level};
+use super::host::{HeaderMap, Host};
 use super::introspection::{failure_seconds, log_failure, read_answer, Answer, Introspections, SharedAnswers};
 use super::metrics::Metrics;
+use super::oplog;
 use super::preflight::{PendingWrite, PendingWrites};
 use super::tokens::{key_set_fingerprint, SharedTokens};
 use crate::audit::{AuditContext, AuditEvent, RequestMeta};
@@ -295,7 +296,7 @@ impl<H: Host> Vm<H> {
         // Envoy may call `on_log` from inside a hostcall of this stream (a reset while a body is
         // replaced): never panic on a busy state; `on_done` finishes the event later.
         let Ok(mut st) = state.try_borrow_mut() else {
-            self.host.log(Level::Warn, "phi-guard: stream state busy at the end of the stream; audit deferred to on_done");
+            oplog::warn("stream state busy at the end of the stream; audit deferred to on_done").emit(&self.host);
             return;
         };
         let Some(event) = st.audit.take() else { return };
@@ -431,7 +432,9 @@ impl<H: Host> Vm<H> {
         let audit_down = self.audit.borrow().as_ref().is_none_or(|a| a.unavailable(&policy.audit));
         let decision = match decision {
             Decision::Allow(g) if audit_down && policy.audit.audit_required => {
-                self.host.log(Level::Error, "phi-guard: audit sink unavailable and auditRequired: refusing");
+                oplog::error("audit sink unavailable and auditRequired: refusing")
+                    .field("reason", DenyReason::AuditUnavailable.code())
+                    .emit(&self.host);
                 Decision::Deny(Refusal {
                     route_id: Some(g.route_id),
                     fhir_route: g.fhir_route,
@@ -445,7 +448,7 @@ impl<H: Host> Vm<H> {
         let shadow = policy.shadow;
         let refuse = |status: u16, reason: DenyReason, fhir: bool, challenge: &Challenge, extra: &[(&str, String)]| {
             if shadow {
-                self.host.log(Level::Warn, &format!("phi-guard: shadow mode: would refuse {status} {}", reason.code()));
+                oplog::warn("shadow mode: would refuse").field("status", status).field("reason", reason.code()).emit(&self.host);
                 self.metrics.shadow_denied(&self.host, reason);
                 Handled::Forwarded
             } else {
@@ -526,7 +529,15 @@ impl<H: Host> Vm<H> {
             PreflightCredential::ServiceToken(env) => self.host.env_var(env).filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}")),
         };
         let Some(authorization) = authorization else {
-            self.host.log(Level::Error, "phi-guard: no credential for a pre-flight read (service token variable not set)");
+            oplog::error("no credential for a pre-flight read; write refused")
+                .field_opt(
+                    "variable",
+                    match &preflight.settings.credential {
+                        PreflightCredential::ServiceToken(env) => Some(env.as_str()),
+                        PreflightCredential::Caller => None,
+                    },
+                )
+                .emit(&self.host);
             self.refuse_write(&state, DenyReason::WriteCheckUnavailable);
             return false;
         };
@@ -585,7 +596,10 @@ impl<H: Host> Vm<H> {
             match self.host.dispatch(&p.settings.cluster, &headers, None, p.settings.timeout_ms) {
                 Ok(callout) => self.writes.borrow_mut().calls.push((callout, w)),
                 Err(e) => {
-                    self.host.log(Level::Warn, &format!("phi-guard: pre-flight read could not be dispatched: {e}"));
+                    oplog::warn("pre-flight read not dispatched")
+                        .field("cluster", &p.settings.cluster)
+                        .field("error", e.to_string())
+                        .emit(&self.host);
                     self.conclude_write(w, Err(DenyReason::WriteCheckUnavailable));
                 }
             }
@@ -619,8 +633,7 @@ impl<H: Host> Vm<H> {
                 let _ = self.host.resume_request();
             }
             Err(reason) => {
-                self.host
-                    .log(Level::Warn, &format!("phi-guard: patient-context write refused after its pre-flight read: {}", reason.code()));
+                oplog::warn("write refused after its pre-flight read").field("reason", reason.code()).emit(&self.host);
                 self.refuse_write(&w.state, reason);
             }
         }
@@ -641,7 +654,7 @@ impl<H: Host> Vm<H> {
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         state.borrow_mut().replied = true;
         if self.host.send_response(reply.status, &headers, reply.body.as_bytes()).is_err() {
-            self.host.log(Level::Error, &format!("phi-guard: could not send local reply for `{}`", reason.code()));
+            oplog::error("could not send a local reply").field("status", status).field("reason", reason.code()).emit(&self.host);
         }
         self.metrics.denied(&self.host, reason);
     }
@@ -716,7 +729,7 @@ impl<H: Host> Vm<H> {
             introspections.queue(i, hash, token.to_owned());
             drop(introspections);
             if !self.tick_soon() {
-                self.host.log(Level::Error, "phi-guard: cannot schedule a token introspection");
+                oplog::error("cannot schedule a token introspection").emit(&self.host);
                 return false;
             }
         }
@@ -733,13 +746,9 @@ impl<H: Host> Vm<H> {
             let endpoint = policy.as_ref().and_then(|p| p.issuers.get(i)).and_then(|x| x.introspection.as_ref());
             let dispatched = endpoint.is_some_and(|endpoint| {
                 let Some(secret) = self.host.env_var(&endpoint.client_secret_env) else {
-                    self.host.log(
-                        Level::Error,
-                        &format!(
-                            "phi-guard: {} is not set in the VM environment: tokens cannot be introspected",
-                            endpoint.client_secret_env
-                        ),
-                    );
+                    oplog::error("introspection client secret not set; tokens cannot be introspected")
+                        .field("variable", &endpoint.client_secret_env)
+                        .emit(&self.host);
                     return false;
                 };
                 let (headers, body) = endpoint.request(&token, &secret);
@@ -751,7 +760,10 @@ impl<H: Host> Vm<H> {
                         true
                     }
                     Err(e) => {
-                        self.host.log(Level::Warn, &format!("phi-guard: token introspection could not be dispatched: {e}"));
+                        oplog::warn("token introspection not dispatched")
+                            .field("cluster", &endpoint.cluster)
+                            .field("error", e.to_string())
+                            .emit(&self.host);
                         false
                     }
                 }

@@ -18,7 +18,7 @@ import pytest
 from conftest import RUN_DIR
 from envoy_config import DEMO_AUDIT_KEY
 from fhir_audit import check_audit_lines
-from harness import make_harness
+from harness import make_harness, malformed_log_lines, phi_guard_log_entries
 from helpers import ME, OTHER, Api
 from tokens import CLI, cli_token
 
@@ -125,6 +125,8 @@ def start(name: str, doc: dict):
     workdir = RUN_DIR / name
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "policy.json").write_text(json.dumps(doc))
+    # Envoy appends to its log: start from an empty one, so that assertions on it see this run.
+    (workdir / "envoy.log").unlink(missing_ok=True)
     return make_harness("local", name, workdir=workdir, policy=workdir / "policy.json")
 
 
@@ -180,10 +182,20 @@ def test_beyond_the_queue_bound_drops_are_counted(tmp_path):
         lines = wait_lines(h.audit_lines, 30 - dropped, timeout=15)
         assert len(lines) + dropped == 30, (len(lines), dropped)
         # Envoy writes its log file in the background (flushed every 250 ms here): wait for it.
+        def full():
+            return [e for e in phi_guard_log_entries(h.envoy_log_text())
+                    if e["msg"] == "audit queue full; event not queued for the collector"]
         deadline = time.monotonic() + 15
-        while "audit queue full" not in h.envoy_log_text() and time.monotonic() < deadline:
+        while not full() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "audit queue full" in h.envoy_log_text()
+        entries = full()
+        assert entries, h.envoy_log_text()[-2000:]
+        assert all(e["level"] == "error" and e["queueMaxEvents"] == 5 and isinstance(e["seq"], int)
+                   and e["stream"] and e["loggedInstead"] is False for e in entries), entries
+        # The collector outage is logged as structured lines too: one JSON object each.
+        log = h.envoy_log_text()
+        assert any(e["msg"] == "audit batch kept for retry" and e["status"] == 503 for e in phi_guard_log_entries(log))
+        assert malformed_log_lines(log) == []
     finally:
         h.stop()
 
@@ -291,11 +303,13 @@ def test_a_batch_refused_for_good_is_counted_logged_and_does_not_block_the_queue
                       (json.loads(line.split("phi-guard-audit: ", 1)[1]) for line in log.splitlines()
                        if "phi-guard-audit: " in line)}
             named = set()
-            for seqs, stream in re.findall(r"refused for good with 400\): seq ([\d,-]+) of stream (\w+) NOT "
-                                           r"delivered to the collector \(they are in Envoy's log\)", log):
-                for part in seqs.split(","):
+            for e in phi_guard_log_entries(log):
+                if e["msg"] != "audit batch not delivered" or e.get("cause") != "refused":
+                    continue
+                assert (e["level"], e["status"], e["loggedInstead"]) == ("error", 400, False), e
+                for part in e["seq"].split(","):
                     lo, _, hi = part.partition("-")
-                    named.update((stream, n) for n in range(int(lo), int(hi or lo) + 1))
+                    named.update((e["stream"], n) for n in range(int(lo), int(hi or lo) + 1))
             if len(named) >= 6 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import LocalHarness
+from harness import LocalHarness, malformed_log_lines, phi_guard_log_entries
 from helpers import ME
 from tokens import CLI, cli_token
 
@@ -113,6 +113,8 @@ def keyserver(workdir):
 def start(workdir: Path, policy_doc: dict, **kw) -> LocalHarness:
     path = workdir / "policy.json"
     path.write_text(json.dumps(policy_doc, indent=2))
+    # Envoy appends to its log: start from an empty one, so that assertions on it see this run.
+    (workdir / "envoy.log").unlink(missing_ok=True)
     return LocalHarness(workdir.name, policy=path, workdir=workdir, **kw).start()
 
 
@@ -121,6 +123,15 @@ def stat(harness, name: str) -> int:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+def logged(h, msg: str, timeout: float = 10) -> list[dict]:
+    """phi-guard's operational lines with `msg` in Envoy's log (written in the background: waits
+    for at least one)."""
+    def found():
+        return [e for e in phi_guard_log_entries(h.envoy_log_text()) if e["msg"] == msg]
+    wait_for(found, timeout=timeout)
+    return found()
 
 
 def test_ecds_edit_applies_on_an_open_keepalive_connection(workdir):
@@ -161,7 +172,12 @@ def test_invalid_policy_edit_is_rejected_and_old_policy_stays(workdir):
         assert (status, reason(body)) == (401, "missing_token")
         assert get(h, "/healthz")[0] == 200
         log = (workdir / "envoy.log").read_text(errors="replace")
-        assert "routes[0].pubilc: unknown field" in log
+        rejected = [e for e in phi_guard_log_entries(log) if e["msg"] == "policy rejected; the previous policy stays in force"]
+        assert rejected and rejected[-1]["level"] == "error", log[-2000:]
+        assert "routes[0].pubilc: unknown field" in rejected[-1]["error"]
+        loaded = [e for e in phi_guard_log_entries(log) if e["msg"] == "policy loaded"]
+        assert loaded and loaded[0]["policy"] == POLICY["name"] and loaded[0]["source"] == "plugin configuration"
+        assert malformed_log_lines(log) == [], "every phi-guard operational line is one JSON object"
     finally:
         h.stop()
 
@@ -185,6 +201,8 @@ def test_pull_mode_signed_policy_bad_signature_and_server_down(workdir, keyserve
     h = start(workdir, pull, cluster_ports={"policy_server": keyserver.port})
     try:
         assert wait_for(lambda: get(h, "/healthz")[0] == 200, timeout=10), "signed policy A not applied"
+        assert logged(h, "pulling signed policies")[0]["cluster"] == "policy_server"
+        assert any(e["source"] == "policy server" and e["policy"] == a["name"] for e in logged(h, "policy loaded"))
         token = cli_token(scope=SCOPE, patient=ME)
         assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
         # B with a signature over A's bytes: refused, A stays.
@@ -192,12 +210,17 @@ def test_pull_mode_signed_policy_bad_signature_and_server_down(workdir, keyserve
         keyserver.set("policy", body=(workdir / "b.json").read_text(), signature=sign(workdir / "a.json"))
         assert wait_for(lambda: stat(h, "phi_guard_policy_rejected_total") > rejected, timeout=10)
         assert get(h, "/healthz")[0] == 200
+        bad = logged(h, "pulled policy rejected; the last good policy stays in force")
+        assert bad and bad[0]["level"] == "error" and "signature" in bad[0]["error"], bad
         # Policy server down: A stays, failures counted, staleness grows.
         keyserver.set("policy", status=503)
         failures = stat(h, "phi_guard_policy_fetch_failures_total")
         assert wait_for(lambda: stat(h, "phi_guard_policy_fetch_failures_total") > failures, timeout=10)
         assert get(h, "/healthz")[0] == 200
         assert get(h, f"/fhir/Patient/{ME}", token)[0] == 200
+        assert any(e["status"] == 503 for e in logged(h, "policy server answer not usable"))
+        failed = logged(h, "policy fetch failed; keeping the last good policy")
+        assert all(e["level"] == "warn" and e["failures"] >= 1 and e["retryInS"] >= 0 for e in failed) and failed
         # B properly signed: applied by every worker.
         keyserver.set("policy", status=200, signature=sign(workdir / "b.json"))
         assert wait_for(lambda: all(get(h, "/healthz")[0] == 404 for _ in range(6)), timeout=15), "B not applied"
@@ -257,9 +280,16 @@ def test_jwks_down_at_start_is_a_bounded_503_never_200(workdir, keyserver):
             elapsed = time.monotonic() - t0
             assert (status, reason(body)) == (503, "keys_unavailable"), (status, body[:200])
             assert elapsed < 1.5 + 2.5, f"waited {elapsed:.1f}s"
+        issuer = POLICY["issuers"][0]["issuer"]
+        unusable = logged(h, "JWKS not usable; keeping the last good keys")
+        assert unusable and all(e["issuer"] == issuer and e["error"] == "status 503" for e in unusable), unusable
+        failed = logged(h, "JWKS fetch failed")
+        assert failed and all(e["issuer"] == issuer and e["failures"] >= 1 for e in failed), failed
         # The identity provider comes back: the same token is accepted without a restart.
         keyserver.set("jwks", status=200, body=json.dumps(JWKS))
         assert wait_for(lambda: get(h, f"/fhir/Patient/{ME}", token)[0] == 200, timeout=15)
+        assert logged(h, "JWKS loaded")[0]["issuer"] == issuer
+        assert malformed_log_lines(h.envoy_log_text()) == []
     finally:
         h.stop()
 

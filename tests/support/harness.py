@@ -117,6 +117,46 @@ class HarnessError(RuntimeError):
 LIVE: list[Harness] = []
 STOPPED_PROBLEMS: list[str] = []
 # A panic or trap in the filter, or Envoy itself crashing.
+# Envoy's line for a wasm log call: `[...][wasm] [...context.cc:N] wasm log <plugin> <root> <vm>: `
+# then the message. phi-guard writes two kinds: sealed audit lines (AUDIT_PREFIX) and operational
+# lines, one JSON object each (`{"level":..,"logger":"phi-guard","msg":.., fields}`).
+WASM_LOG_LINE = re.compile(r"\bwasm log\b[^:]*: (.*)$")
+AUDIT_PREFIX = "phi-guard-audit: "
+
+
+def phi_guard_messages(text: str) -> list[str]:
+    """Every operational message phi-guard wrote in an Envoy log text, as written (audit lines
+    and Envoy's own lines left out)."""
+    out = []
+    for line in text.splitlines():
+        found = WASM_LOG_LINE.search(line)
+        if found and not found.group(1).startswith(AUDIT_PREFIX):
+            out.append(found.group(1))
+    return out
+
+
+def phi_guard_log_entries(text: str) -> list[dict]:
+    """The operational lines of an Envoy log text, parsed (a line that is not a JSON object
+    raises: see `phi_guard_messages` to check them)."""
+    return [json.loads(m) for m in phi_guard_messages(text)]
+
+
+def malformed_log_lines(text: str) -> list[str]:
+    """phi-guard operational lines that are not one JSON object with a level, the phi-guard
+    logger and a message."""
+    bad = []
+    for message in phi_guard_messages(text):
+        try:
+            entry = json.loads(message)
+        except ValueError:
+            bad.append(message)
+            continue
+        if not (isinstance(entry, dict) and entry.get("level") in ("info", "warn", "error")
+                and entry.get("logger") == "phi-guard" and isinstance(entry.get("msg"), str) and entry["msg"]):
+            bad.append(message)
+    return bad
+
+
 CRASH_LINE = re.compile(r"panicked at|Caught |Function: proxy_\w+ failed|Uncaught RuntimeError|"
                         r"wasm_vm\.cc.*failed")
 # Stats that only move when a wasm VM is restarted after a crash (`failure_policy: FAIL_RELOAD`):
@@ -278,7 +318,8 @@ class Harness:
 
     def health_problems(self, mark: dict | None = None) -> list[str]:
         """What went wrong since `mark` (default: the guard's last look): not ready, a VM
-        restarted, a panic/trap/crash line in Envoy's log. Moves the guard's mark forward."""
+        restarted, a panic/trap/crash line in Envoy's log, a phi-guard operational line that is
+        not one JSON object. Moves the guard's mark forward."""
         mark = mark or self._guard_mark or {}
         problems = []
         try:
@@ -293,8 +334,12 @@ class Harness:
             if value > mark.get("stats", {}).get(name, 0):
                 problems.append(f"wasm VM restarted: {name} {mark.get('stats', {}).get(name, 0)} -> {value}")
         log_mark = self._log_mark()
-        crash = [ln for ln in self._log_since(mark.get("log")).splitlines() if CRASH_LINE.search(ln)]
+        text = self._log_since(mark.get("log"))
+        crash = [ln for ln in text.splitlines() if CRASH_LINE.search(ln)]
         problems += [f"Envoy log: {ln[:300]}" for ln in crash[:5]]
+        # Complete lines only: Envoy may be writing the last one.
+        complete = text[:text.rfind("\n") + 1]
+        problems += [f"not a JSON log line: {ln[:300]}" for ln in malformed_log_lines(complete)[:5]]
         self._guard_mark = {"log": log_mark, "stats": stats}
         return problems
 
