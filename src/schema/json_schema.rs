@@ -68,7 +68,6 @@ fn unwrap_doc_lines(v: &mut Value) {
 pub fn jwks_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": ["object", "null"],
-        "description": "Inline JSON Web Key Set (RFC 7517) of the issuer's public signing keys.",
         "required": ["keys"],
         "properties": {
             "keys": {

@@ -5,9 +5,9 @@
 //! shape. Natively the same types derive the policy's JSON Schema ([`json_schema`],
 //! `phi-guard schema`): their doc comments are what an editor shows on hover, and the few
 //! `schemars` attributes state in the schema what the compiler checks cheaply (enumerated
-//! strings, `version`). This module is a leaf: each domain (`auth`, `minimize`, `ratelimit`, `policy::audit`)
-//! compiles its own section from these types next to its model, and `policy::compile`
-//! assembles the sections into the checked `Policy`.
+//! strings, `version`, at least one route). This module is a leaf: each domain (`auth`,
+//! `minimize`, `ratelimit`, `policy::audit`) compiles its own section from these types next to
+//! its model, and `policy::compile` assembles the sections into the checked `Policy`.
 
 pub mod audit;
 #[cfg(not(target_arch = "wasm32"))]
@@ -199,7 +199,8 @@ pub struct IssuerDoc {
     /// only introspects.
     #[serde(default)]
     pub algorithms: Vec<String>,
-    /// Inline JSON Web Key Set.
+    /// Inline JSON Web Key Set (RFC 7517) of the issuer's public signing keys; private key
+    /// members and symmetric (`oct`) keys are refused.
     #[serde(default)]
     #[cfg_attr(not(target_arch = "wasm32"), schemars(schema_with = "json_schema::jwks_schema"))]
     pub jwks: Option<serde_json::Value>,
