@@ -62,9 +62,10 @@ fn unwrap_doc_lines(v: &mut Value) {
 }
 
 /// `issuers[].jwks`: free JSON to serde (`auth::keys::parse_jwks` reads it), so its schema is
-/// written here: a JWK Set of public signing keys, as far as the JWK parser checks types. A
-/// member the parser ignores is allowed; private key material and `oct` keys are refused, as
-/// the compiler refuses them.
+/// written here: a JWK Set of public signing keys, with the types of the members every key
+/// type shares (the JWK parser reads those whatever the `kty`; the key's own parameters depend
+/// on it and are left to the compiler). A member the parser ignores is allowed; private key
+/// material and `oct` keys are refused, as the compiler refuses them.
 pub fn jwks_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": ["object", "null"],
@@ -81,11 +82,6 @@ pub fn jwks_schema(_: &mut SchemaGenerator) -> Schema {
                         "key_ops": {"type": "array", "items": {"type": "string"}, "contains": {"const": "verify"}},
                         "alg": {"type": "string"},
                         "kid": {"type": "string"},
-                        "crv": {"type": "string"},
-                        "n": {"type": "string"},
-                        "e": {"type": "string"},
-                        "x": {"type": "string"},
-                        "y": {"type": "string"},
                         "x5u": {"type": "string"},
                         "x5c": {"type": "array", "items": {"type": "string"}},
                         "x5t": {"type": "string"},
