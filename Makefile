@@ -60,7 +60,7 @@ PORT                 ?= 8090
 BROWSER_STAMP        := $(VENV)/.browser-installed
 
 FUZZ_SECONDS ?=
-.PHONY: clang node venv-support fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli wasm-check envoy-config certs run stop token test unit integration \
+.PHONY: clang node venv-support fuzz fuzz-toolchain fuzz-smoke help lint venv target wasm cli schema wasm-check envoy-config certs run stop token test unit integration \
         compose-up compose-down compose-test oci bench bench-opt v8-stages wrk clean distclean \
         playground-target playground-build playground chromium test-browser
 
@@ -99,6 +99,10 @@ wasm: target clang ## build the filter: target/wasm32-wasip1/release/phi_guard.w
 
 cli: ## build the CLI: target/release/phi-guard
 	cargo build --release --bin phi-guard $(CARGO_QUIET)
+
+schema: ## regenerate policies/phi-guard-policy.schema.json from the policy wire types
+	cargo run --quiet --bin phi-guard -- schema > policies/phi-guard-policy.schema.json.tmp
+	mv policies/phi-guard-policy.schema.json.tmp policies/phi-guard-policy.schema.json
 
 wasm-check: wasm venv ## the .wasm imports only env.proxy_* and WASI calls Envoy provides
 	$(VENV_PY) tests/support/check_wasm_imports.py $(WASM) --envoy $(or $(ENVOY_BIN),auto)

@@ -54,6 +54,8 @@ def main() -> int:
 
     for f in sorted((ROOT / "policies").glob("*.json")):
         shutil.copyfile(f, out / "policies" / f.name)
+        if f.name.endswith(".schema.json"):  # the policies' JSON Schema: their `$schema` resolves
+            continue
         index["policies"].append({"file": f"policies/{f.name}", "label": f.stem})
     (out / "invalid-policies").mkdir()
     for f in sorted((ROOT / "tests/invalid-policies").glob("*.json")):

@@ -298,6 +298,8 @@ fn profiles() -> Vec<(String, Arc<Profile>)> {
     let mut out = Vec::new();
     let mut files = Vec::new();
     json_files(&repo().join("policies"), &mut files);
+    // Beside the policies: their JSON Schema.
+    files.retain(|p| !p.to_string_lossy().ends_with(".schema.json"));
     for path in files {
         let policy = phi_guard::policy::compile(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();

@@ -44,6 +44,9 @@ enum Command {
     Minimize(MinimizeArgs),
     /// Mint a signed demo token. Test keys only: never use them outside a demo or test.
     Token(TokenArgs),
+    /// Print the policy format's JSON Schema (draft 2020-12), derived from the parser's own
+    /// types: `policies/phi-guard-policy.schema.json` is this output (`make schema`).
+    Schema,
     /// Work with audit logs.
     Audit {
         #[command(subcommand)]
@@ -330,6 +333,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Ecds(args) => ecds(args),
         Command::Minimize(args) => minimize(args),
         Command::Token(args) => token(args),
+        Command::Schema => {
+            print!("{}", phi_guard::schema::json_schema::policy_schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

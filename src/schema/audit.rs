@@ -5,13 +5,16 @@ use serde::Deserialize;
 
 /// `audit`: how every decision is recorded.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuditDoc {
     /// Line format: `jsonl` (default) or `fhir` (FHIR R4 AuditEvent, IHE BALP).
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["jsonl", "fhir", null])))]
     pub format: Option<String>,
     /// `pseudonym` (default: keyed HMAC) or `raw` patient ids in events.
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["pseudonym", "raw", null])))]
     pub patient_identifiers: Option<String>,
     /// Name of this audit source (`AuditEvent.source.observer`); default `phi-guard`.
     #[serde(default)]
@@ -36,6 +39,7 @@ pub struct AuditDoc {
 
 /// `audit.collector`: batched delivery with `dispatch_http_call`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CollectorDoc {
     /// Envoy cluster name of the collector.
@@ -47,6 +51,7 @@ pub struct CollectorDoc {
     pub authority: Option<String>,
     /// Body format: `jsonl` (default) or `otlp` (OTLP/HTTP JSON logs).
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["jsonl", "otlp", null])))]
     pub format: Option<String>,
     /// Most events in one POST.
     #[serde(default)]

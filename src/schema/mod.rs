@@ -2,11 +2,16 @@
 //! ([`Loc`], [`CompileError`]) and how a section refers to routes ([`Routes`]).
 //!
 //! Serde only: every struct rejects unknown fields, nothing here is validated beyond its JSON
-//! shape. This module is a leaf: each domain (`auth`, `minimize`, `ratelimit`, `policy::audit`)
-//! compiles its own section from these types next to its model, and `policy::compile`
-//! assembles the sections into the checked `Policy`.
+//! shape. Natively the same types derive the policy's JSON Schema ([`json_schema`],
+//! `phi-guard schema`): their doc comments are what an editor shows on hover, and the few
+//! `schemars` attributes state in the schema what the compiler checks cheaply (enumerated
+//! strings, `version`, at least one route). This module is a leaf: each domain (`auth`,
+//! `minimize`, `ratelimit`, `policy::audit`) compiles its own section from these types next to
+//! its model, and `policy::compile` assembles the sections into the checked `Policy`.
 
 pub mod audit;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod json_schema;
 mod loc;
 mod routes;
 
@@ -18,9 +23,18 @@ use serde::Deserialize;
 /// A whole policy document, as carried by Envoy's plugin `configuration` or Istio's
 /// `pluginConfig`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[cfg_attr(not(target_arch = "wasm32"), schemars(title = "phi-guard policy"))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyDoc {
+    /// The JSON Schema this document follows, for editors, e.g.
+    /// `./phi-guard-policy.schema.json`. Only here, at the top level; any string is accepted
+    /// and the filter ignores it.
+    #[serde(rename = "$schema", default, deserialize_with = "present_string")]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(with = "String"))]
+    pub schema: Option<String>,
     /// Format version; only `1` exists.
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("const" = 1)))]
     pub version: u32,
     /// Human-readable policy name, used in logs.
     pub name: String,
@@ -29,11 +43,13 @@ pub struct PolicyDoc {
     pub description: Option<String>,
     /// `enforce` (default) or `shadow`: decide and record, but do not enforce.
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["enforce", "shadow", null])))]
     pub mode: Option<String>,
     /// Token issuers this policy trusts.
     #[serde(default)]
     pub issuers: Vec<IssuerDoc>,
-    /// Ordered routes; the first match wins.
+    /// Ordered routes; the first match wins. At least one.
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(length(min = 1)))]
     pub routes: Vec<RouteDoc>,
     /// What an unmatched request gets.
     #[serde(default)]
@@ -66,6 +82,7 @@ pub struct PolicyDoc {
 
 /// Step-up authentication required by a route or a minimization profile (RFC 9470).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthenticationDoc {
     /// Weakest acceptable `acr`: a value of the issuer's (or policy's) `acrLevels`.
@@ -81,6 +98,7 @@ pub struct AuthenticationDoc {
 
 /// A route's purpose-of-use requirement.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PurposeDoc {
     /// A request without a purpose of use is refused (`purpose_required`); default false.
@@ -93,6 +111,7 @@ pub struct PurposeDoc {
 
 /// Break-glass (emergency access).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BreakGlassDoc {
     /// Boolean claim that invokes break-glass when `true`, e.g. `break_glass`.
@@ -118,6 +137,7 @@ pub struct BreakGlassDoc {
 
 /// One patient's privacy restriction.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RestrictionDoc {
     /// Identifier recorded in audit events (`[A-Za-z0-9._-]`, no PHI).
@@ -137,6 +157,7 @@ pub struct RestrictionDoc {
 
 /// A security label coding.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelDoc {
     /// Code system.
@@ -147,11 +168,13 @@ pub struct LabelDoc {
 
 /// A rate limit.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitDoc {
     /// Identifier.
     pub id: String,
-    /// `subject` or `clientId`.
+    /// Whose requests share a bucket: `subject` or `clientId`.
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["subject", "clientId"])))]
     pub by: String,
     /// Sustained rate.
     pub requests_per_minute: u64,
@@ -165,6 +188,7 @@ pub struct RateLimitDoc {
 
 /// A trusted token issuer.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IssuerDoc {
     /// Exact `iss` value.
@@ -175,8 +199,10 @@ pub struct IssuerDoc {
     /// only introspects.
     #[serde(default)]
     pub algorithms: Vec<String>,
-    /// Inline JSON Web Key Set.
+    /// Inline JSON Web Key Set (RFC 7517) of the issuer's public signing keys; private key
+    /// members and symmetric (`oct`) keys are refused.
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(schema_with = "json_schema::jwks_schema"))]
     pub jwks: Option<serde_json::Value>,
     /// Remote JSON Web Key Set on an Envoy cluster.
     #[serde(default)]
@@ -189,6 +215,7 @@ pub struct IssuerDoc {
     pub max_token_lifetime_seconds: Option<u64>,
     /// Claim holding the scopes: `scope` (space-delimited string) or `scp` (array).
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["scope", "scp", null])))]
     pub scope_claim: Option<String>,
     /// Claim naming the subject.
     #[serde(default)]
@@ -224,6 +251,7 @@ pub struct IssuerDoc {
 
 /// An issuer's introspection endpoint.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IntrospectionDoc {
     /// Envoy cluster of the endpoint.
@@ -251,8 +279,14 @@ pub struct IntrospectionDoc {
     pub require_audience: Option<bool>,
 }
 
+/// `$schema`: present means a string (`null` is refused like any other non-string).
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
 /// How an issuer's tokens may be presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum DpopModeDoc {
     /// Only DPoP-bound tokens with a proof.
@@ -265,6 +299,7 @@ pub enum DpopModeDoc {
 
 /// Policy-wide DPoP proof settings.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DpopDoc {
     /// Algorithms a proof may use (asymmetric only); default ES256, ES384, EdDSA, PS256, RS256.
@@ -289,6 +324,7 @@ pub struct DpopDoc {
 
 /// A route: which requests it matches and what they need.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteDoc {
     /// Stable identifier used in audit events and metrics.
@@ -296,8 +332,9 @@ pub struct RouteDoc {
     /// Path matcher.
     #[serde(rename = "match")]
     pub matcher: MatchDoc,
-    /// Allowed HTTP methods.
+    /// Allowed HTTP methods, uppercase; default `["GET", "HEAD"]`.
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("items" = {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]})))]
     pub methods: Option<Vec<String>>,
     /// Served without a token.
     #[serde(default)]
@@ -329,6 +366,14 @@ pub struct RouteDoc {
 
 /// Path matcher: exactly one of `path` (template) or `prefix`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    schemars(extend("oneOf" = [
+        {"required": ["path"], "properties": {"path": {"type": "string"}}},
+        {"required": ["prefix"], "properties": {"prefix": {"type": "string"}}},
+    ]))
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchDoc {
     /// Template such as `/fhir/Patient/{id}`.
@@ -342,6 +387,7 @@ pub struct MatchDoc {
 /// Response minimization for a route: ordered profiles, the first whose conditions match the
 /// caller is applied. No match refuses the request (403 `no_minimization_profile`).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MinimizeDoc {
     /// Candidate profiles in selection order.
@@ -354,6 +400,7 @@ pub struct MinimizeDoc {
 
 /// One view of the data, chosen by the caller's scopes and purpose of use.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProfileDoc {
     /// Profile name, recorded in audit events (`[A-Za-z0-9_-]`, unique per route).
@@ -404,6 +451,7 @@ pub struct ProfileDoc {
 
 /// De-identification settings of a profile.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeidentifyDoc {
     /// Free-text strings: `keep` (default; not scanned), `scrub` (each identifier of a person in
@@ -424,6 +472,7 @@ pub struct DeidentifyDoc {
 
 /// Free-text handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum FreeTextDoc {
     /// Not scanned.
@@ -436,6 +485,7 @@ pub enum FreeTextDoc {
 
 /// Built-in profiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum PresetName {
     /// HIPAA Safe Harbor (45 CFR 164.514(b)(2)) as it applies to FHIR R4 resources.
@@ -444,6 +494,7 @@ pub enum PresetName {
 
 /// Allowlist or denylist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ModeDoc {
     /// Only listed fields (and transformed ones) are released.
@@ -454,6 +505,7 @@ pub enum ModeDoc {
 
 /// Resource types without rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum OtherResourcesDoc {
     /// Released with only the profile-wide settings applied.
@@ -466,6 +518,7 @@ pub enum OtherResourcesDoc {
 
 /// Keep or remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum KeepRemoveDoc {
     /// Keep.
@@ -476,6 +529,7 @@ pub enum KeepRemoveDoc {
 
 /// Profile-wide date handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum DatesDoc {
     /// Dates are governed by the field rules only.
@@ -486,6 +540,7 @@ pub enum DatesDoc {
 
 /// Bundle link rewriting for minimized bundles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum BundleLinksDoc {
     /// Keep only paging parameters (`_getpages`, `_page_token`, `_count`, `ct`, ...).
@@ -500,6 +555,7 @@ pub enum BundleLinksDoc {
 
 /// Field rules for one resource type (or for a plain JSON body).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RulesDoc {
     /// Paths released (allow mode only), e.g. `name[*].family`.
@@ -515,6 +571,7 @@ pub struct RulesDoc {
 
 /// A transform applied to every value at a path.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TransformDoc {
     /// Field path.
@@ -531,6 +588,7 @@ pub struct TransformDoc {
 
 /// Transform kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TransformKindDoc {
     /// Replace all but the last `keepLast` characters with `*`.
@@ -543,6 +601,7 @@ pub enum TransformKindDoc {
 
 /// Generalization targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum GeneralizeDoc {
     /// Date, dateTime or instant to its year.
@@ -557,6 +616,7 @@ pub enum GeneralizeDoc {
 
 /// Literal scope requirement.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ScopesDoc {
     /// Every one of these is required.
@@ -569,6 +629,7 @@ pub struct ScopesDoc {
 
 /// FHIR semantics for a route.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FhirDoc {
     /// Interactions allowed on this base; default all modelled interactions.
@@ -581,6 +642,7 @@ pub struct FhirDoc {
     /// SMART scope contexts (`patient`, `user`, `system`) whose scopes may grant access on this
     /// base; default all three. A patient-facing API says `["patient"]`.
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("items" = {"enum": ["patient", "user", "system"]})))]
     pub scope_contexts: Option<Vec<String>>,
     /// How patient-context searches must be written.
     #[serde(default)]
@@ -592,6 +654,7 @@ pub struct FhirDoc {
 
 /// The pre-flight read of patient-context writes.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PatientWritesDoc {
     /// Envoy cluster of the FHIR upstream.
@@ -610,11 +673,13 @@ pub struct PatientWritesDoc {
 
 /// How patient-context searches must be written.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PatientSearchDoc {
     /// The form of the patient parameter's value the upstream supports: `id` (`patient=123`),
     /// `reference` (`patient=Patient/123`) or `either` (default).
     #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = ["id", "reference", "either", null])))]
     pub patient_reference: Option<String>,
     /// Per resource type, the search parameters patient-context tokens may use, replacing the
     /// R4-derived default for that type (`{"Observation": ["patient", "code", "date"]}`).
@@ -624,14 +689,17 @@ pub struct PatientSearchDoc {
 
 /// Response for unmatched requests.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UnmatchedDoc {
-    /// 403 or 404.
+    /// `403` or `404`.
+    #[cfg_attr(not(target_arch = "wasm32"), schemars(extend("enum" = [403, 404])))]
     pub status: u16,
 }
 
 /// Input limits.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LimitsDoc {
     /// Largest accepted bearer token in bytes.
@@ -661,6 +729,7 @@ pub struct LimitsDoc {
 
 /// Verified-token cache settings.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TokenCacheDoc {
     /// Most tokens kept per worker (default 1024); 0 disables the cache.
@@ -674,6 +743,7 @@ pub struct TokenCacheDoc {
 
 /// OpenID discovery of an issuer's JWKS, and its refresh rules.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DiscoveryDoc {
     /// Envoy cluster serving the issuer's host.
@@ -700,6 +770,7 @@ pub struct DiscoveryDoc {
 
 /// Remote JWKS location and refresh rules.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwksUriDoc {
     /// Envoy cluster serving the JWKS.
