@@ -154,7 +154,13 @@ impl DenyReason {
             }
             PreconditionFailed => 412,
             WriteNotVerified => 403,
-            InvalidPath | InvalidHeader | PathTooLong | AmbiguousCredentials | TokenInQuery | UnsupportedFhirRequest | InvalidRequestBody => 400,
+            InvalidPath
+            | InvalidHeader
+            | PathTooLong
+            | AmbiguousCredentials
+            | TokenInQuery
+            | UnsupportedFhirRequest
+            | InvalidRequestBody => 400,
             HeadersTooLarge => 431,
             RequestTooLarge => 413,
             RateLimited => 429,
