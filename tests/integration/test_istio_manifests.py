@@ -1,5 +1,5 @@
 """deploy/istio/*.yaml checked the way the Kubernetes API server would check them, against the
-real Istio CRDs (../shared/data/istio, cut unchanged from istio/api; see its SOURCES.md).
+real Istio CRDs (tests/fixtures/istio, cut unchanged from istio/api; see its README.md).
 
 Each document's apiVersion/kind picks its CRD and served version; that version's
 `openAPIV3Schema` is converted to a draft 2020-12 JSON Schema and checked with `jsonschema`:
@@ -44,7 +44,7 @@ from conftest import REPO
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 ISTIO = REPO / "deploy" / "istio"
-CRDS = REPO.parent / "shared" / "data" / "istio" / "crds-wasmplugin-serviceentry-destinationrule.yaml"
+CRDS = REPO / "tests" / "fixtures" / "istio" / "crds-wasmplugin-serviceentry-destinationrule.yaml"
 
 # ------------------------------------------------------------------------------ CEL rules
 DURATION = re.compile(r"^(-?)((\d+(\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns))+$")
