@@ -19,13 +19,13 @@ from pathlib import Path
 import envoy_config
 import pytest
 import yaml
+from conftest import RUN_DIR
 from harness import LocalHarness
 from helpers import ME, Api
 from prometheus_client.parser import text_string_to_metric_families
 from tokens import cli_token
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(__import__("os").environ.get("PHI_GUARD_TEST_RUN_DIR") or REPO / ".run" / "tests")
 ALERTS = REPO / "deploy" / "prometheus" / "phi-guard-alerts.yaml"
 DASHBOARD = REPO / "deploy" / "grafana" / "phi-guard-dashboard.json"
 ISTIO = REPO / "deploy" / "istio"
