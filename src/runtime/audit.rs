@@ -278,8 +278,8 @@ fn seq_ranges(batch: &[Sealed]) -> String {
     while let Some(first) = batch.get(i) {
         let mut last = first.seq;
         i += 1;
-        while batch.get(i).is_some_and(|s| s.seq == last.wrapping_add(1)) {
-            last += 1;
+        while let Some(next) = batch.get(i).filter(|s| Some(s.seq) == last.checked_add(1)) {
+            last = next.seq;
             i += 1;
         }
         if !out.is_empty() {
